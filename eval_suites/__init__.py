@@ -1,0 +1,1 @@
+"""Held-out and adversarial evaluation suites and their local `evaluate` metric modules."""

@@ -1,0 +1,1 @@
+"""Prefect flows: one module per loop stage, chained by ``flows.loop``."""

@@ -1,0 +1,52 @@
+"""Stage 4, register: a challenger that passed the gate becomes a registry version aliased `challenger`."""
+
+from __future__ import annotations
+
+import json
+
+from prefect import task
+from pydantic import BaseModel
+
+from flows.curate import CuratedData
+from flows.evaluate import EvalReport
+from flows.tune import TuneResult
+from tuneloop.config import LoopConfig
+from tuneloop.models import base_info
+from tuneloop.registry import log_adapter, move_alias
+from tuneloop.tracking import git_sha, within_run
+
+
+class Registered(BaseModel):
+    name: str
+    version: str
+    alias: str
+
+
+@task(name="register")
+def register(config: LoopConfig, data: CuratedData, tuned: TuneResult, report: EvalReport,
+             parent_run_id: str) -> Registered | None:
+    """Log the adapter with its lineage; ``None`` (and nothing registered) when the gate refused it."""
+    if not report.passed:
+        return None
+    base = base_info(config.kind, config.tiny)
+    tags = {
+        "dataset_hash": data.dataset_hash,
+        "base_model": base.name,
+        "base_model_sha256": base.sha256,
+        "code_version": git_sha(),
+        "search_id": tuned.study_name,
+        "best_trial": str(tuned.best.number),
+        "params": json.dumps(tuned.best.params),
+        "trial_run_id": tuned.best.mlflow_run_id,
+        "loop_run_id": parent_run_id,
+        "baseline": report.baseline,
+        "gate.heldout_diff": f"{report.heldout_diff:.4f}",
+        "gate.ci": f"[{report.ci_low:.4f}, {report.ci_high:.4f}]",
+        "gate.adversarial_diff": f"{report.adversarial_diff:.4f}",
+        "eval.heldout": f"{report.challenger['heldout'].mean:.4f}",
+        "eval.adversarial": f"{report.challenger['adversarial'].mean:.4f}",
+    }
+    with within_run(parent_run_id):
+        version = log_adapter(config, tuned.best.adapter_dir, tags)
+    move_alias(config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}")
+    return Registered(name=config.model_name, version=str(version.version), alias="challenger")

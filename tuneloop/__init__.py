@@ -1,0 +1,3 @@
+"""tuneloop: user feedback in, a better model out, never a worse one live."""
+
+__version__ = "0.1.0"

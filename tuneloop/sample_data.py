@@ -1,0 +1,153 @@
+"""Deterministic sample feedback for the demo and tests: a support assistant for Brightwell, a
+fictional smart-home company, so the facts are ones no base model can know and fine-tuning
+measurably helps. Both kinds include duplicates, a conflicting correction, personal data to scrub,
+bare thumbs-down, thumbs-up and a handful of malformed records.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+SYSTEM_PROMPT = "You are the Brightwell support assistant. Answer in one short sentence."
+
+# (fact question stems, answer). Each stem is phrased several ways below.
+FACTS: list[tuple[list[str], str]] = [
+    (["warranty on the Nimbus thermostat", "Nimbus thermostat warranty"], "The Nimbus thermostat has a 37-month warranty."),
+    (["battery life of the Lumo doorbell", "Lumo doorbell battery life"], "The Lumo doorbell battery lasts 14 months."),
+    (["support phone line hours", "hours of the support line"], "The support line is open 7am to 9pm, Monday to Saturday."),
+    (["return window for Brightwell products", "Brightwell return period"], "Brightwell products can be returned within 45 days."),
+    (["price of the Nimbus Pro", "Nimbus Pro cost"], "The Nimbus Pro costs 189 euros."),
+    (["Wi-Fi band the Lumo doorbell uses", "Lumo doorbell Wi-Fi band"], "The Lumo doorbell only uses 2.4 GHz Wi-Fi."),
+    (["app for Brightwell devices", "Brightwell companion app"], "Brightwell devices use the Brightwell Home app."),
+    (["reset the Nimbus thermostat", "factory reset for the Nimbus"], "Hold the Nimbus dial down for 12 seconds to reset it."),
+    (["shipping time for orders", "order delivery time"], "Orders ship within 2 business days from Rotterdam."),
+    (["Orbit camera storage", "cloud storage of the Orbit camera"], "The Orbit camera keeps 30 days of cloud video."),
+    (["Orbit camera resolution", "video resolution of the Orbit camera"], "The Orbit camera records in 2K at 25 frames per second."),
+    (["Brightwell subscription price", "cost of Brightwell Plus"], "Brightwell Plus costs 4 euros a month."),
+]
+
+QUESTION_FORMS = [
+    "What is the {}?",
+    "Can you tell me the {}?",
+    "I need to know the {}.",
+    "Quick question: what's the {}?",
+]
+
+GENERIC_GOOD = [
+    ("Hello!", "Hello! How can I help you with your Brightwell device today?"),
+    ("Thanks for the help.", "You're welcome! Let me know if there's anything else."),
+    ("Can I talk to a person?", "Yes, I can connect you with a Brightwell support agent."),
+    ("Goodbye", "Goodbye, and thank you for contacting Brightwell support."),
+]
+
+WRONG_ANSWERS = [
+    "I'm not sure, please check the manual.",
+    "It usually has a one-year warranty.",
+    "I don't have that information.",
+    "Please contact the manufacturer for details.",
+]
+
+PII_PROMPTS = [
+    "My email is jane.doe@example.com, what is the {}?",
+    "Call me on +44 20 7946 0958 about the {}.",
+    "I paid with card 4111 1111 1111 1111, what is the {}?",
+    "My IBAN is DE89 3704 0044 0532 0130 00, what is the {}?",
+]
+
+INTENTS: dict[str, list[str]] = {
+    "billing": ["I was charged twice for {}", "why is my bill higher for {}", "refund the charge for {}", "explain the invoice for {}"],
+    "shipping_status": ["where is my {}", "when will my {} arrive", "track the delivery of my {}", "my {} has not shipped yet"],
+    "returns": ["I want to return my {}", "how do I send back the {}", "return label for {}", "the {} is unwanted, can I return it"],
+    "device_setup": ["how do I install the {}", "set up my new {}", "pair the {} with the app", "first time setup of {}"],
+    "connectivity": ["my {} keeps going offline", "the {} will not connect to wifi", "{} lost its network connection", "wifi drops on my {}"],
+    "cancel_subscription": ["cancel the plan for my {}", "stop my subscription for the {}", "end Brightwell Plus on my {}", "unsubscribe my {}"],
+}
+PRODUCTS = ["Nimbus thermostat", "Lumo doorbell", "Orbit camera", "Nimbus Pro", "smart plug", "hub"]
+
+
+def _record(rng: random.Random, n: int, kind: str, prompt: str, output: str, rating: str, correction: str | None) -> dict[str, Any]:
+    record = {
+        "request_id": f"sample-{kind[:3]}-{n:05d}",
+        "user_id": f"user-{rng.randrange(60):03d}",
+        "model_version": "base",
+        "kind": kind,
+        "prompt": prompt,
+        "output": output,
+        "rating": rating,
+        "segment": rng.choice(["web", "mobile"]),
+    }
+    if correction is not None:
+        record["correction"] = correction
+    return record
+
+
+def _malformed(kind: str) -> list[dict[str, Any]]:
+    base = {"user_id": "user-bad", "model_version": "base", "kind": kind, "output": "x"}
+    return [
+        {**base, "request_id": f"bad-{kind[:3]}-1", "rating": "down", "correction": "y"},  # no prompt
+        {**base, "request_id": f"bad-{kind[:3]}-2", "prompt": "hi", "rating": "meh"},  # unknown rating
+        {**base, "request_id": f"bad-{kind[:3]}-3", "prompt": "hi", "rating": "up", "correction": "z"},  # correction on thumbs-up
+        {**base, "request_id": f"bad-{kind[:3]}-4", "prompt": "   ", "rating": "down", "correction": "y"},  # blank prompt
+        {**base, "request_id": f"bad-{kind[:3]}-5", "prompt": 42, "rating": "down", "correction": "y"},  # wrong type
+        {**base, "request_id": f"bad-{kind[:3]}-6", "prompt": "a" * 9000, "rating": "down", "correction": "y"},  # oversize
+    ]
+
+
+def generation_feedback(seed: int = 0) -> list[dict[str, Any]]:
+    """~270 records: corrections of product facts, plus duplicates, a conflict, PII and junk."""
+    rng = random.Random(seed)
+    records: list[dict[str, Any]] = []
+
+    def add(prompt: str, output: str, rating: str, correction: str | None = None) -> None:
+        records.append(_record(rng, len(records), "generation", prompt, output, rating, correction))
+
+    for stems, answer in FACTS:
+        for stem in stems:
+            for form in QUESTION_FORMS:
+                prompt = form.format(stem)
+                add(prompt, rng.choice(WRONG_ANSWERS), "down", answer)
+                if rng.random() < 0.35:  # the same correction from another user: a duplicate
+                    add(prompt, rng.choice(WRONG_ANSWERS), "down", answer)
+                if rng.random() < 0.25:  # a bare thumbs-down: counted, not trained on
+                    add(prompt, rng.choice(WRONG_ANSWERS), "down")
+    stem, answer = FACTS[0][0][0], FACTS[0][1]
+    add(QUESTION_FORMS[0].format(stem), WRONG_ANSWERS[1], "down", "The Nimbus thermostat has a 12-month warranty.")  # loses the vote
+    for template, (stems, answer) in zip(PII_PROMPTS, FACTS[4:8]):
+        add(template.format(stems[0]), rng.choice(WRONG_ANSWERS), "down", answer)
+    for prompt, output in GENERIC_GOOD:
+        for _ in range(3):
+            add(prompt, output, "up")
+    rng.shuffle(records)
+    return records + _malformed("generation")
+
+
+def classification_feedback(seed: int = 0) -> list[dict[str, Any]]:
+    """~300 routed utterances with corrected intents, plus duplicates, a conflict, PII and junk."""
+    rng = random.Random(seed)
+    labels = sorted(INTENTS)
+    records: list[dict[str, Any]] = []
+
+    def add(prompt: str, output: str, rating: str, correction: str | None = None) -> None:
+        records.append(_record(rng, len(records), "classification", prompt, output, rating, correction))
+
+    for intent, templates in INTENTS.items():
+        for template in templates:
+            for product in PRODUCTS:
+                text = template.format(product)
+                predicted = intent if rng.random() < 0.4 else rng.choice([l for l in labels if l != intent])
+                if predicted == intent:
+                    add(text, predicted, "up")
+                else:
+                    add(text, predicted, "down", intent)
+                if rng.random() < 0.1:
+                    add(text, predicted, "down")
+    first = INTENTS["billing"][0].format(PRODUCTS[0])
+    add(first, "billing", "down", "returns")  # a conflicting (losing) correction
+    add("my email is jane.doe@example.com and I was charged twice", "returns", "down", "billing")
+    rng.shuffle(records)
+    return records + _malformed("classification")
+
+
+def sample_feedback(kind: str, seed: int = 0) -> list[dict[str, Any]]:
+    return generation_feedback(seed) if kind == "generation" else classification_feedback(seed)
