@@ -23,7 +23,7 @@ from flows.curate import CuratedData
 from flows.tune import TuneResult
 from tuneloop.config import GateConfig, LoopConfig
 from tuneloop.models import load_base, load_tokenizer, read_labels
-from tuneloop.registry import adapter_path, version_for
+from tuneloop.registry import adapter_path, alias_version
 from tuneloop.tracking import within_run
 from tuneloop.training import predict
 
@@ -125,8 +125,8 @@ def report_markdown(report: EvalReport) -> str:
 
 
 def evaluate_candidates(config: LoopConfig, data: CuratedData, challenger_dir: Path) -> tuple[EvalReport, dict, dict]:
-    champion = version_for(config.model_name, "champion")
-    champion_dir = adapter_path(config.model_name, champion.version, config.home.resolve() / "adapters") if champion else None
+    champion = alias_version(config.model_name, "champion")
+    champion_dir = adapter_path(config.model_name, champion, config.home.resolve() / "adapters") if champion else None
     suites = {"heldout": heldout_suite(data.heldout),
               "adversarial": adversarial_suite(config.kind, data.heldout, data.labels, seed=config.tune.seed)}
     scores, outputs = {}, {}
@@ -138,7 +138,7 @@ def evaluate_candidates(config: LoopConfig, data: CuratedData, challenger_dir: P
     adversarial_diff = scores["challenger"]["adversarial"].mean - scores["champion"]["adversarial"].mean
     reasons = decide(config.gate, heldout, adversarial_diff)
     report = EvalReport(
-        baseline=champion.version if champion else "base", challenger=scores["challenger"], champion=scores["champion"],
+        baseline=champion or "base", challenger=scores["challenger"], champion=scores["champion"],
         heldout_diff=heldout[0], ci_low=heldout[1], ci_high=heldout[2], adversarial_diff=adversarial_diff,
         passed=not reasons, reasons=reasons,
     )

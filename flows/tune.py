@@ -52,7 +52,7 @@ def storage(config: LoopConfig) -> RDBStorage:
         config.optuna_db,
         heartbeat_interval=10,
         grace_period=30,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=3, inherit_intermediate_values=True),
+        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3, inherit_intermediate_values=True),
     )
 
 

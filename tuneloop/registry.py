@@ -69,7 +69,7 @@ def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> 
     client = MlflowClient()
     version = client.get_model_version(config.model_name, str(info.registered_model_version))
     for key, value in tags.items():
-        client.set_model_version_tag(config.model_name, version.version, key, value)
+        client.set_model_version_tag(config.model_name, str(version.version), key, value)
     return version
 
 
@@ -78,6 +78,12 @@ def version_for(name: str, alias: str) -> ModelVersion | None:
         return MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version number an alias points to, as a string (MLflow 3 returns ints)."""
+    mv = version_for(name, alias)
+    return str(mv.version) if mv is not None else None
 
 
 def adapter_path(name: str, version: str, cache: Path) -> Path:
@@ -97,7 +103,7 @@ def adapter_path(name: str, version: str, cache: Path) -> Path:
 def move_alias(name: str, alias: str, version: str | None, reason: str) -> None:
     """Point (or with ``version=None`` remove) an alias, recording the move in the model's history."""
     client = MlflowClient()
-    before = version_for(name, alias)
+    before = alias_version(name, alias)
     if version is None:
         if before is not None:
             client.delete_registered_model_alias(name, alias)
@@ -107,29 +113,29 @@ def move_alias(name: str, alias: str, version: str | None, reason: str) -> None:
     history = json.loads(model.tags.get("alias_history", "[]"))
     history.append({
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": getpass.getuser(), "alias": alias,
-        "from": before.version if before else None, "to": version, "reason": reason,
+        "from": before, "to": version, "reason": reason,
     })
     client.set_registered_model_tag(name, "alias_history", json.dumps(history[-200:]))
 
 
 def promote(name: str, reason: str = "promoted by operator") -> str:
     """challenger -> champion, the old champion -> previous. Returns the new champion's version."""
-    challenger = version_for(name, "challenger")
+    challenger = alias_version(name, "challenger")
     if challenger is None:
         raise ValueError(f"{name} has no challenger to promote")
-    champion = version_for(name, "champion")
+    champion = alias_version(name, "champion")
     if champion is not None:
-        move_alias(name, "previous", champion.version, reason)
-    move_alias(name, "champion", challenger.version, reason)
+        move_alias(name, "previous", champion, reason)
+    move_alias(name, "champion", challenger, reason)
     move_alias(name, "challenger", None, reason)
-    return challenger.version
+    return challenger
 
 
 def restore_previous(name: str, reason: str = "rolled back by operator") -> str:
     """champion -> previous's version; the rolled-back version loses the champion alias."""
-    previous = version_for(name, "previous")
+    previous = alias_version(name, "previous")
     if previous is None:
         raise ValueError(f"{name} has no previous champion to roll back to")
-    move_alias(name, "champion", previous.version, reason)
+    move_alias(name, "champion", previous, reason)
     move_alias(name, "previous", None, reason)
-    return previous.version
+    return previous

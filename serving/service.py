@@ -1,0 +1,141 @@
+"""The BentoML service: routed predictions, feedback intake and the operator's admin API.
+
+Run with ``bentoml serve serving.service:Tuneloop --host 127.0.0.1 --port 3000`` (or ``tuneloop
+serve``); it reads the same ``TUNELOOP_*`` settings as the flows. Every answer names the model
+version and request id that produced it, so feedback on it feeds the next loop.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+from fastapi import Body, FastAPI, Header, HTTPException
+from pydantic import BaseModel, Field
+
+from tuneloop.config import LoopConfig, apply_environment
+from tuneloop.feedback import MAX_TEXT, FeedbackRecord, FeedbackStore
+from tuneloop.flags import Router, challenger_percent, set_challenger_percent
+
+apply_environment()  # before MLflow reads its tracking URI
+
+from serving.models import AdapterBank, watch  # noqa: E402  (needs the environment above)
+from tuneloop.registry import alias_version, promote  # noqa: E402
+
+api = FastAPI(title="tuneloop operations")
+
+
+def api_token(config: LoopConfig) -> str:
+    """``TUNELOOP_API_TOKEN``, else a random token kept in the home (created on first use)."""
+    if os.environ.get("TUNELOOP_API_TOKEN"):
+        return os.environ["TUNELOOP_API_TOKEN"]
+    path = config.home.resolve() / "api_token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+class Answer(BaseModel):
+    request_id: str
+    output: str
+    model_version: str
+    variant: str
+    confidence: float | None = None
+
+
+class Canary(BaseModel):
+    percent: int = Field(ge=0, le=100, description="Share of users routed to the challenger.")
+
+
+@bentoml.service(name="tuneloop", traffic={"timeout": 300}, workers=1)
+@bentoml.asgi_app(api, path="/v1")
+class Tuneloop:
+    def __init__(self) -> None:
+        self.config = LoopConfig()
+        self.store = FeedbackStore(self.config.feedback_db)
+        self.router = Router(self.config.flag_file, self.config.flag_key)
+        self.token = api_token(self.config)
+        self.bank = AdapterBank(self.config)
+        self.bank.refresh()
+        self._stop = threading.Event()
+        watch(self.bank, float(os.environ.get("TUNELOOP_REGISTRY_POLL_S", "2")), self._stop)
+
+    def __is_ready__(self) -> bool:
+        return self.bank.ready
+
+    @bentoml.api(route="/predict")
+    def predict(self, user_id: str, input: Annotated[str, Field(max_length=MAX_TEXT)], request_id: str | None = None) -> Answer:
+        """Answer ``input`` with the version this user is routed to."""
+        variant = self.router.variant(user_id)
+        version = self.bank.version_of(variant)
+        outputs, confidences = self.bank.predict(version, [input])
+        return Answer(request_id=request_id or uuid.uuid4().hex, output=outputs[0], model_version=version,
+                      variant=variant if version != "base" else "base", confidence=confidences[0] if confidences else None)
+
+    # --- feedback and admin (FastAPI routes under /v1) ---------------------------------------------
+
+    def _authorise(self, authorization: str | None) -> None:
+        expected = f"Bearer {self.token}"
+        if authorization is None or not secrets.compare_digest(authorization.encode(), expected.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    @api.post("/feedback", status_code=201)
+    def feedback(self, record: FeedbackRecord, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """Store one verdict; acknowledged only once it is committed. Retries with the same request id are no-ops."""
+        self._authorise(authorization)
+        if record.kind != self.config.kind:
+            raise HTTPException(422, detail=f"kind: this service serves {self.config.kind!r}, got {record.kind!r}")
+        if record.model_version != "base" and not self._known_version(record.model_version):
+            raise HTTPException(422, detail=f"model_version: unknown version {record.model_version!r} of {self.config.model_name}")
+        feedback_id, created = self.store.add(record)
+        return {"id": feedback_id, "created": created, "request_id": record.request_id}
+
+    def _known_version(self, version: str) -> bool:
+        if version in self.bank.served.values():
+            return True
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            MlflowClient().get_model_version(self.config.model_name, version)
+            return True
+        except MlflowException:
+            return False
+
+    @api.get("/routing")
+    def routing(self) -> dict:
+        """What serves now: versions per alias and the challenger's share."""
+        return {"served": self.bank.served, "challenger_percent": challenger_percent(self.config.flag_file, self.config.flag_key)}
+
+    @api.post("/admin/rollback")
+    def rollback(self, authorization: Annotated[str | None, Header()] = None) -> dict:
+        """Send every user to the champion now (the flag file is followed within ~0.1 s)."""
+        self._authorise(authorization)
+        set_challenger_percent(self.config.flag_file, self.config.flag_key, 0)
+        return {"challenger_percent": 0}
+
+    @api.post("/admin/canary")
+    def canary(self, body: Annotated[Canary, Body()], authorization: Annotated[str | None, Header()] = None) -> dict:
+        self._authorise(authorization)
+        if body.percent and alias_version(self.config.model_name, "challenger") is None:
+            raise HTTPException(409, detail="percent: there is no challenger to route to")
+        set_challenger_percent(self.config.flag_file, self.config.flag_key, body.percent)
+        return {"challenger_percent": body.percent}
+
+    @api.post("/admin/promote")
+    def promote(self, authorization: Annotated[str | None, Header()] = None) -> dict:
+        self._authorise(authorization)
+        try:
+            version = promote(self.config.model_name, reason="promoted through the admin API")
+        except ValueError as err:
+            raise HTTPException(409, detail=str(err)) from err
+        set_challenger_percent(self.config.flag_file, self.config.flag_key, 0)
+        self.bank.refresh()
+        return {"champion": version}

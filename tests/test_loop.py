@@ -1,0 +1,99 @@
+"""The whole loop on tiny models, through real Prefect, MLflow, Optuna and peft."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from conftest import constant_corrections, tiny_config
+from flows.loop import loop
+from tuneloop.feedback import FeedbackStore
+from tuneloop.flags import challenger_percent
+from tuneloop.registry import alias_version, promote, version_for
+from tuneloop.sample_data import sample_feedback
+
+ANSWER = "Please ask Brightwell support about that."
+
+
+def _seed(config, records):
+    FeedbackStore(config.feedback_db).add_many_raw(records, config.kind)
+
+
+def _children(parent_run_id: str):
+    return mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", search_all_experiments=True,
+                              output_format="list")
+
+
+def test_generation_loop_registers_and_deploys_a_canary(home):
+    config = tiny_config(home, "generation", n_trials=2)
+    _seed(config, constant_corrections(sample_feedback("generation"), ANSWER))
+
+    state = loop(config, return_state=True)
+    assert state.is_completed()
+    result = state.result()
+
+    counts = result.data.counts
+    assert counts["quarantined"] == 6 and counts["thumbs_down_without_correction"] > 0
+    assert counts["duplicates_removed"] > 0
+    assert {e.key for e in result.data.train}.isdisjoint({e.key for e in result.data.heldout})
+
+    assert result.report.passed, result.report.reasons
+    assert result.report.challenger["heldout"].mean > result.report.champion["heldout"].mean
+    assert result.registered is not None and result.registered.alias == "challenger"
+    mv = version_for(config.model_name, "challenger")
+    assert str(mv.version) == result.registered.version == "1"
+    assert mv.tags["dataset_hash"] == result.data.dataset_hash
+    assert len(mv.tags["base_model_sha256"]) == 64 and mv.tags["search_id"] == result.tuned.study_name
+
+    # only the adapter is logged, never the base model's weights
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{config.model_name}/{mv.version}"))
+    files = {p.name for p in local.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    assert sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) < 20e6
+
+    assert result.challenger_percent == 10 == challenger_percent(config.flag_file, config.flag_key)
+
+    children = _children(result.run_id)
+    assert len(children) == 2
+    for child in children:
+        assert {"rank", "lr", "trainable_params"} <= set(child.data.params)
+        history = MlflowClient().get_metric_history(child.info.run_id, "train_loss")
+        assert len(history) > 5
+    parent = mlflow.get_run(result.run_id)
+    assert parent.inputs.dataset_inputs[0].dataset.digest == result.data.dataset_hash
+    assert parent.data.metrics["gate.passed"] == 1.0
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="evaluate/per_example.json")).read_text())
+    assert "challenger_output" in table["columns"]
+
+
+def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
+    config = tiny_config(home, "classification", epochs=6)
+    _seed(config, sample_feedback("classification"))
+    first = loop(config)
+    assert first.report.passed, first.report.reasons
+    promote(config.model_name)
+    champion = alias_version(config.model_name, "champion")
+
+    # the same data, but a search that cannot learn: the challenger is worse than the champion
+    weak = tiny_config(home, "classification", epochs=1, ranks=[4], lr_min=1e-7, lr_max=2e-7, first_trial={"rank": 4, "lr": 1e-7})
+    second = loop(weak)
+    assert not second.report.passed
+    assert second.report.baseline == champion == "1"
+    assert any("held-out" in reason for reason in second.report.reasons)
+    assert second.registered is None
+    assert version_for(config.model_name, "challenger") is None
+    assert len(MlflowClient().search_model_versions(f"name='{config.model_name}'")) == 1
+    assert mlflow.get_run(second.run_id).data.tags["gate"] == "refused"
+
+
+def test_rerun_on_the_same_data_continues_the_study(home):
+    config = tiny_config(home, "classification", epochs=2)
+    _seed(config, sample_feedback("classification"))
+    first = loop(config)
+    again = loop(config)  # completed trials are never trained twice
+    assert again.tuned.study_name == first.tuned.study_name
+    assert again.tuned.best.mlflow_run_id == first.tuned.best.mlflow_run_id
+    assert len(_children(again.run_id)) == 0

@@ -1,0 +1,159 @@
+"""The `tuneloop` command: run the loop, serve, and move traffic (promote, canary, rollback)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneloop.config import LoopConfig, apply_environment
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_markdown=False)
+console = Console()
+
+KindOpt = typer.Option("generation", "--kind", "-k", help="generation or classification")
+HomeOpt = typer.Option(None, "--home", help="State directory (default ./.tuneloop or $TUNELOOP_HOME)")
+
+
+def _config(kind: str, home: Optional[Path], **overrides) -> LoopConfig:
+    if kind not in ("generation", "classification"):
+        raise typer.BadParameter(f"kind must be generation or classification, got {kind!r}")
+    resolved = apply_environment(home)
+    return LoopConfig(kind=kind, home=resolved, **overrides)
+
+
+@app.command()
+def seed(kind: str = KindOpt, home: Optional[Path] = HomeOpt, seed: int = 0) -> None:
+    """Write the generated sample feedback into the store (skips records already there)."""
+    config = _config(kind, home)
+    from tuneloop.feedback import FeedbackStore
+    from tuneloop.sample_data import sample_feedback
+
+    added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed), config.kind)
+    console.print(f"{added} sample {config.kind} records added to {config.feedback_db}")
+
+
+@app.command()
+def run(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.Option(False, help="Tiny random models (smoke test)"),
+        trials: Optional[int] = typer.Option(None, help="Optuna trials (default from config)")) -> None:
+    """Run one loop on the feedback in the store."""
+    config = _config(kind, home, tiny=tiny)
+    if trials:
+        config.tune.n_trials = trials
+    from flows.loop import loop
+
+    began = time.perf_counter()
+    result = loop(config)
+    _summary(config, result, time.perf_counter() - began)
+
+
+@app.command()
+def demo(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.Option(False, help="Tiny random models (smoke test)")) -> None:
+    """Seed the sample feedback (first time) and run the whole loop on it."""
+    config = _config(kind, home, tiny=tiny)
+    from tuneloop.feedback import FeedbackStore
+
+    if FeedbackStore(config.feedback_db).count(config.kind) == 0:
+        seed(kind=config.kind, home=config.home, seed=0)
+    run(kind=config.kind, home=config.home, tiny=tiny, trials=None)
+
+
+def _summary(config: LoopConfig, result, seconds: float) -> None:
+    counts = result.data.counts
+    console.rule(f"tuneloop {config.kind}: one loop in {seconds:.0f} s")
+    console.print(
+        f"Data {result.data.dataset_hash}: {counts.get('records', 0)} records -> {counts.get('train', 0)} train / "
+        f"{counts.get('heldout', 0)} held-out ({counts.get('quarantined', 0)} quarantined, "
+        f"{counts.get('duplicates_removed', 0)} duplicates, {counts.get('thumbs_down_without_correction', 0)} bare thumbs-down)"
+    )
+    best = result.tuned.best
+    console.print(f"Search {result.tuned.study_name}: {result.tuned.n_complete} complete, {result.tuned.n_pruned} pruned; "
+                  f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}")
+    table = Table("suite", f"baseline ({result.report.baseline})", "challenger")
+    for suite, scores in result.report.challenger.items():
+        table.add_row(suite, f"{result.report.champion[suite].mean:.3f}", f"{scores.mean:.3f}")
+    console.print(table)
+    console.print(f"Gate: {'passed' if result.report.passed else 'refused'}; held-out diff {result.report.heldout_diff:+.3f} "
+                  f"CI [{result.report.ci_low:+.3f}, {result.report.ci_high:+.3f}]")
+    for reason in result.report.reasons:
+        console.print(f"  - {reason}")
+    if result.registered:
+        console.print(f"Registered {result.registered.name} version {result.registered.version} as "
+                      f"'{result.registered.alias}', live for {result.challenger_percent}% of users")
+    console.print("Stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
+    home = config.home.resolve()
+    console.print(f"\nMLflow UI:     .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db --port 5000")
+    console.print(f"Start service: TUNELOOP_HOME={home} .venv/bin/tuneloop serve --kind {config.kind}")
+
+
+@app.command()
+def serve(kind: str = KindOpt, home: Optional[Path] = HomeOpt, port: int = 3000, host: str = "127.0.0.1",
+          tiny: bool = False) -> None:
+    """Start the BentoML service for a kind (foreground)."""
+    config = _config(kind, home)
+    os.environ.update(TUNELOOP_KIND=config.kind, TUNELOOP_TINY=str(tiny).lower())
+    root = Path(__file__).resolve().parent.parent
+    bentoml = Path(sys.executable).with_name("bentoml")
+    os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:Tuneloop", "--host", host, "--port", str(port),
+                            "--working-dir", str(root)])
+
+
+@app.command()
+def promote(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Challenger becomes champion (the old champion is kept as 'previous'); the canary closes."""
+    config = _config(kind, home)
+    from tuneloop.flags import set_challenger_percent
+    from tuneloop.registry import promote as promote_version
+
+    version = promote_version(config.model_name, reason="promoted from the CLI")
+    set_challenger_percent(config.flag_file, config.flag_key, 0)
+    console.print(f"{config.model_name} version {version} is now champion")
+
+
+@app.command()
+def rollback(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
+             champion: bool = typer.Option(False, "--champion", help="Also put the previous champion back")) -> None:
+    """Send every user to the champion at once (challenger share 0 %)."""
+    config = _config(kind, home)
+    from tuneloop.flags import set_challenger_percent
+
+    set_challenger_percent(config.flag_file, config.flag_key, 0)
+    console.print("challenger share set to 0 %")
+    if champion:
+        from tuneloop.registry import restore_previous
+
+        console.print(f"champion is version {restore_previous(config.model_name)} again")
+
+
+@app.command()
+def canary(percent: int, kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Set the challenger's sticky share of users (0-100)."""
+    config = _config(kind, home)
+    from tuneloop.flags import set_challenger_percent
+
+    set_challenger_percent(config.flag_file, config.flag_key, percent)
+    console.print(f"challenger share set to {percent} %")
+
+
+@app.command()
+def status(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Aliases, the challenger's share and the feedback count."""
+    config = _config(kind, home)
+    from tuneloop.feedback import FeedbackStore
+    from tuneloop.flags import challenger_percent
+    from tuneloop.registry import ALIASES, alias_version
+
+    for alias in ALIASES:
+        console.print(f"{alias:>10}: {alias_version(config.model_name, alias) or '-'}")
+    console.print(f"challenger share: {challenger_percent(config.flag_file, config.flag_key)} %")
+    console.print(f"feedback records: {FeedbackStore(config.feedback_db).count(config.kind)}")
+
+
+if __name__ == "__main__":
+    app()
