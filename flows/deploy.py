@@ -1,13 +1,22 @@
-"""Stage 5, deploy: send a sticky canary share of users to the new challenger through the flag."""
+"""Stage 5, deploy: a sticky canary for the new challenger, then a ramp that only moves while healthy.
+
+``deploy`` (in the loop) opens the canary. ``rollout`` (its own flow, long-running) steps the share
+through ``deploy.ramp`` while the challenger's live negative-feedback rate is not worse than the
+champion's, rolls back to 0 % when it is significantly worse, and promotes at 100 %.
+"""
 
 from __future__ import annotations
 
+import time
+
 import mlflow
-from prefect import task
+from prefect import flow, task
 
 from flows.register import Registered
 from tuneloop.config import LoopConfig
 from tuneloop.flags import challenger_percent, set_challenger_percent
+from tuneloop.registry import alias_version, promote
+from tuneloop.rollout import check, roll_back
 from tuneloop.tracking import within_run
 
 
@@ -20,3 +29,38 @@ def deploy(config: LoopConfig, registered: Registered, parent_run_id: str) -> in
         mlflow.log_metric("deploy.challenger_percent", share)
         mlflow.set_tag("deployed_version", registered.version)
     return share
+
+
+@flow(name="rollout", log_prints=True)
+def rollout(config: LoopConfig = LoopConfig(), poll_s: float = 30.0) -> str:
+    """Ramp the current challenger; returns 'promoted', 'rolled back: ...', 'full' or 'held: ...'."""
+    challenger = alias_version(config.model_name, "challenger")
+    if challenger is None:
+        return "held: no challenger registered"
+    champion = alias_version(config.model_name, "champion") or "base"
+    for share in config.deploy.ramp:
+        if share < challenger_percent(config.flag_file, config.flag_key):
+            continue  # already past this step
+        set_challenger_percent(config.flag_file, config.flag_key, share)
+        print(f"challenger v{challenger} at {share} %")
+        began = time.monotonic()
+        while True:
+            time.sleep(poll_s)
+            if alias_version(config.model_name, "challenger") != challenger or \
+                    challenger_percent(config.flag_file, config.flag_key) == 0:
+                return "held: the challenger changed or was rolled back by someone else"
+            verdict = check(config, champion, challenger)
+            if verdict.action == "rollback":
+                roll_back(config, challenger, f"rollout at {share} %: {verdict.reason}")
+                return f"rolled back: {verdict.reason}"
+            waited = time.monotonic() - began
+            if verdict.action == "ramp" and waited >= config.deploy.step_wait_s:
+                print(f"healthy at {share} %: {verdict.reason}")
+                break
+            if waited >= config.deploy.max_wait_s:
+                return f"held at {share} %: {verdict.reason}"
+    if config.deploy.promote_at_full:
+        promote(config.model_name, reason=f"rollout reached 100 % healthy (was challenger v{challenger})")
+        set_challenger_percent(config.flag_file, config.flag_key, 0)
+        return "promoted"
+    return "full"

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from tuneloop.config import LoopConfig, apply_environment
 
-app = typer.Typer(help=__doc__, no_args_is_help=True, pretty_markdown=False)
+app = typer.Typer(help=__doc__, no_args_is_help=True)
 console = Console()
 
 KindOpt = typer.Option("generation", "--kind", "-k", help="generation or classification")
