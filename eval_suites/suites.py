@@ -77,6 +77,20 @@ def adversarial_suite(kind: str, heldout_examples: Sequence, labels: Sequence[st
     return items
 
 
+def regression_suite(kind: str, train_examples: Sequence, seed: int = 0, max_items: int = 16) -> list[SuiteItem]:
+    """What the current champion already answers: general knowledge (data file) and a sample of earlier
+    training pairs (datasets accumulate, so the champion learned them). Guards against forgetting."""
+    items = []
+    path = HERE / "data" / f"regression_{kind}.jsonl"
+    if path.exists():
+        items = [SuiteItem(suite="regression", **json.loads(line)) for line in path.read_text().splitlines()]
+    rng = random.Random(seed + 1)
+    for e in rng.sample(list(train_examples), min(max_items, len(train_examples))):
+        items.append(SuiteItem(id=f"learned-{e.key[:40]}", suite="regression", category="learned", input=e.prompt,
+                               reference=e.target, segment=e.segment))
+    return items
+
+
 def score(kind: str, items: Sequence[SuiteItem], outputs: Sequence[str], confidences: Sequence[float] | None = None,
           labels: Sequence[str] = ()) -> tuple[list[float], dict[str, float]]:
     """Per-item scores and aggregate metrics (from the evaluate module) for one model's outputs."""

@@ -18,7 +18,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
-from eval_suites.suites import SuiteItem, adversarial_suite, breakdown, heldout_suite, score
+from eval_suites.suites import SuiteItem, adversarial_suite, breakdown, heldout_suite, regression_suite, score
 from flows.curate import CuratedData
 from flows.tune import TuneResult
 from tuneloop.config import GateConfig, LoopConfig
@@ -44,6 +44,7 @@ class EvalReport(BaseModel):
     ci_low: float
     ci_high: float
     adversarial_diff: float
+    regression_diff: float
     passed: bool
     reasons: list[str]
 
@@ -57,7 +58,8 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int, confidence: f
     return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
 
 
-def decide(gate: GateConfig, heldout: tuple[float, float, float], adversarial_diff: float) -> list[str]:
+def decide(gate: GateConfig, heldout: tuple[float, float, float], adversarial_diff: float,
+           regression_diff: float = 0.0) -> list[str]:
     """Reasons to refuse the challenger; empty means it passes."""
     diff, low, high = heldout
     reasons = []
@@ -67,6 +69,8 @@ def decide(gate: GateConfig, heldout: tuple[float, float, float], adversarial_di
         reasons.append(f"held-out {gate.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] does not exclude zero")
     if adversarial_diff < -gate.adversarial_tolerance:
         reasons.append(f"adversarial mean dropped by {-adversarial_diff:.3f} (tolerance {gate.adversarial_tolerance:.3f})")
+    if regression_diff < -gate.regression_tolerance:
+        reasons.append(f"regression mean dropped by {-regression_diff:.3f} (tolerance {gate.regression_tolerance:.3f}): it forgot")
     return reasons
 
 
@@ -99,6 +103,7 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], outputs: 
             mlflow.log_metric(f"eval.{who}.{suite}.latency_ms_per_item", s.seconds_per_item * 1000)
     mlflow.log_metrics({"gate.heldout_diff": report.heldout_diff, "gate.ci_low": report.ci_low,
                         "gate.ci_high": report.ci_high, "gate.adversarial_diff": report.adversarial_diff,
+                        "gate.regression_diff": report.regression_diff,
                         "gate.passed": float(report.passed)})
     rows = []
     for suite, items in suites.items():
@@ -119,7 +124,7 @@ def report_markdown(report: EvalReport) -> str:
              "| suite | baseline | challenger |", "|---|---|---|"]
     lines += [f"| {s} | {report.champion[s].mean:.3f} | {report.challenger[s].mean:.3f} |" for s in report.challenger]
     lines += ["", f"Held-out diff {report.heldout_diff:+.3f}, CI [{report.ci_low:+.3f}, {report.ci_high:+.3f}]; "
-                  f"adversarial diff {report.adversarial_diff:+.3f}."]
+                  f"adversarial diff {report.adversarial_diff:+.3f}; regression diff {report.regression_diff:+.3f}."]
     lines += [f"- {r}" for r in report.reasons]
     return "\n".join(lines)
 
@@ -128,7 +133,8 @@ def evaluate_candidates(config: LoopConfig, data: CuratedData, challenger_dir: P
     champion = alias_version(config.model_name, "champion")
     champion_dir = adapter_path(config.model_name, champion, config.home.resolve() / "adapters") if champion else None
     suites = {"heldout": heldout_suite(data.heldout),
-              "adversarial": adversarial_suite(config.kind, data.heldout, data.labels, seed=config.tune.seed)}
+              "adversarial": adversarial_suite(config.kind, data.heldout, data.labels, seed=config.tune.seed),
+              "regression": regression_suite(config.kind, data.train, seed=config.tune.seed)}
     scores, outputs = {}, {}
     for who, adapter_dir in (("champion", champion_dir), ("challenger", challenger_dir)):
         labels = (read_labels(adapter_dir) if adapter_dir else None) or data.labels
@@ -136,10 +142,12 @@ def evaluate_candidates(config: LoopConfig, data: CuratedData, challenger_dir: P
     heldout = paired_bootstrap(scores["champion"]["heldout"].per_item, scores["challenger"]["heldout"].per_item,
                                config.gate.bootstrap_samples, config.gate.confidence, config.tune.seed)
     adversarial_diff = scores["challenger"]["adversarial"].mean - scores["champion"]["adversarial"].mean
-    reasons = decide(config.gate, heldout, adversarial_diff)
+    regression_diff = scores["challenger"]["regression"].mean - scores["champion"]["regression"].mean
+    reasons = decide(config.gate, heldout, adversarial_diff, regression_diff)
     report = EvalReport(
         baseline=champion or "base", challenger=scores["challenger"], champion=scores["champion"],
         heldout_diff=heldout[0], ci_low=heldout[1], ci_high=heldout[2], adversarial_diff=adversarial_diff,
+        regression_diff=regression_diff,
         passed=not reasons, reasons=reasons,
     )
     return report, suites, outputs

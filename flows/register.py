@@ -43,6 +43,7 @@ def register(config: LoopConfig, data: CuratedData, tuned: TuneResult, report: E
         "gate.heldout_diff": f"{report.heldout_diff:.4f}",
         "gate.ci": f"[{report.ci_low:.4f}, {report.ci_high:.4f}]",
         "gate.adversarial_diff": f"{report.adversarial_diff:.4f}",
+        "gate.regression_diff": f"{report.regression_diff:.4f}",
         "eval.heldout": f"{report.challenger['heldout'].mean:.4f}",
         "eval.adversarial": f"{report.challenger['adversarial'].mean:.4f}",
     }

@@ -27,6 +27,7 @@ def test_gate_reasons():
     assert any("needs more than" in r for r in decide(gate, (0.03, 0.01, 0.05), 0.0))
     assert any("does not exclude zero" in r for r in decide(gate, (0.2, -0.01, 0.4), 0.0))
     assert any("adversarial" in r for r in decide(gate, (0.2, 0.1, 0.3), -0.05))
+    assert any("forgot" in r for r in decide(gate, (0.2, 0.1, 0.3), 0.0, -0.2))
 
 
 def test_router_is_sticky_and_follows_the_file_live(tmp_path):

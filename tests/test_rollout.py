@@ -1,0 +1,82 @@
+"""Rollout after registration: ramp while healthy, roll back when worse, and sabotage never promoted."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import tiny_config
+from flows.deploy import rollout
+from flows.evaluate import evaluate_candidates
+from flows.loop import loop
+from tuneloop.feedback import FeedbackRecord, FeedbackStore
+from tuneloop.flags import challenger_percent
+from tuneloop.registry import alias_version, promote
+from tuneloop.rollout import Rate, judge
+from tuneloop.config import DeployConfig
+from tuneloop.sample_data import sample_feedback
+
+
+@pytest.fixture
+def canary(home):
+    """A tiny classifier registered as challenger v1 at a 10 % canary (the base model is the champion)."""
+    config = tiny_config(home, "classification", epochs=6)
+    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
+    result = loop(config)
+    assert result.registered and result.challenger_percent == 10
+    return config, result
+
+
+def _live_feedback(config, url: str, rates: dict[str, float], n: int = 60):
+    """Stand-in for live traffic: n acknowledged ratings per version with the given thumbs-down share."""
+    store = FeedbackStore(url)
+    for version, rate in rates.items():
+        for i in range(n):
+            store.add(FeedbackRecord(request_id=f"live-{version}-{i}", user_id=f"u{i}", model_version=version, kind=config.kind,
+                                     prompt="where is my hub", output="shipping_status",
+                                     rating="down" if i < rate * n else "up"))
+    fast = config.deploy.model_copy(update={"step_wait_s": 0.05, "min_samples": 30})
+    return config.model_copy(update={"feedback_url": url, "deploy": fast})
+
+
+def test_rollout_ramps_while_healthy_then_promotes(canary, tmp_path):
+    config, result = canary
+    live = _live_feedback(config, f"sqlite:///{tmp_path / 'live.db'}", {"base": 0.3, result.registered.version: 0.1})
+    assert rollout(live, poll_s=0.02) == "promoted"
+    assert alias_version(config.model_name, "champion") == result.registered.version
+    assert alias_version(config.model_name, "challenger") is None
+    assert challenger_percent(config.flag_file, config.flag_key) == 0
+
+
+def test_rollout_rolls_back_a_worse_challenger_and_records_why(canary, tmp_path):
+    config, result = canary
+    live = _live_feedback(config, f"sqlite:///{tmp_path / 'live.db'}", {"base": 0.1, result.registered.version: 0.6})
+    outcome = rollout(live, poll_s=0.02)
+    assert outcome.startswith("rolled back: significantly worse")
+    assert challenger_percent(config.flag_file, config.flag_key) == 0
+    assert alias_version(config.model_name, "champion") is None  # never promoted
+    assert (config.home / "rollouts.jsonl").read_text().count("rollback") == 1
+
+
+def test_sabotaged_challenger_is_never_promoted(canary):
+    config, result = canary
+    promote(config.model_name)
+    sabotaged = config.work_dir / "sabotaged"
+    shutil.copytree(result.tuned.best.adapter_dir, sabotaged)
+    weights = load_file(sabotaged / "adapter_model.safetensors")
+    torch.manual_seed(0)
+    save_file({k: torch.randn_like(v) * 5 for k, v in weights.items()}, sabotaged / "adapter_model.safetensors")
+    report, _, _ = evaluate_candidates(config, result.data, sabotaged)
+    assert not report.passed and report.heldout_diff < 0
+    assert report.baseline == alias_version(config.model_name, "champion")
+
+
+def test_judge_needs_samples_and_significance():
+    deploy = DeployConfig(min_samples=30, guard_alpha=0.01, worse_tolerance=0.02)
+    assert judge(Rate(10, 1), Rate(10, 9), deploy).action == "wait"
+    assert judge(Rate(100, 10), Rate(100, 50), deploy).action == "rollback"
+    assert judge(Rate(100, 10), Rate(100, 11), deploy).action == "ramp"
+    assert judge(Rate(100, 10), Rate(100, 16), deploy).action == "wait"  # worse, not yet significant
