@@ -39,6 +39,34 @@ def seed(kind: str = KindOpt, home: Optional[Path] = HomeOpt, seed: int = 0) -> 
     console.print(f"{added} sample {config.kind} records added to {config.feedback_db}")
 
 
+@app.command("import")
+def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV of feedback records"),
+                kind: str = KindOpt, home: Optional[Path] = HomeOpt,
+                fmt: Optional[str] = typer.Option(None, "--format", help="jsonl or csv (default: from the file's suffix)"),
+                check_versions: bool = typer.Option(True, help="Refuse model versions the registry does not know"),
+                report: Optional[Path] = typer.Option(None, help="Write every reject (line, field, reason) here as JSON lines"),
+                strict: bool = typer.Option(False, help="Exit with status 1 when any record is rejected")) -> None:
+    """Import feedback collected elsewhere, with the API's validation; rejects are reported, not stored."""
+    config = _config(kind, home)
+    if fmt not in (None, "jsonl", "csv"):
+        raise typer.BadParameter(f"format must be jsonl or csv, got {fmt!r}")
+    from tuneloop.feedback import FeedbackStore, registry_has_version
+    from tuneloop.feedback_import import import_feedback, write_rejects
+
+    known = (lambda version: registry_has_version(config.model_name, version)) if check_versions else None
+    result = import_feedback(FeedbackStore(config.feedback_db), file, config.kind, fmt, known_version=known)
+    console.print(f"{file}: {result.read} read, {result.stored} stored, {result.duplicates} already stored, "
+                  f"{len(result.rejected)} rejected")
+    for reject in result.rejected[:20]:
+        console.print(f"  line {reject.line}: {reject.field}: {reject.reason}", markup=False)
+    if len(result.rejected) > 20:
+        console.print(f"  ... and {len(result.rejected) - 20} more" + ("" if report else " (use --report FILE for all)"))
+    if report:
+        write_rejects(result, report)
+    if strict and result.rejected:
+        raise typer.Exit(1)
+
+
 @app.command()
 def run(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.Option(False, help="Tiny random models (smoke test)"),
         trials: Optional[int] = typer.Option(None, help="Optuna trials (default from config)")) -> None:
@@ -139,6 +167,16 @@ def canary(percent: int, kind: str = KindOpt, home: Optional[Path] = HomeOpt) ->
 
     set_challenger_percent(config.flag_file, config.flag_key, percent)
     console.print(f"challenger share set to {percent} %")
+
+
+@app.command()
+def rollout(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
+            poll_s: float = typer.Option(30.0, help="Seconds between health checks")) -> None:
+    """Ramp the challenger through deploy.ramp while its live feedback is healthy; promote at 100 %."""
+    config = _config(kind, home)
+    from flows.deploy import rollout as rollout_flow
+
+    console.print(rollout_flow(config, poll_s=poll_s))
 
 
 @app.command()
