@@ -1,23 +1,39 @@
-"""Stage 1, curate: raw feedback -> a versioned train/held-out dataset, logged to MLflow."""
+"""Stage 1, curate: raw feedback -> a versioned train/held-out dataset, logged to MLflow.
+
+From every record of the kind up to the newest one (the high-water mark), in arrival order:
+validate (invalid records are quarantined with a reason, in the store's ``quarantine`` table);
+normalise and scrub personal data (before anything leaves the store); drop bare thumbs-down (counted,
+not trained on); cluster exact and near-duplicate prompts; resolve conflicting targets per cluster
+(majority, else the most recent; every conflict recorded); split clusters by the hash of their
+representative's key. The raw rows are never changed: the result is files under
+``work/<kind>/datasets/<hash>/``, a ``curation_runs`` row (the high-water mark the trigger counts
+from), an MLflow dataset with counts and a sample table, and a Prefect markdown artifact.
+
+Each run curates the whole history up to the mark, not just the new records: the adapter is trained
+from the base model every loop, and the split must stay stable as data grows. What is new since the
+previous mark is what ``flows/trigger.py`` counts.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import mlflow
 import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
-from tuneloop.feedback import FeedbackRecord, FeedbackStore
+from tuneloop.dedupe import cluster_keys, normalize, prompt_key, split_of
+from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
 from tuneloop.pii import scrub
+
+__all__ = ["CuratedData", "Example", "build_dataset", "curate", "normalize", "prompt_key", "split_of"]
 
 
 class Example(BaseModel):
@@ -26,6 +42,7 @@ class Example(BaseModel):
     key: str
     source_ids: list[int]
     segment: str | None = None
+    positive: bool = False  # True when the target is a thumbs-up answer rather than a correction
 
 
 class CuratedData(BaseModel):
@@ -37,119 +54,164 @@ class CuratedData(BaseModel):
     labels: list[str]
     counts: dict[str, int]
     quarantine: list[dict]
+    conflicts: list[dict] = []
     dataset_hash: str
     path: Path
     last_feedback_id: int
+    curation_run_id: int | None = None
 
 
-def normalize(text: str) -> str:
-    """Unicode NFKC and single spaces: what the model sees."""
-    return " ".join(unicodedata.normalize("NFKC", text).split())
+class _Usable(NamedTuple):
+    id: int
+    prompt: str
+    target: str
+    segment: str | None
+    positive: bool
 
 
-def prompt_key(prompt: str) -> str:
-    """Case-, punctuation- and spacing-blind key: near-duplicate prompts share it (and its split)."""
-    return " ".join(re.sub(r"[^\w\s]", " ", prompt.casefold()).split())
+def clean(text: str) -> str:
+    """Normalised and scrubbed (normalising first unmasks full-width and zero-width-split personal data)."""
+    return normalize(scrub(normalize(text)))
 
 
-def split_of(key: str, heldout_percent: int) -> str:
-    """Stable by construction: a prompt's side depends on its key alone, never on what else arrived."""
-    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
-    return "heldout" if bucket < heldout_percent else "train"
-
-
-def _validate(payload: str, kind: str) -> FeedbackRecord | str:
+def _parse(row_id: int, payload: str, kind: str, counts: Counter) -> _Usable | str | None:
+    """A usable pair, a quarantine reason, or None for a valid record that is not trained on."""
     try:
-        return FeedbackRecord.model_validate({"kind": kind, **json.loads(payload)})
-    except json.JSONDecodeError as err:
-        return f"not JSON: {err.msg}"
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or first["msg"].split(":")[0]
-        return f"{field}: {first['msg']}"
+        record = validate_feedback(json.loads(payload), kind)
+    except FeedbackError as err:
+        return str(err)
+    except ValueError:
+        return "body: not valid JSON"
+    if record.rating == "down" and record.correction is None:
+        counts["thumbs_down_without_correction"] += 1
+        return None
+    prompt = clean(record.prompt)
+    target = clean(record.correction if record.rating == "down" else record.output)
+    if not prompt or not target:
+        return ("prompt" if not prompt else "target") + ": empty after cleaning"
+    counts["corrections" if record.rating == "down" else "thumbs_up"] += 1
+    segment = clean(record.segment) if record.segment else None
+    return _Usable(row_id, prompt, target, segment, record.rating == "up")
+
+
+def _resolve(items: list[_Usable], key: str, counts: Counter, conflicts: list[dict]) -> Example:
+    """One example per cluster: the majority target, a tie going to the most recent record."""
+    votes = Counter(item.target for item in items)
+    top = max(votes.values())
+    latest = next(item for item in reversed(items) if votes[item.target] == top)
+    counts["duplicates_removed"] += len(items) - len(votes)
+    if len(votes) > 1:
+        counts["conflicts_resolved"] += 1
+        counts["outvoted"] += len(items) - top
+        rule = "majority" if list(votes.values()).count(top) == 1 else "most recent"
+        conflicts.append({"key": key, "winner": latest.target, "rule": rule, "votes": dict(votes.most_common())})
+    return Example(prompt=items[0].prompt, target=latest.target, key=key, source_ids=[i.id for i in items],
+                   segment=latest.segment, positive=latest.positive)
 
 
 def build_dataset(store: FeedbackStore, config: LoopConfig) -> CuratedData:
     """Validate, clean, scrub, dedupe, resolve conflicts and split every record of this kind."""
     counts: Counter[str] = Counter()
     quarantine: list[dict] = []
-    groups: dict[str, list[tuple[int, str, str, str | None]]] = defaultdict(list)
-    rows = store.rows(config.kind)
+    usable: list[_Usable] = []
+    high_water = store.high_water(config.kind)  # fixed first: records arriving meanwhile wait for the next run
+    rows = store.rows(config.kind, upto_id=high_water)
     for row in rows:
-        record = _validate(row.payload, config.kind)
-        if isinstance(record, str):
-            quarantine.append({"feedback_id": row.id, "reason": record})
+        parsed = _parse(row.id, row.payload, config.kind, counts)
+        if isinstance(parsed, str):
+            quarantine.append({"feedback_id": row.id, "reason": parsed})
             counts["quarantined"] += 1
-            continue
-        prompt = normalize(scrub(record.prompt))
-        if record.rating == "down" and record.correction is None:
-            counts["thumbs_down_without_correction"] += 1
-            continue
-        target = normalize(scrub(record.correction if record.rating == "down" else record.output))
-        if not prompt or not target:
-            quarantine.append({"feedback_id": row.id, "reason": "empty after cleaning"})
-            counts["quarantined"] += 1
-            continue
-        counts["corrections" if record.rating == "down" else "thumbs_up"] += 1
-        groups[prompt_key(prompt)].append((row.id, prompt, target, record.segment))
+            counts[f"quarantined.{parsed.split(':')[0]}"] += 1
+        elif parsed is not None:
+            usable.append(parsed)
 
+    keys = [prompt_key(u.prompt) for u in usable]
+    representative = cluster_keys(keys)
+    clusters: dict[str, list[_Usable]] = defaultdict(list)
+    for item, key in zip(usable, keys):
+        clusters[representative[key]].append(item)
+    counts["near_duplicates"] = sum(1 for key in keys if representative[key] != key)
+
+    conflicts: list[dict] = []
     train, heldout = [], []
-    for key, items in groups.items():
-        votes = Counter(target for _, _, target, _ in items)
-        top = max(votes.values())
-        # majority wins; a tie goes to the most recent record
-        winner = next(t for _, _, t, _ in reversed(items) if votes[t] == top)
-        counts["duplicates_removed"] += len(items) - len(votes)
-        if len(votes) > 1:
-            counts["conflicts_resolved"] += 1
-        latest = next(item for item in reversed(items) if item[2] == winner)
-        example = Example(prompt=latest[1], target=winner, key=key, source_ids=[i for i, *_ in items], segment=latest[3])
+    for key, items in clusters.items():
+        example = _resolve(items, key, counts, conflicts)
         (heldout if split_of(key, config.heldout_percent) == "heldout" else train).append(example)
-
     train.sort(key=lambda e: e.key)
     heldout.sort(key=lambda e: e.key)
+
     labels = sorted({e.target for e in train + heldout}) if config.kind == "classification" else []
     counts.update(records=len(rows), train=len(train), heldout=len(heldout))
     content = json.dumps({name: [[e.prompt, e.target] for e in es] for name, es in (("train", train), ("heldout", heldout))})
     dataset_hash = hashlib.sha256(content.encode()).hexdigest()[:16]
-    path = config.work_dir / "datasets" / dataset_hash
+    path = _write(config.work_dir / "datasets" / dataset_hash, train, heldout, quarantine, conflicts, dict(counts))
+    return CuratedData(kind=config.kind, train=train, heldout=heldout, labels=labels, counts=dict(counts),
+                       quarantine=quarantine, conflicts=conflicts, dataset_hash=dataset_hash, path=path,
+                       last_feedback_id=high_water)
+
+
+def _write(path: Path, train: list[Example], heldout: list[Example], quarantine: list[dict], conflicts: list[dict],
+           counts: dict[str, int]) -> Path:
+    """The derived set on disk: the training files plus what was refused and why (ids only, no text)."""
     path.mkdir(parents=True, exist_ok=True)
     for name, examples in (("train", train), ("heldout", heldout)):
         (path / f"{name}.jsonl").write_text("".join(e.model_dump_json() + "\n" for e in examples))
     (path / "quarantine.jsonl").write_text("".join(json.dumps(q) + "\n" for q in quarantine))
-    return CuratedData(
-        kind=config.kind, train=train, heldout=heldout, labels=labels, counts=dict(counts), quarantine=quarantine,
-        dataset_hash=dataset_hash, path=path, last_feedback_id=rows[-1].id if rows else 0,
-    )
+    (path / "conflicts.json").write_text(json.dumps(conflicts, indent=1))
+    (path / "counts.json").write_text(json.dumps(counts, indent=1, sort_keys=True))
+    return path
 
 
-def log_dataset(data: CuratedData) -> None:
-    """The dataset, its counts and a sample a reviewer can open, on the active MLflow run."""
+def quarantine_reasons(data: CuratedData) -> dict[str, int]:
+    return dict(Counter(q["reason"] for q in data.quarantine).most_common())
+
+
+def log_dataset(data: CuratedData, sample_size: int = 25) -> None:
+    """The dataset, its counts and a sample a reviewer can open, on the active MLflow run.
+
+    Everything logged here is built from the scrubbed examples; quarantined records appear by id and
+    reason only, never with their text.
+    """
     frame = pd.DataFrame(
-        [{"split": s, "prompt": e.prompt, "target": e.target} for s, es in (("train", data.train), ("heldout", data.heldout)) for e in es]
+        [{"split": s, "prompt": e.prompt, "target": e.target, "positive": e.positive, "segment": e.segment}
+         for s, es in (("train", data.train), ("heldout", data.heldout)) for e in es]
     )
-    dataset = mlflow.data.from_pandas(frame, name=f"feedback-{data.kind}", digest=data.dataset_hash, targets="target")
+    dataset = mlflow.data.from_pandas(frame, source=str(data.path), name=f"feedback-{data.kind}",
+                                      digest=data.dataset_hash, targets="target")
     mlflow.log_input(dataset, context="training")
-    mlflow.log_params({"dataset_hash": data.dataset_hash, "n_train": len(data.train), "n_heldout": len(data.heldout)})
+    mlflow.log_params({"dataset_hash": data.dataset_hash, "n_train": len(data.train), "n_heldout": len(data.heldout),
+                       "last_feedback_id": data.last_feedback_id})
     mlflow.log_metrics({f"curate.{k}": v for k, v in data.counts.items()})
-    mlflow.log_table(frame.sample(min(len(frame), 25), random_state=0), "curate/sample.json")
-    mlflow.log_dict({"counts": data.counts, "quarantine": data.quarantine}, "curate/summary.json")
+    mlflow.log_table(frame.sample(min(len(frame), sample_size), random_state=0), "curate/sample.json")
+    mlflow.log_dict({"counts": data.counts, "quarantine_reasons": quarantine_reasons(data),
+                     "conflicts": data.conflicts[:200], "quarantine": data.quarantine[:1000]}, "curate/summary.json")
 
 
 def summary_markdown(data: CuratedData) -> str:
-    lines = [f"# Curated dataset `{data.dataset_hash}` ({data.kind})", "", "| count | n |", "|---|---|"]
+    lines = [f"# Curated dataset `{data.dataset_hash}` ({data.kind})", "",
+             f"Records up to feedback id {data.last_feedback_id}; files in `{data.path}`.", "",
+             "| count | n |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(data.counts.items())]
-    reasons = Counter(q["reason"] for q in data.quarantine)
-    if reasons:
-        lines += ["", "Quarantined:", *[f"- {r}: {n}" for r, n in reasons.most_common()]]
+    if data.quarantine:
+        lines += ["", "## Quarantined (kept in the `quarantine` table)", "", "| reason | n |", "|---|---|"]
+        lines += [f"| {reason} | {n} |" for reason, n in quarantine_reasons(data).items()]
+    if data.conflicts:
+        lines += ["", f"## Conflicts resolved: {len(data.conflicts)}", ""]
+        lines += [f"- `{c['key'][:60]}`: {c['rule']} -> {c['winner'][:80]!r} (votes {list(c['votes'].values())})"
+                  for c in data.conflicts[:10]]
     return "\n".join(lines)
 
 
 @task(name="curate")
 def curate(config: LoopConfig) -> CuratedData:
-    data = build_dataset(FeedbackStore(config.feedback_db), config)
+    """Build the dataset version, log it, and record which records this run used."""
+    store = FeedbackStore(config.feedback_db)
+    data = build_dataset(store, config)
     if not data.train or not data.heldout:
         raise ValueError(f"not enough usable feedback to train: {data.counts}")
     log_dataset(data)
+    run = mlflow.active_run()
+    data.curation_run_id = store.record_curation(config.kind, data.last_feedback_id, data.dataset_hash, data.counts,
+                                                 data.quarantine, run.info.run_id if run else None)
     create_markdown_artifact(summary_markdown(data), key=f"curate-{data.kind}", description="Curated dataset")
     return data

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated
 
 import bentoml
-from fastapi import Body, FastAPI, Header, HTTPException
+from fastapi import Body, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from tuneloop.config import LoopConfig, apply_environment
@@ -86,28 +86,48 @@ class Tuneloop:
         if authorization is None or not secrets.compare_digest(authorization.encode(), expected.encode()):
             raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
-    @api.post("/feedback", status_code=201)
-    def feedback(self, record: FeedbackRecord, authorization: Annotated[str | None, Header()] = None) -> dict:
-        """Store one verdict; acknowledged only once it is committed. Retries with the same request id are no-ops."""
+    @api.post("/feedback", status_code=201, response_model=None, openapi_extra={"requestBody": {
+        "required": True, "content": {"application/json": {"schema": FeedbackRecord.model_json_schema()}}}})
+    async def feedback(self, request: Request, authorization: Annotated[str | None, Header()] = None):
+        """Store one verdict (schema: FeedbackRecord). 201 once it is committed, 200 for a retry of a stored
+        request id; 4xx naming the field otherwise: 400 undecodable body, 401 token, 409 request id reused
+        for a different record, 413 body too large, 422 invalid field or unknown model version."""
+        from fastapi.responses import JSONResponse
+        from sqlalchemy.exc import SQLAlchemyError
+        from starlette.concurrency import run_in_threadpool
+
+        from tuneloop.feedback import FeedbackError, parse_feedback, read_limited
+
         self._authorise(authorization)
-        if record.kind != self.config.kind:
-            raise HTTPException(422, detail=f"kind: this service serves {self.config.kind!r}, got {record.kind!r}")
-        if record.model_version != "base" and not self._known_version(record.model_version):
-            raise HTTPException(422, detail=f"model_version: unknown version {record.model_version!r} of {self.config.model_name}")
-        feedback_id, created = self.store.add(record)
-        return {"id": feedback_id, "created": created, "request_id": record.request_id}
+        try:
+            # the body is read and parsed here, not by FastAPI, so that invalid UTF-8, bad JSON and
+            # absurd sizes get a 4xx naming the problem instead of a generic error
+            record = parse_feedback(await read_limited(request.stream()), kind=self.config.kind)
+
+            def check_and_store() -> tuple[int, bool]:  # blocking: one trip to the thread pool
+                if not self._known_version(record.model_version):
+                    raise FeedbackError("model_version", f"unknown version {record.model_version!r} of {self.config.model_name}")
+                return self.store.add(record)  # returns after the commit
+
+            feedback_id, created = await run_in_threadpool(check_and_store)
+        except FeedbackError as err:
+            return JSONResponse(err.to_json(), status_code=err.status)
+        except SQLAlchemyError:
+            return JSONResponse({"detail": "store: not stored, retry later", "field": "store"}, status_code=503)
+        return JSONResponse({"id": feedback_id, "created": created, "request_id": record.request_id},
+                            status_code=201 if created else 200)
 
     def _known_version(self, version: str) -> bool:
-        if version in self.bank.served.values():
-            return True
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
+        """'base', a served version, or one the registry knows. Answers are cached: known versions for
+        good, unknown ones for a few seconds (a version registered just now becomes valid quickly)."""
+        from tuneloop.feedback import FeedbackError, registry_has_version
 
-        try:
-            MlflowClient().get_model_version(self.config.model_name, version)
+        if version == "base" or version in self.bank.served.values():
             return True
-        except MlflowException:
-            return False
+        cache: dict[str, tuple[bool, float]] = self.__dict__.setdefault("_version_cache", {})
+        known, checked = cache.get(version, (False, 0.0))
+        if known or time.monotonic() - checked < 5:
+            return known
 
     @api.get("/routing")
     def routing(self) -> dict:

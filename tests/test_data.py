@@ -21,13 +21,20 @@ from tuneloop.sample_data import sample_feedback
     ("card 4111-1111-1111-1111", "[CARD]"),
     ("IBAN DE89 3704 0044 0532 0130 00 please", "[IBAN]"),
     ("GB82WEST12345698765432", "[IBAN]"),
+    ("mail a.b-c+d@sub.example.co.uk now", "[EMAIL]"),
+    ("ring (555) 123-4567", "[PHONE]"),
+    ("ring 555.987.6543", "[PHONE]"),
+    ("tel: +1-202-555-0143", "[PHONE]"),
+    ("card 5500-0000-0000-0004", "[CARD]"),
+    ("amex 378282246310005", "[CARD]"),
 ])
 def test_scrub_replaces_personal_data(text, tag):
     assert tag in scrub(text)
 
 
 @pytest.mark.parametrize("text", ["The Nimbus Pro costs 189 euros.", "Orders ship within 2 business days.",
-                                  "order 1234 5678 9012 3456 failed Luhn", "2.4 GHz Wi-Fi"])
+                                  "order 1234 5678 9012 3456 failed Luhn", "2.4 GHz Wi-Fi", "delivered on 2026-11-22 at 10:30",
+                                  "due 22.11.2026", "version 1.4.39", "costs 1,189.00 euros"])
 def test_scrub_leaves_ordinary_text(text):
     assert scrub(text) == text
 

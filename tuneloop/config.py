@@ -64,6 +64,8 @@ class LoopConfig(BaseSettings):
     feedback_url: str | None = Field(None, description="SQLAlchemy URL of the feedback store (default: SQLite in home).")
     optuna_url: str | None = Field(None, description="Optuna storage URL (default: SQLite in home).")
     heldout_percent: int = Field(20, ge=1, le=50, description="Share of prompts (by hash) kept for held-out evaluation.")
+    min_new_corrections: int = Field(50, ge=1, description="Trigger: usable corrections since the last curation needed to run the loop.")
+    min_interval_minutes: float = Field(60, ge=0, description="Trigger: at most one loop run per this many minutes.")
     max_new_tokens: int = Field(24, ge=1, description="Generation length when scoring and serving.")
     tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()

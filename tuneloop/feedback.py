@@ -1,24 +1,51 @@
-"""Feedback: the record schema and the store it lands in.
+"""Feedback: the record schema, its validation, and the store it lands in.
 
-The store keeps every acknowledged record exactly as received (raw JSON) and never mutates it;
-curation parses, quarantines and derives datasets from it. SQLite by default, any SQLAlchemy URL
-(Postgres included) by setting ``TUNELOOP_FEEDBACK_URL``.
+The store keeps every acknowledged record exactly as received (raw JSON) and never mutates it (the
+database refuses UPDATEs of feedback rows); curation parses, quarantines and derives datasets from
+it, recording what it used in ``curation_runs`` and what it refused in ``quarantine``. SQLite by
+default, any SQLAlchemy URL (Postgres included) by setting ``TUNELOOP_FEEDBACK_URL``. The schema is
+kept by the Alembic migrations in ``tuneloop/migrations``, applied when a store is opened.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, AsyncIterable, Iterable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import DateTime, Integer, String, Text, create_engine, func, select
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo,
+                      field_validator)
+from pydantic_core import PydanticCustomError
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tuneloop.config import Kind
 
-MAX_TEXT = 8000  # characters; longer inputs are refused, not truncated
+MAX_TEXT = 8000  # characters per text field; longer inputs are refused, not truncated
+MAX_BODY = 4 * 4 * MAX_TEXT + 4096  # bytes: four maximal fields of 4-byte characters, plus the rest
+
+
+def _valid_text(value: str) -> str:
+    # JSON may carry "\u0000" and lone surrogates ("\ud800"): neither is storable text (Postgres
+    # refuses NUL, UTF-8 cannot encode a surrogate), so refuse them here instead of failing at commit.
+    if "\x00" in value:
+        raise PydanticCustomError("nul_character", "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("invalid_utf8", "must be valid UTF-8 text (it contains a lone surrogate)") from None
+    return value
+
+
+CleanText = Annotated[str, AfterValidator(_valid_text)]
+# optional fields carry their length limits inside: on the Optional they would count items, not characters
+CorrectionText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT), AfterValidator(_valid_text)]
+SegmentText = Annotated[str, StringConstraints(max_length=64), AfterValidator(_valid_text)]
 
 
 class FeedbackRecord(BaseModel):
@@ -26,23 +53,102 @@ class FeedbackRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    request_id: str = Field(min_length=1, max_length=128, description="Id of the answered request; retries reuse it.")
-    user_id: str = Field(min_length=1, max_length=128)
-    model_version: str = Field(min_length=1, max_length=64, description="Version that produced the answer ('base' for none).")
-    kind: Kind = "generation"
-    prompt: str = Field(min_length=1, max_length=MAX_TEXT, description="What the user asked (or the utterance).")
-    output: str = Field(max_length=MAX_TEXT, description="What the model answered (or the predicted label).")
-    rating: Literal["up", "down"]
-    correction: str | None = Field(None, max_length=MAX_TEXT, description="What it should have said (or the right label).")
-    segment: str | None = Field(None, max_length=64, description="Optional tag for per-segment evaluation.")
+    request_id: CleanText = Field(min_length=1, max_length=128, description="Id of the answered request; retries reuse it.")
+    user_id: CleanText = Field(min_length=1, max_length=128, description="Who gave the feedback (never leaves the store).")
+    model_version: CleanText = Field(min_length=1, max_length=64, description="Version that produced the answer ('base' for none).")
+    kind: Kind = Field("generation", description="generation (free-text correction) or classification (corrected label).")
+    prompt: CleanText = Field(min_length=1, max_length=MAX_TEXT, description="What the user asked (or the utterance).")
+    output: CleanText = Field(max_length=MAX_TEXT, description="What the model answered (or the predicted label).")
+    rating: Literal["up", "down"] = Field(description="Thumbs up or down.")
+    correction: CorrectionText | None = Field(None, description="What it should have said (or the right label); thumbs-down only.")
+    segment: SegmentText | None = Field(None, description="Optional tag for per-segment evaluation.")
 
-    @model_validator(mode="after")
-    def _correction_only_on_thumbs_down(self) -> "FeedbackRecord":
-        if self.correction is not None and self.rating == "up":
-            raise ValueError("correction: a thumbs-up cannot carry a correction")
-        if self.correction is not None and not self.correction:
-            raise ValueError("correction: must not be empty when given")
-        return self
+    @field_validator("correction")
+    @classmethod
+    def _correction_only_on_thumbs_down(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("rating") == "up":
+            raise PydanticCustomError("correction_on_thumbs_up", "a thumbs-up cannot carry a correction")
+        return value
+
+
+class FeedbackError(ValueError):
+    """A refused record: the offending field, why, and the HTTP status that says so."""
+
+    def __init__(self, field: str, message: str, status: int = 422, errors: list[dict[str, str]] | None = None):
+        super().__init__(f"{field}: {message}")
+        self.field, self.message, self.status = field, message, status
+        self.errors = errors or [{"field": field, "message": message}]
+
+    @classmethod
+    def from_validation(cls, err: ValidationError) -> "FeedbackError":
+        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in err.errors(include_url=False)]
+        return cls(errors[0]["field"], errors[0]["message"], 422, errors)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"detail": str(self), "field": self.field, "errors": self.errors}
+
+
+def validate_feedback(data: Any, kind: str | None = None) -> FeedbackRecord:
+    """A parsed JSON value -> a record, or FeedbackError naming the first bad field.
+
+    ``kind`` fills a missing ``kind`` (the service's or the import's kind); a different one is refused.
+    """
+    if not isinstance(data, dict):
+        raise FeedbackError("body", f"must be a JSON object, not {type(data).__name__}")
+    if kind is not None:
+        data = {"kind": kind, **data}
+    try:
+        record = FeedbackRecord.model_validate(data)
+    except ValidationError as err:
+        raise FeedbackError.from_validation(err) from None
+    if kind is not None and record.kind != kind:
+        raise FeedbackError("kind", f"expected {kind!r} here, got {record.kind!r}")
+    return record
+
+
+def parse_feedback(body: bytes | str, kind: str | None = None) -> FeedbackRecord:
+    """Raw bytes (an HTTP body, a JSONL line) -> a record, or FeedbackError naming the problem."""
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise FeedbackError("body", f"not valid UTF-8 (byte {err.start})", 400) from None
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as err:
+        raise FeedbackError("body", f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})", 400) from None
+    except (ValueError, RecursionError) as err:  # over-long integers, absurd nesting
+        raise FeedbackError("body", f"not acceptable JSON: {str(err)[:120]}", 400) from None
+    return validate_feedback(data, kind)
+
+
+async def read_limited(chunks: AsyncIterable[bytes], limit: int = MAX_BODY) -> bytes:
+    """Read a request body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise FeedbackError("body", f"larger than {limit} bytes", 413)
+    return bytes(body)
+
+
+def registry_has_version(model_name: str, version: str) -> bool:
+    """Whether the MLflow Model Registry knows this version of the model ('base' always exists)."""
+    if version == "base":
+        return True
+    if not version.isdigit():  # registry versions are integers; anything else cannot exist
+        return False
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().get_model_version(model_name, version)
+        return True
+    except MlflowException:
+        return False
+
+
+# --- the store -------------------------------------------------------------------------------------
 
 
 class _Base(DeclarativeBase):
@@ -50,6 +156,8 @@ class _Base(DeclarativeBase):
 
 
 class FeedbackRow(_Base):
+    """One acknowledged record, as received. Rows are never updated (a database trigger refuses it)."""
+
     __tablename__ = "feedback"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -59,41 +167,151 @@ class FeedbackRow(_Base):
     payload: Mapped[str] = mapped_column(Text, doc="The record exactly as received (JSON).")
 
 
+class CurationRunRow(_Base):
+    """One curation: which records it used (ids up to ``high_water_id``) and what it made of them."""
+
+    __tablename__ = "curation_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+    high_water_id: Mapped[int] = mapped_column(Integer)
+    dataset_hash: Mapped[str] = mapped_column(String(64))
+    counts: Mapped[str] = mapped_column(Text)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class QuarantineRow(_Base):
+    """A raw record curation refused, and why (kept and countable; the raw row itself stays as it was)."""
+
+    __tablename__ = "quarantine"
+
+    feedback_id: Mapped[int] = mapped_column(ForeignKey("feedback.id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    reason: Mapped[str] = mapped_column(Text)
+    curation_run_id: Mapped[int] = mapped_column(ForeignKey("curation_runs.id"))
+
+
+@dataclass(frozen=True)
+class CurationRun:
+    id: int
+    kind: str
+    created_at: datetime
+    high_water_id: int
+    dataset_hash: str
+    counts: dict[str, int]
+    mlflow_run_id: str | None
+
+
+class RequestIdConflict(FeedbackError):
+    def __init__(self, request_id: str):
+        super().__init__("request_id", f"{request_id!r} was already used for a different record", 409)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for the store. SQLite gets WAL (readers never block the writer), a full fsync per
+    commit (an acknowledged record survives a power cut) and a long lock wait (concurrent writers queue)."""
+    if not url.startswith("sqlite"):
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+    engine = create_engine(url, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        if ":memory:" not in url and url.rstrip("/") != "sqlite:":
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
 class FeedbackStore:
-    """Append-only store of raw feedback."""
+    """Append-only store of raw feedback, plus the derived bookkeeping of curation."""
 
     def __init__(self, url: str):
+        from tuneloop.migrations import upgrade
+
         self.url = url
-        self.engine = create_engine(url, pool_pre_ping=True)
-        _Base.metadata.create_all(self.engine)
+        self.engine = make_engine(url)
+        # SQLite has one writer at a time and its busy handler sleeps in growing steps (up to 100 ms)
+        # while waiting: queueing this process's writers on a lock instead keeps the latency flat
+        self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        upgrade(self.engine)
+
+    # -- intake
 
     def add(self, record: FeedbackRecord) -> tuple[int, bool]:
-        """Store a validated record durably; returns (id, created). A retried request id is not duplicated."""
-        return self.add_raw(record.model_dump(mode="json"), kind=record.kind)
+        """Store a validated record durably; returns (id, created). A retry with the same request id
+        is not duplicated; the same request id with different content raises RequestIdConflict."""
+        payload = record.model_dump(mode="json")
+        feedback_id, created = self.add_raw(payload, kind=record.kind)
+        if not created and self.get(record.request_id) != payload:
+            raise RequestIdConflict(record.request_id)
+        return feedback_id, created
 
     def add_raw(self, payload: dict[str, Any], kind: str) -> tuple[int, bool]:
-        """Store a record as received, valid or not (imports, legacy data); curation judges it later."""
+        """Store a record as received, valid or not (legacy data, the demo's seed); curation judges it later."""
         request_id = payload.get("request_id") if isinstance(payload.get("request_id"), str) else None
         row = FeedbackRow(request_id=request_id, kind=kind, payload=json.dumps(payload, ensure_ascii=False))
-        with Session(self.engine) as session:
+        with self._write_lock, Session(self.engine) as session:
             session.add(row)
             try:
-                session.commit()
+                session.commit()  # returns only once the database has it durably
                 return row.id, True
             except IntegrityError:
+                # the request id is already stored, perhaps by a concurrent retry that won the race
                 session.rollback()
                 existing = session.scalar(select(FeedbackRow.id).where(FeedbackRow.request_id == request_id))
                 if existing is None:
                     raise
                 return existing, False
 
+    def add_many(self, records: Iterable[FeedbackRecord], batch: int = 500) -> tuple[int, int]:
+        """Store validated records in batched transactions; returns (created, already stored)."""
+        created = seen = 0
+        chunk: list[FeedbackRecord] = []
+        for record in [*records, None]:
+            if record is not None:
+                chunk.append(record)
+            if chunk and (record is None or len(chunk) >= batch):
+                n = self._insert_ignoring_duplicates(chunk)
+                created, seen, chunk = created + n, seen + len(chunk) - n, []
+        return created, seen
+
+    def _insert_ignoring_duplicates(self, records: list[FeedbackRecord]) -> int:
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            return sum(self.add_raw(r.model_dump(mode="json"), r.kind)[1] for r in records)
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        now = datetime.now(timezone.utc)
+        values = [{"request_id": r.request_id, "kind": r.kind, "received_at": now,
+                   "payload": json.dumps(r.model_dump(mode="json"), ensure_ascii=False)} for r in records]
+        with self._write_lock, self.engine.begin() as conn:
+            result = conn.execute(insert(FeedbackRow).on_conflict_do_nothing(index_elements=["request_id"]), values)
+            return max(result.rowcount, 0)
+
     def add_many_raw(self, payloads: Iterable[dict[str, Any]], kind: str) -> int:
         return sum(self.add_raw(p, kind)[1] for p in payloads)
 
-    def rows(self, kind: str, after_id: int = 0) -> list[FeedbackRow]:
-        with Session(self.engine) as session:
-            query = select(FeedbackRow).where(FeedbackRow.kind == kind, FeedbackRow.id > after_id).order_by(FeedbackRow.id)
-            return list(session.scalars(query))
+    # -- reading
+
+    def rows(self, kind: str, after_id: int = 0, upto_id: int | None = None) -> list[Any]:
+        """(id, payload) rows of a kind in arrival order, optionally bounded to ``(after_id, upto_id]``."""
+        query = select(FeedbackRow.id, FeedbackRow.payload).where(FeedbackRow.kind == kind, FeedbackRow.id > after_id)
+        if upto_id is not None:
+            query = query.where(FeedbackRow.id <= upto_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query.order_by(FeedbackRow.id)))
+
+    def high_water(self, kind: str) -> int:
+        """The newest record id of a kind (0 when none): what a curation starting now would use."""
+        with self.engine.connect() as conn:
+            return conn.scalar(select(func.max(FeedbackRow.id)).where(FeedbackRow.kind == kind)) or 0
 
     def count(self, kind: str | None = None) -> int:
         with Session(self.engine) as session:
@@ -106,3 +324,32 @@ class FeedbackStore:
         with Session(self.engine) as session:
             row = session.scalar(select(FeedbackRow).where(FeedbackRow.request_id == request_id))
             return json.loads(row.payload) if row else None
+
+    # -- curation bookkeeping (derived; never touches the raw rows)
+
+    def record_curation(self, kind: str, high_water_id: int, dataset_hash: str, counts: dict[str, int],
+                        quarantine: list[dict[str, Any]], mlflow_run_id: str | None = None) -> int:
+        """Remember a curation and add its newly quarantined records; returns the curation run id."""
+        with Session(self.engine) as session, session.begin():
+            run = CurationRunRow(kind=kind, high_water_id=high_water_id, dataset_hash=dataset_hash,
+                                 counts=json.dumps(counts), mlflow_run_id=mlflow_run_id)
+            session.add(run)
+            session.flush()
+            already = set(session.scalars(select(QuarantineRow.feedback_id).where(QuarantineRow.kind == kind)))
+            session.add_all(QuarantineRow(feedback_id=q["feedback_id"], kind=kind, reason=q["reason"], curation_run_id=run.id)
+                            for q in quarantine if q["feedback_id"] not in already)
+            return run.id
+
+    def last_curation(self, kind: str) -> CurationRun | None:
+        with Session(self.engine) as session:
+            row = session.scalar(select(CurationRunRow).where(CurationRunRow.kind == kind).order_by(CurationRunRow.id.desc()).limit(1))
+            if row is None:
+                return None
+            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)  # SQLite drops tz
+            return CurationRun(row.id, row.kind, created, row.high_water_id, row.dataset_hash, json.loads(row.counts), row.mlflow_run_id)
+
+    def quarantined(self, kind: str) -> list[dict[str, Any]]:
+        """Every quarantined record of a kind: feedback id, reason, and the curation that found it."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(QuarantineRow).where(QuarantineRow.kind == kind).order_by(QuarantineRow.feedback_id))
+            return [{"feedback_id": r.feedback_id, "reason": r.reason, "curation_run_id": r.curation_run_id} for r in rows]

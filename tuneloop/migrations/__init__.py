@@ -1,0 +1,62 @@
+"""Alembic migrations of the feedback store, shipped inside the package and applied on store open.
+
+``upgrade(engine)`` brings any database (SQLite, Postgres, ...) to the newest schema; it is a cheap
+no-op when already there. Developers add a revision with
+``alembic -c tuneloop/migrations/alembic.ini revision -m "what"`` and write its upgrade/downgrade.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+HERE = Path(__file__).resolve().parent
+_PG_LOCK = 0x7475_6E65  # arbitrary advisory-lock key: one migrator at a time on Postgres
+
+
+def alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(HERE))
+    return config
+
+
+def head() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate ``engine``'s database to ``revision``; safe when several processes open it at once."""
+    target = head() if revision == "head" else revision
+    if current(engine) == target:
+        return
+    config = alembic_config()
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Postgres DDL is transactional: the second migrator waits here, then finds nothing to do
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+    except DBAPIError:
+        # SQLite has no such lock: a concurrent opener may have migrated first ("table already exists")
+        if current(engine) != target:
+            raise
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    config = alembic_config()
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, revision)
