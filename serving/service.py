@@ -25,6 +25,7 @@ from tuneloop.flags import Router, challenger_percent, set_challenger_percent
 
 apply_environment()  # before MLflow reads its tracking URI
 
+from serving.live import Shadow, guard, metrics  # noqa: E402
 from serving.models import AdapterBank, watch  # noqa: E402  (needs the environment above)
 from tuneloop.registry import alias_version, promote  # noqa: E402
 
@@ -40,6 +41,12 @@ def api_token(config: LoopConfig) -> str:
         path.write_text(secrets.token_urlsafe(24))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+class PredictRequest(BaseModel):
+    user_id: str = Field(min_length=1, max_length=128, description="Routing key: a user stays on one side.")
+    input: str = Field(max_length=MAX_TEXT, description="The prompt (generation) or utterance (classification).")
+    request_id: str | None = Field(None, max_length=128, description="Echoed back; generated when absent.")
 
 
 class Answer(BaseModel):
@@ -66,18 +73,34 @@ class Tuneloop:
         self.bank.refresh()
         self._stop = threading.Event()
         watch(self.bank, float(os.environ.get("TUNELOOP_REGISTRY_POLL_S", "2")), self._stop)
+        guard(self.config, lambda: dict(self.bank.served), self.config.deploy.guard_interval_s, self._stop)
+        self.shadow = Shadow(self.config.home.resolve() / "shadow" / f"{self.config.kind}.jsonl") if self.config.deploy.shadow else None
 
     def __is_ready__(self) -> bool:
         return self.bank.ready
 
-    @bentoml.api(route="/predict")
-    def predict(self, user_id: str, input: Annotated[str, Field(max_length=MAX_TEXT)], request_id: str | None = None) -> Answer:
-        """Answer ``input`` with the version this user is routed to."""
-        variant = self.router.variant(user_id)
-        version = self.bank.version_of(variant)
-        outputs, confidences = self.bank.predict(version, [input])
-        return Answer(request_id=request_id or uuid.uuid4().hex, output=outputs[0], model_version=version,
-                      variant=variant if version != "base" else "base", confidence=confidences[0] if confidences else None)
+    @bentoml.api(route="/predict", batchable=True, max_batch_size=32, max_latency_ms=60_000)
+    def predict(self, requests: list[PredictRequest]) -> list[Answer]:
+        """Answer each request with the version its user is routed to; concurrent calls are batched."""
+        variants = ["champion" if self.shadow else self.router.variant(r.user_id) for r in requests]
+        versions = [self.bank.version_of(v) for v in variants]
+        answers: list[Answer | None] = [None] * len(requests)
+        for version in dict.fromkeys(versions):  # one model call per version in the batch
+            idx = [i for i, v in enumerate(versions) if v == version]
+            began = time.perf_counter()
+            outputs, confidences = self.bank.predict(version, [requests[i].input for i in idx])
+            metrics().latency.labels(version).observe(time.perf_counter() - began)
+            metrics().batch.observe(len(idx))
+            for n, i in enumerate(idx):
+                variant = variants[i] if version != "base" else "base"
+                metrics().requests.labels(version, variant).inc()
+                answers[i] = Answer(request_id=requests[i].request_id or uuid.uuid4().hex, output=outputs[n],
+                                    model_version=version, variant=variant,
+                                    confidence=confidences[n] if confidences else None)
+        challenger = self.bank.served.get("challenger")
+        if self.shadow and challenger:
+            self.shadow.mirror(self.bank.predict, challenger, list(requests), list(answers))
+        return answers
 
     # --- feedback and admin (FastAPI routes under /v1) ---------------------------------------------
 
@@ -128,6 +151,14 @@ class Tuneloop:
         known, checked = cache.get(version, (False, 0.0))
         if known or time.monotonic() - checked < 5:
             return known
+        try:
+            known = registry_has_version(self.config.model_name, version)
+        except Exception as err:  # the registry is down: a retryable server condition, not bad input
+            raise FeedbackError("model_version", f"cannot check against the registry now ({type(err).__name__})", 503) from err
+        if len(cache) > 10_000:  # bounded: a client sending random versions cannot grow it without limit
+            cache.clear()
+        cache[version] = (known, time.monotonic())
+        return known
 
     @api.get("/routing")
     def routing(self) -> dict:

@@ -1,4 +1,5 @@
-"""The BentoML service as a real server on 127.0.0.1: routing, attribution, feedback, rollback."""
+"""The BentoML service as a real server on 127.0.0.1: routing, attribution, feedback, rollback,
+hot swap under load, the live guard, metrics and shadow mode."""
 
 from __future__ import annotations
 
@@ -8,19 +9,23 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import mlflow
 import pytest
 
 from conftest import TOKEN, tiny_config
 from flows.loop import loop
-from tuneloop.feedback import FeedbackStore
+from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.flags import set_challenger_percent
-from tuneloop.registry import log_adapter, move_alias, promote
+from tuneloop.registry import alias_version, log_adapter, move_alias, promote
 from tuneloop.sample_data import sample_feedback
 
 ROOT = Path(__file__).resolve().parent.parent
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _free_port() -> int:
@@ -29,28 +34,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def service(home):
-    """Champion v1 and challenger v2 registered for classification, then the service started on them."""
-    config = tiny_config(home, "classification", epochs=6)
-    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
-    result = loop(config)
-    promote(config.model_name)
-    v2 = log_adapter(config, result.tuned.best.adapter_dir, {"note": "second version for routing tests"})
-    move_alias(config.model_name, "challenger", str(v2.version), "test")
-    set_challenger_percent(config.flag_file, config.flag_key, 50)
-
+@contextmanager
+def running_service(home: Path, kind: str, **env_extra: str):
+    """``bentoml serve`` in its own process group on a free port; yields the base URL once ready."""
     port = _free_port()
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": "classification", "TUNELOOP_TINY": "true",
-           "TUNELOOP_API_TOKEN": TOKEN, "TUNELOOP_REGISTRY_POLL_S": "0.5", "BENTOML_HOME": str(home / "bentoml")}
+    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": kind, "TUNELOOP_TINY": "true",
+           "TUNELOOP_API_TOKEN": TOKEN, "TUNELOOP_REGISTRY_POLL_S": "0.5", "BENTOML_HOME": str(home / "bentoml"),
+           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", **env_extra}
+    log = open(home / f"service-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Tuneloop", "--host", "127.0.0.1",
                              "--port", str(port), "--working-dir", str(ROOT)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(home / "service.log", "w"), start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
-            assert proc.poll() is None, (home / "service.log").read_text()[-3000:]
+            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
             try:
                 if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
                     break
@@ -58,7 +57,7 @@ def service(home):
                 pass
             assert time.monotonic() < deadline, "service not ready in 120 s"
             time.sleep(0.5)
-        yield base, config
+        yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -67,30 +66,61 @@ def service(home):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _predict(base: str, user: str) -> dict:
-    r = httpx.post(f"{base}/predict", json={"user_id": user, "input": "where is my Orbit camera", "request_id": f"r-{user}"}, timeout=30)
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """Champion v1 and challenger v2 (same adapter, separate versions) for the tiny classifier."""
+    home = tmp_path_factory.mktemp("service-home")
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    config = tiny_config(home, "classification", epochs=6)
+    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
+    result = loop(config)
+    promote(config.model_name)
+    v2 = log_adapter(config, result.tuned.best.adapter_dir, {"note": "second version for routing tests"})
+    move_alias(config.model_name, "challenger", str(v2.version), "test")
+    yield home, config, result
+    mlflow.set_tracking_uri(previous_uri)
+
+
+@pytest.fixture(scope="module")
+def service(registered):
+    home, config, _ = registered
+    with running_service(home, "classification", TUNELOOP_DEPLOY__GUARD_INTERVAL_S="0.5",
+                         TUNELOOP_DEPLOY__MIN_SAMPLES="20") as base:
+        yield base, config
+
+
+def _predict(base: str, user: str, client: httpx.Client | None = None) -> dict:
+    payload = {"requests": [{"user_id": user, "input": "where is my Orbit camera", "request_id": f"r-{user}"}]}
+    r = (client or httpx).post(f"{base}/predict", json=payload, timeout=60)
     r.raise_for_status()
-    return r.json()
+    return r.json()[0]
 
 
-def test_routes_sticky_canary_and_rolls_back_without_restart(service):
+def _wait_until(condition, seconds: float, message: str) -> float:
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < seconds, message
+        time.sleep(0.05)
+    return time.monotonic() - began
+
+
+def test_routes_a_sticky_canary_and_rolls_back_without_restart(service):
     base, config = service
+    set_challenger_percent(config.flag_file, config.flag_key, 50)
+    time.sleep(0.3)
     answers = {f"user-{i}": _predict(base, f"user-{i}") for i in range(40)}
-    versions = {a["model_version"] for a in answers.values()}
-    assert versions == {"1", "2"}
+    assert {a["model_version"] for a in answers.values()} == {"1", "2"}
     for user, answer in answers.items():
         assert answer["request_id"] == f"r-{user}"
         assert answer["variant"] == ("champion" if answer["model_version"] == "1" else "challenger")
         assert _predict(base, user)["model_version"] == answer["model_version"]  # sticky
 
     assert httpx.post(f"{base}/v1/admin/rollback", timeout=10).status_code == 401
-    began = time.monotonic()
-    assert httpx.post(f"{base}/v1/admin/rollback", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).status_code == 200
+    assert httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10).status_code == 200
     challengers = [u for u, a in answers.items() if a["model_version"] == "2"]
-    while any(_predict(base, u)["model_version"] == "2" for u in challengers):
-        assert time.monotonic() - began < 5, "rollback not effective within 5 s"
-        time.sleep(0.05)
-    assert all(_predict(base, u)["model_version"] == "1" for u in answers)
+    _wait_until(lambda: all(_predict(base, u)["model_version"] == "1" for u in challengers), 10,
+                "rollback not effective")  # its latency is measured in bench/serve.py, not timed here
 
 
 def test_feedback_needs_token_validates_and_is_idempotent(service):
@@ -99,19 +129,92 @@ def test_feedback_needs_token_validates_and_is_idempotent(service):
     record = {"request_id": answer["request_id"], "user_id": "user-x", "model_version": answer["model_version"],
               "kind": "classification", "prompt": "where is my Orbit camera", "output": answer["output"],
               "rating": "down", "correction": "shipping_status"}
-    auth = {"Authorization": f"Bearer {TOKEN}"}
     assert httpx.post(f"{base}/v1/feedback", json=record, timeout=10).status_code == 401
     assert httpx.post(f"{base}/v1/feedback", json=record, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
 
-    first = httpx.post(f"{base}/v1/feedback", json=record, headers=auth, timeout=10)
+    first = httpx.post(f"{base}/v1/feedback", json=record, headers=AUTH, timeout=10)
     assert first.status_code == 201 and first.json()["created"] is True
-    retry = httpx.post(f"{base}/v1/feedback", json=record, headers=auth, timeout=10)
+    retry = httpx.post(f"{base}/v1/feedback", json=record, headers=AUTH, timeout=10)
     assert retry.json() == {**first.json(), "created": False}
     store = FeedbackStore(config.feedback_db)
     assert store.get(answer["request_id"])["correction"] == "shipping_status"
 
-    bad = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-bad", "rating": "meh"}, headers=auth, timeout=10)
+    bad = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-bad", "rating": "meh"}, headers=AUTH, timeout=10)
     assert bad.status_code == 422 and "rating" in bad.text
-    unknown = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-unk", "model_version": "99"}, headers=auth, timeout=10)
+    unknown = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-unk", "model_version": "99"}, headers=AUTH, timeout=10)
     assert unknown.status_code == 422 and "model_version" in unknown.text
     assert store.get("r-bad") is None and store.get("r-unk") is None
+
+
+def test_admin_endpoints_refuse_requests_without_the_token(service):
+    base, _ = service
+    for path, body in (("/v1/admin/rollback", None), ("/v1/admin/canary", {"percent": 10}), ("/v1/admin/promote", None)):
+        assert httpx.post(f"{base}{path}", json=body, timeout=10).status_code == 401
+    assert httpx.post(f"{base}/v1/admin/canary", json={"percent": 101}, headers=AUTH, timeout=10).status_code == 422
+
+
+def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, registered):
+    base, config = service
+    _, _, result = registered
+    set_challenger_percent(config.flag_file, config.flag_key, 50)
+    v3 = str(log_adapter(config, result.tuned.best.adapter_dir, {"note": "hot swap"}).version)
+    failures, seen, stop = [], set(), False
+
+    def hammer(worker: int) -> int:
+        sent = 0
+        with httpx.Client() as client:
+            while not stop:
+                try:
+                    seen.add(_predict(base, f"load-{worker}-{sent % 10}", client)["model_version"])
+                except Exception as err:  # any failure is the bug this test looks for
+                    failures.append(repr(err))
+                sent += 1
+        return sent
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(hammer, w) for w in range(8)]
+        time.sleep(1)
+        move_alias(config.model_name, "challenger", v3, "hot swap under load")
+        _wait_until(lambda: "3" in seen, 15, "new challenger not picked up without a restart")
+        httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10)
+        time.sleep(1)
+        stop = True
+        sent = sum(f.result() for f in futures)
+    assert failures == [] and sent > 50
+    assert httpx.get(f"{base}/v1/routing", timeout=10).json()["served"]["challenger"] == v3
+
+
+def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
+    base, config = service
+    challenger = alias_version(config.model_name, "challenger")
+    champion = alias_version(config.model_name, "champion")
+    set_challenger_percent(config.flag_file, config.flag_key, 10)
+    store = FeedbackStore(config.feedback_db)
+    for n in range(40):
+        for version, rating in ((champion, "down" if n % 10 == 0 else "up"), (challenger, "down" if n % 10 < 7 else "up")):
+            store.add(FeedbackRecord(request_id=f"guard-{version}-{n}", user_id=f"u{n}", model_version=version, kind="classification",
+                                     prompt="where is my hub", output="shipping_status", rating=rating))
+    _wait_until(lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 0, 10,
+                "live guard did not roll back")
+    tag = mlflow.MlflowClient().get_model_version(config.model_name, challenger).tags["rolled_back"]
+    assert "live guard" in tag and "significantly worse" in tag
+    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+    assert "tuneloop_requests_total" in metrics and "tuneloop_negative_feedback_rate" in metrics
+
+
+def test_shadow_mode_never_returns_the_shadow_answer(registered):
+    home, config, _ = registered
+    set_challenger_percent(config.flag_file, config.flag_key, 100)  # even a full share is ignored in shadow mode
+    with running_service(home, "classification", TUNELOOP_DEPLOY__SHADOW="true") as base:
+        champion = alias_version(config.model_name, "champion")
+        challenger = alias_version(config.model_name, "challenger")
+        answers = [_predict(base, f"shadow-{i}") for i in range(12)]
+        assert {a["model_version"] for a in answers} == {champion}
+        log = home / "shadow" / "classification.jsonl"
+        _wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 12, 20, "shadow answers not logged")
+        import json
+
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        assert {line["shadow_version"] for line in lines} == {challenger}
+        assert {a["request_id"] for a in answers} <= {line["request_id"] for line in lines}
+    set_challenger_percent(config.flag_file, config.flag_key, 0)
