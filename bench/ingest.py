@@ -17,8 +17,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -171,49 +169,17 @@ def _valid(records: list[dict]) -> list[dict]:
     return [r for r in records if r["rating"] in ("up", "down")]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ingest(n: int, clients: int) -> dict:
     """Start the service on a fresh home, run the client process against it, check the store."""
     from tuneloop.feedback import FeedbackStore
+    from tuneloop.localserver import tuneloop_service
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-ingest-"))
-    port = _port()
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": "generation", "TUNELOOP_TINY": "true",
-           "TUNELOOP_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-           "BENTOML_HOME": str(home / "bentoml"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("TUNELOOP_FEEDBACK_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Tuneloop", "--host", "127.0.0.1",
-                               "--port", str(port), "--working-dir", str(ROOT)], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=open(home / "service.log", "w"), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError((home / "service.log").read_text()[-2000:])
-            try:
-                if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("service not live in 120 s")
-            time.sleep(0.3)
+    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN) as url:
         out = home / "client.json"
         subprocess.run([sys.executable, "-m", "bench.ingest", "--client", url, "--records", str(n), "--clients", str(clients),
                         "--client-out", str(out)], cwd=ROOT, check=True, timeout=540)
         result = json.loads(out.read_text())
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
     acknowledged = set(result.pop("acknowledged"))
     store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
     missing = [rid for rid in acknowledged if store.get(rid) is None] if len(acknowledged) <= 20_000 else []

@@ -11,51 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
+from tuneloop.localserver import free_port, server_process, tuneloop_service
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _server(args: list[str], env: dict, ready_url: str, log: Path):
-    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
-        yield
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _load(url: str, clients: int, seconds: float, style: str, work: Path) -> dict:
@@ -149,13 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     set_challenger_percent(config.flag_file, config.flag_key, 10)
     results: dict = {"model": "all-MiniLM-L6-v2 + LoRA r=8 (classification, 6 labels)", "seconds_per_level": seconds,
                      "cpu_cores": os.cpu_count(), "routing_overhead": routing_overhead(config), "levels": []}
-    service_port, plain_port = _port(), _port()
-    env = {**os.environ, "BENTOML_HOME": str(work / "bentoml"), "TUNELOOP_TINY": "false"}
-    with _server([sys.executable, "-m", "bentoml", "serve", "serving.service:Tuneloop", "--host", "127.0.0.1", "--port",
-                  str(service_port), "--working-dir", str(ROOT)], env, f"http://127.0.0.1:{service_port}/readyz", work / "service.log"):
-        service = f"http://127.0.0.1:{service_port}"
-        with _server([sys.executable, "-m", "bench.plain_app", adapter, "--port", str(plain_port)], env,
-                     f"http://127.0.0.1:{plain_port}/docs", work / "plain.log"):
+    plain_port = free_port()
+    with tuneloop_service(work, "classification", TUNELOOP_TINY="false") as service:
+        with server_process([sys.executable, "-m", "bench.plain_app", adapter, "--port", str(plain_port)], dict(os.environ),
+                            f"http://127.0.0.1:{plain_port}/docs", work / "plain.log"):
             for clients in (1, 4, 16):
                 s = _summary(_load(f"{service}/predict", clients, seconds, "service", work))
                 p = _summary(_load(f"http://127.0.0.1:{plain_port}/predict", clients, seconds, "plain", work))

@@ -7,14 +7,9 @@ the feedback route needs; tests wait for /livez.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,50 +19,11 @@ from mlflow import MlflowClient
 
 from conftest import TOKEN
 from tuneloop.feedback import MAX_TEXT, FeedbackError, FeedbackStore, validate_feedback
+from tuneloop.localserver import tuneloop_service
 
-ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 GOOD = {"request_id": "r-1", "user_id": "u-1", "model_version": "base", "prompt": "What is the Nimbus Pro cost?",
         "output": "I don't know.", "rating": "down", "correction": "The Nimbus Pro costs 189 euros.", "segment": "web"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_service(home: Path, kind: str = "generation", env_extra: dict | None = None) -> tuple[subprocess.Popen, str]:
-    """The real service as its own process; returns once /livez answers (readiness needs a model, feedback doesn't)."""
-    port = _free_port()
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": kind, "TUNELOOP_TINY": "true",
-           "TUNELOOP_API_TOKEN": TOKEN, "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-           "BENTOML_HOME": str(home / "bentoml"), **(env_extra or {})}
-    env.pop("TUNELOOP_FEEDBACK_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Tuneloop", "--host", "127.0.0.1",
-                             "--port", str(port), "--working-dir", str(ROOT)], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=open(home / "service.log", "w"), start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, (home / "service.log").read_text()[-3000:]
-        try:
-            if httpx.get(f"{base}/livez", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "service not live in 120 s"
-        time.sleep(0.3)
-
-
-def stop_service(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +32,11 @@ def service(tmp_path_factory):
     client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
     client.create_registered_model("tuneloop-generation")
     client.create_model_version("tuneloop-generation", source=str(home / "adapter"))  # version "1" exists
-    proc, base = start_service(home)
     store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
-    try:
+    # readiness needs a loaded model; feedback intake does not, so wait for liveness only
+    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN) as base:
         with httpx.Client(base_url=base, timeout=30) as http:  # keep-alive: one connection for many requests
             yield http, store
-    finally:
-        stop_service(proc)
 
 
 def _post(http: httpx.Client, body: dict | bytes, headers: dict | None = None) -> httpx.Response:

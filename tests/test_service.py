@@ -3,11 +3,6 @@ hot swap under load, the live guard, metrics and shadow mode."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,48 +17,17 @@ from flows.loop import loop
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.flags import set_challenger_percent
 from tuneloop.registry import alias_version, log_adapter, move_alias, promote
+from tuneloop.localserver import tuneloop_service
 from tuneloop.sample_data import sample_feedback
 
-ROOT = Path(__file__).resolve().parent.parent
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
 def running_service(home: Path, kind: str, **env_extra: str):
-    """``bentoml serve`` in its own process group on a free port; yields the base URL once ready."""
-    port = _free_port()
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": kind, "TUNELOOP_TINY": "true",
-           "TUNELOOP_API_TOKEN": TOKEN, "TUNELOOP_REGISTRY_POLL_S": "0.5", "BENTOML_HOME": str(home / "bentoml"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", **env_extra}
-    log = open(home / f"service-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:Tuneloop", "--host", "127.0.0.1",
-                             "--port", str(port), "--working-dir", str(ROOT)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, Path(log.name).read_text()[-3000:]
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "service not ready in 120 s"
-            time.sleep(0.5)
+    with tuneloop_service(home, kind, TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN, TUNELOOP_REGISTRY_POLL_S="0.5",
+                          **env_extra) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
