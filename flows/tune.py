@@ -1,35 +1,46 @@
-"""Stage 2, tune: an Optuna search over LoRA rank and learning rate, one MLflow child run per trial.
+"""Stage 2, tune: an Optuna search over LoRA adapters, one MLflow child run per trial.
 
-The study is named after the dataset and search space, so running the flow again on the same data
-continues the same study: completed trials are never rerun, a trial killed mid-way is retried with
-its original parameters from its last checkpoint (RDB heartbeat + RetryFailedTrialCallback).
+The study is named after the dataset, the search space and the training settings, so running the
+flow again on the same data continues the same study: completed trials are never rerun, and a trial
+killed mid-way (SIGKILL, a lost spot machine) resumes from its last checkpoint with its original
+hyper-parameters and in its original MLflow run. ``config.tune.n_workers`` trials run at once on a
+Prefect thread task runner; more workers can join from other processes or machines sharing the
+Optuna storage (see ``flows/tune_study.py`` for how claims stay exact).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import mlflow
 import optuna
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
-from prefect import task
+import torch
+from optuna.trial import FrozenTrial, TrialState
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from eval_suites.suites import heldout_suite, score
 from flows.curate import CuratedData
+from flows.tune_study import make_pruner, open_study, origin, suggest, work
+from flows.tune_tracking import TrialRun, log_search, peak_memory, trial_label
 from tuneloop.config import LoopConfig
 from tuneloop.models import load_base, load_tokenizer, save_labels
-from tuneloop.tracking import within_run
 from tuneloop.training import Pruned, add_adapter, encode, predict, train
+
+_score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 
 
 class TrialResult(BaseModel):
     number: int
-    params: dict[str, float]
+    params: dict[str, int | float | str]
     score: float
     adapter_dir: Path
     mlflow_run_id: str
@@ -40,122 +51,173 @@ class TuneResult(BaseModel):
     best: TrialResult
     n_complete: int
     n_pruned: int
+    n_failed: int = 0  # killed or crashed attempts (each retried from its checkpoint)
+    steps_trained: int = 0  # optimiser steps of all trials; a killed attempt's counted up to its last checkpoint
 
 
 def study_name(config: LoopConfig, data: CuratedData) -> str:
-    space = json.dumps([config.tune.model_dump(exclude={"n_trials", "timeout_s"}), config.tiny], sort_keys=True)
+    space = json.dumps([config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES), config.tiny], sort_keys=True)
     return f"{config.model_name}-{data.dataset_hash}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
 
 
-def storage(config: LoopConfig) -> RDBStorage:
-    return RDBStorage(
-        config.optuna_db,
-        heartbeat_interval=10,
-        grace_period=30,
-        heartbeat_stale_trial_callback=RetryFailedTrialCallback(max_retry=3, inherit_intermediate_values=True),
-    )
+def schedule(config: LoopConfig, n_train: int) -> tuple[int, list[int]]:
+    """Optimiser steps per trial and the steps after which the held-out score is reported."""
+    tune = config.tune
+    total = -(-n_train // tune.batch_size) * tune.epochs
+    evals = sorted({max(1, round(total * (i + 1) / tune.evals_per_trial)) for i in range(tune.evals_per_trial)})
+    return total, evals
 
 
 def heldout_score(config: LoopConfig, model, tokenizer, data: CuratedData) -> float:
     items = heldout_suite(data.heldout[: config.tune.max_eval_examples])
     outputs, confidences = predict(config.kind, model, tokenizer, [i.input for i in items], data.labels, config.max_new_tokens)
-    return score(config.kind, items, outputs, confidences, data.labels)[1]["score"]
+    with _score_lock:
+        return score(config.kind, items, outputs, confidences, data.labels)[1]["score"]
 
 
 def run_trial(trial: optuna.Trial, config: LoopConfig, data: CuratedData, parent_run_id: str, name: str) -> float:
+    """Train and score one adapter; a retried trial continues its first attempt's checkpoint and run."""
     tune = config.tune
-    rank = int(trial.suggest_categorical("rank", tune.ranks))
-    lr = trial.suggest_float("lr", tune.lr_min, tune.lr_max, log=True)
-    # a retried trial continues the original's checkpoint and MLflow run
-    frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
-    origin = RetryFailedTrialCallback.retried_trial_number(frozen)  # (optuna 5 needs the frozen trial here)
-    key = origin if origin is not None else trial.number
+    params = suggest(trial, tune, config.kind)
+    key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
+    trial.set_user_attr("trial_key", key)
     checkpoint_dir = config.work_dir / "checkpoints" / name / f"trial-{key:03d}"
-    previous_run = trial.study.trials[origin].user_attrs.get("mlflow_run_id") if origin is not None else None
+    model, tokenizer, encoded = _trial_model(config, data, params)
+    total, eval_steps = schedule(config, len(encoded))
+    run = TrialRun.open(parent_run_id, name, key, {
+        **params, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "epochs": tune.epochs, "batch_size": tune.batch_size, "total_steps": total,
+    }, tags={"dataset_hash": data.dataset_hash, "optuna.study": name})
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    run.client.set_tag(run.run_id, "optuna.trial", str(trial.number))  # the latest attempt's number
+    run.fetch_checkpoint(checkpoint_dir)  # from the artifact store when this machine has none
 
-    tokenizer = load_tokenizer(config.kind)
-    model = add_adapter(load_base(config.kind, config.tiny, data.labels or None), config.kind, rank, tune.seed)
-    encoded = encode(config.kind, tokenizer, [(e.prompt, e.target) for e in data.train], data.labels, tune.max_length)
-    total = -(-len(encoded) // tune.batch_size) * tune.epochs
-    eval_steps = {round(total * (i + 1) / tune.evals_per_trial) for i in range(tune.evals_per_trial)}
     scores: dict[int, float] = {}
+    every = tune.checkpoint_every or max(1, total // 4)
+    steps_before = trial.user_attrs.get("steps_trained", 0)  # earlier attempts', counted at their checkpoints
 
-    with within_run(parent_run_id), mlflow.start_run(
-        run_id=previous_run, run_name=None if previous_run else f"trial-{key:03d} r={rank} lr={lr:.1e}", nested=True
-    ) as run:
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        if not previous_run:
-            mlflow.log_params({"rank": rank, "lr": lr, "trial": key, "study": name, "trainable_params": trainable,
-                               "epochs": tune.epochs, "batch_size": tune.batch_size})
-        mlflow.set_tags({"tuneloop.stage": "tune", "optuna.trial": trial.number, "dataset_hash": data.dataset_hash})
+    def on_step(step: int, loss: float) -> None:
+        run.step_loss(step, loss)
+        if step % every == 0:  # train() checkpoints right after: the losses and the count go first
+            run.flush()
+            trial.set_user_attr("steps_trained", steps_before + run.session_steps)
 
-        def on_eval(step: int) -> None:
-            scores[step] = heldout_score(config, model, tokenizer, data)
-            mlflow.log_metric("heldout_score", scores[step], step=step)
-            trial.report(scores[step], step)
-            if trial.should_prune():
-                raise Pruned
+    def on_eval(step: int) -> None:
+        scores[step] = heldout_score(config, model, tokenizer, data)
+        run.flush()
+        run.metrics({"heldout_score": scores[step]}, step)
+        trial.report(scores[step], step)
+        if trial.should_prune():
+            raise Pruned
 
-        result = train(
-            model, encoded, tokenizer.pad_token_id, lr=lr, epochs=tune.epochs, batch_size=tune.batch_size,
-            seed=tune.seed, eval_steps=eval_steps, on_eval=on_eval,
-            on_step=lambda step, loss: mlflow.log_metric("train_loss", loss, step=step),
-            checkpoint_dir=checkpoint_dir, checkpoint_every=max(1, total // 4), progress=True,
-        )
-        mlflow.log_metrics({
-            "wall_seconds": result.seconds,
-            "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "resumed_from_step": result.resumed_from_step,
-        })
-        if result.pruned:
-            mlflow.set_tag("optuna.state", "PRUNED")
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            raise optuna.TrialPruned()
-        final = scores.get(total)
-        if final is None:
+    with peak_memory() as memory:
+        result = train(model, encoded, tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
+                       batch_size=tune.batch_size, seed=tune.seed, eval_steps=set(eval_steps), on_eval=on_eval,
+                       on_step=on_step, checkpoint_dir=checkpoint_dir, checkpoint_every=every,
+                       on_checkpoint=run.upload_checkpoint, progress=True)
+        final = None if result.pruned else scores.get(total)
+        if final is None and not result.pruned:
             final = heldout_score(config, model, tokenizer, data)
-        mlflow.log_metric("final_heldout_score", final)
-        mlflow.set_tag("optuna.state", "COMPLETE")
-        adapter_dir = config.work_dir / "adapters" / name / f"trial-{key:03d}"
-        model.save_pretrained(adapter_dir)
-        if data.labels:
-            save_labels(adapter_dir, data.labels)
-        trial.set_user_attr("adapter_dir", str(adapter_dir))
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    trial.set_user_attr("steps_trained", steps_before + result.steps_run)
+    run.metrics({
+        "resumed_from_step": result.resumed_from_step,
+        "steps_trained": result.steps_run,
+        "wall_seconds": result.seconds,
+        "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
+        "peak_rss_mb": memory["peak_rss_mb"],
+        **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
+    }, step=result.resumed_from_step)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    run.drop_checkpoint()
+    if result.pruned:
+        run.finish("PRUNED", f"{trial_label(key, params)} pruned@{result.resumed_from_step + result.steps_run}")
+        raise optuna.TrialPruned()
+    adapter_dir = config.work_dir / "adapters" / name / f"trial-{key:03d}"
+    model.save_pretrained(adapter_dir)
+    if data.labels:
+        save_labels(adapter_dir, data.labels)
+    trial.set_user_attr("adapter_dir", str(adapter_dir))
+    run.metrics({"final_heldout_score": final}, step=total)
+    run.finish("COMPLETE", f"{trial_label(key, params)} -> {final:.3f}")
     return final
 
 
-@task(name="tune")
-def tune(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:
+def _trial_model(config: LoopConfig, data: CuratedData, params: dict):
+    """The base model with a fresh adapter for ``params``, its tokenizer, and the encoded training set."""
+    tokenizer = load_tokenizer(config.kind)
+    base = load_base(config.kind, config.tiny, data.labels or None)
+    model = add_adapter(base, config.kind, params["rank"], config.tune.seed, alpha=params["alpha_ratio"] * params["rank"],
+                        dropout=params["dropout"], target_modules=params["target_modules"])
+    pairs = [(e.prompt, e.target) for e in data.train]
+    return model, tokenizer, encode(config.kind, tokenizer, pairs, data.labels, config.tune.max_length)
+
+
+def prepare(config: LoopConfig, data: CuratedData) -> str:
+    """Create (or load) the study and queue the known-good first trial; returns the study's name."""
     name = study_name(config, data)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=name, storage=storage(config), direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=config.tune.seed),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
-    )
-    if config.tune.first_trial and not study.trials:
-        study.enqueue_trial(config.tune.first_trial)
-    finished = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    remaining = config.tune.n_trials - len(finished)
-    if remaining > 0:
-        study.optimize(lambda t: run_trial(t, config, data, parent_run_id, name), n_trials=remaining,
-                       timeout=config.tune.timeout_s, catch=())
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    open_study(config.optuna_db, name, config.tune, _pruner(config, data), config.tune.first_trial)
+    return name
+
+
+def _pruner(config: LoopConfig, data: CuratedData) -> optuna.pruners.BasePruner:
+    total, evals = schedule(config, len(data.train))
+    return make_pruner(config.tune, evals[0], total)
+
+
+def search_worker(config: LoopConfig, data: CuratedData, parent_run_id: str, name: str, deadline: float | None) -> int:
+    """One worker: claims and runs trials until the study is done; returns how many it ran."""
+    study, storage = open_study(config.optuna_db, name, config.tune, _pruner(config, data))
+    return work(study, storage, lambda t: run_trial(t, config, data, parent_run_id, name), config.tune, deadline)
+
+
+tune_worker = task(name="tune-worker", cache_policy=NO_CACHE)(search_worker)
+
+
+def summarise(config: LoopConfig, data: CuratedData, parent_run_id: str, name: str) -> TuneResult:
+    """The study's best trial, tagged and plotted on the parent run."""
+    study, _ = open_study(config.optuna_db, name, config.tune, _pruner(config, data))
+    trials = study.get_trials(deepcopy=False)
+    final: dict[int, FrozenTrial] = {}
+    for t in sorted(trials, key=lambda t: t.number):  # the last attempt of each trial speaks for it
+        final[origin(t)] = t
+    complete = [t for t in final.values() if t.state == TrialState.COMPLETE]
     if not complete:
         raise RuntimeError(f"study {name}: every trial was pruned or failed; nothing to evaluate")
     best = max(complete, key=lambda t: t.value)
-    with within_run(parent_run_id):
-        mlflow.set_tags({"best_trial": best.number, "study_name": name})
-        mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
-        mlflow.log_metric("best_trial_heldout_score", best.value)
-        mlflow.MlflowClient().set_tag(best.user_attrs["mlflow_run_id"], "best_trial", "true")
+    run_ids = {key: t.user_attrs["mlflow_run_id"] for key, t in final.items() if "mlflow_run_id" in t.user_attrs}
+    client = mlflow.MlflowClient()
+    client.set_tag(parent_run_id, "best_trial", str(origin(best)))
+    client.set_tag(parent_run_id, "best_trial_run_id", best.user_attrs["mlflow_run_id"])
+    client.set_tag(parent_run_id, "study_name", name)
+    for k, v in best.params.items():
+        client.log_param(parent_run_id, f"best_{k}", v)
+    client.log_metric(parent_run_id, "best_trial_heldout_score", best.value)
+    log_search(parent_run_id, study, origin(best), final, run_ids)
     return TuneResult(
         study_name=name,
-        best=TrialResult(number=best.number, params={k: int(v) if k == "rank" else v for k, v in best.params.items()}, score=best.value,
+        best=TrialResult(number=origin(best), params=best.params, score=best.value,
                          adapter_dir=Path(best.user_attrs["adapter_dir"]), mlflow_run_id=best.user_attrs["mlflow_run_id"]),
         n_complete=len(complete),
-        n_pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        n_pruned=sum(t.state == TrialState.PRUNED for t in final.values()),
+        n_failed=sum(t.state == TrialState.FAIL for t in trials),
+        steps_trained=sum(t.user_attrs.get("steps_trained", 0) for t in final.values()),
     )
+
+
+@flow(name="tune")
+def tune_flow(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:
+    """Create or continue the study, run ``n_workers`` workers on the flow's task runner, summarise."""
+    name = prepare(config, data)
+    deadline = time.time() + config.tune.timeout_s if config.tune.timeout_s else None
+    futures = [tune_worker.submit(config, data, parent_run_id, name, deadline) for _ in range(config.tune.n_workers)]
+    wait(futures)
+    for future in futures:
+        future.result()  # the first worker error, if any, fails the flow
+    return summarise(config, data, parent_run_id, name)
+
+
+def tune(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:
+    """Stage 2 as a Prefect (sub)flow whose thread pool runs ``config.tune.n_workers`` trials at once."""
+    runner = ThreadPoolTaskRunner(max_workers=config.tune.n_workers)
+    return tune_flow.with_options(task_runner=runner)(config, data, parent_run_id)

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,14 +23,28 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 from tuneloop.config import Kind
 from tuneloop.sample_data import SYSTEM_PROMPT
 
-TARGET_MODULES: dict[str, list[str]] = {
-    "generation": ["q_proj", "k_proj", "v_proj", "o_proj"],
-    "classification": ["query", "value"],
+# Named module sets a search can choose between; peft matches a name or any ".name" suffix.
+TARGET_SETS: dict[str, dict[str, list[str]]] = {
+    "generation": {
+        "qv": ["q_proj", "v_proj"],
+        "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    },
+    "classification": {
+        "qv": ["query", "value"],
+        "attention": ["query", "key", "value", "attention.output.dense"],
+        "all-linear": ["query", "key", "value", "dense"],  # dense: attention output, MLP in/out, pooler
+    },
 }
+DEFAULT_TARGETS: dict[str, str] = {"generation": "attention", "classification": "qv"}
+TARGET_MODULES: dict[str, list[str]] = {kind: sets[DEFAULT_TARGETS[kind]] for kind, sets in TARGET_SETS.items()}
 
 
-def lora_config(kind: Kind, rank: int, alpha: int | None = None, dropout: float = 0.05,
-                target_modules: list[str] | None = None) -> LoraConfig:
+def lora_config(kind: Kind, rank: int, alpha: float | None = None, dropout: float = 0.05,
+                target_modules: list[str] | str | None = None) -> LoraConfig:
+    """LoRA on ``target_modules`` (module names, or a ``TARGET_SETS`` name); alpha defaults to 2 x rank."""
+    if isinstance(target_modules, str):
+        target_modules = TARGET_SETS[kind][target_modules]
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM if kind == "generation" else TaskType.SEQ_CLS,
         r=rank,
@@ -81,12 +96,16 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
 @dataclass
 class TrainResult:
-    steps: int
-    resumed_from_step: int
-    losses: list[float] = field(default_factory=list)
-    tokens: int = 0
+    steps: int  # the schedule's length
+    resumed_from_step: int  # 0 for a fresh start
+    losses: list[float] = field(default_factory=list)  # one per step run in this session
+    tokens: int = 0  # non-padding tokens seen in this session
     seconds: float = 0.0
     pruned: bool = False
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.losses)
 
 
 class Pruned(Exception):
@@ -96,8 +115,15 @@ class Pruned(Exception):
 def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epochs: int, batch_size: int, seed: int,
           eval_steps: set[int] | None = None, on_eval: Callable[[int], None] | None = None,
           on_step: Callable[[int, float], None] | None = None, checkpoint_dir: Path | None = None,
-          checkpoint_every: int = 0, progress: bool = False) -> TrainResult:
-    """Train the adapter in place. With ``checkpoint_dir``, resumes from and saves to ``ckpt.pt`` there."""
+          checkpoint_every: int = 0, on_checkpoint: Callable[[Path, int], None] | None = None,
+          progress: bool = False) -> TrainResult:
+    """Train the adapter in place: AdamW, linear warm-up and decay, gradient clipping at 1.
+
+    With ``checkpoint_dir``, resumes from ``ckpt.pt`` there and saves to it every ``checkpoint_every``
+    steps (``on_checkpoint(path, step)`` follows each save, e.g. to upload it). Steps are numbered
+    from 1; ``on_step(step, loss)`` follows every step, ``on_eval(step)`` the steps in ``eval_steps``
+    and may raise ``Pruned`` to stop early.
+    """
     steps_per_epoch = math.ceil(len(encoded) / batch_size)
     total = steps_per_epoch * epochs
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -108,10 +134,12 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     bar = _progress_bar(total, start) if progress else None
     began = time.perf_counter()
     model.train()
+    order: list[int] = []
     for step in range(start, total):
         epoch, index = divmod(step, steps_per_epoch)
-        order = list(range(len(encoded)))
-        random.Random(seed * 1000 + epoch).shuffle(order)  # the same order after a resume
+        if index == 0 or not order:
+            order = list(range(len(encoded)))
+            random.Random(seed * 1000 + epoch).shuffle(order)  # the same order after a resume
         batch = collate([encoded[i] for i in order[index * batch_size:(index + 1) * batch_size]], pad_id)
         loss = model(**batch).loss
         loss.backward()
@@ -126,7 +154,9 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
         if bar:
             bar.update(1, loss=f"{result.losses[-1]:.3f}")
         if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-            _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1)
+            path = _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1)
+            if on_checkpoint:
+                on_checkpoint(path, step + 1)
         if on_eval and eval_steps and step + 1 in eval_steps:
             model.eval()
             try:
@@ -160,7 +190,11 @@ def _progress_bar(total: int, start: int):
     return _Bar()
 
 
-def _save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> None:
+CHECKPOINT = "ckpt.pt"
+
+
+def _save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> Path:
+    """Everything a killed run needs to continue exactly: adapter, optimizer, scheduler, RNG, step."""
     directory.mkdir(parents=True, exist_ok=True)
     state = {
         "step": step,
@@ -170,16 +204,22 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) ->
         "rng_torch": torch.get_rng_state(),
         "rng_python": random.getstate(),
     }
-    tmp = directory / "ckpt.pt.partial"
+    tmp = directory / (CHECKPOINT + ".partial")
     torch.save(state, tmp)
-    os.replace(tmp, directory / "ckpt.pt")  # a kill mid-write leaves the previous checkpoint intact
+    os.replace(tmp, directory / CHECKPOINT)  # a kill mid-write leaves the previous checkpoint intact
+    return directory / CHECKPOINT
 
 
 def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
-    path = directory / "ckpt.pt"
+    """Restore ``ckpt.pt`` if there is a readable one; the step to continue from (0: start over)."""
+    path = directory / CHECKPOINT
     if not path.exists():
         return 0
-    state = torch.load(path, weights_only=False)
+    try:
+        state = torch.load(path, weights_only=False)
+    except (RuntimeError, EOFError, OSError) as err:  # e.g. a truncated copy from an interrupted upload
+        warnings.warn(f"ignoring unreadable checkpoint {path}: {err}")
+        return 0
     set_peft_model_state_dict(model, state["adapter"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

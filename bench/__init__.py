@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [train|serve] [--quick]``; results land in ``bench/results/*.json``."""

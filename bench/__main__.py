@@ -1,0 +1,39 @@
+"""``python -m bench [NAME ...] [--quick]``: run the named benchmarks (all of them when none is named).
+
+Each benchmark is a module ``bench/NAME.py`` with ``main(argv)`` that writes ``bench/results/NAME.json``
+and prints its figures. Options after the names go to each benchmark that knows them; ``--quick``
+asks for a smaller, faster run. Run one module alone for its own options: ``python -m bench.ingest -h``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (what it measures, whether it takes --quick)
+BENCHMARKS = {
+    "train": ("training step time vs a hand-written loop, FLOP/s, LoRA vs full memory, search with/without pruning", True),
+    "serve": ("the service vs a plain pipeline under load, routing overhead, rollback under load", True),
+    "ingest": ("feedback ingest through the service, curation at 10k/100k records", False),
+}
+
+
+def main(argv: list[str]) -> None:
+    split = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
+    names, options = argv[:split], argv[split:]
+    if any(a in ("-h", "--help") for a in options) and not names:
+        print(__doc__)
+        for name, (what, _) in BENCHMARKS.items():
+            print(f"  {name:7s} {what}")
+        return
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        sys.exit(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    for name in names or list(BENCHMARKS):
+        print(f"== bench {name} ==", flush=True)
+        takes_quick = BENCHMARKS[name][1]
+        importlib.import_module(f"bench.{name}").main([o for o in options if takes_quick or o != "--quick"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,308 @@
+"""Training benchmark on the real weights (SmolLM2-135M-Instruct, all-MiniLM-L6-v2), on this CPU.
+
+python -m bench train [--quick]   -> bench/results/train.json
+
+1. Step time of the project's ``tuneloop.training.train`` against a minimal hand-written PyTorch +
+   peft loop (forward, backward, AdamW step), on the same LoRA model, batches and batch order.
+   ``speed_ratio`` = hand-written step time / train() step time (target >= 0.9). Rounds alternate
+   the two loops so that a noisy neighbour on the machine hits both alike.
+2. Achieved FLOP/s against this machine's fp32 matmul FLOP/s (a timed ``torch.matmul``). Estimate
+   per step: forward 2*N*T plus backward 2*N*T (gradients of the activations only: the frozen base
+   weights get none, LoRA's own weight gradients are negligible) = 4*N*T, with N the weights of
+   every Linear layer (the matmuls; the tied LM head included) and T the tokens computed, padding
+   included. Attention score FLOPs are left out (small at these lengths).
+3. Peak memory of LoRA against full fine-tuning: each (model, mode) in a fresh process running a few
+   steps of ``train()``; resident memory after loading and the peak while training (sampled).
+4. One small search twice, with and without pruning (successive halving), through the project's own
+   search code: MiniLM on a banking77 subset (10 intents), 8 trials. Best held-out accuracy reached
+   and the optimiser steps spent (target: within 1 point of the unpruned best on <= 40 % of its steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77"
+MODEL_NAMES = {"generation": "SmolLM2-135M-Instruct", "classification": "all-MiniLM-L6-v2"}
+BATCH, MAX_LENGTH, RANK = 8, 64, 8
+
+
+# -- data -------------------------------------------------------------------------------------------
+
+def banking77(n_intents: int = 10, per_intent_train: int = 40, per_intent_test: int = 20):
+    """(train, test) lists of (text, intent) for ``n_intents`` intents spread over the alphabet."""
+    def read(name: str) -> list[tuple[str, str]]:
+        with open(BANKING77 / name, newline="") as f:
+            return [(row["text"], row["category"]) for row in csv.DictReader(f)]
+
+    train, test = read("banking77_train.csv"), read("banking77_test.csv")
+    intents = sorted({c for _, c in train})[:: 77 // n_intents][:n_intents]
+
+    def take(rows, per):
+        out = []
+        for intent in intents:
+            out += [r for r in rows if r[1] == intent][:per]
+        return out
+
+    return take(train, per_intent_train), take(test, per_intent_test)
+
+
+def step_data(kind: str, n: int):
+    """Token-encoded examples for the step-time runs, and the labels (classification)."""
+    from tuneloop.models import load_tokenizer
+    from tuneloop.training import encode
+
+    tokenizer = load_tokenizer(kind)
+    if kind == "classification":
+        pairs, _ = banking77(n_intents=10, per_intent_train=max(1, n // 10 + 1)) if BANKING77.exists() else _sample_pairs(kind)
+    else:
+        pairs = _sample_pairs(kind)
+    labels = sorted({t for _, t in pairs}) if kind == "classification" else []
+    pairs = (pairs * (n // len(pairs) + 1))[:n]
+    random.Random(0).shuffle(pairs)
+    return encode(kind, tokenizer, pairs, labels, MAX_LENGTH), labels, tokenizer.pad_token_id
+
+
+def _sample_pairs(kind: str) -> list[tuple[str, str]]:
+    from tuneloop.sample_data import sample_feedback
+
+    records = [r for r in sample_feedback(kind) if isinstance(r, dict) and r.get("prompt")]
+    return [(r["prompt"], r.get("correction") or r["output"]) for r in records if r.get("correction") or r.get("rating") == "up"]
+
+
+# -- 1 + 2: step time and FLOP/s ----------------------------------------------------------------------
+
+def matmul_flops(n: int, repeats: int = 5) -> float:
+    """Best fp32 FLOP/s of an n x n matmul on this machine (torch's default threads)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)  # warm-up
+    best = min(_timed(lambda: torch.matmul(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def linear_weights(model: torch.nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+def step_times(kind: str, steps: int, rounds: int, warmup: int = 2) -> dict:
+    """train() against the hand-written loop on one LoRA model, alternating, same batches in the same order."""
+    from tuneloop.models import load_base
+    from tuneloop.training import add_adapter, collate, train
+
+    encoded, labels, pad_id = step_data(kind, steps * BATCH)
+    model = add_adapter(load_base(kind, False, labels or None), kind, RANK, seed=0)
+    order = list(range(len(encoded)))
+    random.Random(0 * 1000 + 0).shuffle(order)  # train()'s order for seed 0, epoch 0
+    batches = [collate([encoded[i] for i in order[s * BATCH:(s + 1) * BATCH]], pad_id) for s in range(steps)]
+    tokens = statistics.mean(b["input_ids"].numel() for b in batches[warmup:])
+    project, hand = [], []
+    for _ in range(rounds):
+        stamps = [time.perf_counter()]
+        train(model, encoded, pad_id, lr=1e-4, epochs=1, batch_size=BATCH, seed=0,
+              on_step=lambda step, loss: stamps.append(time.perf_counter()))
+        project += [b - a for a, b in zip(stamps, stamps[1:])][warmup:]
+        hand += hand_written_loop(model, batches)[warmup:]
+    n = linear_weights(model)
+    flops = 4 * n * tokens
+    p, h = statistics.median(project), statistics.median(hand)
+    return {
+        "model": MODEL_NAMES[kind], "batch": BATCH, "max_length": MAX_LENGTH, "lora_rank": RANK,
+        "trainable_params": sum(x.numel() for x in model.parameters() if x.requires_grad),
+        "linear_weights": n, "tokens_per_step": tokens, "measured_steps_each": len(project),
+        "train_step_s": round(p, 4), "hand_written_step_s": round(h, 4), "speed_ratio": round(h / p, 3),
+        "flops_per_step_estimate": flops, "achieved_flops": round(flops / p), "hand_written_achieved_flops": round(flops / h),
+    }
+
+
+def hand_written_loop(model, batches: list[dict]) -> list[float]:
+    """The minimal PyTorch + peft loop a reader would write: forward, backward, AdamW, zero_grad."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    model.train()
+    times = []
+    for batch in batches:
+        began = time.perf_counter()
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - began)
+    model.eval()
+    return times
+
+
+# -- 3: memory ----------------------------------------------------------------------------------------
+
+def memory_probe(kind: str, mode: str, steps: int) -> dict:
+    """Run in a fresh process: load, (add LoRA | unfreeze everything), train ``steps`` steps."""
+    from flows.tune_tracking import current_rss_mb, peak_memory
+    from tuneloop.models import load_base
+    from tuneloop.training import add_adapter, train
+
+    encoded, labels, pad_id = step_data(kind, steps * BATCH)
+    base = load_base(kind, False, labels or None)
+    if mode == "lora":
+        model = add_adapter(base, kind, RANK, seed=0)
+    else:
+        model = base
+        for p in model.parameters():
+            p.requires_grad_(True)
+    loaded = current_rss_mb()
+    with peak_memory() as training:
+        began = time.perf_counter()
+        train(model, encoded, pad_id, lr=1e-5, epochs=1, batch_size=BATCH, seed=0)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"model": MODEL_NAMES[kind], "mode": mode, "steps": steps, "trainable_params": trainable,
+            "grads_and_adamw_state_mb": round(trainable * 3 * 4 / 2**20),  # fp32 gradient + two moments, computed
+            "rss_after_load_mb": round(loaded), "peak_rss_training_mb": round(training["peak_rss_mb"]),
+            "training_overhead_mb": round(training["peak_rss_mb"] - loaded),
+            "seconds_per_step": round((time.perf_counter() - began) / steps, 2)}
+
+
+def memory(kinds: list[str], steps: int) -> list[dict]:
+    out = []
+    for kind in kinds:
+        for mode in ("lora", "full"):
+            proc = subprocess.run([sys.executable, "-m", "bench.train", "--memory-probe", kind, mode, str(steps)],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory probe {kind}/{mode} failed:\n{proc.stderr[-2000:]}")
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(out[-1]), flush=True)
+        lora, full = out[-2], out[-1]
+        lora["full_over_lora_training_overhead"] = round(full["training_overhead_mb"] / max(1, lora["training_overhead_mb"]), 1)
+        lora["full_over_lora_peak"] = round(full["peak_rss_training_mb"] / lora["peak_rss_training_mb"], 2)
+    return out
+
+
+# -- 4: search with and without pruning --------------------------------------------------------------
+
+def search_data(quick: bool):
+    from flows.curate import CuratedData, Example
+
+    if BANKING77.exists():
+        train_rows, test_rows = banking77(10, 24 if quick else 40, 20)
+        source = f"banking77 subset: 10 intents, {len(train_rows)} train / {len(test_rows)} held-out"
+    else:
+        pairs = _sample_pairs("classification")
+        train_rows, test_rows = pairs[: len(pairs) * 4 // 5], pairs[len(pairs) * 4 // 5:]
+        source = "project sample data (banking77 not found)"
+
+    def examples(rows, split):
+        return [Example(prompt=t, target=c, key=f"{split}-{i}", source_ids=[i]) for i, (t, c) in enumerate(rows)]
+
+    digest = hashlib.sha256(json.dumps([train_rows, test_rows]).encode()).hexdigest()[:16]
+    data = CuratedData(kind="classification", train=examples(train_rows, "train"), heldout=examples(test_rows, "test"),
+                       labels=sorted({c for _, c in train_rows + test_rows}), counts={}, quarantine=[], dataset_hash=digest,
+                       path=Path(tempfile.gettempdir()), last_feedback_id=0)
+    return data, source
+
+
+def search(quick: bool) -> dict:
+    """The same seeded search with pruning off and on, through the tune stage's own worker loop."""
+    import mlflow
+    import optuna
+
+    from flows.tune import prepare, search_worker, summarise
+    from tuneloop.config import LoopConfig, TuneConfig
+    from tuneloop.tracking import use_experiment
+
+    data, source = search_data(quick)
+    home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-search-"))
+    mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
+    out: dict = {"data": source, "runs": {}}
+    for pruner in ("none", "successive_halving"):
+        tune = TuneConfig(n_trials=4 if quick else 8, ranks=[4, 8, 16, 32], lr_min=1e-5, lr_max=1e-2, epochs=3,
+                          batch_size=16, max_length=MAX_LENGTH, evals_per_trial=6, max_eval_examples=len(data.heldout),
+                          pruner=pruner, startup_trials=4, seed=0)
+        config = LoopConfig(kind="classification", home=home / pruner, tiny=False, tune=tune)
+        parent = mlflow.MlflowClient().create_run(use_experiment(config), run_name=f"bench-search-{pruner}").info.run_id
+        began = time.perf_counter()
+        name = prepare(config, data)
+        search_worker(config, data, parent, name, None)
+        result = summarise(config, data, parent, name)
+        trials = optuna.load_study(study_name=name, storage=config.optuna_db).trials
+        out["runs"][pruner] = {
+            "best_accuracy_pct": round(100 * result.best.score, 2),
+            "best_params": result.best.params, "steps_trained": result.steps_trained,
+            "n_complete": result.n_complete, "n_pruned": result.n_pruned, "seconds": round(time.perf_counter() - began, 1),
+            "trials": [{"number": t.number, "state": t.state.name, "rank": t.params["rank"], "lr": round(t.params["lr"], 6),
+                        "value": t.value, "steps": t.user_attrs.get("steps_trained")} for t in trials],
+        }
+        print(json.dumps({pruner: {k: v for k, v in out["runs"][pruner].items() if k != "trials"}}), flush=True)
+    full, pruned = out["runs"]["none"], out["runs"]["successive_halving"]
+    out["pruning_gap_points"] = round(full["best_accuracy_pct"] - pruned["best_accuracy_pct"], 2)
+    out["pruning_steps_fraction"] = round(pruned["steps_trained"] / full["steps_trained"], 3)
+    out["target_met"] = out["pruning_gap_points"] <= 1.0 and out["pruning_steps_fraction"] <= 0.40
+    return out
+
+
+# -- main ---------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench train", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and trials (about a third of the time)")
+    parser.add_argument("--only", nargs="*", choices=["steps", "memory", "search"], help="run only these parts")
+    parser.add_argument("--memory-probe", nargs=3, metavar=("KIND", "MODE", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    from tuneloop.config import apply_environment
+
+    apply_environment(Path(tempfile.mkdtemp(prefix="tuneloop-bench-")))
+    if args.memory_probe:
+        kind, mode, steps = args.memory_probe
+        print(json.dumps(memory_probe(kind, mode, int(steps))))
+        return {}
+    parts = set(args.only or ["steps", "memory", "search"])
+    began = time.perf_counter()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                                 "load_average_at_start": os.getloadavg()[0], "quick": args.quick}}
+    results["machine"]["matmul_fp32_flops"] = round(matmul_flops(1024 if args.quick else 2048))
+    print(json.dumps(results["machine"]), flush=True)
+    if "steps" in parts:
+        results["step_time"] = []
+        for kind, steps, rounds in (("classification", 12 if args.quick else 30, 2 if args.quick else 3),
+                                    ("generation", 5 if args.quick else 8, 2)):
+            row = step_times(kind, steps, rounds)
+            row["achieved_over_matmul_peak"] = round(row["achieved_flops"] / results["machine"]["matmul_fp32_flops"], 3)
+            results["step_time"].append(row)
+            print(json.dumps(row), flush=True)
+    if "memory" in parts:
+        results["memory"] = memory(["classification", "generation"], 3 if args.quick else 4)
+    if "search" in parts:
+        results["search"] = search(args.quick)
+        print(json.dumps({k: v for k, v in results["search"].items() if k != "runs"}), flush=True)
+    results["seconds_total"] = round(time.perf_counter() - began, 1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.only and (RESULTS / "train.json").exists():  # a partial run updates its parts of the last full one
+        merged = json.loads((RESULTS / "train.json").read_text())
+        keys = {"steps": "step_time", "memory": "memory", "search": "search"}
+        merged.update({keys[part]: results[keys[part]] for part in parts})
+        merged.setdefault("partial_reruns", []).append({"parts": sorted(parts), "machine": results["machine"]})
+        results = merged
+    (RESULTS / "train.json").write_text(json.dumps(results, indent=2, default=str))
+    print(f"wrote {RESULTS / 'train.json'} ({results['seconds_total']} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""The shared Optuna study behind the tune stage: storage, sampler, pruner and a safe worker loop.
+
+Every worker (a thread of one flow run, another process, another machine) runs ``work``: Optuna's
+ask-and-tell loop with what ``study.optimize`` lacks for a search that must survive kills and
+scale out:
+
+- **An exact budget.** ``optimize(n_trials=N)`` counts per worker, so several workers overshoot,
+  and a rerun cannot tell a killed trial from a finished one. Here a worker claims a trial (a
+  queued retry first, else a new one) only while the study holds fewer than ``n_trials`` complete,
+  pruned or running trials, under a study-wide lock: concurrent workers never exceed, duplicate or
+  lose a trial.
+- **Resuming killed trials.** A running trial records a heartbeat (RDB storage) and its owner
+  (host, PID namespace, PID). A trial whose owner process is gone from this machine is failed at
+  once, so a rerun right after a SIGKILL does not wait; any other silent trial is failed after
+  ``grace_period_s``. Either way ``RetryHeartbeatStaleTrialCallback`` queues a copy with the same
+  parameters, user attributes (the MLflow run id) and intermediate scores; the objective resumes it
+  from its checkpoint.
+- **A finished study for everyone.** A worker with nothing to claim waits while trials still run
+  elsewhere, so each worker returns only when the study is done (or its deadline passed).
+
+Storage: SQLite (the default; a file lock beside the database serialises claims) for workers on one
+machine; PostgreSQL for workers on several (``TUNELOOP_OPTUNA_URL=postgresql+psycopg://...``; claims
+take a ``pg_advisory_lock``, which the server releases if the holder dies). Optuna's journal storage
+is not used: it has no heartbeat (``BaseHeartbeat``), so a killed trial could not be told from a
+slow one, and RDB storage already covers one machine and many.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Iterator
+
+import optuna
+import sqlalchemy
+from filelock import FileLock
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from tuneloop.config import Kind, TuneConfig
+from tuneloop.training import DEFAULT_TARGETS
+
+log = logging.getLogger(__name__)
+
+# ask() warns whenever heartbeats are on outside study.optimize; this loop records them itself.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+OWNER_ATTR = "tuneloop.owner"
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind) -> dict:
+    """The trial's hyper-parameters; a retried trial gets back the ones it had."""
+    return {
+        "rank": int(trial.suggest_categorical("rank", tune.ranks)),
+        "lr": trial.suggest_float("lr", tune.lr_min, tune.lr_max, log=True),
+        "alpha_ratio": float(trial.suggest_categorical("alpha_ratio", tune.alpha_ratios)),
+        "dropout": float(trial.suggest_categorical("dropout", tune.dropouts)),
+        "target_modules": trial.suggest_categorical("target_modules", tune.target_modules or [DEFAULT_TARGETS[kind]]),
+    }
+
+
+def origin(trial: FrozenTrial) -> int:
+    """The number of the first trial in a retry chain: the key of its checkpoint and MLflow run."""
+    first = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if first is None else first
+
+
+def make_storage(url: str, tune: TuneConfig) -> RDBStorage:
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    return RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=tune.heartbeat_interval_s,
+        grace_period=tune.grace_period_s,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+            max_retry=tune.max_retry, inherit_intermediate_values=True
+        ),
+    )
+
+
+def make_pruner(tune: TuneConfig, first_eval_step: int, total_steps: int) -> optuna.pruners.BasePruner:
+    """Rungs start at the first held-out evaluation, so no trial is judged before it reports."""
+    if tune.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if tune.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=first_eval_step, max_resource=total_steps,
+                                              reduction_factor=tune.reduction_factor)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_eval_step, reduction_factor=tune.reduction_factor)
+
+
+def make_sampler(tune: TuneConfig, trial_number: int) -> optuna.samplers.TPESampler:
+    """TPE seeded per trial: reproducible with one worker, and no two processes (each starting its
+    sampler afresh) draw the same "random" start. TPE keeps no state but its RNG, so a new sampler
+    per trial samples exactly as a long-lived one would."""
+    # constant liar: parallel workers do not all sample next to the same running trial
+    return optuna.samplers.TPESampler(seed=tune.seed * 100_003 + trial_number, n_startup_trials=tune.startup_trials,
+                                      constant_liar=True)
+
+
+def open_study(url: str, name: str, tune: TuneConfig, pruner: optuna.pruners.BasePruner,
+               first_trial: dict | None = None) -> tuple[optuna.Study, RDBStorage]:
+    """Create or load the study (and queue ``first_trial`` into an empty one) under the study lock.
+
+    The lock also covers creating Optuna's tables: two processes doing that at once on an empty
+    PostgreSQL database collide.
+    """
+    with study_lock(url, name):
+        storage = make_storage(url, tune)
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
+                                    pruner=pruner, sampler=make_sampler(tune, 0))
+        if first_trial and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(first_trial)
+    return study, storage
+
+
+@lru_cache(maxsize=None)
+def _engine(url: str) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def study_lock(url: str, name: str) -> Iterator[None]:
+    """Mutual exclusion between every worker of one study: threads, processes and, on PostgreSQL, machines."""
+    digest = hashlib.sha256(f"{url}|{name}".encode()).digest()
+    with _thread_locks_guard:
+        local = _thread_locks.setdefault(name, threading.Lock())
+    with local:
+        if url.startswith("postgresql"):
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            with _engine(url).connect() as conn:  # released by the server if this process dies
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        database = sqlalchemy.engine.make_url(url).database if url.startswith("sqlite") else None
+        if database and database != ":memory:":
+            path = Path(database).with_name(Path(database).name + f".{digest[:6].hex()}.lock")
+        else:  # other databases: correct for the workers of one machine
+            path = Path(tempfile.gettempdir()) / f"tuneloop-study-{digest[:12].hex()}.lock"
+        with FileLock(str(path)):
+            yield
+
+
+def owner_id() -> str:
+    """This process, such that another process on the same machine can tell whether it still lives."""
+    try:
+        pidns = os.stat("/proc/self/ns/pid").st_ino  # containers sharing a hostname still differ here
+    except OSError:
+        pidns = "-"
+    return f"{socket.gethostname()}|{pidns}|{os.getpid()}"
+
+
+def _owner_dead(owner: str) -> bool:
+    """True only when the owner provably ran on this machine (same PID namespace) and has exited."""
+    host, pidns, pid = owner.rsplit("|", 2)
+    if pidns == "-" or owner_id().rsplit("|", 1)[0] != f"{host}|{pidns}":
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:  # killed but not yet reaped by its parent: a zombie
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def fail_stale(study: optuna.Study, storage: RDBStorage, tune: TuneConfig) -> None:
+    """Fail running trials whose worker is gone, queueing each for a retry (call under the study lock)."""
+    optuna.storages.fail_stale_trials(study)  # heartbeats older than the grace period
+    study_id = storage.get_study_id_from_name(study.study_name)
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(OWNER_ATTR) or {}
+        if owner.get("trial") == trial.number:
+            stale = _owner_dead(owner["id"])
+        else:  # popped, but its claimer died before recording itself (or a heartbeat)
+            stale = trial.datetime_start is not None and now - trial.datetime_start.timestamp() > tune.grace_period_s
+        if not stale:
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        log.warning("trial %d: its worker is gone; queued for a retry from its checkpoint", trial.number)
+        storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+
+
+def claim(study: optuna.Study, storage: RDBStorage, tune: TuneConfig, n_trials: int) -> tuple[optuna.Trial, int] | None:
+    """A trial to run now (a queued retry first) and its storage id, or None when the budget is taken."""
+    with study_lock(storage.url, study.study_name):
+        fail_stale(study, storage, tune)
+        taken = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        if len(taken) >= n_trials:
+            return None
+        study.sampler = make_sampler(tune, len(study.get_trials(deepcopy=False)))  # the new trial's number
+        trial = study.ask()
+        trial.set_user_attr(OWNER_ATTR, {"id": owner_id(), "trial": trial.number})
+        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), trial.number)
+        storage.record_heartbeat(trial_id)
+        return trial, trial_id
+
+
+@contextmanager
+def heartbeat(storage: RDBStorage, trial_id: int, interval: float) -> Iterator[None]:
+    """Record the trial's heartbeat every ``interval`` seconds while the block runs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                storage.record_heartbeat(trial_id)
+            except sqlalchemy.exc.SQLAlchemyError as err:  # a busy database: the next beat will do
+                log.warning("heartbeat of trial id %d failed: %s", trial_id, err)
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.Trial], float], tune: TuneConfig,
+         deadline: float | None = None) -> int:
+    """Run trials until the study holds ``tune.n_trials`` finished ones or ``deadline`` (epoch s) passes.
+
+    Returns the number of trials this worker ran. A trial that raises is failed and queued for a
+    retry (so it resumes from its checkpoint next time), then the error propagates.
+    """
+    ran = 0
+    while deadline is None or time.time() < deadline:
+        claimed = claim(study, storage, tune, tune.n_trials)
+        if claimed is None:
+            if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                return ran
+            time.sleep(min(1.0, tune.heartbeat_interval_s))  # others are still running: wait for them, or their staleness
+            continue
+        trial, trial_id = claimed
+        ran += 1
+        with heartbeat(storage, trial_id, tune.heartbeat_interval_s):
+            try:
+                value = objective(trial)
+            except optuna.TrialPruned:
+                _tell(study, storage, trial, trial_id, state=TrialState.PRUNED)
+            except BaseException:
+                if _tell(study, storage, trial, trial_id, state=TrialState.FAIL):
+                    storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial_id))
+                raise
+            else:
+                _tell(study, storage, trial, trial_id, values=value)
+    return ran
+
+
+def _tell(study: optuna.Study, storage: RDBStorage, trial: optuna.Trial, trial_id: int, **outcome) -> bool:
+    """Finish the trial, unless another worker already failed it as stale (heartbeats starved for
+    longer than the grace period); its retry then runs again, so say so loudly."""
+    if storage.get_trial(trial_id).state.is_finished():
+        log.warning("trial %d was failed as stale while it ran; raise grace_period_s", trial.number)
+        return False
+    study.tell(trial, **outcome)
+    return True

@@ -1,0 +1,270 @@
+"""The tune stage for real: SIGKILLed searches resume, concurrent workers share one study, budgets and plots.
+
+Searches run as separate processes (real SIGKILL, real concurrency) against the session's Prefect
+test server, one MLflow SQLite database per test, and Optuna on SQLite or PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import tiny_config
+from flows.curate import CuratedData, build_dataset, log_dataset
+from flows.tune import study_name, tune
+from flows.tune_study import OWNER_ATTR, origin
+from tuneloop.config import LoopConfig
+from tuneloop.feedback import FeedbackStore
+from tuneloop.models import load_base, load_tokenizer
+from tuneloop.sample_data import sample_feedback
+from tuneloop.tracking import use_experiment
+from tuneloop.training import add_adapter, encode, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# One search process: the config and dataset as JSON files, the parent run id; prints the result.
+DRIVER = """
+import json, sys
+from pathlib import Path
+from flows.curate import CuratedData
+from flows.tune import tune
+from tuneloop.config import LoopConfig
+config = LoopConfig.model_validate_json(Path(sys.argv[1]).read_text())
+data = CuratedData.model_validate_json(Path(sys.argv[2]).read_text())
+print("RESULT " + tune(config, data, sys.argv[3]).model_dump_json(), flush=True)
+"""
+
+
+def _search_config(home: Path, **overrides) -> LoopConfig:
+    """Tiny classification trials of a few hundred steps, checkpointed often, with quick heartbeats."""
+    settings = dict(n_trials=4, epochs=12, ranks=[4, 8], lr_min=0.005, lr_max=0.05, first_trial={"rank": 8, "lr": 0.02},
+                    evals_per_trial=2, max_eval_examples=8, checkpoint_every=8, heartbeat_interval_s=1, grace_period_s=10)
+    settings.update(overrides)
+    return tiny_config(home, "classification", **settings)
+
+
+def _dataset(config: LoopConfig) -> CuratedData:
+    store = FeedbackStore(config.feedback_db)
+    if not store.rows(config.kind):
+        store.add_many_raw(sample_feedback("classification"), config.kind)
+    return build_dataset(store, config)
+
+
+def _parent_run(config: LoopConfig) -> str:
+    experiment_id = use_experiment(config)
+    return MlflowClient().create_run(experiment_id, run_name=f"test-search-{config.kind}").info.run_id
+
+
+def _spawn(home: Path, config: LoopConfig, data: CuratedData, parent: str, tag: str) -> subprocess.Popen:
+    from prefect.settings import PREFECT_API_URL
+
+    (home / "driver.py").write_text(DRIVER)
+    (home / f"config-{tag}.json").write_text(config.model_dump_json())
+    (home / "data.json").write_text(data.model_dump_json())
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+           "TUNELOOP_HOME": str(home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # 2 cores, several processes
+    return subprocess.Popen([sys.executable, str(home / "driver.py"), str(home / f"config-{tag}.json"), str(home / "data.json"), parent],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=open(home / f"stderr-{tag}.log", "w"), text=True)
+
+
+def _result(proc: subprocess.Popen, home: Path, tag: str, timeout: float = 240) -> dict:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, (home / f"stderr-{tag}.log").read_text()[-3000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+
+
+def _children(parent: str) -> list:
+    return mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent}'", search_all_experiments=True,
+                              output_format="list")
+
+
+def _lineages(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
+    chains: dict[int, list] = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        chains.setdefault(origin(t), []).append(t)
+    return chains
+
+
+def _check_study(config: LoopConfig, data: CuratedData, parent: str) -> tuple[optuna.Study, dict, dict]:
+    """Every invariant of a finished search; returns the study, its retry chains and the trial runs by key."""
+    study = optuna.load_study(study_name=study_name(config, data), storage=config.optuna_db)
+    chains = _lineages(study)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == config.tune.n_trials == len(chains)  # none lost, none extra
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    for key, chain in chains.items():
+        # a chain is killed attempts then one finished attempt, all with the first attempt's parameters
+        assert [t.state for t in chain[:-1]] == [TrialState.FAIL] * (len(chain) - 1)
+        assert chain[-1].state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert all(t.params == chain[0].params for t in chain)
+    runs = {int(r.data.tags["tuneloop.trial"]): r for r in _children(parent)}
+    assert len(_children(parent)) == len(runs) == len(chains) and set(runs) == set(chains)  # one run per trial
+    client = MlflowClient()
+    for key, chain in chains.items():
+        run = runs[key]
+        assert run.info.run_id == chain[-1].user_attrs["mlflow_run_id"]
+        assert run.data.tags["optuna.state"] == chain[-1].state.name and run.info.status == "FINISHED"
+        assert run.data.params["lr"] == str(chain[0].params["lr"])
+        if chain[-1].state == TrialState.COMPLETE:
+            # trained once: one final score, and no more logged steps than a schedule plus what kills made it redo
+            assert len(client.get_metric_history(run.info.run_id, "final_heldout_score")) == 1
+            losses = client.get_metric_history(run.info.run_id, "train_loss")
+            total = int(run.data.params["total_steps"])
+            assert {m.step for m in losses} == set(range(1, total + 1)), (key, len(chain), set(range(1, total + 1)) - {m.step for m in losses}, total)
+            assert len(losses) <= total + config.tune.checkpoint_every * (len(chain) - 1)
+    return study, chains, runs
+
+
+def test_sigkilled_search_resumes_from_checkpoints_without_retraining(home):
+    config = _search_config(home)
+    data, parent = _dataset(config), _parent_run(config)
+    rng = random.Random(4)
+    checkpoints = config.work_dir / "checkpoints"
+    kills = 0
+    for attempt in range(3):
+        proc = _spawn(home, config, data, parent, f"kill{attempt}")
+        seen = set(checkpoints.rglob("ckpt.pt"))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            fresh = set(checkpoints.rglob("ckpt.pt")) - seen
+            if fresh:  # a trial is training: the first kill right after its checkpoint, later ones at random
+                time.sleep(0 if attempt == 0 else rng.uniform(0, 1.5))
+                break
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    result = _result(_spawn(home, config, data, parent, "final"), home, "final")
+
+    study, chains, runs = _check_study(config, data, parent)
+    assert result["n_failed"] == sum(len(c) - 1 for c in chains.values()) >= 1
+    resumed = [key for key, run in runs.items() if run.data.metrics.get("resumed_from_step", 0) > 0]
+    assert resumed, "no trial continued from its checkpoint"
+    for key in resumed:
+        assert len(chains[key]) > 1  # only a killed trial resumes
+    best = max((c[-1] for c in chains.values() if c[-1].state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert result["best"]["number"] == origin(best) and result["best"]["mlflow_run_id"] == runs[origin(best)].info.run_id
+    assert runs[origin(best)].data.tags.get("best_trial") == "true"
+    assert sum(r.data.tags.get("best_trial") == "true" for r in runs.values()) == 1
+    assert not list(checkpoints.rglob("ckpt.pt"))  # finished trials leave no checkpoint behind
+
+
+@pytest.mark.postgres
+def test_two_processes_share_one_study_without_losing_or_duplicating_trials(home, postgres_url):
+    config = _search_config(home, n_trials=6, epochs=10).model_copy(update={"optuna_url": postgres_url})
+    data, parent = _dataset(config), _parent_run(config)
+    # one single-worker process and one with two worker threads, started together
+    procs = {"a": _spawn(home, config, data, parent, "a"),
+             "b": _spawn(home, config.model_copy(update={"tune": config.tune.model_copy(update={"n_workers": 2})}), data, parent, "b")}
+    results = {tag: _result(proc, home, tag) for tag, proc in procs.items()}
+
+    study, chains, _ = _check_study(config, data, parent)
+    assert all(len(chain) == 1 for chain in chains.values())  # nothing was killed, so nothing was retried
+    owners = {t.user_attrs[OWNER_ATTR]["id"] for t in study.trials}
+    assert len(owners) == 2, owners  # both processes ran trials
+    assert results["a"]["best"] == results["b"]["best"]  # each returns only once the whole study is done
+
+
+def test_wall_time_budget_stops_starting_trials(home):
+    config = _search_config(home, n_trials=50, epochs=4, timeout_s=4)
+    data, parent = _dataset(config), _parent_run(config)
+    began = time.monotonic()
+    result = tune(config, data, parent)
+    elapsed = time.monotonic() - began
+    finished = result.n_complete + result.n_pruned
+    assert 1 <= finished < 50
+    assert elapsed < 4 + 30  # the deadline stops new trials; the running one finishes
+    study = optuna.load_study(study_name=result.study_name, storage=config.optuna_db)
+    assert len(study.trials) == finished  # nothing left queued or running
+
+
+def test_search_logs_plots_and_tags_on_the_parent_run(home):
+    config = _search_config(home, n_trials=3, epochs=3, pruner="none", checkpoint_every=None)
+    data, parent = _dataset(config), _parent_run(config)
+    with mlflow.start_run(run_id=parent):
+        log_dataset(data)  # as the loop's curate stage does
+    result = tune(config, data, parent)
+    assert result.n_complete == 3
+    plots = {a.path for a in MlflowClient().list_artifacts(parent, "tune")}
+    assert {f"tune/{name}.png" for name in ("optimization_history", "intermediate_values", "timeline", "param_importances",
+                                            "parallel_coordinate", "loss_curves")} <= plots
+    run = mlflow.get_run(parent)
+    assert run.data.tags["best_trial_run_id"] == result.best.mlflow_run_id
+    assert run.data.metrics["tune.n_complete"] == 3 and run.data.metrics["tune.steps_trained"] > 0
+    child = mlflow.get_run(result.best.mlflow_run_id)
+    assert child.info.run_name.startswith(f"trial-{result.best.number:03d} r=") and "->" in child.info.run_name
+    assert {"trainable_params", "rank", "lr", "alpha_ratio", "dropout", "target_modules"} <= set(child.data.params)
+    assert {"tokens_per_second", "peak_rss_mb", "wall_seconds", "heldout_score", "final_heldout_score"} <= set(child.data.metrics)
+    assert child.data.tags["dataset_hash"] == data.dataset_hash
+    assert child.inputs.dataset_inputs[0].dataset.digest == data.dataset_hash
+
+
+def test_resumed_training_matches_an_uninterrupted_run(home):
+    """The checkpoint holds everything: stopping after a checkpoint and resuming gives the same adapter."""
+    config = _search_config(home)
+    data = _dataset(config)
+    tokenizer = load_tokenizer("classification")
+    encoded = encode("classification", tokenizer, [(e.prompt, e.target) for e in data.train], data.labels, 96)
+
+    def fresh():
+        return add_adapter(load_base("classification", True, data.labels), "classification", 8, seed=0, dropout=0.1)
+
+    args = dict(lr=0.02, epochs=2, batch_size=8, seed=0)
+    reference = fresh()
+    train(reference, encoded, tokenizer.pad_token_id, **args)
+
+    class Killed(Exception):
+        pass
+
+    def die_at_step_11(step: int, loss: float) -> None:
+        if step == 11:
+            raise Killed
+
+    interrupted = fresh()
+    with pytest.raises(Killed):
+        train(interrupted, encoded, tokenizer.pad_token_id, **args, checkpoint_dir=home / "ckpt", checkpoint_every=5,
+              on_step=die_at_step_11)
+    resumed = fresh()  # RNG back at its post-init state: only the checkpoint can bring the dropout stream to step 10
+    result = train(resumed, encoded, tokenizer.pad_token_id, **args, checkpoint_dir=home / "ckpt", checkpoint_every=5)
+    assert result.resumed_from_step == 10 and result.steps_run == result.steps - 10
+    for (name, a), b in zip(reference.named_parameters(), resumed.parameters()):
+        if a.requires_grad:
+            assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_silent_trial_of_another_machine_is_retried_after_the_grace_period(tmp_path):
+    """The heartbeat path (a worker elsewhere went silent), without the same-machine shortcut."""
+    from flows.tune_study import claim, open_study
+
+    tune = tiny_config(tmp_path, "classification", n_trials=2, ranks=[4, 8], first_trial=None,
+                       heartbeat_interval_s=1, grace_period_s=2).tune
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study, storage = open_study(url, "silent", tune, optuna.pruners.NopPruner())
+    trial, _ = claim(study, storage, tune, tune.n_trials)
+    params = {"rank": trial.suggest_categorical("rank", tune.ranks), "lr": trial.suggest_float("lr", 0.01, 0.05, log=True)}
+    trial.set_user_attr(OWNER_ATTR, {"id": "elsewhere|1|1", "trial": trial.number})  # another machine's worker
+
+    again, _ = claim(study, storage, tune, tune.n_trials)  # within the grace period: a new trial, the silent one kept
+    assert again.number == 1 and study.trials[0].state == TrialState.RUNNING
+    study.tell(again, 0.5)
+    assert claim(study, storage, tune, tune.n_trials) is None  # budget taken while trial 0 may still be alive
+
+    time.sleep(3.5)  # past the grace period: failed, and its retry (same parameters) is what gets claimed
+    retry, _ = claim(study, storage, tune, tune.n_trials)
+    assert study.trials[0].state == TrialState.FAIL
+    assert origin(study.trials[retry.number]) == 0 and study.trials[retry.number].params == params
