@@ -237,7 +237,7 @@ def test_migrations_and_store_on_postgres(postgres_url, tmp_path):
     migrations.downgrade(engine, "base")
     assert migrations.current(engine) is None
     store = FeedbackStore(postgres_url)
-    assert {"feedback", "curation_runs", "quarantine", "alembic_version"} <= set(
+    assert {"feedback", "curation_runs", "quarantine", migrations.VERSION_TABLE} <= set(
         create_engine(postgres_url).dialect.get_table_names(engine.connect()))
     records = sample_feedback("generation")
     assert store.add_many_raw(records, "generation") == len(records)

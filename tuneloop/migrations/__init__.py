@@ -18,6 +18,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 HERE = Path(__file__).resolve().parent
+# Not Alembic's default "alembic_version": Optuna keeps its own schema version there, and users point
+# the feedback store and the Optuna storage at the same database.
+VERSION_TABLE = "tuneloop_feedback_version"
 _PG_LOCK = 0x7475_6E65  # arbitrary advisory-lock key: one migrator at a time on Postgres
 
 
@@ -33,7 +36,7 @@ def head() -> str:
 
 def current(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

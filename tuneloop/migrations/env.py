@@ -8,9 +8,11 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
+from tuneloop.migrations import VERSION_TABLE
+
 connection = context.config.attributes.get("connection")
 if connection is not None:
-    context.configure(connection=connection, render_as_batch=True)
+    context.configure(connection=connection, render_as_batch=True, version_table=VERSION_TABLE)
     with context.begin_transaction():
         context.run_migrations()
 else:
@@ -18,6 +20,6 @@ else:
     if not url:
         raise SystemExit("set sqlalchemy.url or TUNELOOP_FEEDBACK_URL")
     with create_engine(url).begin() as conn:
-        context.configure(connection=conn, render_as_batch=True)
+        context.configure(connection=conn, render_as_batch=True, version_table=VERSION_TABLE)
         with context.begin_transaction():
             context.run_migrations()
