@@ -80,3 +80,38 @@ def test_judge_needs_samples_and_significance():
     assert judge(Rate(100, 10), Rate(100, 50), deploy).action == "rollback"
     assert judge(Rate(100, 10), Rate(100, 11), deploy).action == "ramp"
     assert judge(Rate(100, 10), Rate(100, 16), deploy).action == "wait"  # worse, not yet significant
+
+
+def _python_counts(store: FeedbackStore, kind: str, versions: set[str]) -> dict[str, tuple[int, int]]:
+    import json
+
+    counts = {}
+    for row in store.rows(kind):
+        payload = json.loads(row.payload)
+        version = str(payload.get("model_version"))
+        if version in versions and payload.get("rating") in ("up", "down"):
+            n, down = counts.get(version, (0, 0))
+            counts[version] = (n + 1, down + (payload["rating"] == "down"))
+    return counts
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_rating_counts_are_counted_by_the_database(backend, tmp_path, request):
+    """The guard's per-version counts come from SQL; they must equal a count over the raw payloads,
+    odd legacy payloads (numeric versions, no rating, other kinds) included."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'fb.db'}"
+    store = FeedbackStore(url)
+    tag = tmp_path.name  # the Postgres database is shared by the session's tests
+    raw = [{"model_version": f"{tag}-1", "rating": "down"}, {"model_version": f"{tag}-1", "rating": "up"},
+           {"model_version": f"{tag}-2", "rating": "down"}, {"model_version": f"{tag}-2"},  # no rating
+           {"model_version": f"{tag}-2", "rating": "meh"}, {"rating": "down"}, {"model_version": [1], "rating": "up"}]
+    for i, payload in enumerate(raw):
+        store.add_raw({**payload, "request_id": f"{tag}-{i}"}, "classification")
+    store.add_raw({"model_version": f"{tag}-1", "rating": "down", "request_id": f"{tag}-gen"}, "generation")
+    versions = {f"{tag}-1", f"{tag}-2", f"{tag}-3"}
+    counts = store.rating_counts("classification", versions)
+    assert counts == {f"{tag}-1": (2, 1), f"{tag}-2": (1, 1)}
+    assert counts == _python_counts(store, "classification", versions)
+    number = abs(hash(tag)) % 10**9  # a version sent as a JSON number is the same version as its text
+    store.add_raw({"model_version": number, "rating": "down", "request_id": f"{tag}-number"}, "classification")
+    assert store.rating_counts("classification", {str(number)}) == {str(number): (1, 1)}

@@ -19,7 +19,7 @@ from typing import Annotated, Any, AsyncIterable, Iterable, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo,
                       field_validator)
 from pydantic_core import PydanticCustomError
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, case, cast, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -307,6 +307,24 @@ class FeedbackStore:
             query = query.where(FeedbackRow.id <= upto_id)
         with self.engine.connect() as conn:
             return list(conn.execute(query.order_by(FeedbackRow.id)))
+
+    def rating_counts(self, kind: str, versions: Iterable[str]) -> dict[str, tuple[int, int]]:
+        """(rated, thumbs-down) records per model version, counted by the database: the live guard
+        asks every few seconds, and parsing every payload in Python would grow with the store."""
+        version, rating = self._json_text("model_version"), self._json_text("rating")
+        query = (select(version, func.count(), func.sum(case((rating == "down", 1), else_=0)))
+                 .where(FeedbackRow.kind == kind, rating.in_(["up", "down"]), version.in_(list(versions)))
+                 .group_by(version))
+        with self.engine.connect() as conn:
+            return {str(v): (int(n), int(down)) for v, n, down in conn.execute(query)}
+
+    def _json_text(self, key: str):
+        """A top-level payload field as text, in this database's JSON dialect."""
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return cast(FeedbackRow.payload, JSONB)[key].astext
+        return cast(func.json_extract(FeedbackRow.payload, f"$.{key}"), String)  # SQLite (JSON1 is built in)
 
     def high_water(self, kind: str) -> int:
         """The newest record id of a kind (0 when none): what a curation starting now would use."""

@@ -35,14 +35,8 @@ class Verdict:
 
 def negative_rates(store: FeedbackStore, kind: str, versions: set[str]) -> dict[str, Rate]:
     """Thumbs-down share per model version, from everything the store acknowledged."""
-    counts = {v: [0, 0] for v in versions}
-    for row in store.rows(kind):
-        payload = json.loads(row.payload)
-        version = str(payload.get("model_version"))
-        if version in counts and payload.get("rating") in ("up", "down"):
-            counts[version][0] += 1
-            counts[version][1] += payload["rating"] == "down"
-    return {v: Rate(n, neg) for v, (n, neg) in counts.items()}
+    counts = store.rating_counts(kind, versions)
+    return {v: Rate(*counts.get(v, (0, 0))) for v in versions}
 
 
 def one_sided_p(worse: Rate, better: Rate) -> float:
