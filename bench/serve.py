@@ -1,8 +1,9 @@
-"""Serving benchmark on the real MiniLM weights: the tuneloop service vs a plain transformers
-pipeline behind FastAPI (throughput, p50/p95 at 1/4/16 clients), the routing+attribution overhead,
-and the time from a rollback to the first answer by the champion under load (with failures counted).
+"""Serving benchmark on the real weights, for both task kinds: the tuneloop service vs a plain
+transformers pipeline behind FastAPI on the same model (throughput, p50/p95 at 1/4/16 clients, and
+whether both give the same answers); the routing+attribution overhead; and the time from a rollback
+to the first answer by the champion under load, with failed requests counted.
 
-python -m bench serve [--quick]   -> bench/results/serve.json
+python -m bench serve [--quick] [--kind classification generation]   -> bench/results/serve.json
 Load generators run as separate processes against 127.0.0.1, each bounded in time.
 """
 
@@ -40,21 +41,34 @@ def _summary(run: dict) -> dict:
 
 
 def _register_versions(config) -> str:
-    """Champion v1 and challenger v2 on the real MiniLM: fresh LoRA adapters (serving cost does not
+    """Champion v1 and challenger v2 on the real weights: fresh LoRA adapters (serving cost does not
     depend on the adapter's values, so no training is needed to measure it)."""
     from tuneloop.models import load_base, save_labels
     from tuneloop.registry import log_adapter, move_alias
     from tuneloop.sample_data import INTENTS
     from tuneloop.training import add_adapter
 
-    labels = sorted(INTENTS)
+    labels = sorted(INTENTS) if config.kind == "classification" else None
     for version, alias in (("1", "champion"), ("2", "challenger")):
-        adapter = config.work_dir / f"bench-adapter-{version}"
-        add_adapter(load_base("classification", labels=labels), "classification", 8, seed=int(version)).save_pretrained(adapter)
-        save_labels(adapter, labels)
+        adapter = config.work_dir / f"bench-{config.kind}-adapter-{version}"
+        add_adapter(load_base(config.kind, labels=labels), config.kind, 8, seed=int(version)).save_pretrained(adapter)
+        if labels:
+            save_labels(adapter, labels)
         mv = log_adapter(config, adapter, {"note": "bench"})
         move_alias(config.model_name, alias, str(mv.version), "bench")
-    return str(config.work_dir / "bench-adapter-1")
+    return str(config.work_dir / f"bench-{config.kind}-adapter-1")
+
+
+def _same_answers(service: str, plain: str) -> dict:
+    """Both servers answer the load's prompts alike (the champion is the plain app's model)."""
+    from bench.loadgen import TEXTS
+
+    agree = 0
+    for i, text in enumerate(TEXTS):
+        a = httpx.post(f"{service}/predict", json={"requests": [{"user_id": f"check-{i}", "input": text}]}, timeout=120).json()[0]
+        b = httpx.post(f"{plain}/predict", json={"text": text}, timeout=120).json()
+        agree += a["output"] == b["output"]
+    return {"prompts": len(TEXTS), "same_answer": agree}
 
 
 def routing_overhead(config, n: int = 5000) -> dict:
@@ -98,38 +112,65 @@ def rollback_under_load(base: str, config, work: Path, clients: int = 4) -> dict
             "seconds_to_last_challenger_answer": round(max(0.0, last_challenger - issued), 3)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench serve")
-    parser.add_argument("--quick", action="store_true", help="5 s per load level instead of 15 s")
-    args = parser.parse_args(argv)
-    seconds = 5 if args.quick else 15
-    work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-serve-"))
-    os.environ.update(TUNELOOP_HOME=str(work), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
-                      TUNELOOP_API_TOKEN="bench-token", TUNELOOP_KIND="classification")
-    from tuneloop.config import LoopConfig, apply_environment
+MODELS = {"classification": "all-MiniLM-L6-v2 + LoRA r=8 (6 labels)",
+          "generation": "SmolLM2-135M-Instruct + LoRA r=8, greedy, {n} new tokens"}
 
-    apply_environment(work)
-    config = LoopConfig(kind="classification", home=work)
-    adapter = _register_versions(config)
+
+def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int) -> dict:
+    """Service vs plain pipeline at 1/4/16 clients for one task kind (champion = plain app's model)."""
+    from tuneloop.config import LoopConfig
     from tuneloop.flags import set_challenger_percent
 
+    config = LoopConfig(kind=kind, home=work, max_new_tokens=max_new_tokens)
+    adapter = _register_versions(config)
     set_challenger_percent(config.flag_file, config.flag_key, 10)
-    results: dict = {"model": "all-MiniLM-L6-v2 + LoRA r=8 (classification, 6 labels)", "seconds_per_level": seconds,
-                     "cpu_cores": os.cpu_count(), "routing_overhead": routing_overhead(config), "levels": []}
+    results: dict = {"model": MODELS[kind].format(n=max_new_tokens), "seconds_per_level": seconds, "levels": []}
     plain_port = free_port()
-    with tuneloop_service(work, "classification", TUNELOOP_TINY="false") as service:
-        with server_process([sys.executable, "-m", "bench.plain_app", adapter, "--port", str(plain_port)], dict(os.environ),
-                            f"http://127.0.0.1:{plain_port}/docs", work / "plain.log"):
+    plain = f"http://127.0.0.1:{plain_port}"
+    env = dict(TUNELOOP_TINY="false", TUNELOOP_MAX_NEW_TOKENS=str(max_new_tokens))
+    with tuneloop_service(work, kind, **env) as service:
+        with server_process([sys.executable, "-m", "bench.plain_app", adapter, "--kind", kind, "--port", str(plain_port),
+                             "--max-new-tokens", str(max_new_tokens)], dict(os.environ), f"{plain}/docs", work / f"plain-{kind}.log"):
+            # 90 % of users are on the champion; the check pins answers to users that hash there
+            set_challenger_percent(config.flag_file, config.flag_key, 0)
+            time.sleep(0.5)
+            results["answers"] = _same_answers(service, plain)
+            set_challenger_percent(config.flag_file, config.flag_key, 10)
             for clients in (1, 4, 16):
                 s = _summary(_load(f"{service}/predict", clients, seconds, "service", work))
-                p = _summary(_load(f"http://127.0.0.1:{plain_port}/predict", clients, seconds, "plain", work))
+                p = _summary(_load(f"{plain}/predict", clients, seconds, "plain", work))
                 results["levels"].append({"clients": clients, "service": s, "plain": p,
                                           "throughput_ratio": round(s["throughput_rps"] / p["throughput_rps"], 2)})
-                print(json.dumps(results["levels"][-1]))
-        results["rollback"] = rollback_under_load(service, config, work)
+                print(json.dumps({"kind": kind, **results["levels"][-1]}), flush=True)
+        if kind == "classification":  # the rollback path is the same for both kinds; time it where answers are fast
+            results["routing_overhead"] = routing_overhead(config)
+            results["rollback"] = rollback_under_load(service, config, work)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench serve")
+    parser.add_argument("--quick", action="store_true", help="shorter load levels (5 s / 12 s instead of 15 s / 30 s)")
+    parser.add_argument("--kind", nargs="*", choices=["classification", "generation"], default=["classification", "generation"])
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length for generation (both servers)")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-serve-"))
+    os.environ.update(TUNELOOP_HOME=str(work), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
+                      TUNELOOP_API_TOKEN="bench-token")
+    from tuneloop.config import apply_environment
+
+    apply_environment(work)
+    results: dict = {"cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
+    for kind in args.kind:
+        seconds = (5 if args.quick else 15) if kind == "classification" else (12 if args.quick else 30)
+        results[kind] = bench_kind(kind, seconds, work, args.max_new_tokens)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve.json").write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: v for k, v in results.items() if k != "levels"}, indent=2))
+    path = RESULTS / "serve.json"
+    if set(args.kind) != {"classification", "generation"} and path.exists():  # one kind updates its part of the last run
+        results = {**json.loads(path.read_text()), **results}
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "levels"} if isinstance(v, dict) else v
+                      for k, v in results.items()}, indent=2))
     return results
 
 

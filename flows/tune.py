@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from eval_suites.suites import heldout_suite, score
 from flows.curate import CuratedData
-from flows.tune_study import make_pruner, open_study, origin, suggest, work
+from flows.tune_study import make_pruner, open_study, origin, rung_steps, suggest, work
 from flows.tune_tracking import TrialRun, log_search, peak_memory, trial_label
 from tuneloop.config import LoopConfig
 from tuneloop.models import load_base, load_tokenizer, save_labels
@@ -61,11 +61,13 @@ def study_name(config: LoopConfig, data: CuratedData) -> str:
 
 
 def schedule(config: LoopConfig, n_train: int) -> tuple[int, list[int]]:
-    """Optimiser steps per trial and the steps after which the held-out score is reported."""
+    """Optimiser steps per trial and the steps after which the held-out score is reported: evenly
+    spaced for the curves, plus the pruner's rungs (a score reported past a rung wastes the steps
+    between; one reported exactly on it stops a trailing trial as early as the rung allows)."""
     tune = config.tune
     total = -(-n_train // tune.batch_size) * tune.epochs
-    evals = sorted({max(1, round(total * (i + 1) / tune.evals_per_trial)) for i in range(tune.evals_per_trial)})
-    return total, evals
+    evenly = {max(1, round(total * (i + 1) / tune.evals_per_trial)) for i in range(tune.evals_per_trial)}
+    return total, sorted(evenly | set(rung_steps(tune, total)))
 
 
 def heldout_score(config: LoopConfig, model, tokenizer, data: CuratedData) -> float:
@@ -107,7 +109,7 @@ def run_trial(trial: optuna.Trial, config: LoopConfig, data: CuratedData, parent
         run.flush()
         run.metrics({"heldout_score": scores[step]}, step)
         trial.report(scores[step], step)
-        if trial.should_prune():
+        if step < total and trial.should_prune():  # a trial that reached its end is finished, not pruned
             raise Pruned
 
     with peak_memory() as memory:
@@ -161,8 +163,8 @@ def prepare(config: LoopConfig, data: CuratedData) -> str:
 
 
 def _pruner(config: LoopConfig, data: CuratedData) -> optuna.pruners.BasePruner:
-    total, evals = schedule(config, len(data.train))
-    return make_pruner(config.tune, evals[0], total)
+    total, _ = schedule(config, len(data.train))
+    return make_pruner(config.tune, total)
 
 
 def search_worker(config: LoopConfig, data: CuratedData, parent_run_id: str, name: str, deadline: float | None) -> int:

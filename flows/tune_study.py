@@ -90,14 +90,28 @@ def make_storage(url: str, tune: TuneConfig) -> RDBStorage:
     )
 
 
-def make_pruner(tune: TuneConfig, first_eval_step: int, total_steps: int) -> optuna.pruners.BasePruner:
-    """Rungs start at the first held-out evaluation, so no trial is judged before it reports."""
+def rung_steps(tune: TuneConfig, total_steps: int) -> list[int]:
+    """Steps at which the pruner compares trials: the first rung, then every reduction_factor times
+    further while a promoted trial still has that factor of steps ahead (the end is no rung: a trial
+    that reached its last step is finished, and one a few steps short of it is not worth stopping)."""
+    if tune.pruner == "none":
+        return []
+    rungs, step = [], max(1, round(total_steps * tune.first_rung))
+    while step * tune.reduction_factor <= total_steps:
+        rungs.append(step)
+        step *= tune.reduction_factor
+    return rungs
+
+
+def make_pruner(tune: TuneConfig, total_steps: int) -> optuna.pruners.BasePruner:
+    """Successive halving (or Hyperband's brackets of it) on the rungs above; scores are reported at each."""
     if tune.pruner == "none":
         return optuna.pruners.NopPruner()
+    first = rung_steps(tune, total_steps)[:1] or [total_steps]
     if tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=first_eval_step, max_resource=total_steps,
+        return optuna.pruners.HyperbandPruner(min_resource=first[0], max_resource=total_steps,
                                               reduction_factor=tune.reduction_factor)
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first_eval_step, reduction_factor=tune.reduction_factor)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=first[0], reduction_factor=tune.reduction_factor)
 
 
 def make_sampler(tune: TuneConfig, trial_number: int) -> optuna.samplers.TPESampler:

@@ -61,10 +61,17 @@ class Canary(BaseModel):
     percent: int = Field(ge=0, le=100, description="Share of users routed to the challenger.")
 
 
-@bentoml.service(name="tuneloop", traffic={"timeout": 300}, workers=1)
+WORKERS = LoopConfig().deploy.serve_workers or os.cpu_count() or 1
+
+
+@bentoml.service(name="tuneloop", traffic={"timeout": 300}, workers=WORKERS)
 @bentoml.asgi_app(api, path="/v1")
 class Tuneloop:
     def __init__(self) -> None:
+        import torch
+
+        # workers split the cores: more threads than cores would make every forward wait on the others
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
         self.config = LoopConfig()
         self.store = FeedbackStore(self.config.feedback_db)
         self.router = Router(self.config.flag_file, self.config.flag_key)
@@ -73,7 +80,8 @@ class Tuneloop:
         self.bank.refresh()
         self._stop = threading.Event()
         watch(self.bank, float(os.environ.get("TUNELOOP_REGISTRY_POLL_S", "2")), self._stop)
-        guard(self.config, lambda: dict(self.bank.served), self.config.deploy.guard_interval_s, self._stop)
+        if bentoml.server_context.worker_index in (None, 1):  # one guard per service, not one per worker
+            guard(self.config, lambda: dict(self.bank.served), self.config.deploy.guard_interval_s, self._stop)
         self.shadow = Shadow(self.config.home.resolve() / "shadow" / f"{self.config.kind}.jsonl") if self.config.deploy.shadow else None
 
     def __is_ready__(self) -> bool:

@@ -162,6 +162,13 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
                 "live guard did not roll back")
     tag = mlflow.MlflowClient().get_model_version(config.model_name, challenger).tags["rolled_back"]
     assert "live guard" in tag and "significantly worse" in tag
+    import json
+
+    # one guard per service, however many workers serve: the rollback is recorded once
+    time.sleep(3 * 0.5)  # a second guard would have acted by now (guard interval 0.5 s)
+    rollbacks = [json.loads(line) for line in (config.home / "rollouts.jsonl").read_text().splitlines()]
+    assert [r["version"] for r in rollbacks if r["reason"].startswith("live guard")] == [challenger]
+    _predict(base, "metrics-user")  # answered requests are counted (whichever worker answers)
     metrics = httpx.get(f"{base}/metrics", timeout=10).text
     assert "tuneloop_requests_total" in metrics and "tuneloop_negative_feedback_rate" in metrics
 

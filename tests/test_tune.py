@@ -268,3 +268,27 @@ def test_silent_trial_of_another_machine_is_retried_after_the_grace_period(tmp_p
     retry, _ = claim(study, storage, tune, tune.n_trials)
     assert study.trials[0].state == TrialState.FAIL
     assert origin(study.trials[retry.number]) == 0 and study.trials[retry.number].params == params
+
+
+def test_scores_are_reported_on_the_pruners_rungs_and_trailing_trials_stop_there(home):
+    """Rungs at 1/9 and 1/3 of a trial (factor 3), each one a reporting step; a trial trailing the
+    leaders at the first rung is stopped right there, and the last step is never a rung."""
+    from flows.tune import schedule
+    from flows.tune_study import make_pruner, rung_steps
+
+    config = tiny_config(home, "classification", epochs=3, batch_size=4, evals_per_trial=3, reduction_factor=3)
+    total, evals = schedule(config, n_train=100)  # 25 steps per epoch
+    assert total == 75 and rung_steps(config.tune, total) == [8, 24]  # 75/9 -> 8, then x3 (72 is too near the end)
+    assert evals == [8, 24, 25, 50, 75]  # the rungs, and three evenly spaced for the curves
+    assert rung_steps(config.tune.model_copy(update={"pruner": "none"}), total) == []
+    assert schedule(config.model_copy(update={"tune": config.tune.model_copy(update={"pruner": "none"})}), 100)[1] == [25, 50, 75]
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(config.tune, total))
+    for value in (0.9, 0.8, 0.7):  # three trials lead at the first rung and finish
+        trial = study.ask()
+        trial.report(value, 8)
+        assert not trial.should_prune() or value < 0.9
+        study.tell(trial, value, state=TrialState.COMPLETE)
+    trailing = study.ask()
+    trailing.report(0.1, 8)
+    assert trailing.should_prune()

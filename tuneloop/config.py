@@ -47,6 +47,10 @@ class TuneConfig(BaseModel):
         "successive_halving", description="Stops trials whose intermediate held-out scores trail the others'."
     )
     reduction_factor: int = Field(3, ge=2, description="Pruner keeps the top 1/reduction_factor of trials at each rung.")
+    first_rung: float = Field(
+        1 / 9, gt=0, lt=1, description="Share of a trial's steps at which the pruner first compares trials; later "
+        "rungs lie reduction_factor times further on (default: rungs at 1/9 and 1/3 of the steps for a factor of 3)."
+    )
     epochs: int = Field(3, ge=1, description="Passes over the training pairs per trial.")
     batch_size: int = Field(8, ge=1)
     max_length: int = Field(96, ge=8, description="Tokens per training example (prompt + answer).")
@@ -99,6 +103,10 @@ class DeployConfig(BaseModel):
     guard_interval_s: float = Field(10, gt=0, description="How often the service's live guard checks the rates.")
     promote_at_full: bool = Field(True, description="Promote the challenger once it serves 100 % healthily.")
     shadow: bool = Field(False, description="Mirror champion traffic to the challenger without returning its answers.")
+    serve_workers: int = Field(
+        0, ge=0, description="Service worker processes, each holding its own base model and adapters and splitting "
+        "the CPU cores between them; 0: one per core."
+    )
 
 
 class LoopConfig(BaseSettings):
