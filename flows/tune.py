@@ -61,13 +61,16 @@ def study_name(config: LoopConfig, data: CuratedData) -> str:
 
 
 def schedule(config: LoopConfig, n_train: int) -> tuple[int, list[int]]:
-    """Optimiser steps per trial and the steps after which the held-out score is reported: evenly
-    spaced for the curves, plus the pruner's rungs (a score reported past a rung wastes the steps
-    between; one reported exactly on it stops a trailing trial as early as the rung allows)."""
+    """Optimiser steps per trial and the steps after which the held-out score is reported: the
+    pruner's rungs (a score reported past a rung wastes the steps between; one reported on it stops
+    a trailing trial as early as the rung allows), and evenly spaced ones for the curves, less those
+    a rung already stands in for."""
     tune = config.tune
     total = -(-n_train // tune.batch_size) * tune.epochs
-    evenly = {max(1, round(total * (i + 1) / tune.evals_per_trial)) for i in range(tune.evals_per_trial)}
-    return total, sorted(evenly | set(rung_steps(tune, total)))
+    rungs, spacing = rung_steps(tune, total), total / tune.evals_per_trial
+    evenly = {max(1, round(spacing * (i + 1))) for i in range(tune.evals_per_trial)}
+    evenly = {s for s in evenly if s == total or all(abs(s - r) > spacing / 2 for r in rungs)}
+    return total, sorted(evenly | set(rungs))
 
 
 def heldout_score(config: LoopConfig, model, tokenizer, data: CuratedData) -> float:

@@ -279,7 +279,7 @@ def test_scores_are_reported_on_the_pruners_rungs_and_trailing_trials_stop_there
     config = tiny_config(home, "classification", epochs=3, batch_size=4, evals_per_trial=3, reduction_factor=3)
     total, evals = schedule(config, n_train=100)  # 25 steps per epoch
     assert total == 75 and rung_steps(config.tune, total) == [8, 24]  # 75/9 -> 8, then x3 (72 is too near the end)
-    assert evals == [8, 24, 25, 50, 75]  # the rungs, and three evenly spaced for the curves
+    assert evals == [8, 24, 50, 75]  # the rungs, and evenly spaced ones (25 is the rung at 24's)
     assert rung_steps(config.tune.model_copy(update={"pruner": "none"}), total) == []
     assert schedule(config.model_copy(update={"tune": config.tune.model_copy(update={"pruner": "none"})}), 100)[1] == [25, 50, 75]
 
