@@ -27,26 +27,23 @@ slow one, and RDB storage already covers one machine and many.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
-import tempfile
 import threading
 import time
 import warnings
 from contextlib import contextmanager
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
 import optuna
 import sqlalchemy
-from filelock import FileLock
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuneloop.config import Kind, TuneConfig
+from tuneloop.locks import database_lock
 from tuneloop.training import DEFAULT_TARGETS
 
 log = logging.getLogger(__name__)
@@ -56,8 +53,6 @@ warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to b
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 OWNER_ATTR = "tuneloop.owner"
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
 
 
 def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind) -> dict:
@@ -139,35 +134,9 @@ def open_study(url: str, name: str, tune: TuneConfig, pruner: optuna.pruners.Bas
     return study, storage
 
 
-@lru_cache(maxsize=None)
-def _engine(url: str) -> sqlalchemy.Engine:
-    return sqlalchemy.create_engine(url, pool_pre_ping=True)
-
-
-@contextmanager
-def study_lock(url: str, name: str) -> Iterator[None]:
+def study_lock(url: str, name: str):
     """Mutual exclusion between every worker of one study: threads, processes and, on PostgreSQL, machines."""
-    digest = hashlib.sha256(f"{url}|{name}".encode()).digest()
-    with _thread_locks_guard:
-        local = _thread_locks.setdefault(name, threading.Lock())
-    with local:
-        if url.startswith("postgresql"):
-            key = int.from_bytes(digest[:8], "big", signed=True)
-            with _engine(url).connect() as conn:  # released by the server if this process dies
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
-                try:
-                    yield
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
-            return
-        database = sqlalchemy.engine.make_url(url).database if url.startswith("sqlite") else None
-        if database and database != ":memory:":
-            path = Path(database).with_name(Path(database).name + f".{digest[:6].hex()}.lock")
-        else:  # other databases: correct for the workers of one machine
-            path = Path(tempfile.gettempdir()) / f"tuneloop-study-{digest[:12].hex()}.lock"
-        with FileLock(str(path)):
-            yield
+    return database_lock(url, f"optuna-study:{name}")
 
 
 def owner_id() -> str:

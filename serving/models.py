@@ -15,7 +15,7 @@ from peft import PeftModel
 
 from tuneloop.config import LoopConfig
 from tuneloop.models import load_base, load_tokenizer, read_labels
-from tuneloop.registry import adapter_path, alias_version
+from tuneloop.registry import adapter_path, aliases
 from tuneloop.training import predict
 
 log = logging.getLogger("tuneloop.serving")
@@ -57,8 +57,8 @@ class AdapterBank:
 
     def refresh(self) -> dict[str, str]:
         """Follow the registry's aliases; new adapters are loaded before they are routed to."""
-        versions = {alias: alias_version(self.config.model_name, alias) for alias in ROUTED_ALIASES}
-        wanted = {alias: v for alias, v in versions.items() if v is not None}
+        current = aliases(self.config.model_name)  # one read: never half of a promotion
+        wanted = {alias: current[alias] for alias in ROUTED_ALIASES if alias in current}
         if wanted != self.served or not self.ready:
             with self.lock:
                 for version in set(wanted.values()) - set(self.served.values()):

@@ -1,8 +1,9 @@
 """The MLflow Model Registry side: logging adapters as versions, aliases, promotion and rollback.
 
 A version holds the LoRA adapter only (the base model is named and hashed in its tags). Aliases
-``champion``, ``challenger`` and ``previous`` say what serves; every move is appended to the
-registered model's ``alias_history`` tag so a reviewer sees who moved what, when and why.
+``champion``, ``challenger`` and ``previous`` say what serves; moves are serialised under one lock
+and every move is appended to the registered model's ``alias_history`` tag, so a reviewer sees who
+moved what, when and why.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 from mlflow import MlflowClient
@@ -21,6 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from tuneloop.config import LoopConfig
+from tuneloop.locks import database_lock
 
 ALIASES = ("champion", "challenger", "previous")
 
@@ -76,42 +79,77 @@ def adapter_path(name: str, version: str, cache: Path) -> Path:
     return target
 
 
-def move_alias(name: str, alias: str, version: str | None, reason: str) -> None:
-    """Point (or with ``version=None`` remove) an alias, recording the move in the model's history."""
+def aliases(name: str) -> dict[str, str]:
+    """Every alias of the model and its version, read in one call: a consistent view for a reader.
+
+    An unregistered model has none; any other registry error is raised, so that a service keeps what
+    it serves rather than taking an outage for "no versions".
+    """
+    try:
+        model = MlflowClient().get_registered_model(name)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+Moves = list[tuple[str, str | None]]
+
+
+def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], reason: str) -> dict[str, str]:
+    """Apply ``(alias, version or None to remove)`` moves in order as one step; returns the aliases after.
+
+    ``moves`` may be a function of the aliases before, so a decision and its moves see the same state.
+    MLflow has no multi-alias transaction, so every writer's moves are serialised under one registry
+    lock (no interleaving, no lost history entry), and callers order them so that each state in
+    between still routes every user to a valid version (readers read all aliases at once).
+    """
     client = MlflowClient()
-    before = alias_version(name, alias)
-    if version is None:
-        if before is not None:
-            client.delete_registered_model_alias(name, alias)
-    else:
-        client.set_registered_model_alias(name, alias, version)
-    model = client.get_registered_model(name)
-    history = json.loads(model.tags.get("alias_history", "[]"))
-    history.append({
-        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "by": getpass.getuser(), "alias": alias,
-        "from": before, "to": version, "reason": reason,
-    })
-    client.set_registered_model_tag(name, "alias_history", json.dumps(history[-200:]))
+    with database_lock(mlflow.get_tracking_uri(), f"mlflow-aliases:{name}"):
+        current = aliases(name)
+        entries, stamp = [], datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for alias, version in (moves(dict(current)) if callable(moves) else moves):
+            before = current.get(alias)
+            if version is None:
+                if before is not None:
+                    client.delete_registered_model_alias(name, alias)
+                    current.pop(alias)
+            else:
+                client.set_registered_model_alias(name, alias, version)
+                current[alias] = version
+            entries.append({"at": stamp, "by": getpass.getuser(), "alias": alias, "from": before, "to": version,
+                            "reason": reason})
+        history = json.loads(client.get_registered_model(name).tags.get("alias_history", "[]")) + entries
+        client.set_registered_model_tag(name, "alias_history", json.dumps(history[-200:]))
+    return current
+
+
+def move_alias(name: str, alias: str, version: str | None, reason: str) -> None:
+    """Point (or with ``version=None`` remove) one alias, recording the move in the model's history."""
+    move_aliases(name, [(alias, version)], reason)
 
 
 def promote(name: str, reason: str = "promoted by operator") -> str:
-    """challenger -> champion, the old champion -> previous. Returns the new champion's version."""
-    challenger = alias_version(name, "challenger")
-    if challenger is None:
-        raise ValueError(f"{name} has no challenger to promote")
-    champion = alias_version(name, "champion")
-    if champion is not None:
-        move_alias(name, "previous", champion, reason)
-    move_alias(name, "champion", challenger, reason)
-    move_alias(name, "challenger", None, reason)
-    return challenger
+    """challenger -> champion, the old champion -> previous. Returns the new champion's version.
+
+    The order serves readers between the moves: ``previous`` first (it routes nothing), then the
+    champion (users on either side now get the challenger), then the challenger alias goes.
+    """
+    def plan(current: dict[str, str]) -> Moves:
+        if "challenger" not in current:
+            raise ValueError(f"{name} has no challenger to promote")
+        keep = [("previous", current["champion"])] if "champion" in current else []
+        return keep + [("champion", current["challenger"]), ("challenger", None)]
+
+    return move_aliases(name, plan, reason)["champion"]
 
 
 def restore_previous(name: str, reason: str = "rolled back by operator") -> str:
     """champion -> previous's version; the rolled-back version loses the champion alias."""
-    previous = alias_version(name, "previous")
-    if previous is None:
-        raise ValueError(f"{name} has no previous champion to roll back to")
-    move_alias(name, "champion", previous, reason)
-    move_alias(name, "previous", None, reason)
-    return previous
+    def plan(current: dict[str, str]) -> Moves:
+        if "previous" not in current:
+            raise ValueError(f"{name} has no previous champion to roll back to")
+        return [("champion", current["previous"]), ("previous", None)]
+
+    return move_aliases(name, plan, reason)["champion"]

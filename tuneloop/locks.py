@@ -1,0 +1,57 @@
+"""One lock held across threads, processes and (on PostgreSQL) machines, named after a database.
+
+Used where a read-modify-write spans several calls that the database cannot put in one
+transaction for us: an Optuna study's trial claims, and MLflow alias moves with their history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+import sqlalchemy
+from filelock import FileLock
+
+_thread_locks: dict[str, threading.Lock] = {}
+_thread_locks_guard = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _engine(url: str) -> sqlalchemy.Engine:
+    return sqlalchemy.create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def database_lock(url: str, name: str) -> Iterator[None]:
+    """Mutual exclusion for everyone using ``name`` on the database at ``url``.
+
+    PostgreSQL: a ``pg_advisory_lock`` (the server releases it if the holder dies), so it holds
+    across machines. SQLite: a file lock beside the database file. Anything else (an MLflow server
+    over HTTP, say): a file lock in the temp folder, which is correct for one machine only.
+    """
+    digest = hashlib.sha256(f"{url}|{name}".encode()).digest()
+    with _thread_locks_guard:
+        local = _thread_locks.setdefault(f"{url}|{name}", threading.Lock())
+    with local:
+        if url.startswith("postgresql"):
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            with _engine(url).connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    conn.commit()
+            return
+        database = sqlalchemy.engine.make_url(url).database if url.startswith("sqlite") else None
+        if database and database != ":memory:":
+            path = Path(database).with_name(Path(database).name + f".{digest[:6].hex()}.lock")
+        else:
+            path = Path(tempfile.gettempdir()) / f"tuneloop-{digest[:12].hex()}.lock"
+        with FileLock(str(path)):
+            yield
