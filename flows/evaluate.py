@@ -1,8 +1,8 @@
 """Stage 3, evaluate: the best trial against the current champion (or the base model) and the gate.
 
 The challenger passes only if it beats the baseline on held-out by more than the margin with a
-paired-bootstrap confidence interval above zero, and is not worse than the tolerance on the
-adversarial suite. Numbers, decision and per-example diffs go to MLflow and a Prefect artifact.
+paired-bootstrap confidence interval above zero, and is not worse than the tolerances on the
+adversarial suite and on the regression items the baseline already answers well (forgetting). Numbers, decision and per-example diffs go to MLflow and a Prefect artifact.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class EvalReport(BaseModel):
     ci_high: float
     adversarial_diff: float
     regression_diff: float
+    regression_items: int = 0  # regression items the baseline answers well, which the diff is over
     passed: bool
     reasons: list[str]
 
@@ -56,6 +57,14 @@ def paired_bootstrap(a: list[float], b: list[float], samples: int, confidence: f
     means = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(axis=1)
     tail = (1 - confidence) / 2 * 100
     return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def known_diff(baseline: list[float], challenger: list[float], floor: float) -> tuple[float, int]:
+    """Mean challenger - baseline over the items the baseline scores at least ``floor`` on, and their count."""
+    known = [i for i, score in enumerate(baseline) if score >= floor]
+    if not known:
+        return 0.0, 0
+    return sum(challenger[i] - baseline[i] for i in known) / len(known), len(known)
 
 
 def decide(gate: GateConfig, heldout: tuple[float, float, float], adversarial_diff: float,
@@ -103,7 +112,7 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], outputs: 
             mlflow.log_metric(f"eval.{who}.{suite}.latency_ms_per_item", s.seconds_per_item * 1000)
     mlflow.log_metrics({"gate.heldout_diff": report.heldout_diff, "gate.ci_low": report.ci_low,
                         "gate.ci_high": report.ci_high, "gate.adversarial_diff": report.adversarial_diff,
-                        "gate.regression_diff": report.regression_diff,
+                        "gate.regression_diff": report.regression_diff, "gate.regression_items": report.regression_items,
                         "gate.passed": float(report.passed)})
     rows = []
     for suite, items in suites.items():
@@ -124,7 +133,8 @@ def report_markdown(report: EvalReport) -> str:
              "| suite | baseline | challenger |", "|---|---|---|"]
     lines += [f"| {s} | {report.champion[s].mean:.3f} | {report.challenger[s].mean:.3f} |" for s in report.challenger]
     lines += ["", f"Held-out diff {report.heldout_diff:+.3f}, CI [{report.ci_low:+.3f}, {report.ci_high:+.3f}]; "
-                  f"adversarial diff {report.adversarial_diff:+.3f}; regression diff {report.regression_diff:+.3f}."]
+                  f"adversarial diff {report.adversarial_diff:+.3f}; regression diff {report.regression_diff:+.3f} "
+                  f"(over the {report.regression_items} items the baseline answers well)."]
     lines += [f"- {r}" for r in report.reasons]
     return "\n".join(lines)
 
@@ -142,12 +152,13 @@ def evaluate_candidates(config: LoopConfig, data: CuratedData, challenger_dir: P
     heldout = paired_bootstrap(scores["champion"]["heldout"].per_item, scores["challenger"]["heldout"].per_item,
                                config.gate.bootstrap_samples, config.gate.confidence, config.tune.seed)
     adversarial_diff = scores["challenger"]["adversarial"].mean - scores["champion"]["adversarial"].mean
-    regression_diff = scores["challenger"]["regression"].mean - scores["champion"]["regression"].mean
+    regression_diff, regression_items = known_diff(scores["champion"]["regression"].per_item,
+                                                   scores["challenger"]["regression"].per_item, config.gate.regression_floor)
     reasons = decide(config.gate, heldout, adversarial_diff, regression_diff)
     report = EvalReport(
         baseline=champion or "base", challenger=scores["challenger"], champion=scores["champion"],
         heldout_diff=heldout[0], ci_low=heldout[1], ci_high=heldout[2], adversarial_diff=adversarial_diff,
-        regression_diff=regression_diff,
+        regression_diff=regression_diff, regression_items=regression_items,
         passed=not reasons, reasons=reasons,
     )
     return report, suites, outputs

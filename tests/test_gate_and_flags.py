@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from flows.evaluate import decide, paired_bootstrap
+from flows.evaluate import decide, known_diff, paired_bootstrap
 from tuneloop.config import GateConfig
 from tuneloop.flags import Router, challenger_percent, set_challenger_percent
 
@@ -28,6 +28,17 @@ def test_gate_reasons():
     assert any("does not exclude zero" in r for r in decide(gate, (0.2, -0.01, 0.4), 0.0))
     assert any("adversarial" in r for r in decide(gate, (0.2, 0.1, 0.3), -0.05))
     assert any("forgot" in r for r in decide(gate, (0.2, 0.1, 0.3), 0.0, -0.2))
+
+
+def test_forgetting_is_measured_on_what_the_baseline_already_answers_well():
+    baseline = [1.0, 0.9, 0.0, 0.1, 1.0]
+    learned_the_unknown = [1.0, 0.9, 1.0, 1.0, 1.0]  # gains on items it never knew do not hide a loss
+    forgot_one = [1.0, 0.9, 1.0, 1.0, 0.0]
+    assert known_diff(baseline, learned_the_unknown, 0.5) == (0.0, 3)
+    diff, n = known_diff(baseline, forgot_one, 0.5)
+    assert n == 3 and diff == pytest.approx(-1 / 3)
+    assert any("forgot" in r for r in decide(GateConfig(), (0.2, 0.1, 0.3), 0.0, diff))
+    assert known_diff([0.0, 0.2], [1.0, 1.0], 0.5) == (0.0, 0)  # nothing known: nothing to forget
 
 
 def test_router_is_sticky_and_follows_the_file_live(tmp_path):

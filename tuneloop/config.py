@@ -86,6 +86,10 @@ class GateConfig(BaseModel):
     margin: float = Field(0.0, description="Held-out mean must improve by more than this.")
     adversarial_tolerance: float = Field(0.02, description="Adversarial mean may drop by at most this.")
     regression_tolerance: float = Field(0.05, description="Regression-suite mean (what the champion knew) may drop by at most this.")
+    regression_floor: float = Field(
+        0.5, ge=0, le=1, description="A regression item counts only where the baseline scores at least this: the "
+        "forgetting check covers what the champion already answers well, not what it never knew."
+    )
     bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples for the CI.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided confidence of the CI.")
 
