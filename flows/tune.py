@@ -29,8 +29,8 @@ from pydantic import BaseModel
 
 from eval_suites.suites import heldout_suite, score
 from flows.curate import CuratedData
-from flows.tune_study import make_pruner, open_study, origin, rung_steps, suggest, work
-from flows.tune_tracking import TrialRun, log_search, peak_memory, trial_label
+from flows.tune_study import make_pruner, open_study, origin, rung_steps, study_lock, suggest, work
+from flows.tune_tracking import TrialRun, log_search, open_search_run, peak_memory, trial_label
 from tuneloop.config import LoopConfig
 from tuneloop.models import load_base, load_tokenizer, save_labels
 from tuneloop.training import Pruned, add_adapter, encode, predict, train
@@ -51,6 +51,7 @@ class TuneResult(BaseModel):
     best: TrialResult
     n_complete: int
     n_pruned: int
+    search_run_id: str = ""  # the MLflow run holding the search; its trials are its children
     n_failed: int = 0  # killed or crashed attempts (each retried from its checkpoint)
     steps_trained: int = 0  # optimiser steps of all trials; a killed attempt's counted up to its last checkpoint
 
@@ -80,7 +81,7 @@ def heldout_score(config: LoopConfig, model, tokenizer, data: CuratedData) -> fl
         return score(config.kind, items, outputs, confidences, data.labels)[1]["score"]
 
 
-def run_trial(trial: optuna.Trial, config: LoopConfig, data: CuratedData, parent_run_id: str, name: str) -> float:
+def run_trial(trial: optuna.Trial, config: LoopConfig, data: CuratedData, search_run_id: str, name: str) -> float:
     """Train and score one adapter; a retried trial continues its first attempt's checkpoint and run."""
     tune = config.tune
     params = suggest(trial, tune, config.kind)
@@ -89,7 +90,7 @@ def run_trial(trial: optuna.Trial, config: LoopConfig, data: CuratedData, parent
     checkpoint_dir = config.work_dir / "checkpoints" / name / f"trial-{key:03d}"
     model, tokenizer, encoded = _trial_model(config, data, params)
     total, eval_steps = schedule(config, len(encoded))
-    run = TrialRun.open(parent_run_id, name, key, {
+    run = TrialRun.open(search_run_id, name, key, {
         **params, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "epochs": tune.epochs, "batch_size": tune.batch_size, "total_steps": total,
     }, tags={"dataset_hash": data.dataset_hash, "optuna.study": name})
@@ -170,17 +171,25 @@ def _pruner(config: LoopConfig, data: CuratedData) -> optuna.pruners.BasePruner:
     return make_pruner(config.tune, total)
 
 
-def search_worker(config: LoopConfig, data: CuratedData, parent_run_id: str, name: str, deadline: float | None) -> int:
+def search_worker(config: LoopConfig, data: CuratedData, search_run_id: str, name: str, deadline: float | None) -> int:
     """One worker: claims and runs trials until the study is done; returns how many it ran."""
     study, storage = open_study(config.optuna_db, name, config.tune, _pruner(config, data))
-    return work(study, storage, lambda t: run_trial(t, config, data, parent_run_id, name), config.tune, deadline)
+    return work(study, storage, lambda t: run_trial(t, config, data, search_run_id, name), config.tune, deadline)
 
 
 tune_worker = task(name="tune-worker", cache_policy=NO_CACHE)(search_worker)
 
 
-def summarise(config: LoopConfig, data: CuratedData, parent_run_id: str, name: str) -> TuneResult:
-    """The study's best trial, tagged and plotted on the parent run."""
+def open_search(config: LoopConfig, data: CuratedData, loop_run_id: str) -> tuple[str, str]:
+    """Create or continue the study and its MLflow search run (a child of the loop run); their name and id."""
+    name = prepare(config, data)
+    space = {"kind": config.kind, "tiny": config.tiny, **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES)}
+    with study_lock(config.optuna_db, name):  # workers starting together still make one search run
+        return name, open_search_run(loop_run_id, name, space)
+
+
+def summarise(config: LoopConfig, data: CuratedData, search_run_id: str, name: str, loop_run_id: str | None = None) -> TuneResult:
+    """The study's best trial, tagged and plotted on the search run, and named on the loop run."""
     study, _ = open_study(config.optuna_db, name, config.tune, _pruner(config, data))
     trials = study.get_trials(deepcopy=False)
     final: dict[int, FrozenTrial] = {}
@@ -192,15 +201,20 @@ def summarise(config: LoopConfig, data: CuratedData, parent_run_id: str, name: s
     best = max(complete, key=lambda t: t.value)
     run_ids = {key: t.user_attrs["mlflow_run_id"] for key, t in final.items() if "mlflow_run_id" in t.user_attrs}
     client = mlflow.MlflowClient()
-    client.set_tag(parent_run_id, "best_trial", str(origin(best)))
-    client.set_tag(parent_run_id, "best_trial_run_id", best.user_attrs["mlflow_run_id"])
-    client.set_tag(parent_run_id, "study_name", name)
-    for k, v in best.params.items():
-        client.log_param(parent_run_id, f"best_{k}", v)
-    client.log_metric(parent_run_id, "best_trial_heldout_score", best.value)
-    log_search(parent_run_id, study, origin(best), final, run_ids)
+    for run_id in dict.fromkeys(r for r in (search_run_id, loop_run_id) if r):
+        client.set_tag(run_id, "best_trial", str(origin(best)))
+        client.set_tag(run_id, "best_trial_run_id", best.user_attrs["mlflow_run_id"])
+        client.set_tag(run_id, "study_name", name)
+        client.log_metric(run_id, "best_trial_heldout_score", best.value)
+    for k, v in best.params.items():  # tags on the search run: a continued search may find a new best
+        client.set_tag(search_run_id, f"best.{k}", str(v))
+    if loop_run_id:
+        client.log_batch(loop_run_id, params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best.params.items()])
+    client.set_tag(search_run_id, "n_trials", str(config.tune.n_trials))
+    log_search(search_run_id, study, origin(best), final, run_ids)
+    client.set_terminated(search_run_id, "FINISHED")
     return TuneResult(
-        study_name=name,
+        study_name=name, search_run_id=search_run_id,
         best=TrialResult(number=origin(best), params=best.params, score=best.value,
                          adapter_dir=Path(best.user_attrs["adapter_dir"]), mlflow_run_id=best.user_attrs["mlflow_run_id"]),
         n_complete=len(complete),
@@ -213,13 +227,13 @@ def summarise(config: LoopConfig, data: CuratedData, parent_run_id: str, name: s
 @flow(name="tune")
 def tune_flow(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:
     """Create or continue the study, run ``n_workers`` workers on the flow's task runner, summarise."""
-    name = prepare(config, data)
+    name, search_run_id = open_search(config, data, parent_run_id)
     deadline = time.time() + config.tune.timeout_s if config.tune.timeout_s else None
-    futures = [tune_worker.submit(config, data, parent_run_id, name, deadline) for _ in range(config.tune.n_workers)]
+    futures = [tune_worker.submit(config, data, search_run_id, name, deadline) for _ in range(config.tune.n_workers)]
     wait(futures)
     for future in futures:
         future.result()  # the first worker error, if any, fails the flow
-    return summarise(config, data, parent_run_id, name)
+    return summarise(config, data, search_run_id, name, parent_run_id)
 
 
 def tune(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:

@@ -1,5 +1,7 @@
-"""MLflow for the tune stage: one child run per trial (reopened when the trial resumes), its
-checkpoints in the artifact store, and the search's plots and best-trial tags on the parent run.
+"""MLflow for the tune stage: one run per search (the study), nested under the loop run that
+started it, with one child run per trial; both are reopened when a killed search resumes, so a
+search is one parent and its trials however many processes it took. Checkpoints go to the artifact
+store; the search's plots and best-trial tags go on the search run.
 
 Everything goes through ``MlflowClient`` with explicit run ids rather than the fluent API's
 thread-local active run: trials run on Prefect worker threads, several at once.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import shutil
 import threading
 import time
 from contextlib import contextmanager
@@ -33,6 +36,28 @@ from tuneloop.training import CHECKPOINT  # noqa: E402
 log = logging.getLogger(__name__)
 
 STUDY_TAG, TRIAL_TAG = "tuneloop.study", "tuneloop.trial"
+
+
+def open_search_run(loop_run_id: str, study: str, space: dict) -> str:
+    """The search's run: the existing one for ``study`` when continuing it, else a new child of the loop run."""
+    client = mlflow.MlflowClient()
+    loop = client.get_run(loop_run_id)
+    found = client.search_runs([loop.info.experiment_id],
+                               f"tags.`{STUDY_TAG}` = '{study}' and tags.`tuneloop.stage` = 'search'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(loop.info.experiment_id, run_name=f"search {study}", tags={
+            MLFLOW_PARENT_RUN_ID: loop_run_id, STUDY_TAG: study, "tuneloop.stage": "search",
+            **{k: v for k, v in loop.data.tags.items() if k in ("tuneloop.kind",)},
+        }).info.run_id
+        # the space is the study's identity, so these never change for this run
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in space.items()])
+        if loop.inputs and loop.inputs.dataset_inputs:
+            client.log_inputs(run_id, datasets=list(loop.inputs.dataset_inputs))
+    client.set_tag(loop_run_id, "search_run_id", run_id)
+    return run_id
 
 
 def trial_label(key: int, params: dict) -> str:
@@ -96,13 +121,17 @@ class TrialRun:
         if not self.resumed or not self.client.list_artifacts(self.run_id, "checkpoint"):
             return False
         staging = directory.parent / f"{directory.name}.download"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         try:
-            self.client.download_artifacts(self.run_id, f"checkpoint/{CHECKPOINT}", str(staging))
+            local = self.client.download_artifacts(self.run_id, f"checkpoint/{CHECKPOINT}", str(staging))
+            directory.mkdir(parents=True, exist_ok=True)
+            Path(local).replace(directory / CHECKPOINT)  # whole, or not at all
         except (MlflowException, OSError) as err:
             log.warning("checkpoint of run %s not fetched, the trial starts over: %s", self.run_id, err)
             return False
-        directory.mkdir(parents=True, exist_ok=True)
-        (staging / "checkpoint" / CHECKPOINT).replace(directory / CHECKPOINT)  # whole, or not at all
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return True
 
     def drop_checkpoint(self) -> None:
@@ -155,16 +184,16 @@ def peak_memory() -> Iterator[dict[str, float]]:
         out["peak_rss_mb"] = max(out["peak_rss_mb"], rss_mb())
 
 
-def log_search(parent_run_id: str, study: optuna.Study, best_key: int, final: dict[int, FrozenTrial],
+def log_search(search_run_id: str, study: optuna.Study, best_key: int, final: dict[int, FrozenTrial],
                run_ids: dict[int, str]) -> None:
-    """On the parent run: the search summary, its plots, and ``best_trial`` on exactly one trial run.
+    """On the search run: the summary, its plots, and ``best_trial`` on exactly one trial run.
 
     ``final`` maps each trial's key (its first attempt's number) to its last attempt.
     """
     client = mlflow.MlflowClient()
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    client.log_batch(parent_run_id, metrics=[
+    client.log_batch(search_run_id, metrics=[
         Metric(f"tune.n_{name}", n, int(time.time() * 1000), 0) for name, n in counts.items()
     ] + [Metric("tune.steps_trained", sum(t.user_attrs.get("steps_trained", 0) for t in final.values()),
                 int(time.time() * 1000), 0)])
@@ -174,7 +203,7 @@ def log_search(parent_run_id: str, study: optuna.Study, best_key: int, final: di
         elif client.get_run(run_id).data.tags.get("best_trial"):
             client.delete_tag(run_id, "best_trial")  # an earlier search's best, beaten now
     for name, figure in search_plots(study, final, run_ids).items():
-        client.log_figure(parent_run_id, figure, f"tune/{name}.png")
+        client.log_figure(search_run_id, figure, f"tune/{name}.png")
         plt.close(figure)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,14 @@ def _children(parent: str) -> list:
                               output_format="list")
 
 
+def _search_run(config: LoopConfig, data: CuratedData):
+    """The study's one MLflow search run (however many processes or loop runs the search took)."""
+    found = mlflow.search_runs(filter_string=f"tags.`tuneloop.study` = '{study_name(config, data)}' and "
+                                             "tags.`tuneloop.stage` = 'search'", search_all_experiments=True, output_format="list")
+    assert len(found) == 1, [r.info.run_name for r in found]
+    return found[0]
+
+
 def _lineages(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
     chains: dict[int, list] = {}
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
@@ -98,7 +107,7 @@ def _lineages(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
     return chains
 
 
-def _check_study(config: LoopConfig, data: CuratedData, parent: str) -> tuple[optuna.Study, dict, dict]:
+def _check_study(config: LoopConfig, data: CuratedData) -> tuple[optuna.Study, dict, dict]:
     """Every invariant of a finished search; returns the study, its retry chains and the trial runs by key."""
     study = optuna.load_study(study_name=study_name(config, data), storage=config.optuna_db)
     chains = _lineages(study)
@@ -110,8 +119,9 @@ def _check_study(config: LoopConfig, data: CuratedData, parent: str) -> tuple[op
         assert [t.state for t in chain[:-1]] == [TrialState.FAIL] * (len(chain) - 1)
         assert chain[-1].state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert all(t.params == chain[0].params for t in chain)
-    runs = {int(r.data.tags["tuneloop.trial"]): r for r in _children(parent)}
-    assert len(_children(parent)) == len(runs) == len(chains) and set(runs) == set(chains)  # one run per trial
+    search = _search_run(config, data).info.run_id
+    runs = {int(r.data.tags["tuneloop.trial"]): r for r in _children(search)}
+    assert len(_children(search)) == len(runs) == len(chains) and set(runs) == set(chains)  # one run per trial
     client = MlflowClient()
     for key, chain in chains.items():
         run = runs[key]
@@ -149,9 +159,13 @@ def test_sigkilled_search_resumes_from_checkpoints_without_retraining(home):
             kills += 1
         proc.wait()
     assert kills >= 2
-    result = _result(_spawn(home, config, data, parent, "final"), home, "final")
+    rerun = _parent_run(config)  # the loop run again: a new run of the loop continues the same search
+    result = _result(_spawn(home, config, data, rerun, "final"), home, "final")
 
-    study, chains, runs = _check_study(config, data, parent)
+    study, chains, runs = _check_study(config, data)
+    search = _search_run(config, data)
+    assert search.data.tags["mlflow.parentRunId"] == parent and search.info.status == "FINISHED"
+    assert mlflow.get_run(rerun).data.tags["search_run_id"] == search.info.run_id == result["search_run_id"]
     assert result["n_failed"] == sum(len(c) - 1 for c in chains.values()) >= 1
     resumed = [key for key, run in runs.items() if run.data.metrics.get("resumed_from_step", 0) > 0]
     assert resumed, "no trial continued from its checkpoint"
@@ -164,6 +178,37 @@ def test_sigkilled_search_resumes_from_checkpoints_without_retraining(home):
     assert not list(checkpoints.rglob("ckpt.pt"))  # finished trials leave no checkpoint behind
 
 
+def test_a_rerun_on_another_machine_resumes_from_the_checkpoint_in_the_artifact_store(home, monkeypatch):
+    """The first attempt dies right after uploading its second checkpoint; the rerun finds no local
+    checkpoint (another machine), fetches the uploaded one and continues from its step."""
+    from flows.tune_tracking import TrialRun
+
+    config = _search_config(home, n_trials=1)
+    data, parent = _dataset(config), _parent_run(config)
+    uploaded, upload = [], TrialRun.upload_checkpoint
+
+    class MachineLost(Exception):
+        pass
+
+    def upload_then_die(self, path, step):
+        upload(self, path, step)
+        uploaded.append(step)
+        if len(uploaded) == 2:
+            raise MachineLost
+
+    monkeypatch.setattr(TrialRun, "upload_checkpoint", upload_then_die)
+    with pytest.raises(MachineLost):
+        tune(config, data, parent)
+    monkeypatch.undo()
+    shutil.rmtree(config.work_dir / "checkpoints")
+    result = tune(config, data, _parent_run(config))
+
+    study, chains, runs = _check_study(config, data)
+    assert [t.state for t in chains[0]] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert runs[0].data.metrics["resumed_from_step"] == uploaded[1] == 2 * config.tune.checkpoint_every
+    assert result.best.mlflow_run_id == runs[0].info.run_id and result.n_failed == 1
+
+
 @pytest.mark.postgres
 def test_two_processes_share_one_study_without_losing_or_duplicating_trials(home, postgres_url):
     config = _search_config(home, n_trials=6, epochs=10).model_copy(update={"optuna_url": postgres_url})
@@ -173,7 +218,7 @@ def test_two_processes_share_one_study_without_losing_or_duplicating_trials(home
              "b": _spawn(home, config.model_copy(update={"tune": config.tune.model_copy(update={"n_workers": 2})}), data, parent, "b")}
     results = {tag: _result(proc, home, tag) for tag, proc in procs.items()}
 
-    study, chains, _ = _check_study(config, data, parent)
+    study, chains, _ = _check_study(config, data)
     assert all(len(chain) == 1 for chain in chains.values())  # nothing was killed, so nothing was retried
     owners = {t.user_attrs[OWNER_ATTR]["id"] for t in study.trials}
     assert len(owners) == 2, owners  # both processes ran trials
@@ -193,19 +238,25 @@ def test_wall_time_budget_stops_starting_trials(home):
     assert len(study.trials) == finished  # nothing left queued or running
 
 
-def test_search_logs_plots_and_tags_on_the_parent_run(home):
+def test_search_logs_plots_and_tags_on_its_search_run(home):
     config = _search_config(home, n_trials=3, epochs=3, pruner="none", checkpoint_every=None)
     data, parent = _dataset(config), _parent_run(config)
     with mlflow.start_run(run_id=parent):
         log_dataset(data)  # as the loop's curate stage does
     result = tune(config, data, parent)
     assert result.n_complete == 3
-    plots = {a.path for a in MlflowClient().list_artifacts(parent, "tune")}
+    search = mlflow.get_run(result.search_run_id)
+    assert search.data.tags["mlflow.parentRunId"] == parent and search.data.tags["best_trial_run_id"] == result.best.mlflow_run_id
+    assert search.data.params["pruner"] == "none" and search.data.tags["best.rank"] == str(result.best.params["rank"])
+    assert search.inputs.dataset_inputs[0].dataset.digest == data.dataset_hash
+    assert {r.info.run_id for r in _children(result.search_run_id)} >= {result.best.mlflow_run_id}
+    plots = {a.path for a in MlflowClient().list_artifacts(result.search_run_id, "tune")}
     assert {f"tune/{name}.png" for name in ("optimization_history", "intermediate_values", "timeline", "param_importances",
                                             "parallel_coordinate", "loss_curves")} <= plots
     run = mlflow.get_run(parent)
     assert run.data.tags["best_trial_run_id"] == result.best.mlflow_run_id
-    assert run.data.metrics["tune.n_complete"] == 3 and run.data.metrics["tune.steps_trained"] > 0
+    assert search.data.metrics["tune.n_complete"] == 3 and search.data.metrics["tune.steps_trained"] > 0
+    assert run.data.params["best_rank"] == str(result.best.params["rank"])
     child = mlflow.get_run(result.best.mlflow_run_id)
     assert child.info.run_name.startswith(f"trial-{result.best.number:03d} r=") and "->" in child.info.run_name
     assert {"trainable_params", "rank", "lr", "alpha_ratio", "dropout", "target_modules"} <= set(child.data.params)
