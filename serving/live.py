@@ -25,7 +25,7 @@ def metrics() -> SimpleNamespace:
 
     return SimpleNamespace(
         requests=prom.Counter("tuneloop_requests", "Answered requests", ["version", "variant"]),
-        latency=prom.Histogram("tuneloop_request_seconds", "Model time per batch, by version", ["version"],
+        latency=prom.Histogram("tuneloop_request_seconds", "Model time of each batch, by the versions in it", ["version"],
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
         batch=prom.Histogram("tuneloop_batch_size", "Requests per model call", buckets=(1, 2, 4, 8, 16, 32, 64)),
         feedback=prom.Gauge("tuneloop_feedback_records", "Feedback records stored, by version", ["version"],
@@ -79,7 +79,7 @@ class Shadow:
 
     def _run(self, predict: callable, version: str, requests: list, answers: list) -> None:
         try:
-            outputs, _ = predict(version, [r.input for r in requests])
+            outputs, _ = predict([version] * len(requests), [r.input for r in requests])
         except Exception:
             log.exception("shadow prediction failed")
             return

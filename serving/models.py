@@ -1,12 +1,11 @@
 """The adapters a service routes to: one base model in memory, champion and challenger as named
-LoRA adapters on it, switched per request, and swapped in when the registry's aliases move.
+LoRA adapters on it, chosen per request within one batch, and swapped in when the registry's aliases move.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -74,17 +73,31 @@ class AdapterBank:
         """The version a variant is served by: the challenger falls back to champion, then to base."""
         return self.served.get(variant) or self.served.get("champion") or "base"
 
-    def predict(self, version: str, inputs: Sequence[str]) -> tuple[list[str], list[float] | None]:
+    def predict(self, versions: Sequence[str], inputs: Sequence[str]) -> tuple[list[str], list[float] | None]:
+        """One answer per input from the version beside it ("base": no adapter), in one model call per
+        base model: peft runs every adapter on its own rows of the one batch (mixed-adapter batches)."""
+        outputs: list[str | None] = [None] * len(inputs)
+        confidences: list[float] | None = [0.0] * len(inputs) if self.config.kind == "classification" else None
         with self.lock:
-            if version == "base":  # the base model answers through the first bank, its adapters off
-                bank = next(iter(self.banks.values()))
-                adapters = bank.model.disable_adapter() if isinstance(bank.model, PeftModel) else nullcontext()
-            else:
-                bank = next(b for b in self.banks.values() if isinstance(b.model, PeftModel) and f"v{version}" in b.model.peft_config)
-                bank.model.set_adapter(f"v{version}")
-                adapters = nullcontext()
-            with adapters:
-                return predict(self.config.kind, bank.model, self.tokenizer, inputs, bank.labels, self.config.max_new_tokens)
+            rows_per_bank: dict[int, list[int]] = {}
+            for i, version in enumerate(versions):
+                rows_per_bank.setdefault(id(self._bank_of(version)), []).append(i)
+            for rows in rows_per_bank.values():
+                bank = self._bank_of(versions[rows[0]])
+                names = ["__base__" if versions[i] == "base" else f"v{versions[i]}" for i in rows]
+                mixed = isinstance(bank.model, PeftModel)
+                out, conf = predict(self.config.kind, bank.model, self.tokenizer, [inputs[i] for i in rows], bank.labels,
+                                    self.config.max_new_tokens, adapter_names=names if mixed else None)
+                for n, i in enumerate(rows):
+                    outputs[i] = out[n]
+                    if confidences is not None and conf is not None:
+                        confidences[i] = conf[n]
+        return outputs, confidences
+
+    def _bank_of(self, version: str) -> _Bank:
+        if version == "base":  # the base model answers through the first bank, its adapters off
+            return next(iter(self.banks.values()))
+        return next(b for b in self.banks.values() if isinstance(b.model, PeftModel) and f"v{version}" in b.model.peft_config)
 
     def labels(self) -> list[str]:
         return list(next(iter(self.banks.values())).labels) if self.banks else []

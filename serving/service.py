@@ -89,25 +89,26 @@ class Tuneloop:
 
     @bentoml.api(route="/predict", batchable=True, max_batch_size=32, max_latency_ms=60_000)
     def predict(self, requests: list[PredictRequest]) -> list[Answer]:
-        """Answer each request with the version its user is routed to; concurrent calls are batched."""
+        """Answer each request with the version its user is routed to; concurrent calls are batched, and
+        one batch runs champion and challenger rows together (one forward for the base model's share)."""
         variants = ["champion" if self.shadow else self.router.variant(r.user_id) for r in requests]
         versions = [self.bank.version_of(v) for v in variants]
-        answers: list[Answer | None] = [None] * len(requests)
-        for version in dict.fromkeys(versions):  # one model call per version in the batch
-            idx = [i for i, v in enumerate(versions) if v == version]
-            began = time.perf_counter()
-            outputs, confidences = self.bank.predict(version, [requests[i].input for i in idx])
-            metrics().latency.labels(version).observe(time.perf_counter() - began)
-            metrics().batch.observe(len(idx))
-            for n, i in enumerate(idx):
-                variant = variants[i] if version != "base" else "base"
-                metrics().requests.labels(version, variant).inc()
-                answers[i] = Answer(request_id=requests[i].request_id or uuid.uuid4().hex, output=outputs[n],
-                                    model_version=version, variant=variant,
-                                    confidence=confidences[n] if confidences else None)
+        began = time.perf_counter()
+        outputs, confidences = self.bank.predict(versions, [r.input for r in requests])
+        elapsed = time.perf_counter() - began
+        metrics().batch.observe(len(requests))
+        for version in set(versions):
+            metrics().latency.labels(version).observe(elapsed)
+        answers = []
+        for i, request in enumerate(requests):
+            variant = variants[i] if versions[i] != "base" else "base"
+            metrics().requests.labels(versions[i], variant).inc()
+            answers.append(Answer(request_id=request.request_id or uuid.uuid4().hex, output=outputs[i],
+                                  model_version=versions[i], variant=variant,
+                                  confidence=confidences[i] if confidences else None))
         challenger = self.bank.served.get("challenger")
         if self.shadow and challenger:
-            self.shadow.mirror(self.bank.predict, challenger, list(requests), list(answers))
+            self.shadow.mirror(self.bank.predict, challenger, list(requests), answers)
         return answers
 
     # --- feedback and admin (FastAPI routes under /v1) ---------------------------------------------

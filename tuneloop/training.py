@@ -233,28 +233,39 @@ def add_adapter(base, kind: Kind, rank: int, seed: int, **lora_kwargs) -> PeftMo
     return get_peft_model(base, lora_config(kind, rank, **lora_kwargs))
 
 
+def _adapters(adapter_names: Sequence[str] | None, start: int, stop: int) -> dict:
+    """peft's per-row adapter choice for rows start:stop ("__base__": adapters off), or nothing."""
+    return {"adapter_names": list(adapter_names[start:stop])} if adapter_names is not None else {}
+
+
 @torch.inference_mode()
 def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
-             batch_size: int = 16) -> list[str]:
-    """Greedy answers through the chat template; left padding so answers start together."""
+             batch_size: int = 16, adapter_names: Sequence[str] | None = None) -> list[str]:
+    """Greedy answers through the chat template; left padding so answers start together.
+
+    ``adapter_names`` (one per prompt) runs several LoRA adapters in one batch: the base model's
+    work is shared and each adapter adds its part to its own rows only.
+    """
     tokenizer.padding_side = "left"
     answers: list[str] = []
     for i in range(0, len(prompts), batch_size):
         texts = [chat_prompt(tokenizer, p) for p in prompts[i:i + batch_size]]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=512)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                             **_adapters(adapter_names, i, i + batch_size))
         answers += [a.strip() for a in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
     return answers
 
 
 @torch.inference_mode()
 def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: list[str],
-             batch_size: int = 64, max_length: int = 128) -> tuple[list[str], list[float]]:
-    """Predicted label and its probability per text."""
+             batch_size: int = 64, max_length: int = 128,
+             adapter_names: Sequence[str] | None = None) -> tuple[list[str], list[float]]:
+    """Predicted label and its probability per text (``adapter_names``: as for ``generate``)."""
     predictions, confidences = [], []
     for i in range(0, len(texts), batch_size):
         batch = tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        probs = model(**batch).logits.softmax(-1)
+        probs = model(**batch, **_adapters(adapter_names, i, i + batch_size)).logits.softmax(-1)
         conf, idx = probs.max(-1)
         predictions += [labels[j] for j in idx.tolist()]
         confidences += conf.tolist()
@@ -262,8 +273,8 @@ def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], la
 
 
 def predict(kind: Kind, model, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], labels: Sequence[str],
-            max_new_tokens: int) -> tuple[list[str], list[float] | None]:
+            max_new_tokens: int, adapter_names: Sequence[str] | None = None) -> tuple[list[str], list[float] | None]:
     """Outputs for either kind (answers, or labels with their probabilities)."""
     if kind == "generation":
-        return generate(model, tokenizer, inputs, max_new_tokens), None
-    return classify(model, tokenizer, inputs, list(labels))
+        return generate(model, tokenizer, inputs, max_new_tokens, adapter_names=adapter_names), None
+    return classify(model, tokenizer, inputs, list(labels), adapter_names=adapter_names)
