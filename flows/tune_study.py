@@ -87,12 +87,12 @@ def make_storage(url: str, tune: TuneConfig) -> RDBStorage:
 
 def rung_steps(tune: TuneConfig, total_steps: int) -> list[int]:
     """Steps at which the pruner compares trials: the first rung, then every reduction_factor times
-    further while a promoted trial still has that factor of steps ahead (the end is no rung: a trial
-    that reached its last step is finished, and one a few steps short of it is not worth stopping)."""
+    further while at least half of the trial lies ahead (stopping a trial later saves little; the end
+    is never a rung: a trial that reached its last step is finished, not pruned)."""
     if tune.pruner == "none":
         return []
     rungs, step = [], max(1, round(total_steps * tune.first_rung))
-    while step * tune.reduction_factor <= total_steps:
+    while step <= total_steps / 2:
         rungs.append(step)
         step *= tune.reduction_factor
     return rungs
