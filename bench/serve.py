@@ -3,8 +3,9 @@ transformers pipeline behind FastAPI on the same model (throughput, p50/p95 at 1
 whether both give the same answers); the routing+attribution overhead; and the time from a rollback
 to the first answer by the champion under load, with failed requests counted.
 
-python -m bench serve [--quick] [--kind classification generation]   -> bench/results/serve.json
-Load generators run as separate processes against 127.0.0.1, each bounded in time.
+python -m bench serve [--quick] [--kind classification generation] [--rounds 2]   -> bench/results/serve.json
+Load generators run as separate processes against 127.0.0.1, each bounded in time. Each load level
+runs ``--rounds`` times per server, service and plain app alternating, and the rounds are pooled.
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ def _load(url: str, clients: int, seconds: float, style: str, work: Path) -> dic
     return json.loads(out.read_text())
 
 
-def _summary(run: dict) -> dict:
-    latencies = sorted(r[1] for r in run["records"] if r[2])
+def _summary(*runs: dict) -> dict:
+    """Throughput and latency percentiles over one or more runs at one load level (pooled)."""
+    latencies = sorted(r[1] for run in runs for r in run["records"] if r[2])
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else None  # noqa: E731
-    return {"clients": run["clients"], "requests": run["requests"], "failed": run["failed"],
-            "throughput_rps": round(len(latencies) / run["seconds"], 2), "p50_ms": pct(0.50), "p95_ms": pct(0.95)}
+    seconds = sum(run["seconds"] for run in runs)
+    return {"clients": runs[0]["clients"], "requests": sum(run["requests"] for run in runs),
+            "failed": sum(run["failed"] for run in runs), "throughput_rps": round(len(latencies) / seconds, 2),
+            "p50_ms": pct(0.50), "p95_ms": pct(0.95),
+            "rounds_rps": [round(sum(r[2] for r in run["records"]) / run["seconds"], 2) for run in runs]}
 
 
 def _register_versions(config) -> str:
@@ -116,7 +121,7 @@ MODELS = {"classification": "all-MiniLM-L6-v2 + LoRA r=8 (6 labels)",
           "generation": "SmolLM2-135M-Instruct + LoRA r=8, greedy, {n} new tokens"}
 
 
-def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int) -> dict:
+def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int, rounds: int = 2) -> dict:
     """Service vs plain pipeline at 1/4/16 clients for one task kind (champion = plain app's model)."""
     from tuneloop.config import LoopConfig
     from tuneloop.flags import set_challenger_percent
@@ -124,7 +129,8 @@ def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int) -> di
     config = LoopConfig(kind=kind, home=work, max_new_tokens=max_new_tokens)
     adapter = _register_versions(config)
     set_challenger_percent(config.flag_file, config.flag_key, 10)
-    results: dict = {"model": MODELS[kind].format(n=max_new_tokens), "seconds_per_level": seconds, "levels": []}
+    results: dict = {"model": MODELS[kind].format(n=max_new_tokens), "seconds_per_level": seconds, "rounds": rounds,
+                     "levels": []}
     plain_port = free_port()
     plain = f"http://127.0.0.1:{plain_port}"
     env = dict(TUNELOOP_TINY="false", TUNELOOP_MAX_NEW_TOKENS=str(max_new_tokens))
@@ -137,8 +143,11 @@ def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int) -> di
             results["answers"] = _same_answers(service, plain)
             set_challenger_percent(config.flag_file, config.flag_key, 10)
             for clients in (1, 4, 16):
-                s = _summary(_load(f"{service}/predict", clients, seconds, "service", work))
-                p = _summary(_load(f"{plain}/predict", clients, seconds, "plain", work))
+                runs: dict[str, list] = {"service": [], "plain": []}
+                for _ in range(rounds):  # alternating, so a noisy neighbour hits both alike
+                    runs["service"].append(_load(f"{service}/predict", clients, seconds, "service", work))
+                    runs["plain"].append(_load(f"{plain}/predict", clients, seconds, "plain", work))
+                s, p = _summary(*runs["service"]), _summary(*runs["plain"])
                 results["levels"].append({"clients": clients, "service": s, "plain": p,
                                           "throughput_ratio": round(s["throughput_rps"] / p["throughput_rps"], 2)})
                 print(json.dumps({"kind": kind, **results["levels"][-1]}), flush=True)
@@ -153,6 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="shorter load levels (5 s / 12 s instead of 15 s / 30 s)")
     parser.add_argument("--kind", nargs="*", choices=["classification", "generation"], default=["classification", "generation"])
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length for generation (both servers)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating service/plain runs per load level, pooled")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-serve-"))
     os.environ.update(TUNELOOP_HOME=str(work), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
@@ -163,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]}
     for kind in args.kind:
         seconds = (5 if args.quick else 15) if kind == "classification" else (12 if args.quick else 30)
-        results[kind] = bench_kind(kind, seconds, work, args.max_new_tokens)
+        results[kind] = bench_kind(kind, seconds, work, args.max_new_tokens, 1 if args.quick else args.rounds)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "serve.json"
     if set(args.kind) != {"classification", "generation"} and path.exists():  # one kind updates its part of the last run
