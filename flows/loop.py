@@ -14,6 +14,7 @@ from flows.evaluate import EvalReport, evaluate
 from flows.register import Registered, register
 from flows.tune import TuneResult, tune
 from tuneloop.config import LoopConfig
+from tuneloop.owners import claim_flow_run
 from tuneloop.tracking import use_experiment
 
 
@@ -29,6 +30,7 @@ class LoopResult(BaseModel):
 
 @flow(name="tuneloop", log_prints=True)
 def loop(config: LoopConfig = LoopConfig()) -> LoopResult:
+    claim_flow_run()  # an earlier loop killed on this machine shows as Crashed, not Running forever
     use_experiment(config)
     seconds: dict[str, float] = {}
 

@@ -33,6 +33,7 @@ from flows.tune_study import make_pruner, open_study, origin, rung_steps, study_
 from flows.tune_tracking import TrialRun, log_search, open_search_run, peak_memory, trial_label
 from tuneloop.config import LoopConfig
 from tuneloop.models import load_base, load_tokenizer, save_labels
+from tuneloop.owners import claim_flow_run
 from tuneloop.training import Pruned, add_adapter, encode, predict, train
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
@@ -227,6 +228,7 @@ def summarise(config: LoopConfig, data: CuratedData, search_run_id: str, name: s
 @flow(name="tune")
 def tune_flow(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:
     """Create or continue the study, run ``n_workers`` workers on the flow's task runner, summarise."""
+    claim_flow_run()  # a killed earlier attempt's flow run shows as Crashed, not Running forever
     name, search_run_id = open_search(config, data, parent_run_id)
     deadline = time.time() + config.tune.timeout_s if config.tune.timeout_s else None
     futures = [tune_worker.submit(config, data, search_run_id, name, deadline) for _ in range(config.tune.n_workers)]

@@ -28,13 +28,10 @@ slow one, and RDB storage already covers one machine and many.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Callable, Iterator
 
 import optuna
@@ -44,6 +41,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuneloop.config import Kind, TuneConfig
 from tuneloop.locks import database_lock
+from tuneloop.owners import owner_dead, owner_id
 from tuneloop.training import DEFAULT_TARGETS
 
 log = logging.getLogger(__name__)
@@ -139,32 +137,6 @@ def study_lock(url: str, name: str):
     return database_lock(url, f"optuna-study:{name}")
 
 
-def owner_id() -> str:
-    """This process, such that another process on the same machine can tell whether it still lives."""
-    try:
-        pidns = os.stat("/proc/self/ns/pid").st_ino  # containers sharing a hostname still differ here
-    except OSError:
-        pidns = "-"
-    return f"{socket.gethostname()}|{pidns}|{os.getpid()}"
-
-
-def _owner_dead(owner: str) -> bool:
-    """True only when the owner provably ran on this machine (same PID namespace) and has exited."""
-    host, pidns, pid = owner.rsplit("|", 2)
-    if pidns == "-" or owner_id().rsplit("|", 1)[0] != f"{host}|{pidns}":
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:  # killed but not yet reaped by its parent: a zombie
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def fail_stale(study: optuna.Study, storage: RDBStorage, tune: TuneConfig) -> None:
     """Fail running trials whose worker is gone, queueing each for a retry (call under the study lock)."""
     optuna.storages.fail_stale_trials(study)  # heartbeats older than the grace period
@@ -173,7 +145,7 @@ def fail_stale(study: optuna.Study, storage: RDBStorage, tune: TuneConfig) -> No
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get(OWNER_ATTR) or {}
         if owner.get("trial") == trial.number:
-            stale = _owner_dead(owner["id"])
+            stale = owner_dead(owner["id"])
         else:  # popped, but its claimer died before recording itself (or a heartbeat)
             stale = trial.datetime_start is not None and now - trial.datetime_start.timestamp() > tune.grace_period_s
         if not stale:

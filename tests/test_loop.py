@@ -56,7 +56,10 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
 
     assert result.challenger_percent == 10 == challenger_percent(config.flag_file, config.flag_key)
 
-    children = _children(result.run_id)
+    searches = _children(result.run_id)  # the loop run -> its search run -> one run per trial
+    assert [s.data.tags["tuneloop.stage"] for s in searches] == ["search"]
+    assert searches[0].info.run_id == result.tuned.search_run_id == mlflow.get_run(result.run_id).data.tags["search_run_id"]
+    children = _children(result.tuned.search_run_id)
     assert len(children) == 2
     for child in children:
         assert {"rank", "lr", "trainable_params"} <= set(child.data.params)
@@ -104,4 +107,5 @@ def test_rerun_on_the_same_data_continues_the_study(home):
     again = loop(config)  # completed trials are never trained twice
     assert again.tuned.study_name == first.tuned.study_name
     assert again.tuned.best.mlflow_run_id == first.tuned.best.mlflow_run_id
-    assert len(_children(again.run_id)) == 0
+    assert len(_children(again.run_id)) == 0  # the search run it continued belongs to the first loop run
+    assert again.tuned.search_run_id == first.tuned.search_run_id
