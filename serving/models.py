@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -85,9 +86,10 @@ class AdapterBank:
             for rows in rows_per_bank.values():
                 bank = self._bank_of(versions[rows[0]])
                 names = ["__base__" if versions[i] == "base" else f"v{versions[i]}" for i in rows]
-                mixed = isinstance(bank.model, PeftModel)
-                out, conf = predict(self.config.kind, bank.model, self.tokenizer, [inputs[i] for i in rows], bank.labels,
-                                    self.config.max_new_tokens, adapter_names=names if mixed else None)
+                adapters, per_row = _routing(bank.model, names)
+                with adapters:
+                    out, conf = predict(self.config.kind, bank.model, self.tokenizer, [inputs[i] for i in rows],
+                                        bank.labels, self.config.max_new_tokens, adapter_names=per_row)
                 for n, i in enumerate(rows):
                     outputs[i] = out[n]
                     if confidences is not None and conf is not None:
@@ -101,6 +103,19 @@ class AdapterBank:
 
     def labels(self) -> list[str]:
         return list(next(iter(self.banks.values())).labels) if self.banks else []
+
+
+def _routing(model, names: list[str]):
+    """How one call serves rows meant for ``names``: peft's per-row mix when they differ, else the
+    plain path with that one adapter set (or all adapters off for the base): no per-row split."""
+    if not isinstance(model, PeftModel):
+        return nullcontext(), None
+    if len(set(names)) > 1:
+        return nullcontext(), names
+    if names[0] == "__base__":
+        return model.disable_adapter(), None
+    model.set_adapter(names[0])
+    return nullcontext(), None
 
 
 def watch(bank: AdapterBank, interval_s: float, stop: threading.Event) -> threading.Thread:
