@@ -335,10 +335,11 @@ def main(argv: list[str] | None = None) -> dict:
         merged = json.loads((RESULTS / "train.json").read_text())
         keys = {"steps": "step_time", "memory": "memory", "search": "search"}
         merged.update({keys[part]: results[keys[part]] for part in parts})
-        merged.setdefault("partial_reruns", []).append({"parts": sorted(parts), "machine": results["machine"]})
+        merged.setdefault("partial_reruns", []).append({"parts": sorted(parts), "machine": results["machine"],
+                                                       "seconds": results["seconds_total"]})
         results = merged
     (RESULTS / "train.json").write_text(json.dumps(results, indent=2, default=str))
-    print(f"wrote {RESULTS / 'train.json'} ({results['seconds_total']} s)")
+    print(f"wrote {RESULTS / 'train.json'} ({round(time.perf_counter() - began, 1)} s)")
     return results
 
 
