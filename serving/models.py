@@ -80,11 +80,11 @@ class AdapterBank:
         outputs: list[str | None] = [None] * len(inputs)
         confidences: list[float] | None = [0.0] * len(inputs) if self.config.kind == "classification" else None
         with self.lock:
-            rows_per_bank: dict[int, list[int]] = {}
+            groups: dict[int, tuple[_Bank, list[int]]] = {}  # by base model: one call each
             for i, version in enumerate(versions):
-                rows_per_bank.setdefault(id(self._bank_of(version)), []).append(i)
-            for rows in rows_per_bank.values():
-                bank = self._bank_of(versions[rows[0]])
+                bank = self._bank_of(version)
+                groups.setdefault(id(bank), (bank, []))[1].append(i)
+            for bank, rows in groups.values():
                 names = ["__base__" if versions[i] == "base" else f"v{versions[i]}" for i in rows]
                 adapters, per_row = _routing(bank.model, names)
                 with adapters:

@@ -107,7 +107,8 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
     """
     client = MlflowClient()
     with database_lock(mlflow.get_tracking_uri(), f"mlflow-aliases:{name}"):
-        current = aliases(name)
+        model = client.get_registered_model(name)  # its aliases and history: only writers under this lock change them
+        current = {alias: str(version) for alias, version in model.aliases.items()}
         entries, stamp = [], datetime.now(timezone.utc).isoformat(timespec="seconds")
         for alias, version in (moves(dict(current)) if callable(moves) else moves):
             before = current.get(alias)
@@ -120,7 +121,7 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
                 current[alias] = version
             entries.append({"at": stamp, "by": getpass.getuser(), "alias": alias, "from": before, "to": version,
                             "reason": reason})
-        history = json.loads(client.get_registered_model(name).tags.get("alias_history", "[]")) + entries
+        history = json.loads(model.tags.get("alias_history", "[]")) + entries
         client.set_registered_model_tag(name, "alias_history", json.dumps(history[-200:]))
     return current
 
