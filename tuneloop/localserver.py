@@ -53,7 +53,7 @@ def server_process(args: list[str], env: dict, ready_url: str, log_path: Path, t
 
 @contextmanager
 def tuneloop_service(home: Path, kind: str, ready_path: str = "/readyz", **env_extra: str) -> Iterator[str]:
-    """``bentoml serve serving.service:Tuneloop`` on a free port for ``home``; yields its base URL."""
+    """``bentoml serve tuneloop.serving.service:Tuneloop`` on a free port for ``home``; yields its base URL."""
     port = free_port()
     env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": kind,
            "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", "BENTOML_HOME": str(home / "bentoml"),
@@ -61,7 +61,7 @@ def tuneloop_service(home: Path, kind: str, ready_path: str = "/readyz", **env_e
     if "TUNELOOP_FEEDBACK_URL" not in env_extra:
         env.pop("TUNELOOP_FEEDBACK_URL", None)  # the home's own store, not the caller's
     base = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "bentoml", "serve", "serving.service:Tuneloop", "--host", "127.0.0.1", "--port", str(port),
+    args = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serving.service:Tuneloop", "--host", "127.0.0.1", "--port", str(port),
             "--working-dir", str(ROOT)]
     with server_process(args, env, base + ready_path, Path(home) / f"service-{port}.log"):
         yield base

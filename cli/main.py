@@ -12,9 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.cli.stack import app as stack_app
 from tuneloop.config import LoopConfig, apply_environment
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
+app.add_typer(stack_app, name="stack", help="The team set-up on one machine: up, down, status, env")
 console = Console()
 
 KindOpt = typer.Option("generation", "--kind", "-k", help="generation or classification")
@@ -74,16 +76,26 @@ def run(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.
     config = _config(kind, home, tiny=tiny)
     if trials:
         config.tune.n_trials = trials
-    from flows.loop import loop
+    from tuneloop.flows.curate import DatasetError
+    from tuneloop.flows.loop import loop
+    from tuneloop.flows.tune import TuneConfigError
+    from tuneloop.models import ModelError
 
     began = time.perf_counter()
-    result = loop(config)
+    try:
+        result = loop(config)
+    except (DatasetError, ModelError, TuneConfigError) as err:  # bad input: say what and what to set, no traceback
+        console.print(f"[red]refused before training:[/red] {err}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
     _summary(config, result, time.perf_counter() - began)
 
 
 @app.command()
 def demo(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.Option(False, help="Tiny random models (smoke test)")) -> None:
     """Seed the sample feedback (first time) and run the whole loop on it."""
+    from tuneloop.sample_data import SYSTEM_PROMPT
+
+    os.environ.setdefault("TUNELOOP_SYSTEM_PROMPT", SYSTEM_PROMPT)  # the sample company's assistant
     config = _config(kind, home, tiny=tiny)
     from tuneloop.feedback import FeedbackStore
 
@@ -97,17 +109,23 @@ def _summary(config: LoopConfig, result, seconds: float) -> None:
     console.rule(f"tuneloop {config.kind}: one loop in {seconds:.0f} s")
     console.print(
         f"Data {result.data.dataset_hash}: {counts.get('records', 0)} records -> {counts.get('train', 0)} train / "
-        f"{counts.get('heldout', 0)} held-out ({counts.get('quarantined', 0)} quarantined, "
+        f"{counts.get('validation', 0)} validation / {counts.get('heldout', 0)} held-out ({counts.get('quarantined', 0)} quarantined, "
         f"{counts.get('duplicates_removed', 0)} duplicates, {counts.get('thumbs_down_without_correction', 0)} bare thumbs-down)"
     )
     best = result.tuned.best
     console.print(f"Search {result.tuned.study_name}: {result.tuned.n_complete} complete, {result.tuned.n_pruned} pruned; "
                   f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}")
-    table = Table("suite", f"baseline ({result.report.baseline})", "challenger")
+    table = Table("suite", "items", f"baseline ({result.report.baseline})", "challenger")
     for suite, scores in result.report.challenger.items():
-        table.add_row(suite, f"{result.report.champion[suite].mean:.3f}", f"{scores.mean:.3f}")
+        table.add_row(suite, str(result.report.items.get(suite, "")), f"{result.report.champion[suite].mean:.3f}",
+                      f"{scores.mean:.3f}")
     console.print(table)
-    console.print(f"Gate: {'passed' if result.report.passed else 'refused'}; held-out diff {result.report.heldout_diff:+.3f} "
+    checks = Table("gate check", "verdict", "diff", "CI", "threshold")
+    for c in result.report.checks:
+        checks.add_row(c["name"], c["verdict"], f"{c['diff_mean']:+.3f}", f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]",
+                       f"{c['threshold']:.3f}")
+    console.print(checks)
+    console.print(f"Gate: {result.report.verdict}; held-out diff {result.report.heldout_diff:+.3f} "
                   f"CI [{result.report.ci_low:+.3f}, {result.report.ci_high:+.3f}]")
     for reason in result.report.reasons:
         console.print(f"  - {reason}")
@@ -128,7 +146,7 @@ def serve(kind: str = KindOpt, home: Optional[Path] = HomeOpt, port: int = 3000,
     os.environ.update(TUNELOOP_KIND=config.kind, TUNELOOP_TINY=str(tiny).lower())
     root = Path(__file__).resolve().parent.parent
     bentoml = Path(sys.executable).with_name("bentoml")
-    os.execv(str(bentoml), [str(bentoml), "serve", "serving.service:Tuneloop", "--host", host, "--port", str(port),
+    os.execv(str(bentoml), [str(bentoml), "serve", "tuneloop.serving.service:Tuneloop", "--host", host, "--port", str(port),
                             "--working-dir", str(root)])
 
 
@@ -136,11 +154,9 @@ def serve(kind: str = KindOpt, home: Optional[Path] = HomeOpt, port: int = 3000,
 def promote(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
     """Challenger becomes champion (the old champion is kept as 'previous'); the canary closes."""
     config = _config(kind, home)
-    from tuneloop.flags import set_challenger_percent
-    from tuneloop.registry import promote as promote_version
+    from tuneloop import operations
 
-    version = promote_version(config.model_name, reason="promoted from the CLI")
-    set_challenger_percent(config.flag_file, config.flag_key, 0)
+    version = _operator_call(operations.promote, config, reason="promoted from the CLI")
     console.print(f"{config.model_name} version {version} is now champion")
 
 
@@ -149,24 +165,38 @@ def rollback(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
              champion: bool = typer.Option(False, "--champion", help="Also put the previous champion back")) -> None:
     """Send every user to the champion at once (challenger share 0 %)."""
     config = _config(kind, home)
-    from tuneloop.flags import set_challenger_percent
+    from tuneloop import operations
 
-    set_challenger_percent(config.flag_file, config.flag_key, 0)
-    console.print("challenger share set to 0 %")
-    if champion:
-        from tuneloop.registry import restore_previous
-
-        console.print(f"champion is version {restore_previous(config.model_name)} again")
+    after = _operator_call(operations.roll_back, config, "rolled back from the CLI", restore_champion=champion)
+    console.print("challenger share set to 0 %" + (f"; champion is version {after} again" if champion else ""))
 
 
 @app.command()
 def canary(percent: int, kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
     """Set the challenger's sticky share of users (0-100)."""
     config = _config(kind, home)
-    from tuneloop.flags import set_challenger_percent
+    from tuneloop import operations
 
-    set_challenger_percent(config.flag_file, config.flag_key, percent)
+    _operator_call(operations.set_canary, config, percent, "set from the CLI")
     console.print(f"challenger share set to {percent} %")
+
+
+@app.command()
+def token(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Print the bearer token the service expects for feedback and admin calls."""
+    config = _config(kind, home)
+    from tuneloop.operations import api_token
+
+    print(api_token(config))
+
+
+def _operator_call(fn, *args, **kwargs):
+    """Run a traffic operation; a refusal (nothing to promote, no challenger, ...) is one clear line, exit 1."""
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as err:
+        console.print(f"[red]refused:[/red] {err}")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -174,7 +204,7 @@ def rollout(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
             poll_s: float = typer.Option(30.0, help="Seconds between health checks")) -> None:
     """Ramp the challenger through deploy.ramp while its live feedback is healthy; promote at 100 %."""
     config = _config(kind, home)
-    from flows.deploy import rollout as rollout_flow
+    from tuneloop.flows.deploy import rollout as rollout_flow
 
     console.print(rollout_flow(config, poll_s=poll_s))
 
@@ -189,9 +219,13 @@ def status(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
 
     for alias in ALIASES:
         console.print(f"{alias:>10}: {alias_version(config.model_name, alias) or '-'}")
-    console.print(f"challenger share: {challenger_percent(config.flag_file, config.flag_key)} %")
+    console.print(f"challenger share: {challenger_percent(config)} %")
     console.print(f"feedback records: {FeedbackStore(config.feedback_db).count(config.kind)}")
 
+
+from tuneloop.cli.economics import economics  # noqa: E402
+
+app.command()(economics)
 
 if __name__ == "__main__":
     app()
