@@ -308,6 +308,20 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query.order_by(FeedbackRow.id)))
 
+    def iter_rows(self, kind: str, upto_id: int | None = None, after_id: int = 0, chunk: int = 5000) -> Iterable[list[Any]]:
+        """(id, payload) rows of a kind in arrival order, ``chunk`` at a time (keyset pages: memory stays
+        bounded however large the store, on SQLite and Postgres alike)."""
+        while True:
+            query = select(FeedbackRow.id, FeedbackRow.payload).where(FeedbackRow.kind == kind, FeedbackRow.id > after_id)
+            if upto_id is not None:
+                query = query.where(FeedbackRow.id <= upto_id)
+            with self.engine.connect() as conn:
+                page = list(conn.execute(query.order_by(FeedbackRow.id).limit(chunk)))
+            if not page:
+                return
+            yield page
+            after_id = page[-1].id
+
     def rating_counts(self, kind: str, versions: Iterable[str]) -> dict[str, tuple[int, int]]:
         """(rated, thumbs-down) records per model version, counted by the database: the live guard
         asks every few seconds, and parsing every payload in Python would grow with the store."""
@@ -317,6 +331,16 @@ class FeedbackStore:
                  .group_by(version))
         with self.engine.connect() as conn:
             return {str(v): (int(n), int(down)) for v, n, down in conn.execute(query)}
+
+    def rating_counts_by_segment(self, kind: str, versions: Iterable[str]) -> dict[tuple[str, str | None], tuple[int, int]]:
+        """(rated, thumbs-down) records per (model version, segment), counted by the database; records
+        without a segment are under ``None``. Feeds the live guard's per-segment tests and /metrics."""
+        version, rating, segment = self._json_text("model_version"), self._json_text("rating"), self._json_text("segment")
+        query = (select(version, segment, func.count(), func.sum(case((rating == "down", 1), else_=0)))
+                 .where(FeedbackRow.kind == kind, rating.in_(["up", "down"]), version.in_(list(versions)))
+                 .group_by(version, segment))
+        with self.engine.connect() as conn:
+            return {(str(v), None if s is None else str(s)): (int(n), int(down)) for v, s, n, down in conn.execute(query)}
 
     def _json_text(self, key: str):
         """A top-level payload field as text, in this database's JSON dialect."""
@@ -346,16 +370,24 @@ class FeedbackStore:
     # -- curation bookkeeping (derived; never touches the raw rows)
 
     def record_curation(self, kind: str, high_water_id: int, dataset_hash: str, counts: dict[str, int],
-                        quarantine: list[dict[str, Any]], mlflow_run_id: str | None = None) -> int:
-        """Remember a curation and add its newly quarantined records; returns the curation run id."""
+                        quarantine: Iterable[dict[str, Any]], mlflow_run_id: str | None = None, batch: int = 5000) -> int:
+        """Remember a curation and add its newly quarantined records (streamed in batches); the run's id."""
         with Session(self.engine) as session, session.begin():
             run = CurationRunRow(kind=kind, high_water_id=high_water_id, dataset_hash=dataset_hash,
                                  counts=json.dumps(counts), mlflow_run_id=mlflow_run_id)
             session.add(run)
             session.flush()
             already = set(session.scalars(select(QuarantineRow.feedback_id).where(QuarantineRow.kind == kind)))
-            session.add_all(QuarantineRow(feedback_id=q["feedback_id"], kind=kind, reason=q["reason"], curation_run_id=run.id)
-                            for q in quarantine if q["feedback_id"] not in already)
+            pending: list[QuarantineRow] = []
+            for q in quarantine:
+                if q["feedback_id"] not in already:
+                    pending.append(QuarantineRow(feedback_id=q["feedback_id"], kind=kind, reason=q["reason"],
+                                                 curation_run_id=run.id))
+                if len(pending) >= batch:
+                    session.add_all(pending)
+                    session.flush()
+                    pending = []
+            session.add_all(pending)
             return run.id
 
     def last_curation(self, kind: str) -> CurationRun | None:

@@ -1,17 +1,22 @@
-"""The routing flag: a flagd flag file and its OpenFeature evaluation.
+"""The routing flag: one per task kind, in the operations database, evaluated with OpenFeature + flagd.
 
-One flag per task kind decides, per user, whether a request goes to the ``champion`` or the
-``challenger``. The split is flagd's ``fractional`` rule on the targeting key (the user id), so a
-user stays on the same side as the share ramps up. Files are replaced atomically so the in-process
-provider's watcher never reads half a file.
+The flag decides, per user, whether a request goes to the ``champion`` or the ``challenger``, with
+flagd's ``fractional`` rule on the targeting key (the user id), so a user stays on the same side as
+the share ramps up. Its definition lives in the ``flags`` table of the operations (feedback)
+database, which the CLI, the flows and every service share wherever they run. Each service process
+mirrors that row into a flag file of its own that the in-process flagd provider evaluates, so a
+share change or a rollback reaches every replica within ``POLL_S`` + ``POLL_MS``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from openfeature import api
@@ -19,13 +24,23 @@ from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.provider import ProviderStatus
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-POLL_MS = 100  # how often the provider looks at the file: bounds how fast a rollback takes effect
+from tuneloop.config import LoopConfig
+from tuneloop.feedback import FeedbackStore
+from tuneloop.ops_tables import FlagRow
+
+log = logging.getLogger(__name__)
+POLL_S = 0.1  # how often a service reads the flag row: bounds how fast a rollback reaches it
+POLL_MS = 100  # how often the flagd provider re-reads its mirrored file
+SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 
 
 def route_flag(challenger_percent: int) -> dict:
-    if not 0 <= challenger_percent <= 100:
-        raise ValueError(f"challenger_percent must be within 0..100, got {challenger_percent}")
+    """The flagd definition that sends ``challenger_percent`` % of users (sticky by user id) to the challenger."""
+    if isinstance(challenger_percent, bool) or not isinstance(challenger_percent, int) or not 0 <= challenger_percent <= 100:
+        raise ValueError(f"challenger_percent must be an integer within 0..100, got {challenger_percent!r}")
     return {
         "state": "ENABLED",
         "variants": {"champion": "champion", "challenger": "challenger"},
@@ -34,23 +49,38 @@ def route_flag(challenger_percent: int) -> dict:
     }
 
 
-def read_flags(flag_file: Path) -> dict:
-    path = Path(flag_file)
-    return json.loads(path.read_text()) if path.exists() else {"$schema": "https://flagd.dev/schema/v0/flags.json", "flags": {}}
-
-
-def challenger_percent(flag_file: Path, flag_key: str) -> int:
-    flag = read_flags(flag_file)["flags"].get(flag_key)
-    if not flag:
+def percent_of(definition: dict | None) -> int:
+    if not definition:
         return 0
-    return dict((v, w) for v, w in flag["targeting"]["fractional"])["challenger"]
+    return dict((v, w) for v, w in definition["targeting"]["fractional"])["challenger"]
 
 
-def set_challenger_percent(flag_file: Path, flag_key: str, percent: int) -> None:
-    """Write the share atomically; every service watching the file follows within ~POLL_MS."""
-    flags = read_flags(flag_file)
-    flags["flags"][flag_key] = route_flag(percent)
-    path = Path(flag_file)
+def _definition(store: FeedbackStore, key: str) -> dict | None:
+    with Session(store.engine) as session:
+        row = session.get(FlagRow, key)
+        return json.loads(row.definition) if row else None
+
+
+def challenger_percent(config: LoopConfig) -> int:
+    """The challenger's current share of users (0 when the flag was never set)."""
+    return percent_of(_definition(FeedbackStore(config.feedback_db), config.flag_key))
+
+
+def set_challenger_percent(config: LoopConfig, percent: int, by: str | None = None) -> None:
+    """Set the share for every service of this kind; they follow within ``POLL_S`` + ``POLL_MS``."""
+    definition = json.dumps(route_flag(percent))
+    store = FeedbackStore(config.feedback_db)
+    with Session(store.engine) as session, session.begin():
+        row = session.get(FlagRow, config.flag_key, with_for_update=True)
+        if row is None:
+            session.add(FlagRow(key=config.flag_key, definition=definition, by=by))
+        else:
+            row.definition, row.at, row.by = definition, datetime.now(timezone.utc), by
+
+
+def write_flag_file(path: Path, flag_key: str, definition: dict | None) -> None:
+    """A flagd flag file holding one flag, replaced atomically (the provider never reads half a file)."""
+    flags = {"$schema": SCHEMA, "flags": {flag_key: definition or route_flag(0)}}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".flags-", suffix=".json")
     with os.fdopen(fd, "w") as f:
@@ -59,24 +89,53 @@ def set_challenger_percent(flag_file: Path, flag_key: str, percent: int) -> None
 
 
 class Router:
-    """Sticky champion/challenger routing by user id, following the flag file live."""
+    """Sticky champion/challenger routing by user id, following the flag row live.
 
-    def __init__(self, flag_file: Path, flag_key: str):
-        if not Path(flag_file).exists():
-            set_challenger_percent(flag_file, flag_key, 0)
-        self.flag_key = flag_key
-        provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(flag_file),
-                                 deadline_ms=POLL_MS)
-        domain = f"tuneloop:{flag_file}:{flag_key}"
-        api.set_provider(provider, domain)
+    A background thread copies the row into this process's own flag file whenever it changes;
+    if the database is unreachable the last known share keeps serving.
+    """
+
+    def __init__(self, config: LoopConfig, mirror: Path | None = None, poll_s: float = POLL_S):
+        self.flag_key = config.flag_key
+        self.store = FeedbackStore(config.feedback_db)
+        self.mirror = mirror or config.home.resolve() / "flags" / f"{config.flag_key}.{os.getpid()}.{id(self):x}.json"
+        self._seen = _definition(self.store, self.flag_key)
+        write_flag_file(self.mirror, self.flag_key, self._seen)
+        self.provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(self.mirror),
+                                      deadline_ms=POLL_MS)
+        domain = f"tuneloop:{self.mirror}"
+        api.set_provider(self.provider, domain)
         self.client = api.get_client(domain)
         deadline = time.monotonic() + 10
         while self.client.get_provider_status() != ProviderStatus.READY:  # initialisation runs in the background
             if time.monotonic() > deadline:
-                raise RuntimeError(f"flag provider not ready for {flag_file}: {self.client.get_provider_status()}")
+                raise RuntimeError(f"flag provider not ready for {self.mirror}: {self.client.get_provider_status()}")
             time.sleep(0.01)
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow, args=(poll_s,), name="tuneloop-flag-sync", daemon=True).start()
+
+    def _follow(self, poll_s: float) -> None:
+        while not self._stop.wait(poll_s):
+            try:
+                current = _definition(self.store, self.flag_key)
+            except Exception as err:  # noqa: BLE001  keep routing on the last known share
+                log.warning("flag row unreadable, keeping the last share: %s", err)
+                continue
+            if current != self._seen:
+                write_flag_file(self.mirror, self.flag_key, current)
+                self._seen = current
+
+    @property
+    def percent(self) -> int:
+        """The share this router currently applies."""
+        return percent_of(self._seen)
 
     def variant(self, user_id: str) -> str:
         """'champion' or 'challenger'; 'champion' whenever the flag cannot be evaluated."""
         value = self.client.get_string_value(self.flag_key, "champion", EvaluationContext(targeting_key=user_id))
         return value if value in ("champion", "challenger") else "champion"
+
+    def close(self) -> None:
+        self._stop.set()
+        self.provider.shutdown()  # its file watcher stops before the file goes
+        self.mirror.unlink(missing_ok=True)

@@ -26,6 +26,27 @@ def _engine(url: str) -> sqlalchemy.Engine:
     return sqlalchemy.create_engine(url, pool_pre_ping=True)
 
 
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
+
+
+def registry_lock_url(tracking_uri: str) -> str:
+    """The database that serialises alias moves of the MLflow registry at ``tracking_uri``.
+
+    ``TUNELOOP_LOCK_URL`` when set; else the tracking database itself when MLflow tracks into one
+    (SQLite: a file lock beside it; PostgreSQL: an advisory lock); else, for an MLflow server over
+    HTTP (which offers no lock), the operations database that every part of the set-up shares, so
+    the lock holds across machines once that is PostgreSQL (``TUNELOOP_FEEDBACK_URL``).
+    """
+    from tuneloop.config import LoopConfig
+
+    config = LoopConfig()
+    if config.lock_url:
+        return config.lock_url
+    if tracking_uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        return tracking_uri
+    return config.feedback_db
+
+
 @contextmanager
 def database_lock(url: str, name: str) -> Iterator[None]:
     """Mutual exclusion for everyone using ``name`` on the database at ``url``.

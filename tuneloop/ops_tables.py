@@ -1,0 +1,81 @@
+"""Rows of the operations tables (migration 0003) that live beside the feedback in one database, so
+that the CLI, the flows, workers and services on different machines share them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tuneloop.feedback import _Base
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class FlagRow(_Base):
+    """One flagd flag definition (JSON); services mirror these into their local flag file."""
+
+    __tablename__ = "flags"
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    definition: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class SettingRow(_Base):
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class RolloutEventRow(_Base):
+    __tablename__ = "rollout_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    model: Mapped[str] = mapped_column(String(200))
+    version: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    segment: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ShadowRow(_Base):
+    __tablename__ = "shadow_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    kind: Mapped[str] = mapped_column(String(32))
+    request_id: Mapped[str] = mapped_column(String(128))
+    user_hash: Mapped[str] = mapped_column(String(64))
+    input: Mapped[str] = mapped_column(Text)
+    live_version: Mapped[str] = mapped_column(String(64))
+    live_output: Mapped[str] = mapped_column(Text)
+    shadow_version: Mapped[str] = mapped_column(String(64))
+    shadow_output: Mapped[str] = mapped_column(Text)
+    agree: Mapped[bool] = mapped_column(Boolean)
+
+
+class DriftWindowRow(_Base):
+    __tablename__ = "drift_windows"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64))
+    n: Mapped[int] = mapped_column(Integer)
+    statistic: Mapped[float] = mapped_column(Float)
+    p_value: Mapped[float] = mapped_column(Float)
+    drifted: Mapped[bool] = mapped_column(Boolean)
+
+
+class TriggerRunRow(_Base):
+    __tablename__ = "trigger_runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    kind: Mapped[str] = mapped_column(String(32))
+    ran: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    cpu_seconds: Mapped[float] = mapped_column(Float)
+    wall_seconds: Mapped[float] = mapped_column(Float)
+    cost_usd: Mapped[float] = mapped_column(Float)
