@@ -92,7 +92,7 @@ def _insert_raw(store, records: list[dict]) -> None:
 
 def curation_times(sizes: list[int]) -> dict:
     """Seconds for ``build_dataset`` on each size, in a fresh SQLite store each."""
-    from flows.curate import build_dataset
+    from tuneloop.flows.curate import build_dataset
     from tuneloop.config import LoopConfig
     from tuneloop.feedback import FeedbackStore
 

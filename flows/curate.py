@@ -1,64 +1,49 @@
-"""Stage 1, curate: raw feedback -> a versioned train/held-out dataset, logged to MLflow.
+"""Stage 1, curate: raw feedback -> a versioned train/validation/held-out dataset, logged to MLflow.
 
 From every record of the kind up to the newest one (the high-water mark), in arrival order:
 validate (invalid records are quarantined with a reason, in the store's ``quarantine`` table);
 normalise and scrub personal data (before anything leaves the store); drop bare thumbs-down (counted,
 not trained on); cluster exact and near-duplicate prompts; resolve conflicting targets per cluster
 (majority, else the most recent; every conflict recorded); split clusters by the hash of their
-representative's key. The raw rows are never changed: the result is files under
-``work/<kind>/datasets/<hash>/``, a ``curation_runs`` row (the high-water mark the trigger counts
-from), an MLflow dataset with counts and a sample table, and a Prefect markdown artifact.
+representative's key. The raw rows are never changed.
 
-Each run curates the whole history up to the mark, not just the new records: the adapter is trained
-from the base model every loop, and the split must stay stable as data grows. What is new since the
-previous mark is what ``flows/trigger.py`` counts.
+It streams: rows come from the store a page at a time, each page is parsed and clustered, and its
+usable pairs go to a scratch SQLite file; a second pass reads them back grouped by cluster (SQLite
+sorts on disk) and writes the split files. Memory holds one page, the cluster index and the
+per-label counts, never every row or every MinHash.
+
+The result is a ``DatasetRef``: files under ``work/<kind>/datasets/<hash>/`` and the same files as
+artifacts of the loop's MLflow run, a ``curation_runs`` row (the high-water mark the trigger counts
+from), an MLflow dataset input with counts and a sample table, and a Prefect markdown artifact.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections import Counter, defaultdict
+import logging
+import shutil
+import sqlite3
+import uuid
+from collections import Counter
+from itertools import groupby
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import mlflow
-import pandas as pd
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
-from tuneloop.dedupe import cluster_keys, normalize, prompt_key, split_of
+from tuneloop.datasets import FILES, SPLITS, DatasetRef, Example, file_digest, split_of
+from tuneloop.dedupe import Clusterer, normalize, prompt_key
 from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
 from tuneloop.pii import scrub
 
-__all__ = ["CuratedData", "Example", "build_dataset", "curate", "normalize", "prompt_key", "split_of"]
+__all__ = ["DatasetError", "build_dataset", "curate", "clean"]
 
 
-class Example(BaseModel):
-    prompt: str
-    target: str
-    key: str
-    source_ids: list[int]
-    segment: str | None = None
-    positive: bool = False  # True when the target is a thumbs-up answer rather than a correction
-
-
-class CuratedData(BaseModel):
-    """A dataset version: what tune trains on and evaluate scores against."""
-
-    kind: str
-    train: list[Example]
-    heldout: list[Example]
-    labels: list[str]
-    counts: dict[str, int]
-    quarantine: list[dict]
-    conflicts: list[dict] = []
-    dataset_hash: str
-    path: Path
-    last_feedback_id: int
-    curation_run_id: int | None = None
+class DatasetError(ValueError):
+    """The feedback cannot make a dataset the loop can train and judge on; says what to change."""
 
 
 class _Usable(NamedTuple):
@@ -94,7 +79,7 @@ def _parse(row_id: int, payload: str, kind: str, counts: Counter) -> _Usable | s
     return _Usable(row_id, prompt, target, segment, record.rating == "up")
 
 
-def _resolve(items: list[_Usable], key: str, counts: Counter, conflicts: list[dict]) -> Example:
+def _resolve(items: list[_Usable], key: str, counts: Counter, conflicts) -> Example:
     """One example per cluster: the majority target, a tie going to the most recent record."""
     votes = Counter(item.target for item in items)
     top = max(votes.values())
@@ -104,114 +89,231 @@ def _resolve(items: list[_Usable], key: str, counts: Counter, conflicts: list[di
         counts["conflicts_resolved"] += 1
         counts["outvoted"] += len(items) - top
         rule = "majority" if list(votes.values()).count(top) == 1 else "most recent"
-        conflicts.append({"key": key, "winner": latest.target, "rule": rule, "votes": dict(votes.most_common())})
+        conflicts.write(json.dumps({"key": key, "winner": latest.target, "rule": rule,
+                                    "votes": dict(votes.most_common())}, ensure_ascii=False) + "\n")
     return Example(prompt=items[0].prompt, target=latest.target, key=key, source_ids=[i.id for i in items],
                    segment=latest.segment, positive=latest.positive)
 
 
-def build_dataset(store: FeedbackStore, config: LoopConfig) -> CuratedData:
-    """Validate, clean, scrub, dedupe, resolve conflicts and split every record of this kind."""
-    counts: Counter[str] = Counter()
-    quarantine: list[dict] = []
-    usable: list[_Usable] = []
-    high_water = store.high_water(config.kind)  # fixed first: records arriving meanwhile wait for the next run
-    rows = store.rows(config.kind, upto_id=high_water)
-    for row in rows:
-        parsed = _parse(row.id, row.payload, config.kind, counts)
-        if isinstance(parsed, str):
-            quarantine.append({"feedback_id": row.id, "reason": parsed})
-            counts["quarantined"] += 1
-            counts[f"quarantined.{parsed.split(':')[0]}"] += 1
-        elif parsed is not None:
-            usable.append(parsed)
-
-    keys = [prompt_key(u.prompt) for u in usable]
-    representative = cluster_keys(keys)
-    clusters: dict[str, list[_Usable]] = defaultdict(list)
-    for item, key in zip(usable, keys):
-        clusters[representative[key]].append(item)
-    counts["near_duplicates"] = sum(1 for key in keys if representative[key] != key)
-
-    conflicts: list[dict] = []
-    train, heldout = [], []
-    for key, items in clusters.items():
-        example = _resolve(items, key, counts, conflicts)
-        (heldout if split_of(key, config.heldout_percent) == "heldout" else train).append(example)
-    train.sort(key=lambda e: e.key)
-    heldout.sort(key=lambda e: e.key)
-
-    labels = sorted({e.target for e in train + heldout}) if config.kind == "classification" else []
-    counts.update(records=len(rows), train=len(train), heldout=len(heldout))
-    content = json.dumps({name: [[e.prompt, e.target] for e in es] for name, es in (("train", train), ("heldout", heldout))})
-    dataset_hash = hashlib.sha256(content.encode()).hexdigest()[:16]
-    path = _write(config.work_dir / "datasets" / dataset_hash, train, heldout, quarantine, conflicts, dict(counts))
-    return CuratedData(kind=config.kind, train=train, heldout=heldout, labels=labels, counts=dict(counts),
-                       quarantine=quarantine, conflicts=conflicts, dataset_hash=dataset_hash, path=path,
-                       last_feedback_id=high_water)
+def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: Path, counts: Counter) -> sqlite3.Connection:
+    """Pass 1: every usable pair with its cluster key into a scratch database; quarantine to a file."""
+    db = sqlite3.connect(scratch / "pairs.sqlite")
+    db.execute("CREATE TABLE pairs (cluster TEXT, id INTEGER, prompt TEXT, target TEXT, segment TEXT, positive INTEGER)")
+    clusterer = Clusterer()
+    with open(scratch / "quarantine.jsonl", "w") as quarantine:
+        for page in store.iter_rows(config.kind, upto_id=high_water):
+            counts["records"] += len(page)
+            usable: list[_Usable] = []
+            for row in page:
+                parsed = _parse(row.id, row.payload, config.kind, counts)
+                if isinstance(parsed, str):
+                    quarantine.write(json.dumps({"feedback_id": row.id, "reason": parsed}) + "\n")
+                    counts["quarantined"] += 1
+                    counts[f"quarantined.{parsed.split(':')[0]}"] += 1
+                elif parsed is not None:
+                    usable.append(parsed)
+            keys = [prompt_key(u.prompt) for u in usable]
+            clusters = clusterer.assign(keys)
+            counts["near_duplicates"] += sum(c != k for c, k in zip(clusters, keys))
+            db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?)",
+                           [(c, u.id, u.prompt, u.target, u.segment, int(u.positive)) for c, u in zip(clusters, usable)])
+    db.commit()
+    return db
 
 
-def _write(path: Path, train: list[Example], heldout: list[Example], quarantine: list[dict], conflicts: list[dict],
-           counts: dict[str, int]) -> Path:
-    """The derived set on disk: the training files plus what was refused and why (ids only, no text)."""
-    path.mkdir(parents=True, exist_ok=True)
-    for name, examples in (("train", train), ("heldout", heldout)):
-        (path / f"{name}.jsonl").write_text("".join(e.model_dump_json() + "\n" for e in examples))
-    (path / "quarantine.jsonl").write_text("".join(json.dumps(q) + "\n" for q in quarantine))
-    (path / "conflicts.json").write_text(json.dumps(conflicts, indent=1))
-    (path / "counts.json").write_text(json.dumps(counts, indent=1, sort_keys=True))
-    return path
+def _clusters(db: sqlite3.Connection) -> Iterator[tuple[str, list[_Usable]]]:
+    """Pass 2: each cluster's pairs in arrival order, clusters in key order (sorted on disk by SQLite)."""
+    rows = db.execute("SELECT cluster, id, prompt, target, segment, positive FROM pairs ORDER BY cluster, id")
+    for key, group in groupby(rows, key=lambda r: r[0]):
+        yield key, [_Usable(r[1], r[2], r[3], r[4], bool(r[5])) for r in group]
 
 
-def quarantine_reasons(data: CuratedData) -> dict[str, int]:
-    return dict(Counter(q["reason"] for q in data.quarantine).most_common())
+def build_dataset(store: FeedbackStore, config: LoopConfig, check: bool = True) -> DatasetRef:
+    """Validate, clean, scrub, dedupe, resolve conflicts and split every record of this kind, streaming.
 
-
-def log_dataset(data: CuratedData, sample_size: int = 25) -> None:
-    """The dataset, its counts and a sample a reviewer can open, on the active MLflow run.
-
-    Everything logged here is built from the scrubbed examples; quarantined records appear by id and
-    reason only, never with their text.
+    ``check`` refuses (DatasetError) data the loop could not train and judge on; without it the
+    splits are written as they fall (a look at curation alone).
     """
-    frame = pd.DataFrame(
-        [{"split": s, "prompt": e.prompt, "target": e.target, "positive": e.positive, "segment": e.segment}
-         for s, es in (("train", data.train), ("heldout", data.heldout)) for e in es]
-    )
-    dataset = mlflow.data.from_pandas(frame, source=str(data.path), name=f"feedback-{data.kind}",
-                                      digest=data.dataset_hash, targets="target")
-    mlflow.log_input(dataset, context="training")
-    mlflow.log_params({"dataset_hash": data.dataset_hash, "n_train": len(data.train), "n_heldout": len(data.heldout),
-                       "last_feedback_id": data.last_feedback_id})
-    mlflow.log_metrics({f"curate.{k}": v for k, v in data.counts.items()})
-    mlflow.log_table(frame.sample(min(len(frame), sample_size), random_state=0), "curate/sample.json")
-    mlflow.log_dict({"counts": data.counts, "quarantine_reasons": quarantine_reasons(data),
-                     "conflicts": data.conflicts[:200], "quarantine": data.quarantine[:1000]}, "curate/summary.json")
+    counts: Counter[str] = Counter()
+    label_counts: dict[str, Counter] = {split: Counter() for split in SPLITS}
+    high_water = store.high_water(config.kind)  # fixed first: records arriving meanwhile wait for the next run
+    root = config.work_dir / "datasets"
+    scratch = root / f".building-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(parents=True)
+    try:
+        db = _spill(store, config, high_water, scratch, counts)
+        outputs = {split: open(scratch / f"{split}.jsonl", "w") for split in SPLITS}
+        with open(scratch / "conflicts.jsonl", "w") as conflicts:
+            for key, items in _clusters(db):
+                example = _resolve(items, key, counts, conflicts)
+                split = split_of(key, config.heldout_percent, config.validation_percent)
+                outputs[split].write(example.model_dump_json() + "\n")
+                counts[split] += 1
+                label_counts[split][example.target] += 1
+        for f in outputs.values():
+            f.close()
+        db.close()
+        (scratch / "pairs.sqlite").unlink()
+        labels = (_check_splits(config, scratch, counts, label_counts) if check
+                  else sorted(set().union(*label_counts.values())) if config.kind == "classification" else [])
+        (scratch / FILES["labels"]).write_text(json.dumps(labels))
+        (scratch / FILES["counts"]).write_text(json.dumps(dict(counts), indent=1, sort_keys=True))
+        dataset_hash = file_digest([scratch / f"{s}.jsonl" for s in SPLITS] + [scratch / FILES["labels"]])
+        ref = DatasetRef(kind=config.kind, dataset_hash=dataset_hash, path=root / dataset_hash, counts=dict(counts),
+                         n_labels=len(labels), last_feedback_id=high_water)
+        (scratch / FILES["manifest"]).write_text(ref.model_dump_json(indent=1))
+        if not (ref.path / FILES["manifest"]).exists():
+            shutil.rmtree(ref.path, ignore_errors=True)
+            scratch.replace(ref.path)
+        else:  # the same examples again: keep the files, refresh what this run saw around them
+            for name in ("quarantine.jsonl", "conflicts.jsonl", FILES["counts"], FILES["manifest"]):
+                (scratch / name).replace(ref.path / name)
+        return ref
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def summary_markdown(data: CuratedData) -> str:
-    lines = [f"# Curated dataset `{data.dataset_hash}` ({data.kind})", "",
-             f"Records up to feedback id {data.last_feedback_id}; files in `{data.path}`.", "",
-             "| count | n |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in sorted(data.counts.items())]
-    if data.quarantine:
+def _check_splits(config: LoopConfig, folder: Path, counts: Counter, label_counts: dict[str, Counter]) -> list[str]:
+    """Refuse data the loop cannot train and judge on, naming the problem and the setting to change;
+    with ``rare_labels=drop``, leave out labels without enough examples (counted) and return the labels."""
+    sizes = {split: counts[split] for split in SPLITS}
+    if min(sizes.values()) == 0:
+        raise DatasetError(
+            f"not enough usable feedback to split: {sum(sizes.values())} distinct prompts gave train {sizes['train']}, "
+            f"validation {sizes['validation']}, held-out {sizes['heldout']}; each split needs at least one example. "
+            f"Collect more feedback, or change TUNELOOP_HELDOUT_PERCENT ({config.heldout_percent}) / "
+            f"TUNELOOP_VALIDATION_PERCENT ({config.validation_percent}).")
+    if config.kind != "classification":
+        return []
+    total = sum((label_counts[s] for s in SPLITS), Counter())
+    once = sorted(label for label, n in total.items() if n < 2)
+    unjudged = sorted(label for label in total if label not in once and not label_counts["heldout"][label])
+    untrained = sorted(label for label in total if label not in once and not label_counts["train"][label])
+    problems = [(once, "seen only once (one example cannot be both learned and evaluated)"),
+                (unjudged, "without any held-out example (the gate could not judge them)"),
+                (untrained, "without any training example")]
+    rare = set(once) | set(unjudged) | set(untrained)
+    detail = "; ".join(f"{len(labels)} label(s) {_names(labels)} {why}" for labels, why in problems if labels)
+    if rare and config.rare_labels == "error":
+        raise DatasetError(f"{detail}. Collect more feedback for them, or set TUNELOOP_RARE_LABELS=keep (train them, "
+                           "listed as not judged) or drop (leave them out of this loop).")
+    if rare:
+        (folder / "rare_labels.json").write_text(json.dumps({"policy": config.rare_labels, "detail": detail, **{
+            key: labels for key, labels in (("once", once), ("no_heldout", unjudged), ("no_train", untrained))}}))
+        _warn(f"{detail}. TUNELOOP_RARE_LABELS={config.rare_labels}: "
+              + ("they are trained but the gate cannot judge them." if config.rare_labels == "keep"
+                 else "they are left out of this loop."))
+    if rare and config.rare_labels == "keep":
+        counts["labels_unjudged"] = len(set(once) | set(unjudged))
+        rare = set()
+    if rare:
+        for split in SPLITS:
+            path, kept = folder / f"{split}.jsonl", 0
+            with open(path) as source, open(path.with_suffix(".kept"), "w") as out:
+                for line in source:
+                    if json.loads(line)["target"] not in rare:
+                        out.write(line)
+                        kept += 1
+            path.with_suffix(".kept").replace(path)
+            counts[split] = kept
+        counts["labels_dropped"] = len(rare)
+    labels = sorted(set(total) - set(rare))
+    counts["labels"] = len(labels)
+    if len(labels) < 2:
+        raise DatasetError(f"a classifier needs at least 2 labels with enough examples; have {_names(labels)}")
+    return labels
+
+
+def _warn(message: str) -> None:
+    """To the Prefect run's log when there is one (the UI shows it), else to the module's logger."""
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:  # noqa: BLE001  outside a Prefect run
+        logging.getLogger(__name__).warning(message)
+
+
+def _names(labels: list[str], shown: int = 8) -> str:
+    return ", ".join(repr(l) for l in labels[:shown]) + (f" and {len(labels) - shown} more" if len(labels) > shown else "")
+
+
+def _sample(ref: DatasetRef, n: int) -> list[dict]:
+    """The first ``n`` examples of each split in key order (keys are hashes of text: an arbitrary, stable sample)."""
+    rows = []
+    for split in SPLITS:
+        with open(ref.path / f"{split}.jsonl") as f:
+            for _, line in zip(range(n), f):
+                e = json.loads(line)
+                rows.append({"split": split, "prompt": e["prompt"], "target": e["target"], "positive": e["positive"],
+                             "segment": e["segment"]})
+    return rows
+
+
+def log_dataset(ref: DatasetRef, sample_size: int = 10) -> DatasetRef:
+    """The dataset's files as artifacts of the active run (so any machine can fetch them), its
+    lineage input, counts and a sample a reviewer can open. Built from scrubbed examples only;
+    quarantined records appear by id and reason, never with their text."""
+    import pandas as pd
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import ColSpec, Schema
+
+    mlflow.log_artifacts(str(ref.path), "dataset")
+    ref = ref.model_copy(update={"artifact_uri": mlflow.get_artifact_uri("dataset")})
+    try:
+        source = resolve_dataset_source(ref.artifact_uri)
+    except Exception:  # noqa: BLE001  a scheme MLflow has no dataset source for: point at the local copy
+        source = resolve_dataset_source(str(ref.path))
+    schema = Schema([ColSpec("string", "prompt"), ColSpec("string", "target"), ColSpec("string", "segment"),
+                     ColSpec("boolean", "positive")])
+    mlflow.log_input(MetaDataset(source, name=f"feedback-{ref.kind}", digest=ref.dataset_hash, schema=schema),
+                     context="training")
+    mlflow.log_params({"dataset_hash": ref.dataset_hash, "last_feedback_id": ref.last_feedback_id,
+                       **{f"n_{split}": n for split, n in ref.sizes.items()}, "n_labels": ref.n_labels})
+    mlflow.log_metrics({f"curate.{k}": v for k, v in ref.counts.items()})
+    mlflow.log_table(pd.DataFrame(_sample(ref, sample_size)), "curate/sample.json")
+    quarantine = [json.loads(line) for line in _lines(ref.path / "quarantine.jsonl")]
+    conflicts = [json.loads(line) for _, line in zip(range(200), _lines(ref.path / "conflicts.jsonl"))]
+    mlflow.log_dict({"counts": ref.counts, "quarantine_reasons": dict(Counter(q["reason"] for q in quarantine).most_common()),
+                     "conflicts": conflicts, "quarantine": quarantine[:1000]}, "curate/summary.json")
+    return ref
+
+
+def summary_markdown(ref: DatasetRef) -> str:
+    lines = [f"# Curated dataset `{ref.dataset_hash}` ({ref.kind})", "",
+             f"Records up to feedback id {ref.last_feedback_id}; files in `{ref.path}`"
+             + (f" and `{ref.artifact_uri}`." if ref.artifact_uri else "."), "", "| count | n |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(ref.counts.items())]
+    quarantine = Counter(json.loads(line)["reason"] for line in _lines(ref.path / "quarantine.jsonl"))
+    if quarantine:
         lines += ["", "## Quarantined (kept in the `quarantine` table)", "", "| reason | n |", "|---|---|"]
-        lines += [f"| {reason} | {n} |" for reason, n in quarantine_reasons(data).items()]
-    if data.conflicts:
-        lines += ["", f"## Conflicts resolved: {len(data.conflicts)}", ""]
+        lines += [f"| {reason} | {n} |" for reason, n in quarantine.most_common(20)]
+    conflicts = [json.loads(line) for _, line in zip(range(10), _lines(ref.path / "conflicts.jsonl"))]
+    if conflicts:
+        lines += ["", f"## Conflicts resolved: {ref.counts.get('conflicts_resolved', 0)}", ""]
         lines += [f"- `{c['key'][:60]}`: {c['rule']} -> {c['winner'][:80]!r} (votes {list(c['votes'].values())})"
-                  for c in data.conflicts[:10]]
+                  for c in conflicts]
+    rare = ref.path / "rare_labels.json"
+    if rare.exists():
+        lines += ["", f"## Rare labels ({json.loads(rare.read_text())['policy']})", "", json.loads(rare.read_text())["detail"]]
     return "\n".join(lines)
 
 
+def _lines(path: Path) -> Iterator[str]:
+    if path.exists():
+        with open(path) as f:
+            yield from f
+
+
 @task(name="curate")
-def curate(config: LoopConfig) -> CuratedData:
+def curate(config: LoopConfig) -> DatasetRef:
     """Build the dataset version, log it, and record which records this run used."""
     store = FeedbackStore(config.feedback_db)
-    data = build_dataset(store, config)
-    if not data.train or not data.heldout:
-        raise ValueError(f"not enough usable feedback to train: {data.counts}")
-    log_dataset(data)
+    ref = log_dataset(build_dataset(store, config))
     run = mlflow.active_run()
-    data.curation_run_id = store.record_curation(config.kind, data.last_feedback_id, data.dataset_hash, data.counts,
-                                                 data.quarantine, run.info.run_id if run else None)
-    create_markdown_artifact(summary_markdown(data), key=f"curate-{data.kind}", description="Curated dataset")
-    return data
+    quarantine = (json.loads(line) for line in _lines(ref.path / "quarantine.jsonl"))
+    ref.curation_run_id = store.record_curation(config.kind, ref.last_feedback_id, ref.dataset_hash, ref.counts,
+                                                quarantine, run.info.run_id if run else None)
+    create_markdown_artifact(summary_markdown(ref), key=f"curate-{ref.kind}", description="Curated dataset")
+    return ref

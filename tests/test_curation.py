@@ -9,13 +9,16 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
+from conftest import all_examples, jsonl, split_examples
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from flows.curate import build_dataset, curate, summary_markdown
+from tuneloop.flows.curate import build_dataset, curate, summary_markdown
 from tuneloop import migrations
 from tuneloop.config import LoopConfig
-from tuneloop.dedupe import normalize, prompt_key, split_of
+from tuneloop.datasets import split_of
+from tuneloop.dedupe import normalize, prompt_key
 from tuneloop.feedback import FeedbackStore
 from tuneloop.feedback_import import import_feedback
 from tuneloop.sample_data import sample_feedback
@@ -67,7 +70,7 @@ def test_planted_personal_data_never_reaches_mlflow_or_training_files(home):
         data = curate(config)
 
     # the curated text carries typed placeholders instead
-    pairs = " ".join(e.prompt + " " + e.target for e in data.train + data.heldout)
+    pairs = " ".join(e.prompt + " " + e.target for e in all_examples(data, config))
     assert {"[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]"} <= {tag for tag in ("[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]") if tag in pairs}
     # every MLflow artifact, the tracking database itself, the dataset files and the markdown summary
     artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="", dst_path=str(home / "dl")))
@@ -87,7 +90,8 @@ def test_planted_personal_data_never_reaches_mlflow_or_training_files(home):
     assert logged.data.metrics["curate.quarantined"] == 6 and logged.data.metrics["curate.quarantined.prompt"] == 4
     summary = json.loads((artifacts / "curate" / "summary.json").read_text())
     assert summary["quarantine_reasons"]["correction: a thumbs-up cannot carry a correction"] == 1
-    assert len(json.loads((artifacts / "curate" / "sample.json").read_text())["data"]) == 25
+    assert len(json.loads((artifacts / "curate" / "sample.json").read_text())["data"]) == sum(min(10, n) for n in data.sizes.values())
+    assert {p.name for p in (artifacts / "dataset").iterdir()} >= {"train.jsonl", "validation.jsonl", "heldout.jsonl"}
 
 
 def test_quarantine_is_kept_countable_and_raw_rows_never_change(home):
@@ -102,7 +106,7 @@ def test_quarantine_is_kept_countable_and_raw_rows_never_change(home):
 
     kept = store.quarantined("generation")
     assert len(kept) == 6 == first.counts["quarantined"]
-    assert {q["reason"] for q in kept} == {q["reason"] for q in first.quarantine}
+    assert {q["reason"] for q in kept} == {q["reason"] for q in jsonl(first.path / "quarantine.jsonl")}
     assert all(q["curation_run_id"] == first.curation_run_id for q in kept)
     last = store.last_curation("generation")
     assert last.high_water_id == store.high_water("generation") and last.dataset_hash == first.dataset_hash
@@ -120,16 +124,17 @@ def test_exact_and_near_duplicates_collapse_and_follow_their_representative(tmp_
     records = [_record(i, p, correction="It ships tomorrow.") for i, p in enumerate(variants)]
     records += [_record(100 + i, p, correction=f"answer {i}") for i, p in enumerate(distinct)]
     store.add_many_raw(records, "generation")
-    data = build_dataset(store, config)
-    examples = data.train + data.heldout
+    data = build_dataset(store, config, check=False)  # four prompt clusters cannot fill three splits
+    by_split = split_examples(data, config)
+    examples = [e for es in by_split.values() for e in es]
     assert len(examples) == 1 + len(distinct)
     orbit = next(e for e in examples if e.target == "It ships tomorrow.")
     assert orbit.prompt == "Where is my Orbit camera?" and len(orbit.source_ids) == len(variants)
     assert data.counts["near_duplicates"] == 2 and data.counts["duplicates_removed"] == len(variants) - 1
     # each near duplicate sits on its representative's side, whatever its own hash says
     assert orbit.key == prompt_key("Where is my Orbit camera?")
-    side = "heldout" if orbit in data.heldout else "train"
-    assert side == split_of(orbit.key, config.heldout_percent)
+    side = next(split for split, es in by_split.items() if orbit in es)
+    assert side == split_of(orbit.key, config.heldout_percent, config.validation_percent)
     assert normalize("a\u200bb\u00a0 c\x07") == "ab c"
 
 
@@ -144,12 +149,12 @@ def test_conflicts_resolved_by_majority_else_most_recent_and_recorded(tmp_path):
         _record(6, "Opening hours?", rating="down", correction=None),  # bare thumbs-down: counted only
         _record(7, "Say hi", rating="up", correction=None, output="Hi!"),  # thumbs-up: a positive example
     ], "generation")
-    data = build_dataset(store, config)
-    by_key = {e.key: e for e in data.train + data.heldout}
+    data = build_dataset(store, config, check=False)  # three prompts cannot fill three splits
+    by_key = {e.key: e for e in all_examples(data, config)}
     assert by_key["how long is the warranty"].target == "37 months"
     assert by_key["opening hours"].target == "7 to 9"
     assert by_key["say hi"].target == "Hi!" and by_key["say hi"].positive
-    rules = {c["key"]: (c["rule"], c["votes"]) for c in data.conflicts}
+    rules = {c["key"]: (c["rule"], c["votes"]) for c in jsonl(data.path / "conflicts.jsonl")}
     assert rules["how long is the warranty"] == ("majority", {"37 months": 2, "12 months": 1})
     assert rules["opening hours"][0] == "most recent"
     assert data.counts["conflicts_resolved"] == 2 and data.counts["outvoted"] == 2
@@ -167,11 +172,11 @@ def test_split_never_moves_a_prompt_as_data_grows(tmp_path):
     for chunk in range(0, len(records), 175):
         store.add_many_raw(records[chunk:chunk + 175], "classification")
         data = build_dataset(store, config)
-        now = {e.key: "heldout" for e in data.heldout} | {e.key: "train" for e in data.train}
+        by_split = split_examples(data, config)
+        now = {e.key: split for split, es in by_split.items() for e in es}
         assert all(now[k] == side for k, side in sides.items()), "a prompt moved across the split"
-        assert not {e.key for e in data.train} & {e.key for e in data.heldout}
         sides = now
-    assert 0.1 < len(data.heldout) / (len(data.train) + len(data.heldout)) < 0.3
+    assert 0.1 < len(by_split["heldout"]) / len(now) < 0.3 and 0.04 < len(by_split["validation"]) / len(now) < 0.17
 
 
 def test_batch_import_validates_reports_rejects_and_is_idempotent(home):
@@ -196,7 +201,7 @@ def test_batch_import_validates_reports_rejects_and_is_idempotent(home):
                         "c-3,u,base,p,o,up,should not be here,\n"
                         "c-4,u,base,p,o\n"
                         "c-5,u,base,p,o,down,x,y,extra\n")
-    result = CliRunner().invoke(__import__("tuneloop.cli", fromlist=["app"]).app,
+    result = CliRunner().invoke(__import__("tuneloop.cli.main", fromlist=["app"]).app,
                                 ["import", str(csv_file), "--kind", "generation", "--home", str(home), "--report", str(home / "rejects.jsonl")])
     assert result.exit_code == 0, result.output
     assert "2 stored" in result.output and "3 rejected" in result.output
@@ -244,7 +249,8 @@ def test_migrations_and_store_on_postgres(postgres_url, tmp_path):
     assert store.add_many_raw(records, "generation") == 0
     config = LoopConfig(kind="generation", home=tmp_path, feedback_url=postgres_url)
     data = build_dataset(store, config)
-    run_id = store.record_curation("generation", data.last_feedback_id, data.dataset_hash, data.counts, data.quarantine)
+    run_id = store.record_curation("generation", data.last_feedback_id, data.dataset_hash, data.counts,
+                                   jsonl(data.path / "quarantine.jsonl"))
     assert store.last_curation("generation").id == run_id and len(store.quarantined("generation")) == 6
     with pytest.raises(Exception, match="immutable"), engine.begin() as conn:
         conn.execute(text("UPDATE feedback SET kind = 'x'"))

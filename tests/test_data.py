@@ -6,7 +6,10 @@ import json
 
 import pytest
 
-from flows.curate import build_dataset, prompt_key, split_of
+from conftest import all_examples, jsonl, split_examples
+from tuneloop.datasets import split_of
+from tuneloop.dedupe import prompt_key
+from tuneloop.flows.curate import build_dataset
 from tuneloop.config import LoopConfig
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.pii import scrub
@@ -44,14 +47,16 @@ def test_curation_quarantines_dedupes_resolves_and_scrubs(tmp_path):
     store = FeedbackStore(config.feedback_db)
     store.add_many_raw(sample_feedback("generation"), "generation")
     data = build_dataset(store, config)
+    quarantine = jsonl(data.path / "quarantine.jsonl")
+    examples = all_examples(data, config)
 
-    reasons = {q["reason"] for q in data.quarantine}
-    assert len(data.quarantine) == 6
+    reasons = {q["reason"] for q in quarantine}
+    assert len(quarantine) == 6
     assert any(r.startswith("prompt:") for r in reasons) and any(r.startswith("rating:") for r in reasons)
     assert any("thumbs-up cannot carry a correction" in r for r in reasons)
-    nimbus = [e for e in data.train + data.heldout if e.prompt == "What is the Nimbus thermostat warranty?"]
+    nimbus = [e for e in examples if e.prompt == "What is the Nimbus thermostat warranty?"]
     assert nimbus and nimbus[0].target == "The Nimbus thermostat has a 37-month warranty."  # majority beat the 12-month one
-    assert len({e.key for e in data.train + data.heldout}) == len(data.train) + len(data.heldout)
+    assert len({e.key for e in examples}) == len(examples)
 
     written = "".join(p.read_text() for p in data.path.glob("*.jsonl"))
     for secret in ("jane.doe@example.com", "4111 1111 1111 1111", "7946 0958", "DE89 3704"):
@@ -67,8 +72,8 @@ def test_split_is_stable_as_data_grows(tmp_path):
     before = build_dataset(store, config)
     store.add_many_raw(records[150:], "classification")
     after = build_dataset(store, config)
-    side_before = {e.key: "heldout" for e in before.heldout} | {e.key: "train" for e in before.train}
-    side_after = {e.key: "heldout" for e in after.heldout} | {e.key: "train" for e in after.train}
+    side_before = {e.key: split for split, es in split_examples(before, config).items() for e in es}
+    side_after = {e.key: split for split, es in split_examples(after, config).items() for e in es}
     assert all(side_after[k] == side for k, side in side_before.items())
     assert len(side_after) > len(side_before)
     assert split_of(prompt_key("Where is my HUB??"), 20) == split_of(prompt_key("where is my hub"), 20)

@@ -10,12 +10,13 @@ what arrived before it: adding data never moves an existing prompt.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import unicodedata
+import zlib
 
 from datasketch import MinHash, MinHashLSH
 from rapidfuzz import fuzz
+
+from tuneloop.text import normalize
 
 NUM_PERM = 64  # MinHash size: enough for a 0.5 Jaccard candidate threshold, cheap to compute
 # LSH candidate threshold on 3-gram sets. Lower finds more one-typo variants of very short prompts
@@ -28,23 +29,15 @@ MIN_SIMILARITY = 95.0  # rapidfuzz ratio (0-100) from which two prompt keys are 
 _PUNCT = re.compile(r"[^\w\s]")
 
 
-def normalize(text: str) -> str:
-    """Unicode NFKC, control and invisible format characters removed, single spaces: what the model sees."""
-    text = unicodedata.normalize("NFKC", text)
-    # zero-width and bidi characters (category Cf) and controls (Cc) hide duplicates and personal data
-    text = "".join(ch if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf") else "" for ch in text)
-    return " ".join(text.split())
-
-
 def prompt_key(prompt: str) -> str:
     """Case-, punctuation- and spacing-blind key: exact duplicates up to those share it."""
     return " ".join(_PUNCT.sub(" ", prompt.casefold()).split())
 
 
-def split_of(key: str, heldout_percent: int) -> str:
-    """Stable by construction: a key's side depends on the key alone, never on what else arrived."""
-    bucket = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 100
-    return "heldout" if bucket < heldout_percent else "train"
+def _hash(shingle: bytes) -> int:
+    """MinHash's hash: CRC-32 in C, deterministic across processes and machines (datasketch's default
+    SHA-1 in Python was a sixth of curation's time)."""
+    return zlib.crc32(shingle)
 
 
 def _shingles(key: str) -> list[bytes]:
@@ -52,22 +45,37 @@ def _shingles(key: str) -> list[bytes]:
     return sorted({padded[i:i + 3].encode() for i in range(max(len(padded) - 2, 1))})
 
 
-def cluster_keys(keys: list[str]) -> dict[str, str]:
-    """Map each distinct key (in arrival order) to its cluster representative, the earliest similar key.
+class Clusterer:
+    """Assigns prompt keys, in arrival order, to their cluster representative (the earliest similar key).
 
     Only representatives are indexed, so a cluster is a star around its first member: no chains
-    that would merge "a" with "c" through "b", and each prompt needs one LSH query and one insert.
+    that would merge "a" with "c" through "b", and each new key needs one LSH query and one insert.
+    Keys arrive in chunks (curation streams the store), and MinHashes are computed per chunk and
+    dropped: what stays is one LSH entry per representative and one map entry per distinct key.
     """
-    ordered = list(dict.fromkeys(keys))
-    hashes = MinHash.bulk([_shingles(k) for k in ordered], num_perm=NUM_PERM)
-    lsh = MinHashLSH(threshold=CANDIDATE_JACCARD, num_perm=NUM_PERM)
-    position = {key: i for i, key in enumerate(ordered)}
-    representative: dict[str, str] = {}
-    for key, minhash in zip(ordered, hashes):
-        similar = [c for c in lsh.query(minhash) if fuzz.ratio(key, c) >= MIN_SIMILARITY]
-        if similar:
-            representative[key] = min(similar, key=position.__getitem__)
-        else:
-            representative[key] = key
-            lsh.insert(key, minhash)
-    return representative
+
+    def __init__(self) -> None:
+        self.lsh = MinHashLSH(threshold=CANDIDATE_JACCARD, num_perm=NUM_PERM)
+        self.representative: dict[str, str] = {}
+        self._order: dict[str, int] = {}  # representatives' arrival order
+
+    def assign(self, keys: list[str]) -> list[str]:
+        """The representative of each key (its own key when it starts a cluster)."""
+        new = [k for k in dict.fromkeys(keys) if k not in self.representative]
+        minhashes = MinHash.bulk([_shingles(k) for k in new], num_perm=NUM_PERM, hashfunc=_hash) if new else []
+        for key, minhash in zip(new, minhashes):
+            similar = [c for c in self.lsh.query(minhash) if fuzz.ratio(key, c) >= MIN_SIMILARITY]
+            if similar:
+                self.representative[key] = min(similar, key=self._order.__getitem__)
+            else:
+                self.representative[key] = key
+                self._order[key] = len(self._order)
+                self.lsh.insert(key, minhash)
+        return [self.representative[k] for k in keys]
+
+
+def cluster_keys(keys: list[str]) -> dict[str, str]:
+    """Map each distinct key (in arrival order) to its cluster representative."""
+    clusterer = Clusterer()
+    clusterer.assign(keys)
+    return dict(clusterer.representative)
