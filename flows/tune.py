@@ -1,55 +1,55 @@
-"""Stage 2, tune: an Optuna search over LoRA adapters, one MLflow child run per trial.
+"""Stage 2, tune: an Optuna search over LoRA adapters, then the winner trained on the whole split.
 
-The study is named after the dataset, the search space and the training settings, so running the
-flow again on the same data continues the same study: completed trials are never rerun, and a trial
-killed mid-way (SIGKILL, a lost spot machine) resumes from its last checkpoint with its original
-hyper-parameters and in its original MLflow run. ``config.tune.n_workers`` trials run at once on a
-Prefect thread task runner; more workers can join from other processes or machines sharing the
-Optuna storage (see ``flows/tune_study.py`` for how claims stay exact).
+The study (``flows/study.py``) is named after the dataset, the base model, the search space and the
+training settings, so running the stage again on the same data continues it: completed trials are
+never rerun, and a killed trial resumes from its checkpoint (``flows/trial.py``). ``n_workers``
+workers claim trials from it, each in its own process (and on its own GPU when there are several);
+more can join from other machines that share the Optuna storage. When a trial's budget
+(``tune.trial_steps``) showed it only part of the train split, the winner's configuration is then
+trained on all of it. Only references cross the Prefect boundary: the dataset's ``DatasetRef`` in,
+the adapter's artifact URI out.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import threading
+import os
 import time
-from pathlib import Path
 
 import mlflow
 import optuna
-import torch
 from optuna.trial import FrozenTrial, TrialState
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from eval_suites.suites import heldout_suite, score
-from flows.curate import CuratedData
-from flows.tune_study import make_pruner, open_study, origin, rung_steps, study_lock, suggest, work
-from flows.tune_tracking import TrialRun, log_search, open_search_run, peak_memory, trial_label
 from tuneloop.config import LoopConfig
-from tuneloop.models import load_base, load_tokenizer, save_labels
+from tuneloop.datasets import DatasetRef
+from tuneloop.flows.search_tracking import log_search, open_search_run
+from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, work
+from tuneloop.flows.trial import run_trial, schedule, train_final
+from tuneloop.flows.trial_gate import feasible
+from tuneloop.models import base_of, resolve_device
 from tuneloop.owners import claim_flow_run
-from tuneloop.training import Pruned, add_adapter, encode, predict, train
 
-_score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
+
+class TuneConfigError(ValueError):
+    """A search setting that cannot work with this dataset; names it and what to set."""
 
 
 class TrialResult(BaseModel):
     number: int
     params: dict[str, int | float | str]
-    score: float
-    adapter_dir: Path
+    score: float  # validation score (the gate's held-out split is never seen by the search)
+    adapter_uri: str  # the adapter in the artifact store
     mlflow_run_id: str
 
 
 class TuneResult(BaseModel):
     study_name: str
-    best: TrialResult
+    best: TrialResult  # the winning trial
+    challenger: TrialResult  # what evaluate judges: the winner trained on the whole split, or the trial itself
     n_complete: int
     n_pruned: int
     search_run_id: str = ""  # the MLflow run holding the search; its trials are its children
@@ -57,156 +57,87 @@ class TuneResult(BaseModel):
     steps_trained: int = 0  # optimiser steps of all trials; a killed attempt's counted up to its last checkpoint
 
 
-def study_name(config: LoopConfig, data: CuratedData) -> str:
-    space = json.dumps([config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES), config.tiny], sort_keys=True)
-    return f"{config.model_name}-{data.dataset_hash}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
+def check_budget(config: LoopConfig, ref: DatasetRef) -> None:
+    """Refuse a trial budget that no longer fits the train split, before any training starts."""
+    tune, n_train = config.tune, ref.sizes["train"]
+    if tune.trial_steps is None or n_train == 0:
+        return
+    seen = tune.trial_steps * tune.batch_size * tune.grad_accum_steps
+    if seen < tune.min_trial_coverage * n_train:
+        needed = -(-int(tune.min_trial_coverage * n_train) // (tune.batch_size * tune.grad_accum_steps))
+        raise TuneConfigError(
+            f"a trial of tune.trial_steps={tune.trial_steps} steps x batch {tune.batch_size * tune.grad_accum_steps} sees "
+            f"{seen:,} of the {n_train:,} training examples ({seen / n_train:.1%}), under tune.min_trial_coverage="
+            f"{tune.min_trial_coverage:.0%}: its ranking would not carry over. Set TUNELOOP_TUNE__TRIAL_STEPS to at least "
+            f"{needed} (or lower TUNELOOP_TUNE__MIN_TRIAL_COVERAGE).")
+    if schedule(config, n_train)[0] < 2 * len(schedule(config, n_train)[1]):
+        raise TuneConfigError(f"tune.trial_steps={tune.trial_steps} leaves too few steps between the pruner's rungs and "
+                              "the evaluations; raise TUNELOOP_TUNE__TRIAL_STEPS or lower TUNELOOP_TUNE__EVALS_PER_TRIAL.")
 
 
-def schedule(config: LoopConfig, n_train: int) -> tuple[int, list[int]]:
-    """Optimiser steps per trial and the steps after which the held-out score is reported: the
-    pruner's rungs (a score reported past a rung wastes the steps between; one reported on it stops
-    a trailing trial as early as the rung allows), and evenly spaced ones for the curves, less those
-    a rung already stands in for."""
-    tune = config.tune
-    total = -(-n_train // tune.batch_size) * tune.epochs
-    rungs, spacing = rung_steps(tune, total), total / tune.evals_per_trial
-    evenly = {max(1, round(spacing * (i + 1))) for i in range(tune.evals_per_trial)}
-    evenly = {s for s in evenly if s == total or all(abs(s - r) > spacing / 2 for r in rungs)}
-    return total, sorted(evenly | set(rungs))
+def _pruner(config: LoopConfig, ref: DatasetRef) -> optuna.pruners.BasePruner:
+    return make_pruner(config.tune, schedule(config, ref.sizes["train"])[0])
 
 
-def heldout_score(config: LoopConfig, model, tokenizer, data: CuratedData) -> float:
-    items = heldout_suite(data.heldout[: config.tune.max_eval_examples])
-    outputs, confidences = predict(config.kind, model, tokenizer, [i.input for i in items], data.labels, config.max_new_tokens)
-    with _score_lock:
-        return score(config.kind, items, outputs, confidences, data.labels)[1]["score"]
-
-
-def run_trial(trial: optuna.Trial, config: LoopConfig, data: CuratedData, search_run_id: str, name: str) -> float:
-    """Train and score one adapter; a retried trial continues its first attempt's checkpoint and run."""
-    tune = config.tune
-    params = suggest(trial, tune, config.kind)
-    key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
-    trial.set_user_attr("trial_key", key)
-    checkpoint_dir = config.work_dir / "checkpoints" / name / f"trial-{key:03d}"
-    model, tokenizer, encoded = _trial_model(config, data, params)
-    total, eval_steps = schedule(config, len(encoded))
-    run = TrialRun.open(search_run_id, name, key, {
-        **params, "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "epochs": tune.epochs, "batch_size": tune.batch_size, "total_steps": total,
-    }, tags={"dataset_hash": data.dataset_hash, "optuna.study": name})
-    trial.set_user_attr("mlflow_run_id", run.run_id)
-    run.client.set_tag(run.run_id, "optuna.trial", str(trial.number))  # the latest attempt's number
-    run.fetch_checkpoint(checkpoint_dir)  # from the artifact store when this machine has none
-
-    scores: dict[int, float] = {}
-    every = tune.checkpoint_every or max(1, total // 4)
-    steps_before = trial.user_attrs.get("steps_trained", 0)  # earlier attempts', counted at their checkpoints
-
-    def on_step(step: int, loss: float) -> None:
-        run.step_loss(step, loss)
-        if step % every == 0:  # train() checkpoints right after: the losses and the count go first
-            run.flush()
-            trial.set_user_attr("steps_trained", steps_before + run.session_steps)
-
-    def on_eval(step: int) -> None:
-        scores[step] = heldout_score(config, model, tokenizer, data)
-        run.flush()
-        run.metrics({"heldout_score": scores[step]}, step)
-        trial.report(scores[step], step)
-        if step < total and trial.should_prune():  # a trial that reached its end is finished, not pruned
-            raise Pruned
-
-    with peak_memory() as memory:
-        result = train(model, encoded, tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
-                       batch_size=tune.batch_size, seed=tune.seed, eval_steps=set(eval_steps), on_eval=on_eval,
-                       on_step=on_step, checkpoint_dir=checkpoint_dir, checkpoint_every=every,
-                       on_checkpoint=run.upload_checkpoint, progress=True)
-        final = None if result.pruned else scores.get(total)
-        if final is None and not result.pruned:
-            final = heldout_score(config, model, tokenizer, data)
-    trial.set_user_attr("steps_trained", steps_before + result.steps_run)
-    run.metrics({
-        "resumed_from_step": result.resumed_from_step,
-        "steps_trained": result.steps_run,
-        "wall_seconds": result.seconds,
-        "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
-        "peak_rss_mb": memory["peak_rss_mb"],
-        **({"peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20} if torch.cuda.is_available() else {}),
-    }, step=result.resumed_from_step)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    run.drop_checkpoint()
-    if result.pruned:
-        run.finish("PRUNED", f"{trial_label(key, params)} pruned@{result.resumed_from_step + result.steps_run}")
-        raise optuna.TrialPruned()
-    adapter_dir = config.work_dir / "adapters" / name / f"trial-{key:03d}"
-    model.save_pretrained(adapter_dir)
-    if data.labels:
-        save_labels(adapter_dir, data.labels)
-    trial.set_user_attr("adapter_dir", str(adapter_dir))
-    run.metrics({"final_heldout_score": final}, step=total)
-    run.finish("COMPLETE", f"{trial_label(key, params)} -> {final:.3f}")
-    return final
-
-
-def _trial_model(config: LoopConfig, data: CuratedData, params: dict):
-    """The base model with a fresh adapter for ``params``, its tokenizer, and the encoded training set."""
-    tokenizer = load_tokenizer(config.kind)
-    base = load_base(config.kind, config.tiny, data.labels or None)
-    model = add_adapter(base, config.kind, params["rank"], config.tune.seed, alpha=params["alpha_ratio"] * params["rank"],
-                        dropout=params["dropout"], target_modules=params["target_modules"])
-    pairs = [(e.prompt, e.target) for e in data.train]
-    return model, tokenizer, encode(config.kind, tokenizer, pairs, data.labels, config.tune.max_length)
-
-
-def prepare(config: LoopConfig, data: CuratedData) -> str:
-    """Create (or load) the study and queue the known-good first trial; returns the study's name."""
-    name = study_name(config, data)
+def open_search(config: LoopConfig, ref: DatasetRef, loop_run_id: str) -> tuple[str, str]:
+    """Create or continue the study (with the known-good first trial queued) and its MLflow search run."""
+    base = base_of(config)
+    name = study_name(config, ref, base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    open_study(config.optuna_db, name, config.tune, _pruner(config, data), config.tune.first_trial)
-    return name
+    open_study(config.optuna_db, name, config.tune, _pruner(config, ref), config.tune.first_trial)
+    space = {"kind": config.kind, **base.tags(), "system_prompt": config.system_prompt,
+             **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES)}
+    with study_lock(config.optuna_db, name):  # workers starting together still make one search run
+        return name, open_search_run(loop_run_id, name, space)
 
 
-def _pruner(config: LoopConfig, data: CuratedData) -> optuna.pruners.BasePruner:
-    total, _ = schedule(config, len(data.train))
-    return make_pruner(config.tune, total)
-
-
-def search_worker(config: LoopConfig, data: CuratedData, search_run_id: str, name: str, deadline: float | None) -> int:
+def search_worker(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, deadline: float | None,
+                  index: int = 0) -> int:
     """One worker: claims and runs trials until the study is done; returns how many it ran."""
-    study, storage = open_study(config.optuna_db, name, config.tune, _pruner(config, data))
-    return work(study, storage, lambda t: run_trial(t, config, data, search_run_id, name), config.tune, deadline)
+    import torch
+
+    if config.tune.n_workers > 1:  # workers split the cores between them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.tune.n_workers))
+    device = resolve_device(config.device, index)  # one GPU per worker when there are several
+    study, storage = open_study(config.optuna_db, name, config.tune, _pruner(config, ref))
+    return work(study, storage, lambda t: run_trial(t, config, ref, search_run_id, name, device), config.tune, deadline)
 
 
 tune_worker = task(name="tune-worker", cache_policy=NO_CACHE)(search_worker)
 
 
-def open_search(config: LoopConfig, data: CuratedData, loop_run_id: str) -> tuple[str, str]:
-    """Create or continue the study and its MLflow search run (a child of the loop run); their name and id."""
-    name = prepare(config, data)
-    space = {"kind": config.kind, "tiny": config.tiny, **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES)}
-    with study_lock(config.optuna_db, name):  # workers starting together still make one search run
-        return name, open_search_run(loop_run_id, name, space)
-
-
-def summarise(config: LoopConfig, data: CuratedData, search_run_id: str, name: str, loop_run_id: str | None = None) -> TuneResult:
-    """The study's best trial, tagged and plotted on the search run, and named on the loop run."""
-    study, _ = open_study(config.optuna_db, name, config.tune, _pruner(config, data))
-    trials = study.get_trials(deepcopy=False)
+def _summary(study: optuna.Study) -> tuple[dict[int, FrozenTrial], list[FrozenTrial]]:
     final: dict[int, FrozenTrial] = {}
-    for t in sorted(trials, key=lambda t: t.number):  # the last attempt of each trial speaks for it
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):  # a trial's last attempt speaks for it
         final[origin(t)] = t
-    complete = [t for t in final.values() if t.state == TrialState.COMPLETE]
+    return final, [t for t in final.values() if t.state == TrialState.COMPLETE]
+
+
+def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
+              loop_run_id: str | None = None) -> TuneResult:
+    """The study's best trial (then trained on the whole split if it saw part of it), tagged and
+    plotted on the search run, and named on the loop run."""
+    study, _ = open_study(config.optuna_db, name, config.tune, _pruner(config, ref))
+    final, complete = _summary(study)
     if not complete:
         raise RuntimeError(f"study {name}: every trial was pruned or failed; nothing to evaluate")
-    best = max(complete, key=lambda t: t.value)
+    within = [t for t in complete if feasible(t)]  # the best trial within the gate's tolerances, when there is one
+    best = max(within or complete, key=lambda t: t.value)
+    winner = TrialResult(number=origin(best), params=best.params, score=best.value,
+                         adapter_uri=best.user_attrs["adapter_uri"], mlflow_run_id=best.user_attrs["mlflow_run_id"])
+    challenger = winner
+    if config.tune.trial_steps and schedule(config, ref.sizes["train"])[0] < schedule(config, ref.sizes["train"], full=True)[0]:
+        uri, score, run_id = train_final(config, ref, best.params, search_run_id, name, origin(best))
+        challenger = winner.model_copy(update={"adapter_uri": uri, "score": score, "mlflow_run_id": run_id})
     run_ids = {key: t.user_attrs["mlflow_run_id"] for key, t in final.items() if "mlflow_run_id" in t.user_attrs}
     client = mlflow.MlflowClient()
     for run_id in dict.fromkeys(r for r in (search_run_id, loop_run_id) if r):
         client.set_tag(run_id, "best_trial", str(origin(best)))
-        client.set_tag(run_id, "best_trial_run_id", best.user_attrs["mlflow_run_id"])
+        client.set_tag(run_id, "best_trial_run_id", winner.mlflow_run_id)
+        client.set_tag(run_id, "challenger_run_id", challenger.mlflow_run_id)
         client.set_tag(run_id, "study_name", name)
-        client.log_metric(run_id, "best_trial_heldout_score", best.value)
+        client.log_metric(run_id, "best_trial_validation_score", best.value)
+        client.set_tag(run_id, "best_trial_within_gate_tolerances", str(feasible(best)).lower())
     for k, v in best.params.items():  # tags on the search run: a continued search may find a new best
         client.set_tag(search_run_id, f"best.{k}", str(v))
     if loop_run_id:
@@ -215,30 +146,32 @@ def summarise(config: LoopConfig, data: CuratedData, search_run_id: str, name: s
     log_search(search_run_id, study, origin(best), final, run_ids)
     client.set_terminated(search_run_id, "FINISHED")
     return TuneResult(
-        study_name=name, search_run_id=search_run_id,
-        best=TrialResult(number=origin(best), params=best.params, score=best.value,
-                         adapter_dir=Path(best.user_attrs["adapter_dir"]), mlflow_run_id=best.user_attrs["mlflow_run_id"]),
+        study_name=name, search_run_id=search_run_id, best=winner, challenger=challenger,
         n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in final.values()),
-        n_failed=sum(t.state == TrialState.FAIL for t in trials),
+        n_failed=sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False)),
         steps_trained=sum(t.user_attrs.get("steps_trained", 0) for t in final.values()),
     )
 
 
 @flow(name="tune")
-def tune_flow(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:
-    """Create or continue the study, run ``n_workers`` workers on the flow's task runner, summarise."""
+def tune_flow(config: LoopConfig, ref: DatasetRef, parent_run_id: str) -> TuneResult:
+    """Create or continue the study, run ``n_workers`` workers, summarise."""
     claim_flow_run()  # a killed earlier attempt's flow run shows as Crashed, not Running forever
-    name, search_run_id = open_search(config, data, parent_run_id)
+    check_budget(config, ref)
+    name, search_run_id = open_search(config, ref, parent_run_id)
     deadline = time.time() + config.tune.timeout_s if config.tune.timeout_s else None
-    futures = [tune_worker.submit(config, data, search_run_id, name, deadline) for _ in range(config.tune.n_workers)]
-    wait(futures)
-    for future in futures:
-        future.result()  # the first worker error, if any, fails the flow
-    return summarise(config, data, search_run_id, name, parent_run_id)
+    if config.tune.n_workers == 1:  # no pool to start: the worker runs right here
+        search_worker(config, ref, search_run_id, name, deadline)
+    else:
+        futures = [tune_worker.submit(config, ref, search_run_id, name, deadline, i) for i in range(config.tune.n_workers)]
+        wait(futures)
+        for future in futures:
+            future.result()  # the first worker error, if any, fails the flow
+    return summarise(config, ref, search_run_id, name, parent_run_id)
 
 
-def tune(config: LoopConfig, data: CuratedData, parent_run_id: str) -> TuneResult:
-    """Stage 2 as a Prefect (sub)flow whose thread pool runs ``config.tune.n_workers`` trials at once."""
-    runner = ThreadPoolTaskRunner(max_workers=config.tune.n_workers)
-    return tune_flow.with_options(task_runner=runner)(config, data, parent_run_id)
+def tune(config: LoopConfig, ref: DatasetRef, parent_run_id: str) -> TuneResult:
+    """Stage 2 as a Prefect (sub)flow; several workers run in a process pool (isolated random state, a GPU each)."""
+    runner = ProcessPoolTaskRunner(max_workers=config.tune.n_workers) if config.tune.n_workers > 1 else ThreadPoolTaskRunner(1)
+    return tune_flow.with_options(task_runner=runner)(config, ref, parent_run_id)

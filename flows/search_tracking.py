@@ -1,7 +1,8 @@
 """MLflow for the tune stage: one run per search (the study), nested under the loop run that
 started it, with one child run per trial; both are reopened when a killed search resumes, so a
-search is one parent and its trials however many processes it took. Checkpoints go to the artifact
-store; the search's plots and best-trial tags go on the search run.
+search is one parent and its trials however many processes it took. Checkpoints and finished
+adapters go to the artifact store (any machine can resume a trial or evaluate its adapter); the
+search's plots and best-trial tags go on the search run.
 
 Everything goes through ``MlflowClient`` with explicit run ids rather than the fluent API's
 thread-local active run: trials run on Prefect worker threads, several at once.
@@ -60,9 +61,9 @@ def open_search_run(loop_run_id: str, study: str, space: dict) -> str:
     return run_id
 
 
-def trial_label(key: int, params: dict) -> str:
-    """A run name that says what the trial is: its number and its hyper-parameters."""
-    return (f"trial-{key:03d} r={params['rank']} lr={params['lr']:.1e} alpha={params['alpha_ratio']:g}r "
+def trial_label(key: int | str, params: dict) -> str:
+    """A run name that says what the trial is: its number (or "final") and its hyper-parameters."""
+    return (f"{key if isinstance(key, str) else f'trial-{key:03d}'} r={params['rank']} lr={params['lr']:.1e} alpha={params['alpha_ratio']:g}r "
             f"drop={params['dropout']:g} {params['target_modules']}")
 
 
@@ -78,8 +79,9 @@ class TrialRun:
         self.session_steps = 0  # steps trained by this process
 
     @classmethod
-    def open(cls, parent_run_id: str, study: str, key: int, params: dict, tags: dict[str, str]) -> "TrialRun":
-        """The trial's run: the existing one for (study, key) when resuming, else a new child of the parent."""
+    def open(cls, parent_run_id: str, study: str, key: int | str, params: dict, tags: dict[str, str]) -> "TrialRun":
+        """The trial's run: the existing one for (study, key) when resuming, else a new child of the parent
+        (``key`` is the trial's first attempt's number, or "final" for the winner's training on the full split)."""
         client = mlflow.MlflowClient()
         parent = client.get_run(parent_run_id)
         experiment_id = parent.info.experiment_id
@@ -143,11 +145,31 @@ class TrialRun:
         except (MlflowException, OSError, NotImplementedError) as err:
             log.info("checkpoint of run %s kept: %s", self.run_id, err)
 
+    def upload_adapter(self, adapter_dir: Path) -> str:
+        """The finished adapter into the artifact store; its URI, for evaluate and register on any machine."""
+        self.client.log_artifacts(self.run_id, str(adapter_dir), "adapter")
+        return f"runs:/{self.run_id}/adapter"
+
     def finish(self, state: str, label: str) -> None:
         self.flush()
         self.client.set_tag(self.run_id, "optuna.state", state)
         self.client.set_tag(self.run_id, MLFLOW_RUN_NAME, label)
         self.client.set_terminated(self.run_id, "FINISHED")
+
+
+def fetch_adapter(uri: str, cache: Path) -> Path:
+    """A logged adapter (``runs:/<id>/adapter``) as a local folder, downloaded once into ``cache``."""
+    target = cache / uri.removeprefix("runs:/").replace("/", "-")
+    if (target / "adapter_config.json").exists():
+        return target
+    staging = target.with_name(target.name + ".download")
+    shutil.rmtree(staging, ignore_errors=True)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging)))
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    local.replace(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def current_rss_mb() -> float:
@@ -160,19 +182,24 @@ def current_rss_mb() -> float:
 
 
 @contextmanager
-def peak_memory() -> Iterator[dict[str, float]]:
-    """Peak resident memory (MB) of this process while the block runs, sampled every 50 ms.
+def peak_memory(device=None) -> Iterator[dict[str, float]]:
+    """Peak resident memory (MB) of this process while the block runs, sampled every 50 ms, and the
+    peak GPU memory allocated on ``device`` when it is a CUDA device.
 
     ``ru_maxrss`` alone cannot say: it is the process's all-time peak, so the second trial of a
     process would inherit the first one's.
     """
+    import torch
+
     out = {"peak_rss_mb": 0.0}
+    cuda = device is not None and getattr(device, "type", "") == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     stop = threading.Event()
-    rss_mb = current_rss_mb
 
     def sample() -> None:
         while True:
-            out["peak_rss_mb"] = max(out["peak_rss_mb"], rss_mb())
+            out["peak_rss_mb"] = max(out["peak_rss_mb"], current_rss_mb())
             if stop.wait(0.05):
                 return
 
@@ -183,7 +210,9 @@ def peak_memory() -> Iterator[dict[str, float]]:
     finally:
         stop.set()
         thread.join()
-        out["peak_rss_mb"] = max(out["peak_rss_mb"], rss_mb())
+        out["peak_rss_mb"] = max(out["peak_rss_mb"], current_rss_mb())
+        if cuda:
+            out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def log_search(search_run_id: str, study: optuna.Study, best_key: int, final: dict[int, FrozenTrial],

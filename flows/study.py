@@ -1,4 +1,4 @@
-"""The shared Optuna study behind the tune stage: storage, sampler, pruner and a safe worker loop.
+"""The study behind the tune stage: its name, storage, sampler, pruner, and the claims of a safe worker loop.
 
 Every worker (a thread of one flow run, another process, another machine) runs ``work``: Optuna's
 ask-and-tell loop with what ``study.optimize`` lacks for a search that must survive kills and
@@ -27,6 +27,8 @@ slow one, and RDB storage already covers one machine and many.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 import time
@@ -39,10 +41,11 @@ import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from tuneloop.config import Kind, TuneConfig
+from tuneloop.config import Kind, LoopConfig, TuneConfig
+from tuneloop.datasets import DatasetRef
 from tuneloop.locks import database_lock
+from tuneloop.models import DEFAULT_TARGETS, BaseModelInfo
 from tuneloop.owners import owner_dead, owner_id
-from tuneloop.training import DEFAULT_TARGETS
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,14 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 OWNER_ATTR = "tuneloop.owner"
 
 
+def study_name(config: LoopConfig, ref: DatasetRef, base: BaseModelInfo) -> str:
+    """The study's identity: the dataset, the base model, and the space and training settings (not the
+    budget or the execution fields), so a rerun or a larger budget continues the same study."""
+    space = json.dumps([config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES), base.id, config.system_prompt,
+                        config.prompt_template if config.kind == "generation" else None], sort_keys=True)
+    return f"{config.model_name}-{ref.dataset_hash}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
+
+
 def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind) -> dict:
     """The trial's hyper-parameters; a retried trial gets back the ones it had."""
     return {
@@ -61,6 +72,7 @@ def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind) -> dict:
         "alpha_ratio": float(trial.suggest_categorical("alpha_ratio", tune.alpha_ratios)),
         "dropout": float(trial.suggest_categorical("dropout", tune.dropouts)),
         "target_modules": trial.suggest_categorical("target_modules", tune.target_modules or [DEFAULT_TARGETS[kind]]),
+        "replay_ratio": float(trial.suggest_categorical("replay_ratio", tune.replay_ratios)) if kind == "generation" else 0.0,
     }
 
 
@@ -113,7 +125,7 @@ def make_sampler(tune: TuneConfig, trial_number: int) -> optuna.samplers.TPESamp
     per trial samples exactly as a long-lived one would."""
     # constant liar: parallel workers do not all sample next to the same running trial
     return optuna.samplers.TPESampler(seed=tune.seed * 100_003 + trial_number, n_startup_trials=tune.startup_trials,
-                                      constant_liar=True)
+                                      constant_liar=True)  # constraints: each trial's own (Trial.set_constraint)
 
 
 def open_study(url: str, name: str, tune: TuneConfig, pruner: optuna.pruners.BasePruner,

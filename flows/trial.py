@@ -1,0 +1,221 @@
+"""One trial of the search, top to bottom: build the adapter, train it within its budget, report
+validation scores to the pruner, checkpoint, and leave the finished adapter in the artifact store.
+
+A trial killed mid-way (SIGKILL, a lost spot machine) is retried by whichever worker claims it next,
+on this machine or another: it reopens its MLflow run, fetches its last checkpoint from the artifact
+store when the machine has none, and continues from that step with its original parameters.
+``train_final`` is the same for the winner's configuration on the whole train split, when the
+trials saw only part of it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from tuneloop.adapters import write_meta
+from tuneloop.config import LoopConfig
+from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
+from tuneloop.eval_suites.suites import heldout_suite, score
+from tuneloop.flows.replay import replay_pairs
+from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
+from tuneloop.flows.study import origin, rung_steps, suggest
+from tuneloop.flows.trial_gate import constraints, gate_drops
+from tuneloop.models import (BaseModelInfo, base_of, load_base, load_tokenizer, lora_targets, resolve_device,
+                             resolve_dtype, save_labels)
+from tuneloop.training import Pruned, Prompting, add_adapter, encode, predict, schedule_length, train
+
+_score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
+
+
+@dataclass
+class TrialData:
+    """What every trial of one search needs, loaded once per process."""
+
+    base: BaseModelInfo
+    tokenizer: object
+    encoded: list[dict]
+    validation: list[Example]
+    labels: list[str]
+    prompting: Prompting
+
+
+_loaded: dict[tuple, TrialData] = {}
+
+
+def prompting_of(config: LoopConfig) -> Prompting:
+    return Prompting(config.system_prompt, config.prompt_template)
+
+
+def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -> TrialData:
+    """The encoded train split with its rehearsal pairs, and the validation sample (cached per
+    process: trials reuse them)."""
+    base, prompting = base_of(config), prompting_of(config)
+    key = (ref.dataset_hash, base.id, config.tune.max_length, prompting, config.tune.validation_examples, replay_ratio)
+    if key not in _loaded:
+        tokenizer = load_tokenizer(base)
+        labels = load_labels(ref, config.work_dir)
+        pairs = [(e.prompt, e.target) for e in load_examples(ref, "train", config.work_dir)]
+        pairs += replay_pairs(config, base, prompting, round(replay_ratio * len(pairs)))
+        _loaded.clear()  # one dataset at a time per process
+        _loaded[key] = TrialData(base, tokenizer, encode(config.kind, tokenizer, pairs, labels, config.tune.max_length, prompting),
+                                 load_examples(ref, "validation", config.work_dir, limit=config.tune.validation_examples),
+                                 labels, prompting)
+    return _loaded[key]
+
+
+def schedule(config: LoopConfig, n_train: int, full: bool = False, n_pairs: int | None = None) -> tuple[int, list[int]]:
+    """Optimiser steps of a trial over its ``n_pairs`` training pairs (the split plus its rehearsal
+    pairs; its budget, or ``full``: the final training's) and the steps after which its validation
+    score is reported: the pruner's rungs, placed on the split alone's schedule so that every trial,
+    whatever its replay ratio, reports on the same steps (a trailing trial stops exactly there), and
+    evenly spaced ones for the curves, less those a rung already stands in for."""
+    tune = config.tune
+    budget = None if full else tune.trial_steps
+    total = schedule_length(n_pairs or n_train, tune.batch_size, tune.epochs, budget, tune.grad_accum_steps)
+    nominal = schedule_length(n_train, tune.batch_size, tune.epochs, budget, tune.grad_accum_steps)
+    rungs, spacing = ([] if full else rung_steps(tune, nominal)), total / tune.evals_per_trial
+    evenly = {max(1, round(spacing * (i + 1))) for i in range(tune.evals_per_trial)}
+    evenly = {s for s in evenly if s == total or all(abs(s - r) > spacing / 2 for r in rungs)}
+    return total, sorted(evenly | set(rungs))
+
+
+def validation_score(config: LoopConfig, model, data: TrialData) -> float:
+    """The trial's score on its fixed validation sample (the gate's held-out split stays unseen)."""
+    items = heldout_suite(data.validation)
+    outputs, confidences = predict(config.kind, model, data.tokenizer, [i.input for i in items], data.labels,
+                                   config.max_new_tokens, data.prompting)
+    with _score_lock:
+        return score(config.kind, items, outputs, confidences, data.labels)[1]["score"]
+
+
+def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch.device):
+    """The base on ``device`` with a fresh adapter for ``params``."""
+    dtype = resolve_dtype(config.precision, device)
+    base = load_base(data.base, config.kind, data.labels or None, device=device, dtype=dtype,
+                     quantization=config.quantization)
+    if config.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.tune.gradient_checkpointing)
+    elif config.tune.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.enable_input_require_grads()
+    model = add_adapter(base, config.kind, params["rank"], config.tune.seed,
+                        targets=lora_targets(base, params["target_modules"]), alpha=params["alpha_ratio"] * params["rank"],
+                        dropout=params["dropout"])
+    return model
+
+
+def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: TrialRun, checkpoint_dir: Path,
+                    device: torch.device, full: bool, trial: optuna.Trial | None = None) -> float | None:
+    """Train one configuration with checkpoints, reporting validation scores (to ``trial``'s pruner
+    when there is one); the final score, or None when pruned. Logs its figures on ``run``."""
+    tune = config.tune
+    data = trial_data(config, ref, params.get("replay_ratio", 0.0))
+    model = build_model(config, data, params, device)
+    total, eval_steps = schedule(config, ref.sizes["train"], full, n_pairs=len(data.encoded))
+    run.metrics({"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                 "total_steps": total, "train_examples": len(data.encoded)})
+    run.fetch_checkpoint(checkpoint_dir)  # from the artifact store when this machine has none
+    scores: dict[int, float] = {}
+    every = tune.checkpoint_every or max(1, total // 4)
+    steps_before = trial.user_attrs.get("steps_trained", 0) if trial else 0  # earlier attempts', at their checkpoints
+
+    def on_step(step: int, loss: float) -> None:
+        run.step_loss(step, loss)
+        if step % every == 0:  # train() checkpoints right after: the losses and the count go first
+            run.flush()
+            if trial:
+                trial.set_user_attr("steps_trained", steps_before + run.session_steps)
+
+    def on_eval(step: int) -> None:
+        scores[step] = validation_score(config, model, data)
+        run.flush()
+        run.metrics({"validation_score": scores[step]}, step)
+        if trial:
+            trial.report(scores[step], step)
+            if step < total and trial.should_prune():  # a trial that reached its end is finished, not pruned
+                raise Pruned
+
+    with peak_memory(device) as memory:
+        result = train(model, data.encoded, data.tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
+                       batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
+                       grad_accum=tune.grad_accum_steps, head_lr=tune.head_lr, length_grouping=tune.length_grouping,
+                       eval_steps=set(eval_steps), on_eval=on_eval, on_step=on_step, checkpoint_dir=checkpoint_dir,
+                       checkpoint_every=every, on_checkpoint=run.upload_checkpoint, progress=True)
+        final = None if result.pruned else scores.get(total)
+        if final is None and not result.pruned:
+            final = validation_score(config, model, data)
+    if trial:
+        trial.set_user_attr("steps_trained", steps_before + result.steps_run)
+    run.metrics({
+        "resumed_from_step": result.resumed_from_step,
+        "steps_trained": result.steps_run,
+        "examples_seen": result.examples,
+        "wall_seconds": result.seconds,
+        "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
+        "padding_share": 1 - result.tokens / result.padded_tokens if result.padded_tokens else 0.0,
+        **memory,
+    }, step=result.resumed_from_step)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    run.drop_checkpoint()
+    if final is None:
+        return None
+    if trial is not None and tune.gate_sample:  # what the gate will check, so the search can keep within it
+        drops = gate_drops(config, ref, model, data)
+        for key, value in constraints(config, drops).items():
+            trial.set_constraint(key, value)
+        run.metrics(drops, step=total)
+    adapter_dir = checkpoint_dir.with_name(checkpoint_dir.name + "-adapter")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    model.save_pretrained(adapter_dir)
+    write_meta(adapter_dir, config, data.base)  # the base and prompting it needs, wherever it is loaded
+    if data.labels:
+        save_labels(adapter_dir, data.labels)
+    run.metrics({"final_validation_score": final}, step=total)
+    return final
+
+
+def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
+              device: torch.device) -> float:
+    """The Optuna objective: one trial, resumed from its checkpoint and MLflow run when retried."""
+    params = suggest(trial, config.tune, config.kind)
+    key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
+    trial.set_user_attr("trial_key", key)
+    run = TrialRun.open(search_run_id, name, key, {**params, "epochs": config.tune.epochs, "batch_size": config.tune.batch_size,
+                                                   "trial_steps": config.tune.trial_steps},
+                        tags={"dataset_hash": ref.dataset_hash, "optuna.study": name, "device": str(device)})
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    run.client.set_tag(run.run_id, "optuna.trial", str(trial.number))  # the latest attempt's number
+    checkpoint_dir = config.work_dir / "checkpoints" / name / f"trial-{key:03d}"
+    final = train_candidate(config, ref, params, run, checkpoint_dir, device, full=False, trial=trial)
+    if final is None:
+        run.finish("PRUNED", f"{trial_label(key, params)} pruned@{trial.user_attrs.get('steps_trained', 0)}")
+        raise optuna.TrialPruned()
+    trial.set_user_attr("adapter_uri", run.upload_adapter(checkpoint_dir.with_name(checkpoint_dir.name + "-adapter")))
+    run.finish("COMPLETE", f"{trial_label(key, params)} -> {final:.3f}")
+    return final
+
+
+def train_final(config: LoopConfig, ref: DatasetRef, params: dict, search_run_id: str, name: str,
+                winner: int) -> tuple[str, float, str]:
+    """The winning trial's configuration trained on the whole train split for ``epochs`` (trials saw
+    part of it); resumable like a trial. Its adapter URI, validation score and MLflow run id."""
+    key = f"final-{winner:03d}"
+    run = TrialRun.open(search_run_id, name, key, {**params, "epochs": config.tune.epochs,
+                                                       "batch_size": config.tune.batch_size},
+                        tags={"dataset_hash": ref.dataset_hash, "optuna.study": name})
+    existing = run.client.get_run(run.run_id)
+    if existing.data.tags.get("optuna.state") == "COMPLETE":  # a rerun after it finished: nothing to retrain
+        return f"runs:/{run.run_id}/adapter", existing.data.metrics["final_validation_score"], run.run_id
+    checkpoint_dir = config.work_dir / "checkpoints" / name / key
+    final = train_candidate(config, ref, params, run, checkpoint_dir, resolve_device(config.device), full=True)
+    uri = run.upload_adapter(checkpoint_dir.with_name(key + "-adapter"))
+    run.finish("COMPLETE", f"{trial_label(key, params)} -> {final:.3f}")
+    return uri, final, run.run_id
