@@ -1,5 +1,9 @@
-"""The adapters a service routes to: one base model in memory, champion and challenger as named
+"""The adapters a service routes to: each base model once in memory, champion and challenger as named
 LoRA adapters on it, chosen per request within one batch, and swapped in when the registry's aliases move.
+
+Versions are grouped by the base they were trained on (its content hash) and, for classification,
+their label set (the head's size): adapters of two different bases are never mixed in one model.
+On a GPU the bank runs there, in the configured precision (bf16 by default).
 """
 
 from __future__ import annotations
@@ -7,16 +11,21 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import nullcontext
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from peft import PeftModel
 
+from tuneloop.adapters import AdapterMeta, read_meta
+from tuneloop.calibration import Calibration
 from tuneloop.config import LoopConfig
-from tuneloop.models import load_base, load_tokenizer, read_labels
+from tuneloop.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
 from tuneloop.registry import adapter_path, aliases
-from tuneloop.training import predict
+from tuneloop.training import Prompting, predict
+
+CALIBRATION_FILE = "calibration.json"  # written beside the adapter by the evaluate stage
 
 log = logging.getLogger("tuneloop.serving")
 ROUTED_ALIASES = ("champion", "challenger")
@@ -24,35 +33,48 @@ ROUTED_ALIASES = ("champion", "challenger")
 
 @dataclass
 class _Bank:
-    """A base model and the adapters on it. Classification keeps one per label set (the head's size)."""
+    """A base model and the adapters on it."""
 
+    base_sha256: str
     labels: tuple[str, ...]
     model: object  # the base, or a PeftModel once an adapter is on it
+    tokenizer: object
+    prompting: dict[str, Prompting]  # adapter name ("__base__" for none) -> how its prompts are formatted
+    calibration: dict[str, Calibration] = field(default_factory=dict)  # adapter name -> its out-of-scope threshold
 
 
 class AdapterBank:
-    def __init__(self, config: LoopConfig):
+    def __init__(self, config: LoopConfig, device_index: int = 0):
         self.config = config
-        self.tokenizer = load_tokenizer(config.kind)
+        self.device = resolve_device(config.device, device_index)  # a service worker per GPU: its own device
+        self.dtype = resolve_dtype(config.precision, self.device)
         self.lock = threading.RLock()  # one forward at a time; adapter switches must not interleave
-        self.banks: dict[tuple[str, ...], _Bank] = {}
+        self.banks: dict[tuple[str, tuple[str, ...]], _Bank] = {}
         self.served: dict[str, str] = {}  # alias -> version
         self.ready = False
 
-    def _bank_for(self, labels: tuple[str, ...]) -> _Bank:
-        if labels not in self.banks:
-            self.banks[labels] = _Bank(labels, load_base(self.config.kind, self.config.tiny, list(labels) or None))
-        return self.banks[labels]
+    def _bank_for(self, meta: AdapterMeta | None, labels: tuple[str, ...]) -> _Bank:
+        info = meta.base() if meta else base_of(self.config)
+        key = (info.sha256, labels)
+        if key not in self.banks:
+            model = load_base(info, self.config.kind, list(labels) or None, device=self.device, dtype=self.dtype)
+            own = meta.prompting if meta else Prompting(self.config.system_prompt, self.config.prompt_template)
+            self.banks[key] = _Bank(info.sha256, labels, model, load_tokenizer(info), {"__base__": own})
+        return self.banks[key]
 
     def _load(self, version: str) -> None:
         path = adapter_path(self.config.model_name, version, self.config.home.resolve() / "adapters")
-        bank = self._bank_for(tuple(read_labels(path) or ()))
+        meta = read_meta(path)
+        bank = self._bank_for(meta, tuple(read_labels(path) or ()))
         name = f"v{version}"
         if isinstance(bank.model, PeftModel):
             if name not in bank.model.peft_config:
                 bank.model.load_adapter(str(path), adapter_name=name)
         else:
             bank.model = PeftModel.from_pretrained(bank.model, str(path), adapter_name=name)
+        bank.prompting[name] = meta.prompting
+        if (path / CALIBRATION_FILE).exists():
+            bank.calibration[name] = Calibration.from_dict(json.loads((path / CALIBRATION_FILE).read_text()))
         bank.model.eval()
 
     def refresh(self) -> dict[str, str]:
@@ -64,7 +86,7 @@ class AdapterBank:
                 for version in set(wanted.values()) - set(self.served.values()):
                     self._load(version)
                 if not self.banks and self.config.kind == "generation":
-                    self._bank_for(())  # nothing registered yet: serve the base model
+                    self._bank_for(None, ())  # nothing registered yet: serve the base model
                 self.served = wanted
                 self.ready = bool(self.banks)  # classification needs a version to know its labels
             log.info("serving %s", wanted or "the base model")
@@ -76,24 +98,30 @@ class AdapterBank:
 
     def predict(self, versions: Sequence[str], inputs: Sequence[str]) -> tuple[list[str], list[float] | None]:
         """One answer per input from the version beside it ("base": no adapter), in one model call per
-        base model: peft runs every adapter on its own rows of the one batch (mixed-adapter batches)."""
+        base model and prompt format: peft runs every adapter on its own rows of the one batch."""
         outputs: list[str | None] = [None] * len(inputs)
         confidences: list[float] | None = [0.0] * len(inputs) if self.config.kind == "classification" else None
         with self.lock:
-            groups: dict[int, tuple[_Bank, list[int]]] = {}  # by base model: one call each
+            groups: dict[tuple, tuple[_Bank, list[int]]] = {}  # by base model (and prompting): one call each
             for i, version in enumerate(versions):
                 bank = self._bank_of(version)
-                groups.setdefault(id(bank), (bank, []))[1].append(i)
-            for bank, rows in groups.values():
+                name = "__base__" if version == "base" else f"v{version}"
+                key = (id(bank), bank.prompting.get(name, bank.prompting["__base__"]))
+                groups.setdefault(key, (bank, []))[1].append(i)
+            for (_, prompting), (bank, rows) in groups.items():
                 names = ["__base__" if versions[i] == "base" else f"v{versions[i]}" for i in rows]
                 adapters, per_row = _routing(bank.model, names)
                 with adapters:
-                    out, conf = predict(self.config.kind, bank.model, self.tokenizer, [inputs[i] for i in rows],
-                                        bank.labels, self.config.max_new_tokens, adapter_names=per_row)
+                    out, conf = predict(self.config.kind, bank.model, bank.tokenizer, [inputs[i] for i in rows],
+                                        bank.labels, self.config.max_new_tokens, prompting, adapter_names=per_row,
+                                        batch_size=len(rows))  # the service's batch is one model call
                 for n, i in enumerate(rows):
                     outputs[i] = out[n]
                     if confidences is not None and conf is not None:
                         confidences[i] = conf[n]
+                        calibration = bank.calibration.get(names[n])
+                        if calibration is not None:  # out-of-scope input: the fallback label, not a guess
+                            outputs[i] = calibration.apply([out[n]], [conf[n]])[0]
         return outputs, confidences
 
     def _bank_of(self, version: str) -> _Bank:

@@ -1,6 +1,6 @@
 """The BentoML service: routed predictions, feedback intake and the operator's admin API.
 
-Run with ``bentoml serve serving.service:Tuneloop --host 127.0.0.1 --port 3000`` (or ``tuneloop
+Run with ``bentoml serve tuneloop.serving.service:Tuneloop --host 127.0.0.1 --port 3000`` (or ``tuneloop
 serve``); it reads the same ``TUNELOOP_*`` settings as the flows. Every answer names the model
 version and request id that produced it, so feedback on it feeds the next loop.
 """
@@ -12,7 +12,6 @@ import secrets
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Annotated
 
 import bentoml
@@ -21,32 +20,22 @@ from pydantic import BaseModel, Field
 
 from tuneloop.config import LoopConfig, apply_environment
 from tuneloop.feedback import MAX_TEXT, FeedbackRecord, FeedbackStore
-from tuneloop.flags import Router, challenger_percent, set_challenger_percent
+from tuneloop.flags import Router, challenger_percent
 
 apply_environment()  # before MLflow reads its tracking URI
 
-from serving.live import Shadow, guard, metrics  # noqa: E402
-from serving.models import AdapterBank, watch  # noqa: E402  (needs the environment above)
-from tuneloop.registry import alias_version, promote  # noqa: E402
+from tuneloop.serving.live import SegmentLabels, Shadow, guard, publish_drift, record_batch  # noqa: E402
+from tuneloop.serving.models import AdapterBank, watch  # noqa: E402  (needs the environment above)
+from tuneloop import operations  # noqa: E402
 
 api = FastAPI(title="tuneloop operations")
-
-
-def api_token(config: LoopConfig) -> str:
-    """``TUNELOOP_API_TOKEN``, else a random token kept in the home (created on first use)."""
-    if os.environ.get("TUNELOOP_API_TOKEN"):
-        return os.environ["TUNELOOP_API_TOKEN"]
-    path = config.home.resolve() / "api_token"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 class PredictRequest(BaseModel):
     user_id: str = Field(min_length=1, max_length=128, description="Routing key: a user stays on one side.")
     input: str = Field(max_length=MAX_TEXT, description="The prompt (generation) or utterance (classification).")
     request_id: str | None = Field(None, max_length=128, description="Echoed back; generated when absent.")
+    segment: str | None = Field(None, max_length=64, description="Optional tag (plan, locale, ...): /metrics counts requests by it.")
 
 
 class Answer(BaseModel):
@@ -61,7 +50,26 @@ class Canary(BaseModel):
     percent: int = Field(ge=0, le=100, description="Share of users routed to the challenger.")
 
 
-WORKERS = LoopConfig().deploy.serve_workers or os.cpu_count() or 1
+def _default_workers() -> int:
+    """One worker per GPU when the service runs on GPUs (each holds its bank on its own device), else one per core."""
+    import torch
+
+    if LoopConfig().device in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return os.cpu_count() or 1
+
+
+WORKERS = LoopConfig().deploy.serve_workers or _default_workers()
+
+
+def _max_batch() -> int:
+    import torch
+
+    on_gpu = LoopConfig().device in ("auto", "cuda") and torch.cuda.is_available()
+    return LoopConfig().deploy.max_batch_size or (128 if on_gpu else 32)
+
+
+MAX_BATCH = _max_batch()
 
 
 @bentoml.service(name="tuneloop", traffic={"timeout": 300}, workers=WORKERS)
@@ -74,20 +82,35 @@ class Tuneloop:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
         self.config = LoopConfig()
         self.store = FeedbackStore(self.config.feedback_db)
-        self.router = Router(self.config.flag_file, self.config.flag_key)
-        self.token = api_token(self.config)
-        self.bank = AdapterBank(self.config)
+        self.router = Router(self.config)
+        self.token = operations.api_token(self.config)
+        self.bank = AdapterBank(self.config, device_index=(bentoml.server_context.worker_index or 1) - 1)
         self.bank.refresh()
         self._stop = threading.Event()
         watch(self.bank, float(os.environ.get("TUNELOOP_REGISTRY_POLL_S", "2")), self._stop)
+        self.segments = SegmentLabels(self.config.deploy.max_segment_labels)
+        self.drift = None
         if bentoml.server_context.worker_index in (None, 1):  # one guard per service, not one per worker
-            guard(self.config, lambda: dict(self.bank.served), self.config.deploy.guard_interval_s, self._stop)
-        self.shadow = Shadow(self.config.home.resolve() / "shadow" / f"{self.config.kind}.jsonl") if self.config.deploy.shadow else None
+            on_gpu = self.bank.device.type == "cuda"  # a worker holds one GPU there, and its share of the cores
+            guard(self.config, lambda: dict(self.bank.served), self.config.deploy.guard_interval_s, self._stop,
+                  cores_per_worker=torch.get_num_threads(), gpus_per_worker=int(on_gpu))
+            if self.config.drift.enabled:  # this worker's share of the inputs is the sample tested for drift
+                from tuneloop.drift import DriftMonitor
+
+                self.drift = DriftMonitor(self.config, lambda: self.bank.version_of("champion"), publish_drift)
+                self.drift.start(self._stop)
+        self.shadow = None
+        if self.config.deploy.shadow:
+            # the shadow's own model (and lock): its forward passes never hold up a live request's
+            shadow_bank = AdapterBank(self.config, device_index=(bentoml.server_context.worker_index or 1) - 1)
+            shadow_bank.refresh()
+            watch(shadow_bank, float(os.environ.get("TUNELOOP_REGISTRY_POLL_S", "2")), self._stop)
+            self.shadow = Shadow(self.config, shadow_bank.predict)
 
     def __is_ready__(self) -> bool:
         return self.bank.ready
 
-    @bentoml.api(route="/predict", batchable=True, max_batch_size=32, max_latency_ms=60_000)
+    @bentoml.api(route="/predict", batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
     def predict(self, requests: list[PredictRequest]) -> list[Answer]:
         """Answer each request with the version its user is routed to; concurrent calls are batched, and
         one batch runs champion and challenger rows together (one forward for the base model's share)."""
@@ -96,19 +119,19 @@ class Tuneloop:
         began = time.perf_counter()
         outputs, confidences = self.bank.predict(versions, [r.input for r in requests])
         elapsed = time.perf_counter() - began
-        metrics().batch.observe(len(requests))
-        for version in set(versions):
-            metrics().latency.labels(version).observe(elapsed)
+        served_as = [variants[i] if versions[i] != "base" else "base" for i in range(len(requests))]
+        record_batch(versions, served_as, [self.segments(r.segment) for r in requests], elapsed)
+        if self.drift is not None:
+            self.drift.add([r.input for r in requests])
         answers = []
         for i, request in enumerate(requests):
-            variant = variants[i] if versions[i] != "base" else "base"
-            metrics().requests.labels(versions[i], variant).inc()
+            variant = served_as[i]
             answers.append(Answer(request_id=request.request_id or uuid.uuid4().hex, output=outputs[i],
                                   model_version=versions[i], variant=variant,
                                   confidence=confidences[i] if confidences else None))
         challenger = self.bank.served.get("challenger")
         if self.shadow and challenger:
-            self.shadow.mirror(self.bank.predict, challenger, list(requests), answers)
+            self.shadow.mirror(challenger, list(requests), answers)
         return answers
 
     # --- feedback and admin (FastAPI routes under /v1) ---------------------------------------------
@@ -172,31 +195,31 @@ class Tuneloop:
     @api.get("/routing")
     def routing(self) -> dict:
         """What serves now: versions per alias and the challenger's share."""
-        return {"served": self.bank.served, "challenger_percent": challenger_percent(self.config.flag_file, self.config.flag_key)}
+        return {"served": self.bank.served, "challenger_percent": challenger_percent(self.config)}
 
     @api.post("/admin/rollback")
     def rollback(self, authorization: Annotated[str | None, Header()] = None) -> dict:
         """Send every user to the champion now (the flag file is followed within ~0.1 s)."""
         self._authorise(authorization)
-        set_challenger_percent(self.config.flag_file, self.config.flag_key, 0)
+        operations.roll_back(self.config, "rolled back through the admin API")
         return {"challenger_percent": 0}
 
     @api.post("/admin/canary")
     def canary(self, body: Annotated[Canary, Body()], authorization: Annotated[str | None, Header()] = None) -> dict:
         self._authorise(authorization)
-        if body.percent and alias_version(self.config.model_name, "challenger") is None:
-            raise HTTPException(409, detail="percent: there is no challenger to route to")
-        set_challenger_percent(self.config.flag_file, self.config.flag_key, body.percent)
+        try:
+            operations.set_canary(self.config, body.percent, "set through the admin API")
+        except ValueError as err:
+            raise HTTPException(409, detail=str(err)) from err
         return {"challenger_percent": body.percent}
 
     @api.post("/admin/promote")
     def promote(self, authorization: Annotated[str | None, Header()] = None) -> dict:
         self._authorise(authorization)
         try:
-            version = promote(self.config.model_name, reason="promoted through the admin API")
+            version = operations.promote(self.config, reason="promoted through the admin API")
         except ValueError as err:
             raise HTTPException(409, detail=str(err)) from err
-        set_challenger_percent(self.config.flag_file, self.config.flag_key, 0)
         self.bank.refresh()
         return {"champion": version}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from tuneloop.models import load_base, load_tokenizer
+from tuneloop.models import DEFAULT_TARGETS, load_base, load_tokenizer, lora_targets, resolve_base
 from tuneloop.training import add_adapter, predict
 
 LABELS = ["billing", "returns", "shipping_status"]
@@ -18,21 +18,23 @@ INPUTS = ["where is my Orbit camera", "I was charged twice for my hub", "return 
 def _two_adapters(kind: str, tmp_path) -> PeftModel:
     """A tiny base with adapters v1 and v2 whose weights differ enough to change answers."""
     labels = LABELS if kind == "classification" else None
+    info = resolve_base(kind, None, tiny=True)
     for seed in (1, 2):
-        model = add_adapter(load_base(kind, True, labels), kind, 8, seed=seed)
+        base = load_base(info, kind, labels)
+        model = add_adapter(base, kind, 8, seed=seed, targets=lora_targets(base, DEFAULT_TARGETS[kind]))
         torch.manual_seed(seed)
         for name, p in model.named_parameters():
             if p.requires_grad:
                 p.data.normal_(0, 0.5)
         model.save_pretrained(tmp_path / f"v{seed}")
-    model = PeftModel.from_pretrained(load_base(kind, True, labels), str(tmp_path / "v1"), adapter_name="v1")
+    model = PeftModel.from_pretrained(load_base(info, kind, labels), str(tmp_path / "v1"), adapter_name="v1")
     model.load_adapter(str(tmp_path / "v2"), adapter_name="v2")
     return model.eval()
 
 
 @pytest.mark.parametrize("kind", ["classification", "generation"])
 def test_mixed_batch_rows_match_each_version_alone(kind, tmp_path):
-    model, tokenizer = _two_adapters(kind, tmp_path), load_tokenizer(kind)
+    model, tokenizer = _two_adapters(kind, tmp_path), load_tokenizer(resolve_base(kind, None, tiny=True))
     labels = LABELS if kind == "classification" else []
 
     def alone(name: str) -> list:

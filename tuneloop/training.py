@@ -1,8 +1,14 @@
 """LoRA training and inference for both task kinds: a plain PyTorch loop over a peft model.
 
-Plain on purpose (nanoGPT-style): the loop is short enough to read, checkpoints everything a
-killed run needs to continue exactly (adapter, optimizer, scheduler, RNG, step), and runs as fast as
-a hand-written loop because it is one.
+Plain on purpose (nanoGPT-style): the loop is short enough to read, checkpoints everything a killed
+run needs to continue exactly (adapter, optimizer, scheduler, RNG, step), and runs as fast as a
+hand-written loop because it is one. It runs wherever the model is (CPU, CUDA, MPS): batches follow
+the model's device, and a base loaded in bf16/fp16 trains under autocast with fp32 adapter weights
+(fp16 with loss scaling). Accelerate is not used for this: its state is one device per process,
+and its ``save_state`` writes the whole model, where a LoRA checkpoint needs the adapter only.
+
+Imports torch, transformers, peft and the config only: an accelerator machine without MLflow,
+Prefect or Optuna can run it (the training benchmark does).
 """
 
 from __future__ import annotations
@@ -10,73 +16,88 @@ from __future__ import annotations
 import math
 import os
 import random
+import threading
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model, set_peft_model_state_dict, get_peft_model_state_dict
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from tuneloop.config import Kind
-from tuneloop.sample_data import SYSTEM_PROMPT
+from tuneloop.text import normalize
 
-# Named module sets a search can choose between; peft matches a name or any ".name" suffix.
-TARGET_SETS: dict[str, dict[str, list[str]]] = {
-    "generation": {
-        "qv": ["q_proj", "v_proj"],
-        "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
-        "all-linear": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    },
-    "classification": {
-        "qv": ["query", "value"],
-        "attention": ["query", "key", "value", "attention.output.dense"],
-        "all-linear": ["query", "key", "value", "dense"],  # dense: attention output, MLP in/out, pooler
-    },
-}
-DEFAULT_TARGETS: dict[str, str] = {"generation": "attention", "classification": "qv"}
-TARGET_MODULES: dict[str, list[str]] = {kind: sets[DEFAULT_TARGETS[kind]] for kind, sets in TARGET_SETS.items()}
+CHECKPOINT = "ckpt.pt"
+MEGABATCH = 50  # length grouping sorts within windows of this many batches: short padding, still shuffled
+_init_lock = threading.Lock()
 
 
-def lora_config(kind: Kind, rank: int, alpha: float | None = None, dropout: float = 0.05,
-                target_modules: list[str] | str | None = None) -> LoraConfig:
-    """LoRA on ``target_modules`` (module names, or a ``TARGET_SETS`` name); alpha defaults to 2 x rank."""
-    if isinstance(target_modules, str):
-        target_modules = TARGET_SETS[kind][target_modules]
+@dataclass(frozen=True)
+class Prompting:
+    """How a user's prompt becomes model input: the tokenizer's chat template with an optional system
+    prompt, or ``template`` (with ``{prompt}``) for a base without one."""
+
+    system_prompt: str | None = None
+    template: str = "### Question:\n{prompt}\n\n### Answer:\n"
+
+    def render(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            messages.append({"role": "user", "content": prompt})
+            return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = self.template.format(prompt=prompt)
+        return f"{self.system_prompt}\n\n{text}" if self.system_prompt else text
+
+
+def lora_config(kind: Kind, rank: int, targets: list[str] | str, alpha: float | None = None,
+                dropout: float = 0.05) -> LoraConfig:
+    """LoRA on ``targets`` (module name suffixes, or peft's ``"all-linear"``); alpha defaults to 2 x rank."""
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM if kind == "generation" else TaskType.SEQ_CLS,
         r=rank,
         lora_alpha=alpha or 2 * rank,
         lora_dropout=dropout,
-        target_modules=target_modules or TARGET_MODULES[kind],
+        target_modules=targets,
     )
 
 
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+def add_adapter(base, kind: Kind, rank: int, seed: int, targets: list[str] | str, alpha: float | None = None,
+                dropout: float = 0.05) -> PeftModel:
+    """A fresh LoRA adapter on ``base``, initialised from a generator of its own: the same ``seed``
+    gives the same adapter whatever else runs in the process (the global RNG is never reseeded)."""
+    with _init_lock:  # peft draws its initial A matrices from the global RNG: hold others off, then redo them
+        model = get_peft_model(base, lora_config(kind, rank, targets, alpha, dropout))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(model.named_parameters()):
+            if ".lora_A." in name:  # B stays zero, so the adapter starts as the identity
+                fresh = torch.empty(param.shape, dtype=torch.float32)
+                torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+                param.copy_(fresh)
+    return model
 
 
-def encode(kind: Kind, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]],
-           labels: list[str], max_length: int) -> list[dict[str, list[int] | int]]:
+def encode(kind: Kind, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], labels: Sequence[str],
+           max_length: int, prompting: Prompting = Prompting()) -> list[dict[str, list[int] | int]]:
     """Token ids per (input, target); for generation the loss covers the answer only."""
+    if kind == "classification":
+        index = {label: i for i, label in enumerate(labels)}
+        ids = tokenizer([p for p, _ in pairs], truncation=True, max_length=max_length)["input_ids"]
+        return [{"input_ids": i, "label": index[t]} for i, (_, t) in zip(ids, pairs)]
+    heads = tokenizer([prompting.render(tokenizer, p) for p, _ in pairs], add_special_tokens=False)["input_ids"]
+    tails = tokenizer([t + tokenizer.eos_token + "\n" for _, t in pairs], add_special_tokens=False)["input_ids"]
     encoded = []
-    for prompt, target in pairs:
-        if kind == "classification":
-            ids = tokenizer(prompt, truncation=True, max_length=max_length)["input_ids"]
-            encoded.append({"input_ids": ids, "label": labels.index(target)})
-            continue
-        head = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        tail = tokenizer(target + tokenizer.eos_token + "\n", add_special_tokens=False)["input_ids"]
+    for head, tail in zip(heads, tails):
         head = head[-max(1, max_length - len(tail)):]  # keep the question's end next to the answer
-        ids = (head + tail)[:max_length]
-        encoded.append({"input_ids": ids, "labels": ([-100] * len(head) + tail)[:max_length]})
+        encoded.append({"input_ids": (head + tail)[:max_length], "labels": ([-100] * len(head) + tail)[:max_length]})
     return encoded
 
 
-def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(batch: list[dict], pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     width = max(len(b["input_ids"]) for b in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -91,7 +112,24 @@ def collate(batch: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
             out["labels"][i, :n] = torch.tensor(b["labels"])
     if "label" in batch[0]:
         out["labels"] = torch.tensor([b["label"] for b in batch])
-    return {"input_ids": ids, "attention_mask": mask, **out}
+    return {k: v.to(device, non_blocking=True) for k, v in {"input_ids": ids, "attention_mask": mask, **out}.items()}
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, grouped: bool = True) -> list[list[int]]:
+    """One epoch's batches of example indices, the same for the same (seed, epoch) (so a resume sees
+    the same order). Grouped by length: shuffled, sorted by length within windows of ``MEGABATCH``
+    batches, batched, and the batches shuffled, so a batch pads to similar lengths."""
+    rng = random.Random(seed * 1000 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if grouped:
+        window = MEGABATCH * batch_size
+        order = [i for w in range(0, len(order), window)
+                 for i in sorted(order[w:w + window], key=lambda i: lengths[i], reverse=True)]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if grouped:
+        rng.shuffle(batches)
+    return batches
 
 
 @dataclass
@@ -100,6 +138,8 @@ class TrainResult:
     resumed_from_step: int  # 0 for a fresh start
     losses: list[float] = field(default_factory=list)  # one per step run in this session
     tokens: int = 0  # non-padding tokens seen in this session
+    padded_tokens: int = 0  # tokens computed, padding included
+    examples: int = 0  # examples seen in this session
     seconds: float = 0.0
     pruned: bool = False
 
@@ -112,49 +152,77 @@ class Pruned(Exception):
     """Raised by an eval callback to stop a trial that is not worth finishing."""
 
 
+def schedule_length(n_examples: int, batch_size: int, epochs: int, max_steps: int | None = None,
+                    grad_accum: int = 1) -> int:
+    """Optimiser steps of a run: ``epochs`` passes, capped at ``max_steps`` (a trial's budget)."""
+    per_epoch = math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
+    return min(per_epoch * epochs, max_steps) if max_steps else per_epoch * epochs
+
+
 def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epochs: int, batch_size: int, seed: int,
+          max_steps: int | None = None, grad_accum: int = 1, head_lr: float | None = None, length_grouping: bool = True,
           eval_steps: set[int] | None = None, on_eval: Callable[[int], None] | None = None,
           on_step: Callable[[int, float], None] | None = None, checkpoint_dir: Path | None = None,
           checkpoint_every: int = 0, on_checkpoint: Callable[[Path, int], None] | None = None,
           progress: bool = False) -> TrainResult:
-    """Train the adapter in place: AdamW, linear warm-up and decay, gradient clipping at 1.
+    """Train the adapter in place: AdamW, linear warm-up (1/10) and decay, gradient clipping at 1.
 
-    With ``checkpoint_dir``, resumes from ``ckpt.pt`` there and saves to it every ``checkpoint_every``
-    steps (``on_checkpoint(path, step)`` follows each save, e.g. to upload it). Steps are numbered
-    from 1; ``on_step(step, loss)`` follows every step, ``on_eval(step)`` the steps in ``eval_steps``
-    and may raise ``Pruned`` to stop early.
+    ``max_steps`` caps the optimiser steps (a trial's budget: it then sees part of the data, in the
+    same order as a full run); ``grad_accum`` micro-batches make one step; ``head_lr`` trains the
+    classification head (peft's modules to save) at its own rate. With ``checkpoint_dir``, resumes
+    from ``ckpt.pt`` there and saves to it every ``checkpoint_every`` steps (``on_checkpoint(path,
+    step)`` follows each save). Steps are numbered from 1; ``on_step(step, loss)`` follows every step,
+    ``on_eval(step)`` the steps in ``eval_steps`` and may raise ``Pruned`` to stop early.
     """
-    steps_per_epoch = math.ceil(len(encoded) / batch_size)
-    total = steps_per_epoch * epochs
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    device = next(model.parameters()).device
+    dtype = _compute_dtype(model)
+    autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "mps") and dtype != torch.float32
+                else nullcontext())
+    scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" and dtype == torch.float16 else None
+    total = schedule_length(len(encoded), batch_size, epochs, max_steps, grad_accum)
+    per_epoch = math.ceil(len(encoded) / batch_size)
+    optimizer = torch.optim.AdamW(_param_groups(model, lr, head_lr), lr=lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total // 10), total)
-    start = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler) if checkpoint_dir else 0
+    start = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler) if checkpoint_dir else 0
+    if start == 0:  # dropout masks from ``seed`` (a resume restores the stream from its checkpoint instead); side
+        torch.manual_seed(seed)  # by side trials run in their own processes, so this global state is the trial's own
     result = TrainResult(steps=total, resumed_from_step=start)
     bar = _progress_bar(total, start) if progress else None
+    lengths = [len(e["input_ids"]) for e in encoded]
+    trainable = [p for p in model.parameters() if p.requires_grad]
     began = time.perf_counter()
     model.train()
-    order: list[int] = []
+    batches: dict[int, list[list[int]]] = {}
     for step in range(start, total):
-        epoch, index = divmod(step, steps_per_epoch)
-        if index == 0 or not order:
-            order = list(range(len(encoded)))
-            random.Random(seed * 1000 + epoch).shuffle(order)  # the same order after a resume
-        batch = collate([encoded[i] for i in order[index * batch_size:(index + 1) * batch_size]], pad_id)
-        loss = model(**batch).loss
-        loss.backward()
+        loss_sum = 0.0
+        for micro in range(grad_accum):
+            epoch, index = divmod(step * grad_accum + micro, per_epoch)
+            if epoch not in batches:
+                batches = {epoch: epoch_batches(lengths, batch_size, seed, epoch, length_grouping)}
+            rows = [encoded[i] for i in batches[epoch][index]]
+            batch = collate(rows, pad_id, device)
+            with autocast:
+                loss = loss_of(model, batch) / grad_accum
+            (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.item()
+            result.tokens += int(batch["attention_mask"].sum())
+            result.padded_tokens += batch["attention_mask"].numel()
+            result.examples += len(rows)
+        if scaler:
+            scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
+        scaler.step(optimizer) if scaler else optimizer.step()
+        if scaler:
+            scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss.item())
-        result.tokens += int(batch["attention_mask"].sum())
+        result.losses.append(loss_sum)
         if on_step:
-            on_step(step + 1, result.losses[-1])
+            on_step(step + 1, loss_sum)
         if bar:
-            bar.update(1, loss=f"{result.losses[-1]:.3f}")
+            bar.update(1, loss=f"{loss_sum:.3f}")
         if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-            path = _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, step + 1)
+            path = _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, step + 1)
             if on_checkpoint:
                 on_checkpoint(path, step + 1)
         if on_eval and eval_steps and step + 1 in eval_steps:
@@ -171,6 +239,36 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     model.eval()
     result.seconds = time.perf_counter() - began
     return result
+
+
+def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch's loss. For a causal LM, logits are computed only where the next token is a target
+    (transformers' boolean ``logits_to_keep``): the vocabulary projection of the prompt tokens,
+    which the loss ignores, is most of a small model's training cost (SmolLM2: 49k x 576 per token)."""
+    labels = batch.get("labels")
+    if labels is None or labels.ndim != 2 or not _keeps_logits(model):
+        return model(**batch).loss
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
+    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]])
+
+
+def _keeps_logits(model) -> bool:
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _param_groups(model, lr: float, head_lr: float | None) -> list[dict]:
+    """The adapter at ``lr``; a classification head (peft's ``modules_to_save`` copy) at ``head_lr``:
+    a head starting from random weights wants a larger step than the adapter."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trainable if "modules_to_save" in n]
+    if head_lr is None or not head:
+        return [{"params": [p for _, p in trainable]}]
+    return [{"params": [p for n, p in trainable if "modules_to_save" not in n]}, {"params": head, "lr": head_lr}]
 
 
 def _progress_bar(total: int, start: int):
@@ -190,19 +288,18 @@ def _progress_bar(total: int, start: int):
     return _Bar()
 
 
-CHECKPOINT = "ckpt.pt"
-
-
-def _save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) -> Path:
+def _save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, step: int) -> Path:
     """Everything a killed run needs to continue exactly: adapter, optimizer, scheduler, RNG, step."""
     directory.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
     state = {
         "step": step,
         "adapter": get_peft_model_state_dict(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng_torch": torch.get_rng_state(),
-        "rng_python": random.getstate(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "rng_torch": torch.get_rng_state(),  # dropout masks on the CPU
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
     tmp = directory / (CHECKPOINT + ".partial")
     torch.save(state, tmp)
@@ -210,71 +307,107 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, step: int) ->
     return directory / CHECKPOINT
 
 
-def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> int:
+def _load_checkpoint(directory: Path, model, optimizer, scheduler, scaler) -> int:
     """Restore ``ckpt.pt`` if there is a readable one; the step to continue from (0: start over)."""
     path = directory / CHECKPOINT
     if not path.exists():
         return 0
     try:
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=False, map_location="cpu")
     except (RuntimeError, EOFError, OSError) as err:  # e.g. a truncated copy from an interrupted upload
         warnings.warn(f"ignoring unreadable checkpoint {path}: {err}")
         return 0
     set_peft_model_state_dict(model, state["adapter"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if scaler and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng_torch"])
-    random.setstate(state["rng_python"])
+    device = next(model.parameters()).device
+    if state.get("rng_cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["rng_cuda"], device)
     return int(state["step"])
 
 
-def add_adapter(base, kind: Kind, rank: int, seed: int, **lora_kwargs) -> PeftModel:
-    torch.manual_seed(seed)
-    return get_peft_model(base, lora_config(kind, rank, **lora_kwargs))
+def _adapters(adapter_names: Sequence[str] | None, rows: list[int]) -> dict:
+    """peft's per-row adapter choice for these rows ("__base__": adapters off), or nothing."""
+    return {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names is not None else {}
 
 
-def _adapters(adapter_names: Sequence[str] | None, start: int, stop: int) -> dict:
-    """peft's per-row adapter choice for rows start:stop ("__base__": adapters off), or nothing."""
-    return {"adapter_names": list(adapter_names[start:stop])} if adapter_names is not None else {}
+def _by_length(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Batches of indices of similar length (less padding), longest first."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _compute_dtype(model) -> torch.dtype:
+    """The dtype the base computes in: a quantised base's compute dtype (its unquantised parts were
+    cast to fp32 for stable training), else its frozen weights' floating dtype."""
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    compute = getattr(quantization, "bnb_4bit_compute_dtype", None) if quantization is not None else None
+    if isinstance(compute, torch.dtype) and getattr(quantization, "load_in_4bit", False):
+        return compute
+    return next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), torch.float32)
+
+
+def _inference_autocast(model):
+    device, dtype = next(model.parameters()).device, _compute_dtype(model)
+    if device.type in ("cuda", "mps") and dtype != torch.float32:
+        return torch.autocast(device.type, dtype=dtype)
+    return nullcontext()
 
 
 @torch.inference_mode()
 def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
-             batch_size: int = 16, adapter_names: Sequence[str] | None = None) -> list[str]:
-    """Greedy answers through the chat template; left padding so answers start together.
+             prompting: Prompting = Prompting(), batch_size: int = 32,
+             adapter_names: Sequence[str] | None = None) -> list[str]:
+    """Greedy answers; prompts are batched by length with left padding so answers start together.
 
     ``adapter_names`` (one per prompt) runs several LoRA adapters in one batch: the base model's
     work is shared and each adapter adds its part to its own rows only.
     """
     tokenizer.padding_side = "left"
-    answers: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        texts = [chat_prompt(tokenizer, p) for p in prompts[i:i + batch_size]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True, max_length=512)
-        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             **_adapters(adapter_names, i, i + batch_size))
-        answers += [a.strip() for a in tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)]
+    tokenizer.truncation_side = "left"  # an over-long prompt keeps its question's end and the answer's header
+    device = next(model.parameters()).device
+    texts = [prompting.render(tokenizer, p) for p in prompts]
+    answers: list[str] = [""] * len(texts)
+    for rows in _by_length(texts, batch_size):
+        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False,
+                          truncation=True, max_length=512).to(device)
+        with _inference_autocast(model):
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, **_adapters(adapter_names, rows))
+        decoded = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, answer in zip(rows, decoded):
+            answers[i] = answer.strip()
     return answers
 
 
 @torch.inference_mode()
-def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: list[str],
+def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: Sequence[str],
              batch_size: int = 64, max_length: int = 128,
              adapter_names: Sequence[str] | None = None) -> tuple[list[str], list[float]]:
     """Predicted label and its probability per text (``adapter_names``: as for ``generate``)."""
-    predictions, confidences = [], []
-    for i in range(0, len(texts), batch_size):
-        batch = tokenizer(list(texts[i:i + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        probs = model(**batch, **_adapters(adapter_names, i, i + batch_size)).logits.softmax(-1)
-        conf, idx = probs.max(-1)
-        predictions += [labels[j] for j in idx.tolist()]
-        confidences += conf.tolist()
+    predictions, confidences = [""] * len(texts), [0.0] * len(texts)
+    device = next(model.parameters()).device
+    for rows in _by_length(texts, batch_size):
+        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
+                          max_length=max_length).to(device)
+        with _inference_autocast(model):
+            logits = model(**batch, **_adapters(adapter_names, rows)).logits
+        conf, idx = logits.float().softmax(-1).max(-1)
+        for i, c, j in zip(rows, conf.tolist(), idx.tolist()):
+            predictions[i], confidences[i] = labels[j], c
     return predictions, confidences
 
 
 def predict(kind: Kind, model, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], labels: Sequence[str],
-            max_new_tokens: int, adapter_names: Sequence[str] | None = None) -> tuple[list[str], list[float] | None]:
-    """Outputs for either kind (answers, or labels with their probabilities)."""
+            max_new_tokens: int, prompting: Prompting = Prompting(), adapter_names: Sequence[str] | None = None,
+            batch_size: int | None = None) -> tuple[list[str], list[float] | None]:
+    """Outputs for either kind (answers, or labels with their probabilities), for inputs normalised the
+    way curation normalised the training data (full-width letters, zero-width and control characters)."""
+    inputs = [normalize(text) for text in inputs]
     if kind == "generation":
-        return generate(model, tokenizer, inputs, max_new_tokens, adapter_names=adapter_names), None
-    return classify(model, tokenizer, inputs, list(labels), adapter_names=adapter_names)
+        return generate(model, tokenizer, inputs, max_new_tokens, prompting, batch_size=batch_size or 32,
+                        adapter_names=adapter_names), None
+    return classify(model, tokenizer, inputs, list(labels), batch_size=batch_size or 64, adapter_names=adapter_names)
