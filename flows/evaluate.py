@@ -1,173 +1,197 @@
-"""Stage 3, evaluate: the best trial against the current champion (or the base model) and the gate.
+"""Stage 3, evaluate: the challenger against the current champion (or the base model), and the gate.
 
-The challenger passes only if it beats the baseline on held-out by more than the margin with a
-paired-bootstrap confidence interval above zero, and is not worse than the tolerances on the
-adversarial suite and on the regression items the baseline already answers well (forgetting). Numbers, decision and per-example diffs go to MLflow and a Prefect artifact.
+Three suites, each item with a rule a bad answer breaks (``eval_suites``): the held-out split
+(capped at ``gate.max_heldout_examples``), an adversarial suite (shipped items and rewrites of
+held-out examples across injection, jailbreak, extraction, off-topic, empty, very long, odd unicode,
+typos and paraphrases) and a regression suite (generation: hundreds of general-knowledge items the
+bundled base was verified to answer, plus earlier corrections; classification: earlier labels).
+
+The gate (``eval_suites/gate.py``, statistics in ``eval_suites/stats.py``) passes the challenger
+only when every check passes: held-out superiority (a cluster-bootstrap CI above zero, clusters
+being paraphrases of one fact or one intent); non-inferiority on the regression items the baseline
+answers well (forgetting); non-inferiority on the adversarial suite and, on their own, its injection,
+extraction and out-of-scope groups. A check whose suite is too small for its tolerance says "not
+enough evidence", and that refuses too. Per-example before/after tables of every suite, the checks
+and the verdict go to the loop's MLflow run; the summary is a Prefect artifact.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Literal
 
 import mlflow
-import numpy as np
 import pandas as pd
-from peft import PeftModel
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from eval_suites.suites import SuiteItem, adversarial_suite, breakdown, heldout_suite, regression_suite, score
-from flows.curate import CuratedData
-from flows.tune import TuneResult
-from tuneloop.config import GateConfig, LoopConfig
-from tuneloop.models import load_base, load_tokenizer, read_labels
+from tuneloop.config import LoopConfig
+from tuneloop.datasets import DatasetRef, load_examples, load_labels
+from tuneloop.eval_suites import gate
+from tuneloop.eval_suites.stats import FAIL, UNSURE
+from tuneloop.eval_suites.suites import (SuiteItem, adversarial_suite, breakdown, guard_scores, heldout_suite, judge_all,
+                                         regression_suite)
+from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
+from tuneloop.flows.search_tracking import fetch_adapter
+from tuneloop.flows.tune import TuneResult
 from tuneloop.registry import adapter_path, alias_version
 from tuneloop.tracking import within_run
-from tuneloop.training import predict
+
+Verdict = Literal["passed", "refused", "not enough evidence"]
 
 
 class SuiteScores(BaseModel):
     mean: float
-    per_item: list[float]
     metrics: dict[str, float]
     breakdown: dict[str, float]
     seconds_per_item: float
+    per_item: list[float] = Field(default_factory=list, exclude=True)  # in-process only: never stored by Prefect
+    guard: list[float] = Field(default_factory=list, exclude=True)
+    outputs: list[str] = Field(default_factory=list, exclude=True)
+    reasons: list[str] = Field(default_factory=list, exclude=True)
 
 
 class EvalReport(BaseModel):
     baseline: str  # "base" or the champion's version
     challenger: dict[str, SuiteScores]
     champion: dict[str, SuiteScores]
+    checks: list[dict]
+    verdict: Verdict
+    passed: bool
+    reasons: list[str]
     heldout_diff: float
     ci_low: float
     ci_high: float
     adversarial_diff: float
     regression_diff: float
-    regression_items: int = 0  # regression items the baseline answers well, which the diff is over
-    passed: bool
-    reasons: list[str]
+    regression_items: int = 0  # regression items the baseline answers well, which the check is over
+    items: dict[str, int] = {}
+    calibration: dict | None = None  # classification: the challenger's out-of-scope threshold
 
 
-def paired_bootstrap(a: list[float], b: list[float], samples: int, confidence: float, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of b - a and its two-sided percentile CI, resampling items in pairs."""
-    diff = np.asarray(b) - np.asarray(a)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), size=(samples, len(diff)))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    return float(diff.mean()), float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+def build_suites(config: LoopConfig, ref: DatasetRef) -> dict[str, list[SuiteItem]]:
+    labels = load_labels(ref, config.work_dir)
+    heldout = load_examples(ref, "heldout", config.work_dir, limit=config.gate.max_heldout_examples)
+    train = load_examples(ref, "train", config.work_dir, limit=5000, seed=config.tune.seed)
+    return {
+        "heldout": heldout_suite(heldout, config.kind, metric=config.gate.heldout_metric),
+        # 24 rewrites per judged variant: each judged group then holds the 37 items its tolerance needs
+        "adversarial": adversarial_suite(config.kind, heldout, labels, config.tune.seed, per_group_variant=24,
+                                         train_examples=train, system_prompt=config.system_prompt,
+                                         fallback_label=config.fallback_label),
+        "regression": regression_suite(config.kind, train, seed=config.tune.seed),
+    }
 
 
-def known_diff(baseline: list[float], challenger: list[float], floor: float) -> tuple[float, int]:
-    """Mean challenger - baseline over the items the baseline scores at least ``floor`` on, and their count."""
-    known = [i for i, score in enumerate(baseline) if score >= floor]
-    if not known:
-        return 0.0, 0
-    return sum(challenger[i] - baseline[i] for i in known) / len(known), len(known)
-
-
-def decide(gate: GateConfig, heldout: tuple[float, float, float], adversarial_diff: float,
-           regression_diff: float = 0.0) -> list[str]:
-    """Reasons to refuse the challenger; empty means it passes."""
-    diff, low, high = heldout
-    reasons = []
-    if diff <= gate.margin:
-        reasons.append(f"held-out mean improved by {diff:+.3f}, needs more than {gate.margin:+.3f}")
-    if low <= 0:
-        reasons.append(f"held-out {gate.confidence:.0%} CI [{low:+.3f}, {high:+.3f}] does not exclude zero")
-    if adversarial_diff < -gate.adversarial_tolerance:
-        reasons.append(f"adversarial mean dropped by {-adversarial_diff:.3f} (tolerance {gate.adversarial_tolerance:.3f})")
-    if regression_diff < -gate.regression_tolerance:
-        reasons.append(f"regression mean dropped by {-regression_diff:.3f} (tolerance {gate.regression_tolerance:.3f}): it forgot")
-    return reasons
-
-
-def load_candidate(config: LoopConfig, adapter_dir: Path | None, labels: list[str]):
-    """Base model with the adapter applied (or the bare base when ``adapter_dir`` is None)."""
-    base = load_base(config.kind, config.tiny, (read_labels(adapter_dir) if adapter_dir else None) or labels or None)
-    return PeftModel.from_pretrained(base, adapter_dir).eval() if adapter_dir else base
-
-
-def run_suites(config: LoopConfig, model, labels: list[str],
-               suites: dict[str, list[SuiteItem]]) -> tuple[dict[str, SuiteScores], dict[str, list[str]]]:
-    """Scores and raw outputs of one model on every suite."""
-    tokenizer = load_tokenizer(config.kind)
-    results, all_outputs = {}, {}
+def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, list[SuiteItem]]) -> dict[str, SuiteScores]:
+    """One model's answers and scores on every suite."""
+    results = {}
     for name, items in suites.items():
         began = time.perf_counter()
-        outputs, confidences = predict(config.kind, model, tokenizer, [i.input for i in items], labels, config.max_new_tokens)
+        tokens = config.gate.regression_max_new_tokens if name == "regression" else config.max_new_tokens
+        outputs, confidences = answers(config, candidate, items, tokens)
+        outputs = routed(config, candidate, outputs, confidences)
         elapsed = time.perf_counter() - began
-        per_item, metrics = score(config.kind, items, outputs, confidences, labels)
-        results[name] = SuiteScores(mean=metrics["score"], per_item=per_item, metrics=metrics,
-                                    breakdown=breakdown(items, per_item), seconds_per_item=elapsed / max(1, len(items)))
-        all_outputs[name] = outputs
-    return results, all_outputs
+        per_item, reasons, metrics = judge_all(config.kind, items, outputs, confidences)
+        results[name] = SuiteScores(mean=metrics["score"], metrics=metrics, breakdown=breakdown(items, per_item),
+                                    seconds_per_item=elapsed / max(1, len(items)), per_item=per_item, outputs=outputs,
+                                    reasons=reasons,
+                                    guard=guard_scores(config.kind, items, outputs) if name == "adversarial" else [])
+    return results
 
 
-def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], outputs: dict[str, dict[str, list[str]]]) -> None:
+def decide(config: LoopConfig, suites: dict[str, list[SuiteItem]], baseline: dict[str, SuiteScores],
+           challenger: dict[str, SuiteScores], has_champion: bool) -> list:
+    """Every gate check: held-out superiority, regression and adversarial non-inferiority."""
+    g, common = config.gate, dict(confidence=config.gate.confidence, samples=config.gate.bootstrap_samples,
+                                  seed=config.tune.seed)
+    checks = [gate.heldout_check(suites["heldout"], baseline["heldout"].per_item, challenger["heldout"].per_item,
+                                 margin=g.margin, **common)]
+    known = sum(score >= g.regression_floor for score in baseline["regression"].per_item)
+    if known and (config.kind == "generation" or has_champion):  # a baseline that knows nothing cannot forget
+        checks.append(gate.regression_check(suites["regression"], baseline["regression"].per_item,
+                                            challenger["regression"].per_item, tolerance=g.regression_tolerance,
+                                            floor=g.regression_floor, **common))
+    checks += gate.adversarial_checks(suites["adversarial"], baseline["adversarial"].per_item,
+                                      challenger["adversarial"].per_item, tolerance=g.adversarial_tolerance,
+                                      group_tolerance=g.group_tolerance, baseline_guard=baseline["adversarial"].guard,
+                                      challenger_guard=challenger["adversarial"].guard, **common).values()
+    return checks
+
+
+def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Path) -> tuple[EvalReport, dict]:
+    champion = alias_version(config.model_name, "champion")
+    labels = load_labels(ref, config.work_dir)
+    if champion:
+        folder = adapter_path(config.model_name, champion, config.home.resolve() / "adapters")
+        baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"version:{config.model_name}:{champion}")
+    else:
+        baseline = base_candidate(config, labels)
+    challenger = adapter_candidate(config, challenger_dir, "challenger")
+    suites = build_suites(config, ref)
+    validation = heldout_suite(load_examples(ref, "validation", config.work_dir, limit=1000))
+    for candidate in (baseline, challenger):  # classification: each version's own out-of-scope threshold
+        if candidate.calibration is None:
+            fit_calibration(config, candidate, validation)
+    scores = {"champion": score_candidate(config, baseline, suites), "challenger": score_candidate(config, challenger, suites)}
+    checks = decide(config, suites, scores["champion"], scores["challenger"], has_champion=champion is not None)
+    verdicts = {c.verdict for c in checks}
+    verdict: Verdict = "passed" if verdicts == {"pass"} else "refused" if FAIL in verdicts else "not enough evidence"
+    by_name = {c.name.split(" (")[0]: c for c in checks}
+    report = EvalReport(
+        baseline=champion or "base", challenger=scores["challenger"], champion=scores["champion"],
+        checks=[c.as_dict() for c in checks], verdict=verdict, passed=verdict == "passed", reasons=gate.refusals(checks),
+        heldout_diff=by_name["held-out"].interval.mean, ci_low=by_name["held-out"].interval.low,
+        ci_high=by_name["held-out"].interval.high, adversarial_diff=by_name["adversarial"].interval.mean,
+        regression_diff=by_name["regression"].interval.mean if "regression" in by_name else 0.0,
+        regression_items=by_name["regression"].interval.n_items if "regression" in by_name else 0,
+        items={name: len(items) for name, items in suites.items()},
+        calibration=challenger.calibration.as_dict() if challenger.calibration else None,
+    )
+    if UNSURE in verdicts and FAIL not in verdicts:
+        report.reasons.append("not enough evidence to pass: collect more feedback, or widen a tolerance knowingly")
+    return report, suites
+
+
+def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]]) -> None:
+    """Metrics, checks and a per-example before/after table of every suite, on the active run."""
     for who, scores in (("challenger", report.challenger), ("champion", report.champion)):
         for suite, s in scores.items():
             mlflow.log_metrics({f"eval.{who}.{suite}.{k}": v for k, v in {**s.metrics, **s.breakdown}.items()})
             mlflow.log_metric(f"eval.{who}.{suite}.latency_ms_per_item", s.seconds_per_item * 1000)
-    mlflow.log_metrics({"gate.heldout_diff": report.heldout_diff, "gate.ci_low": report.ci_low,
-                        "gate.ci_high": report.ci_high, "gate.adversarial_diff": report.adversarial_diff,
-                        "gate.regression_diff": report.regression_diff, "gate.regression_items": report.regression_items,
-                        "gate.passed": float(report.passed)})
-    rows = []
+    mlflow.log_metrics({"gate.heldout_diff": report.heldout_diff, "gate.ci_low": report.ci_low, "gate.ci_high": report.ci_high,
+                        "gate.adversarial_diff": report.adversarial_diff, "gate.regression_diff": report.regression_diff,
+                        "gate.regression_items": report.regression_items, "gate.passed": float(report.passed)})
     for suite, items in suites.items():
-        for n, item in enumerate(items):
-            rows.append({
-                "suite": suite, "category": item.category, "input": item.input[:300], "reference": item.reference,
-                "champion_output": outputs["champion"][suite][n], "challenger_output": outputs["challenger"][suite][n],
-                "champion_score": report.champion[suite].per_item[n], "challenger_score": report.challenger[suite].per_item[n],
-                "diff": report.challenger[suite].per_item[n] - report.champion[suite].per_item[n],
-            })
-    mlflow.log_table(pd.DataFrame(rows), "evaluate/per_example.json")
+        before, after = report.champion[suite], report.challenger[suite]
+        rows = [{**item.row(), "champion_output": before.outputs[n], "challenger_output": after.outputs[n],
+                 "champion_score": before.per_item[n], "challenger_score": after.per_item[n],
+                 "diff": after.per_item[n] - before.per_item[n], "challenger_failed_because": after.reasons[n]}
+                for n, item in enumerate(items)]
+        mlflow.log_table(pd.DataFrame(rows), f"evaluate/{suite}.json")
     mlflow.log_dict(report.model_dump(exclude={"challenger", "champion"}), "evaluate/gate.json")
-    mlflow.set_tag("gate", "passed" if report.passed else "refused")
+    mlflow.set_tag("gate", report.verdict)
 
 
 def report_markdown(report: EvalReport) -> str:
-    lines = [f"# Gate: {'PASSED' if report.passed else 'REFUSED'} (baseline: {report.baseline})", "",
-             "| suite | baseline | challenger |", "|---|---|---|"]
-    lines += [f"| {s} | {report.champion[s].mean:.3f} | {report.challenger[s].mean:.3f} |" for s in report.challenger]
-    lines += ["", f"Held-out diff {report.heldout_diff:+.3f}, CI [{report.ci_low:+.3f}, {report.ci_high:+.3f}]; "
-                  f"adversarial diff {report.adversarial_diff:+.3f}; regression diff {report.regression_diff:+.3f} "
-                  f"(over the {report.regression_items} items the baseline answers well)."]
-    lines += [f"- {r}" for r in report.reasons]
+    lines = [f"# Gate: {report.verdict.upper()} (baseline: {report.baseline})", "",
+             "| suite | items | baseline | challenger |", "|---|---|---|---|"]
+    lines += [f"| {s} | {report.items.get(s, 0)} | {report.champion[s].mean:.3f} | {report.challenger[s].mean:.3f} |"
+              for s in report.challenger]
+    lines += ["", "| check | verdict | diff | CI | threshold |", "|---|---|---|---|---|"]
+    lines += [f"| {c['name']} | {c['verdict']} | {c['diff_mean']:+.3f} | [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}] "
+              f"| {c['threshold']:.3f} |" for c in report.checks]
+    lines += [""] + [f"- {r}" for r in report.reasons]
     return "\n".join(lines)
 
 
-def evaluate_candidates(config: LoopConfig, data: CuratedData, challenger_dir: Path) -> tuple[EvalReport, dict, dict]:
-    champion = alias_version(config.model_name, "champion")
-    champion_dir = adapter_path(config.model_name, champion, config.home.resolve() / "adapters") if champion else None
-    suites = {"heldout": heldout_suite(data.heldout),
-              "adversarial": adversarial_suite(config.kind, data.heldout, data.labels, seed=config.tune.seed),
-              "regression": regression_suite(config.kind, data.train, seed=config.tune.seed)}
-    scores, outputs = {}, {}
-    for who, adapter_dir in (("champion", champion_dir), ("challenger", challenger_dir)):
-        labels = (read_labels(adapter_dir) if adapter_dir else None) or data.labels
-        scores[who], outputs[who] = run_suites(config, load_candidate(config, adapter_dir, data.labels), labels, suites)
-    heldout = paired_bootstrap(scores["champion"]["heldout"].per_item, scores["challenger"]["heldout"].per_item,
-                               config.gate.bootstrap_samples, config.gate.confidence, config.tune.seed)
-    adversarial_diff = scores["challenger"]["adversarial"].mean - scores["champion"]["adversarial"].mean
-    regression_diff, regression_items = known_diff(scores["champion"]["regression"].per_item,
-                                                   scores["challenger"]["regression"].per_item, config.gate.regression_floor)
-    reasons = decide(config.gate, heldout, adversarial_diff, regression_diff)
-    report = EvalReport(
-        baseline=champion or "base", challenger=scores["challenger"], champion=scores["champion"],
-        heldout_diff=heldout[0], ci_low=heldout[1], ci_high=heldout[2], adversarial_diff=adversarial_diff,
-        regression_diff=regression_diff, regression_items=regression_items,
-        passed=not reasons, reasons=reasons,
-    )
-    return report, suites, outputs
-
-
 @task(name="evaluate")
-def evaluate(config: LoopConfig, data: CuratedData, tuned: TuneResult, parent_run_id: str) -> EvalReport:
-    report, suites, outputs = evaluate_candidates(config, data, tuned.best.adapter_dir)
+def evaluate(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, parent_run_id: str) -> EvalReport:
+    challenger_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
+    report, suites = evaluate_candidates(config, ref, challenger_dir)
     with within_run(parent_run_id):
-        log_report(report, suites, outputs)
+        log_report(report, suites)
     create_markdown_artifact(report_markdown(report), key=f"gate-{config.kind}", description="Evaluation gate")
     return report

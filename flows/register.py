@@ -7,11 +7,13 @@ import json
 from prefect import task
 from pydantic import BaseModel
 
-from flows.curate import CuratedData
-from flows.evaluate import EvalReport
-from flows.tune import TuneResult
 from tuneloop.config import LoopConfig
-from tuneloop.models import base_info
+from tuneloop.datasets import DatasetRef, load_examples
+from tuneloop.drift import register_reference
+from tuneloop.flows.evaluate import EvalReport
+from tuneloop.flows.search_tracking import fetch_adapter
+from tuneloop.flows.tune import TuneResult
+from tuneloop.models import base_of
 from tuneloop.registry import log_adapter, move_alias
 from tuneloop.tracking import git_sha, within_run
 
@@ -23,21 +25,21 @@ class Registered(BaseModel):
 
 
 @task(name="register")
-def register(config: LoopConfig, data: CuratedData, tuned: TuneResult, report: EvalReport,
+def register(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: EvalReport,
              parent_run_id: str) -> Registered | None:
     """Log the adapter with its lineage; ``None`` (and nothing registered) when the gate refused it."""
     if not report.passed:
         return None
-    base = base_info(config.kind, config.tiny)
     tags = {
-        "dataset_hash": data.dataset_hash,
-        "base_model": base.name,
-        "base_model_sha256": base.sha256,
+        "dataset_hash": ref.dataset_hash,
+        "dataset_uri": ref.artifact_uri or str(ref.path),
+        **base_of(config).tags(),
         "code_version": git_sha(),
         "search_id": tuned.study_name,
         "best_trial": str(tuned.best.number),
         "params": json.dumps(tuned.best.params),
         "trial_run_id": tuned.best.mlflow_run_id,
+        "adapter_run_id": tuned.challenger.mlflow_run_id,
         "loop_run_id": parent_run_id,
         "baseline": report.baseline,
         "gate.heldout_diff": f"{report.heldout_diff:.4f}",
@@ -47,7 +49,11 @@ def register(config: LoopConfig, data: CuratedData, tuned: TuneResult, report: E
         "eval.heldout": f"{report.challenger['heldout'].mean:.4f}",
         "eval.adversarial": f"{report.challenger['adversarial'].mean:.4f}",
     }
+    adapter_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
     with within_run(parent_run_id):
-        version = log_adapter(config, tuned.best.adapter_dir, tags)
+        version = log_adapter(config, adapter_dir, tags)
     move_alias(config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}")
+    if config.drift.enabled:  # what live inputs are compared with: this version's training prompts
+        register_reference(config, str(version.version), [e.prompt for e in load_examples(ref, "train", config.work_dir)],
+                           run_id=parent_run_id)
     return Registered(name=config.model_name, version=str(version.version), alias="challenger")

@@ -9,7 +9,8 @@ import mlflow
 from mlflow import MlflowClient
 
 from conftest import constant_corrections, tiny_config
-from flows.loop import loop
+from tuneloop.flows.loop import loop
+from tuneloop.datasets import SPLITS, load_examples
 from tuneloop.feedback import FeedbackStore
 from tuneloop.flags import challenger_percent
 from tuneloop.registry import alias_version, promote, version_for
@@ -38,7 +39,9 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
     counts = result.data.counts
     assert counts["quarantined"] == 6 and counts["thumbs_down_without_correction"] > 0
     assert counts["duplicates_removed"] > 0
-    assert {e.key for e in result.data.train}.isdisjoint({e.key for e in result.data.heldout})
+    keys = {split: {e.key for e in load_examples(result.data, split, config.work_dir)} for split in SPLITS}
+    assert all(keys[split] for split in SPLITS)  # train, validation (what trials score) and the gate's held-out
+    assert not (keys["train"] & keys["heldout"]) and not (keys["validation"] & keys["heldout"])
 
     assert result.report.passed, result.report.reasons
     assert result.report.challenger["heldout"].mean > result.report.champion["heldout"].mean
@@ -54,7 +57,7 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
     assert sum(p.stat().st_size for p in local.rglob("*") if p.is_file()) < 20e6
 
-    assert result.challenger_percent == 10 == challenger_percent(config.flag_file, config.flag_key)
+    assert result.challenger_percent == 10 == challenger_percent(config)
 
     searches = _children(result.run_id)  # the loop run -> its search run -> one run per trial
     assert [s.data.tags["tuneloop.stage"] for s in searches] == ["search"]
@@ -62,18 +65,20 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
     children = _children(result.tuned.search_run_id)
     assert len(children) == 2
     for child in children:
-        assert {"rank", "lr", "trainable_params"} <= set(child.data.params)
+        assert {"rank", "lr"} <= set(child.data.params) and "trainable_params" in child.data.metrics
         history = MlflowClient().get_metric_history(child.info.run_id, "train_loss")
         assert len(history) > 5
     parent = mlflow.get_run(result.run_id)
     assert parent.inputs.dataset_inputs[0].dataset.digest == result.data.dataset_hash
     assert parent.data.metrics["gate.passed"] == 1.0
-    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="evaluate/per_example.json")).read_text())
-    assert "challenger_output" in table["columns"]
+    for suite in ("heldout", "adversarial", "regression"):  # a table per suite, every item with both answers
+        table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id,
+                                                                    artifact_path=f"evaluate/{suite}.json")).read_text())
+        assert {"champion_output", "challenger_output", "diff"} <= set(table["columns"]) and table["data"]
 
 
 def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
-    config = tiny_config(home, "classification", epochs=6)
+    config = tiny_config(home, "classification", epochs=10)
     _seed(config, sample_feedback("classification"))
     first = loop(config)
     assert first.report.passed, first.report.reasons
@@ -86,7 +91,7 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     answers = loaded.predict(pd.DataFrame({"input": ["where is my Orbit camera", "refund my hub"]}))
     from tuneloop.sample_data import INTENTS
 
-    assert len(answers) == 2 and set(answers) <= set(INTENTS)
+    assert len(answers) == 2 and set(answers) <= set(INTENTS) | {config.fallback_label}
 
     # the same data, but a search that cannot learn: the challenger is worse than the champion
     weak = tiny_config(home, "classification", epochs=1, ranks=[4], lr_min=1e-7, lr_max=2e-7, first_trial={"rank": 4, "lr": 1e-7})

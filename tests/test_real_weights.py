@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_config
-from flows.loop import loop
+from tuneloop.flows.loop import loop
 from tuneloop.feedback import FeedbackStore
-from tuneloop.models import base_info, load_base, load_tokenizer
+from tuneloop.models import load_base, load_tokenizer, resolve_base
 from tuneloop.sample_data import sample_feedback
 from tuneloop.training import generate
 
@@ -17,11 +17,12 @@ pytestmark = pytest.mark.real_weights
 
 
 def test_smollm2_answers_through_its_chat_template():
-    model, tokenizer = load_base("generation"), load_tokenizer("generation")
+    info = resolve_base("generation")
+    model, tokenizer = load_base(info, "generation"), load_tokenizer(info)
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
     answer = generate(model, tokenizer, ["What is the capital of France?"], max_new_tokens=16)[0]
     assert "Paris" in answer
-    assert len(base_info("generation").sha256) == 64
+    assert len(info.sha256) == 64
 
 
 def test_real_minilm_loop_learns_intents_and_loads_from_the_registry(home):
@@ -37,7 +38,7 @@ def test_real_minilm_loop_learns_intents_and_loads_from_the_registry(home):
 
 def test_real_smollm2_lora_trains_and_serves_from_the_registry(home):
     config = tiny_config(home, "generation", epochs=1, ranks=[8], first_trial={"rank": 8, "lr": 0.003}, lr_min=0.002,
-                         lr_max=0.005, evals_per_trial=1, max_eval_examples=4).model_copy(update={"tiny": False, "max_new_tokens": 8})
+                         lr_max=0.005, evals_per_trial=1, validation_examples=4).model_copy(update={"tiny": False, "max_new_tokens": 8})
     # a slice of the sample keeps this under a minute or two on 2 cores (the demo runs the whole of it)
     FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("generation")[:70], config.kind)
     result = loop(config)

@@ -9,11 +9,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import tiny_config
-from flows.deploy import rollout
-from flows.evaluate import evaluate_candidates
-from flows.loop import loop
+from tuneloop.flows.deploy import rollout
+from tuneloop.flows.evaluate import evaluate_candidates
+from tuneloop.flows.loop import loop
+from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
-from tuneloop.flags import challenger_percent
+from tuneloop.flags import challenger_percent, set_challenger_percent
+from tuneloop.operations import events
 from tuneloop.registry import alias_version, promote
 from tuneloop.rollout import Rate, judge
 from tuneloop.config import DeployConfig
@@ -23,7 +25,7 @@ from tuneloop.sample_data import sample_feedback
 @pytest.fixture
 def canary(home):
     """A tiny classifier registered as challenger v1 at a 10 % canary (the base model is the champion)."""
-    config = tiny_config(home, "classification", epochs=6)
+    config = tiny_config(home, "classification", epochs=10)
     FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
     result = loop(config)
     assert result.registered and result.challenger_percent == 10
@@ -39,7 +41,9 @@ def _live_feedback(config, url: str, rates: dict[str, float], n: int = 60):
                                      prompt="where is my hub", output="shipping_status",
                                      rating="down" if i < rate * n else "up"))
     fast = config.deploy.model_copy(update={"step_wait_s": 0.05, "min_samples": 30})
-    return config.model_copy(update={"feedback_url": url, "deploy": fast})
+    live = config.model_copy(update={"feedback_url": url, "deploy": fast})
+    set_challenger_percent(live, challenger_percent(config))  # the live database holds the flag from here on
+    return live
 
 
 def test_rollout_ramps_while_healthy_then_promotes(canary, tmp_path):
@@ -48,7 +52,7 @@ def test_rollout_ramps_while_healthy_then_promotes(canary, tmp_path):
     assert rollout(live, poll_s=0.02) == "promoted"
     assert alias_version(config.model_name, "champion") == result.registered.version
     assert alias_version(config.model_name, "challenger") is None
-    assert challenger_percent(config.flag_file, config.flag_key) == 0
+    assert challenger_percent(live) == 0
 
 
 def test_rollout_rolls_back_a_worse_challenger_and_records_why(canary, tmp_path):
@@ -56,20 +60,21 @@ def test_rollout_rolls_back_a_worse_challenger_and_records_why(canary, tmp_path)
     live = _live_feedback(config, f"sqlite:///{tmp_path / 'live.db'}", {"base": 0.1, result.registered.version: 0.6})
     outcome = rollout(live, poll_s=0.02)
     assert outcome.startswith("rolled back: significantly worse")
-    assert challenger_percent(config.flag_file, config.flag_key) == 0
+    assert challenger_percent(live) == 0
     assert alias_version(config.model_name, "champion") is None  # never promoted
-    assert (config.home / "rollouts.jsonl").read_text().count("rollback") == 1
+    [event] = events(live, action="rollback")
+    assert event["version"] == result.registered.version and "significantly worse" in event["reason"]
 
 
 def test_sabotaged_challenger_is_never_promoted(canary):
     config, result = canary
     promote(config.model_name)
     sabotaged = config.work_dir / "sabotaged"
-    shutil.copytree(result.tuned.best.adapter_dir, sabotaged)
+    shutil.copytree(fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters"), sabotaged)
     weights = load_file(sabotaged / "adapter_model.safetensors")
     torch.manual_seed(0)
     save_file({k: torch.randn_like(v) * 5 for k, v in weights.items()}, sabotaged / "adapter_model.safetensors")
-    report, _, _ = evaluate_candidates(config, result.data, sabotaged)
+    report, _ = evaluate_candidates(config, result.data, sabotaged)
     assert not report.passed and report.heldout_diff < 0
     assert report.baseline == alias_version(config.model_name, "champion")
 

@@ -23,7 +23,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from tuneloop.config import LoopConfig
-from tuneloop.locks import database_lock
+from tuneloop.locks import database_lock, registry_lock_url
 
 ALIASES = ("champion", "challenger", "previous")
 
@@ -32,10 +32,12 @@ SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "input")]), outputs=
 
 
 def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> ModelVersion:
-    """Log the adapter as a new version of the kind's registered model, tagged with its lineage."""
-    (Path(adapter_dir) / "tuneloop.json").write_text(
-        json.dumps({"kind": config.kind, "tiny": config.tiny, "max_new_tokens": config.max_new_tokens})
-    )
+    """Log the adapter (its folder carries the base and prompting it needs: ``tuneloop.adapters``) as
+    a new version of the kind's registered model, tagged with its lineage."""
+    if mlflow.active_run() is None:  # outside a loop (CLI, tests): the kind's experiment, not whichever was active
+        from tuneloop.tracking import use_experiment
+
+        use_experiment(config)
     info = mlflow.pyfunc.log_model(
         name="adapter",
         python_model=str(Path(__file__).with_name("adapter_model.py")),  # models from code: no pickled class
@@ -106,7 +108,7 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
     between still routes every user to a valid version (readers read all aliases at once).
     """
     client = MlflowClient()
-    with database_lock(mlflow.get_tracking_uri(), f"mlflow-aliases:{name}"):
+    with database_lock(registry_lock_url(mlflow.get_tracking_uri()), f"mlflow-aliases:{name}"):
         model = client.get_registered_model(name)  # its aliases and history: only writers under this lock change them
         current = {alias: str(version) for alias, version in model.aliases.items()}
         entries, stamp = [], datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,40 +1,26 @@
-"""Exact match, token F1 (SQuAD normalisation) and ROUGE-L (rouge-score) per example and on average."""
-
-import re
-import string
-from collections import Counter
+"""Exact match, token F1 (SQuAD normalisation), fact accuracy and ROUGE-L (rouge-score), per example and
+on average. The text rules live in ``tuneloop.eval_suites`` so suites and this module judge alike."""
 
 import datasets
 import evaluate
 from rouge_score import rouge_scorer
+from tuneloop.eval_suites.facts import fact_accuracy
+from tuneloop.eval_suites.matching import normalize_answer
+from tuneloop.eval_suites.matching import token_f1
 
 _DESCRIPTION = "Answer quality for short generated answers against a reference answer."
 _KWARGS_DESCRIPTION = """
 Args:
     predictions: list of generated answers.
     references: list of reference answers.
+    prompts: optional list of the questions; fact accuracy then does not require facts the question
+        itself states (the product a question names).
 Returns:
-    exact_match, token_f1, rouge_l: means in [0, 1];
-    per_example: dict of the same three as lists, one value per example.
+    exact_match, token_f1, fact_accuracy, rouge_l: means in [0, 1];
+    per_example: dict of the same four as lists, one value per example.
+    fact_accuracy is 1 when every fact-bearing token of the reference (numbers, words with digits,
+    capitalised names not starting a sentence) is in the answer (see tuneloop.eval_suites.facts).
 """
-
-
-def normalize_answer(text):
-    text = text.casefold()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def token_f1(prediction, reference):
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
@@ -47,11 +33,13 @@ class GenerationQuality(evaluate.Metric):
             features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, references):
+    def _compute(self, predictions, references, prompts=None):
         scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        asked = prompts if prompts is not None else [None] * len(predictions)
         per = {
             "exact_match": [float(normalize_answer(p) == normalize_answer(r)) for p, r in zip(predictions, references)],
             "token_f1": [token_f1(p, r) for p, r in zip(predictions, references)],
+            "fact_accuracy": [fact_accuracy(p, r, q) for p, r, q in zip(predictions, references, asked)],
             "rouge_l": [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)],
         }
         means = {k: (sum(v) / len(v) if v else 0.0) for k, v in per.items()}

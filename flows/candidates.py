@@ -1,0 +1,106 @@
+"""The models the gate compares and their answers: the bare base, a registered version or a freshly
+trained adapter, each on its own base model, with its own prompting and (classification) its own
+out-of-scope threshold.
+
+Answers of the base and of registered versions are cached on disk by content (the model, the
+inputs, the decoding settings): greedy decoding gives the same answers every time, and every loop
+and every trial compares against the same baseline, so it answers each suite once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tuneloop.adapters import load_adapter
+from tuneloop.calibration import Calibration, calibrate
+from tuneloop.config import LoopConfig
+from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
+from tuneloop.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
+from tuneloop.training import Prompting, predict
+
+CALIBRATION_FILE = "calibration.json"
+
+
+@dataclass
+class Candidate:
+    name: str  # "base", "v3" or "challenger"
+    model: object
+    tokenizer: object
+    prompting: Prompting
+    labels: list[str]
+    base: BaseModelInfo
+    calibration: Calibration | None = None
+    cache_id: str | None = None  # answers are cached under it; None for a model that may still change
+    adapter_dir: Path | None = None
+    adapters_off: bool = False  # a peft model answering as its bare base (inside a trial)
+
+
+def base_candidate(config: LoopConfig, labels: list[str]) -> Candidate:
+    info, device = base_of(config), resolve_device(config.device)
+    model = load_base(info, config.kind, labels or None, device=device, dtype=resolve_dtype(config.precision, device))
+    return Candidate("base", model, load_tokenizer(info), Prompting(config.system_prompt, config.prompt_template), labels,
+                     info, cache_id=f"base:{info.id}:{json.dumps(labels)}")
+
+
+def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id: str | None = None) -> Candidate:
+    """An adapter on the base it was trained on, with its stored threshold when it has one."""
+    device = resolve_device(config.device)
+    model, tokenizer, meta, labels = load_adapter(adapter_dir, device, resolve_dtype(config.precision, device))
+    stored = Path(adapter_dir) / CALIBRATION_FILE
+    calibration = Calibration.from_dict(json.loads(stored.read_text())) if stored.exists() else None
+    return Candidate(name, model, tokenizer, meta.prompting, labels, meta.base(), calibration, cache_id, Path(adapter_dir))
+
+
+def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem],
+            max_new_tokens: int) -> tuple[list[str], list[float] | None]:
+    """Raw outputs (before any fallback threshold) and, for classification, confidences."""
+    inputs = [it.input for it in items]
+    key = hashlib.sha256(json.dumps([candidate.cache_id, inputs, max_new_tokens, candidate.prompting.system_prompt,
+                                     candidate.prompting.template]).encode()).hexdigest()[:24]
+    path = config.work_dir / "answers" / f"{key}.json"
+    if candidate.cache_id and path.exists():
+        cached = json.loads(path.read_text())
+        return cached["outputs"], cached["confidences"]
+    outputs: list[str | None] = [None] * len(items)
+    shipped = [i for i, it in enumerate(items) if it.answers] if candidate.name == "base" else []
+    recorded = recorded_baseline([items[i] for i in shipped], candidate.base.sha256, candidate.prompting.system_prompt)
+    for i, answer in zip(shipped, recorded or []):  # the bundled base's verified answers, shipped with the suite
+        outputs[i] = answer
+    rest = [i for i, out in enumerate(outputs) if out is None]
+    confidences = None
+    if rest:
+        with candidate.model.disable_adapter() if candidate.adapters_off else nullcontext():
+            fresh, fresh_conf = predict(config.kind, candidate.model, candidate.tokenizer, [inputs[i] for i in rest],
+                                        candidate.labels, max_new_tokens, candidate.prompting)
+        for n, i in enumerate(rest):
+            outputs[i] = fresh[n]
+        if fresh_conf is not None:  # classification: nothing is recorded, every row was predicted
+            confidences = fresh_conf
+    if candidate.cache_id:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"outputs": outputs, "confidences": confidences}))
+    return outputs, confidences
+
+
+def routed(config: LoopConfig, candidate: Candidate, outputs: list[str], confidences: list[float] | None) -> list[str]:
+    """What the candidate answers after its out-of-scope threshold (classification with a fallback label)."""
+    if config.kind != "classification" or candidate.calibration is None or confidences is None:
+        return outputs
+    return candidate.calibration.apply(outputs, confidences)
+
+
+def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequence[SuiteItem]) -> Calibration | None:
+    """Classification: the candidate's threshold from its confidences on in-scope validation inputs,
+    kept beside its adapter (registered with it, applied when it serves)."""
+    if config.kind != "classification" or not config.fallback_label or not validation:
+        return None
+    _, confidences = answers(config, candidate, validation, config.max_new_tokens)
+    candidate.calibration = calibrate(confidences, config.fallback_label, config.max_fallback_rate)
+    if candidate.adapter_dir is not None:
+        (candidate.adapter_dir / CALIBRATION_FILE).write_text(json.dumps(candidate.calibration.as_dict()))
+    return candidate.calibration

@@ -1,0 +1,69 @@
+"""Rehearsal: what training must keep while it learns the users' corrections.
+
+Generation mixes into every training set the base model's own answers to a broad set of general
+prompts (self-distillation: ``eval_suites/data/replay_prompts_generation.jsonl``, chosen to share no
+fact with the regression suite), at ``replay_ratio`` replay pairs per training pair, a ratio the
+search may tune. Thumbs-up answers users liked are already in the dataset. The base's answers are
+deterministic (greedy), so they are generated once per machine and base and cached. Classification
+needs no replay set: the dataset holds every label's corrected and confirmed (thumbs-up) examples
+since the first loop, so each retrain sees all the labels the champion learned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+
+from filelock import FileLock
+
+from tuneloop.config import LoopConfig
+from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
+from tuneloop.training import Prompting, generate
+
+PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"
+MAX_NEW_TOKENS = 48
+
+
+def replay_prompts(seed: int = 0) -> list[str]:
+    """The general prompts, in a fixed shuffled order (a smaller replay set takes the first ones)."""
+    prompts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines() if line.strip()]
+    random.Random(seed).shuffle(prompts)
+    return prompts
+
+
+def rehearsable(answer: str) -> str | None:
+    """The answer up to its last complete sentence (one cut off at the length limit would teach
+    stopping mid-sentence), or None when nothing worth rehearsing is left (empty, looping)."""
+    end = max(answer.rfind(c) for c in ".!?")
+    answer = answer[:end + 1].strip() if end >= 0 else ""
+    words = answer.split()
+    if len(words) < 2 or len(words) - len(set(map(str.lower, words))) > len(words) // 2:
+        return None
+    return None if re.search(r"(\b\w+\b)( \1\b){3,}", answer) else answer
+
+
+def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, n: int) -> list[tuple[str, str]]:
+    """Up to ``n`` (prompt, the base's own answer) pairs, generated on first use and cached per base and prompting."""
+    if n <= 0 or config.kind != "generation":
+        return []
+    prompts = replay_prompts(config.tune.seed)[:n]
+    key = hashlib.sha256(json.dumps([base.id, prompting.system_prompt, prompting.template, MAX_NEW_TOKENS]).encode())
+    path = cache_dir() / "replay" / f"{key.hexdigest()[:16]}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):  # trials in other processes wait for one generation, not run their own
+        known = {}
+        if path.exists():
+            known = dict(tuple(json.loads(line)) for line in path.read_text().splitlines() if line.strip())
+        missing = [p for p in prompts if p not in known]
+        if missing:
+            device = resolve_device(config.device)
+            model = load_base(base, "generation", device=device, dtype=resolve_dtype(config.precision, device))
+            answers = generate(model, load_tokenizer(base), missing, MAX_NEW_TOKENS, prompting)
+            with open(path, "a") as f:
+                for prompt, answer in zip(missing, answers):
+                    f.write(json.dumps([prompt, answer]) + "\n")
+                    known[prompt] = answer
+    return [(p, kept) for p in prompts if (kept := rehearsable(known[p]))]
