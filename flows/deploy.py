@@ -12,19 +12,21 @@ import time
 import mlflow
 from prefect import flow, task
 
-from flows.register import Registered
+from tuneloop.flows.register import Registered
 from tuneloop.config import LoopConfig
 from tuneloop.flags import challenger_percent, set_challenger_percent
-from tuneloop.registry import alias_version, promote
-from tuneloop.rollout import check, roll_back
+from tuneloop.operations import promote, record_event, roll_back
+from tuneloop.registry import alias_version
+from tuneloop.rollout import check
 from tuneloop.tracking import within_run
 
 
 @task(name="deploy")
 def deploy(config: LoopConfig, registered: Registered, parent_run_id: str) -> int:
     """Returns the challenger's live share in percent. Running services follow the flag file live."""
-    set_challenger_percent(config.flag_file, config.flag_key, config.deploy.canary_percent)
-    share = challenger_percent(config.flag_file, config.flag_key)
+    set_challenger_percent(config, config.deploy.canary_percent, by=f"loop run {parent_run_id}")
+    record_event(config, registered.version, "canary", f"{config.deploy.canary_percent} %: opened by loop run {parent_run_id}")
+    share = challenger_percent(config)
     with within_run(parent_run_id):
         mlflow.log_metric("deploy.challenger_percent", share)
         mlflow.set_tag("deployed_version", registered.version)
@@ -39,19 +41,20 @@ def rollout(config: LoopConfig = LoopConfig(), poll_s: float = 30.0) -> str:
         return "held: no challenger registered"
     champion = alias_version(config.model_name, "champion") or "base"
     for share in config.deploy.ramp:
-        if share < challenger_percent(config.flag_file, config.flag_key):
+        if share < challenger_percent(config):
             continue  # already past this step
-        set_challenger_percent(config.flag_file, config.flag_key, share)
+        set_challenger_percent(config, share, by="rollout flow")
+        record_event(config, challenger, "canary", f"{share} %: rollout step")
         print(f"challenger v{challenger} at {share} %")
         began = time.monotonic()
         while True:
             time.sleep(poll_s)
             if alias_version(config.model_name, "challenger") != challenger or \
-                    challenger_percent(config.flag_file, config.flag_key) == 0:
+                    challenger_percent(config) == 0:
                 return "held: the challenger changed or was rolled back by someone else"
             verdict = check(config, champion, challenger)
             if verdict.action == "rollback":
-                roll_back(config, challenger, f"rollout at {share} %: {verdict.reason}")
+                roll_back(config, f"rollout at {share} %: {verdict.reason}", version=challenger)
                 return f"rolled back: {verdict.reason}"
             waited = time.monotonic() - began
             if verdict.action == "ramp" and waited >= config.deploy.step_wait_s:
@@ -60,7 +63,6 @@ def rollout(config: LoopConfig = LoopConfig(), poll_s: float = 30.0) -> str:
             if waited >= config.deploy.max_wait_s:
                 return f"held at {share} %: {verdict.reason}"
     if config.deploy.promote_at_full:
-        promote(config.model_name, reason=f"rollout reached 100 % healthy (was challenger v{challenger})")
-        set_challenger_percent(config.flag_file, config.flag_key, 0)
+        promote(config, reason=f"rollout reached 100 % healthy (was challenger v{challenger})")
         return "promoted"
     return "full"

@@ -8,19 +8,23 @@ import mlflow
 from prefect import flow
 from pydantic import BaseModel
 
-from flows.curate import CuratedData, curate
-from flows.deploy import deploy
-from flows.evaluate import EvalReport, evaluate
-from flows.register import Registered, register
-from flows.tune import TuneResult, tune
+from tuneloop.flows.curate import curate
+from tuneloop.flows.deploy import deploy
+from tuneloop.flows.evaluate import EvalReport, evaluate
+from tuneloop.flows.register import Registered, register
+from tuneloop.flows.tune import TuneResult, tune
 from tuneloop.config import LoopConfig
+from tuneloop.cost import LoopMeter, tag_version_cost
+from tuneloop.datasets import DatasetRef
+from tuneloop.economics import crossover_artifact
+from tuneloop.models import preflight
 from tuneloop.owners import claim_flow_run
 from tuneloop.tracking import use_experiment
 
 
 class LoopResult(BaseModel):
     run_id: str
-    data: CuratedData
+    data: DatasetRef
     tuned: TuneResult
     report: EvalReport
     registered: Registered | None
@@ -30,27 +34,25 @@ class LoopResult(BaseModel):
 
 @flow(name="tuneloop", log_prints=True)
 def loop(config: LoopConfig = LoopConfig()) -> LoopResult:
+    base = preflight(config)  # a base, device or quantization setting that cannot work is refused before any work
     claim_flow_run()  # an earlier loop killed on this machine shows as Crashed, not Running forever
     use_experiment(config)
-    seconds: dict[str, float] = {}
-
-    def timed(stage: str, fn, *args):
-        began = time.perf_counter()
-        out = fn(*args)
-        seconds[stage] = time.perf_counter() - began
-        return out
-
+    meter = LoopMeter.for_loop(config)  # CPU, GPU and wall seconds and bytes stored, per stage, priced
     with mlflow.start_run(run_name=f"loop-{config.kind}-{time.strftime('%Y%m%d-%H%M%S')}") as run:
         run_id = run.info.run_id
-        mlflow.set_tags({"tuneloop.kind": config.kind, "tuneloop.stage": "loop"})
+        mlflow.set_tags({"tuneloop.kind": config.kind, "tuneloop.stage": "loop", **base.tags()})
         mlflow.log_dict(config.model_dump(mode="json"), "config.json")
-        data = timed("curate", curate, config)
-        tuned = timed("tune", tune, config, data, run_id)
-        report = timed("evaluate", evaluate, config, data, tuned, run_id)
-        registered = timed("register", register, config, data, tuned, report, run_id)
-        share = timed("deploy", deploy, config, registered, run_id) if registered else 0
+        data = meter.run("curate", curate, config)
+        tuned = meter.run("tune", tune, config, data, run_id)
+        report = meter.run("evaluate", evaluate, config, data, tuned, run_id)
+        registered = meter.run("register", register, config, data, tuned, report, run_id)
+        share = meter.run("deploy", deploy, config, registered, run_id) if registered else 0
         if not registered:
             print("Gate refused the challenger; nothing registered or deployed:\n- " + "\n- ".join(report.reasons))
-        mlflow.log_metrics({f"seconds.{k}": v for k, v in seconds.items()})
+        mlflow.log_metrics({f"seconds.{k}": v for k, v in meter.seconds.items()})
+    meter.log(run_id)
+    if registered:  # its loop, and the refused loops and idle trigger runs since the previous version
+        tag_version_cost(config, registered.version)
+    crossover_artifact(config, run_id)  # when fine-tuning pays, from what was measured
     return LoopResult(run_id=run_id, data=data, tuned=tuned, report=report, registered=registered,
-                      challenger_percent=share, seconds=seconds)
+                      challenger_percent=share, seconds=meter.seconds)

@@ -13,9 +13,11 @@ import mlflow
 import pytest
 
 from conftest import TOKEN, tiny_config
-from flows.loop import loop
+from tuneloop.flows.loop import loop
+from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.flags import set_challenger_percent
+from tuneloop.operations import events
 from tuneloop.registry import alias_version, log_adapter, move_alias, promote
 from tuneloop.localserver import tuneloop_service
 from tuneloop.sample_data import sample_feedback
@@ -36,11 +38,12 @@ def registered(tmp_path_factory):
     home = tmp_path_factory.mktemp("service-home")
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
-    config = tiny_config(home, "classification", epochs=6)
+    config = tiny_config(home, "classification", epochs=10)
     FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
     result = loop(config)
     promote(config.model_name)
-    v2 = log_adapter(config, result.tuned.best.adapter_dir, {"note": "second version for routing tests"})
+    adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")
+    v2 = log_adapter(config, adapter, {"note": "second version for routing tests"})
     move_alias(config.model_name, "challenger", str(v2.version), "test")
     yield home, config, result
     mlflow.set_tracking_uri(previous_uri)
@@ -71,7 +74,7 @@ def _wait_until(condition, seconds: float, message: str) -> float:
 
 def test_routes_a_sticky_canary_and_rolls_back_without_restart(service):
     base, config = service
-    set_challenger_percent(config.flag_file, config.flag_key, 50)
+    set_challenger_percent(config, 50)
     time.sleep(0.3)
     answers = {f"user-{i}": _predict(base, f"user-{i}") for i in range(40)}
     assert {a["model_version"] for a in answers.values()} == {"1", "2"}
@@ -120,8 +123,9 @@ def test_admin_endpoints_refuse_requests_without_the_token(service):
 def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, registered):
     base, config = service
     _, _, result = registered
-    set_challenger_percent(config.flag_file, config.flag_key, 50)
-    v3 = str(log_adapter(config, result.tuned.best.adapter_dir, {"note": "hot swap"}).version)
+    set_challenger_percent(config, 50)
+    adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")
+    v3 = str(log_adapter(config, adapter, {"note": "hot swap"}).version)
     failures, seen, stop = [], set(), False
 
     def hammer(worker: int) -> int:
@@ -152,7 +156,7 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
     base, config = service
     challenger = alias_version(config.model_name, "challenger")
     champion = alias_version(config.model_name, "champion")
-    set_challenger_percent(config.flag_file, config.flag_key, 10)
+    set_challenger_percent(config, 10)
     store = FeedbackStore(config.feedback_db)
     for n in range(40):
         for version, rating in ((champion, "down" if n % 10 == 0 else "up"), (challenger, "down" if n % 10 < 7 else "up")):
@@ -166,7 +170,7 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
 
     # one guard per service, however many workers serve: the rollback is recorded once
     time.sleep(3 * 0.5)  # a second guard would have acted by now (guard interval 0.5 s)
-    rollbacks = [json.loads(line) for line in (config.home / "rollouts.jsonl").read_text().splitlines()]
+    rollbacks = events(config, action="rollback")
     assert [r["version"] for r in rollbacks if r["reason"].startswith("live guard")] == [challenger]
     _predict(base, "metrics-user")  # answered requests are counted (whichever worker answers)
     metrics = httpx.get(f"{base}/metrics", timeout=10).text
@@ -175,17 +179,16 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
 
 def test_shadow_mode_never_returns_the_shadow_answer(registered):
     home, config, _ = registered
-    set_challenger_percent(config.flag_file, config.flag_key, 100)  # even a full share is ignored in shadow mode
+    set_challenger_percent(config, 100)  # even a full share is ignored in shadow mode
     with running_service(home, "classification", TUNELOOP_DEPLOY__SHADOW="true") as base:
         champion = alias_version(config.model_name, "champion")
         challenger = alias_version(config.model_name, "challenger")
         answers = [_predict(base, f"shadow-{i}") for i in range(12)]
         assert {a["model_version"] for a in answers} == {champion}
-        log = home / "shadow" / "classification.jsonl"
-        _wait_until(lambda: log.exists() and len(log.read_text().splitlines()) >= 12, 20, "shadow answers not logged")
-        import json
+        from tuneloop.serving.live import shadow_log  # scrubbed records in the shadow_log table (tests/test_shadow.py)
 
-        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        _wait_until(lambda: len(shadow_log(config)) >= 12, 20, "shadow answers not logged")
+        lines = shadow_log(config)
         assert {line["shadow_version"] for line in lines} == {challenger}
         assert {a["request_id"] for a in answers} <= {line["request_id"] for line in lines}
-    set_challenger_percent(config.flag_file, config.flag_key, 0)
+    set_challenger_percent(config, 0)
