@@ -1,0 +1,531 @@
+"""`tuneloop stack up | down | status | env`: the team set-up on one machine, each part its real program.
+
+``stack up`` starts, on 127.0.0.1 and each in its own process group:
+
+* a Prefect server on PostgreSQL (``PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://...``),
+* an MLflow tracking server with a PostgreSQL backend store that serves the artifacts itself
+  (clients see ``mlflow-artifacts:`` URIs; the files live in ``$TUNELOOP_HOME/mlartifacts``),
+* a process work pool ``tuneloop`` with one or more workers (``prefect worker start --pool tuneloop``),
+* the BentoML service, one per kind,
+
+creates the PostgreSQL databases it needs, waits until every part answers its health check and
+prints an environment block (``eval "$(tuneloop stack up)"`` or ``eval "$(tuneloop stack env)"``)
+that points a shell, ``prefect deploy`` and the CLI at the stack. Logs, PIDs and the stack's
+settings live in ``$TUNELOOP_HOME/stack/``. ``stack up`` again starts only what is not running;
+``stack down`` stops every process group, then anything left that carries the stack's marker in its
+environment (flow runs started by a worker included), and may be run any number of times.
+
+Every part gets its own scratch home under ``stack/`` (worker-1, service-generation, ...): they share
+nothing on disk but reach each other through the servers and the databases, as on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True)
+err = Console(stderr=True)  # progress to stderr: stdout carries only the env block, so `eval "$(...)"` works
+
+ROOT = Path(__file__).resolve().parent.parent
+POOL = "tuneloop"
+MARKER = "TUNELOOP_STACK"  # every part (and every process it starts) carries this in its environment
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+DATABASES = ("prefect", "mlflow", "ops", "optuna")
+KINDS = ("generation", "classification")
+
+
+# --- settings and state ---------------------------------------------------------------------------
+
+@dataclass
+class StackSettings:
+    home: Path
+    postgres: str = DEFAULT_POSTGRES
+    db_prefix: str = "tuneloop"
+    prefect_port: int = 4200
+    mlflow_port: int = 5000
+    service_port: int = 3000
+    worker_port: int = 8380  # workers' health check servers: this port and the next ones
+    kinds: list[str] = field(default_factory=lambda: ["generation"])
+    workers: int = 1
+    serve_workers: int = 1
+    mlflow_workers: int = 1
+    tiny: bool = False
+
+    @property
+    def dir(self) -> Path:
+        return self.home / "stack"
+
+    def database(self, part: str) -> str:
+        return f"{self.db_prefix}_{part}"
+
+    def url(self, part: str, driver: str) -> str:
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.postgres).set(drivername=driver, database=self.database(part)).render_as_string(hide_password=False)
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.prefect_port}/api"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_port}"
+
+    def service_url(self, kind: str) -> str:
+        return f"http://127.0.0.1:{self.service_port + self.kinds.index(kind)}"
+
+    def client_env(self) -> dict[str, str]:
+        """What every client of the stack needs: the shell, prefect deploy, the CLI, the workers, the services."""
+        return {
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "TUNELOOP_FEEDBACK_URL": self.url("ops", "postgresql+psycopg"),
+            "TUNELOOP_OPTUNA_URL": self.url("optuna", "postgresql+psycopg"),
+            "TUNELOOP_HOME": str(self.home),
+            "TUNELOOP_TINY": str(self.tiny).lower(),
+        }
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        (self.dir / "settings.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, home: Path) -> "StackSettings | None":
+        path = home / "stack" / "settings.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        data["home"] = Path(data["home"])
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Part:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    health_url: str
+    ready_url: str | None = None  # services: /readyz (a classification service is ready once a version exists)
+    after: tuple[str, ...] = ()  # parts that must answer before this one starts
+
+
+def _stack_id(settings: StackSettings) -> str:
+    return str(settings.dir.resolve())
+
+
+def parts(settings: StackSettings) -> list[Part]:
+    """Every part of the stack, with the command line and environment it runs with."""
+    s, bindir = settings, Path(sys.executable).parent
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_"))}
+    base.update({MARKER: _stack_id(s), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
+                 "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(s.dir / "prefect-home")})
+    client = {**base, **s.client_env()}
+    out = [
+        Part("prefect", [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.prefect_port),
+                         "--no-background"],
+             {**base, "PREFECT_API_DATABASE_CONNECTION_URL": s.url("prefect", "postgresql+asyncpg"),
+              "PREFECT_HOME": str(s.dir / "prefect-server"), "PREFECT_SERVER_API_HOST": "127.0.0.1",
+              "PREFECT_UI_API_URL": s.prefect_api},
+             f"{s.prefect_api}/health"),
+        Part("mlflow", [str(bindir / "mlflow"), "server", "--backend-store-uri", s.url("mlflow", "postgresql+psycopg"),
+                        "--serve-artifacts", "--artifacts-destination", str(s.home / "mlartifacts"),
+                        "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", str(s.mlflow_workers)],
+             # no job runner: its seven huey consumers serve GenAI judges and scorers, which tuneloop does not use
+             {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{s.mlflow_uri}/health"),
+    ]
+    for n in range(1, s.workers + 1):
+        port = s.worker_port + n - 1
+        out.append(Part(f"worker-{n}", [str(bindir / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
+                                        "--name", f"{POOL}-worker-{n}", "--with-healthcheck"],
+                        {**client, "TUNELOOP_HOME": str(s.dir / f"worker-{n}"),
+                         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+                         "PREFECT_WORKER_QUERY_SECONDS": "5"},
+                        f"http://127.0.0.1:{port}/health",
+                        after=("prefect", "mlflow") if n == 1 else ("worker-1",)))  # the first one creates the pool
+    for kind in s.kinds:
+        url = s.service_url(kind)
+        port = url.rsplit(":", 1)[1]
+        out.append(Part(f"service-{kind}", [sys.executable, "-m", "bentoml", "serve", "tuneloop.serving.service:Tuneloop",
+                                            "--host", "127.0.0.1", "--port", port, "--working-dir", str(ROOT)],
+                        {**client, "TUNELOOP_HOME": str(s.dir / f"service-{kind}"), "TUNELOOP_KIND": kind,
+                         "BENTOML_HOME": str(s.dir / "bentoml"),
+                         "TUNELOOP_DEPLOY__SERVE_WORKERS": str(s.serve_workers)},
+                        f"{url}/healthz", ready_url=f"{url}/readyz", after=("mlflow",)))
+    return out
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+def _start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat): tells a reused PID apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pidfile(settings: StackSettings, name: str) -> Path:
+    return settings.dir / f"{name}.pid"
+
+
+def running_pid(settings: StackSettings, name: str) -> int | None:
+    """The part's PID if the process recorded for it is still the same process, else None."""
+    path = _pidfile(settings, name)
+    if not path.exists():
+        return None
+    try:
+        pid, ticks = path.read_text().split()
+        pid = int(pid)
+    except ValueError:
+        return None
+    return pid if _start_ticks(pid) == ticks else None
+
+
+def marked_pids(stack_id: str) -> list[int]:
+    """Every process on this machine whose environment carries this stack's marker."""
+    needle = f"{MARKER}={stack_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                if (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _healthy(url: str, timeout: float = 3) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _launch(settings: StackSettings, part: Part) -> int:
+    logs = settings.dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for key in ("TUNELOOP_HOME", "PREFECT_HOME", "BENTOML_HOME"):
+        if key in part.env:
+            Path(part.env[key]).mkdir(parents=True, exist_ok=True)
+    with open(logs / f"{part.name}.log", "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(part.args)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(part.args, env=part.env, cwd=settings.dir, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # its own process group
+    _pidfile(settings, part.name).write_text(f"{proc.pid} {_start_ticks(proc.pid)}")
+    return proc.pid
+
+
+def _log_tail(settings: StackSettings, name: str, chars: int = 2500) -> str:
+    path = settings.dir / "logs" / f"{name}.log"
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+# --- databases ------------------------------------------------------------------------------------
+
+def ensure_databases(settings: StackSettings) -> list[str]:
+    """Create the stack's databases that are missing; returns the ones created."""
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.postgres)
+    if importlib_missing("asyncpg"):
+        raise RuntimeError("asyncpg is not installed: the Prefect server needs it for PostgreSQL (pip install asyncpg)")
+    created = []
+    conninfo = dict(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
+                    password=url.password, dbname="postgres", connect_timeout=5)
+    with psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}, autocommit=True) as conn:
+        for part in DATABASES:
+            name = settings.database(part)
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+                created.append(name)
+    return created
+
+
+def drop_stack_databases(settings: StackSettings) -> None:
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    url = make_url(settings.postgres)
+    conninfo = dict(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
+                    password=url.password, dbname="postgres", connect_timeout=5)
+    with psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}, autocommit=True) as conn:
+        for part in DATABASES:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.database(part))))
+
+
+def importlib_missing(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is None
+
+
+def prepare_stores(settings: StackSettings) -> None:
+    """Schema of the operations database and the Optuna storage, made once here, so that the parts
+    (and the lead's trial workers) never race to create the same tables."""
+    from tuneloop.feedback import FeedbackStore
+
+    FeedbackStore(settings.url("ops", "postgresql+psycopg"))
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.storages.RDBStorage(settings.url("optuna", "postgresql+psycopg"))
+
+
+# --- up / down / status ---------------------------------------------------------------------------
+
+def env_block(settings: StackSettings) -> str:
+    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in settings.client_env().items())
+
+
+def up(settings: StackSettings, timeout_s: float = 300) -> dict[str, float]:
+    """Start what is not running, wait until every part answers; returns seconds until each answered."""
+    settings.dir.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    created = ensure_databases(settings)
+    if created:
+        err.print(f"created databases {', '.join(created)}")
+    settings.save()
+    todo = parts(settings)
+    pending: dict[str, Part] = {}
+    answered: dict[str, float] = {}
+    for part in todo:
+        pid = running_pid(settings, part.name)
+        if pid is not None:
+            err.print(f"{part.name}: already running (pid {pid})")
+            pending[part.name] = part  # still checked below
+    started: set[str] = set()
+    prepared = False
+    deadline = began + timeout_s
+    while True:
+        for part in todo:
+            if part.name in answered:
+                continue
+            if part.name not in pending and all(dep in answered for dep in part.after):
+                pid = _launch(settings, part)
+                started.add(part.name)
+                pending[part.name] = part
+                err.print(f"{part.name}: started (pid {pid}), log {settings.dir / 'logs' / (part.name + '.log')}")
+            if part.name in pending:
+                if running_pid(settings, part.name) is None:
+                    raise RuntimeError(f"{part.name} exited while starting; its log ends:\n{_log_tail(settings, part.name)}")
+                if _healthy(part.health_url, timeout=2):
+                    answered[part.name] = time.monotonic() - began
+                    err.print(f"{part.name}: healthy after {answered[part.name]:.1f} s ({part.health_url})")
+        if not prepared:  # while the servers start; before any part that uses the stores
+            prepare_stores(settings)
+            prepared = True
+            continue
+        if len(answered) == len(todo):
+            break
+        if time.monotonic() > deadline:
+            late = [p.name for p in todo if p.name not in answered]
+            tails = "\n".join(f"--- {name}:\n{_log_tail(settings, name)}" for name in late)
+            raise TimeoutError(f"not healthy after {timeout_s:.0f} s: {', '.join(late)}\n{tails}")
+        time.sleep(0.5)
+    answered["total"] = time.monotonic() - began
+    return answered
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _stop_group(pid: int, grace_s: float) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def down(settings: StackSettings, grace_s: float = 20) -> list[str]:
+    """Stop every part (services and workers first, the servers last); then whatever still carries the
+    stack's marker (a flow run a worker started in a session of its own, say). Idempotent."""
+    stopped = []
+    for part in reversed(parts(settings)):
+        pid = running_pid(settings, part.name)
+        if pid is not None:
+            began = time.monotonic()
+            _stop_group(pid, grace_s)
+            stopped.append(f"{part.name} ({time.monotonic() - began:.1f} s)")
+        _pidfile(settings, part.name).unlink(missing_ok=True)
+    stack_id = _stack_id(settings)
+    leftovers = marked_pids(stack_id)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.2)
+        leftovers = marked_pids(stack_id)
+    for pid in leftovers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return stopped
+
+
+def status(settings: StackSettings) -> list[dict]:
+    """Each part: its PID (None when not running), health, and for services readiness."""
+    rows = []
+    for part in parts(settings):
+        pid = running_pid(settings, part.name)
+        healthy = pid is not None and _healthy(part.health_url)
+        row = {"part": part.name, "pid": pid, "url": part.health_url, "healthy": healthy,
+               "log": str(settings.dir / "logs" / f"{part.name}.log")}
+        if part.ready_url:
+            row["ready"] = healthy and _healthy(part.ready_url)
+        rows.append(row)
+    return rows
+
+
+# --- the commands ---------------------------------------------------------------------------------
+
+HomeOpt = typer.Option(None, "--home", help="State directory (default $TUNELOOP_HOME or ./.tuneloop); the stack lives in HOME/stack")
+
+
+def _home(home: Optional[Path]) -> Path:
+    return Path(home or os.environ.get("TUNELOOP_HOME", ".tuneloop")).resolve()
+
+
+def _settings(home: Optional[Path]) -> StackSettings:
+    resolved = _home(home)
+    settings = StackSettings.load(resolved)
+    if settings is None:
+        err.print(f"no stack in {resolved / 'stack'} (tuneloop stack up starts one)")
+        raise typer.Exit(1)
+    return settings
+
+
+@app.command("up")
+def up_command(
+    home: Optional[Path] = HomeOpt,
+    postgres: str = typer.Option(DEFAULT_POSTGRES, envvar="TUNELOOP_STACK_POSTGRES",
+                                 help="PostgreSQL server URL; the stack's databases are created there when missing"),
+    db_prefix: str = typer.Option("tuneloop", help="Database names: PREFIX_prefect, PREFIX_mlflow, PREFIX_ops, PREFIX_optuna"),
+    prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
+    service_port: int = typer.Option(3000, help="The first kind's service port; further kinds take the next ports"),
+    worker_port: int = typer.Option(8380, help="Worker health check ports start here"),
+    kind: list[str] = typer.Option(["generation"], "--kind", "-k", help="A service per kind (repeat for both)"),
+    workers: int = typer.Option(1, min=1, help="Prefect workers polling the tuneloop pool"),
+    serve_workers: int = typer.Option(1, min=1, help="Worker processes of each BentoML service"),
+    mlflow_workers: int = typer.Option(1, min=1, help="Worker processes of the MLflow server"),
+    tiny: bool = typer.Option(False, help="Tiny random models everywhere (tests, smoke runs)"),
+    timeout: float = typer.Option(300, help="Seconds to wait for every part to answer"),
+) -> None:
+    """Start the stack (only the parts not running yet); print the environment block to eval."""
+    for k in kind:
+        if k not in KINDS:
+            raise typer.BadParameter(f"kind must be generation or classification, got {k!r}")
+    resolved = _home(home)
+    previous = StackSettings.load(resolved)
+    settings = StackSettings(home=resolved, postgres=postgres, db_prefix=db_prefix, prefect_port=prefect_port,
+                             mlflow_port=mlflow_port, service_port=service_port, worker_port=worker_port,
+                             kinds=list(dict.fromkeys(kind)), workers=workers, serve_workers=serve_workers,
+                             mlflow_workers=mlflow_workers, tiny=tiny)
+    if previous is not None and any(running_pid(previous, p.name) for p in parts(previous)) and \
+            {**previous.__dict__, "workers": 0} != {**settings.__dict__, "workers": 0}:
+        err.print("a stack with other settings is running in this home (only --workers may change while it runs): "
+                  "`tuneloop stack down` first")
+        raise typer.Exit(1)
+    if previous is not None:
+        for n in range(settings.workers + 1, previous.workers + 1):  # fewer workers than before: stop the extra ones
+            pid = running_pid(previous, f"worker-{n}")
+            if pid is not None:
+                _stop_group(pid, 20)
+                err.print(f"worker-{n}: stopped")
+            _pidfile(previous, f"worker-{n}").unlink(missing_ok=True)
+    try:
+        seconds = up(settings, timeout)
+    except (RuntimeError, TimeoutError) as error:
+        err.print(f"[red]stack up failed:[/red] {error}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    from tuneloop.tracking import experiment_url
+
+    err.print(f"stack ready in {seconds['total']:.1f} s: Prefect UI {settings.prefect_api[:-4]}, "
+              f"MLflow UI {experiment_url(settings.mlflow_uri)}, "
+              + ", ".join(f"service {k} {settings.service_url(k)}" for k in settings.kinds))
+    err.print('point a shell at it with: eval "$(tuneloop stack env)"')
+    print(env_block(settings))
+
+
+@app.command("down")
+def down_command(home: Optional[Path] = HomeOpt,
+                 drop_databases: bool = typer.Option(False, "--drop-databases", help="Also drop the stack's databases"),
+                 grace: float = typer.Option(20, help="Seconds each part gets to stop after SIGTERM before SIGKILL")) -> None:
+    """Stop every part of the stack (idempotent: nothing running is fine)."""
+    settings = StackSettings.load(_home(home))
+    if settings is None:
+        err.print("no stack here: nothing to stop")
+        return
+    stopped = down(settings, grace)
+    err.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
+    if drop_databases:
+        drop_stack_databases(settings)
+        err.print(f"dropped databases {', '.join(settings.database(p) for p in DATABASES)}")
+
+
+@app.command("status")
+def status_command(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Each part's PID and health; exit status 1 when any part is not healthy."""
+    settings = _settings(home)
+    rows = status(settings)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    else:
+        table = Table("part", "pid", "health", "url")
+        for row in rows:
+            health = "healthy" if row["healthy"] else ("unhealthy" if row["pid"] else "down")
+            if "ready" in row and row["healthy"]:
+                health += ", ready" if row["ready"] else ", not ready (no version to serve yet)"
+            table.add_row(row["part"], str(row["pid"] or "-"), health, row["url"])
+        Console().print(table)
+    if not all(row["healthy"] for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command("env")
+def env_command(home: Optional[Path] = HomeOpt) -> None:
+    """The environment block that points a shell at the stack: eval "$(tuneloop stack env)"."""
+    print(env_block(_settings(home)))

@@ -1,0 +1,202 @@
+"""The team set-up on one machine: ``tuneloop stack up``, ``prefect deploy --all``, the trigger deployment
+run by the worker through the loop to a canary, the service answering from the new version, and a clean
+``stack down``; with the stack's overhead measured against the embedded default on the same tiny loop.
+
+The stack (``stack_loop`` in conftest.py) is shared with tests/test_mlflow_ui.py in one session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tuneloop.cli.stack import marked_pids, running_pid
+from tuneloop.config import LoopConfig
+
+pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1800)]
+EXPERIMENT = "tuneloop-classification"
+
+
+def _api(run, path: str, body: dict | None = None):
+    url = run.env["PREFECT_API_URL"] + path
+    response = httpx.post(url, json=body, timeout=30) if body is not None else httpx.get(url, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _when(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_trigger_deployment_runs_the_loop_on_the_stack_to_a_canary(stack_loop, monkeypatch):
+    run = stack_loop
+    print(f"\nstack up -> every part healthy: {run.times['stack_up']:.1f} s; stack up again: "
+          f"{run.times['stack_up_again']:.1f} s; prefect deploy --all: {run.times['deploy']:.1f} s; "
+          f"trigger deployment run (submitted -> Completed): {run.times['trigger_run']:.1f} s")
+
+    # stack up twice: the second start nothing, every part keeps its process
+    assert all(run.facts["pids"].values()), run.facts["pids"]
+    assert run.facts["pids_again"] == run.facts["pids"]
+    assert run.facts["up_again"].count("already running") == 4
+
+    # prefect deploy --all created every deployment, on the pool, from the installed package
+    deployments = {d["name"]: d for d in _api(run, "/deployments/filter", {})}
+    assert set(deployments) == {f"{flow}-{kind}" for flow in ("loop", "trigger", "rollout")
+                                for kind in ("generation", "classification")}
+    trigger = deployments["trigger-classification"]
+    assert trigger["work_pool_name"] == "tuneloop" and trigger["entrypoint"] == "tuneloop.flows.trigger:trigger"
+    assert trigger["pull_steps"] == []
+    assert [s["schedule"]["interval"] for s in trigger["schedules"]] == [900.0] and trigger["schedules"][0]["active"]
+    assert trigger["global_concurrency_limit"]["limit"] == 1
+    assert trigger["concurrency_options"]["collision_strategy"] == "CANCEL_NEW"
+
+    # the worker picked the run up and it completed
+    flow_run = _api(run, f"/flow_runs/{run.facts['flow_run_id']}")
+    assert flow_run["state_type"] == "COMPLETED", run.facts["trigger_output"][-5000:]
+    assert flow_run["work_pool_name"] == "tuneloop" and flow_run["infrastructure_pid"]
+    worker_log = (run.home / "stack" / "logs" / "worker-1.log").read_text(errors="replace")
+    assert "Running the loop:" in worker_log
+
+    # the loop ran in the MLflow server: artifacts served by it, the experiment opens on its runs
+    client = MlflowClient(tracking_uri=run.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    loops = client.search_runs([experiment.experiment_id], "tags.`tuneloop.stage` = 'loop'")
+    assert len(loops) == 1
+    loop_run = loops[0]
+    assert loop_run.info.status == "FINISHED" and loop_run.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert loop_run.data.metrics["gate.passed"] == 1.0
+    search_id = loop_run.data.tags["search_run_id"]
+    assert client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{search_id}'")  # its trials
+    assert any(a.path == "evaluate" for a in client.list_artifacts(loop_run.info.run_id))
+
+    # a registered version, the challenger, at the canary share in the operations database
+    version = client.get_model_version_by_alias(EXPERIMENT, "challenger")
+    assert str(version.version) == "1" and version.run_id
+    for key in ("TUNELOOP_FEEDBACK_URL", "MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv(key, run.env[key])
+    config = LoopConfig(kind="classification")
+    assert config.feedback_db.startswith("postgresql+psycopg://")
+    from tuneloop.flags import challenger_percent
+    from tuneloop.operations import events
+
+    assert challenger_percent(config) == 10
+    assert any("opened by loop run" in e["reason"] for e in events(config, "canary"))
+
+    # alias moves against an MLflow server lock on the shared operations database, not a temp file
+    from tuneloop.locks import registry_lock_url
+
+    assert registry_lock_url(run.env["MLFLOW_TRACKING_URI"]) == run.env["TUNELOOP_FEEDBACK_URL"]
+
+    # the service (its own home: it shares no directory with the worker) answers from the new version
+    base = f"http://127.0.0.1:{run.ports['service']}"
+    deadline = time.monotonic() + 120
+    while httpx.get(f"{base}/readyz", timeout=10).status_code != 200 or \
+            httpx.get(f"{base}/v1/routing", timeout=10).json()["served"].get("challenger") != "1":
+        assert time.monotonic() < deadline, httpx.get(f"{base}/v1/routing", timeout=10).text
+        time.sleep(1)
+    assert httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 10
+    requests = [{"user_id": f"user-{i}", "input": "where is my Orbit camera", "request_id": f"r{i}"} for i in range(100)]
+    answers = httpx.post(f"{base}/predict", json={"requests": requests}, timeout=300).json()
+    on_challenger = [a for a in answers if a["variant"] == "challenger"]
+    assert on_challenger and all(a["model_version"] == "1" for a in on_challenger)
+    assert 2 <= len(on_challenger) <= 25, len(on_challenger)  # about 10 % of users, sticky by user id
+
+    run.facts["timing"] = _stack_timing(run, client, loop_run)
+
+
+def _stack_timing(run, client, loop_run) -> dict:
+    """Where the stack run's time went, from Prefect's and MLflow's own timestamps."""
+    trigger_run = _api(run, f"/flow_runs/{run.facts['flow_run_id']}")
+    loops = _api(run, "/flow_runs/filter", {"flows": {"name": {"any_": ["tuneloop"]}}})
+    loop_flow = loops[0]
+    created, started, ended = (_when(trigger_run[k]) for k in ("created", "start_time", "end_time"))
+    loop_started, loop_ended = _when(loop_flow["start_time"]), _when(loop_flow["end_time"])
+    return {
+        "submitted_to_completed": run.times["trigger_run"],
+        "pickup_and_process_start": started - created,
+        "trigger_run": ended - started,
+        "before_loop": loop_started - started,  # decision, then importing torch & co. in the flow run's process
+        "loop_flow": loop_ended - loop_started,
+        "loop_mlflow_run": (loop_run.info.end_time - loop_run.info.start_time) / 1000,
+        "stages": {k.removeprefix("seconds."): v for k, v in loop_run.data.metrics.items() if k.startswith("seconds.")},
+    }
+
+
+def test_stack_down_stops_every_process_and_is_idempotent(stack_loop):
+    run = stack_loop
+    settings = run.settings()
+    before = marked_pids(str(settings.dir.resolve()))
+    assert len(before) >= 4
+    began = time.monotonic()
+    out = run.stack("down", timeout=300)
+    print(f"\nstack down: {time.monotonic() - began:.1f} s for {len(before)} processes ({out.stderr.strip()})")
+    assert marked_pids(str(settings.dir.resolve())) == []
+    for pid in before:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z", pid
+    assert all(running_pid(settings, p) is None for p in run.facts["pids"])
+    again = run.stack("down", timeout=120)
+    assert "nothing was running" in again.stderr
+    assert run.stack("status", check=False).returncode == 1
+
+
+EMBEDDED = """
+import json, sys, time
+began = time.perf_counter()
+from tuneloop.config import LoopConfig, apply_environment
+apply_environment(sys.argv[1])
+from tuneloop.feedback import FeedbackStore
+from tuneloop.sample_data import sample_feedback
+config = LoopConfig(**json.loads(sys.argv[2])["config"])
+FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), "classification")
+from tuneloop.flows.trigger import trigger
+decision = trigger(config)
+import mlflow
+loop_run = mlflow.get_run(decision.loop_run_id)
+print("RESULT" + json.dumps({"passed": loop_run.data.metrics.get("gate.passed"),
+      "loop_mlflow_run": (loop_run.info.end_time - loop_run.info.start_time) / 1000,
+      "stages": {k[8:]: v for k, v in loop_run.data.metrics.items() if k.startswith("seconds.")},
+      "in_process": time.perf_counter() - began}))
+"""
+
+
+def test_overhead_of_the_stack_against_the_embedded_default(stack_loop, tmp_path):
+    """The same tiny loop as `make demo` runs it (temporary Prefect server, SQLite MLflow and stores, one
+    process), after the stack is down so that both had the machine to themselves."""
+    run = stack_loop
+    stack = run.facts.get("timing")
+    if stack is None:
+        pytest.skip("the stack's loop did not complete (see the first test)")
+    began = time.monotonic()
+    out = run.command("python", "-c", EMBEDDED, str(tmp_path / "home"), json.dumps(run.facts["params"]),
+                      env={"TUNELOOP_TINY": "true", "PREFECT_HOME": str(tmp_path / "home" / "prefect")}, timeout=1200)
+    wall = time.monotonic() - began
+    embedded = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[6:])
+    assert embedded["passed"] == 1.0
+
+    stack_over = stack["submitted_to_completed"] - stack["loop_mlflow_run"]
+    embedded_over = wall - embedded["loop_mlflow_run"]
+    lines = [
+        "loop on the stack vs embedded (same tiny classification loop; seconds)",
+        f"  whole: stack {stack['submitted_to_completed']:.1f} (deployment run -> Completed) vs embedded {wall:.1f} (process)",
+        f"  the loop itself (its MLflow run): stack {stack['loop_mlflow_run']:.1f} vs embedded {embedded['loop_mlflow_run']:.1f} "
+        f"({(stack['loop_mlflow_run'] / embedded['loop_mlflow_run'] - 1):+.1%}: tracking over HTTP + PostgreSQL)",
+        f"  around the loop: stack {stack_over:.1f} ({stack_over / stack['loop_mlflow_run']:.1%} of its loop) vs embedded "
+        f"{embedded_over:.1f} ({embedded_over / embedded['loop_mlflow_run']:.1%})",
+        f"  stack, around the loop: worker pickup + flow-run process start {stack['pickup_and_process_start']:.1f}, "
+        f"decision + imports before the loop {stack['before_loop']:.1f}, "
+        f"after the loop {stack['trigger_run'] - stack['before_loop'] - stack['loop_flow']:.1f}, "
+        f"CLI watch and the rest {stack['submitted_to_completed'] - stack['pickup_and_process_start'] - stack['trigger_run']:.1f}",
+        "  stages (stack / embedded): " + ", ".join(f"{k} {stack['stages'].get(k, 0):.1f}/{v:.1f}" for k, v in embedded["stages"].items()),
+        f"  stack overhead over the embedded default: {(stack['submitted_to_completed'] / wall - 1):+.1%} of the whole",
+    ]
+    print("\n" + "\n".join(lines))
+    (run.home / "overhead.json").write_text(json.dumps({"stack": stack, "embedded": {**embedded, "wall": wall}}, indent=2))
+    # a generous bound (the machine is shared): the stack must not cost a multiple of the loop
+    assert stack["submitted_to_completed"] < 2.5 * wall
