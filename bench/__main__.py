@@ -15,6 +15,9 @@ BENCHMARKS = {
     "train": ("training step time vs a hand-written loop, FLOP/s, LoRA vs full memory, search with/without pruning", True),
     "serve": ("the service vs a plain pipeline under load, routing overhead, rollback under load", True),
     "ingest": ("feedback ingest through the service, curation at 10k/100k records", False),
+    "economics": ("guard false rollbacks (A/A) and detection delay, trigger idle cost, drift statistic, crossover", True),
+    "banking77": ("BANKING77 through import and the loop, the registered version scored on the 3,080 test utterances", False),
+    "scale": ("the whole loop on 15k and 100k generated records of each kind: stage seconds, peak memory, Prefect bytes", False),
 }
 
 
