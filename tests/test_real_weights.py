@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 
 from conftest import tiny_config
+from tuneloop.config import GateConfig
 from tuneloop.flows.loop import loop
 from tuneloop.feedback import FeedbackStore
+from tuneloop.registry import version_for
 from tuneloop.models import load_base, load_tokenizer, resolve_base
 from tuneloop.sample_data import sample_feedback
 from tuneloop.training import generate
@@ -36,14 +38,29 @@ def test_real_minilm_loop_learns_intents_and_loads_from_the_registry(home):
     assert model.predict(pd.DataFrame({"input": ["I want to return my hub", "where is my Orbit camera"]})) == ["returns", "shipping_status"]
 
 
-def test_real_smollm2_lora_trains_and_serves_from_the_registry(home):
+def test_real_smollm2_loop_is_judged_on_what_the_base_knows_and_registers_only_a_pass(home):
+    """The real SmolLM2 through the whole loop under the default gate (held-out scored by token F1 on
+    this short run): the challenger learns the corrections, the forgetting check runs on the 200+
+    regression items the base answers right, and the gate's verdict alone decides what is registered."""
     config = tiny_config(home, "generation", epochs=1, ranks=[8], first_trial={"rank": 8, "lr": 0.003}, lr_min=0.002,
-                         lr_max=0.005, evals_per_trial=1, validation_examples=4).model_copy(update={"tiny": False, "max_new_tokens": 8})
-    # a slice of the sample keeps this under a minute or two on 2 cores (the demo runs the whole of it)
+                         lr_max=0.005, evals_per_trial=1, validation_examples=4, gate_sample=0).model_copy(
+        update={"tiny": False, "max_new_tokens": 16, "gate": GateConfig(heldout_metric="token_f1")})
+    # a slice of the sample keeps this to a few minutes on 2 cores (the demo runs the whole of it)
     FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("generation")[:70], config.kind)
     result = loop(config)
-    losses = [m.value for m in mlflow.MlflowClient().get_metric_history(result.tuned.best.mlflow_run_id, "train_loss")]
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learns
-    if result.registered:  # one epoch may or may not clear the gate; if it did, the version must load and answer
+    report = result.report
+    assert report.challenger["heldout"].mean > report.champion["heldout"].mean  # it learned the corrections
+
+    checks = {c["name"].split(" (")[0]: c for c in report.checks}
+    forgetting = checks["regression"]
+    assert forgetting["diff_n_items"] >= 200, forgetting  # what the base knows, not a handful
+    assert forgetting["threshold"] == config.gate.regression_tolerance == 0.05
+    if all(c["verdict"] == "pass" for c in report.checks):
+        assert report.passed and result.registered is not None
         model = mlflow.pyfunc.load_model(f"models:/{config.model_name}@challenger")
         assert isinstance(model.predict(pd.DataFrame({"input": ["What is the Nimbus Pro cost?"]}))[0], str)
+    else:  # refused: the reasons name each failing check, and nothing reached the registry or the flag
+        assert not report.passed and result.registered is None and result.challenger_percent == 0
+        failing = [c["name"] for c in report.checks if c["verdict"] != "pass"]
+        assert all(any(name in reason for reason in report.reasons) for name in failing)
+        assert version_for(config.model_name, "challenger") is None
