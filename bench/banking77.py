@@ -37,13 +37,14 @@ SETTINGS = {
     "TUNELOOP_TUNE__N_TRIALS": "4",
     "TUNELOOP_TUNE__TRIAL_STEPS": "150",
     "TUNELOOP_TUNE__BATCH_SIZE": "32",
-    "TUNELOOP_TUNE__EPOCHS": "4",
+    "TUNELOOP_TUNE__EPOCHS": "5",
     "TUNELOOP_TUNE__MAX_LENGTH": "64",
     "TUNELOOP_TUNE__RANKS": "[16]",
     "TUNELOOP_TUNE__TARGET_MODULES": '["all-linear"]',
     "TUNELOOP_TUNE__LR_MIN": "0.0005",
-    "TUNELOOP_TUNE__LR_MAX": "0.005",
-    "TUNELOOP_TUNE__FIRST_TRIAL": '{"rank": 16, "lr": 0.002}',
+    "TUNELOOP_TUNE__LR_MAX": "0.003",
+    "TUNELOOP_TUNE__FIRST_TRIAL": '{"rank": 16, "lr": 0.001}',
+    "TUNELOOP_TUNE__HEAD_LR": "0.003",  # the new head starts from random weights: larger steps than the adapter
     "TUNELOOP_TUNE__VALIDATION_EXAMPLES": "500",
 }
 

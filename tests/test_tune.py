@@ -251,6 +251,40 @@ def test_two_processes_share_one_study_without_losing_or_duplicating_trials(home
     assert results["a"]["best"] == results["b"]["best"]  # each returns only once the whole study is done
 
 
+@pytest.mark.postgres
+def test_a_worker_killed_mid_trial_is_resumed_by_the_other_worker_from_the_artifact_store(home, postgres_url):
+    """Two workers as two machines: their own homes (no shared disk), one study on PostgreSQL, one
+    MLflow store. Worker "a" is SIGKILLed right after a trial's checkpoint; worker "b" finds the
+    trial silent past the grace period, fails it, retries it with the same parameters, fetches its
+    checkpoint from the artifact store and completes the study: no trial lost, none trained twice."""
+    config = _search_config(home, n_trials=4, epochs=30, pruner="none", grace_period_s=4).model_copy(
+        update={"optuna_url": postgres_url})
+    other = config.model_copy(update={"home": home / "machine-b"})
+    data, parent = _dataset(config), _parent_run(config)
+    checkpoints = config.work_dir / "checkpoints"
+    procs = {"a": _spawn(home, config, data, parent, "a")}
+    deadline = time.monotonic() + 180
+    while not list(checkpoints.rglob("ckpt.pt")):
+        assert time.monotonic() < deadline and procs["a"].poll() is None, (home / "stderr-a.log").read_text()[-2000:]
+        time.sleep(0.02)
+    [killed_dir] = {p.parent for p in checkpoints.rglob("ckpt.pt")}
+    time.sleep(0.5)  # the checkpoint is uploaded right after it is written
+    procs["a"].send_signal(signal.SIGKILL)
+    procs["a"].wait()
+    procs["b"] = _spawn(home, other, data, parent, "b")
+    result = _result(procs["b"], home, "b")
+
+    study, chains, runs = _check_study(config, data)
+    killed = int(killed_dir.name.removeprefix("trial-"))
+    assert [t.state for t in chains[killed]] == [TrialState.FAIL, TrialState.COMPLETE]
+    owners = [int(t.user_attrs[OWNER_ATTR]["id"].rsplit("|", 1)[1]) for t in chains[killed]]
+    assert owners == [procs["a"].pid, procs["b"].pid]  # killed on "a", finished on "b"
+    # from a's checkpoint: b's home (other.work_dir) never held it, so it came from the artifact store
+    assert other.work_dir != config.work_dir and runs[killed].data.metrics["resumed_from_step"] > 0
+    assert all(len(chain) == 1 for key, chain in chains.items() if key != killed)
+    assert result["n_failed"] == 1
+
+
 def _running_trials(config: LoopConfig, data: DatasetRef) -> list:
     try:
         study = optuna.load_study(study_name=study_name(config, data, base_of(config)), storage=config.optuna_db)
