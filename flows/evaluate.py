@@ -155,7 +155,7 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     return report, suites
 
 
-def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]]) -> None:
+def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], kind: str = "generation") -> None:
     """Metrics, checks and a per-example before/after table of every suite, on the active run."""
     for who, scores in (("challenger", report.challenger), ("champion", report.champion)):
         for suite, s in scores.items():
@@ -171,8 +171,26 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]]) -> None:
                  "diff": after.per_item[n] - before.per_item[n], "challenger_failed_because": after.reasons[n]}
                 for n, item in enumerate(items)]
         mlflow.log_table(pd.DataFrame(rows), f"evaluate/{suite}.json")
+    if kind == "classification" and suites.get("heldout"):
+        mlflow.log_table(per_label(suites["heldout"], report.champion["heldout"].outputs,
+                                   report.challenger["heldout"].outputs), "evaluate/per_label.json")
     mlflow.log_dict(report.model_dump(exclude={"challenger", "champion"}), "evaluate/gate.json")
     mlflow.set_tag("gate", report.verdict)
+
+
+def per_label(items: list[SuiteItem], before: list[str], after: list[str]) -> pd.DataFrame:
+    """Classification: held-out support, precision, recall and F1 per label for baseline and challenger,
+    worst challenger F1 first: with hundreds of labels, where a router fails is per label, not on average."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    truth = [it.reference for it in items]
+    labels = sorted(set(truth) | set(before) | set(after))
+    table = {"label": labels}
+    for who, predicted in (("champion", before), ("challenger", after)):
+        p, r, f, support = precision_recall_fscore_support(truth, predicted, labels=labels, zero_division=0)
+        table |= {f"{who}_precision": p, f"{who}_recall": r, f"{who}_f1": f}
+    table["support"] = support
+    return pd.DataFrame(table).sort_values(["challenger_f1", "support"], ascending=[True, False])
 
 
 def report_markdown(report: EvalReport) -> str:
@@ -192,6 +210,6 @@ def evaluate(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, parent_run_
     challenger_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
     report, suites = evaluate_candidates(config, ref, challenger_dir)
     with within_run(parent_run_id):
-        log_report(report, suites)
+        log_report(report, suites, config.kind)
     create_markdown_artifact(report_markdown(report), key=f"gate-{config.kind}", description="Evaluation gate")
     return report

@@ -82,6 +82,13 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     _seed(config, sample_feedback("classification"))
     first = loop(config)
     assert first.report.passed, first.report.reasons
+    # where the router fails, per label: support sums to the held-out items, worst challenger F1 first
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=first.run_id,
+                                                                artifact_path="evaluate/per_label.json")).read_text())
+    rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+    assert sum(r["support"] for r in rows) == first.report.items["heldout"]
+    assert [r["challenger_f1"] for r in rows] == sorted(r["challenger_f1"] for r in rows)
+    assert {"champion_recall", "challenger_precision"} <= set(table["columns"])
     promote(config.model_name)
     champion = alias_version(config.model_name, "champion")
     # the version loads as a pyfunc (logged as code, not pickled) and answers with labels
