@@ -24,6 +24,7 @@ from mlflow.types import ColSpec, Schema
 
 from tuneloop.config import LoopConfig
 from tuneloop.locks import database_lock, registry_lock_url
+from tuneloop.tracking import use_experiment
 
 ALIASES = ("champion", "challenger", "previous")
 
@@ -35,8 +36,6 @@ def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> 
     """Log the adapter (its folder carries the base and prompting it needs: ``tuneloop.adapters``) as
     a new version of the kind's registered model, tagged with its lineage."""
     if mlflow.active_run() is None:  # outside a loop (CLI, tests): the kind's experiment, not whichever was active
-        from tuneloop.tracking import use_experiment
-
         use_experiment(config)
     info = mlflow.pyfunc.log_model(
         name="adapter",

@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from contextlib import nullcontext
+from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -255,10 +256,15 @@ def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def _keeps_logits(model) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes_logits_to_keep(type(base))
+
+
+@lru_cache(maxsize=None)
+def _forward_takes_logits_to_keep(model_class: type) -> bool:  # once per architecture, not once per step
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def _param_groups(model, lr: float, head_lr: float | None) -> list[dict]:
