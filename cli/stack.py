@@ -5,7 +5,10 @@
 * a Prefect server on PostgreSQL (``PREFECT_API_DATABASE_CONNECTION_URL=postgresql+asyncpg://...``),
 * an MLflow tracking server with a PostgreSQL backend store that serves the artifacts itself
   (clients see ``mlflow-artifacts:`` URIs; the files live in ``$TUNELOOP_HOME/mlartifacts``),
-* a process work pool ``tuneloop`` with one or more workers (``prefect worker start --pool tuneloop``),
+* a process work pool ``tuneloop`` with one or more workers on its default queue (loops, triggers,
+  rollouts) and, with ``--trial-workers N``, N trial workers on its ``trials`` queue, one flow run at
+  a time each (``--limit 1``: one per machine or GPU), that run the search workers of a loop whose
+  ``tune.worker_deployment`` is set (``flows/search_workers.py``),
 * the BentoML service, one per kind,
 
 creates the PostgreSQL databases it needs, waits until every part answers its health check and
@@ -60,6 +63,7 @@ class StackSettings:
     worker_port: int = 8380  # workers' health check servers: this port and the next ones
     kinds: list[str] = field(default_factory=lambda: ["generation"])
     workers: int = 1
+    trial_workers: int = 0
     serve_workers: int = 1
     mlflow_workers: int = 1
     tiny: bool = False
@@ -124,6 +128,10 @@ class Part:
     after: tuple[str, ...] = ()  # parts that must answer before this one starts
 
 
+TRIAL_QUEUE = "trials"
+TRIAL_PORT_OFFSET = 50  # trial workers' health check ports: worker_port + 50 and on
+
+
 def _stack_id(settings: StackSettings) -> str:
     return str(settings.dir.resolve())
 
@@ -151,12 +159,21 @@ def parts(settings: StackSettings) -> list[Part]:
     for n in range(1, s.workers + 1):
         port = s.worker_port + n - 1
         out.append(Part(f"worker-{n}", [str(bindir / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-                                        "--name", f"{POOL}-worker-{n}", "--with-healthcheck"],
+                                        "--work-queue", "default", "--name", f"{POOL}-worker-{n}", "--with-healthcheck"],
                         {**client, "TUNELOOP_HOME": str(s.dir / f"worker-{n}"),
                          "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port),
                          "PREFECT_WORKER_QUERY_SECONDS": "5"},
                         f"http://127.0.0.1:{port}/health",
                         after=("prefect", "mlflow") if n == 1 else ("worker-1",)))  # the first one creates the pool
+    for n in range(1, s.trial_workers + 1):
+        port = s.worker_port + TRIAL_PORT_OFFSET + n - 1
+        out.append(Part(f"trial-worker-{n}", [str(bindir / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
+                                              "--work-queue", TRIAL_QUEUE, "--limit", "1", "--name", f"{POOL}-trial-worker-{n}",
+                                              "--with-healthcheck"],
+                        {**client, "TUNELOOP_HOME": str(s.dir / f"trial-worker-{n}"),
+                         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+                         "PREFECT_WORKER_QUERY_SECONDS": "2"},
+                        f"http://127.0.0.1:{port}/health", after=("worker-1",)))
     for kind in s.kinds:
         url = s.service_url(kind)
         port = url.rsplit(":", 1)[1]
@@ -448,7 +465,9 @@ def up_command(
     service_port: int = typer.Option(3000, help="The first kind's service port; further kinds take the next ports"),
     worker_port: int = typer.Option(8380, help="Worker health check ports start here"),
     kind: list[str] = typer.Option(["generation"], "--kind", "-k", help="A service per kind (repeat for both)"),
-    workers: int = typer.Option(1, min=1, help="Prefect workers polling the tuneloop pool"),
+    workers: int = typer.Option(1, min=1, help="Prefect workers polling the tuneloop pool's default queue"),
+    trial_workers: int = typer.Option(0, min=0, help="Prefect workers polling its trials queue, one flow run each "
+                                      "(search workers of loops with tune.worker_deployment set)"),
     serve_workers: int = typer.Option(1, min=1, help="Worker processes of each BentoML service"),
     mlflow_workers: int = typer.Option(1, min=1, help="Worker processes of the MLflow server"),
     tiny: bool = typer.Option(False, help="Tiny random models everywhere (tests, smoke runs)"),
@@ -462,20 +481,24 @@ def up_command(
     previous = StackSettings.load(resolved)
     settings = StackSettings(home=resolved, postgres=postgres, db_prefix=db_prefix, prefect_port=prefect_port,
                              mlflow_port=mlflow_port, service_port=service_port, worker_port=worker_port,
-                             kinds=list(dict.fromkeys(kind)), workers=workers, serve_workers=serve_workers,
+                             kinds=list(dict.fromkeys(kind)), workers=workers, trial_workers=trial_workers,
+                             serve_workers=serve_workers,
                              mlflow_workers=mlflow_workers, tiny=tiny)
     if previous is not None and any(running_pid(previous, p.name) for p in parts(previous)) and \
-            {**previous.__dict__, "workers": 0} != {**settings.__dict__, "workers": 0}:
-        err.print("a stack with other settings is running in this home (only --workers may change while it runs): "
+            {**previous.__dict__, "workers": 0, "trial_workers": 0} != {**settings.__dict__, "workers": 0, "trial_workers": 0}:
+        err.print("a stack with other settings is running in this home (only --workers and --trial-workers may change "
+                  "while it runs): "
                   "`tuneloop stack down` first")
         raise typer.Exit(1)
     if previous is not None:
-        for n in range(settings.workers + 1, previous.workers + 1):  # fewer workers than before: stop the extra ones
-            pid = running_pid(previous, f"worker-{n}")
+        extra = [f"worker-{n}" for n in range(settings.workers + 1, previous.workers + 1)]
+        extra += [f"trial-worker-{n}" for n in range(settings.trial_workers + 1, previous.trial_workers + 1)]
+        for name in extra:  # fewer workers than before: stop the extra ones
+            pid = running_pid(previous, name)
             if pid is not None:
                 _stop_group(pid, 20)
-                err.print(f"worker-{n}: stopped")
-            _pidfile(previous, f"worker-{n}").unlink(missing_ok=True)
+                err.print(f"{name}: stopped")
+            _pidfile(previous, name).unlink(missing_ok=True)
     try:
         seconds = up(settings, timeout)
     except (RuntimeError, TimeoutError) as error:

@@ -4,7 +4,8 @@ The study (``flows/study.py``) is named after the dataset, the base model, the s
 training settings, so running the stage again on the same data continues it: completed trials are
 never rerun, and a killed trial resumes from its checkpoint (``flows/trial.py``). ``n_workers``
 workers claim trials from it, each in its own process (and on its own GPU when there are several);
-more can join from other machines that share the Optuna storage. When a trial's budget
+more can join from other machines that share the Optuna storage, and with ``tune.worker_deployment``
+the workers are flow runs on a Prefect work pool (``flows/search_workers.py``). When a trial's budget
 (``tune.trial_steps``) showed it only part of the train split, the winner's configuration is then
 trained on all of it. Only references cross the Prefect boundary: the dataset's ``DatasetRef`` in,
 the adapter's artifact URI out.
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef
+from tuneloop.flows.search_workers import dispatch
 from tuneloop.flows.search_tracking import log_search, open_search_run
 from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, work
 from tuneloop.flows.trial import run_trial, schedule, train_final
@@ -161,7 +163,9 @@ def tune_flow(config: LoopConfig, ref: DatasetRef, parent_run_id: str) -> TuneRe
     check_budget(config, ref)
     name, search_run_id = open_search(config, ref, parent_run_id)
     deadline = time.time() + config.tune.timeout_s if config.tune.timeout_s else None
-    if config.tune.n_workers == 1:  # no pool to start: the worker runs right here
+    if config.tune.worker_deployment:  # flow runs on a work pool, wherever its workers are
+        dispatch(config, ref, search_run_id, name, deadline)
+    elif config.tune.n_workers == 1:  # no pool to start: the worker runs right here
         search_worker(config, ref, search_run_id, name, deadline)
     else:
         futures = [tune_worker.submit(config, ref, search_run_id, name, deadline, i) for i in range(config.tune.n_workers)]
@@ -173,5 +177,6 @@ def tune_flow(config: LoopConfig, ref: DatasetRef, parent_run_id: str) -> TuneRe
 
 def tune(config: LoopConfig, ref: DatasetRef, parent_run_id: str) -> TuneResult:
     """Stage 2 as a Prefect (sub)flow; several workers run in a process pool (isolated random state, a GPU each)."""
-    runner = ProcessPoolTaskRunner(max_workers=config.tune.n_workers) if config.tune.n_workers > 1 else ThreadPoolTaskRunner(1)
+    pool = config.tune.n_workers > 1 and not config.tune.worker_deployment
+    runner = ProcessPoolTaskRunner(max_workers=config.tune.n_workers) if pool else ThreadPoolTaskRunner(1)
     return tune_flow.with_options(task_runner=runner)(config, ref, parent_run_id)

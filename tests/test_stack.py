@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 
 from tuneloop.cli.stack import marked_pids, running_pid
 from tuneloop.config import LoopConfig
+from conftest import tiny_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1800)]
 EXPERIMENT = "tuneloop-classification"
@@ -48,7 +49,8 @@ def test_the_trigger_deployment_runs_the_loop_on_the_stack_to_a_canary(stack_loo
     # prefect deploy --all created every deployment, on the pool, from the installed package
     deployments = {d["name"]: d for d in _api(run, "/deployments/filter", {})}
     assert set(deployments) == {f"{flow}-{kind}" for flow in ("loop", "trigger", "rollout")
-                                for kind in ("generation", "classification")}
+                                for kind in ("generation", "classification")} | {"search-worker"}
+    assert deployments["search-worker"]["work_queue_name"] == "trials"
     trigger = deployments["trigger-classification"]
     assert trigger["work_pool_name"] == "tuneloop" and trigger["entrypoint"] == "tuneloop.flows.trigger:trigger"
     assert trigger["pull_steps"] == []
@@ -127,6 +129,98 @@ def _stack_timing(run, client, loop_run) -> dict:
         "loop_mlflow_run": (loop_run.info.end_time - loop_run.info.start_time) / 1000,
         "stages": {k.removeprefix("seconds."): v for k, v in loop_run.data.metrics.items() if k.startswith("seconds.")},
     }
+
+
+FAN_OUT = """
+import json, sys
+from mlflow import MlflowClient
+from tuneloop.config import LoopConfig
+from tuneloop.feedback import FeedbackStore
+from tuneloop.flows.curate import build_dataset
+from tuneloop.flows.tune import tune
+from tuneloop.tracking import use_experiment
+config = LoopConfig(kind="classification", tune=json.loads(sys.argv[1]))
+ref = build_dataset(FeedbackStore(config.feedback_db), config)
+parent = MlflowClient().create_run(use_experiment(config), run_name="fan-out").info.run_id
+print("RESULT" + tune(config, ref, parent).model_dump_json(), flush=True)
+"""
+
+
+def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_other(stack_loop, tmp_path):
+    """The tune stage queues two flow runs of the search-worker deployment; two trial workers (own homes,
+    one flow run each) share the study on PostgreSQL. The worker whose flow run first checkpoints a trial
+    is SIGKILLed with its flow run (a lost machine); the other fails the silent trial, retries it with
+    its parameters and MLflow run from the checkpoint in the artifact store, and the study completes:
+    no trial lost, none trained twice, nothing trained by the loop's own process."""
+    import subprocess
+    import sys
+
+    import optuna
+    import psutil
+    from optuna.trial import TrialState
+
+    from tuneloop.flows.study import OWNER_ATTR, origin
+
+    run = stack_loop
+    run.ensure_up()
+    run.stack("up", "--trial-workers", "2", timeout=300)
+    settings = run.settings()
+    homes = {n: settings.dir / f"trial-worker-{n}" for n in (1, 2)}
+    tune_settings = {**tiny_config(run.home, "classification").tune.model_dump(mode="json"),
+                     "n_trials": 4, "epochs": 30, "ranks": [4, 8], "lr_min": 0.005, "lr_max": 0.05, "pruner": "none",
+                     "first_trial": {"rank": 8, "lr": 0.02}, "evals_per_trial": 2, "validation_examples": 8,
+                     "checkpoint_every": 8, "heartbeat_interval_s": 1, "grace_period_s": 4, "n_workers": 2,
+                     "worker_deployment": "search-worker/search-worker"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_"))}
+    env.update({**run.env, "TUNELOOP_HOME": str(tmp_path / "loop-home"), "PREFECT_HOME": str(tmp_path / "prefect")})
+    began = time.monotonic()
+    loop = subprocess.Popen([sys.executable, "-c", FAN_OUT, json.dumps(tune_settings)], env=env, stdout=subprocess.PIPE,
+                            stderr=open(tmp_path / "loop.log", "w"), text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (found := [n for n, h in homes.items() if list(h.rglob("ckpt.pt"))]):
+            assert time.monotonic() < deadline and loop.poll() is None, (tmp_path / "loop.log").read_text()[-3000:]
+            time.sleep(0.05)
+        victim = found[0]
+        [killed_dir] = {p.parent for p in homes[victim].rglob("ckpt.pt")}
+        time.sleep(0.5)  # the checkpoint is uploaded right after it is written
+        worker = psutil.Process(running_pid(settings, f"trial-worker-{victim}"))
+        machine = [worker, *worker.children(recursive=True)]
+        killed_pids = {p.pid for p in machine}
+        for process in machine:  # the whole machine: the worker and the flow run it started
+            process.kill()
+        out, _ = loop.communicate(timeout=600)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+    seconds = time.monotonic() - began
+    assert loop.returncode == 0, (tmp_path / "loop.log").read_text()[-4000:]
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[6:])
+    print(f"\nfan-out search of 4 tiny trials on 2 trial workers, one killed mid-trial: {seconds:.1f} s")
+
+    study = optuna.load_study(study_name=result["study_name"], storage=run.env["TUNELOOP_OPTUNA_URL"])
+    chains: dict[int, list] = {}
+    for t in sorted(study.trials, key=lambda t: t.number):
+        chains.setdefault(origin(t), []).append(t)
+    assert len(chains) == 4 and sum(c[-1].state in (TrialState.COMPLETE, TrialState.PRUNED) for c in chains.values()) == 4
+    killed = int(killed_dir.name.removeprefix("trial-"))
+    assert [t.state for t in chains[killed]] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert all(len(chain) == 1 for key, chain in chains.items() if key != killed)  # none trained twice
+    owners = [int(t.user_attrs[OWNER_ATTR]["id"].rsplit("|", 1)[1]) for t in chains[killed]]
+    assert owners[0] in killed_pids and owners[1] not in killed_pids and owners[1] != loop.pid
+    assert all(int(t.user_attrs[OWNER_ATTR]["id"].rsplit("|", 1)[1]) != loop.pid for t in study.trials)
+    client = MlflowClient(tracking_uri=run.env["MLFLOW_TRACKING_URI"])
+    trial_runs = {int(r.data.tags["tuneloop.trial"]): r for r in client.search_runs(
+        [client.get_experiment_by_name(EXPERIMENT).experiment_id], f"tags.mlflow.parentRunId = '{result['search_run_id']}'")}
+    assert set(trial_runs) == set(chains)  # one MLflow run per trial, the retry continued the killed one's
+    assert trial_runs[killed].data.metrics["resumed_from_step"] > 0  # from the artifact store: the homes share nothing
+    assert not list(homes[3 - victim].rglob(f"{killed_dir.name}/ckpt.pt"))
+    assert not list((tmp_path / "loop-home").rglob("ckpt.pt")) and result["n_failed"] == 1
+    flow_runs = _api(run, "/flow_runs/filter", {"flows": {"name": {"any_": ["search-worker"]}}})
+    assert len(flow_runs) == 2 and {r["work_queue_name"] for r in flow_runs} == {"trials"}
+    states = sorted(r["state_type"] for r in flow_runs)
+    assert states[0] == "COMPLETED", states  # the survivor's; the killed one's is left as Prefect last heard
+    run.stack("up", "--trial-workers", "0", timeout=120)
 
 
 def test_stack_down_stops_every_process_and_is_idempotent(stack_loop):

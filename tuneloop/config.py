@@ -92,6 +92,11 @@ class TuneConfig(BaseModel):
         1, ge=1, description="Trials run at once, each in its own process (Prefect process-pool task runner) with its "
         "own random state, and on its own GPU when there are several."
     )
+    worker_deployment: str | None = Field(
+        None, description="Run the search workers as flow runs of this Prefect deployment ('flow/deployment', e.g. "
+        "'search-worker/search-worker' from prefect.yaml) on its work pool, n_workers of them, wherever its workers "
+        "are (one per machine or GPU); needs an Optuna database and MLflow server every worker reaches. None: here."
+    )
     heartbeat_interval_s: int = Field(10, ge=1, description="How often a running trial proves it is alive.")
     grace_period_s: int = Field(60, ge=1, description="A trial silent this long is failed and retried from its checkpoint.")
     max_retry: int = Field(3, ge=0, description="Times one trial is resumed after being killed before it is given up.")
@@ -99,7 +104,7 @@ class TuneConfig(BaseModel):
 
     STUDY_EXCLUDES: ClassVar[set[str]] = {
         "n_trials", "timeout_s", "n_workers", "heartbeat_interval_s", "grace_period_s", "max_retry", "checkpoint_every",
-        "min_trial_coverage", "gate_sample",
+        "min_trial_coverage", "gate_sample", "worker_deployment",
     }
 
     @model_validator(mode="after")
