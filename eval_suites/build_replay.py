@@ -5,8 +5,10 @@
 The loop has the base (or champion) answer these and mixes its own answers into training
 (self-distillation), so a tuned model keeps its general manner. They must not teach the regression
 suite's facts or the adversarial suite's off-topic items (that would leak the tests into training):
-so they are advice, instructions, small talk and opinions, no quiz facts (capitals, numbers, units,
-definitions, word forms), and ``overlaps`` drops any prompt that shares an answer or most of its
+so they are advice, instructions, small talk and opinions, plus short questions in the regression
+suite's own shape (``short_qa``: the general-knowledge candidates whose fact the suite does not test,
+another cluster than every suite item's: the capital of Spain rehearses answering a capital while
+the suite asks for France's), and ``overlaps`` drops any prompt that shares an answer or most of its
 words with a regression or adversarial item (the tests check the shipped file the same way).
 """
 
@@ -120,7 +122,19 @@ def raw_prompts() -> list[tuple[str, str]]:
     out += [("rewrite", p[0]) for p in REWRITE]
     out += [("brainstorm", f.format(b)) for b, f in product(BRAINSTORM, BRAINSTORM_FORMS)]
     out += [("explain", f.format(e)) for e, f in product(EXPLAIN, EXPLAIN_FORMS)]
-    return out
+    return out + short_qa_prompts()
+
+
+def short_qa_prompts() -> list[tuple[str, str]]:
+    """("short_qa", question) for every regression candidate outside the shipped suite's clusters."""
+    from tuneloop.eval_suites.regression_candidates import candidates
+
+    tested = {it["cluster"] for it in _suite()}
+    return [("short_qa", c["input"]) for c in candidates() if c["cluster"] not in tested]
+
+
+def _suite() -> list[dict]:
+    return [json.loads(line) for line in (DATA / "regression_generation.jsonl").read_text().splitlines() if line.strip()]
 
 
 STOPWORDS = set("""what which who whom whose when where why how many much does did do is are was were be been the a an
@@ -154,10 +168,8 @@ def overlaps(prompt: str, items: list[dict], share: float = 0.6) -> str | None:
 
 
 def test_items() -> list[dict]:
-    """The regression candidates and the adversarial items the replay prompts must stay clear of."""
-    from tuneloop.eval_suites.regression_candidates import candidates
-
-    items = candidates()
+    """The regression suite's items and the adversarial items the replay prompts must stay clear of."""
+    items = _suite()
     for kind in ("generation", "classification"):
         items += [json.loads(l) for l in (DATA / f"adversarial_{kind}.jsonl").read_text().splitlines() if l.strip()]
     return items

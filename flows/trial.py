@@ -61,9 +61,12 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
         tokenizer = load_tokenizer(base)
         labels = load_labels(ref, config.work_dir)
         pairs = [(e.prompt, e.target) for e in load_examples(ref, "train", config.work_dir)]
-        pairs += replay_pairs(config, base, prompting, round(replay_ratio * len(pairs)))
+        replay = replay_pairs(config, base, prompting, round(replay_ratio * len(pairs)))
+        encoded = encode(config.kind, tokenizer, pairs + replay, labels, config.tune.max_length, prompting)
+        for example in encoded[len(pairs):]:
+            example["rehearse"] = True  # held to the base by the KL term (tune.replay_kl)
         _loaded.clear()  # one dataset at a time per process
-        _loaded[key] = TrialData(base, tokenizer, encode(config.kind, tokenizer, pairs, labels, config.tune.max_length, prompting),
+        _loaded[key] = TrialData(base, tokenizer, encoded,
                                  load_examples(ref, "validation", config.work_dir, limit=config.tune.validation_examples),
                                  labels, prompting)
     return _loaded[key]
@@ -148,7 +151,8 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
                        batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
                        grad_accum=tune.grad_accum_steps, head_lr=tune.head_lr, length_grouping=tune.length_grouping,
                        eval_steps=set(eval_steps), on_eval=on_eval, on_step=on_step, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=every, on_checkpoint=run.upload_checkpoint, progress=True)
+                       checkpoint_every=every, on_checkpoint=run.upload_checkpoint, progress=True,
+                       kl_weight=tune.replay_kl if config.kind == "generation" else 0.0)
         final = None if result.pruned else scores.get(total)
         if final is None and not result.pruned:
             final = validation_score(config, model, data)

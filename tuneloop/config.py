@@ -42,6 +42,11 @@ class TuneConfig(BaseModel):
         [1.0], min_length=1, description="Generation rehearsal: replay pairs (the base's own answers to general prompts) "
         "per training pair, to choose from (several: searched). 0 trains on the feedback alone."
     )
+    replay_kl: float = Field(
+        1.0, ge=0, description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
+        "tokens (the base's whole next-token distribution, not only its greedy answer; one extra forward pass without "
+        "gradients on those rows). 0 turns it off."
+    )
     first_trial: dict[str, int | float | str] | None = Field(
         {"rank": 8, "lr": 2e-3},
         description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip.",

@@ -113,6 +113,8 @@ def collate(batch: list[dict], pad_id: int, device: torch.device | str = "cpu") 
             out["labels"][i, :n] = torch.tensor(b["labels"])
     if "label" in batch[0]:
         out["labels"] = torch.tensor([b["label"] for b in batch])
+    if any(b.get("rehearse") for b in batch):
+        out["rehearse"] = torch.tensor([bool(b.get("rehearse")) for b in batch])
     return {k: v.to(device, non_blocking=True) for k, v in {"input_ids": ids, "attention_mask": mask, **out}.items()}
 
 
@@ -165,7 +167,7 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
           eval_steps: set[int] | None = None, on_eval: Callable[[int], None] | None = None,
           on_step: Callable[[int, float], None] | None = None, checkpoint_dir: Path | None = None,
           checkpoint_every: int = 0, on_checkpoint: Callable[[Path, int], None] | None = None,
-          progress: bool = False) -> TrainResult:
+          progress: bool = False, kl_weight: float = 0.0) -> TrainResult:
     """Train the adapter in place: AdamW, linear warm-up (1/10) and decay, gradient clipping at 1.
 
     ``max_steps`` caps the optimiser steps (a trial's budget: it then sees part of the data, in the
@@ -174,6 +176,7 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     from ``ckpt.pt`` there and saves to it every ``checkpoint_every`` steps (``on_checkpoint(path,
     step)`` follows each save). Steps are numbered from 1; ``on_step(step, loss)`` follows every step,
     ``on_eval(step)`` the steps in ``eval_steps`` and may raise ``Pruned`` to stop early.
+    ``kl_weight``: see ``loss_of`` (examples with ``rehearse`` set).
     """
     device = next(model.parameters()).device
     dtype = _compute_dtype(model)
@@ -203,7 +206,7 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
             rows = [encoded[i] for i in batches[epoch][index]]
             batch = collate(rows, pad_id, device)
             with autocast:
-                loss = loss_of(model, batch) / grad_accum
+                loss = loss_of(model, batch, kl_weight) / grad_accum
             (scaler.scale(loss) if scaler else loss).backward()
             loss_sum += loss.item()
             result.tokens += int(batch["attention_mask"].sum())
@@ -242,17 +245,34 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     return result
 
 
-def loss_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> torch.Tensor:
     """The batch's loss. For a causal LM, logits are computed only where the next token is a target
     (transformers' boolean ``logits_to_keep``): the vocabulary projection of the prompt tokens,
-    which the loss ignores, is most of a small model's training cost (SmolLM2: 49k x 576 per token)."""
+    which the loss ignores, is most of a small model's training cost (SmolLM2: 49k x 576 per token).
+
+    With ``kl_weight``, rows marked ``rehearse`` (the base's own answers) add ``kl_weight`` x the KL
+    divergence from the frozen base (the same model, adapter off) to the model over their answer
+    tokens: rehearsal then keeps the base's whole next-token distribution, not only its greedy answer."""
     labels = batch.get("labels")
+    inputs = {k: v for k, v in batch.items() if k != "rehearse"}
     if labels is None or labels.ndim != 2 or not _keeps_logits(model):
-        return model(**batch).loss
+        return model(**inputs).loss
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    return torch.nn.functional.cross_entropy(logits.float(), labels[:, 1:][keep[:, :-1]])
+    logits = logits.reshape(-1, logits.shape[-1]).float()  # one row per kept position, in row-major order
+    loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
+    rehearse = batch.get("rehearse")
+    if not kl_weight or rehearse is None or not rehearse.any():
+        return loss
+    rows = rehearse.nonzero().squeeze(1)
+    with torch.no_grad(), model.disable_adapter():
+        frozen = model(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
+                       logits_to_keep=keep[rows]).logits
+    mine = logits[rehearse[:, None].expand_as(keep)[keep]]
+    frozen = torch.log_softmax(frozen.reshape(-1, frozen.shape[-1]).float(), -1)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(mine, -1), frozen, log_target=True, reduction="batchmean")
+    return loss + kl_weight * kl
 
 
 def _keeps_logits(model) -> bool:

@@ -1,0 +1,59 @@
+"""Rehearsal: the base's own answers join training, held to the frozen base by a KL term."""
+
+from __future__ import annotations
+
+import torch
+
+from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
+from tuneloop.training import Prompting, add_adapter, collate, encode, loss_of, train
+
+
+def _model_and_rows():
+    info = resolve_base("generation", tiny=True)
+    tokenizer = load_tokenizer(info)
+    base = load_base(info, "generation")
+    model = add_adapter(base, "generation", 4, 0, targets=lora_targets(base, "attention"))
+    pairs = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
+             ("What is the capital of Spain?", "The capital of Spain is Madrid.")]
+    rows = encode("generation", tokenizer, pairs, [], 64, Prompting("Answer in one short sentence."))
+    rows[1]["rehearse"] = True
+    return model, tokenizer, rows
+
+
+def _move_adapter(model, scale: float = 0.5) -> None:
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+
+
+def test_the_kl_term_is_zero_at_the_base_and_grows_only_on_rehearsal_rows():
+    model, tokenizer, rows = _model_and_rows()
+    model.eval()
+    batch = collate(rows, tokenizer.pad_token_id)
+    assert batch["rehearse"].tolist() == [False, True]
+    # a fresh adapter is the identity: the model is its base, so the KL term adds nothing
+    assert torch.allclose(loss_of(model, batch, kl_weight=1.0), loss_of(model, batch), atol=1e-5)
+    _move_adapter(model)
+    plain = loss_of(model, batch)
+    assert loss_of(model, batch, kl_weight=1.0) > plain + 1e-3
+    assert loss_of(model, batch, kl_weight=2.0) - plain > 1.9 * (loss_of(model, batch, kl_weight=1.0) - plain)
+    only_new = collate(rows[:1], tokenizer.pad_token_id)  # no rehearsal row: no KL term
+    assert "rehearse" not in only_new
+    assert torch.allclose(loss_of(model, only_new, kl_weight=1.0), loss_of(model, only_new))
+
+
+def test_training_on_rehearsal_with_the_kl_term_pulls_the_model_back_to_its_base():
+    """An adapter moved away from the base, trained on a rehearsal row only: with the KL term its
+    answer distribution there returns toward the base's; the greedy answer's cross-entropy alone
+    moves it less."""
+    def divergence_after(kl_weight: float) -> float:
+        model, tokenizer, rows = _model_and_rows()
+        _move_adapter(model)
+        rows = [rows[1]] * 8
+        train(model, rows, tokenizer.pad_token_id, lr=1e-2, epochs=3, batch_size=8, seed=0, kl_weight=kl_weight)
+        batch = collate(rows[:1], tokenizer.pad_token_id)
+        return float(loss_of(model, batch, kl_weight=1.0) - loss_of(model, batch))
+
+    assert divergence_after(1.0) < divergence_after(0.0)
