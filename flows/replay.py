@@ -1,9 +1,10 @@
 """Rehearsal: what training must keep while it learns the users' corrections.
 
-Generation mixes into every training set the base model's own answers to a broad set of general
-prompts (self-distillation: ``eval_suites/data/replay_prompts_generation.jsonl``, chosen to share no
-fact with the regression suite), at ``replay_ratio`` replay pairs per training pair, a ratio the
-search may tune. Thumbs-up answers users liked are already in the dataset. The base's answers are
+Generation mixes into every training set the base model's own answers to a broad set of prompts
+(self-distillation: ``eval_suites/data/replay_prompts_generation.jsonl``: short general-knowledge
+questions whose facts the regression suite does not test, and general requests; none shares a fact
+with the regression suite), at ``replay_ratio`` replay pairs per training pair, a ratio the search
+may tune; a KL term holds the model to the frozen base on them (``tune.replay_kl``). Thumbs-up answers users liked are already in the dataset. The base's answers are
 deterministic (greedy), so they are generated once per machine and base and cached. Classification
 needs no replay set: the dataset holds every label's corrected and confirmed (thumbs-up) examples
 since the first loop, so each retrain sees all the labels the champion learned.
@@ -27,11 +28,26 @@ PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "rep
 MAX_NEW_TOKENS = 48
 
 
+SHORT_QA_SHARE = 0.75  # of any replay set: short questions in the regression suite's shape, the rest general prompts
+
+
 def replay_prompts(seed: int = 0) -> list[str]:
-    """The general prompts, in a fixed shuffled order (a smaller replay set takes the first ones)."""
-    prompts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines() if line.strip()]
-    random.Random(seed).shuffle(prompts)
-    return prompts
+    """The rehearsal prompts in a fixed shuffled order that a smaller replay set takes the first of:
+    three short questions to one general prompt while both last. Short questions carry most of it:
+    what a correction-tuned model forgets first is answering short questions under the same system
+    prompt ("the capital of France is France"), and their answers are cheap to train on."""
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+    rng = random.Random(seed)
+    qa = [r["prompt"] for r in rows if r["category"] == "short_qa"]
+    general = [r["prompt"] for r in rows if r["category"] != "short_qa"]
+    rng.shuffle(qa)
+    rng.shuffle(general)
+    out, n_qa = [], 0
+    while qa or general:
+        take_qa = bool(qa) and (not general or n_qa < SHORT_QA_SHARE * (len(out) + 1))
+        out.append(qa.pop() if take_qa else general.pop())
+        n_qa += take_qa
+    return out
 
 
 def rehearsable(answer: str) -> str | None:

@@ -106,6 +106,8 @@ def test_lora_targets_come_from_the_architecture(tiny_qwen2, tiny_distilbert):
     assert lora_targets(bert, "qv") == ["q_lin", "v_lin"]
     assert lora_targets(bert, "attention") == ["q_lin", "k_lin", "v_lin", "out_lin"]
     assert lora_targets(bert, "all-linear") == "all-linear"
+    assert lora_targets(qwen, "mlp") == ["gate_proj", "up_proj", "down_proj"]
+    assert lora_targets(bert, "mlp") == ["lin1", "lin2"]
 
 
 def _refused(config, *words: str) -> None:

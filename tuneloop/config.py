@@ -33,17 +33,17 @@ class TuneConfig(BaseModel):
     lr_max: float = Field(5e-3, gt=0, description="Upper bound of the log-uniform learning rate.")
     alpha_ratios: list[float] = Field([2.0], min_length=1, description="LoRA alpha as a multiple of the rank (alpha = ratio x rank).")
     dropouts: list[float] = Field([0.05], min_length=1, description="LoRA dropout values to choose from.")
-    target_modules: list[Literal["qv", "attention", "all-linear"]] | None = Field(
+    target_modules: list[Literal["qv", "attention", "mlp", "all-linear"]] | None = Field(
         None,
-        description="Module sets to choose from: qv (query/value), attention (+ key/output), all-linear (+ MLP); "
-        "None: the kind's default (attention for generation, qv for classification).",
+        description="Module sets to choose from: qv (query/value), attention (+ key/output), mlp (the feed-forward "
+        "blocks), all-linear (attention + mlp); None: the kind's default (mlp for generation, qv for classification).",
     )
     replay_ratios: list[float] = Field(
-        [1.0], min_length=1, description="Generation rehearsal: replay pairs (the base's own answers to general prompts) "
+        [2.0], min_length=1, description="Generation rehearsal: replay pairs (the base's own answers to general prompts) "
         "per training pair, to choose from (several: searched). 0 trains on the feedback alone."
     )
     replay_kl: float = Field(
-        1.0, ge=0, description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
+        2.0, ge=0, description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
         "tokens (the base's whole next-token distribution, not only its greedy answer; one extra forward pass without "
         "gradients on those rows). 0 turns it off."
     )
