@@ -1,6 +1,6 @@
 """The same loop on the team stack and embedded, side by side: what orchestration and tracking cost.
 
-python -m bench stack [--kind classification] [--tiny] [--postgres URL] -> bench/results/stack.json
+python -m bench stack [--kind classification] [--tiny] [--postgres URL] -> bench/results/stack-KIND.json
 
 In fresh homes and fresh databases, one after the other so that each has the machine to itself:
 1. the stack: ``tuneloop stack up`` (seconds until every part answers), ``prefect deploy --all``, the
@@ -109,13 +109,13 @@ def main(argv: list[str]) -> None:
                   "loop_stack_vs_embedded": stack["loop_s"] / local["loop_s"] - 1,
                   "whole_stack_vs_embedded": stack["run_s"] / local["run_s"] - 1}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "stack.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"stack-{args.kind}.json").write_text(json.dumps(result, indent=2))
     print(f"stack up {stack['stack_up_s']:.1f} s, deploy {stack['deploy_s']:.1f} s")
     print(f"loop ({args.kind}{', tiny' if args.tiny else ''}): stack run {stack['run_s']:.1f} s (its loop {stack['loop_s']:.1f} s) "
           f"vs embedded {local['run_s']:.1f} s (its loop {local['loop_s']:.1f} s)")
     for key, value in result["overhead_of_loop"].items():
         print(f"  {key}: {value:+.1%}")
-    print(f"-> {RESULTS / 'stack.json'}")
+    print(f"-> {RESULTS / ('stack-' + args.kind + '.json')}")
 
 
 if __name__ == "__main__":
