@@ -75,8 +75,12 @@ def on_stack(kind: str, tiny: bool, postgres: str, home: Path) -> dict:
 
         FeedbackStore(stack_env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback(kind), kind)
         began = time.monotonic()
-        _run([str(BIN / "prefect"), "deployment", "run", f"tuneloop/loop-{kind}", "--watch", "--watch-timeout", "3500"],
-             env, timeout=3600)
+        # the demo's system prompt, as `tuneloop demo` sets it for the embedded run: the same training and suites
+        from tuneloop.sample_data import SYSTEM_PROMPT
+
+        params = {"config": {"kind": kind, "system_prompt": SYSTEM_PROMPT}}
+        _run([str(BIN / "prefect"), "deployment", "run", f"tuneloop/loop-{kind}", "--params", json.dumps(params),
+              "--watch", "--watch-timeout", "3500"], env, timeout=3600)
         figures["run_s"] = time.monotonic() - began  # submitted -> Completed, as the CLI saw it
         figures["loop_s"], figures["stages"] = _loop_seconds(stack_env["MLFLOW_TRACKING_URI"], kind)
     finally:

@@ -303,16 +303,18 @@ def _tiny(build):
         return build()
 
 
+HEAD_MODULES = ("pre_classifier", "classifier", "score")  # new at load: DistilBERT's pre_classifier too
+
+
 def _reset_head(model: PreTrainedModel) -> None:
     """Re-initialise the new head's Linear layers from a private generator (transformers drew them
-    from the global RNG): the same head for every trial, process and machine."""
+    from the global RNG, whose state depends on whatever ran before in the process): the same head
+    for every trial, process and machine."""
     generator = torch.Generator().manual_seed(TINY_SEED)
     std = getattr(model.config, "initializer_range", 0.02)
-    head = getattr(model, "classifier", None) or getattr(model, "score", None)
-    if head is None:
-        return
+    heads = [h for name in HEAD_MODULES if (h := getattr(model, name, None)) is not None]
     with torch.no_grad():
-        for module in head.modules():
+        for module in (m for head in heads for m in head.modules()):
             if isinstance(module, torch.nn.Linear):
                 fresh = torch.empty(module.weight.shape, dtype=torch.float32).normal_(0, std, generator=generator)
                 module.weight.copy_(fresh)
