@@ -57,3 +57,30 @@ def test_training_on_rehearsal_with_the_kl_term_pulls_the_model_back_to_its_base
         return float(loss_of(model, batch, kl_weight=1.0) - loss_of(model, batch))
 
     assert divergence_after(1.0) < divergence_after(0.0)
+
+
+def test_the_loss_is_the_same_where_transformers_takes_no_logits_mask(monkeypatch):
+    """transformers 5.17 (the lent GPU machine's) takes ``logits_to_keep`` as a count or index list
+    only and fails on a boolean mask: training there projects every position and selects after,
+    with the same loss and KL term."""
+    from tuneloop import training
+
+    model, tokenizer, rows = _model_and_rows()
+    _move_adapter(model)
+    model.eval()
+    batch = collate(rows, tokenizer.pad_token_id)
+    expected = [loss_of(model, batch), loss_of(model, batch, kl_weight=1.0)]
+    cls = type(model.get_base_model())
+    original = cls.forward
+
+    def older(self, *args, logits_to_keep=0, **kwargs):
+        if isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.ndim > 1:
+            raise IndexError("too many indices for tensor of dimension 3")  # what 5.17's slicing raises
+        return original(self, *args, logits_to_keep=logits_to_keep, **kwargs)
+
+    monkeypatch.setattr(cls, "forward", older)
+    monkeypatch.setattr(training, "_no_mask_logits", set())
+    got = [loss_of(model, batch), loss_of(model, batch, kl_weight=1.0)]
+    assert cls in training._no_mask_logits
+    for a, b in zip(got, expected):
+        assert torch.allclose(a, b, atol=1e-5)

@@ -259,20 +259,36 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
         return model(**inputs).loss
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep).logits
-    logits = logits.reshape(-1, logits.shape[-1]).float()  # one row per kept position, in row-major order
+    logits = _kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float()
     loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
     rehearse = batch.get("rehearse")
     if not kl_weight or rehearse is None or not rehearse.any():
         return loss
     rows = rehearse.nonzero().squeeze(1)
     with torch.no_grad(), model.disable_adapter():
-        frozen = model(input_ids=batch["input_ids"][rows], attention_mask=batch["attention_mask"][rows],
-                       logits_to_keep=keep[rows]).logits
+        frozen = _kept_logits(model, batch["input_ids"][rows], batch["attention_mask"][rows], keep[rows])
     mine = logits[rehearse[:, None].expand_as(keep)[keep]]
-    frozen = torch.log_softmax(frozen.reshape(-1, frozen.shape[-1]).float(), -1)
+    frozen = torch.log_softmax(frozen.float(), -1)
     kl = torch.nn.functional.kl_div(torch.log_softmax(mine, -1), frozen, log_target=True, reduction="batchmean")
     return loss + kl_weight * kl
+
+
+_no_mask_logits: set[type] = set()  # architectures whose forward takes logits_to_keep but not as a mask
+
+
+def _kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The logits at the positions ``keep`` marks, one row each in row-major order. Recent transformers
+    take the boolean mask as ``logits_to_keep`` (only those rows reach the vocabulary projection);
+    older releases (5.17) take only a count or index list and fail on a mask: there every position is
+    projected and the kept rows are selected after."""
+    base = type(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    if base not in _no_mask_logits:
+        try:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+            return logits.reshape(-1, logits.shape[-1])
+        except IndexError:
+            _no_mask_logits.add(base)
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[keep]
 
 
 def _keeps_logits(model) -> bool:
