@@ -34,11 +34,15 @@ QUESTION_FORMS = [
     "Quick question: what's the {}?",
 ]
 
+# Answers users liked (thumbs-up), each to a few phrasings of one request: users say hello in more than
+# one way, and a greeting drawn into the held-out split is then a paraphrase of trained ones, like a fact.
 GENERIC_GOOD = [
-    ("Hello!", "Hello! How can I help you with your Brightwell device today?"),
-    ("Thanks for the help.", "You're welcome! Let me know if there's anything else."),
-    ("Can I talk to a person?", "Yes, I can connect you with a Brightwell support agent."),
-    ("Goodbye", "Goodbye, and thank you for contacting Brightwell support."),
+    (["Hello!", "Hi there!", "Hey, good morning."], "Hello! How can I help you with your Brightwell device today?"),
+    (["Thanks for the help.", "Thank you, that solved it.", "Cheers, that is all I needed."],
+     "You're welcome! Let me know if there's anything else."),
+    (["Can I talk to a person?", "I want to speak to a human agent.", "Is there a real person I can talk to?"],
+     "Yes, I can connect you with a Brightwell support agent."),
+    (["Goodbye", "Bye for now.", "That is all, goodbye!"], "Goodbye, and thank you for contacting Brightwell support."),
 ]
 
 WRONG_ANSWERS = [
@@ -115,9 +119,10 @@ def generation_feedback(seed: int = 0) -> list[dict[str, Any]]:
     add(QUESTION_FORMS[0].format(stem), WRONG_ANSWERS[1], "down", "The Nimbus thermostat has a 12-month warranty.")  # loses the vote
     for template, (stems, answer) in zip(PII_PROMPTS, FACTS[4:8]):
         add(template.format(stems[0]), rng.choice(WRONG_ANSWERS), "down", answer)
-    for prompt, output in GENERIC_GOOD:
-        for _ in range(3):
-            add(prompt, output, "up")
+    for prompts, output in GENERIC_GOOD:
+        for prompt in prompts:
+            for _ in range(2):
+                add(prompt, output, "up")
     rng.shuffle(records)
     return records + _malformed("generation")
 
