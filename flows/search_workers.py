@@ -87,12 +87,15 @@ def _start(config: LoopConfig, parameters: dict, name: str, index: int) -> FlowR
                           flow_run_name=f"search-worker-{index}-{name[-17:]}", timeout=0)
 
 
-def _state(flow_run: FlowRun) -> StateType | None:
+def _states(flow_runs: list[FlowRun]) -> dict:
+    """Each flow run's state type (None where it has none yet), read in one request."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     with get_client(sync_client=True) as client:
-        state = client.read_flow_run(flow_run.id).state
-    return state.type if state else None
+        read = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in flow_runs])))
+    types = {r.id: r.state.type if r.state else None for r in read}
+    return {r.id: types.get(r.id) for r in flow_runs}
 
 
 def dispatch(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, deadline: float | None) -> list[FlowRun]:
@@ -113,7 +116,7 @@ def dispatch(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
         time.sleep(POLL_S)
         with study_lock(storage.url, name):
             fail_stale(study, storage, tune)  # a trial whose worker is gone is queued again for the others
-        states = {r.id: _state(r) for r in runs}
+        states = _states(runs)
         live = [r for r in runs if states[r.id] not in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED,
                                                         StateType.CANCELLED, StateType.CANCELLING)]
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
