@@ -5,7 +5,9 @@ Generation mixes into every training set the base model's own answers to a broad
 questions whose facts the regression suite does not test, and general requests; none shares a fact
 with the regression suite), at ``replay_ratio`` replay pairs per training pair, a ratio the search
 may tune; a KL term holds the model to the frozen base on them (``tune.replay_kl``). Thumbs-up answers users liked are already in the dataset. The base's answers are
-deterministic (greedy), so they are generated once per machine and base and cached. Classification
+deterministic (greedy), so they are generated once per machine and base and cached. A replay prompt
+that resembles a prompt of the training data is left out: the users' answer to it wins over the
+base's. Classification
 needs no replay set: the dataset holds every label's corrected and confirmed (thumbs-up) examples
 since the first loop, so each retrain sees all the labels the champion learned.
 """
@@ -16,8 +18,11 @@ import hashlib
 import json
 import random
 import re
+import zlib
 from pathlib import Path
+from typing import Iterable
 
+from datasketch import MinHash, MinHashLSH
 from filelock import FileLock
 
 from tuneloop.config import LoopConfig
@@ -28,6 +33,7 @@ PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "rep
 MAX_NEW_TOKENS = 48
 
 
+SIMILAR_WORDS = 0.5  # word-set Jaccard from which a training prompt and a replay prompt ask the same thing
 SHORT_QA_SHARE = 0.75  # of any replay set: short questions in the regression suite's shape, the rest general prompts
 
 
@@ -50,6 +56,34 @@ def replay_prompts(seed: int = 0) -> list[str]:
     return out
 
 
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.casefold()))
+
+
+def unlike(prompts: list[str], training_prompts: Iterable[str]) -> list[str]:
+    """``prompts`` less those a training prompt resembles (half or more of their words in common,
+    "Good morning!" and "Hey, good morning."): rehearsing the base's answer to a question users
+    corrected would teach the model the answer they rejected. Streams the training prompts through a
+    MinHash LSH index of ``prompts``, so 100,000 of them cost seconds."""
+    def minhashes(word_sets: list[set[str]]) -> list[MinHash]:
+        return MinHash.bulk([sorted(w.encode() for w in ws) or [b""] for ws in word_sets], num_perm=64, hashfunc=zlib.crc32)
+
+    words = [_words(p) for p in prompts]
+    lsh = MinHashLSH(threshold=SIMILAR_WORDS, num_perm=64)
+    for i, minhash in enumerate(minhashes(words)):
+        lsh.insert(i, minhash)
+    taken: set[int] = set()
+    batch: list[set[str]] = []
+    for text in [*training_prompts, None]:
+        if text is not None:
+            batch.append(_words(text))
+        if batch and (text is None or len(batch) == 1000):
+            for mine, minhash in zip(batch, minhashes(batch)):
+                taken.update(i for i in lsh.query(minhash) if len(mine & words[i]) >= SIMILAR_WORDS * len(mine | words[i]))
+            batch = []
+    return [p for i, p in enumerate(prompts) if i not in taken]
+
+
 def rehearsable(answer: str) -> str | None:
     """The answer up to its last complete sentence (one cut off at the length limit would teach
     stopping mid-sentence), or None when nothing worth rehearsing is left (empty, looping)."""
@@ -61,11 +95,13 @@ def rehearsable(answer: str) -> str | None:
     return None if re.search(r"(\b\w+\b)( \1\b){3,}", answer) else answer
 
 
-def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, n: int) -> list[tuple[str, str]]:
-    """Up to ``n`` (prompt, the base's own answer) pairs, generated on first use and cached per base and prompting."""
+def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, n: int,
+                 training_prompts: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Up to ``n`` (prompt, the base's own answer) pairs, none to a prompt like one of
+    ``training_prompts``; answers generated on first use and cached per base and prompting."""
     if n <= 0 or config.kind != "generation":
         return []
-    prompts = replay_prompts(config.tune.seed)[:n]
+    prompts = unlike(replay_prompts(config.tune.seed), training_prompts)[:n]
     key = hashlib.sha256(json.dumps([base.id, prompting.system_prompt, prompting.template, MAX_NEW_TOKENS]).encode())
     path = cache_dir() / "replay" / f"{key.hexdigest()[:16]}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)

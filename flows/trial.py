@@ -61,7 +61,7 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
         tokenizer = load_tokenizer(base)
         labels = load_labels(ref, config.work_dir)
         pairs = [(e.prompt, e.target) for e in load_examples(ref, "train", config.work_dir)]
-        replay = replay_pairs(config, base, prompting, round(replay_ratio * len(pairs)))
+        replay = replay_pairs(config, base, prompting, round(replay_ratio * len(pairs)), [p for p, _ in pairs])
         encoded = encode(config.kind, tokenizer, pairs + replay, labels, config.tune.max_length, prompting)
         for example in encoded[len(pairs):]:
             example["rehearse"] = True  # held to the base by the KL term (tune.replay_kl)

@@ -84,3 +84,24 @@ def test_the_loss_is_the_same_where_transformers_takes_no_logits_mask(monkeypatc
     assert cls in training._no_mask_logits
     for a, b in zip(got, expected):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_rehearsal_leaves_out_prompts_that_users_have_answered():
+    """A replay prompt like one in the training data ("Hi there!", "Good morning!" against the users'
+    "Hey, good morning.") would rehearse the base's answer the users replaced: it is left out, the
+    rest keep their order."""
+    from tuneloop.flows.replay import replay_prompts, unlike
+
+    prompts = ["Hi there!", "Good morning!", "What is the capital of Peru?", "How do I boil an egg?"]
+    training = ["hi there", "Hey, good morning.", "What is the warranty on the Nimbus thermostat?"]
+    assert unlike(prompts, training) == ["What is the capital of Peru?", "How do I boil an egg?"]
+    assert unlike(prompts, []) == prompts
+    shipped = replay_prompts()
+    from tuneloop.sample_data import sample_feedback
+
+    users = [r["prompt"] for r in sample_feedback("generation") if isinstance(r.get("prompt"), str)]
+    kept = unlike(shipped, users)
+    assert "Hi there!" in shipped and "Hi there!" not in kept  # the sample data's greeting
+    assert len(shipped) - len(kept) < 10  # the product questions resemble no general prompt
+    many = [f"What is the status of order {n} for the Lumo doorbell?" for n in range(20_000)]
+    assert unlike(shipped, many) == shipped  # and a big training set is streamed, not compared pairwise
