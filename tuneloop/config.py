@@ -39,8 +39,9 @@ class TuneConfig(BaseModel):
         "blocks), all-linear (attention + mlp); None: the kind's default (mlp for generation, qv for classification).",
     )
     replay_ratios: list[float] = Field(
-        [2.0], min_length=1, description="Generation rehearsal: replay pairs (the base's own answers to general prompts) "
-        "per training pair, to choose from (several: searched). 0 trains on the feedback alone."
+        [4.0], min_length=1, description="Generation rehearsal: replay pairs (the base's own answers to general prompts) "
+        "per training pair, to choose from (several: searched). 0 trains on the feedback alone. 4, not 2: on the demo "
+        "it learned more of the corrections and forgot less, for 70 % more steps."
     )
     replay_kl: float = Field(
         2.0, ge=0, description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
