@@ -19,6 +19,7 @@ import json
 import random
 import re
 import zlib
+from itertools import islice
 from pathlib import Path
 from typing import Iterable
 
@@ -26,6 +27,7 @@ from datasketch import MinHash, MinHashLSH
 from filelock import FileLock
 
 from tuneloop.config import LoopConfig
+from tuneloop.dedupe import prompt_key
 from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.training import Prompting, generate
 
@@ -57,7 +59,7 @@ def replay_prompts(seed: int = 0) -> list[str]:
 
 
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"\w+", text.casefold()))
+    return set(prompt_key(text).split())
 
 
 def unlike(prompts: list[str], training_prompts: Iterable[str]) -> list[str]:
@@ -73,14 +75,10 @@ def unlike(prompts: list[str], training_prompts: Iterable[str]) -> list[str]:
     for i, minhash in enumerate(minhashes(words)):
         lsh.insert(i, minhash)
     taken: set[int] = set()
-    batch: list[set[str]] = []
-    for text in [*training_prompts, None]:
-        if text is not None:
-            batch.append(_words(text))
-        if batch and (text is None or len(batch) == 1000):
-            for mine, minhash in zip(batch, minhashes(batch)):
-                taken.update(i for i in lsh.query(minhash) if len(mine & words[i]) >= SIMILAR_WORDS * len(mine | words[i]))
-            batch = []
+    training = iter(training_prompts)
+    while chunk := [_words(text) for text in islice(training, 1000)]:
+        for mine, minhash in zip(chunk, minhashes(chunk)):
+            taken.update(i for i in lsh.query(minhash) if len(mine & words[i]) >= SIMILAR_WORDS * len(mine | words[i]))
     return [p for i, p in enumerate(prompts) if i not in taken]
 
 
