@@ -4,7 +4,11 @@ Generation mixes into every training set the base model's own answers to a broad
 (self-distillation: ``eval_suites/data/replay_prompts_generation.jsonl``: short general-knowledge
 questions whose facts the regression suite does not test, and general requests; none shares a fact
 with the regression suite), at ``replay_ratio`` replay pairs per training pair, a ratio the search
-may tune; a KL term holds the model to the frozen base on them (``tune.replay_kl``). Thumbs-up answers users liked are already in the dataset. The base's answers are
+may tune; a KL term holds the model to the frozen base on them (``tune.replay_kl``). A short question
+is rehearsed only where the base answered it in one short sentence, as the system prompt asks: its
+worked-out answers ("To find half of 34, you would divide...") taught the tuned model to work out
+sums the regression suite wants answered, and it then forgot them within the suite's answer length.
+Thumbs-up answers users liked are already in the dataset. The base's answers are
 deterministic (greedy), so they are generated once per machine and base and cached. A replay prompt
 that resembles a prompt of the training data is left out: the users' answer to it wins over the
 base's. Classification
@@ -21,7 +25,7 @@ import re
 import zlib
 from itertools import islice
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from datasketch import MinHash, MinHashLSH
 from filelock import FileLock
@@ -32,19 +36,27 @@ from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer,
 from tuneloop.training import Prompting, generate
 
 PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"
-MAX_NEW_TOKENS = 48
+MAX_NEW_TOKENS = 48  # a general request's answer (cut to its last complete sentence)
+SHORT_QA_TOKENS = 24  # a short question's: a one-sentence answer of SHORT_ANSWER_WORDS words ends well within it
+SHORT_ANSWER_WORDS = 12
 
 
 SIMILAR_WORDS = 0.5  # word-set Jaccard from which a training prompt and a replay prompt ask the same thing
-SHORT_QA_SHARE = 0.75  # of any replay set: short questions in the regression suite's shape, the rest general prompts
+SHORT_QA_SHARE = 1.0  # of any replay set: short questions in the regression suite's shape while they last, then
+# general requests: rehearsing their long answers forgot more (2026-12-04, 2 cores: 53 short questions and 255
+# general requests forgot 0.106 of the regression suite, 282 short questions and 26 general requests 0.030)
 
 
-def replay_prompts(seed: int = 0) -> list[str]:
+def _rows() -> list[dict]:
+    return [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+
+
+def replay_prompts(seed: int = 0, keep: Callable[[str], bool] = lambda prompt: True) -> list[str]:
     """The rehearsal prompts in a fixed shuffled order that a smaller replay set takes the first of:
-    three short questions to one general prompt while both last. Short questions carry most of it:
+    short questions first (``SHORT_QA_SHARE``), then general prompts. Short questions carry most of it:
     what a correction-tuned model forgets first is answering short questions under the same system
     prompt ("the capital of France is France"), and their answers are cheap to train on."""
-    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+    rows = [r for r in _rows() if keep(r["prompt"])]
     rng = random.Random(seed)
     qa = [r["prompt"] for r in rows if r["category"] == "short_qa"]
     general = [r["prompt"] for r in rows if r["category"] != "short_qa"]
@@ -82,9 +94,15 @@ def unlike(prompts: list[str], training_prompts: Iterable[str]) -> list[str]:
     return [p for i, p in enumerate(prompts) if i not in taken]
 
 
-def rehearsable(answer: str) -> str | None:
+def rehearsable(answer: str, short: bool = False) -> str | None:
     """The answer up to its last complete sentence (one cut off at the length limit would teach
-    stopping mid-sentence), or None when nothing worth rehearsing is left (empty, looping)."""
+    stopping mid-sentence), or None when nothing worth rehearsing is left (empty, looping). ``short``
+    (a short question's answer): the whole answer if it is one sentence of at most
+    ``SHORT_ANSWER_WORDS`` words ("19 + 8 = 27" needs no full stop), else None."""
+    if short:
+        answer = answer.strip()
+        one = len(answer.split()) <= SHORT_ANSWER_WORDS and not re.search(r"[.!?]\s+\S|\n", answer)
+        return answer if one and not re.search(r"(\b\w+\b)( \1\b){3,}", answer) and len(answer.split()) >= 2 else None
     end = max(answer.rfind(c) for c in ".!?")
     answer = answer[:end + 1].strip() if end >= 0 else ""
     words = answer.split()
@@ -93,15 +111,16 @@ def rehearsable(answer: str) -> str | None:
     return None if re.search(r"(\b\w+\b)( \1\b){3,}", answer) else answer
 
 
-def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, n: int,
-                 training_prompts: Iterable[str] = ()) -> list[tuple[str, str]]:
-    """Up to ``n`` (prompt, the base's own answer) pairs, none to a prompt like one of
-    ``training_prompts``; answers generated on first use and cached per base and prompting."""
-    if n <= 0 or config.kind != "generation":
-        return []
-    prompts = unlike(replay_prompts(config.tune.seed), training_prompts)[:n]
-    key = hashlib.sha256(json.dumps([base.id, prompting.system_prompt, prompting.template, MAX_NEW_TOKENS]).encode())
-    path = cache_dir() / "replay" / f"{key.hexdigest()[:16]}.jsonl"
+def answers_cache(base: BaseModelInfo, prompting: Prompting, max_new_tokens: int) -> Path:
+    """The JSON-lines file of [prompt, answer] the base gave under ``prompting``."""
+    key = hashlib.sha256(json.dumps([base.id, prompting.system_prompt, prompting.template, max_new_tokens]).encode())
+    return cache_dir() / "replay" / f"{key.hexdigest()[:16]}.jsonl"
+
+
+def base_answers(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, prompts: list[str],
+                 max_new_tokens: int) -> dict[str, str]:
+    """The base's greedy answers to ``prompts``: generated on first use, cached per base and prompting."""
+    path = answers_cache(base, prompting, max_new_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # trials in other processes wait for one generation, not run their own
         known = {}
@@ -111,9 +130,26 @@ def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, 
         if missing:
             device = resolve_device(config.device)
             model = load_base(base, "generation", device=device, dtype=resolve_dtype(config.precision, device))
-            answers = generate(model, load_tokenizer(base), missing, MAX_NEW_TOKENS, prompting)
+            answers = generate(model, load_tokenizer(base), missing, max_new_tokens, prompting)
             with open(path, "a") as f:
                 for prompt, answer in zip(missing, answers):
                     f.write(json.dumps([prompt, answer]) + "\n")
                     known[prompt] = answer
-    return [(p, kept) for p in prompts if (kept := rehearsable(known[p]))]
+    return {p: known[p] for p in prompts}
+
+
+def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, n: int,
+                 training_prompts: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """Up to ``n`` (prompt, the base's own answer) pairs, none to a prompt like one of
+    ``training_prompts``, a short question's only where its answer is short. Every short question is
+    answered once (which answers are short is known only then), general prompts as far as needed."""
+    if n <= 0 or config.kind != "generation":
+        return []
+    prompts = unlike(replay_prompts(config.tune.seed), training_prompts)
+    short = {r["prompt"] for r in _rows() if r["category"] == "short_qa"}
+    answers = base_answers(config, base, prompting, [p for p in prompts if p in short], SHORT_QA_TOKENS)
+    good = {p: kept for p, a in answers.items() if (kept := rehearsable(a, short=True))}
+    general = [p for p in prompts if p not in short][:max(0, n - len(good))]
+    answers = base_answers(config, base, prompting, general, MAX_NEW_TOKENS)
+    good.update((p, kept) for p, a in answers.items() if (kept := rehearsable(a)))
+    return [(p, good[p]) for p in replay_prompts(config.tune.seed, keep=good.__contains__)[:n]]

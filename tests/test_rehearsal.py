@@ -28,20 +28,24 @@ def _move_adapter(model, scale: float = 0.5) -> None:
                 param.copy_(torch.randn(param.shape, generator=generator) * scale)
 
 
-def test_the_kl_term_is_zero_at_the_base_and_grows_only_on_rehearsal_rows():
+def test_rehearsal_rows_are_held_by_the_kl_term_alone():
+    """With the KL term, a rehearsal row adds only its divergence from the base (nothing while the
+    adapter is the identity), not the cross-entropy with the base's greedy answer; other rows keep
+    their cross-entropy. Without it, every row is trained on its answer."""
     model, tokenizer, rows = _model_and_rows()
     model.eval()
     batch = collate(rows, tokenizer.pad_token_id)
-    assert batch["rehearse"].tolist() == [False, True]
-    # a fresh adapter is the identity: the model is its base, so the KL term adds nothing
-    assert torch.allclose(loss_of(model, batch, kl_weight=1.0), loss_of(model, batch), atol=1e-5)
-    _move_adapter(model)
-    plain = loss_of(model, batch)
-    assert loss_of(model, batch, kl_weight=1.0) > plain + 1e-3
-    assert loss_of(model, batch, kl_weight=2.0) - plain > 1.9 * (loss_of(model, batch, kl_weight=1.0) - plain)
     only_new = collate(rows[:1], tokenizer.pad_token_id)  # no rehearsal row: no KL term
-    assert "rehearse" not in only_new
-    assert torch.allclose(loss_of(model, only_new, kl_weight=1.0), loss_of(model, only_new))
+    assert batch["rehearse"].tolist() == [False, True] and "rehearse" not in only_new
+    # a fresh adapter is the identity: the model is its base, so the rehearsal row adds nothing
+    assert torch.allclose(loss_of(model, batch, kl_weight=1.0), loss_of(model, only_new), atol=1e-5)
+    assert not torch.allclose(loss_of(model, batch), loss_of(model, only_new), atol=1e-3)  # without: its answer's CE
+    _move_adapter(model)
+    plain = loss_of(model, only_new)
+    assert loss_of(model, batch, kl_weight=1.0) > plain + 1e-3
+    assert torch.allclose(loss_of(model, batch, kl_weight=2.0) - plain, 2 * (loss_of(model, batch, kl_weight=1.0) - plain),
+                          rtol=1e-4)
+    assert torch.allclose(loss_of(model, only_new, kl_weight=1.0), plain)
 
 
 def test_training_on_rehearsal_with_the_kl_term_pulls_the_model_back_to_its_base():
@@ -53,8 +57,7 @@ def test_training_on_rehearsal_with_the_kl_term_pulls_the_model_back_to_its_base
         _move_adapter(model)
         rows = [rows[1]] * 8
         train(model, rows, tokenizer.pad_token_id, lr=1e-2, epochs=3, batch_size=8, seed=0, kl_weight=kl_weight)
-        batch = collate(rows[:1], tokenizer.pad_token_id)
-        return float(loss_of(model, batch, kl_weight=1.0) - loss_of(model, batch))
+        return float(loss_of(model, collate(rows[:1], tokenizer.pad_token_id), kl_weight=1.0))  # the KL alone
 
     assert divergence_after(1.0) < divergence_after(0.0)
 
@@ -105,3 +108,40 @@ def test_rehearsal_leaves_out_prompts_that_users_have_answered():
     assert len(shipped) - len(kept) < 10  # the product questions resemble no general prompt
     many = [f"What is the status of order {n} for the Lumo doorbell?" for n in range(20_000)]
     assert unlike(shipped, many) == shipped  # and a big training set is streamed, not compared pairwise
+
+
+def test_short_questions_are_rehearsed_only_with_short_answers(tmp_path, monkeypatch):
+    """The base works some sums out step by step ("To find half of 34, you would divide..."):
+    rehearsing that taught the tuned model to work out the regression suite's sums past its answer
+    length. Only one-sentence answers to short questions are rehearsed, short questions first, and
+    general requests (cut to their last full sentence) only fill what the short ones cannot."""
+    import json
+
+    from tuneloop.config import LoopConfig
+    from tuneloop.flows import replay
+
+    monkeypatch.setenv("TUNELOOP_CACHE", str(tmp_path / "cache"))
+    config = LoopConfig(kind="generation", home=tmp_path / "home", tiny=True)
+    info, prompting = resolve_base("generation", tiny=True), Prompting("Answer in one short sentence.")
+    rows = replay._rows()
+    short = [r["prompt"] for r in rows if r["category"] == "short_qa"]
+    general = [r["prompt"] for r in rows if r["category"] != "short_qa"]
+    direct = set(short[::2])
+    for prompts, tokens, answer_of in [
+        (short, replay.SHORT_QA_TOKENS,
+         lambda p: "It is 4." if p in direct else "To find it, you would add them. So it is 4."),
+        (general, replay.MAX_NEW_TOKENS, lambda p: "Start small and keep going every day. Then you will"),
+    ]:
+        cache = replay.answers_cache(info, prompting, tokens)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text("".join(json.dumps([p, answer_of(p)]) + "\n" for p in prompts))  # nothing is generated
+
+    few = replay.replay_pairs(config, info, prompting, len(direct) - 5)
+    assert {p for p, _ in few} <= direct and {a for _, a in few} == {"It is 4."}
+    every = replay.replay_pairs(config, info, prompting, 100_000)
+    assert {p for p, a in every if a == "It is 4."} == direct
+    assert {a for p, a in every if p not in direct} == {"Start small and keep going every day."}
+    assert len(every) == len(direct) + len(general)
+    assert replay.rehearsable("19 + 8 = 27", short=True) == "19 + 8 = 27"
+    assert replay.rehearsable("Half of 34 is 17. To see why, divide 34 by 2.", short=True) is None
+    assert replay.rehearsable("The answer is " + "very " * 12 + "big.", short=True) is None
