@@ -250,9 +250,11 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
     (transformers' boolean ``logits_to_keep``): the vocabulary projection of the prompt tokens,
     which the loss ignores, is most of a small model's training cost (SmolLM2: 49k x 576 per token).
 
-    With ``kl_weight``, rows marked ``rehearse`` (the base's own answers) add ``kl_weight`` x the KL
-    divergence from the frozen base (the same model, adapter off) to the model over their answer
-    tokens: rehearsal then keeps the base's whole next-token distribution, not only its greedy answer."""
+    With ``kl_weight``, rows marked ``rehearse`` (the base's own answers) are trained on ``kl_weight``
+    x the KL divergence from the frozen base (the same model, adapter off) to the model over their
+    answer tokens, instead of the cross-entropy with that answer, which is over the other rows alone:
+    rehearsal then keeps the base's whole next-token distribution, and does not sharpen it toward its
+    greedy answer, which for a small base is wrong on most short questions ("19 + 7 = 16")."""
     labels = batch.get("labels")
     inputs = {k: v for k, v in batch.items() if k != "rehearse"}
     if labels is None or labels.ndim != 2 or not _keeps_logits(model):
@@ -260,16 +262,19 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
     logits = _kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float()
-    loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][keep[:, :-1]])
+    targets = labels[:, 1:][keep[:, :-1]]
     rehearse = batch.get("rehearse")
     if not kl_weight or rehearse is None or not rehearse.any():
-        return loss
+        return torch.nn.functional.cross_entropy(logits, targets)
+    kept_rehearse = rehearse[:, None].expand_as(keep)[keep]  # per kept position: a rehearsal row's
+    learn = ~kept_rehearse
+    loss = torch.nn.functional.cross_entropy(logits[learn], targets[learn]) if learn.any() else logits.new_zeros(())
     rows = rehearse.nonzero().squeeze(1)
     with torch.no_grad(), model.disable_adapter():
         frozen = _kept_logits(model, batch["input_ids"][rows], batch["attention_mask"][rows], keep[rows])
-    mine = logits[rehearse[:, None].expand_as(keep)[keep]]
     frozen = torch.log_softmax(frozen.float(), -1)
-    kl = torch.nn.functional.kl_div(torch.log_softmax(mine, -1), frozen, log_target=True, reduction="batchmean")
+    kl = torch.nn.functional.kl_div(torch.log_softmax(logits[kept_rehearse], -1), frozen, log_target=True,
+                                    reduction="batchmean")
     return loss + kl_weight * kl
 
 
