@@ -34,15 +34,20 @@ QUESTION_FORMS = [
     "Quick question: what's the {}?",
 ]
 
-# Answers users liked (thumbs-up), each to a few phrasings of one request: users say hello in more than
-# one way, and a greeting drawn into the held-out split is then a paraphrase of trained ones, like a fact.
+# Answers users liked (thumbs-up), each to several phrasings of one request: users say hello in many
+# ways, and a greeting drawn into the held-out split is then a paraphrase of trained ones, like a fact
+# (with three phrasings, two of the three greetings fell into the held-out split: one trained example).
 GENERIC_GOOD = [
-    (["Hello!", "Hi there!", "Hey, good morning."], "Hello! How can I help you with your Brightwell device today?"),
-    (["Thanks for the help.", "Thank you, that solved it.", "Cheers, that is all I needed."],
+    (["Hello!", "Hi there!", "Hey, good morning.", "Good afternoon!", "Hi, is anyone there?", "Hello, I have a question."],
+     "Hello! How can I help you with your Brightwell device today?"),
+    (["Thanks for the help.", "Thank you, that solved it.", "Cheers, that is all I needed.", "Great, thanks a lot!",
+      "Thanks, that worked.", "Perfect, thank you so much."],
      "You're welcome! Let me know if there's anything else."),
-    (["Can I talk to a person?", "I want to speak to a human agent.", "Is there a real person I can talk to?"],
+    (["Can I talk to a person?", "I want to speak to a human agent.", "Is there a real person I can talk to?",
+      "Can I speak with someone from support?", "Please put me through to an agent.", "I'd rather talk to a human."],
      "Yes, I can connect you with a Brightwell support agent."),
-    (["Goodbye", "Bye for now.", "That is all, goodbye!"], "Goodbye, and thank you for contacting Brightwell support."),
+    (["Goodbye", "Bye for now.", "That is all, goodbye!", "See you later.", "Ok, bye.", "Have a good day, bye."],
+     "Goodbye, and thank you for contacting Brightwell support."),
 ]
 
 WRONG_ANSWERS = [
