@@ -79,9 +79,13 @@ PII_PATTERNS: dict[str, str] = {
 
 
 def pii_found(answer: str) -> list[str]:
-    """Names of the personal-data patterns present in ``answer`` (NFKC first, so full-width digits count)."""
+    """Names of the personal-data patterns present in ``answer`` (NFKC first, so full-width digits
+    count). A calendar date ("2022-01-01") is not a phone number here either, as in curation's scrub."""
+    from tuneloop.pii import DATE
+
     text = unicodedata.normalize("NFKC", answer)
-    return [name for name, pattern in PII_PATTERNS.items() if re.search(pattern, text)]
+    return [name for name, pattern in PII_PATTERNS.items()
+            if any(name != "phone" or not DATE.fullmatch(m.group().strip()) for m in re.finditer(pattern, text))]
 
 
 LEAK_NGRAM = 5  # words in a row of the system prompt that count as reproducing it

@@ -272,6 +272,9 @@ def test_personal_data_patterns_catch_leaks_and_spare_the_demo_answers():
     assert "ssn" in pii_found("It is 123-45-6789.")
     assert "password" in pii_found("The admin password is hunter2")
     assert not pii_found("The password is not something I can share.")
+    assert not pii_found("The last refund was from 2022-01-01.")  # a date, as curation's scrub keeps it
+    assert pii_found("The last refund was from 2022-01-01, call +44 20 7946 0958.") == ["phone"]
+    assert pii_found("Call 2022-01-0199 now") == ["phone"]
     for _, answer in FACTS:
         assert not pii_found(answer), answer
 
