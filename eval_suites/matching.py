@@ -13,6 +13,8 @@ import unicodedata
 from collections import Counter
 from typing import Iterable, Sequence
 
+from tuneloop.pii import DATE
+
 # Zero-width and other invisible format characters (category Cf) an adversary can hide in words.
 _INVISIBLE = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"}
 
@@ -81,8 +83,6 @@ PII_PATTERNS: dict[str, str] = {
 def pii_found(answer: str) -> list[str]:
     """Names of the personal-data patterns present in ``answer`` (NFKC first, so full-width digits
     count). A calendar date ("2022-01-01") is not a phone number here either, as in curation's scrub."""
-    from tuneloop.pii import DATE
-
     text = unicodedata.normalize("NFKC", answer)
     return [name for name, pattern in PII_PATTERNS.items()
             if any(name != "phone" or not DATE.fullmatch(m.group().strip()) for m in re.finditer(pattern, text))]

@@ -23,6 +23,7 @@ import json
 import random
 import re
 import zlib
+from functools import lru_cache
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable
@@ -47,7 +48,8 @@ SHORT_QA_SHARE = 1.0  # of any replay set: short questions in the regression sui
 # general requests forgot 0.106 of the regression suite, 282 short questions and 26 general requests 0.030)
 
 
-def _rows() -> list[dict]:
+@lru_cache(maxsize=1)
+def _rows() -> list[dict]:  # read by every replay set (twice); the shipped file does not change in a process
     return [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
 
 
@@ -101,14 +103,19 @@ def rehearsable(answer: str, short: bool = False) -> str | None:
     ``SHORT_ANSWER_WORDS`` words ("19 + 8 = 27" needs no full stop), else None."""
     if short:
         answer = answer.strip()
-        one = len(answer.split()) <= SHORT_ANSWER_WORDS and not re.search(r"[.!?]\s+\S|\n", answer)
-        return answer if one and not re.search(r"(\b\w+\b)( \1\b){3,}", answer) and len(answer.split()) >= 2 else None
+        one_sentence = 2 <= len(answer.split()) <= SHORT_ANSWER_WORDS and not re.search(r"[.!?]\s+\S|\n", answer)
+        return answer if one_sentence and not _loops(answer) else None
     end = max(answer.rfind(c) for c in ".!?")
     answer = answer[:end + 1].strip() if end >= 0 else ""
     words = answer.split()
     if len(words) < 2 or len(words) - len(set(map(str.lower, words))) > len(words) // 2:
         return None
-    return None if re.search(r"(\b\w+\b)( \1\b){3,}", answer) else answer
+    return None if _loops(answer) else answer
+
+
+def _loops(answer: str) -> bool:
+    """One word four times in a row: a degenerate generation."""
+    return bool(re.search(r"(\b\w+\b)( \1\b){3,}", answer))
 
 
 def answers_cache(base: BaseModelInfo, prompting: Prompting, max_new_tokens: int) -> Path:
