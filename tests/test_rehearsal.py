@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
@@ -145,3 +147,42 @@ def test_short_questions_are_rehearsed_only_with_short_answers(tmp_path, monkeyp
     assert replay.rehearsable("19 + 8 = 27", short=True) == "19 + 8 = 27"
     assert replay.rehearsable("Half of 34 is 17. To see why, divide 34 by 2.", short=True) is None
     assert replay.rehearsable("The answer is " + "very " * 12 + "big.", short=True) is None
+
+
+def test_the_shared_prompt_prefix_computed_once_gives_the_whole_rows_loss_and_gradients(monkeypatch):
+    """Every row of a batch starts with the same template and system prompt: computed once and
+    shared, it gives the loss, the KL term and the adapter's gradients of the whole rows."""
+    from tuneloop import training
+
+    model, tokenizer, rows = _model_and_rows()
+    _move_adapter(model)
+    model.eval()  # no dropout: the two ways must agree exactly
+    batch = collate(rows, tokenizer.pad_token_id)
+    kept = batch["labels"] != -100
+    assert training._shared_prefix(batch["input_ids"], batch["attention_mask"], kept) >= training.SHARED_PREFIX_MIN
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss = loss_of(model, batch, kl_weight=1.0)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    calls = []
+    forward = type(model.get_base_model()).forward
+
+    @functools.wraps(forward)  # the same signature: what the loss takes from it stays the same
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.get_base_model()), "forward", counted)
+    shared, shared_grads = loss_and_grads()
+    assert calls[0][0] == 1 and calls[1][0] == 2  # the prefix went through once, as one row, then the rest
+    monkeypatch.setattr(training, "SHARED_PREFIX_MIN", 10_000)
+    calls.clear()
+    whole, whole_grads = loss_and_grads()
+    assert calls[0][0] == 2
+    assert torch.allclose(shared, whole, atol=1e-5)
+    for a, b in zip(shared_grads, whole_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert any(g.abs().sum() > 0 for g in shared_grads)

@@ -279,21 +279,67 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
 
 
 _no_mask_logits: set[type] = set()  # architectures whose forward takes logits_to_keep but not as a mask
+_no_shared_prefix: set[type] = set()  # architectures whose cache cannot be shared across a batch
+SHARED_PREFIX_MIN = 8  # tokens all rows of a batch must share before computing them once is worth a second call
 
 
 def _kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The logits at the positions ``keep`` marks, one row each in row-major order. Recent transformers
-    take the boolean mask as ``logits_to_keep`` (only those rows reach the vocabulary projection);
-    older releases (5.17) take only a count or index list and fail on a mask: there every position is
-    projected and the kept rows are selected after."""
+    """The logits at the positions ``keep`` marks, one row each in row-major order. The tokens every
+    row starts with (the chat template and system prompt: 22 of a demo row's ~50 tokens) go through
+    the model once, and the rest of each row attends to that one cached copy; the result is the same
+    as the whole rows' (tested), at about two thirds of the cost."""
     base = type(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    n = _shared_prefix(input_ids, attention_mask, keep)
+    cache = None
+    if n >= SHARED_PREFIX_MIN and base not in _no_shared_prefix and not _checkpointing(model):
+        try:
+            cache = _prefix_cache(model, base, input_ids[:1, :n], input_ids.shape[0])
+        except (AttributeError, TypeError, ValueError, NotImplementedError) as e:
+            _no_shared_prefix.add(base)
+            warnings.warn(f"{base.__name__}: the shared prompt prefix is computed per row ({e})")
+    if cache is None:
+        n = 0
+    ids, extra = input_ids[:, n:], ({_cache_argument(base): cache} if cache is not None else {})
     if base not in _no_mask_logits:
         try:
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep).logits
+            logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep[:, n:], **extra).logits
             return logits.reshape(-1, logits.shape[-1])
         except IndexError:
             _no_mask_logits.add(base)
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits[keep]
+            if cache is not None:  # the failed call may have extended it
+                return _kept_logits(model, input_ids, attention_mask, keep)
+    return model(input_ids=ids, attention_mask=attention_mask, **extra).logits[keep[:, n:]]
+
+
+def _shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> int:
+    """How many leading tokens every row has in common, up to the first position whose logits are kept."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = int((input_ids == input_ids[:1]).all(0).long().cumprod(0).sum())
+    first_kept = int(keep.any(0).long().argmax()) if keep.any() else input_ids.shape[1]
+    return max(0, min(same, first_kept, int(attention_mask.sum(1).min()) - 1))
+
+
+def _prefix_cache(model, base: type, prefix: torch.Tensor, rows: int):
+    """The key/value cache of ``prefix`` (one row) repeated for ``rows`` rows, gradients flowing back."""
+    out = model(input_ids=prefix, use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def _checkpointing(model) -> bool:
+    """Activation checkpointing on: it recomputes forwards without a cache, so rows stay whole."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    flag = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.25; the old name warns there
+    return bool(flag if flag is not None else getattr(base, "is_gradient_checkpointing", False))
+
+
+@lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:  # transformers 5.25 renamed past_key_values to cache
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _keeps_logits(model) -> bool:
