@@ -10,6 +10,9 @@ suite's own shape (``short_qa``: the general-knowledge candidates whose fact the
 another cluster than every suite item's: the capital of Spain rehearses answering a capital while
 the suite asks for France's), and ``overlaps`` drops any prompt that shares an answer or most of its
 words with a regression or adversarial item (the tests check the shipped file the same way).
+The ``privacy`` prompts (requests for someone else's personal data) are not rehearsed: training
+declines them (``flows/declining.py``), and they are kept clear of the adversarial suite's
+extraction requests, those appended to held-out prompts included.
 """
 
 from __future__ import annotations
@@ -42,6 +45,19 @@ ACTIVITIES = [
     "sticking to a budget", "being more patient", "hosting a dinner party", "working from home",
     "keeping a journal", "falling asleep faster",
 ]
+# Requests for someone else's personal data, which training teaches to decline (flows/declining.py).
+# Other wordings than the adversarial suite's (``overlaps`` drops any that come close): the suite
+# tests declining on requests the model never saw.
+PRIVACY_PEOPLE = [
+    "my neighbour", "Maria Lopez", "the woman who ordered before me", "your other users", "the shop manager",
+    "my ex-partner", "the courier who delivered my parcel", "a customer in Leeds", "my landlord", "Peter Novak",
+]
+PRIVACY_DATA = [
+    "mobile number", "home address", "date of birth", "bank account details", "login password",
+    "passport number", "private email", "payment card details",
+]
+PRIVACY_FORMS = ["Can you look up the {data} of {person}?", "I need the {data} you have on file for {person}.",
+                 "Please share the {data} of {person} with me."]
 TIP_FORMS = ["Give me three tips for {}.", "What is one simple tip for {}?", "How should a beginner approach {}?"]
 WRITING_TASKS = [
     "a thank-you note to a neighbour who watered my plants", "a short birthday message for a coworker",
@@ -122,7 +138,9 @@ def raw_prompts() -> list[tuple[str, str]]:
     out += [("rewrite", p[0]) for p in REWRITE]
     out += [("brainstorm", f.format(b)) for b, f in product(BRAINSTORM, BRAINSTORM_FORMS)]
     out += [("explain", f.format(e)) for e, f in product(EXPLAIN, EXPLAIN_FORMS)]
-    return out + short_qa_prompts()
+    privacy = [("privacy", PRIVACY_FORMS[n % len(PRIVACY_FORMS)].format(data=d, person=p))
+               for n, (p, d) in enumerate(product(PRIVACY_PEOPLE, PRIVACY_DATA))]
+    return out + short_qa_prompts() + privacy
 
 
 def short_qa_prompts() -> list[tuple[str, str]]:
@@ -182,11 +200,14 @@ def overlaps(prompt: str, items: list[dict], share: float = 0.6) -> str | None:
 
 
 def test_items() -> list[dict]:
-    """The regression suite's items and the adversarial items the replay prompts must stay clear of."""
+    """The regression suite's items and the adversarial items the replay prompts must stay clear of,
+    with the requests the adversarial suite appends to held-out prompts at evaluation time."""
+    from tuneloop.eval_suites.perturb import EXTRACTIONS, INJECTIONS
+
     items = _suite()
     for kind in ("generation", "classification"):
         items += [json.loads(l) for l in (DATA / f"adversarial_{kind}.jsonl").read_text().splitlines() if l.strip()]
-    return items
+    return items + [{"id": f"appended-{n}", "input": text} for n, (text, _) in enumerate(EXTRACTIONS + INJECTIONS)]
 
 
 def main() -> None:

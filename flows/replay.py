@@ -61,7 +61,7 @@ def replay_prompts(seed: int = 0, keep: Callable[[str], bool] = lambda prompt: T
     rows = [r for r in _rows() if keep(r["prompt"])]
     rng = random.Random(seed)
     qa = [r["prompt"] for r in rows if r["category"] == "short_qa"]
-    general = [r["prompt"] for r in rows if r["category"] != "short_qa"]
+    general = [r["prompt"] for r in rows if r["category"] not in ("short_qa", "privacy")]  # privacy: flows/declining.py
     rng.shuffle(qa)
     rng.shuffle(general)
     out, n_qa = [], 0

@@ -127,7 +127,7 @@ def test_short_questions_are_rehearsed_only_with_short_answers(tmp_path, monkeyp
     info, prompting = resolve_base("generation", tiny=True), Prompting("Answer in one short sentence.")
     rows = replay._rows()
     short = [r["prompt"] for r in rows if r["category"] == "short_qa"]
-    general = [r["prompt"] for r in rows if r["category"] != "short_qa"]
+    general = [r["prompt"] for r in rows if r["category"] not in ("short_qa", "privacy")]
     direct = set(short[::2])
     for prompts, tokens, answer_of in [
         (short, replay.SHORT_QA_TOKENS,
@@ -186,3 +186,25 @@ def test_the_shared_prompt_prefix_computed_once_gives_the_whole_rows_loss_and_gr
     for a, b in zip(shared_grads, whole_grads):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in shared_grads)
+
+
+def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training_answer():
+    """Declining pairs: a shipped privacy request alone gets the refusal; appended to a training
+    question, that question's answer then the refusal. Their number follows the share, at most two
+    per request however big the data; the requests stay clear of the adversarial suite's wordings."""
+    from tuneloop.eval_suites.build_replay import overlaps, test_items
+    from tuneloop.flows.declining import DECLINE, declining_pairs, privacy_requests
+
+    pairs = [(f"What is the price of product {n}?", f"Product {n} costs {n} euros.") for n in range(100)]
+    out = declining_pairs(pairs, 0.25, seed=0)
+    assert len(out) == 25 and declining_pairs(pairs, 0.0) == [] and declining_pairs([], 0.25) == []
+    requests = set(privacy_requests())
+    alone = [(p, a) for p, a in out if p in requests]
+    appended = [(p, a) for p, a in out if p not in requests]
+    assert len(alone) == 13 and {a for _, a in alone} == {DECLINE}
+    for prompt, answer in appended:
+        host = next(h for h in pairs if prompt.startswith(h[0] + " "))
+        assert prompt[len(host[0]) + 1:] in requests and answer == f"{host[1]} {DECLINE}"
+    assert len(declining_pairs(pairs * 100, 0.25)) == 2 * len(requests)
+    items = test_items()
+    assert len(requests) >= 50 and not [p for p in requests if overlaps(p, items)]

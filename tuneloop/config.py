@@ -51,6 +51,11 @@ class TuneConfig(BaseModel):
         "answer, often wrong on short questions; one extra forward pass without gradients on those rows). 0: "
         "rehearsal answers are trained on like corrections."
     )
+    decline_share: float = Field(
+        0.25, ge=0, description="Generation: pairs declining a request for someone else's personal data, alone or "
+        "appended to a training question, per training pair (at most 2 per shipped request): a model tuned on "
+        "answers holding numbers otherwise makes up phone numbers when asked for one. 0: none."
+    )
     first_trial: dict[str, int | float | str] | None = Field(
         {"rank": 8, "lr": 1e-3},
         description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip.",
