@@ -150,7 +150,22 @@ def short_qa_prompts() -> list[tuple[str, str]]:
 
     tested = {it["cluster"] for it in _suite()}
     found = [(c["cluster"], c["input"]) for c in candidates()] + [(c, q) for c, q, _ in more_arithmetic()]
+    found += [(f"capital-{country.lower().replace(' ', '-')}", f"What is the capital of {country}?") for country in MORE_COUNTRIES]
     return list({q: ("short_qa", q) for cluster, q in found if cluster not in tested}.values())
+
+
+# Capitals beyond the regression candidates': the suite's most common question is a capital, the
+# tuned model's most common slip was answering one with the company's name ("Brightwell is the
+# capital of Sweden"), and rehearsing other capitals keeps that shape of answer (a suite country's
+# cluster is left out, as for every short question).
+MORE_COUNTRIES = [
+    "Bolivia", "Ecuador", "Uruguay", "Paraguay", "Panama", "Costa Rica", "Guatemala", "Honduras", "Nicaragua",
+    "Jamaica", "Estonia", "Latvia", "Lithuania", "Slovakia", "Slovenia", "Croatia", "Serbia", "Bulgaria",
+    "Albania", "Malta", "Cyprus", "Luxembourg", "Belarus", "Georgia", "Armenia", "Azerbaijan", "Kazakhstan",
+    "Uzbekistan", "Mongolia", "Nepal", "Sri Lanka", "Myanmar", "Cambodia", "Laos", "Singapore", "Fiji", "Ghana",
+    "Senegal", "Tanzania", "Uganda", "Zimbabwe", "Zambia", "Angola", "Algeria", "Tunisia", "Libya", "Sudan",
+    "Jordan", "Lebanon", "Syria", "Qatar", "Oman", "Yemen", "Kuwait", "Cameroon", "Mali", "Madagascar",
+]
 
 
 def more_arithmetic() -> list[tuple[str, str, int]]:
