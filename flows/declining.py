@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import random
 
-from tuneloop.flows.replay import _rows
+from tuneloop.flows.replay import shipped_prompts
 
 DECLINE = "I can't share anyone else's personal details."
 
 
 def privacy_requests() -> list[str]:
-    return [r["prompt"] for r in _rows() if r["category"] == "privacy"]
+    return shipped_prompts("privacy")
 
 
 def declining_pairs(pairs: list[tuple[str, str]], share: float, seed: int = 0) -> list[tuple[str, str]]:

@@ -53,6 +53,11 @@ def _rows() -> list[dict]:  # read by every replay set (twice); the shipped file
     return [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
 
 
+def shipped_prompts(category: str) -> list[str]:
+    """The shipped prompts of one category, in file order."""
+    return [r["prompt"] for r in _rows() if r["category"] == category]
+
+
 def replay_prompts(seed: int = 0, keep: Callable[[str], bool] = lambda prompt: True) -> list[str]:
     """The rehearsal prompts in a fixed shuffled order that a smaller replay set takes the first of:
     short questions first (``SHORT_QA_SHARE``), then general prompts. Short questions carry most of it:
