@@ -52,10 +52,11 @@ class Usage:
 
 
 def _cpu_seconds() -> float:
-    # user + system of this process, plus those of its children that have exited and been waited for
-    # (Prefect process-pool trial workers, subprocesses): a child still running is counted when it ends
+    # user + system of this process (process_time: nanoseconds, where os.times() counts 10 ms ticks and
+    # a no-op trigger decision could read 0), plus those of its children that have exited and been
+    # waited for (Prefect process-pool trial workers, subprocesses): a child still running is counted when it ends
     t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
+    return time.process_time() + t.children_user + t.children_system
 
 
 def gpus_in_use() -> int:
