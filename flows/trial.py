@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import torch
 
+from tuneloop import teacher
 from tuneloop.adapters import write_meta
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
@@ -27,9 +28,9 @@ from tuneloop.flows.replay import replay_pairs
 from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
 from tuneloop.flows.study import origin, rung_steps, suggest
 from tuneloop.flows.trial_gate import constraints, gate_drops
-from tuneloop.models import (BaseModelInfo, base_of, load_base, load_tokenizer, lora_targets, resolve_device,
-                             resolve_dtype, save_labels)
-from tuneloop.training import Pruned, Prompting, add_adapter, encode, predict, schedule_length, train
+from tuneloop.models import (DEFAULT_ADAPTER_LAYERS, BaseModelInfo, base_of, cache_dir, load_base, load_tokenizer,
+                             lora_targets, resolve_device, resolve_dtype, save_labels)
+from tuneloop.training import Pruned, Prompting, add_adapter, encode, predict, schedule_length, top_layers, train
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 
@@ -115,7 +116,8 @@ def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch
         base.enable_input_require_grads()
     model = add_adapter(base, config.kind, params["rank"], config.tune.seed,
                         targets=lora_targets(base, params["target_modules"]), alpha=params["alpha_ratio"] * params["rank"],
-                        dropout=params["dropout"])
+                        dropout=params["dropout"],
+                        layers=top_layers(base, config.tune.adapter_layers or DEFAULT_ADAPTER_LAYERS[config.kind]))
     return model
 
 
@@ -126,6 +128,9 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
     tune = config.tune
     data = trial_data(config, ref, params.get("replay_ratio", 0.0))
     model = build_model(config, data, params, device)
+    if config.kind == "generation" and tune.replay_kl:  # the frozen base's side of the KL term, once per search
+        teacher.attach(model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}",
+                       cache_dir() / "teacher")
     total, eval_steps = schedule(config, ref.sizes["train"], full, n_pairs=len(data.encoded))
     run.metrics({"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
                  "total_steps": total, "train_examples": len(data.encoded)})

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import mlflow
@@ -157,3 +158,33 @@ def test_the_training_path_imports_no_orchestration_or_tracking():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("kind", ["generation", "classification"])
+def test_adapters_on_the_top_layers_train_there_and_nowhere_else(kind, home):
+    """``tune.adapter_layers``: a trial's adapter sits in the top share of the layers (generation's
+    default: half) and trains there; the layers below get none (classification: every layer)."""
+    from tuneloop.flows.trial import build_model
+    from tuneloop.training import collate, loss_of
+
+    config = tiny_config(home, kind, adapter_layers=0.5)
+    if kind == "classification":
+        config.tune.adapter_layers = None  # the kind's default: every layer
+    info = resolve_base(kind, tiny=True)
+    pairs = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros.")] * 4
+    data = SimpleNamespace(base=info, labels=["billing", "returns"] if kind == "classification" else [])  # of a TrialData
+
+    model = build_model(config, data, {"rank": 4, "alpha_ratio": 2.0, "dropout": 0.0, "target_modules": "attention"},
+                        torch.device("cpu"))
+    layers = model.get_base_model().config.num_hidden_layers
+    adapted = {int(n.split(".layer")[1].split(".")[1]) for n, p in model.named_parameters() if "lora_A" in n}
+    expected = set(range(layers // 2, layers)) if kind == "generation" else set(range(layers))
+    assert adapted == expected
+    if kind == "generation":
+        from tuneloop.models import load_tokenizer
+        from tuneloop.training import encode
+
+        tokenizer = load_tokenizer(info)
+        loss_of(model, collate(encode(kind, tokenizer, pairs, [], 32), tokenizer.pad_token_id)).backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        assert grads and all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)

@@ -208,3 +208,31 @@ def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training
     assert len(declining_pairs(pairs * 100, 0.25)) == 2 * len(requests)
     items = test_items()
     assert len(requests) >= 50 and not [p for p in requests if overlaps(p, items)]
+
+def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forward(tmp_path):
+    """Rehearsal rows carrying the base's precomputed distribution (``tuneloop.teacher``) give the KL
+    term the frozen forward gives: exactly with the whole vocabulary kept, within a small share with
+    the top 64 tokens and a bucket for the rest. The second attach reads the cache: no forward pass."""
+    from tuneloop import teacher
+
+    model, tokenizer, rows = _model_and_rows()
+    model.eval()
+    _move_adapter(model)
+    frozen = loss_of(model, collate(rows, tokenizer.pad_token_id), kl_weight=1.0)
+    vocab = model.get_base_model().config.vocab_size
+    whole = [dict(r) for r in rows]
+    teacher.attach(model, whole, tokenizer.pad_token_id, "tiny", tmp_path / "whole", k=vocab)
+    assert "teacher_ids" not in whole[0] and whole[1]["teacher_ids"].shape == (int(sum(x != -100 for x in rows[1]["labels"])), vocab)
+    assert torch.allclose(loss_of(model, collate(whole, tokenizer.pad_token_id), kl_weight=1.0), frozen, rtol=1e-3)
+
+    top = [dict(r) for r in rows]
+    teacher.attach(model, top, tokenizer.pad_token_id, "tiny", tmp_path / "top")
+    plain = loss_of(model, collate(rows[:1], tokenizer.pad_token_id))
+    sparse = loss_of(model, collate(top, tokenizer.pad_token_id), kl_weight=1.0)
+    assert 0 < sparse - plain <= frozen - plain + 1e-5  # a lower bound of the full divergence, and not zero
+    calls = []
+    model.forward = functools.wraps(model.forward)(lambda *a, **k: calls.append(1) or type(model).forward(model, *a, **k))
+    again = [dict(r) for r in rows]
+    teacher.attach(model, again, tokenizer.pad_token_id, "tiny", tmp_path / "top")
+    assert not calls and torch.equal(again[1]["teacher_logp"], top[1]["teacher_logp"])
+

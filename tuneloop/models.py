@@ -338,6 +338,7 @@ TARGET_FAMILIES: dict[str, list[tuple[str, ...]]] = {
 # generation: the feed-forward blocks learn a correction's facts in fewer steps than attention and
 # forget less per fact learned (measured on the demo: README "Measured"); classification: query/value
 DEFAULT_TARGETS: dict[str, str] = {"generation": "mlp", "classification": "qv"}
+DEFAULT_ADAPTER_LAYERS: dict[str, float] = {"generation": 0.5, "classification": 1.0}  # tune.adapter_layers
 
 
 def lora_targets(model: PreTrainedModel, name: str) -> list[str] | str:

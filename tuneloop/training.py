@@ -30,6 +30,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from tuneloop.config import Kind
+from tuneloop.teacher import sparse_kl
 from tuneloop.text import normalize
 
 CHECKPOINT = "ckpt.pt"
@@ -55,23 +56,34 @@ class Prompting:
 
 
 def lora_config(kind: Kind, rank: int, targets: list[str] | str, alpha: float | None = None,
-                dropout: float = 0.05) -> LoraConfig:
-    """LoRA on ``targets`` (module name suffixes, or peft's ``"all-linear"``); alpha defaults to 2 x rank."""
+                dropout: float = 0.05, layers: list[int] | None = None) -> LoraConfig:
+    """LoRA on ``targets`` (module name suffixes, or peft's ``"all-linear"``) in ``layers`` (None:
+    all); alpha defaults to 2 x rank."""
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM if kind == "generation" else TaskType.SEQ_CLS,
         r=rank,
         lora_alpha=alpha or 2 * rank,
         lora_dropout=dropout,
         target_modules=targets,
+        layers_to_transform=layers,
     )
 
 
+def top_layers(base, share: float) -> list[int] | None:
+    """The indices of the top ``share`` of the base's transformer layers (None: all of them). With
+    adapters there only, the backward pass stops below them."""
+    n = getattr(base.config.get_text_config(), "num_hidden_layers", None)
+    if share >= 1 or not n:
+        return None
+    return list(range(n - max(1, math.ceil(n * share)), n))
+
+
 def add_adapter(base, kind: Kind, rank: int, seed: int, targets: list[str] | str, alpha: float | None = None,
-                dropout: float = 0.05) -> PeftModel:
+                dropout: float = 0.05, layers: list[int] | None = None) -> PeftModel:
     """A fresh LoRA adapter on ``base``, initialised from a generator of its own: the same ``seed``
     gives the same adapter whatever else runs in the process (the global RNG is never reseeded)."""
     with _init_lock:  # peft draws its initial A matrices from the global RNG: hold others off, then redo them
-        model = get_peft_model(base, lora_config(kind, rank, targets, alpha, dropout))
+        model = get_peft_model(base, lora_config(kind, rank, targets, alpha, dropout, layers))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -115,6 +127,9 @@ def collate(batch: list[dict], pad_id: int, device: torch.device | str = "cpu") 
         out["labels"] = torch.tensor([b["label"] for b in batch])
     if any(b.get("rehearse") for b in batch):
         out["rehearse"] = torch.tensor([bool(b.get("rehearse")) for b in batch])
+        if all("teacher_ids" in b for b in batch if b.get("rehearse")):  # the base's distribution, precomputed
+            out["teacher_ids"] = torch.cat([b["teacher_ids"] for b in batch if b.get("rehearse")])
+            out["teacher_logp"] = torch.cat([b["teacher_logp"] for b in batch if b.get("rehearse")])
     return {k: v.to(device, non_blocking=True) for k, v in {"input_ids": ids, "attention_mask": mask, **out}.items()}
 
 
@@ -254,9 +269,11 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
     x the KL divergence from the frozen base (the same model, adapter off) to the model over their
     answer tokens, instead of the cross-entropy with that answer, which is over the other rows alone:
     rehearsal then keeps the base's whole next-token distribution, and does not sharpen it toward its
-    greedy answer, which for a small base is wrong on most short questions ("19 + 7 = 16")."""
+    greedy answer, which for a small base is wrong on most short questions ("19 + 7 = 16"). Rows that
+    carry the base's top tokens (``tuneloop.teacher``, computed once per search) are compared with
+    those instead of a frozen forward pass at every step."""
     labels = batch.get("labels")
-    inputs = {k: v for k, v in batch.items() if k != "rehearse"}
+    inputs = {k: v for k, v in batch.items() if k not in ("rehearse", "teacher_ids", "teacher_logp")}
     if labels is None or labels.ndim != 2 or not _keeps_logits(model):
         return model(**inputs).loss
     keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -269,6 +286,8 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
     kept_rehearse = rehearse[:, None].expand_as(keep)[keep]  # per kept position: a rehearsal row's
     learn = ~kept_rehearse
     loss = torch.nn.functional.cross_entropy(logits[learn], targets[learn]) if learn.any() else logits.new_zeros(())
+    if "teacher_ids" in batch:  # computed once per search (``tuneloop.teacher``): no frozen forward here
+        return loss + kl_weight * sparse_kl(logits[kept_rehearse], batch["teacher_ids"], batch["teacher_logp"])
     rows = rehearse.nonzero().squeeze(1)
     with torch.no_grad(), model.disable_adapter():
         frozen = _kept_logits(model, batch["input_ids"][rows], batch["attention_mask"][rows], keep[rows])
