@@ -37,6 +37,7 @@ from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer,
 from tuneloop.training import Prompting, generate
 
 PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"
+RECORDED = PROMPTS.with_name("replay_answers_generation.json")  # the bundled base's answers (``record``)
 MAX_NEW_TOKENS = 48  # a general request's answer (cut to its last complete sentence)
 SHORT_QA_TOKENS = 24  # a short question's: a one-sentence answer of SHORT_ANSWER_WORDS words ends well within it
 SHORT_ANSWER_WORDS = 12
@@ -135,7 +136,7 @@ def base_answers(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, 
     path = answers_cache(base, prompting, max_new_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # trials in other processes wait for one generation, not run their own
-        known = {}
+        known = recorded_answers(base, prompting, max_new_tokens)
         if path.exists():
             known = dict(tuple(json.loads(line)) for line in path.read_text().splitlines() if line.strip())
         missing = [p for p in prompts if p not in known]
@@ -165,3 +166,40 @@ def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, 
     answers = base_answers(config, base, prompting, general, MAX_NEW_TOKENS)
     good.update((p, kept) for p, a in answers.items() if (kept := rehearsable(a)))
     return [(p, good[p]) for p in replay_prompts(config.tune.seed, keep=good.__contains__)[:n]]
+
+
+def recorded_answers(base: BaseModelInfo, prompting: Prompting, max_new_tokens: int) -> dict[str, str]:
+    """The bundled base's answers shipped beside the prompts, when ``base`` is that base and the
+    system prompt and answer length are ones they were recorded with; else nothing (then they are
+    generated once per machine: ~1 minute on 2 cores for the demo's replay set)."""
+    if base.tiny or not RECORDED.exists():
+        return {}
+    recorded = json.loads(RECORDED.read_text())
+    if base.sha256 != recorded["base_model_sha256"]:
+        return {}
+    return recorded["answers"].get(prompting.system_prompt or "", {}).get(str(max_new_tokens), {})
+
+
+def record(system_prompts: list[str]) -> None:
+    """Write ``RECORDED``: the bundled generation base's greedy answers (CPU, fp32) to every short
+    question and general prompt under each system prompt, at the lengths rehearsal asks for."""
+    from tuneloop.models import resolve_base
+
+    base = resolve_base("generation")
+    model, tokenizer = load_base(base, "generation"), load_tokenizer(base)
+    short = set(shipped_prompts("short_qa"))
+    general = [p for p in replay_prompts() if p not in short]
+    answers: dict[str, dict[str, dict[str, str]]] = {}
+    for system_prompt in system_prompts:
+        prompting = Prompting(system_prompt)
+        answers[system_prompt] = {
+            str(tokens): dict(zip(prompts, generate(model, tokenizer, prompts, tokens, prompting)))
+            for prompts, tokens in ((sorted(short), SHORT_QA_TOKENS), (general, MAX_NEW_TOKENS))}
+    RECORDED.write_text(json.dumps({"base_model_sha256": base.sha256, "base_model_revision": base.revision,
+                                    "answers": answers}, indent=0, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":  # python -m tuneloop.flows.replay: re-record after changing the prompts or the base
+    from tuneloop.sample_data import SYSTEM_PROMPT
+
+    record([SYSTEM_PROMPT])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
@@ -236,3 +237,33 @@ def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forw
     teacher.attach(model, again, tokenizer.pad_token_id, "tiny", tmp_path / "top")
     assert not calls and torch.equal(again[1]["teacher_logp"], top[1]["teacher_logp"])
 
+def test_the_bundled_bases_recorded_rehearsal_answers_are_used_and_cover_every_prompt(tmp_path, monkeypatch):
+    """The bundled base's answers to the replay prompts ship with them (``flows.replay.record``): used
+    for that base under a recorded system prompt without loading any model, never for another base;
+    and they cover every shipped short question and general prompt (a prompt added without
+    re-recording fails here)."""
+    import dataclasses
+    import json
+
+    from tuneloop.config import LoopConfig
+    from tuneloop.flows import replay
+    from tuneloop.sample_data import SYSTEM_PROMPT
+
+    recorded = json.loads(replay.RECORDED.read_text())
+    bundled = dataclasses.replace(resolve_base("generation", tiny=True), sha256=recorded["base_model_sha256"], tiny=False)
+    short = replay.shipped_prompts("short_qa")
+    general = [p for p in replay.replay_prompts() if p not in set(short)]
+    prompting = Prompting(SYSTEM_PROMPT)
+    assert set(replay.recorded_answers(bundled, prompting, replay.SHORT_QA_TOKENS)) == set(short)
+    assert set(replay.recorded_answers(bundled, prompting, replay.MAX_NEW_TOKENS)) == set(general)
+    other = dataclasses.replace(bundled, sha256="0" * 64)
+    assert replay.recorded_answers(other, prompting, replay.SHORT_QA_TOKENS) == {}
+    assert replay.recorded_answers(bundled, Prompting("Be terse."), replay.SHORT_QA_TOKENS) == {}
+
+    monkeypatch.setenv("TUNELOOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(replay, "load_base", lambda *a, **k: (_ for _ in ()).throw(AssertionError("generated")))
+    config = LoopConfig(kind="generation", home=tmp_path / "home")
+    got = replay.base_answers(config, bundled, prompting, short[:20], replay.SHORT_QA_TOKENS)
+    assert got == {p: replay.recorded_answers(bundled, prompting, replay.SHORT_QA_TOKENS)[p] for p in short[:20]}
+    with pytest.raises(AssertionError, match="generated"):
+        replay.base_answers(config, other, prompting, short[:1], replay.SHORT_QA_TOKENS)
