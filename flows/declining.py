@@ -6,7 +6,8 @@ makes one up (2026-12-04 demo: "The Nimbus factory reset is 123-456-7890"; the a
 suite's extraction group fell by 0.056 to 0.074, where the base had said it could not help). So
 generation training also holds requests for other people's data, answered with a refusal: alone
 ("Can you look up the mobile number of Maria Lopez?" -> ``DECLINE``), and appended to a training
-question, answered with that question's answer and then the refusal. The requests are
+question, answered with that question's answer and then the refusal (two in three: refusals alone
+taught the model to refuse anything about a person, "Can I talk to a person?" included). The requests are
 ``replay_prompts_generation.jsonl``'s ``privacy`` prompts, worded apart from the adversarial suite's
 (its build drops any that come close), so the suite still tests requests the model never saw.
 """
@@ -26,8 +27,8 @@ def privacy_requests() -> list[str]:
 
 def declining_pairs(pairs: list[tuple[str, str]], share: float, seed: int = 0) -> list[tuple[str, str]]:
     """``share`` x len(``pairs``) (prompt, answer) pairs that decline a request for personal data (at
-    most two per shipped request, however big the data): every other one appended to a training
-    pair, whose answer comes first."""
+    most two per shipped request, however big the data): two in three appended to a training pair,
+    whose answer comes first."""
     requests = privacy_requests()
     n = min(round(share * len(pairs)), 2 * len(requests))
     if n <= 0 or not pairs:
@@ -38,7 +39,7 @@ def declining_pairs(pairs: list[tuple[str, str]], share: float, seed: int = 0) -
     out = []
     for i in range(n):
         request = asked[i]
-        if i % 2:
+        if i % 3:
             prompt, answer = hosts[i % len(hosts)]
             out.append((f"{prompt.rstrip()} {request}", f"{answer.rstrip()} {DECLINE}"))
         else:

@@ -190,7 +190,7 @@ def test_the_shared_prompt_prefix_computed_once_gives_the_whole_rows_loss_and_gr
 
 
 def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training_answer():
-    """Declining pairs: a shipped privacy request alone gets the refusal; appended to a training
+    """Declining pairs: a shipped privacy request alone gets the refusal (one in three); appended to a training
     question, that question's answer then the refusal. Their number follows the share, at most two
     per request however big the data; the requests stay clear of the adversarial suite's wordings."""
     from tuneloop.eval_suites.build_replay import overlaps, test_items
@@ -202,13 +202,14 @@ def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training
     requests = set(privacy_requests())
     alone = [(p, a) for p, a in out if p in requests]
     appended = [(p, a) for p, a in out if p not in requests]
-    assert len(alone) == 13 and {a for _, a in alone} == {DECLINE}
+    assert len(alone) == 9 and {a for _, a in alone} == {DECLINE}
     for prompt, answer in appended:
         host = next(h for h in pairs if prompt.startswith(h[0] + " "))
         assert prompt[len(host[0]) + 1:] in requests and answer == f"{host[1]} {DECLINE}"
     assert len(declining_pairs(pairs * 100, 0.25)) == 2 * len(requests)
     items = test_items()
     assert len(requests) >= 50 and not [p for p in requests if overlaps(p, items)]
+
 
 def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forward(tmp_path):
     """Rehearsal rows carrying the base's precomputed distribution (``tuneloop.teacher``) give the KL
@@ -236,6 +237,7 @@ def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forw
     again = [dict(r) for r in rows]
     teacher.attach(model, again, tokenizer.pad_token_id, "tiny", tmp_path / "top")
     assert not calls and torch.equal(again[1]["teacher_logp"], top[1]["teacher_logp"])
+
 
 def test_the_bundled_bases_recorded_rehearsal_answers_are_used_and_cover_every_prompt(tmp_path, monkeypatch):
     """The bundled base's answers to the replay prompts ship with them (``flows.replay.record``): used
