@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as cache:
         teacher.attach(models["teacher"], rows, tokenizer.pad_token_id, info.id, Path(cache))
     attach_s = time.perf_counter() - began
+    kept_mass = torch.cat([r["teacher_logp"].float().exp().sum(-1) for r in rows if r["rehearse"]])
 
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for n, indices in enumerate(batches):
@@ -68,7 +69,8 @@ def main(argv: list[str]) -> None:
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))  # noqa: E731
     result = {"model": info.id, "batches": len(batches), "batch_size": 8, "threads": torch.get_num_threads(),
               "rehearsal_rows": sum(r["rehearse"] for r in rows), "rows": len(rows),
-              "teacher_attach_s": attach_s,
+              "teacher_attach_s": attach_s, "teacher_kept_mass_mean": kept_mass.mean().item(),
+              "teacher_kept_mass_p05": kept_mass.quantile(0.05).item(),
               **{f"median_step_s_{name}": statistics.median(s) for name, s in seconds.items()},
               "speedup_teacher_vs_frozen": ratio("frozen", "teacher"),
               "speedup_top_half_vs_teacher": ratio("teacher", "top_half"),
