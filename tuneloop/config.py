@@ -58,7 +58,7 @@ class TuneConfig(BaseModel):
     replay_kl: float = Field(
         4.0, ge=0, description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
         "tokens, which then replaces their cross-entropy (the base's whole next-token distribution, not its greedy "
-        "answer, often wrong on short questions; one extra forward pass without gradients on those rows). 0: "
+        "answer, often wrong on short questions; its top 64 tokens, computed once per search: tuneloop/teacher.py). 0: "
         "rehearsal answers are trained on like corrections."
     )
     decline_share: float = Field(
