@@ -213,8 +213,9 @@ def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training
 
 def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forward(tmp_path):
     """Rehearsal rows carrying the base's precomputed distribution (``tuneloop.teacher``) give the KL
-    term the frozen forward gives: exactly with the whole vocabulary kept, within a small share with
-    the top 64 tokens and a bucket for the rest. The second attach reads the cache: no forward pass."""
+    term the frozen forward gives: exactly with the whole vocabulary kept; with the top 64 tokens and
+    a bucket for the rest, a lower bound of it above zero. The second attach reads the cache: no
+    forward pass."""
     from tuneloop import teacher
 
     model, tokenizer, rows = _model_and_rows()
