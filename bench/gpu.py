@@ -270,7 +270,7 @@ def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder:
     """The saved random base loaded 4-bit through the project's loader, prepared as a trial prepares
     it, trained by ``train()`` without and with gradient checkpointing: peak memory and step time."""
     from tuneloop.models import BaseModelInfo, ModelError, load_base, lora_targets, quantization_config
-    from tuneloop.training import _compute_dtype, add_adapter
+    from tuneloop.training import add_adapter, compute_dtype
 
     try:
         quantization_config("4bit", device, dtype)  # the project's refusal, before any work (CPU, no bitsandbytes)
@@ -287,7 +287,7 @@ def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder:
                  "quantization": "4bit nf4, double quantization, compute bf16 (tuneloop.models.quantization_config)"}
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)  # as flows/trial.py build_model
     model = add_adapter(base, "generation", args.rank, seed=0, targets=lora_targets(base, "attention"))
-    row["train_autocast_dtype"] = str(_compute_dtype(model)).removeprefix("torch.")  # what train() runs under
+    row["train_autocast_dtype"] = str(compute_dtype(model)).removeprefix("torch.")  # what train() runs under
     encoded = random_examples(SHAPES[name]["vocab_size"], args.batch * (args.warmup + args.steps), args.seq_len)
     tokens = args.batch * args.seq_len
     for checkpointing in (False, True):

@@ -8,6 +8,11 @@ the rehearsal mix's share of them) start with the same 22 tokens of chat templat
 Each round runs ``loss_of`` + backward on the same batch both ways, alternating which goes first,
 so a noisy neighbour hits both alike; ``speed_ratio`` = median(whole seconds / shared seconds).
 Also reported: the largest difference in loss between the two ways (they compute the same thing).
+
+Generation (``inference.generate``, the gate's and the service's answers) shares the prefix too: the
+regression suite's prompts (96 with ``--quick``, else all) answered greedily both ways, alternating
+which goes first per round of 32 prompts; ``generation_speed_ratio`` = whole seconds / shared seconds
+over all rounds, and ``generation_same_answers`` how many answers agree (all, or the shared prefix changed one).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench prefix")
     parser.add_argument("--quick", action="store_true", help="6 batches instead of 20")
     args = parser.parse_args(argv)
-    from tuneloop import training
+    from tuneloop import prefix, training
     from tuneloop.config import LoopConfig
     from tuneloop.models import base_of, load_base, load_tokenizer, lora_targets
     from tuneloop.sample_data import SYSTEM_PROMPT, sample_feedback
@@ -44,10 +49,10 @@ def main(argv: list[str]) -> None:
         row["rehearse"] = True  # the KL term's frozen forward shares the prefix too
     batches = training.epoch_batches([len(r["input_ids"]) for r in rows], 8, 0, 0)[: 6 if args.quick else 20]
     whole_s, shared_s, ratios, loss_gap = [], [], [], 0.0
-    prefix_min = training.SHARED_PREFIX_MIN
+    prefix_min = prefix.SHARED_PREFIX_MIN
 
     def step(batch, shared: bool) -> tuple[float, float]:
-        training.SHARED_PREFIX_MIN = prefix_min if shared else 10**9
+        prefix.SHARED_PREFIX_MIN = prefix_min if shared else 10**9
         model.zero_grad()
         began = time.perf_counter()
         loss = training.loss_of(model, batch, kl_weight=4.0)
@@ -63,17 +68,37 @@ def main(argv: list[str]) -> None:
         whole_s.append(got[False][0])
         ratios.append(got[False][0] / got[True][0])
         loss_gap = max(loss_gap, abs(got[True][1] - got[False][1]))
-    training.SHARED_PREFIX_MIN = prefix_min
+    prefix.SHARED_PREFIX_MIN = prefix_min
     first = training.collate(rows[:8], tokenizer.pad_token_id)
     result = {"model": info.id, "batches": len(batches), "batch_size": 8, "threads": torch.get_num_threads(),
               "median_step_s_whole": statistics.median(whole_s), "median_step_s_shared": statistics.median(shared_s),
               "speed_ratio": statistics.median(ratios), "max_loss_difference": loss_gap,
               "mean_row_tokens": statistics.mean(len(r["input_ids"]) for r in rows),
-              "shared_prefix_tokens": training._shared_prefix(first["input_ids"], first["attention_mask"],
+              "shared_prefix_tokens": prefix.shared_length(first["input_ids"], first["attention_mask"],
                                                               first["labels"] != -100)}
     RESULTS.mkdir(exist_ok=True)
+    result |= _generation(model, tokenizer, args.quick)
     (RESULTS / "prefix.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+def _generation(model, tokenizer, quick: bool) -> dict:
+    from tuneloop.eval_suites.suites import regression_suite
+    from tuneloop.inference import generate
+    from tuneloop.sample_data import SYSTEM_PROMPT
+    from tuneloop.training import Prompting
+
+    prompts = [item.input for item in regression_suite("generation", [], seed=0)][: 96 if quick else None]
+    prompting, seconds, same = Prompting(SYSTEM_PROMPT), {True: 0.0, False: 0.0}, 0
+    for n, start in enumerate(range(0, len(prompts), 32)):
+        chunk, got = prompts[start:start + 32], {}
+        for shared in ((True, False) if n % 2 else (False, True)):
+            began = time.perf_counter()
+            got[shared] = generate(model, tokenizer, chunk, 16, prompting, share_prefix=shared)
+            seconds[shared] += time.perf_counter() - began
+        same += sum(a == b for a, b in zip(got[True], got[False]))
+    return {"generation_prompts": len(prompts), "generation_s_whole": seconds[False], "generation_s_shared": seconds[True],
+            "generation_speed_ratio": seconds[False] / seconds[True], "generation_same_answers": same}
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ bundled base model answers correctly, with its own verified answers.
 
     nice -n 5 .venv/bin/python -m tuneloop.eval_suites.build_regression
 
-Each candidate is answered greedily (``training.generate``, the chat template) under every system
+Each candidate is answered greedily (``inference.generate``, the chat template) under every system
 prompt in ``SYSTEM_PROMPTS``, with ``MAX_NEW_TOKENS`` new tokens; an answer is also judged cut to its
 first 16 and 24 tokens (greedy decoding makes those exactly the shorter runs' answers, up to
 re-tokenisation). An answer is correct when it holds an accepted answer, no known wrong one, and
@@ -57,7 +57,8 @@ def answer_candidates(pool: list[dict]) -> tuple[list[dict], dict, dict[str, flo
     import torch
 
     from tuneloop.models import load_base, load_tokenizer, resolve_base
-    from tuneloop.training import Prompting, generate
+    from tuneloop.inference import generate
+    from tuneloop.training import Prompting
 
     torch.set_num_threads(2)
     info = resolve_base("generation")

@@ -21,7 +21,8 @@ from tuneloop.calibration import Calibration, calibrate
 from tuneloop.config import LoopConfig
 from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
 from tuneloop.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
-from tuneloop.training import Prompting, predict
+from tuneloop.inference import predict
+from tuneloop.training import Prompting
 
 CALIBRATION_FILE = "calibration.json"
 

@@ -34,7 +34,8 @@ from filelock import FileLock
 from tuneloop.config import LoopConfig
 from tuneloop.dedupe import prompt_key
 from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
-from tuneloop.training import Prompting, generate
+from tuneloop.inference import generate
+from tuneloop.training import Prompting
 
 PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"
 RECORDED = PROMPTS.with_name("replay_answers_generation.json")  # the bundled base's answers (``record``)

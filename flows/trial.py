@@ -30,7 +30,8 @@ from tuneloop.flows.study import origin, rung_steps, suggest
 from tuneloop.flows.trial_gate import constraints, gate_drops
 from tuneloop.models import (DEFAULT_ADAPTER_LAYERS, BaseModelInfo, base_of, cache_dir, load_base, load_tokenizer,
                              lora_targets, resolve_device, resolve_dtype, save_labels)
-from tuneloop.training import Pruned, Prompting, add_adapter, encode, predict, schedule_length, top_layers, train
+from tuneloop.inference import predict
+from tuneloop.training import Pruned, Prompting, add_adapter, encode, schedule_length, top_layers, train
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 

@@ -23,7 +23,8 @@ from tuneloop.calibration import Calibration
 from tuneloop.config import LoopConfig
 from tuneloop.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
 from tuneloop.registry import adapter_path, aliases
-from tuneloop.training import Prompting, predict
+from tuneloop.inference import predict
+from tuneloop.training import Prompting
 
 CALIBRATION_FILE = "calibration.json"  # written beside the adapter by the evaluate stage
 

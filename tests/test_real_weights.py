@@ -13,7 +13,7 @@ from tuneloop.feedback import FeedbackStore
 from tuneloop.registry import version_for
 from tuneloop.models import load_base, load_tokenizer, resolve_base
 from tuneloop.sample_data import sample_feedback
-from tuneloop.training import generate
+from tuneloop.inference import generate
 
 pytestmark = pytest.mark.real_weights
 

@@ -69,7 +69,7 @@ def test_the_loss_is_the_same_where_transformers_takes_no_logits_mask(monkeypatc
     """transformers 5.17 (the lent GPU machine's) takes ``logits_to_keep`` as a count or index list
     only and fails on a boolean mask: training there projects every position and selects after,
     with the same loss and KL term."""
-    from tuneloop import training
+    from tuneloop import prefix
 
     model, tokenizer, rows = _model_and_rows()
     _move_adapter(model)
@@ -85,9 +85,9 @@ def test_the_loss_is_the_same_where_transformers_takes_no_logits_mask(monkeypatc
         return original(self, *args, logits_to_keep=logits_to_keep, **kwargs)
 
     monkeypatch.setattr(cls, "forward", older)
-    monkeypatch.setattr(training, "_no_mask_logits", set())
+    monkeypatch.setattr(prefix, "no_mask_logits", set())
     got = [loss_of(model, batch), loss_of(model, batch, kl_weight=1.0)]
-    assert cls in training._no_mask_logits
+    assert cls in prefix.no_mask_logits
     for a, b in zip(got, expected):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -153,14 +153,14 @@ def test_short_questions_are_rehearsed_only_with_short_answers(tmp_path, monkeyp
 def test_the_shared_prompt_prefix_computed_once_gives_the_whole_rows_loss_and_gradients(monkeypatch):
     """Every row of a batch starts with the same template and system prompt: computed once and
     shared, it gives the loss, the KL term and the adapter's gradients of the whole rows."""
-    from tuneloop import training
+    from tuneloop import prefix
 
     model, tokenizer, rows = _model_and_rows()
     _move_adapter(model)
     model.eval()  # no dropout: the two ways must agree exactly
     batch = collate(rows, tokenizer.pad_token_id)
     kept = batch["labels"] != -100
-    assert training._shared_prefix(batch["input_ids"], batch["attention_mask"], kept) >= training.SHARED_PREFIX_MIN
+    assert prefix.shared_length(batch["input_ids"], batch["attention_mask"], kept) >= prefix.SHARED_PREFIX_MIN
 
     def loss_and_grads():
         model.zero_grad()
@@ -179,7 +179,7 @@ def test_the_shared_prompt_prefix_computed_once_gives_the_whole_rows_loss_and_gr
     monkeypatch.setattr(type(model.get_base_model()), "forward", counted)
     shared, shared_grads = loss_and_grads()
     assert calls[0][0] == 1 and calls[1][0] == 2  # the prefix went through once, as one row, then the rest
-    monkeypatch.setattr(training, "SHARED_PREFIX_MIN", 10_000)
+    monkeypatch.setattr(prefix, "SHARED_PREFIX_MIN", 10_000)
     calls.clear()
     whole, whole_grads = loss_and_grads()
     assert calls[0][0] == 2

@@ -31,7 +31,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.calibration = json.loads(stored.read_text()) if stored.exists() else None
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from tuneloop.training import predict
+        from tuneloop.inference import predict
 
         outputs, confidences = predict(self.meta.kind, self.model, self.tokenizer, list(model_input["input"]), self.labels,
                                        self.meta.max_new_tokens, self.meta.prompting)

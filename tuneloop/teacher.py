@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from tuneloop.prefix import kept_logits
+
 TOP_K = 64
 BATCH = 16
 
@@ -39,7 +41,7 @@ def _key(base_id: str, rows: list[dict], k: int) -> str:
 
 @torch.inference_mode()
 def _compute(model, rows: list[dict], pad_id: int, k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from tuneloop.training import _kept_logits, collate
+    from tuneloop.training import collate
 
     was_training = model.training
     model.eval()
@@ -51,7 +53,7 @@ def _compute(model, rows: list[dict], pad_id: int, k: int) -> list[tuple[torch.T
             keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
             keep[:, :-1] = batch["labels"][:, 1:] != -100
             with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-                logp = torch.log_softmax(_kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float(), -1)
+                logp = torch.log_softmax(kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float(), -1)
             top = logp.topk(min(k, logp.shape[-1]), dim=-1)
             counts = keep.sum(1).tolist()
             for ids, values in zip(top.indices.split(counts), top.values.split(counts)):

@@ -1,4 +1,4 @@
-"""LoRA training and inference for both task kinds: a plain PyTorch loop over a peft model.
+"""LoRA training for both task kinds: a plain PyTorch loop over a peft model (answers: ``tuneloop.inference``).
 
 Plain on purpose (nanoGPT-style): the loop is short enough to read, checkpoints everything a killed
 run needs to continue exactly (adapter, optimizer, scheduler, RNG, step), and runs as fast as a
@@ -20,7 +20,6 @@ import threading
 import time
 import warnings
 from contextlib import nullcontext
-from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,8 +29,8 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model
 from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from tuneloop.config import Kind
+from tuneloop.prefix import keeps_logits, kept_logits
 from tuneloop.teacher import sparse_kl
-from tuneloop.text import normalize
 
 CHECKPOINT = "ckpt.pt"
 MEGABATCH = 50  # length grouping sorts within windows of this many batches: short padding, still shuffled
@@ -194,7 +193,7 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     ``kl_weight``: see ``loss_of`` (examples with ``rehearse`` set).
     """
     device = next(model.parameters()).device
-    dtype = _compute_dtype(model)
+    dtype = compute_dtype(model)
     autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "mps") and dtype != torch.float32
                 else nullcontext())
     scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" and dtype == torch.float16 else None
@@ -274,11 +273,11 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
     those instead of a frozen forward pass at every step."""
     labels = batch.get("labels")
     inputs = {k: v for k, v in batch.items() if k not in ("rehearse", "teacher_ids", "teacher_logp")}
-    if labels is None or labels.ndim != 2 or not _keeps_logits(model):
+    if labels is None or labels.ndim != 2 or not keeps_logits(model):
         return model(**inputs).loss
     keep = torch.zeros_like(labels, dtype=torch.bool)
     keep[:, :-1] = labels[:, 1:] != -100
-    logits = _kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float()
+    logits = kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float()
     targets = labels[:, 1:][keep[:, :-1]]
     rehearse = batch.get("rehearse")
     if not kl_weight or rehearse is None or not rehearse.any():
@@ -290,90 +289,11 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
         return loss + kl_weight * sparse_kl(logits[kept_rehearse], batch["teacher_ids"], batch["teacher_logp"])
     rows = rehearse.nonzero().squeeze(1)
     with torch.no_grad(), model.disable_adapter():
-        frozen = _kept_logits(model, batch["input_ids"][rows], batch["attention_mask"][rows], keep[rows])
+        frozen = kept_logits(model, batch["input_ids"][rows], batch["attention_mask"][rows], keep[rows])
     frozen = torch.log_softmax(frozen.float(), -1)
     kl = torch.nn.functional.kl_div(torch.log_softmax(logits[kept_rehearse], -1), frozen, log_target=True,
                                     reduction="batchmean")
     return loss + kl_weight * kl
-
-
-_no_mask_logits: set[type] = set()  # architectures whose forward takes logits_to_keep but not as a mask
-_no_shared_prefix: set[type] = set()  # architectures whose cache cannot be shared across a batch
-SHARED_PREFIX_MIN = 8  # tokens all rows of a batch must share before computing them once is worth a second call
-
-
-def _kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The logits at the positions ``keep`` marks, one row each in row-major order. The tokens every
-    row starts with (the chat template and system prompt: 22 of a demo row's ~55 tokens) go through
-    the model once, and the rest of each row attends to that one cached copy: the same result as the
-    whole rows' (tested), 1.18x faster on the demo's rows (``python -m bench prefix``). Recent
-    transformers take the boolean mask as ``logits_to_keep`` (only those rows reach the vocabulary
-    projection); older releases (5.17) take only a count or index list and fail on a mask: there every
-    position is projected and the kept rows are selected after."""
-    base = type(model.get_base_model() if hasattr(model, "get_base_model") else model)
-    n = _shared_prefix(input_ids, attention_mask, keep)
-    cache = None
-    if n >= SHARED_PREFIX_MIN and base not in _no_shared_prefix and not _checkpointing(model):
-        try:
-            cache = _prefix_cache(model, input_ids[:1, :n], input_ids.shape[0])
-        except (AttributeError, TypeError, ValueError, NotImplementedError) as e:
-            _no_shared_prefix.add(base)
-            warnings.warn(f"{base.__name__}: the shared prompt prefix is computed per row ({e})")
-    if cache is None:
-        n = 0
-    ids, extra = input_ids[:, n:], ({_cache_argument(base): cache} if cache is not None else {})
-    if base not in _no_mask_logits:
-        try:
-            logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep[:, n:], **extra).logits
-            return logits.reshape(-1, logits.shape[-1])
-        except IndexError:
-            _no_mask_logits.add(base)
-            if cache is not None:  # the failed call may have extended it
-                return _kept_logits(model, input_ids, attention_mask, keep)
-    return model(input_ids=ids, attention_mask=attention_mask, **extra).logits[keep[:, n:]]
-
-
-def _shared_prefix(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> int:
-    """How many leading tokens every row has in common, up to the first position whose logits are kept."""
-    if input_ids.shape[0] < 2:
-        return 0
-    same = int((input_ids == input_ids[:1]).all(0).long().cumprod(0).sum())
-    first_kept = int(keep.any(0).long().argmax()) if keep.any() else input_ids.shape[1]
-    return max(0, min(same, first_kept, int(attention_mask.sum(1).min()) - 1))
-
-
-def _prefix_cache(model, prefix: torch.Tensor, rows: int):
-    """The key/value cache of ``prefix`` (one row) repeated for ``rows`` rows, gradients flowing back."""
-    out = model(input_ids=prefix, use_cache=True)
-    cache = out["cache"] if "cache" in out else out["past_key_values"]
-    cache.batch_repeat_interleave(rows)
-    return cache
-
-
-def _checkpointing(model) -> bool:
-    """Activation checkpointing on: it recomputes forwards without a cache, so rows stay whole."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    flag = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.25; the old name warns there
-    return bool(flag if flag is not None else getattr(base, "is_gradient_checkpointing", False))
-
-
-@lru_cache(maxsize=None)
-def _cache_argument(model_class: type) -> str:  # transformers 5.25 renamed past_key_values to cache
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
-
-
-def _keeps_logits(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _forward_takes_logits_to_keep(type(base))
-
-
-@lru_cache(maxsize=None)
-def _forward_takes_logits_to_keep(model_class: type) -> bool:  # once per architecture, not once per step
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def _param_groups(model, lr: float, head_lr: float | None) -> list[dict]:
@@ -444,31 +364,7 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler, scaler) -> in
     return int(state["step"])
 
 
-def _adapters(adapter_names: Sequence[str] | None, rows: list[int]) -> dict:
-    """peft's per-row adapter choice for these rows ("__base__": adapters off), or nothing."""
-    return {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names is not None else {}
-
-
-PADDED_CHARS_PER_ROW = 400  # a batch's rows x its longest text stay within batch_size x this
-
-
-def _by_length(texts: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Batches of indices of similar length (less padding), longest first, at most ``batch_size`` rows
-    and, padded, ``batch_size x PADDED_CHARS_PER_ROW`` characters: a few very long prompts get a
-    batch of their own instead of padding 25 short ones to their length (the adversarial suite's
-    seven 1,500-character prompts made it cost 2.5x the regression suite per item)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
-    batches: list[list[int]] = []
-    for i in order:
-        if batches and len(batches[-1]) < batch_size and \
-                (len(batches[-1]) + 1) * len(texts[batches[-1][0]]) <= batch_size * PADDED_CHARS_PER_ROW:
-            batches[-1].append(i)
-        else:
-            batches.append([i])
-    return batches
-
-
-def _compute_dtype(model) -> torch.dtype:
+def compute_dtype(model) -> torch.dtype:
     """The dtype the base computes in: a quantised base's compute dtype (its unquantised parts were
     cast to fp32 for stable training), else its frozen weights' floating dtype."""
     quantization = getattr(getattr(model, "config", None), "quantization_config", None)
@@ -476,66 +372,3 @@ def _compute_dtype(model) -> torch.dtype:
     if isinstance(compute, torch.dtype) and getattr(quantization, "load_in_4bit", False):
         return compute
     return next((p.dtype for p in model.parameters() if not p.requires_grad and p.is_floating_point()), torch.float32)
-
-
-def _inference_autocast(model):
-    device, dtype = next(model.parameters()).device, _compute_dtype(model)
-    if device.type in ("cuda", "mps") and dtype != torch.float32:
-        return torch.autocast(device.type, dtype=dtype)
-    return nullcontext()
-
-
-@torch.inference_mode()
-def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
-             prompting: Prompting = Prompting(), batch_size: int = 32,
-             adapter_names: Sequence[str] | None = None) -> list[str]:
-    """Greedy answers; prompts are batched by length with left padding so answers start together.
-
-    ``adapter_names`` (one per prompt) runs several LoRA adapters in one batch: the base model's
-    work is shared and each adapter adds its part to its own rows only.
-    """
-    tokenizer.padding_side = "left"
-    tokenizer.truncation_side = "left"  # an over-long prompt keeps its question's end and the answer's header
-    device = next(model.parameters()).device
-    texts = [prompting.render(tokenizer, p) for p in prompts]
-    answers: list[str] = [""] * len(texts)
-    for rows in _by_length(texts, batch_size):
-        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False,
-                          truncation=True, max_length=512).to(device)
-        with _inference_autocast(model):
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, **_adapters(adapter_names, rows))
-        decoded = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for i, answer in zip(rows, decoded):
-            answers[i] = answer.strip()
-    return answers
-
-
-@torch.inference_mode()
-def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: Sequence[str],
-             batch_size: int = 64, max_length: int = 128,
-             adapter_names: Sequence[str] | None = None) -> tuple[list[str], list[float]]:
-    """Predicted label and its probability per text (``adapter_names``: as for ``generate``)."""
-    predictions, confidences = [""] * len(texts), [0.0] * len(texts)
-    device = next(model.parameters()).device
-    for rows in _by_length(texts, batch_size):
-        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length).to(device)
-        with _inference_autocast(model):
-            logits = model(**batch, **_adapters(adapter_names, rows)).logits
-        conf, idx = logits.float().softmax(-1).max(-1)
-        for i, c, j in zip(rows, conf.tolist(), idx.tolist()):
-            predictions[i], confidences[i] = labels[j], c
-    return predictions, confidences
-
-
-def predict(kind: Kind, model, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], labels: Sequence[str],
-            max_new_tokens: int, prompting: Prompting = Prompting(), adapter_names: Sequence[str] | None = None,
-            batch_size: int | None = None) -> tuple[list[str], list[float] | None]:
-    """Outputs for either kind (answers, or labels with their probabilities), for inputs normalised the
-    way curation normalised the training data (full-width letters, zero-width and control characters)."""
-    inputs = [normalize(text) for text in inputs]
-    if kind == "generation":
-        return generate(model, tokenizer, inputs, max_new_tokens, prompting, batch_size=batch_size or 32,
-                        adapter_names=adapter_names), None
-    return classify(model, tokenizer, inputs, list(labels), batch_size=batch_size or 64, adapter_names=adapter_names)

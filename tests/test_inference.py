@@ -1,0 +1,58 @@
+"""Answers with the shared prompt prefix computed once equal the whole rows' answers."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from tuneloop import inference
+from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
+from tuneloop.training import Prompting, add_adapter
+
+PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?",
+           "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts.",
+           "What is 7 + 5?", "Name the capital of Spain."]
+
+
+def _model():
+    info = resolve_base("generation", tiny=True)
+    base = load_base(info, "generation")
+    model = add_adapter(base, "generation", 4, 0, targets=lora_targets(base, "attention"))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # a trained-looking adapter: its part changes the cached keys and values too
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    return model.eval(), load_tokenizer(info)
+
+
+def test_the_shared_prefix_gives_the_whole_rows_answers_and_goes_through_once(monkeypatch):
+    model, tokenizer = _model()
+    prompting = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
+    whole = inference.generate(model, tokenizer, PROMPTS, 8, prompting, batch_size=3, share_prefix=False)
+    calls = []
+    forward = type(model.get_base_model()).forward
+
+    @functools.wraps(forward)
+    def counted(self, *args, **kwargs):
+        calls.append(tuple(kwargs["input_ids"].shape))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.get_base_model()), "forward", counted)
+    shared = inference.generate(model, tokenizer, PROMPTS, 8, prompting, batch_size=3)
+    assert shared == whole
+    assert len(set(whole)) > 2  # the answers differ from prompt to prompt, so a row mix-up would show
+    prefix_calls = [c for c in calls if c[0] == 1]
+    assert len(prefix_calls) == 2 and prefix_calls[0] == prefix_calls[1]  # once per batch of 3, as one row
+    assert prefix_calls[0][1] >= 15  # the template and the system prompt
+
+
+def test_a_prompt_cut_to_the_length_limit_is_answered_whole(monkeypatch):
+    """A prompt longer than the limit loses its start (the prefix) to truncation: its batch runs whole."""
+    model, tokenizer = _model()
+    monkeypatch.setattr(inference, "MAX_PROMPT_TOKENS", 40)
+    prompts = PROMPTS[:3] + [" ".join(["warranty"] * 60)]
+    prompting = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
+    whole = inference.generate(model, tokenizer, prompts, 6, prompting, batch_size=4, share_prefix=False)
+    assert inference.generate(model, tokenizer, prompts, 6, prompting, batch_size=4) == whole
