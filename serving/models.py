@@ -13,7 +13,6 @@ import threading
 from contextlib import nullcontext
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 from peft import PeftModel

@@ -4,8 +4,6 @@ suites, and the CLI above them all; and the training path imports no orchestrati
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -166,7 +166,6 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
                 "live guard did not roll back")
     tag = mlflow.MlflowClient().get_model_version(config.model_name, challenger).tags["rolled_back"]
     assert "live guard" in tag and "significantly worse" in tag
-    import json
 
     # one guard per service, however many workers serve: the rollback is recorded once
     time.sleep(3 * 0.5)  # a second guard would have acted by now (guard interval 0.5 s)

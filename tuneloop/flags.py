@@ -24,7 +24,6 @@ from openfeature.contrib.provider.flagd import FlagdProvider
 from openfeature.contrib.provider.flagd.config import ResolverType
 from openfeature.evaluation_context import EvaluationContext
 from openfeature.provider import ProviderStatus
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tuneloop.config import LoopConfig
