@@ -35,9 +35,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import FILES, SPLITS, DatasetRef, Example, file_digest, split_of
-from tuneloop.dedupe import Clusterer, normalize, prompt_key
+from tuneloop.dedupe import Clusterer, prompt_key
 from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
 from tuneloop.pii import scrub
+from tuneloop.text import normalize
 
 __all__ = ["DatasetError", "build_dataset", "curate", "clean"]
 
