@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 
 from tuneloop import inference
@@ -45,7 +46,11 @@ def test_the_shared_prefix_gives_the_whole_rows_answers_and_goes_through_once(mo
     assert len(set(whole)) > 2  # the answers differ from prompt to prompt, so a row mix-up would show
     prefix_calls = [c for c in calls if c[0] == 1]
     assert len(prefix_calls) == 2 and prefix_calls[0] == prefix_calls[1]  # once per batch of 3, as one row
-    assert prefix_calls[0][1] >= 15  # the template and the system prompt
+    n = prefix_calls[0][1]
+    assert n >= 15  # the template and the system prompt
+    longest = max(len(tokenizer(prompting.render(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in PROMPTS)
+    after = [calls[i + 1] for i, c in enumerate(calls) if c[0] == 1]
+    assert all(rows == 3 and width <= longest - n for rows, width in after)  # the rows went on from the cached prefix
 
 
 def test_a_prompt_cut_to_the_length_limit_is_answered_whole(monkeypatch):
@@ -56,3 +61,24 @@ def test_a_prompt_cut_to_the_length_limit_is_answered_whole(monkeypatch):
     prompting = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
     whole = inference.generate(model, tokenizer, prompts, 6, prompting, batch_size=4, share_prefix=False)
     assert inference.generate(model, tokenizer, prompts, 6, prompting, batch_size=4) == whole
+
+
+def test_an_architecture_whose_generate_takes_no_cache_answers_whole_rows(monkeypatch):
+    from tuneloop import prefix
+
+    model, tokenizer = _model()
+    prompting = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
+    whole = inference.generate(model, tokenizer, PROMPTS, 6, prompting, batch_size=3, share_prefix=False)
+    generate = type(model).generate
+
+    def no_cache(self, *args, **kwargs):
+        if "cache" in kwargs or "past_key_values" in kwargs:
+            raise TypeError("unexpected keyword argument 'cache'")
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "generate", no_cache)
+    monkeypatch.setattr(prefix, "no_shared_prefix", set())
+    monkeypatch.setattr(inference, "no_shared_prefix", prefix.no_shared_prefix)
+    with pytest.warns(UserWarning, match="per row"):
+        assert inference.generate(model, tokenizer, PROMPTS, 6, prompting, batch_size=3) == whole
+    assert type(model.get_base_model()) in prefix.no_shared_prefix
