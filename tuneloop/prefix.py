@@ -20,8 +20,13 @@ no_mask_logits: set[type] = set()  # architectures whose forward takes logits_to
 no_shared_prefix: set[type] = set()  # architectures whose cache cannot be shared across a batch
 
 
+def bare(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def base_class(model) -> type:
-    return type(model.get_base_model() if hasattr(model, "get_base_model") else model)
+    return type(bare(model))
 
 
 def kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -75,7 +80,7 @@ def sharable_cache(model, prefix: torch.Tensor, rows: int):
 
 def checkpointing(model) -> bool:
     """Activation checkpointing on: it recomputes forwards without a cache, so rows stay whole."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = bare(model)
     flag = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.25; the old name warns there
     return bool(flag if flag is not None else getattr(base, "is_gradient_checkpointing", False))
 
