@@ -157,6 +157,9 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
     challenger = alias_version(config.model_name, "challenger")
     champion = alias_version(config.model_name, "champion")
     set_challenger_percent(config, 10)
+    # the service must see the canary before the guard can take it back (an earlier test left it at 0)
+    _wait_until(lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 10, 10,
+                "canary not picked up")
     store = FeedbackStore(config.feedback_db)
     for n in range(40):
         for version, rating in ((champion, "down" if n % 10 == 0 else "up"), (challenger, "down" if n % 10 < 7 else "up")):
