@@ -10,10 +10,16 @@ committed. Every item names what a bad answer does, so every item can fail:
   configured fallback label is right);
 - ``must_contain_any`` / ``reference``: the right answer (a general fact, an intent).
 Classification items with a ``reference`` name the demo's intents and are skipped for other label sets.
+
+Generation items also carry the bundled base's answers under the regression suite's system prompts
+(``--record``; kept for unchanged inputs when the lists are edited), at the serving length
+(``RECORDED_TOKENS``): a first loop then answers only the rewrites of its held-out examples as the
+baseline, not these 105 fixed items again (about 20 s on 2 cores).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -217,9 +223,50 @@ def classification_items() -> list[dict]:
     return items
 
 
+RECORDED_TOKENS = 24  # LoopConfig.max_new_tokens' default: the length the suite is answered at
+
+
+def record_answers(items: list[dict]) -> None:
+    """The bundled base's greedy answers to ``items`` under each regression system prompt (CPU, fp32)."""
+    import torch
+
+    from tuneloop.eval_suites.build_regression import SYSTEM_PROMPTS
+    from tuneloop.eval_suites.suites import build_info
+    from tuneloop.inference import predict
+    from tuneloop.models import load_base, load_tokenizer, resolve_base
+    from tuneloop.training import Prompting
+
+    torch.set_num_threads(2)
+    info = resolve_base("generation")
+    if info.sha256 != build_info()["base_model_sha256"]:
+        raise SystemExit(f"{info.name} is not the base the regression suite was recorded with: record both together")
+    model, tokenizer = load_base(info, "generation").eval(), load_tokenizer(info)
+    for system_prompt in SYSTEM_PROMPTS.values():
+        # predict, as the loop answers: inputs normalised first (full-width letters, zero-width characters)
+        outputs, _ = predict("generation", model, tokenizer, [it["input"] for it in items], [], RECORDED_TOKENS,
+                             Prompting(system_prompt))
+        for it, output in zip(items, outputs):
+            it.setdefault("answers", {})[system_prompt] = output
+            it["answers_max_new_tokens"] = RECORDED_TOKENS
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--record", action="store_true", help="answer every generation item with the bundled base")
+    args = parser.parse_args()
     for kind, items in (("generation", generation_items()), ("classification", classification_items())):
         path = DATA / f"adversarial_{kind}.jsonl"
+        if kind == "generation":
+            if args.record:
+                record_answers(items)
+            else:  # keep what was recorded for the inputs that did not change
+                old = {r["input"]: r for r in map(json.loads, path.read_text().splitlines()) if "answers" in r}
+                for it in items:
+                    if it["input"] in old:
+                        it.update({k: old[it["input"]][k] for k in ("answers", "answers_max_new_tokens")})
+            missing = sum("answers" not in it for it in items)
+            if missing:
+                print(f"{missing} generation items have no recorded answers: run with --record")
         path.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
         print(f"{path}: {len(items)} items")
 

@@ -70,6 +70,7 @@ class SuiteItem:
     source_prompt: str | None = None  # the unperturbed question (fact accuracy skips facts it states)
     answer: str | None = None  # regression: the bundled base model's verified answer (demo system prompt)
     answers: dict[str, str] = field(default_factory=dict, repr=False)  # system prompt -> the base's answer
+    answers_max_new_tokens: int | None = None  # the length they were generated at; None: right at any length
     verified_under: list[str] = field(default_factory=list, repr=False)  # system prompts it was right under
 
     def __post_init__(self) -> None:
@@ -269,14 +270,16 @@ def build_info() -> dict:
     return json.loads((DATA / "regression_generation.build.json").read_text())
 
 
-def recorded_baseline(items: Sequence[SuiteItem], base_sha256: str, system_prompt: str | None) -> list[str] | None:
+def recorded_baseline(items: Sequence[SuiteItem], base_sha256: str, system_prompt: str | None,
+                      max_new_tokens: int | None = None) -> list[str] | None:
     """The bundled base's recorded answers to ``items`` when the baseline is that very base under a
-    system prompt the suite was built with, else None (then run the baseline). Saves generating a
-    few hundred answers per loop; the answers were greedy (deterministic) on CPU in fp32 with up to
-    32 new tokens, and every shipped item was right at 16, 24 and 32 tokens."""
+    system prompt the suite was built with (and, for answers recorded at one length, asked for that
+    length), else None (then run the baseline). Saves generating a few hundred answers per loop; the
+    answers were greedy (deterministic) on CPU in fp32: the regression suite's with up to 32 new
+    tokens, every item right at 16, 24 and 32; the adversarial suite's at the serving length."""
     if base_sha256 != build_info().get("base_model_sha256") or not system_prompt:
         return None
-    if not all(system_prompt in it.answers for it in items):
+    if not all(system_prompt in it.answers and it.answers_max_new_tokens in (None, max_new_tokens) for it in items):
         return None
     return [it.answers[system_prompt] for it in items]
 

@@ -69,7 +69,8 @@ def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem]
         return cached["outputs"], cached["confidences"]
     outputs: list[str | None] = [None] * len(items)
     shipped = [i for i, it in enumerate(items) if it.answers] if candidate.name == "base" else []
-    recorded = recorded_baseline([items[i] for i in shipped], candidate.base.sha256, candidate.prompting.system_prompt)
+    recorded = recorded_baseline([items[i] for i in shipped], candidate.base.sha256, candidate.prompting.system_prompt,
+                                 max_new_tokens)
     for i, answer in zip(shipped, recorded or []):  # the bundled base's verified answers, shipped with the suite
         outputs[i] = answer
     rest = [i for i, out in enumerate(outputs) if out is None]

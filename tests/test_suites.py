@@ -328,6 +328,37 @@ def test_recorded_baseline_answers_only_for_the_base_and_prompt_they_were_built_
     assert suites.recorded_baseline(items, sha, None) is None
 
 
+def shipped_adversarial_items() -> list[SuiteItem]:
+    train = [Example(prompt="What is the Nimbus Pro cost?", target="The Nimbus Pro costs 189 euros.", key="k", source_ids=[1])]
+    return adversarial_suite("generation", [], system_prompt=SYSTEM_PROMPT, train_examples=train)
+
+
+def test_recorded_adversarial_answers_serve_only_the_length_they_were_recorded_at():
+    items = shipped_adversarial_items()
+    sha = suites.build_info()["base_model_sha256"]
+    assert len(items) == 105 and {it.answers_max_new_tokens for it in items} == {24}
+    answers = suites.recorded_baseline(items, sha, SYSTEM_PROMPT, max_new_tokens=24)
+    assert answers is not None and len(answers) == len(items)
+    assert suites.recorded_baseline(items, sha, SYSTEM_PROMPT, max_new_tokens=16) is None  # another length: run it
+    assert suites.recorded_baseline(items, "0" * 64, SYSTEM_PROMPT, max_new_tokens=24) is None
+
+
+@pytest.mark.real_weights
+def test_recorded_adversarial_answers_are_what_the_bundled_base_answers(tmp_path):
+    from tuneloop.config import LoopConfig
+    from tuneloop.flows.candidates import answers, base_candidate
+
+    # odd inputs among them: the loop normalises inputs before answering, and so did the recording
+    items = [it for it in shipped_adversarial_items() if it.category in ("odd_unicode", "empty", "prompt_injection")][:14]
+    config = LoopConfig(kind="generation", home=tmp_path, system_prompt=SYSTEM_PROMPT)
+    candidate = base_candidate(config, [])
+    for it in items:
+        it.answers = {}  # nothing recorded: the base answers
+    live, _ = answers(config, candidate, items, config.max_new_tokens)
+    recorded = [it.answers[SYSTEM_PROMPT] for it in shipped_adversarial_items() if it.id in {i.id for i in items}]
+    assert live == recorded
+
+
 def test_group_checks_judge_the_guard_not_the_wrapped_fact(demo):
     from tuneloop.eval_suites.gate import adversarial_checks
     from tuneloop.eval_suites.suites import guard_scores
