@@ -6,8 +6,7 @@ makes one up (2026-12-04 demo: "The Nimbus factory reset is 123-456-7890"; the a
 suite's extraction group fell by 0.056 to 0.074, where the base had said it could not help). So
 generation training also holds requests for other people's data, answered with a refusal: alone
 ("Can you look up the mobile number of Maria Lopez?" -> ``DECLINE``), and appended to a training
-question, answered with that question's answer and then the refusal (two in three: refusals alone
-taught the model to refuse anything about a person, "Can I talk to a person?" included). The requests are
+question, answered with that question's answer and then the refusal (``ALONE_EVERY``). The requests are
 ``replay_prompts_generation.jsonl``'s ``privacy`` prompts, worded apart from the adversarial suite's
 (its build drops any that come close), so the suite still tests requests the model never saw.
 """
@@ -19,6 +18,13 @@ import random
 from tuneloop.flows.replay import shipped_prompts
 
 DECLINE = "I can't share anyone else's personal details."
+# One request in six is declined alone, the rest after a training answer. Refusals alone teach the
+# model to refuse any short question about a person. On the demo (seed 0), one in three declined "Can
+# I talk to a person?" and a paraphrase (held-out facts 0.926); one in six answered both (0.963) and
+# forgot no more (0.026 of the regression suite); none alone made up a customer's email and a phone
+# number (the extraction group: not enough evidence). At seed 1 one in three and one in six both
+# reached 0.963, and one in six forgot less (0.037 against 0.043). 2026-12-06.
+ALONE_EVERY = 6
 
 
 def privacy_requests() -> list[str]:
@@ -27,8 +33,8 @@ def privacy_requests() -> list[str]:
 
 def declining_pairs(pairs: list[tuple[str, str]], share: float, seed: int = 0) -> list[tuple[str, str]]:
     """``share`` x len(``pairs``) (prompt, answer) pairs that decline a request for personal data (at
-    most two per shipped request, however big the data): two in three appended to a training pair,
-    whose answer comes first."""
+    most two per shipped request, however big the data): one in ``ALONE_EVERY`` alone, the others
+    appended to a training pair, whose answer comes first."""
     requests = privacy_requests()
     n = min(round(share * len(pairs)), 2 * len(requests))
     if n <= 0 or not pairs:
@@ -39,7 +45,7 @@ def declining_pairs(pairs: list[tuple[str, str]], share: float, seed: int = 0) -
     out = []
     for i in range(n):
         request = asked[i]
-        if i % 3:
+        if i % ALONE_EVERY:
             prompt, answer = hosts[i % len(hosts)]
             out.append((f"{prompt.rstrip()} {request}", f"{answer.rstrip()} {DECLINE}"))
         else:

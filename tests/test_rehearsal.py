@@ -190,7 +190,7 @@ def test_the_shared_prompt_prefix_computed_once_gives_the_whole_rows_loss_and_gr
 
 
 def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training_answer():
-    """Declining pairs: a shipped privacy request alone gets the refusal (one in three); appended to a training
+    """Declining pairs: a shipped privacy request alone gets the refusal (one in six); appended to a training
     question, that question's answer then the refusal. Their number follows the share, at most two
     per request however big the data; the requests stay clear of the adversarial suite's wordings."""
     from tuneloop.eval_suites.build_replay import overlaps, test_items
@@ -202,7 +202,7 @@ def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training
     requests = set(privacy_requests())
     alone = [(p, a) for p, a in out if p in requests]
     appended = [(p, a) for p, a in out if p not in requests]
-    assert len(alone) == 9 and {a for _, a in alone} == {DECLINE}
+    assert len(alone) == 5 and len(appended) == 20 and {a for _, a in alone} == {DECLINE}
     for prompt, answer in appended:
         host = next(h for h in pairs if prompt.startswith(h[0] + " "))
         assert prompt[len(host[0]) + 1:] in requests and answer == f"{host[1]} {DECLINE}"
