@@ -67,7 +67,9 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
     for child in children:
         assert {"rank", "lr"} <= set(child.data.params) and "trainable_params" in child.data.metrics
         history = MlflowClient().get_metric_history(child.info.run_id, "train_loss")
-        assert len(history) > 5
+        # a loss per step: every step of a complete trial, those before its stop for a pruned one
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(1, len(history) + 1))
+        assert len(history) > (0 if child.data.tags["optuna.state"] == "PRUNED" else 5)
     parent = mlflow.get_run(result.run_id)
     assert parent.inputs.dataset_inputs[0].dataset.digest == result.data.dataset_hash
     assert parent.data.metrics["gate.passed"] == 1.0
