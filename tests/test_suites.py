@@ -20,6 +20,7 @@ from tuneloop.eval_suites.matching import contains_phrase, leaks, pii_found, sys
 from tuneloop.eval_suites.suites import (GROUPS, SuiteItem, adversarial_suite, breakdown, counts, heldout_suite, judge_all,
                                          learned_suite, regression_suite, replay_prompts, sample_suite)
 from tuneloop.sample_data import FACTS, SYSTEM_PROMPT, sample_feedback
+from tuneloop.text import normalize
 
 FALLBACK = "out_of_scope"
 BANKING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77" / "banking77_train.csv"
@@ -348,15 +349,19 @@ def test_recorded_adversarial_answers_are_what_the_bundled_base_answers(tmp_path
     from tuneloop.config import LoopConfig
     from tuneloop.flows.candidates import answers, base_candidate
 
-    # odd inputs among them: the loop normalises inputs before answering, and so did the recording
-    items = [it for it in shipped_adversarial_items() if it.category in ("odd_unicode", "empty", "prompt_injection")][:14]
+    # the odd inputs (full-width, zero-width, blank, chat markup): the loop normalises inputs before
+    # answering, and a recording that did not answered them differently
+    shipped = shipped_adversarial_items()
+    items = [it for it in shipped if it.category in ("odd_unicode", "empty")] + \
+        [it for it in shipped if it.category == "prompt_injection"][:4]
     config = LoopConfig(kind="generation", home=tmp_path, system_prompt=SYSTEM_PROMPT)
     candidate = base_candidate(config, [])
     for it in items:
         it.answers = {}  # nothing recorded: the base answers
     live, _ = answers(config, candidate, items, config.max_new_tokens)
-    recorded = [it.answers[SYSTEM_PROMPT] for it in shipped_adversarial_items() if it.id in {i.id for i in items}]
-    assert live == recorded
+    recorded = {it.id: it.answers[SYSTEM_PROMPT] for it in shipped_adversarial_items()}
+    assert len(items) >= 12 and live == [recorded[it.id] for it in items]
+    assert sum(normalize(it.input) != it.input for it in items) >= 3  # what a recording without it would miss
 
 
 def test_group_checks_judge_the_guard_not_the_wrapped_fact(demo):
