@@ -23,6 +23,7 @@ import argparse
 import json
 from pathlib import Path
 
+from tuneloop.config import LoopConfig
 from tuneloop.eval_suites.perturb import LONG_FILLER, full_width
 
 DATA = Path(__file__).parent / "data"
@@ -223,7 +224,7 @@ def classification_items() -> list[dict]:
     return items
 
 
-RECORDED_TOKENS = 24  # LoopConfig.max_new_tokens' default: the length the suite is answered at
+RECORDED_TOKENS: int = LoopConfig.model_fields["max_new_tokens"].default  # the length the suite is answered at
 
 
 def record_answers(items: list[dict]) -> None:
