@@ -162,7 +162,7 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
                        grad_accum=tune.grad_accum_steps, head_lr=tune.head_lr, length_grouping=tune.length_grouping,
                        eval_steps=set(eval_steps), on_eval=on_eval, on_step=on_step, checkpoint_dir=checkpoint_dir,
                        checkpoint_every=every, on_checkpoint=run.upload_checkpoint, progress=True,
-                       kl_weight=tune.replay_kl if config.kind == "generation" else 0.0)
+                       kl_weight=tune.replay_kl if config.kind == "generation" else 0.0, trunk_cache_mb=tune.trunk_cache_mb)
         final = None if result.pruned else scores.get(total)
         if final is None and not result.pruned:
             final = validation_score(config, model, data)

@@ -31,6 +31,7 @@ from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmu
 from tuneloop.config import Kind
 from tuneloop.prefix import keeps_logits, kept_logits
 from tuneloop.teacher import sparse_kl
+from tuneloop.trunk import open_trunk
 
 CHECKPOINT = "ckpt.pt"
 MEGABATCH = 50  # length grouping sorts within windows of this many batches: short padding, still shuffled
@@ -181,7 +182,7 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
           eval_steps: set[int] | None = None, on_eval: Callable[[int], None] | None = None,
           on_step: Callable[[int, float], None] | None = None, checkpoint_dir: Path | None = None,
           checkpoint_every: int = 0, on_checkpoint: Callable[[Path, int], None] | None = None,
-          progress: bool = False, kl_weight: float = 0.0) -> TrainResult:
+          progress: bool = False, kl_weight: float = 0.0, trunk_cache_mb: float = 0.0) -> TrainResult:
     """Train the adapter in place: AdamW, linear warm-up (1/10) and decay, gradient clipping at 1.
 
     ``max_steps`` caps the optimiser steps (a trial's budget: it then sees part of the data, in the
@@ -190,7 +191,8 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     from ``ckpt.pt`` there and saves to it every ``checkpoint_every`` steps (``on_checkpoint(path,
     step)`` follows each save). Steps are numbered from 1; ``on_step(step, loss)`` follows every step,
     ``on_eval(step)`` the steps in ``eval_steps`` and may raise ``Pruned`` to stop early.
-    ``kl_weight``: see ``loss_of`` (examples with ``rehearse`` set).
+    ``kl_weight``: see ``loss_of`` (examples with ``rehearse`` set). ``trunk_cache_mb``: memory for the
+    rows' states below the adapters, kept from their first step for the next (``tuneloop.trunk``; 0: none).
     """
     device = next(model.parameters()).device
     dtype = compute_dtype(model)
@@ -211,47 +213,52 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     began = time.perf_counter()
     model.train()
     batches: dict[int, list[list[int]]] = {}
-    for step in range(start, total):
-        loss_sum = 0.0
-        for micro in range(grad_accum):
-            epoch, index = divmod(step * grad_accum + micro, per_epoch)
-            if epoch not in batches:
-                batches = {epoch: epoch_batches(lengths, batch_size, seed, epoch, length_grouping)}
-            rows = [encoded[i] for i in batches[epoch][index]]
-            batch = collate(rows, pad_id, device)
-            with autocast:
-                loss = loss_of(model, batch, kl_weight) / grad_accum
-            (scaler.scale(loss) if scaler else loss).backward()
-            loss_sum += loss.item()
-            result.tokens += int(batch["attention_mask"].sum())
-            result.padded_tokens += batch["attention_mask"].numel()
-            result.examples += len(rows)
-        if scaler:
-            scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        scaler.step(optimizer) if scaler else optimizer.step()
-        if scaler:
-            scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss_sum)
-        if on_step:
-            on_step(step + 1, loss_sum)
-        if bar:
-            bar.update(1, loss=f"{loss_sum:.3f}")
-        if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-            path = _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, step + 1)
-            if on_checkpoint:
-                on_checkpoint(path, step + 1)
-        if on_eval and eval_steps and step + 1 in eval_steps:
-            model.eval()
-            try:
-                on_eval(step + 1)
-            except Pruned:
-                result.pruned = True
-                break
-            finally:
-                model.train()
+    trunk = open_trunk(model, encoded, trunk_cache_mb)  # None: every step runs every layer
+    try:
+        for step in range(start, total):
+            loss_sum = 0.0
+            for micro in range(grad_accum):
+                epoch, index = divmod(step * grad_accum + micro, per_epoch)
+                if epoch not in batches:
+                    batches = {epoch: epoch_batches(lengths, batch_size, seed, epoch, length_grouping)}
+                rows = [encoded[i] for i in batches[epoch][index]]
+                batch = collate(rows, pad_id, device)
+                with autocast, trunk.batch(rows, batch["attention_mask"]) if trunk else nullcontext():
+                    loss = loss_of(model, batch, kl_weight) / grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+                loss_sum += loss.item()
+                result.tokens += int(batch["attention_mask"].sum())
+                result.padded_tokens += batch["attention_mask"].numel()
+                result.examples += len(rows)
+            if scaler:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            scaler.step(optimizer) if scaler else optimizer.step()
+            if scaler:
+                scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(loss_sum)
+            if on_step:
+                on_step(step + 1, loss_sum)
+            if bar:
+                bar.update(1, loss=f"{loss_sum:.3f}")
+            if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
+                path = _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, step + 1)
+                if on_checkpoint:
+                    on_checkpoint(path, step + 1)
+            if on_eval and eval_steps and step + 1 in eval_steps:
+                model.eval()
+                try:
+                    on_eval(step + 1)
+                except Pruned:
+                    result.pruned = True
+                    break
+                finally:
+                    model.train()
+    finally:
+        if trunk:
+            trunk.close()
     if bar:
         bar.close()
     model.eval()
