@@ -15,7 +15,7 @@ BENCHMARKS = {
     "train": ("training step time vs a hand-written loop, FLOP/s, LoRA vs full memory, search with/without pruning", True),
     "prefix": ("a training step with the shared prompt prefix computed once vs every row whole", True),
     "step": ("a generation step: the KL term's base from a frozen forward vs computed once, adapters in all vs the top half of the layers", True),
-    "batching": ("greedy generation in batches of up to 64 rows vs up to 32 (regression and adversarial prompts)", True),
+    "batching": ("greedy generation in CPU streams of up to 32 rows vs streams of 64 vs one stream of 64 (regression and adversarial prompts)", True),
     "serve": ("the service vs a plain pipeline under load, routing overhead, rollback under load", True),
     "ingest": ("feedback ingest through the service, curation at 10k/100k records", False),
     "economics": ("guard false rollbacks (A/A) and detection delay, trigger idle cost, drift statistic, crossover", True),

@@ -1,13 +1,18 @@
-"""Generation batches of up to 64 rows against up to 32 (``inference.generate``'s ``batch_size``; both
-within ``MAX_PADDED_CHARS``), on the real SmolLM2 weights: the regression suite's prompts (16 tokens)
-and the shipped adversarial prompts (24 tokens, some 1,500 characters long), greedy, under the demo's
-system prompt.
+"""Greedy generation three ways, on the real SmolLM2 weights: the regression suite's prompts (16 tokens)
+and the shipped adversarial prompts (24 tokens, some 1,500 characters long), under the demo's system
+prompt.
+
+- ``streams``: the default: 64 rows at once (``inference.generate``'s ``batch_size``), in CPU streams
+  that split the cores (``inference.streams``): on 2 cores two one-thread streams of batches of up to
+  32 rows, each within ``MAX_PADDED_CHARS``;
+- ``64_a_stream``: the same streams with batches of up to 64 rows each;
+- ``one_stream``: batches of up to 64 rows one after another, each with every thread (before 2026-12-06).
 
 python -m bench batching [--quick]   -> bench/results/batching.json
 
-Each round of 64 prompts is answered both ways, alternating which goes first, so a noisy neighbour
-hits both alike; ``speed_ratio_*`` = seconds with 32 / seconds with 64 over all rounds, and
-``same_answers_*`` how many answers agree.
+Each round of 128 prompts is answered all three ways in a rotating order, so a noisy neighbour hits
+each alike; ``speed_ratio_<way>_*`` = that way's seconds / the default's, over all rounds;
+``same_answers_<way>_*`` how many of its answers agree with the default's.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROUND = 128  # prompts a round: two batches of 64, so that two streams have a batch each
 
 
 def main(argv: list[str]) -> None:
@@ -29,7 +35,7 @@ def main(argv: list[str]) -> None:
     from tuneloop.config import LoopConfig
     from tuneloop.datasets import Example
     from tuneloop.eval_suites.suites import adversarial_suite, regression_suite
-    from tuneloop.inference import generate
+    from tuneloop import inference
     from tuneloop.models import base_of, load_base, load_tokenizer
     from tuneloop.sample_data import SYSTEM_PROMPT
     from tuneloop.text import normalize
@@ -42,18 +48,23 @@ def main(argv: list[str]) -> None:
     suites = {"regression": ([it.input for it in regression_suite("generation", [], seed=0)], 16),
               "adversarial": ([normalize(it.input) for it in shipped], 24)}
     result: dict = {"model": info.id, "threads": torch.get_num_threads()}
+    ways = {"streams": (64, inference.MAX_STREAMS), "64_a_stream": (128, inference.MAX_STREAMS), "one_stream": (64, 1)}
     for name, (prompts, tokens) in suites.items():
         prompts = prompts[: (128 if name == "regression" else 64) if args.quick else None]
-        seconds, same = {32: 0.0, 64: 0.0}, 0
-        for n, start in enumerate(range(0, len(prompts), 64)):
-            chunk, got = prompts[start:start + 64], {}
-            for rows in ((32, 64) if n % 2 else (64, 32)):
+        seconds, same = dict.fromkeys(ways, 0.0), dict.fromkeys(ways, 0)
+        for n, start in enumerate(range(0, len(prompts), ROUND)):
+            chunk, got = prompts[start:start + ROUND], {}
+            for way in list(ways)[n % 3:] + list(ways)[:n % 3]:
+                rows, inference.MAX_STREAMS = ways[way]
                 began = time.perf_counter()
-                got[rows] = generate(model, tokenizer, chunk, tokens, Prompting(SYSTEM_PROMPT), batch_size=rows)
-                seconds[rows] += time.perf_counter() - began
-            same += sum(a == b for a, b in zip(got[32], got[64]))
-        result |= {f"prompts_{name}": len(prompts), f"seconds_32_{name}": seconds[32], f"seconds_64_{name}": seconds[64],
-                   f"speed_ratio_{name}": seconds[32] / seconds[64], f"same_answers_{name}": same}
+                got[way] = inference.generate(model, tokenizer, chunk, tokens, Prompting(SYSTEM_PROMPT), batch_size=rows)
+                seconds[way] += time.perf_counter() - began
+            for way in ways:
+                same[way] += sum(a == b for a, b in zip(got[way], got["streams"]))
+        others = [way for way in ways if way != "streams"]
+        result |= {f"prompts_{name}": len(prompts), **{f"seconds_{way}_{name}": seconds[way] for way in ways},
+                   **{f"speed_ratio_{way}_{name}": seconds[way] / seconds["streams"] for way in others},
+                   **{f"same_answers_{way}_{name}": same[way] for way in others}}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "batching.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -41,6 +41,7 @@ def test_the_shared_prefix_gives_the_whole_rows_answers_and_goes_through_once(mo
         return forward(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model.get_base_model()), "forward", counted)
+    monkeypatch.setattr(inference, "MAX_STREAMS", 1)  # calls in order: a batch's prefix, then its rows
     shared = inference.generate(model, tokenizer, PROMPTS, 8, prompting, batch_size=3)
     assert shared == whole
     assert len(set(whole)) > 2  # the answers differ from prompt to prompt, so a row mix-up would show
@@ -82,3 +83,62 @@ def test_an_architecture_whose_generate_takes_no_cache_answers_whole_rows(monkey
     with pytest.warns(UserWarning, match="per row"):
         assert inference.generate(model, tokenizer, PROMPTS, 6, prompting, batch_size=3) == whole
     assert type(model.get_base_model()) in prefix.no_shared_prefix
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # streams split torch's threads: a CI runner may have more or fewer cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def _thread_names(monkeypatch, model) -> list[str]:
+    import threading
+
+    names: list[str] = []
+    forward = type(model.get_base_model()).forward
+
+    @functools.wraps(forward)
+    def recorded(self, *args, **kwargs):
+        names.append(threading.current_thread().name)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.get_base_model()), "forward", recorded)
+    return names
+
+
+def test_cpu_streams_give_one_streams_answers_and_leave_the_thread_setting(monkeypatch, two_threads):
+    import threading
+
+    model, tokenizer = _model()
+    prompting = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
+    prompts = PROMPTS * 3
+    monkeypatch.setattr(inference, "MAX_STREAMS", 1)
+    one = inference.generate(model, tokenizer, prompts, 8, prompting, batch_size=2)  # 2 rows a batch
+    monkeypatch.setattr(inference, "MAX_STREAMS", 4)
+    names = _thread_names(monkeypatch, model)
+    assert inference.generate(model, tokenizer, prompts, 8, prompting, batch_size=4) == one  # 2 rows in each of 2
+    assert len(set(one)) > 2  # answers differ by prompt: a batch written to another's rows would show
+    assert len({n for n in names if n.startswith("tuneloop-stream")}) == 2  # both streams answered batches
+    assert torch.get_num_threads() == 2
+    seen = []  # a thread started afterwards gets the whole setting again, not a stream's share
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [2]
+
+
+def test_a_stream_error_reaches_the_caller_and_adapters_per_row_stay_in_one_stream(monkeypatch, two_threads):
+    def work(i: int) -> int:
+        if i == 3:
+            raise ValueError("batch 3 failed")
+        return i
+
+    with pytest.raises(ValueError, match="batch 3"):
+        inference.streams(work, 6, 2)
+    assert torch.get_num_threads() == 2
+    model, tokenizer = _model()
+    names = _thread_names(monkeypatch, model)
+    inference.generate(model, tokenizer, PROMPTS, 4, batch_size=2, adapter_names=["default", "__base__"] * 3)
+    assert names and not any(n.startswith("tuneloop-stream") for n in names)  # peft's per-row hooks are per call
