@@ -81,17 +81,26 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
 def schedule(config: LoopConfig, n_train: int, full: bool = False, n_pairs: int | None = None) -> tuple[int, list[int]]:
     """Optimiser steps of a trial over its ``n_pairs`` training pairs (the split plus its rehearsal
     pairs; its budget, or ``full``: the final training's) and the steps after which its validation
-    score is reported: the pruner's rungs, placed on the split alone's schedule so that every trial,
-    whatever its replay ratio, reports on the same steps (a trailing trial stops exactly there), and
-    evenly spaced ones for the curves, less those a rung already stands in for."""
+    score is reported: the pruner's rungs, at the same shares of every trial's own schedule (1/9 and
+    4/9 by default: past the warm-up whatever the replay ratio), and evenly spaced ones for the
+    curves, less those a rung already stands in for."""
     tune = config.tune
     budget = None if full else tune.trial_steps
     total = schedule_length(n_pairs or n_train, tune.batch_size, tune.epochs, budget, tune.grad_accum_steps)
     nominal = schedule_length(n_train, tune.batch_size, tune.epochs, budget, tune.grad_accum_steps)
-    rungs, spacing = ([] if full else rung_steps(tune, nominal)), total / tune.evals_per_trial
+    rungs = [] if full else [round(r * total / nominal) for r in rung_steps(tune, nominal)]
+    spacing = total / tune.evals_per_trial
     evenly = {max(1, round(spacing * (i + 1))) for i in range(tune.evals_per_trial)}
     evenly = {s for s in evenly if s == total or all(abs(s - r) > spacing / 2 for r in rungs)}
     return total, sorted(evenly | set(rungs))
+
+
+def pruner_step(config: LoopConfig, n_train: int, n_pairs: int, step: int) -> int:
+    """``step`` of a trial over ``n_pairs`` pairs as the pruner counts: in steps of the split alone
+    (the rungs it was made with, ``make_pruner``), so trials with different replay ratios are compared
+    at the same share of their training."""
+    total, nominal = schedule(config, n_train, n_pairs=n_pairs)[0], schedule(config, n_train)[0]
+    return round(step * nominal / total)
 
 
 def validation_score(config: LoopConfig, model, data: TrialData) -> float:
@@ -152,7 +161,7 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
         run.flush()
         run.metrics({"validation_score": scores[step]}, step)
         if trial:
-            trial.report(scores[step], step)
+            trial.report(scores[step], pruner_step(config, ref.sizes["train"], len(data.encoded), step))
             if step < total and trial.should_prune():  # a trial that reached its end is finished, not pruned
                 raise Pruned
 

@@ -61,6 +61,8 @@ def test_kept_states_below_the_adapters_train_the_same_adapter_with_the_lower_la
     batches = [n for n in plain_runs if n > 1]
     assert len(batches) == 6  # 2 batches x 3 epochs through every layer
     assert len([n for n in kept_runs if n > 1]) == 2  # the first epoch's only; later ones start above
+    assert [n for n in plain_runs if n == 1] == [1] * 6  # each batch's shared prompt prefix, as one row
+    assert [n for n in kept_runs if n == 1] == [1] * 2  # later epochs' prefixes start above too
     assert all("trunk_states" in r for r in rows)
     # the model is left as it was: generation afterwards runs every layer
     layers = decoder_layers(model)

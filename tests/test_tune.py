@@ -398,7 +398,7 @@ def test_scores_are_reported_on_the_pruners_rungs_and_trailing_trials_stop_there
     """Rungs at 1/9 and 1/3 of a trial (factor 3), each one a reporting step; a trial trailing the
     leaders at the first rung is stopped right there, and the last step is never a rung."""
     from tuneloop.flows.study import make_pruner, rung_steps
-    from tuneloop.flows.trial import schedule
+    from tuneloop.flows.trial import pruner_step, schedule
 
     config = tiny_config(home, "classification", epochs=3, batch_size=4, evals_per_trial=3, reduction_factor=3)
     total, evals = schedule(config, n_train=100)  # 25 steps per epoch
@@ -406,6 +406,11 @@ def test_scores_are_reported_on_the_pruners_rungs_and_trailing_trials_stop_there
     assert evals == [8, 24, 50, 75]  # the rungs, and evenly spaced ones (25 is the rung at 24's)
     assert rung_steps(config.tune.model_copy(update={"pruner": "none"}), total) == []
     assert schedule(config.model_copy(update={"tune": config.tune.model_copy(update={"pruner": "none"})}), 100)[1] == [25, 50, 75]
+    # a trial with two rehearsal pairs per pair: the rungs at the same shares of its 3x longer schedule (past
+    # its warm-up), reported to the pruner in the split's steps, where a trial without rehearsal reports them
+    assert schedule(config, n_train=100, n_pairs=300) == (225, [24, 72, 150, 225])
+    assert [pruner_step(config, 100, 300, s) for s in (24, 72, 225)] == [8, 24, 75]
+    assert [pruner_step(config, 100, 100, s) for s in (8, 24, 75)] == [8, 24, 75]
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner(config.tune, total))
     for value in (0.9, 0.8, 0.7):  # three trials lead at the first rung and finish

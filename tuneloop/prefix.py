@@ -68,7 +68,8 @@ def sharable_cache(model, prefix: torch.Tensor, rows: int):
     if prefix.shape[1] < SHARED_PREFIX_MIN or base in no_shared_prefix:
         return None
     try:
-        out = model(input_ids=prefix, use_cache=True)
+        last = {"logits_to_keep": 1} if keeps_logits(model) else {}  # its logits are never read
+        out = model(input_ids=prefix, use_cache=True, **last)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         cache.batch_repeat_interleave(rows)
         return cache

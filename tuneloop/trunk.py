@@ -20,6 +20,7 @@ import warnings
 from contextlib import contextmanager
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from tuneloop.prefix import bare, checkpointing
 
@@ -60,6 +61,8 @@ class Trunk:
                           str(next(model.parameters()).device), getattr(config, "quantization_config", None) is not None)
         self.mode: str | None = None  # "capture" or "inject" while a batch runs
         self.rows = 0  # the running batch's rows
+        self.entered = False  # layer k has run in this batch (its first forward is the shared prefix's)
+        self.fill = None  # the prefix's cache, whose layers below k get placeholders once layer k has run
         self.prefix: torch.Tensor | None = None  # captured: the shared prefix's states (one row)
         self.states: torch.Tensor | None = None  # captured: the batch's; to inject: (rows, width, hidden)
         self.plain = True  # layer outputs seen so far were plain tensors
@@ -68,12 +71,22 @@ class Trunk:
         for i, layer in enumerate(layers[:k]):
             layer.forward = self._lower(i)
         self._hook = layers[k].register_forward_pre_hook(self._enter, with_kwargs=True)
+        self._after = layers[k].register_forward_hook(self._filled, with_kwargs=True)
+
+    def _prefix_skips(self, hidden: torch.Tensor, kwargs: dict) -> bool:
+        """Injecting, this forward is the batch's shared prefix (one row, before its rows) and its cache
+        can take placeholders for the layers it skips: a plain dynamic cache, whose first layer's length
+        numbers the rows' positions (placeholders of the prefix's length there; the rows never read them)."""
+        if self.mode != "inject" or self.entered or not hidden.shape[0] == 1 < self.rows:
+            return False
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        return type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
 
     def _lower(self, i: int):
         forward = self._forwards[i]
 
         def run(hidden_states, *args, **kwargs):
-            if self.mode == "inject" and hidden_states.shape[0] == self.rows:
+            if self.mode == "inject" and hidden_states.shape[0] == self.rows or self._prefix_skips(hidden_states, kwargs):
                 return hidden_states  # replaced on entering layer k
             out = forward(hidden_states, *args, **kwargs)
             self.plain = self.plain and isinstance(out, torch.Tensor)
@@ -82,6 +95,12 @@ class Trunk:
 
     def _enter(self, module, args, kwargs):
         hidden = args[0] if args else kwargs["hidden_states"]
+        skipped = self._prefix_skips(hidden, kwargs)
+        self.entered = True
+        if skipped:  # the prefix's states: the first row's first ones (every row starts with the prefix)
+            self.fill = kwargs.get("cache", kwargs.get("past_key_values"))
+            kept = self.states[:1, :hidden.shape[1]].to(hidden.dtype)
+            return ((kept, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": kept})
         if self.mode == "capture" and self.states is None:  # the batch's first forward: its shared prefix
             if hidden.shape[0] == 1 and self.rows > 1:  # (one row, computed first), then its rows
                 self.prefix = hidden.detach()
@@ -92,11 +111,18 @@ class Trunk:
             return ((kept, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": kept})
         return None
 
+    def _filled(self, module, args, kwargs, output):
+        if self.fill is not None:
+            keys, values = self.fill.layers[self.k].keys, self.fill.layers[self.k].values
+            for i in range(self.k):
+                self.fill.update(torch.zeros_like(keys), torch.zeros_like(values), i)
+            self.fill = None
+
     @contextmanager
     def batch(self, rows: list[dict], attention_mask: torch.Tensor):
         """Around one batch's forward and backward: inject the rows' kept states if they all have
         them, else capture theirs."""
-        self.rows = len(rows)
+        self.rows, self.entered, self.fill = len(rows), False, None
         if all(r.get(KEY, (None,))[0] == self.signature for r in rows):
             kept = [r[KEY][1] for r in rows]
             states = kept[0].new_zeros(len(rows), attention_mask.shape[1], kept[0].shape[-1])
@@ -119,6 +145,7 @@ class Trunk:
 
     def close(self) -> None:
         self._hook.remove()
+        self._after.remove()
         for layer, own in zip(self.layers, self._own):
             if own is None:
                 del layer.forward  # the class's forward again
