@@ -6,7 +6,9 @@ layer are the same at every epoch and in every trial of a search. The first time
 on they are kept (on the row, so the trials of a search that share its rows share them too); a
 batch whose rows all have theirs then skips the layers below (each returns its input unchanged)
 and starts the first adapted layer from the kept states: the same loss, a demo step 1.2x faster
-for SmolLM2 on 2 cores (``python -m bench step``).
+for SmolLM2 on 2 cores (``python -m bench step``). So does the batch's shared prompt prefix
+(``tuneloop.prefix``; one row, a row's first states), its cache given zero placeholders for the
+layers it skipped: the rows never read them, but the first layer's length numbers their positions.
 
 Only where that is exact: no dropout below the adapters, no activation checkpointing, decoder
 layers that take and return the hidden states as a plain tensor (checked on the first batch), and
