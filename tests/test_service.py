@@ -194,3 +194,14 @@ def test_shadow_mode_never_returns_the_shadow_answer(registered):
         assert {line["shadow_version"] for line in lines} == {challenger}
         assert {a["request_id"] for a in answers} <= {line["request_id"] for line in lines}
     set_challenger_percent(config, 0)
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_differ():
+    """A port the kernel may hand to the server's own bind(0) would collide (BentoML's arbiter did)."""
+    from pathlib import Path
+
+    from tuneloop.localserver import free_port
+
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(20)]
+    assert len(set(ports)) == 20 and all(10_000 <= p < low for p in ports)

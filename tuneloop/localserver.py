@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,8 +18,31 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range. A port from bind(0) is one the
+    kernel hands out again at once to the next bind(0): BentoML reserves its arbiter's control port
+    that way, got the port just chosen for its HTTP server and failed to start ("Address already in
+    use", twice in a row, 2026-12-06)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default; macOS's range starts at 49152
+    rng = random.Random()  # not the global one, which tests may seed alike in several processes
+    for _ in range(200):
+        port = rng.randrange(10_000, max(10_001, low))
+        if port in _given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    with socket.socket() as s:  # nothing free below the range: the kernel's choice after all
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
