@@ -19,6 +19,7 @@ BENCHMARKS = {
     "serve": ("the service vs a plain pipeline under load, routing overhead, rollback under load", True),
     "ingest": ("feedback ingest through the service, curation at 10k/100k records", False),
     "economics": ("guard false rollbacks (A/A) and detection delay, trigger idle cost, drift statistic, crossover", True),
+    "generation": ("default settings on six generation feedback sets: facts answered on never-imported phrasings, forgetting, the gate's verdict", False),
     "banking77": ("BANKING77 through import and the loop, the registered version scored on the 3,080 test utterances", False),
     "stack": ("the same loop on the team stack (deployment run by a worker, MLflow server, PostgreSQL) vs embedded", False),
     "scale": ("the whole loop on 15k and 100k generated records of each kind: stage seconds, peak memory, Prefect bytes", False),

@@ -69,6 +69,7 @@ class EvalReport(BaseModel):
     regression_items: int = 0  # regression items the baseline answers well, which the check is over
     items: dict[str, int] = {}
     calibration: dict | None = None  # classification: the challenger's out-of-scope threshold
+    missing: list[str] = []  # "not enough evidence": the data each undecided check would need
 
 
 def build_suites(config: LoopConfig, ref: DatasetRef) -> dict[str, list[SuiteItem]]:
@@ -151,7 +152,10 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
         calibration=challenger.calibration.as_dict() if challenger.calibration else None,
     )
     if UNSURE in verdicts and FAIL not in verdicts:
-        report.reasons.append("not enough evidence to pass: collect more feedback, or widen a tolerance knowingly")
+        report.missing = [line for c in checks if (line := gate.what_would_decide(
+            c, heldout_share=config.heldout_percent / 100, confidence=config.gate.confidence))]
+        report.reasons.append("not enough evidence to pass; what would decide it: " + "; ".join(
+            report.missing or ["collect more feedback, or widen a tolerance knowingly"]))
     return report, suites
 
 

@@ -241,3 +241,30 @@ def test_heldout_check_uses_fact_clusters():
              for i in range(40)]
     assert heldout_check(items, [0.0] * 40, [1.0] * 40, margin=0.02).verdict == PASS
     assert heldout_check(items[:8], [0.0] * 8, [1.0] * 8).verdict == UNSURE  # 2 facts: too few clusters
+
+
+def test_an_undecided_gate_says_what_data_would_decide_it():
+    from tuneloop.eval_suites.gate import what_would_decide
+
+    # held-out too small: 6 items about 4 facts -> 4 more items at least, 20 % of new questions held out
+    few = heldout_check(_items(["f1", "f1", "f2", "f3", "f4", "f4"]), [0.0] * 6, [1.0] * 6)
+    assert few.verdict == UNSURE
+    said = what_would_decide(few, heldout_share=0.2)
+    assert "about 20 more corrections" in said and "6 items about 4" in said
+    # better on average, but the interval reaches zero: more held-out items, scaled by the interval's width
+    clusters = [f"f{i}" for i in range(12)]
+    wide = heldout_check(_items(clusters), [0.0] * 12, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    assert wide.verdict == UNSURE, wide.reason
+    assert "more held-out items" in what_would_decide(wide, heldout_share=0.2)
+    # a suite too small for its tolerance: named with the items it needs and the tolerance it could show
+    base, clusters = big_suite(n_clusters=25, size=2)
+    small = regression_check(_items(clusters), base, base, tolerance=0.05)
+    assert small.verdict == UNSURE
+    assert "needs 74" in what_would_decide(small, heldout_share=0.2)
+    # a decided check needs nothing
+    assert what_would_decide(non_inferiority(*big_suite()[:1] * 2, big_suite()[1], tolerance=0.05), heldout_share=0.2) is None
+
+
+def _items(clusters: list[str]) -> list[SuiteItem]:
+    return [SuiteItem(id=f"i{i}", suite="heldout", category="fact", input=f"q{i}", reference="a", cluster=c)
+            for i, c in enumerate(clusters)]
