@@ -112,6 +112,11 @@ def _summary(config: LoopConfig, result, seconds: float) -> None:
         f"{counts.get('validation', 0)} validation / {counts.get('heldout', 0)} held-out ({counts.get('quarantined', 0)} quarantined, "
         f"{counts.get('duplicates_removed', 0)} duplicates, {counts.get('thumbs_down_without_correction', 0)} bare thumbs-down)"
     )
+    if config.kind == "generation" and counts.get("answers"):
+        console.print(f"Feedback: {counts.get('corrections', 0)} corrections, {counts.get('thumbs_up', 0)} thumbs-up, "
+                      f"{counts.get('conflicts_resolved', 0)} conflicting answers resolved by vote; {counts['answers']} "
+                      f"distinct answers, {counts.get('answers_one_phrasing', 0)} with one phrasing only, "
+                      f"{counts.get('answers_untrained', 0)} with none to train on")
     best = result.tuned.best
     console.print(f"Search {result.tuned.study_name}: {result.tuned.n_complete} complete, {result.tuned.n_pruned} pruned; "
                   f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}")

@@ -184,9 +184,10 @@ def _check_splits(config: LoopConfig, folder: Path, counts: Counter, label_count
             f"validation {sizes['validation']}, held-out {sizes['heldout']}; each split needs at least one example. "
             f"Collect more feedback, or change TUNELOOP_HELDOUT_PERCENT ({config.heldout_percent}) / "
             f"TUNELOOP_VALIDATION_PERCENT ({config.validation_percent}).")
-    if config.kind != "classification":
-        return []
     total = sum((label_counts[s] for s in SPLITS), Counter())
+    if config.kind != "classification":
+        _count_phrasings(total, label_counts["train"], counts)
+        return []
     once = sorted(label for label, n in total.items() if n < 2)
     unjudged = sorted(label for label in total if label not in once and not label_counts["heldout"][label])
     untrained = sorted(label for label in total if label not in once and not label_counts["train"][label])
@@ -223,6 +224,18 @@ def _check_splits(config: LoopConfig, folder: Path, counts: Counter, label_count
     if len(labels) < 2:
         raise DatasetError(f"a classifier needs at least 2 labels with enough examples; have {_names(labels)}")
     return labels
+
+
+def _count_phrasings(total: Counter, train: Counter, counts: Counter) -> None:
+    """Generation: how many distinct answers the data holds, how many come with one phrasing only, and
+    how many have none in the train split (every phrasing held out: the loop cannot learn them now)."""
+    counts["answers"] = len(total)
+    counts["answers_one_phrasing"] = sum(n == 1 for n in total.values())
+    counts["answers_untrained"] = sum(not train[answer] for answer in total)
+    if counts["answers_untrained"]:
+        _warn(f"{counts['answers_untrained']} of {len(total)} distinct answers have no phrasing in the train split "
+              f"({counts['answers_one_phrasing']} come with one phrasing only, which the split may hold out for the "
+              "gate): this loop cannot learn them; more phrasings of the same questions teach them")
 
 
 def _warn(message: str) -> None:

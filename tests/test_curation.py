@@ -255,3 +255,25 @@ def test_migrations_and_store_on_postgres(postgres_url, tmp_path):
     assert store.last_curation("generation").id == run_id and len(store.quarantined("generation")) == 6
     with pytest.raises(Exception, match="immutable"), engine.begin() as conn:
         conn.execute(text("UPDATE feedback SET kind = 'x'"))
+
+
+def test_curation_counts_answers_by_phrasings_and_those_it_cannot_train(tmp_path):
+    """One phrasing per answer: some land only in held-out or validation, which the counts (and the
+    loop's summary) say, instead of a silent gap in what the loop learns."""
+    config, store = _store(tmp_path)
+    rng = random.Random(0)
+    names = ["".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(5)) for _ in range(50)]
+    # distinct questions (prompts differing in one number would be merged as near duplicates)
+    records = [_record(n, f"What does {names[n]} cost?", correction=f"{names[n].title()} costs {n} dollars.")
+               for n in range(40)]
+    records += [_record(100 + 3 * n + k, form.format(names[n]), correction=f"Plan {names[n].title()} has {n} seats.")
+                for n in range(40, 50) for k, form in enumerate(("How many seats does {} have?", "Seats of {}?",
+                                                                 "Tell me the {} seat limit."))]
+    store.add_many_raw(records, "generation")
+    ref = build_dataset(store, config)
+    counts, splits = ref.counts, split_examples(ref, config)
+    assert counts["answers"] == 50
+    assert counts["answers_one_phrasing"] == 40
+    held = {e.target for e in splits["heldout"] + splits["validation"]}
+    trained = {e.target for e in splits["train"]}
+    assert counts["answers_untrained"] == len(held - trained) > 0
