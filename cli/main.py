@@ -71,11 +71,15 @@ def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, he
 
 @app.command()
 def run(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.Option(False, help="Tiny random models (smoke test)"),
-        trials: Optional[int] = typer.Option(None, help="Optuna trials (default from config)")) -> None:
+        trials: Optional[int] = typer.Option(None, help="Optuna trials (default from config)"),
+        budget_minutes: Optional[float] = typer.Option(
+            None, "--budget-minutes", help="Time the search may spend: whole trials while they fit (tune.timeout_s)")) -> None:
     """Run one loop on the feedback in the store."""
     config = _config(kind, home, tiny=tiny)
     if trials:
         config.tune.n_trials = trials
+    if budget_minutes:
+        config.tune.timeout_s = budget_minutes * 60
     from tuneloop.flows.curate import DatasetError
     from tuneloop.flows.loop import loop
     from tuneloop.flows.tune import TuneConfigError
@@ -101,7 +105,7 @@ def demo(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer
 
     if FeedbackStore(config.feedback_db).count(config.kind) == 0:
         seed(kind=config.kind, home=config.home, seed=0)
-    run(kind=config.kind, home=config.home, tiny=tiny, trials=None)
+    run(kind=config.kind, home=config.home, tiny=tiny, trials=None, budget_minutes=None)
 
 
 def _summary(config: LoopConfig, result, seconds: float) -> None:

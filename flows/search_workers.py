@@ -31,7 +31,7 @@ from prefect.states import StateType
 
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef
-from tuneloop.flows.study import fail_stale, make_storage, study_lock
+from tuneloop.flows.study import fail_stale, fits, make_storage, study_lock
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0
@@ -79,7 +79,7 @@ def study_done(study: optuna.Study, n_trials: int, deadline: float | None) -> bo
     if any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials):
         return False
     finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
-    return finished >= n_trials or (deadline is not None and time.time() >= deadline)
+    return finished >= n_trials or not fits(study, deadline)
 
 
 def _start(config: LoopConfig, parameters: dict, name: str, index: int) -> FlowRun:
@@ -112,7 +112,7 @@ def dispatch(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
     storage = make_storage(config.optuna_db, tune)
     study = optuna.load_study(study_name=name, storage=storage)
     replacements, unclaimed_since = 0, None
-    while not study_done(study, tune.n_trials, deadline):
+    while not study_done(study, tune.trial_budget, deadline):
         time.sleep(POLL_S)
         with study_lock(storage.url, name):
             fail_stale(study, storage, tune)  # a trial whose worker is gone is queued again for the others
@@ -126,7 +126,7 @@ def dispatch(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
         started = all(states[r.id] == StateType.RUNNING for r in live)
         unclaimed_since = (unclaimed_since or time.time()) if waiting and not running and started else None
         stalled = unclaimed_since is not None and time.time() - unclaimed_since > max(2 * tune.grace_period_s, STALL_S)
-        if (live and not stalled) or study_done(study, tune.n_trials, deadline):
+        if (live and not stalled) or study_done(study, tune.trial_budget, deadline):
             continue
         if replacements >= tune.max_retry:
             raise SearchWorkersError(

@@ -208,16 +208,35 @@ def heartbeat(storage: RDBStorage, trial_id: int, interval: float) -> Iterator[N
         thread.join()
 
 
+def expected_seconds(study: optuna.Study) -> float | None:
+    """How long a new trial is expected to take: the mean of the study's completed ones (None before
+    the first completes). Pruned trials are left out: a new trial may well run to its end."""
+    done = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.duration is not None]
+    return sum(done) / len(done) if done else None
+
+
+def fits(study: optuna.Study, deadline: float | None) -> bool:
+    """Whether a new trial may start: before ``deadline`` (epoch s), with time left for the trial it
+    is expected to take, so a time budget is spent on trials that finish rather than cut short."""
+    if deadline is None:
+        return True
+    left = deadline - time.time()
+    expected = expected_seconds(study)
+    return left > 0 and (expected is None or expected <= left)
+
+
 def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.Trial], float], tune: TuneConfig,
          deadline: float | None = None) -> int:
-    """Run trials until the study holds ``tune.n_trials`` finished ones or ``deadline`` (epoch s) passes.
+    """Run trials until the study holds ``tune.trial_budget`` finished ones or ``deadline`` (epoch s) leaves
+    too little time for one more (``fits``).
 
     Returns the number of trials this worker ran. A trial that raises is failed and queued for a
     retry (so it resumes from its checkpoint next time), then the error propagates.
     """
     ran = 0
-    while deadline is None or time.time() < deadline:
-        claimed = claim(study, storage, tune, tune.n_trials)
+    while fits(study, deadline):
+        claimed = claim(study, storage, tune, tune.trial_budget)
         if claimed is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return ran

@@ -144,7 +144,7 @@ def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str
         client.set_tag(search_run_id, f"best.{k}", str(v))
     if loop_run_id:
         client.log_batch(loop_run_id, params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best.params.items()])
-    client.set_tag(search_run_id, "n_trials", str(config.tune.n_trials))
+    client.set_tag(search_run_id, "n_trials", str(config.tune.trial_budget))
     log_search(search_run_id, study, origin(best), final, run_ids)
     client.set_terminated(search_run_id, "FINISHED")
     return TuneResult(

@@ -296,14 +296,14 @@ def _running_trials(config: LoopConfig, data: DatasetRef) -> list:
 def test_wall_time_budget_stops_starting_trials(home):
     config = _search_config(home, n_trials=50, epochs=4, timeout_s=4)
     data, parent = _dataset(config), _parent_run(config)
-    began = time.monotonic()
     result = tune(config, data, parent)
-    elapsed = time.monotonic() - began
     finished = result.n_complete + result.n_pruned
     assert 1 <= finished < 50
-    assert elapsed < 4 + 30  # the deadline stops new trials; the running one finishes
     study = optuna.load_study(study_name=result.study_name, storage=config.optuna_db)
     assert len(study.trials) == finished  # nothing left queued or running
+    # the deadline (set before the first trial started) stops new trials; the running one finishes
+    starts = [t.datetime_start.timestamp() for t in study.trials]
+    assert max(starts) - min(starts) < 4
 
 
 def test_search_logs_plots_and_tags_on_its_search_run(home):
@@ -421,3 +421,32 @@ def test_scores_are_reported_on_the_pruners_rungs_and_trailing_trials_stop_there
     trailing = study.ask()
     trailing.report(0.1, 8)
     assert trailing.should_prune()
+
+
+def test_a_time_budget_starts_only_trials_expected_to_finish_within_it():
+    import datetime as dt
+
+    from optuna.distributions import FloatDistribution
+
+    from tuneloop.flows.study import expected_seconds, fits
+
+    study = optuna.create_study(direction="maximize")
+    assert fits(study, None) and fits(study, time.time() + 1)  # nothing measured yet: the first trial always starts
+    assert not fits(study, time.time() - 1)
+    start = dt.datetime(2026, 1, 1)
+    for minutes, state in ((10, TrialState.COMPLETE), (20, TrialState.COMPLETE), (1, TrialState.PRUNED)):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=state, value=0.5 if state == TrialState.COMPLETE else None, values=None,
+            datetime_start=start, datetime_complete=start + dt.timedelta(minutes=minutes), params={"lr": 0.01},
+            distributions={"lr": FloatDistribution(1e-3, 1e-1)}, user_attrs={}, system_attrs={}, intermediate_values={}))
+    assert expected_seconds(study) == 15 * 60  # completed trials only: a pruned one says little of a full trial's time
+    assert fits(study, time.time() + 16 * 60)
+    assert not fits(study, time.time() + 14 * 60)  # 14 minutes left: a 15-minute trial would overrun the budget
+
+
+def test_the_trial_count_follows_the_time_budget_unless_set():
+    from tuneloop.config import TuneConfig
+
+    assert TuneConfig().trial_budget == TuneConfig.DEFAULT_TRIALS
+    assert TuneConfig(timeout_s=3600).trial_budget == TuneConfig.MAX_TRIALS  # the budget, not a count, ends it
+    assert TuneConfig(timeout_s=3600, n_trials=5).trial_budget == 5

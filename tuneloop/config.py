@@ -26,12 +26,14 @@ class TuneConfig(BaseModel):
     execution fields (``STUDY_EXCLUDES``), so a larger budget or more workers continue one study.
     """
 
-    n_trials: int = Field(
-        2, ge=1, description="Finished (complete or pruned) trials the study should hold. 2: the known-good first "
-        "trial and one more, which the pruner stops early unless it leads; with 3 the demo's loop took 6 minutes on 2 "
-        "cores instead of 5 (its third trial, as good as the first, ran to the end). Raise it where trials are cheap (a GPU)."
+    n_trials: int | None = Field(
+        None, ge=1, description="Finished (complete or pruned) trials the study should hold. None: as many as "
+        "timeout_s fits when it is set (at most MAX_TRIALS), else DEFAULT_TRIALS."
     )
-    timeout_s: float | None = Field(None, gt=0, description="Stop starting new trials after this many seconds of this run.")
+    timeout_s: float | None = Field(
+        None, gt=0, description="The search's time budget in seconds of this run: a trial starts only while the time "
+        "left fits the mean duration of the completed ones (the first always starts), so the budget buys whole trials."
+    )
     ranks: list[int] = Field([4, 8, 16], min_length=1, description="LoRA ranks to choose from.")
     lr_min: float = Field(5e-4, gt=0, description="Lower bound of the log-uniform learning rate.")
     lr_max: float = Field(2e-3, gt=0, description="Upper bound of the log-uniform learning rate. 2e-3, not higher: "
@@ -136,6 +138,16 @@ class TuneConfig(BaseModel):
     grace_period_s: int = Field(60, ge=1, description="A trial silent this long is failed and retried from its checkpoint.")
     max_retry: int = Field(3, ge=0, description="Times one trial is resumed after being killed before it is given up.")
     seed: int = Field(0, description="Seeds the sampler, the adapter's initialisation and the data order.")
+
+    DEFAULT_TRIALS: ClassVar[int] = 2  # without a time budget: the known-good first trial and one more
+    MAX_TRIALS: ClassVar[int] = 100  # with a time budget and no count: a bound, not a target
+
+    @property
+    def trial_budget(self) -> int:
+        """Trials the study should hold: ``n_trials``, else what the time budget may fit, else the default."""
+        if self.n_trials is not None:
+            return self.n_trials
+        return self.MAX_TRIALS if self.timeout_s else self.DEFAULT_TRIALS
 
     STUDY_EXCLUDES: ClassVar[set[str]] = {
         "n_trials", "timeout_s", "n_workers", "heartbeat_interval_s", "grace_period_s", "max_retry", "checkpoint_every",
