@@ -119,7 +119,8 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
         "best": {k.removeprefix("best_"): v for k, v in loop.data.params.items() if k.startswith("best_")},
         "stage_seconds": {k.removeprefix("seconds."): round(v, 1) for k, v in loop.data.metrics.items()
                           if k.startswith("seconds.")},
-        "examples": [{"prompt": p["prompt"], "answer": a} for p, a in list(zip(probes, tuned))[:4]],
+        "answers": [{"prompt": p["prompt"], "reference": p["answer"], "base": b, "tuned": a,
+                     "right": bool(fact_accuracy(a, p["answer"], p["prompt"]))} for p, a, b in zip(probes, tuned, base)],
     }
 
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"-- {name}", flush=True)
         row = run_set(name, settings, args.tiny)
         result["sets"].append(row)
-        print(json.dumps({k: v for k, v in row.items() if k not in ("examples", "error")}), flush=True)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("answers", "error")}), flush=True)
         out.write_text(json.dumps(result, indent=2))  # after every set: a long run keeps what it measured
     print(table(result["sets"]))
     print(f"wrote {out}")
