@@ -24,6 +24,7 @@ from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
 from tuneloop.eval_suites.suites import heldout_suite, score
 from tuneloop.flows.declining import declining_pairs
+from tuneloop.flows.framings import framed_pairs
 from tuneloop.flows.replay import replay_pairs
 from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
 from tuneloop.flows.study import origin, rung_steps, suggest
@@ -60,14 +61,15 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
     process: trials reuse them)."""
     base, prompting = base_of(config), prompting_of(config)
     key = (ref.dataset_hash, base.id, config.tune.max_length, prompting, config.tune.validation_examples, replay_ratio,
-           config.tune.decline_share)
+           config.tune.decline_share, config.tune.framings)
     if key not in _loaded:
         tokenizer = load_tokenizer(base)
         labels = load_labels(ref, config.work_dir)
         pairs = [(e.prompt, e.target) for e in load_examples(ref, "train", config.work_dir)]
         replay = replay_pairs(config, base, prompting, round(replay_ratio * len(pairs)), [p for p, _ in pairs])
         if config.kind == "generation":
-            pairs += declining_pairs(pairs, config.tune.decline_share, config.tune.seed)
+            pairs += framed_pairs(pairs, config.tune.framings) + declining_pairs(pairs, config.tune.decline_share,
+                                                                              config.tune.seed)
         encoded = encode(config.kind, tokenizer, pairs + replay, labels, config.tune.max_length, prompting)
         for example in encoded[len(pairs):]:
             example["rehearse"] = True  # held to the base by the KL term (tune.replay_kl)

@@ -68,6 +68,11 @@ class TuneConfig(BaseModel):
         "appended to a training question, per training pair (at most 2 per shipped request): a model tuned on "
         "answers holding numbers otherwise makes up phone numbers when asked for one. 0: none."
     )
+    framings: int = Field(
+        0, ge=0, le=9, description="Generation: other framings of each training question (a greeting, a thanks, a "
+        "prefix, another casing: flows/framings.py) trained with the same answer, so the model answers from the "
+        "question's content rather than its wording. 0: the questions as users asked them."
+    )
     first_trial: dict[str, int | float | str] | None = Field(
         {"rank": 16, "lr": 9e-4},
         description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip. On the demo (2026-12-05) "
