@@ -23,7 +23,6 @@ class FlagRow(_Base):
     definition: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     by: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    version: Mapped[str | None] = mapped_column(String(64), nullable=True, doc="The challenger version the share applies to.")
 
 
 class SettingRow(_Base):

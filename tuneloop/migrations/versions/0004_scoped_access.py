@@ -1,5 +1,4 @@
-"""Scoped API tokens (stored hashed), who acted on traffic, where feedback came from, and shares bound
-to a version.
+"""Scoped API tokens (stored hashed), who acted on traffic, and where feedback came from.
 
 - ``api_tokens``: named tokens with a scope (``feedback`` or ``admin``), kept as SHA-256 digests.
   A plain-text ``api_token`` setting left by older versions becomes the admin token ``legacy``
@@ -8,8 +7,6 @@ to a version.
   and ``feedback.user_id`` (the per-user rate limit counts by it; older rows keep NULL and are
   found by their payload).
 - ``rollout_events.actor``: the named token, user or flow that moved traffic.
-- ``flags.version``: the challenger version a share applies to; a newly registered challenger
-  gets 0 % until deploy names it.
 
 Revision ID: 0004
 Revises: 0003
@@ -44,8 +41,6 @@ def upgrade() -> None:
     op.create_index("ix_feedback_user_received", "feedback", ["user_id", "received_at"])
     with op.batch_alter_table("rollout_events") as batch:
         batch.add_column(sa.Column("actor", sa.String(128), nullable=True))
-    with op.batch_alter_table("flags") as batch:
-        batch.add_column(sa.Column("version", sa.String(64), nullable=True))
     _hash_legacy_token()
 
 
@@ -60,8 +55,6 @@ def _hash_legacy_token() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("flags") as batch:
-        batch.drop_column("version")
     with op.batch_alter_table("rollout_events") as batch:
         batch.drop_column("actor")
     op.drop_index("ix_feedback_user_received", "feedback")
