@@ -1,6 +1,6 @@
 """A hostile client against a live service (and the stack's Prefect and MLflow servers when given):
 unauthenticated writes, wrong-scope tokens, forged feedback receipts, oversized and pathological bodies,
-one user flooding feedback. Every attack must be refused (401/403/409/413/422/429); the figures are
+one user flooding feedback. Every attack must be refused (400/401/403/409/413/422/429); the figures are
 requests tried, refused, wrongly accepted (must be 0) and the slowest refusal.
 
 ``python -m bench hostile`` starts a service on the tiny model in a fresh home on 127.0.0.1. With
@@ -26,7 +26,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-REFUSALS = {401, 403, 409, 413, 422, 429}
+REFUSALS = {400, 401, 403, 409, 413, 422, 429}  # 400: a body that is not decodable JSON (named in the answer)
 LOCAL = {"127.0.0.1", "localhost", "::1"}
 FEEDBACK_PER_USER = 5
 

@@ -262,11 +262,17 @@ class Tuneloop:
     def promote(self, body: Annotated[Promotion, Body()], authorization: Annotated[str | None, Header()] = None) -> dict:
         """Promote the challenger if it is still ``expected_version`` (409 naming both otherwise)."""
         caller = self._authorise(authorization, "admin")
+        from mlflow.exceptions import MlflowException
+
         try:
             version = operations.promote(self.config, body.expected_version, reason="promoted through the admin API",
                                          actor=f"token:{caller.name}")
         except ValueError as err:
             raise HTTPException(409, detail=str(err)) from err
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise HTTPException(409, detail=f"expected_version: {self.config.model_name} has no registered versions") from err
         self.bank.refresh()
         return {"champion": version}
 

@@ -64,6 +64,8 @@ def test_a_feedback_token_is_refused_on_every_admin_endpoint(service):
 
     assert http.post("/v1/admin/canary", json={"percent": 0}, headers=bearer(issued["ops"])).status_code == 200
     assert events(config, action="canary")[0]["actor"] == "token:ops"  # the operations log names who acted
+    nothing = http.post("/v1/admin/promote", json={"expected_version": "2"}, headers=bearer(issued["ops"]))
+    assert nothing.status_code == 409 and "expected_version" in nothing.json()["detail"]  # nothing registered: no 500
 
 
 def test_tokens_are_stored_hashed_listed_without_secrets_and_revocable(service):
