@@ -164,3 +164,24 @@ def test_routing_is_answered_without_a_database_engine_per_call(service):
         assert http.get("/v1/routing").status_code == 200
     per_call = (time.perf_counter() - began) / 50
     assert per_call < 0.05, f"/v1/routing took {per_call * 1000:.1f} ms a call"
+
+
+def test_the_token_cli_creates_lists_and_revokes_without_showing_secrets(home):
+    from typer.testing import CliRunner
+
+    from tuneloop.cli.main import app
+
+    cli = CliRunner()
+    created = cli.invoke(app, ["token", "create", "--name", "ci-app", "--scope", "feedback", "--home", str(home)])
+    assert created.exit_code == 0, created.output
+    token = created.output.strip().splitlines()[-1]
+    assert token.startswith("tl_") and len(token) > 40
+    listed = cli.invoke(app, ["token", "list", "--home", str(home)])
+    assert "ci-app" in listed.output and "feedback" in listed.output and token not in listed.output
+    wrong = cli.invoke(app, ["token", "create", "--name", "x", "--scope", "everything", "--home", str(home)])
+    assert wrong.exit_code == 1 and "scope" in wrong.output
+    assert cli.invoke(app, ["token", "revoke", "ci-app", "--home", str(home)]).exit_code == 0
+    gone = cli.invoke(app, ["token", "revoke", "ci-app", "--home", str(home)])
+    assert gone.exit_code == 1 and "no token named 'ci-app'" in gone.output
+    unscoped = cli.invoke(app, ["promote", "--home", str(home)])  # promote names the version it means
+    assert unscoped.exit_code == 2 and "expected-version" in unscoped.output
