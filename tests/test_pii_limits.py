@@ -81,6 +81,17 @@ def test_the_forms_people_type_are_scrubbed(text, tag):
     assert tag in scrub(text), scrub(text)
 
 
+def test_hex_identifiers_are_not_taken_for_numbers():
+    """Digits may be glued to words, but hashes and request ids (hex) are kept as they are."""
+    import hashlib
+    import uuid
+
+    ids = [uuid.uuid4().hex for _ in range(300)] + [hashlib.sha256(bytes([i])).hexdigest() for i in range(256)]
+    ids += [str(uuid.uuid4()) for _ in range(100)]
+    assert [i for i in ids if scrub(i) != i] == []
+    assert scrub("request 9f86d081888 call5551234567now") == "request 9f86d081888 call[PHONE]now"
+
+
 @pytest.mark.parametrize("text, tag", [
     ("call ５５５-１２３-４５６７", "[PHONE]"),  # full-width digits
     ("call 555\u200b-123\u200b-4567", "[PHONE]"),  # zero-width spaces splitting the number

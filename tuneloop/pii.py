@@ -47,8 +47,30 @@ def _iban_ok(candidate: str) -> bool:
     return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
 
 
+_TOKEN = re.compile(r"[0-9A-Za-z-]{0,64}")
+_HEX_WORD = re.compile(r"[0-9a-fA-F-]+")
+
+
+HASH_LENGTHS = (32, 40, 64)  # hex UUIDs, SHA-1, SHA-256: an IBAN is 15-34 characters, LC's 32 the only clash
+
+
+def _in_identifier(match: re.Match, reach: int = 64, lengths: tuple[int, ...] | None = None) -> bool:
+    """Whether the match lies inside a hex identifier (a hash, a UUID, a request id): numbers may be glued
+    to words, but a run of digits inside ``9f86d0818884c7d6...`` is no phone or card number. With
+    ``lengths``, only identifiers of those lengths (without dashes) count. Looks at most ``reach``
+    characters either side, so a long text costs a bounded amount per match."""
+    text, (start, end) = match.string, match.span()
+    before = _TOKEN.match(text[max(0, start - reach):start][::-1]).group()[::-1]  # read leftwards from the match
+    token = before + match.group() + _TOKEN.match(text, end, min(len(text), end + reach)).group()
+    if lengths is not None and len(token.replace("-", "")) not in lengths:
+        return False
+    return len(token) >= 16 and _HEX_WORD.fullmatch(token) is not None and not token.replace("-", "").isdigit()
+
+
 def _card(match: re.Match) -> str:
     digits = re.sub(r"\D", "", match.group())
+    if _in_identifier(match):
+        return match.group()
     return "[CARD]" if 13 <= len(digits) <= 19 and _luhn_ok(digits) else match.group()
 
 
@@ -56,7 +78,7 @@ def _phone(match: re.Match) -> str:
     # precision is traded for recall on purpose: a bare 7-15 digit run may be an order number, but a
     # leaked phone number cannot be taken back
     digits = re.sub(r"\D", "", match.group())
-    if DATE.fullmatch(match.group()):
+    if DATE.fullmatch(match.group()) or _in_identifier(match):
         return match.group()
     return "[PHONE]" if 7 <= len(digits) <= 15 else match.group()
 
@@ -64,7 +86,8 @@ def _phone(match: re.Match) -> str:
 def scrub(text: str) -> str:
     """Replace personal data with typed placeholders ([EMAIL], [IBAN], [CARD], [PHONE])."""
     text = EMAIL.sub("[EMAIL]", text)
-    text = IBAN.sub(lambda m: "[IBAN]" if _iban_ok(m.group()) else m.group(), text)
+    text = IBAN.sub(lambda m: "[IBAN]" if _iban_ok(m.group()) and not _in_identifier(m, lengths=HASH_LENGTHS)
+                    else m.group(), text)
     text = CARD.sub(_card, text)
     return PHONE.sub(_phone, text)
 
