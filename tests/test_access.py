@@ -185,3 +185,20 @@ def test_the_token_cli_creates_lists_and_revokes_without_showing_secrets(home):
     assert gone.exit_code == 1 and "no token named 'ci-app'" in gone.output
     unscoped = cli.invoke(app, ["promote", "--home", str(home)])  # promote names the version it means
     assert unscoped.exit_code == 2 and "expected-version" in unscoped.output
+
+
+def test_a_plain_text_token_of_an_older_store_becomes_the_hashed_admin_token_legacy(tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from tuneloop import migrations
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = create_engine(url)
+    migrations.upgrade(engine, "0003")  # what the previous release made, with its token in plain text
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO settings (key, value) VALUES ('api_token', 'old-plain-token')"))
+    store = FeedbackStore(url)  # opening migrates
+    assert tokens.authenticate(store, "Bearer old-plain-token") == tokens.Caller("legacy", "admin")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM settings WHERE key = 'api_token'")).scalar() == 0
+        assert "old-plain-token" not in " ".join(str(v) for row in conn.execute(text("SELECT * FROM api_tokens")) for v in row)
