@@ -268,7 +268,8 @@ def status(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
 
     for alias in ALIASES:
         console.print(f"{alias:>10}: {alias_version(config.model_name, alias) or '-'}")
-    console.print(f"challenger share: {challenger_percent(config)} %")
+    challenger = alias_version(config.model_name, "challenger")
+    console.print(f"challenger share: {challenger_percent(config, challenger) if challenger else 0} %")
     console.print(f"feedback records: {FeedbackStore(config.feedback_db).count(config.kind)}")
 
 
