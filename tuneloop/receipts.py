@@ -3,7 +3,9 @@
 Every /predict answer carries ``receipt`` = HMAC-SHA256, under a server-side key, of its request id,
 model version, user id and kind. ``/v1/feedback`` recomputes it from the record's own fields and
 refuses a record whose receipt is missing or does not match: a client cannot claim a version or
-request id it was never served, nor give feedback in another user's name.
+request id it was never served, nor move one user's answer to another user id. (/predict is open to
+apps, so whoever may call it can obtain answers, and receipts, for user ids of its choosing: the
+feedback token and the per-user rate limit bound what such a caller can send.)
 
 The key is ``TUNELOOP_RECEIPT_KEY``, else 32 random bytes kept in the operations database's settings
 (made on first use), so every worker and replica of the service signs and verifies alike.
