@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import statistics
 import subprocess
 import sys
@@ -166,7 +167,13 @@ def client_main(url: str, n: int, clients: int, out: Path) -> None:
 
 
 def _valid(records: list[dict]) -> list[dict]:
-    return [r for r in records if r["rating"] in ("up", "down")]
+    """Records with a valid rating, each with the receipt the service would have given its answer
+    (the key reaches this process through the environment, as it reaches the service)."""
+    from tuneloop.receipts import ENV, sign
+
+    key = os.environ[ENV].encode()
+    return [{**r, "receipt": sign(key, r["request_id"], r["model_version"], r["user_id"], r.get("kind", "generation"))}
+            for r in records if r["rating"] in ("up", "down")]
 
 
 def ingest(n: int, clients: int) -> dict:
@@ -174,11 +181,16 @@ def ingest(n: int, clients: int) -> dict:
     from tuneloop.feedback import FeedbackStore
     from tuneloop.localserver import tuneloop_service
 
+    from tuneloop.receipts import ENV
+
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-ingest-"))
-    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN) as url:
+    key = secrets.token_hex(32)  # the receipt key, shared with the client process through the environment
+    # intake throughput is measured with the per-user rate limit lifted: generated records reuse few user ids
+    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN,
+                          TUNELOOP_LIMITS__FEEDBACK_PER_USER="100000000", **{ENV: key}) as url:
         out = home / "client.json"
         subprocess.run([sys.executable, "-m", "bench.ingest", "--client", url, "--records", str(n), "--clients", str(clients),
-                        "--client-out", str(out)], cwd=ROOT, check=True, timeout=540)
+                        "--client-out", str(out)], cwd=ROOT, check=True, timeout=540, env={**os.environ, ENV: key})
         result = json.loads(out.read_text())
     acknowledged = set(result.pop("acknowledged"))
     store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")

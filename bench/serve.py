@@ -116,13 +116,16 @@ def routing_overhead(config, n: int = 5000) -> dict:
     from tuneloop.serving.service import Answer
     from tuneloop.flags import Router
 
+    from tuneloop.receipts import sign
+
     router, bank = Router(config), AdapterBank.__new__(AdapterBank)
     bank.served = {"champion": "1", "challenger": "2"}
-    timings = []
+    key, timings = b"k" * 32, []
     for i in range(n):
         began = time.perf_counter()
-        version = bank.version_of(router.variant(f"user-{i}"))
-        Answer(request_id=f"r{i}", output="x", model_version=version, variant="champion")
+        version = bank.version_of(router.variant(f"user-{i}", bank.served["challenger"]))
+        Answer(request_id=f"r{i}", output="x", model_version=version, variant="champion",
+               receipt=sign(key, f"r{i}", version, f"user-{i}", config.kind))
         timings.append(time.perf_counter() - began)
     timings.sort()
     return {"n": n, "p50_ms": timings[n // 2] * 1000, "p95_ms": timings[int(n * 0.95)] * 1000}

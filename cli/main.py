@@ -160,12 +160,14 @@ def serve(kind: str = KindOpt, home: Optional[Path] = HomeOpt, port: int = 3000,
 
 
 @app.command()
-def promote(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+def promote(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
+            expected_version: str = typer.Option(..., "--expected-version", help="The challenger version you mean to "
+                                                 "promote (see `tuneloop status`); refused when the challenger is another")) -> None:
     """Challenger becomes champion (the old champion is kept as 'previous'); the canary closes."""
     config = _config(kind, home)
     from tuneloop import operations
 
-    version = _operator_call(operations.promote, config, reason="promoted from the CLI")
+    version = _operator_call(operations.promote, config, expected_version, reason="promoted from the CLI")
     console.print(f"{config.model_name} version {version} is now champion")
 
 
@@ -190,13 +192,60 @@ def canary(percent: int, kind: str = KindOpt, home: Optional[Path] = HomeOpt) ->
     console.print(f"challenger share set to {percent} %")
 
 
-@app.command()
-def token(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
-    """Print the bearer token the service expects for feedback and admin calls."""
-    config = _config(kind, home)
-    from tuneloop.operations import api_token
+token_app = typer.Typer(help="API tokens of the service: feedback writers and operators hold different ones",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
-    print(api_token(config))
+
+@token_app.command("create")
+def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an app, a person): shown in the operations log"),
+                 scope: str = typer.Option(..., "--scope", help="feedback (POST /v1/feedback) or admin (also /v1/admin/*)"),
+                 kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Create a named token and print it once (only its SHA-256 digest is stored)."""
+    config = _config(kind, home)
+    from tuneloop.tokens import create
+
+    token = _operator_call(create, config, name, scope)
+    console.print(f"token {name!r} ({scope}) created; it is shown this once, keep it in a secret store:", highlight=False)
+    print(token)
+
+
+@token_app.command("list")
+def token_list(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Names, scopes, creation and last use of every token (never the tokens)."""
+    config = _config(kind, home)
+    from tuneloop.tokens import listing
+
+    table = Table("name", "scope", "created", "last used")
+    for row in listing(config):
+        table.add_row(row["name"], row["scope"], row["created_at"] or "-", row["last_used_at"] or "-")
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind: str = KindOpt,
+                 home: Optional[Path] = HomeOpt) -> None:
+    """Delete a token; services refuse it from their next request on."""
+    config = _config(kind, home)
+    from tuneloop.tokens import revoke
+
+    _operator_call(revoke, config, name)
+    console.print(f"token {name!r} revoked")
+
+
+@app.command()
+def forget(user_id: str = typer.Option(..., "--user-id", help="The user id as the apps sent it"),
+           kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+    """Delete one user's feedback (quarantined records too) and shadow records, and list the dataset
+    versions and registered model versions trained on them (retrain without them, then retire those)."""
+    config = _config(kind, home)
+    from tuneloop.forget import forget as forget_user
+
+    report = forget_user(config, user_id)
+    console.print(f"deleted {report.feedback_rows} feedback records ({report.quarantined_rows} quarantined) and "
+                  f"{report.shadow_rows} shadow records of that user")
+    console.print("dataset versions trained on them: " + (", ".join(report.datasets) or "none"))
+    console.print(f"registered versions of {config.model_name} trained on them: " + (", ".join(report.model_versions) or "none"))
 
 
 def _operator_call(fn, *args, **kwargs):
@@ -228,7 +277,8 @@ def status(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
 
     for alias in ALIASES:
         console.print(f"{alias:>10}: {alias_version(config.model_name, alias) or '-'}")
-    console.print(f"challenger share: {challenger_percent(config)} %")
+    challenger = alias_version(config.model_name, "challenger")
+    console.print(f"challenger share: {challenger_percent(config, challenger) if challenger else 0} %")
     console.print(f"feedback records: {FeedbackStore(config.feedback_db).count(config.kind)}")
 
 

@@ -37,8 +37,7 @@ from tuneloop.config import LoopConfig
 from tuneloop.datasets import FILES, SPLITS, DatasetRef, Example, file_digest, split_of
 from tuneloop.dedupe import Clusterer, prompt_key
 from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
-from tuneloop.pii import scrub
-from tuneloop.text import normalize
+from tuneloop.pii import clean as scrub_clean
 
 __all__ = ["DatasetError", "build_dataset", "curate", "clean"]
 
@@ -57,7 +56,7 @@ class _Usable(NamedTuple):
 
 def clean(text: str) -> str:
     """Normalised and scrubbed (normalising first unmasks full-width and zero-width-split personal data)."""
-    return normalize(scrub(normalize(text)))
+    return scrub_clean(text)
 
 
 def _parse(row_id: int, payload: str, kind: str, counts: Counter) -> _Usable | str | None:
@@ -104,6 +103,8 @@ def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: P
     with open(scratch / "quarantine.jsonl", "w") as quarantine:
         for page in store.iter_rows(config.kind, upto_id=high_water):
             counts["records"] += len(page)
+            for row in page:  # lineage: how the records came (api: receipt verified; import: an operator's import)
+                counts[f"source.{row.source or 'unrecorded'}"] += 1
             usable: list[_Usable] = []
             for row in page:
                 parsed = _parse(row.id, row.payload, config.kind, counts)
@@ -284,6 +285,7 @@ def log_dataset(ref: DatasetRef, sample_size: int = 10) -> DatasetRef:
     mlflow.log_input(MetaDataset(source, name=f"feedback-{ref.kind}", digest=ref.dataset_hash, schema=schema),
                      context="training")
     mlflow.log_params({"dataset_hash": ref.dataset_hash, "last_feedback_id": ref.last_feedback_id,
+                       "imported_records": ref.counts.get("source.import", 0),
                        **{f"n_{split}": n for split, n in ref.sizes.items()}, "n_labels": ref.n_labels})
     mlflow.log_metrics({f"curate.{k}": v for k, v in ref.counts.items()})
     mlflow.log_table(pd.DataFrame(_sample(ref, sample_size)), "curate/sample.json")

@@ -24,9 +24,11 @@ from tuneloop.tracking import within_run
 @task(name="deploy")
 def deploy(config: LoopConfig, registered: Registered, parent_run_id: str) -> int:
     """Returns the challenger's live share in percent. Running services follow the flag file live."""
-    set_challenger_percent(config, config.deploy.canary_percent, by=f"loop run {parent_run_id}")
-    record_event(config, registered.version, "canary", f"{config.deploy.canary_percent} %: opened by loop run {parent_run_id}")
-    share = challenger_percent(config)
+    # the share names this version: registered before this line, the challenger had 0 %
+    set_challenger_percent(config, config.deploy.canary_percent, by=f"loop run {parent_run_id}", version=registered.version)
+    record_event(config, registered.version, "canary", f"{config.deploy.canary_percent} %: opened by loop run {parent_run_id}",
+                 actor=f"loop run {parent_run_id}")
+    share = challenger_percent(config, registered.version)
     with within_run(parent_run_id):
         mlflow.log_metric("deploy.challenger_percent", share)
         mlflow.set_tag("deployed_version", registered.version)
@@ -41,20 +43,20 @@ def rollout(config: LoopConfig = LoopConfig(), poll_s: float = 30.0) -> str:
         return "held: no challenger registered"
     champion = alias_version(config.model_name, "champion") or "base"
     for share in config.deploy.ramp:
-        if share < challenger_percent(config):
+        if share < challenger_percent(config, challenger):
             continue  # already past this step
-        set_challenger_percent(config, share, by="rollout flow")
-        record_event(config, challenger, "canary", f"{share} %: rollout step")
+        set_challenger_percent(config, share, by="rollout flow", version=challenger)
+        record_event(config, challenger, "canary", f"{share} %: rollout step", actor="rollout flow")
         print(f"challenger v{challenger} at {share} %")
         began = time.monotonic()
         while True:
             time.sleep(poll_s)
             if alias_version(config.model_name, "challenger") != challenger or \
-                    challenger_percent(config) == 0:
+                    challenger_percent(config, challenger) == 0:
                 return "held: the challenger changed or was rolled back by someone else"
             verdict = check(config, champion, challenger)
             if verdict.action == "rollback":
-                roll_back(config, f"rollout at {share} %: {verdict.reason}", version=challenger)
+                roll_back(config, f"rollout at {share} %: {verdict.reason}", version=challenger, actor="rollout flow")
                 return f"rolled back: {verdict.reason}"
             waited = time.monotonic() - began
             if verdict.action == "ramp" and waited >= config.deploy.step_wait_s:
@@ -63,6 +65,10 @@ def rollout(config: LoopConfig = LoopConfig(), poll_s: float = 30.0) -> str:
             if waited >= config.deploy.max_wait_s:
                 return f"held at {share} %: {verdict.reason}"
     if config.deploy.promote_at_full:
-        promote(config, reason=f"rollout reached 100 % healthy (was challenger v{challenger})")
+        try:
+            promote(config, challenger, reason=f"rollout reached 100 % healthy (was challenger v{challenger})",
+                    actor="rollout flow")
+        except ValueError as err:  # a newer challenger was registered meanwhile: never promote it unseen
+            return f"held: {err}"
         return "promoted"
     return "full"

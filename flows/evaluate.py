@@ -169,17 +169,24 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], kind: str
                         "gate.adversarial_diff": report.adversarial_diff, "gate.regression_diff": report.regression_diff,
                         "gate.regression_items": report.regression_items, "gate.passed": float(report.passed)})
     for suite, items in suites.items():
-        before, after = report.champion[suite], report.challenger[suite]
-        rows = [{**item.row(), "champion_output": before.outputs[n], "challenger_output": after.outputs[n],
-                 "champion_score": before.per_item[n], "challenger_score": after.per_item[n],
-                 "diff": after.per_item[n] - before.per_item[n], "challenger_failed_because": after.reasons[n]}
-                for n, item in enumerate(items)]
-        mlflow.log_table(pd.DataFrame(rows), f"evaluate/{suite}.json")
+        mlflow.log_table(pd.DataFrame(table_rows(items, report.champion[suite], report.challenger[suite])),
+                         f"evaluate/{suite}.json")
     if kind == "classification" and suites.get("heldout"):
         mlflow.log_table(per_label(suites["heldout"], report.champion["heldout"].outputs,
                                    report.challenger["heldout"].outputs), "evaluate/per_label.json")
     mlflow.log_dict(report.model_dump(exclude={"challenger", "champion"}), "evaluate/gate.json")
     mlflow.set_tag("gate", report.verdict)
+
+
+def table_rows(items: list[SuiteItem], before: SuiteScores, after: SuiteScores) -> list[dict]:
+    """One row per item for the per-example table. Model outputs are cleaned of personal data like
+    user text: a model can repeat a training answer's phone number or invent one."""
+    from tuneloop.pii import clean
+
+    return [{**item.row(), "champion_output": clean(before.outputs[n]), "challenger_output": clean(after.outputs[n]),
+             "champion_score": before.per_item[n], "challenger_score": after.per_item[n],
+             "diff": after.per_item[n] - before.per_item[n], "challenger_failed_because": after.reasons[n]}
+            for n, item in enumerate(items)]
 
 
 def per_label(items: list[SuiteItem], before: list[str], after: list[str]) -> pd.DataFrame:

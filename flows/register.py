@@ -52,6 +52,8 @@ def register(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: Eva
     adapter_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
     with within_run(parent_run_id):
         version = log_adapter(config, adapter_dir, tags)
+    # the share of users names the version it was given to (tuneloop/flags.py): this version starts at 0 %
+    # however much its predecessor had, and only deploy gives it the canary share
     move_alias(config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}")
     if config.drift.enabled:  # what live inputs are compared with: this version's training prompts
         register_reference(config, str(version.version), [e.prompt for e in load_examples(ref, "train", config.work_dir)],

@@ -23,6 +23,7 @@ from tuneloop.config import LoopConfig
 from tuneloop.cost import Usage, meter
 from tuneloop.drift import drift_evidence
 from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
+from tuneloop.forget import apply_retention
 
 
 class Decision(BaseModel):
@@ -135,7 +136,10 @@ def _own_process() -> bool:
 def trigger(config: LoopConfig = LoopConfig()) -> Decision:
     """Decide, record the decision and its cost, and run the loop when the decision is yes."""
     with meter("trigger", since_process_start=_own_process(), gpus=0) as usage:
+        pruned = apply_retention(config)  # operational records older than the retention settings
         decision = decide(config)
+    if any(pruned.values()):
+        print("Retention: deleted " + ", ".join(f"{n} {table} rows" for table, n in pruned.items() if n))
     decision.cost_usd = record_run(config, decision, usage)
     print(("Running the loop: " if decision.run else "Nothing to do: ") + decision.reason +
           f" (deciding cost {usage.cpu_s:.2f} CPU s, {usage.wall_s:.2f} s, ${decision.cost_usd:.6f})")

@@ -19,7 +19,7 @@ from tuneloop.cost import cost_per_1k, worker_price_per_hour
 from tuneloop.feedback import FeedbackStore
 from tuneloop.flags import challenger_percent
 from tuneloop.operations import roll_back
-from tuneloop.pii import scrub
+from tuneloop.pii import clean
 from tuneloop.rollout import Guard, Verdict, negative_rates, segment_rates
 
 log = logging.getLogger("tuneloop.serving")
@@ -164,14 +164,14 @@ def guard_once(config: LoopConfig, store: FeedbackStore, served: dict[str, str],
         for version, rate in by_segment[segment].items():
             metrics().segment_feedback.labels(version, segment).set(rate.n)
             metrics().segment_negative_rate.labels(version, segment).set(rate.value)
-    if not challenger or challenger_percent(config) == 0:
+    if not challenger or challenger_percent(config, challenger) == 0:  # a share given to another version is not its
         return None
     pairs = {s: (r[champion], r[challenger]) for s, r in by_segment.items()}
     verdict = state.judge(challenger, rates[champion], rates[challenger], pairs)
     if verdict.p_value is not None:
         metrics().guard_p.labels(challenger, verdict.segment or "all").set(verdict.p_value)
     if verdict.action == "rollback":
-        roll_back(config, f"live guard: {verdict.reason}", version=challenger, segment=verdict.segment)
+        roll_back(config, f"live guard: {verdict.reason}", version=challenger, segment=verdict.segment, actor="live guard")
         log.warning("live guard rolled back v%s: %s", challenger, verdict.reason)
     return verdict
 
@@ -272,10 +272,12 @@ class Shadow:
             for request, answer, shadow_output in zip(requests, answers, outputs):
                 agree = shadow_output == answer.output
                 metrics().shadow.labels(str(agree).lower()).inc()
-                rows.append(ShadowRow(kind=self.config.kind, request_id=scrub(answer.request_id)[:128],
-                                      user_hash=user_hash(self.salt, request.user_id), input=scrub(request.input),
-                                      live_version=answer.model_version, live_output=scrub(answer.output),
-                                      shadow_version=version, shadow_output=scrub(shadow_output), agree=agree))
+                # cleaned as curation cleans (normalised, then scrubbed): zero-width or full-width characters
+                # must not carry personal data past the patterns into the log
+                rows.append(ShadowRow(kind=self.config.kind, request_id=clean(answer.request_id)[:128],
+                                      user_hash=user_hash(self.salt, request.user_id), input=clean(request.input),
+                                      live_version=answer.model_version, live_output=clean(answer.output),
+                                      shadow_version=version, shadow_output=clean(shadow_output), agree=agree))
             with Session(self.store.engine) as session, session.begin():
                 session.add_all(rows)
         except Exception:

@@ -2,13 +2,15 @@
 
 Run with ``bentoml serve tuneloop.serving.service:Tuneloop --host 127.0.0.1 --port 3000`` (or ``tuneloop
 serve``); it reads the same ``TUNELOOP_*`` settings as the flows. Every answer names the model
-version and request id that produced it, so feedback on it feeds the next loop.
+version and request id that produced it and carries a receipt for them (``tuneloop/receipts.py``),
+so feedback on it feeds the next loop and feedback on anything else is refused. /predict is open to
+apps; feedback needs a ``feedback`` (or ``admin``) token and /v1/admin/* an ``admin`` token
+(``tuneloop/tokens.py``). Bodies are bounded before they are parsed (``serving/limits.py``).
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import threading
 import time
 import uuid
@@ -20,11 +22,13 @@ from pydantic import BaseModel, Field
 
 from tuneloop.config import LoopConfig, apply_environment
 from tuneloop.feedback import MAX_TEXT, FeedbackRecord, FeedbackStore
-from tuneloop.flags import Router, challenger_percent
+from tuneloop.flags import Router
+from tuneloop import receipts, tokens
 
 apply_environment()  # before MLflow reads its tracking URI
 
 from tuneloop.serving.live import SegmentLabels, Shadow, guard, publish_drift, record_batch  # noqa: E402
+from tuneloop.serving.limits import BodyLimit  # noqa: E402
 from tuneloop.serving.models import AdapterBank, watch  # noqa: E402  (needs the environment above)
 from tuneloop import operations  # noqa: E402
 
@@ -44,10 +48,16 @@ class Answer(BaseModel):
     model_version: str
     variant: str
     confidence: float | None = None
+    receipt: str = Field(description="HMAC of request id, model version, user id and kind: send it back with feedback.")
 
 
 class Canary(BaseModel):
     percent: int = Field(ge=0, le=100, description="Share of users routed to the challenger.")
+
+
+class Promotion(BaseModel):
+    expected_version: str = Field(min_length=1, max_length=64, description="The challenger version to promote; "
+                                  "refused (409) when the challenger is another version by now.")
 
 
 def _default_workers() -> int:
@@ -83,7 +93,7 @@ class Tuneloop:
         self.config = LoopConfig()
         self.store = FeedbackStore(self.config.feedback_db)
         self.router = Router(self.config)
-        self.token = operations.api_token(self.config)
+        self.receipt_key = receipts.receipt_key(self.store)
         self.bank = AdapterBank(self.config, device_index=(bentoml.server_context.worker_index or 1) - 1)
         self.bank.refresh()
         self._stop = threading.Event()
@@ -114,7 +124,8 @@ class Tuneloop:
     def predict(self, requests: list[PredictRequest]) -> list[Answer]:
         """Answer each request with the version its user is routed to; concurrent calls are batched, and
         one batch runs champion and challenger rows together (one forward for the base model's share)."""
-        variants = ["champion" if self.shadow else self.router.variant(r.user_id) for r in requests]
+        challenger = self.bank.served.get("challenger")
+        variants = ["champion" if self.shadow else self.router.variant(r.user_id, challenger) for r in requests]
         versions = [self.bank.version_of(v) for v in variants]
         began = time.perf_counter()
         outputs, confidences = self.bank.predict(versions, [r.input for r in requests])
@@ -125,10 +136,11 @@ class Tuneloop:
             self.drift.add([r.input for r in requests])
         answers = []
         for i, request in enumerate(requests):
-            variant = served_as[i]
-            answers.append(Answer(request_id=request.request_id or uuid.uuid4().hex, output=outputs[i],
-                                  model_version=versions[i], variant=variant,
-                                  confidence=confidences[i] if confidences else None))
+            request_id = request.request_id or uuid.uuid4().hex
+            answers.append(Answer(request_id=request_id, output=outputs[i], model_version=versions[i], variant=served_as[i],
+                                  confidence=confidences[i] if confidences else None,
+                                  receipt=receipts.sign(self.receipt_key, request_id, versions[i], request.user_id,
+                                                        self.config.kind)))
         challenger = self.bank.served.get("challenger")
         if self.shadow and challenger:
             self.shadow.mirror(challenger, list(requests), answers)
@@ -136,33 +148,41 @@ class Tuneloop:
 
     # --- feedback and admin (FastAPI routes under /v1) ---------------------------------------------
 
-    def _authorise(self, authorization: str | None) -> None:
-        expected = f"Bearer {self.token}"
-        if authorization is None or not secrets.compare_digest(authorization.encode(), expected.encode()):
+    def _authorise(self, authorization: str | None, scope: str) -> tokens.Caller:
+        """The named token behind the header: 401 when missing or unknown, 403 when its scope does not allow ``scope``."""
+        caller = tokens.authenticate(self.store, authorization)
+        if caller is None:
             raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+        if not caller.may(scope):
+            raise HTTPException(status_code=403, detail=f"token {caller.name!r} has scope {caller.scope!r}; this needs {scope!r}")
+        return caller
 
     @api.post("/feedback", status_code=201, response_model=None, openapi_extra={"requestBody": {
         "required": True, "content": {"application/json": {"schema": FeedbackRecord.model_json_schema()}}}})
     async def feedback(self, request: Request, authorization: Annotated[str | None, Header()] = None):
-        """Store one verdict (schema: FeedbackRecord). 201 once it is committed, 200 for a retry of a stored
-        request id; 4xx naming the field otherwise: 400 undecodable body, 401 token, 409 request id reused
-        for a different record, 413 body too large, 422 invalid field or unknown model version."""
+        """Store one verdict (schema: FeedbackRecord) about an answer this service gave. 201 once it is
+        committed, 200 for a retry of a stored request id; 4xx naming the field otherwise: 400 undecodable
+        body, 401 token, 403 token scope or a receipt that does not match the record, 409 request id
+        reused for a different record, 413 body too large, 422 invalid field, missing receipt or unknown
+        model version, 429 the user's feedback rate (limits.feedback_per_user)."""
         from fastapi.responses import JSONResponse
         from sqlalchemy.exc import SQLAlchemyError
         from starlette.concurrency import run_in_threadpool
 
         from tuneloop.feedback import FeedbackError, parse_feedback, read_limited
 
-        self._authorise(authorization)
+        await run_in_threadpool(self._authorise, authorization, "feedback")
         try:
             # the body is read and parsed here, not by FastAPI, so that invalid UTF-8, bad JSON and
             # absurd sizes get a 4xx naming the problem instead of a generic error
             record = parse_feedback(await read_limited(request.stream()), kind=self.config.kind)
+            self._check_receipt(record)
 
             def check_and_store() -> tuple[int, bool]:  # blocking: one trip to the thread pool
+                self._check_rate(record)
                 if not self._known_version(record.model_version):
                     raise FeedbackError("model_version", f"unknown version {record.model_version!r} of {self.config.model_name}")
-                return self.store.add(record)  # returns after the commit
+                return self.store.add(record, source="api")  # returns after the commit
 
             feedback_id, created = await run_in_threadpool(check_and_store)
         except FeedbackError as err:
@@ -171,6 +191,30 @@ class Tuneloop:
             return JSONResponse({"detail": "store: not stored, retry later", "field": "store"}, status_code=503)
         return JSONResponse({"id": feedback_id, "created": created, "request_id": record.request_id},
                             status_code=201 if created else 200)
+
+    def _check_receipt(self, record: FeedbackRecord) -> None:
+        from tuneloop.feedback import FeedbackError
+
+        if not record.receipt:
+            raise FeedbackError("receipt", "required: the receipt of the /predict answer this feedback is about")
+        if not receipts.verify(self.receipt_key, record.receipt, record.request_id, record.model_version, record.user_id,
+                               record.kind):
+            raise FeedbackError("receipt", "does not match request_id, model_version, user_id and kind: this service "
+                                "gave no such answer", 403)
+
+    def _check_rate(self, record: FeedbackRecord) -> None:
+        """429 past ``limits.feedback_per_user`` records per user id in the window; a retry of a stored
+        record is never refused (it was acknowledged, and storing it again is a no-op)."""
+        from datetime import datetime, timedelta, timezone
+
+        from tuneloop.feedback import FeedbackError
+
+        limits = self.config.limits
+        since = datetime.now(timezone.utc) - timedelta(seconds=limits.feedback_window_s)
+        if self.store.recent_by_user(record.user_id, since) >= limits.feedback_per_user and \
+                self.store.get(record.request_id) is None:
+            raise FeedbackError("user_id", f"more than {limits.feedback_per_user} feedback records in "
+                                f"{limits.feedback_window_s:g} s from this user (limits.feedback_per_user); retry later", 429)
 
     def _known_version(self, version: str) -> bool:
         """'base', a served version, or one the registry knows. Answers are cached: known versions for
@@ -194,32 +238,41 @@ class Tuneloop:
 
     @api.get("/routing")
     def routing(self) -> dict:
-        """What serves now: versions per alias and the challenger's share."""
-        return {"served": self.bank.served, "challenger_percent": challenger_percent(self.config)}
+        """What serves now: versions per alias and the challenger's share (both in memory: no database call)."""
+        served = dict(self.bank.served)
+        return {"served": served, "challenger_percent": self.router.share_of(served.get("challenger"))}
 
     @api.post("/admin/rollback")
     def rollback(self, authorization: Annotated[str | None, Header()] = None) -> dict:
         """Send every user to the champion now (the flag file is followed within ~0.1 s)."""
-        self._authorise(authorization)
-        operations.roll_back(self.config, "rolled back through the admin API")
+        caller = self._authorise(authorization, "admin")
+        operations.roll_back(self.config, "rolled back through the admin API", actor=f"token:{caller.name}")
         return {"challenger_percent": 0}
 
     @api.post("/admin/canary")
     def canary(self, body: Annotated[Canary, Body()], authorization: Annotated[str | None, Header()] = None) -> dict:
-        self._authorise(authorization)
+        caller = self._authorise(authorization, "admin")
         try:
-            operations.set_canary(self.config, body.percent, "set through the admin API")
+            operations.set_canary(self.config, body.percent, "set through the admin API", actor=f"token:{caller.name}")
         except ValueError as err:
             raise HTTPException(409, detail=str(err)) from err
         return {"challenger_percent": body.percent}
 
     @api.post("/admin/promote")
-    def promote(self, authorization: Annotated[str | None, Header()] = None) -> dict:
-        self._authorise(authorization)
+    def promote(self, body: Annotated[Promotion, Body()], authorization: Annotated[str | None, Header()] = None) -> dict:
+        """Promote the challenger if it is still ``expected_version`` (409 naming both otherwise)."""
+        caller = self._authorise(authorization, "admin")
+        from mlflow.exceptions import MlflowException
+
         try:
-            version = operations.promote(self.config, reason="promoted through the admin API")
+            version = operations.promote(self.config, body.expected_version, reason="promoted through the admin API",
+                                         actor=f"token:{caller.name}")
         except ValueError as err:
             raise HTTPException(409, detail=str(err)) from err
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise HTTPException(409, detail=f"expected_version: {self.config.model_name} has no registered versions") from err
         self.bank.refresh()
         return {"champion": version}
 
@@ -227,3 +280,6 @@ class Tuneloop:
 # Answers are always JSON: saying so spares BentoML deriving the media type from the output's JSON
 # schema on every response (a pydantic schema build per request, ~2 % of a worker's time under load).
 Tuneloop.apis["predict"].output_spec.media_type = "application/json"
+# every body bounded before it is parsed: 413 for an oversized body or too many requests in one call
+Tuneloop.add_asgi_middleware(BodyLimit, max_body_bytes=LoopConfig().limits.max_body_bytes,
+                             max_predict_requests=LoopConfig().limits.max_predict_requests)

@@ -20,6 +20,7 @@ from mlflow import MlflowClient
 from conftest import TOKEN
 from tuneloop.feedback import MAX_TEXT, FeedbackError, FeedbackStore, validate_feedback
 from tuneloop.localserver import tuneloop_service
+from tuneloop.receipts import receipt_key, sign
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 GOOD = {"request_id": "r-1", "user_id": "u-1", "model_version": "base", "prompt": "What is the Nimbus Pro cost?",
@@ -33,13 +34,27 @@ def service(tmp_path_factory):
     client.create_registered_model("tuneloop-generation")
     client.create_model_version("tuneloop-generation", source=str(home / "adapter"))  # version "1" exists
     store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
-    # readiness needs a loaded model; feedback intake does not, so wait for liveness only
-    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN) as base:
+    # readiness needs a loaded model; feedback intake does not, so wait for liveness only. The per-user
+    # rate limit is lifted here: this module sends thousands of records (it is tested in test_access.py)
+    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN,
+                          TUNELOOP_LIMITS__FEEDBACK_PER_USER="1000000") as base:
         with httpx.Client(base_url=base, timeout=30) as http:  # keep-alive: one connection for many requests
+            http.store_url = store.url
             yield http, store
 
 
+def signed(store: FeedbackStore, body: dict) -> dict:
+    """The record with the receipt the service would have given its answer (when its fields allow one);
+    the key is the service's own, read from the operations database both share."""
+    fields = [body.get("request_id"), body.get("model_version"), body.get("user_id"), body.get("kind", "generation")]
+    if "receipt" in body or not all(isinstance(f, str) for f in fields):
+        return body
+    return {**body, "receipt": sign(receipt_key(store), *fields)}
+
+
 def _post(http: httpx.Client, body: dict | bytes, headers: dict | None = None) -> httpx.Response:
+    if isinstance(body, dict):
+        body = signed(FeedbackStore(http.store_url), body)
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
     return http.post("/v1/feedback", content=content, headers=AUTH if headers is None else headers)
 
@@ -120,6 +135,7 @@ def test_concurrent_duplicates_never_5xx(service):
     http, store = service
     record = {**GOOD, "request_id": "r-race"}
     with httpx.Client(base_url=str(http.base_url), timeout=30) as other, ThreadPoolExecutor(16) as pool:
+        other.store_url = store.url
         statuses = list(pool.map(lambda _: _post(other, record).status_code, range(32)))
     assert sorted(Counter(statuses)) == [200, 201] and statuses.count(201) == 1, statuses
     assert sum(json.loads(r.payload)["request_id"] == "r-race" for r in store.rows("generation")) == 1
@@ -177,6 +193,7 @@ def test_fuzz_no_5xx_and_the_store_holds_exactly_the_accepted(service):
         if isinstance(payload, dict):
             if payload.get("request_id") == FRESH:
                 payload = {**payload, "request_id": f"fz-{len(statuses)}-{sum(statuses.values())}"}
+            payload = signed(store, payload)
             payload = json.dumps(payload, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
         body = payload
         response = _post(http, body)

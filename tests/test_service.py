@@ -95,7 +95,7 @@ def test_feedback_needs_token_validates_and_is_idempotent(service):
     answer = _predict(base, "user-x")
     record = {"request_id": answer["request_id"], "user_id": "user-x", "model_version": answer["model_version"],
               "kind": "classification", "prompt": "where is my Orbit camera", "output": answer["output"],
-              "rating": "down", "correction": "shipping_status"}
+              "rating": "down", "correction": "shipping_status", "receipt": answer["receipt"]}
     assert httpx.post(f"{base}/v1/feedback", json=record, timeout=10).status_code == 401
     assert httpx.post(f"{base}/v1/feedback", json=record, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
 
@@ -109,15 +109,17 @@ def test_feedback_needs_token_validates_and_is_idempotent(service):
     bad = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-bad", "rating": "meh"}, headers=AUTH, timeout=10)
     assert bad.status_code == 422 and "rating" in bad.text
     unknown = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-unk", "model_version": "99"}, headers=AUTH, timeout=10)
-    assert unknown.status_code == 422 and "model_version" in unknown.text
+    assert unknown.status_code == 403 and "receipt" in unknown.text  # never served: its receipt cannot match
     assert store.get("r-bad") is None and store.get("r-unk") is None
 
 
 def test_admin_endpoints_refuse_requests_without_the_token(service):
     base, _ = service
-    for path, body in (("/v1/admin/rollback", None), ("/v1/admin/canary", {"percent": 10}), ("/v1/admin/promote", None)):
+    for path, body in (("/v1/admin/rollback", None), ("/v1/admin/canary", {"percent": 10}),
+                       ("/v1/admin/promote", {"expected_version": "2"})):
         assert httpx.post(f"{base}{path}", json=body, timeout=10).status_code == 401
     assert httpx.post(f"{base}/v1/admin/canary", json={"percent": 101}, headers=AUTH, timeout=10).status_code == 422
+    assert httpx.post(f"{base}/v1/admin/promote", json={}, headers=AUTH, timeout=10).status_code == 422  # which version?
 
 
 def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, registered):
@@ -143,6 +145,7 @@ def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, re
         futures = [pool.submit(hammer, w) for w in range(8)]
         time.sleep(1)
         move_alias(config.model_name, "challenger", v3, "hot swap under load")
+        set_challenger_percent(config, 50, version=v3)  # what deploy does: the share names the new version
         _wait_until(lambda: "3" in seen, 15, "new challenger not picked up without a restart")
         httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10)
         time.sleep(1)
@@ -150,6 +153,54 @@ def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, re
         sent = sum(f.result() for f in futures)
     assert failures == [] and sent > 50
     assert httpx.get(f"{base}/v1/routing", timeout=10).json()["served"]["challenger"] == v3
+
+
+def test_a_new_challenger_gets_no_share_until_deploy_and_never_more_than_the_canary(service, registered):
+    """Registering v(n+1) while v(n) holds 50 %: the new version serves nobody until deploy gives it its
+    canary share, and never more than that, while the service keeps answering."""
+    base, config = service
+    _, _, result = registered
+    old = alias_version(config.model_name, "challenger")
+    set_challenger_percent(config, 50, version=old)
+    users = [f"race-{i}" for i in range(100)]
+    _wait_until(lambda: 20 < sum(a["model_version"] == old for a in _predict_many(base, users)) < 80, 10,
+                "the old challenger's 50 % not picked up")
+    adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")
+    new = str(log_adapter(config, adapter, {"note": "registered during a ramp"}).version)
+    move_alias(config.model_name, "challenger", new, "passed the gate")  # what register does
+    shares = []
+    deadline = time.monotonic() + 3  # several registry polls (0.5 s): the service has picked the new alias up
+    while time.monotonic() < deadline:
+        shares.append(sum(a["model_version"] == new for a in _predict_many(base, users)))
+    assert max(shares) == 0, shares  # 0 % until deploy, not the predecessor's 50 %
+    assert alias_version(config.model_name, "challenger") == new
+
+    set_challenger_percent(config, config.deploy.canary_percent, version=new)  # what deploy does
+    _wait_until(lambda: sum(a["model_version"] == new for a in _predict_many(base, users)) > 0, 10, "canary not opened")
+    shares = [sum(a["model_version"] == new for a in _predict_many(base, users)) for _ in range(5)]
+    assert max(shares) <= config.deploy.canary_percent + 8, shares  # the sticky split of 100 users: about 10
+    set_challenger_percent(config, 0)
+
+
+def test_promote_with_a_stale_expected_version_is_refused(service):
+    base, config = service
+    from tuneloop import operations
+
+    challenger, champion = alias_version(config.model_name, "challenger"), alias_version(config.model_name, "champion")
+    stale = str(int(challenger) - 1)
+    with pytest.raises(ValueError, match="expected_version"):
+        operations.promote(config, stale, reason="decided about an older challenger")
+    r = httpx.post(f"{base}/v1/admin/promote", json={"expected_version": stale}, headers=AUTH, timeout=10)
+    assert r.status_code == 409 and "expected_version" in r.json()["detail"]
+    assert alias_version(config.model_name, "champion") == champion  # nothing moved
+    assert alias_version(config.model_name, "challenger") == challenger
+
+
+def _predict_many(base: str, users: list[str]) -> list[dict]:
+    payload = {"requests": [{"user_id": u, "input": "where is my Orbit camera"} for u in users]}
+    r = httpx.post(f"{base}/predict", json=payload, timeout=60)
+    r.raise_for_status()
+    return r.json()
 
 
 def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):

@@ -290,6 +290,29 @@ class DriftConfig(BaseModel):
                                      "(with none, a loop would retrain on the same data).")
 
 
+class LimitsConfig(BaseModel):
+    """What one client may send the service: bounded so that no request, body or user can exhaust it."""
+
+    max_predict_requests: int = Field(128, ge=1, le=100_000, description="Requests in one /predict call; more: 413.")
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, description="Bytes of any request body; a larger one gets 413 as soon as its "
+        "Content-Length says so or its streamed bytes pass this, before the body is parsed."
+    )
+    feedback_per_user: int = Field(
+        60, ge=1, description="Feedback records one user id may send per feedback_window_s; more: 429 (one user must "
+        "not be able to flood the training set or move the live guard alone)."
+    )
+    feedback_window_s: float = Field(3600, gt=0, description="The window of feedback_per_user, in seconds.")
+
+
+class RetentionConfig(BaseModel):
+    """How long operational records are kept; the trigger flow deletes older ones (None: kept for good)."""
+
+    shadow_days: float | None = Field(30, gt=0, description="Shadow log rows (scrubbed live and shadow answers).")
+    drift_days: float | None = Field(90, gt=0, description="Drift window results.")
+    events_days: float | None = Field(365, gt=0, description="Rollout events (promotions, canaries, rollbacks).")
+
+
 class LoopConfig(BaseSettings):
     """Everything one loop run needs; defaults are the embedded, single-machine set-up."""
 
@@ -351,6 +374,8 @@ class LoopConfig(BaseSettings):
     deploy: DeployConfig = DeployConfig()
     cost: CostConfig = CostConfig()
     drift: DriftConfig = DriftConfig()
+    limits: LimitsConfig = LimitsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
     def _template_has_prompt(self) -> "LoopConfig":

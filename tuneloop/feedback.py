@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,6 +63,10 @@ class FeedbackRecord(BaseModel):
     rating: Literal["up", "down"] = Field(description="Thumbs up or down.")
     correction: CorrectionText | None = Field(None, description="What it should have said (or the right label); thumbs-down only.")
     segment: SegmentText | None = Field(None, description="Optional tag for per-segment evaluation.")
+    receipt: CleanText | None = Field(
+        None, max_length=128, description="The receipt of the /predict answer this is about (required by /v1/feedback; "
+        "records imported by an operator may lack it)."
+    )
 
     @field_validator("correction")
     @classmethod
@@ -165,6 +170,8 @@ class FeedbackRow(_Base):
     kind: Mapped[str] = mapped_column(String(32), index=True)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
     payload: Mapped[str] = mapped_column(Text, doc="The record exactly as received (JSON).")
+    source: Mapped[str | None] = mapped_column(String(16), nullable=True, doc="api, import or raw (migration 0004).")
+    user_id: Mapped[str | None] = mapped_column(String(128), nullable=True, doc="For the per-user rate limit.")
 
 
 class CurationRunRow(_Base):
@@ -227,34 +234,66 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+_ENGINES: "OrderedDict[str, tuple[Engine, Any]]" = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+MAX_ENGINES = 16  # distinct store URLs one process keeps open (tests open many; a service one or two)
+
+
+def _engine_for(url: str) -> tuple[Engine, Any]:
+    """One migrated engine (and SQLite write lock) per URL per process: opening a store is then free,
+    so that per-request callers (/v1/routing, the flag follower, operations) never build an engine."""
+    from tuneloop.migrations import upgrade
+
+    with _ENGINES_LOCK:
+        if url in _ENGINES:
+            _ENGINES.move_to_end(url)
+            return _ENGINES[url]
+        engine = make_engine(url)
+        upgrade(engine)
+        # SQLite has one writer at a time and its busy handler sleeps in growing steps (up to 100 ms)
+        # while waiting: queueing this process's writers on a lock instead keeps the latency flat
+        entry = (engine, threading.Lock() if engine.dialect.name == "sqlite" else nullcontext())
+        _ENGINES[url] = entry
+        while len(_ENGINES) > MAX_ENGINES:
+            _ENGINES.popitem(last=False)[1][0].dispose()  # closes its idle connections; still usable if held
+        return entry
+
+
+def forget_engines() -> None:
+    """Drop every cached engine (after a schema downgrade: the next open migrates again)."""
+    with _ENGINES_LOCK:
+        entries = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine, _ in entries:
+        engine.dispose()
+
+
 class FeedbackStore:
     """Append-only store of raw feedback, plus the derived bookkeeping of curation."""
 
     def __init__(self, url: str):
-        from tuneloop.migrations import upgrade
-
         self.url = url
-        self.engine = make_engine(url)
-        # SQLite has one writer at a time and its busy handler sleeps in growing steps (up to 100 ms)
-        # while waiting: queueing this process's writers on a lock instead keeps the latency flat
-        self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
-        upgrade(self.engine)
+        self.engine, self._write_lock = _engine_for(url)
 
     # -- intake
 
-    def add(self, record: FeedbackRecord) -> tuple[int, bool]:
+    def add(self, record: FeedbackRecord, source: str = "api") -> tuple[int, bool]:
         """Store a validated record durably; returns (id, created). A retry with the same request id
         is not duplicated; the same request id with different content raises RequestIdConflict."""
         payload = record.model_dump(mode="json")
-        feedback_id, created = self.add_raw(payload, kind=record.kind)
+        feedback_id, created = self.add_raw(payload, kind=record.kind, source=source)
         if not created and self.get(record.request_id) != payload:
             raise RequestIdConflict(record.request_id)
         return feedback_id, created
 
-    def add_raw(self, payload: dict[str, Any], kind: str) -> tuple[int, bool]:
-        """Store a record as received, valid or not (legacy data, the demo's seed); curation judges it later."""
+    def add_raw(self, payload: dict[str, Any], kind: str, source: str = "raw") -> tuple[int, bool]:
+        """Store a record as received, valid or not (legacy data, the demo's seed); curation judges it later.
+
+        ``source`` says how it came: ``api`` (its receipt verified), ``import`` (an operator's import) or ``raw``."""
         request_id = payload.get("request_id") if isinstance(payload.get("request_id"), str) else None
-        row = FeedbackRow(request_id=request_id, kind=kind, payload=json.dumps(payload, ensure_ascii=False))
+        user_id = payload.get("user_id") if isinstance(payload.get("user_id"), str) else None
+        row = FeedbackRow(request_id=request_id, kind=kind, payload=json.dumps(payload, ensure_ascii=False),
+                          source=source, user_id=user_id[:128] if user_id else None)
         with self._write_lock, Session(self.engine) as session:
             session.add(row)
             try:
@@ -268,28 +307,29 @@ class FeedbackStore:
                     raise
                 return existing, False
 
-    def add_many(self, records: Iterable[FeedbackRecord], batch: int = 500) -> tuple[int, int]:
-        """Store validated records in batched transactions; returns (created, already stored)."""
+    def add_many(self, records: Iterable[FeedbackRecord], batch: int = 500, source: str = "import") -> tuple[int, int]:
+        """Store validated records in batched transactions (an operator's import by default); returns
+        (created, already stored)."""
         created = seen = 0
         chunk: list[FeedbackRecord] = []
         for record in [*records, None]:
             if record is not None:
                 chunk.append(record)
             if chunk and (record is None or len(chunk) >= batch):
-                n = self._insert_ignoring_duplicates(chunk)
+                n = self._insert_ignoring_duplicates(chunk, source)
                 created, seen, chunk = created + n, seen + len(chunk) - n, []
         return created, seen
 
-    def _insert_ignoring_duplicates(self, records: list[FeedbackRecord]) -> int:
+    def _insert_ignoring_duplicates(self, records: list[FeedbackRecord], source: str) -> int:
         dialect = self.engine.dialect.name
         if dialect not in ("sqlite", "postgresql"):
-            return sum(self.add_raw(r.model_dump(mode="json"), r.kind)[1] for r in records)
+            return sum(self.add_raw(r.model_dump(mode="json"), r.kind, source)[1] for r in records)
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
         now = datetime.now(timezone.utc)
-        values = [{"request_id": r.request_id, "kind": r.kind, "received_at": now,
+        values = [{"request_id": r.request_id, "kind": r.kind, "received_at": now, "source": source, "user_id": r.user_id,
                    "payload": json.dumps(r.model_dump(mode="json"), ensure_ascii=False)} for r in records]
         with self._write_lock, self.engine.begin() as conn:
             result = conn.execute(insert(FeedbackRow).on_conflict_do_nothing(index_elements=["request_id"]), values)
@@ -300,6 +340,13 @@ class FeedbackStore:
 
     # -- reading
 
+    def recent_by_user(self, user_id: str, since: datetime) -> int:
+        """Records this user id sent since ``since`` (the per-user rate limit; indexed)."""
+        query = select(func.count()).select_from(FeedbackRow).where(FeedbackRow.user_id == user_id,
+                                                                    FeedbackRow.received_at >= since)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(query) or 0)
+
     def rows(self, kind: str, after_id: int = 0, upto_id: int | None = None) -> list[Any]:
         """(id, payload) rows of a kind in arrival order, optionally bounded to ``(after_id, upto_id]``."""
         query = select(FeedbackRow.id, FeedbackRow.payload).where(FeedbackRow.kind == kind, FeedbackRow.id > after_id)
@@ -309,10 +356,10 @@ class FeedbackStore:
             return list(conn.execute(query.order_by(FeedbackRow.id)))
 
     def iter_rows(self, kind: str, upto_id: int | None = None, after_id: int = 0, chunk: int = 5000) -> Iterable[list[Any]]:
-        """(id, payload) rows of a kind in arrival order, ``chunk`` at a time (keyset pages: memory stays
+        """(id, payload, source) rows of a kind in arrival order, ``chunk`` at a time (keyset pages: memory stays
         bounded however large the store, on SQLite and Postgres alike)."""
         while True:
-            query = select(FeedbackRow.id, FeedbackRow.payload).where(FeedbackRow.kind == kind, FeedbackRow.id > after_id)
+            query = select(FeedbackRow.id, FeedbackRow.payload, FeedbackRow.source).where(FeedbackRow.kind == kind, FeedbackRow.id > after_id)
             if upto_id is not None:
                 query = query.where(FeedbackRow.id <= upto_id)
             with self.engine.connect() as conn:

@@ -6,6 +6,11 @@ the share ramps up. Its definition lives in the ``flags`` table of the operation
 database, which the CLI, the flows and every service share wherever they run. Each service process
 mirrors that row into a flag file of its own that the in-process flagd provider evaluates, so a
 share change or a rollback reaches every replica within ``POLL_S`` + ``POLL_MS``.
+
+A share names the challenger version it was given to (the challenger variant's value is
+``challenger@<version>``), and a service routes a user to its challenger only when that is the
+version it serves: a newly registered challenger gets 0 % until deploy gives it its canary share,
+whatever share its predecessor had, and the share and its version change in one write.
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ POLL_MS = 100  # how often the flagd provider re-reads its mirrored file
 SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 
 
-def route_flag(challenger_percent: int) -> dict:
-    """The flagd definition that sends ``challenger_percent`` % of users (sticky by user id) to the challenger."""
+def route_flag(challenger_percent: int, version: str | None = None) -> dict:
+    """The flagd definition that sends ``challenger_percent`` % of users (sticky by user id) to challenger ``version``."""
     if isinstance(challenger_percent, bool) or not isinstance(challenger_percent, int) or not 0 <= challenger_percent <= 100:
         raise ValueError(f"challenger_percent must be an integer within 0..100, got {challenger_percent!r}")
     return {
         "state": "ENABLED",
-        "variants": {"champion": "champion", "challenger": "challenger"},
+        "variants": {"champion": "champion", "challenger": f"challenger@{version}" if version else "challenger"},
         "defaultVariant": "champion",
         "targeting": {"fractional": [["challenger", challenger_percent], ["champion", 100 - challenger_percent]]},
     }
@@ -54,20 +59,42 @@ def percent_of(definition: dict | None) -> int:
     return dict((v, w) for v, w in definition["targeting"]["fractional"])["challenger"]
 
 
+def version_of(definition: dict | None) -> str | None:
+    """The challenger version a definition's share was given to (None: no version, so no share)."""
+    if not definition:
+        return None
+    return definition["variants"]["challenger"].partition("@")[2] or None
+
+
 def _definition(store: FeedbackStore, key: str) -> dict | None:
     with Session(store.engine) as session:
         row = session.get(FlagRow, key)
         return json.loads(row.definition) if row else None
 
 
-def challenger_percent(config: LoopConfig) -> int:
-    """The challenger's current share of users (0 when the flag was never set)."""
-    return percent_of(_definition(FeedbackStore(config.feedback_db), config.flag_key))
+def challenger_percent(config: LoopConfig, version: str | None = None) -> int:
+    """The challenger's current share of users (0 when the flag was never set); with ``version``, that
+    version's share (0 when the share was given to another version)."""
+    definition = _definition(FeedbackStore(config.feedback_db), config.flag_key)
+    if version is not None and version_of(definition) != str(version):
+        return 0
+    return percent_of(definition)
 
 
-def set_challenger_percent(config: LoopConfig, percent: int, by: str | None = None) -> None:
-    """Set the share for every service of this kind; they follow within ``POLL_S`` + ``POLL_MS``."""
-    definition = json.dumps(route_flag(percent))
+def share_version(config: LoopConfig) -> str | None:
+    """The version the current share was given to."""
+    return version_of(_definition(FeedbackStore(config.feedback_db), config.flag_key))
+
+
+def set_challenger_percent(config: LoopConfig, percent: int, by: str | None = None, version: str | None = None) -> None:
+    """Give challenger ``version`` (default: the one registered now) ``percent`` % of users, for every
+    service of this kind; they follow within ``POLL_S`` + ``POLL_MS``. Callers that decided on a
+    version (deploy, the rollout flow) name it, so that a challenger registered meanwhile gets nothing."""
+    if version is None and percent:
+        from tuneloop.registry import alias_version
+
+        version = alias_version(config.model_name, "challenger")
+    definition = json.dumps(route_flag(percent, str(version) if version else None))
     store = FeedbackStore(config.feedback_db)
     with Session(store.engine) as session, session.begin():
         row = session.get(FlagRow, config.flag_key, with_for_update=True)
@@ -129,10 +156,24 @@ class Router:
         """The share this router currently applies."""
         return percent_of(self._seen)
 
-    def variant(self, user_id: str) -> str:
-        """'champion' or 'challenger'; 'champion' whenever the flag cannot be evaluated."""
+    @property
+    def version(self) -> str | None:
+        """The challenger version that share was given to."""
+        return version_of(self._seen)
+
+    def share_of(self, challenger: str | None) -> int:
+        """The share challenger version ``challenger`` gets now (0 unless the share was given to it)."""
+        return self.percent if challenger is not None and self.version == str(challenger) else 0
+
+    def variant(self, user_id: str, challenger: str | None = None) -> str:
+        """'champion' or 'challenger' for a service whose challenger is version ``challenger``: a user
+        the flag sends to another version's share stays on the champion; so does every user whenever
+        the flag cannot be evaluated."""
         value = self.client.get_string_value(self.flag_key, "champion", EvaluationContext(targeting_key=user_id))
-        return value if value in ("champion", "challenger") else "champion"
+        kind, _, version = value.partition("@")
+        if kind != "challenger" or not version or challenger is None or version != str(challenger):
+            return "champion"
+        return "challenger"
 
     def close(self) -> None:
         self._stop.set()

@@ -40,6 +40,18 @@ class RolloutEventRow(_Base):
     action: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(Text)
     segment: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True, doc="Named token, user or flow that acted.")
+
+
+class ApiTokenRow(_Base):
+    """A named API token: its scope and SHA-256 digest (migration 0004); the token itself is never stored."""
+
+    __tablename__ = "api_tokens"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ShadowRow(_Base):

@@ -132,15 +132,20 @@ def move_alias(name: str, alias: str, version: str | None, reason: str) -> None:
     move_aliases(name, [(alias, version)], reason)
 
 
-def promote(name: str, reason: str = "promoted by operator") -> str:
+def promote(name: str, reason: str = "promoted by operator", expected: str | None = None) -> str:
     """challenger -> champion, the old champion -> previous. Returns the new champion's version.
 
+    With ``expected``, only when the challenger is still that version (checked under the alias lock,
+    so a challenger registered meanwhile is never promoted by a decision about its predecessor).
     The order serves readers between the moves: ``previous`` first (it routes nothing), then the
     champion (users on either side now get the challenger), then the challenger alias goes.
     """
     def plan(current: dict[str, str]) -> Moves:
         if "challenger" not in current:
             raise ValueError(f"{name} has no challenger to promote")
+        if expected is not None and current["challenger"] != str(expected):
+            raise ValueError(f"expected_version: the challenger of {name} is version {current['challenger']}, not "
+                             f"{expected}; promote refused (look again, then promote the version you mean)")
         keep = [("previous", current["champion"])] if "champion" in current else []
         return keep + [("champion", current["challenger"]), ("challenger", None)]
 

@@ -59,7 +59,10 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def downgrade(engine: Engine, revision: str) -> None:
+    from tuneloop.feedback import forget_engines
+
     config = alembic_config()
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.downgrade(config, revision)
+    forget_engines()  # stores cache migrated engines: the next open must migrate again
