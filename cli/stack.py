@@ -364,6 +364,11 @@ def up(settings: StackSettings, timeout_s: float = 300) -> dict[str, float]:
     """Start what is not running, wait until every part answers; returns seconds until each answered."""
     settings.dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
+    running = [p.name for p in parts(settings, _credentials(settings)) if running_pid(settings, p.name)]
+    if running and (changing := Credentials.changes(settings.secrets)):
+        # the running parts hold the old values: a rotation while they run would lock them out
+        raise RuntimeError(f"{', '.join(changing)} in {settings.secrets} would change while {', '.join(running)} run: "
+                           "to rotate a secret, `tuneloop stack down` first, then `tuneloop stack up`")
     creds = Credentials.ensure(settings.secrets)
     os.environ["PGPASSFILE"] = str(creds.pgpass)  # this process prepares the stores as the stack's role
     created = ensure_databases(settings, creds)

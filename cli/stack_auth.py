@@ -66,6 +66,16 @@ class Credentials:
             values[key] = ensure_secret(directory / name, given)
         return cls(dir=directory, **values)
 
+    @staticmethod
+    def changes(directory: Path) -> list[str]:
+        """The secrets ``ensure`` would make or replace: files missing, or a team variable that differs."""
+        found = []
+        for name, variable in FILES.values():
+            given, path = os.environ.get(variable), directory / name
+            if not path.exists() or (given and read_secret(path) != given):
+                found.append(name)
+        return found
+
     @classmethod
     def load(cls, directory: Path) -> "Credentials | None":
         """The stored secrets, or None when ``stack up`` has not made them yet."""

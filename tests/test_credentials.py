@@ -71,7 +71,10 @@ def test_secret_files_are_owner_only(tmp_path, monkeypatch):
     assert (creds.dir.stat().st_mode & 0o777) == 0o700
     for name, _ in FILES.values():
         assert ((creds.dir / name).stat().st_mode & 0o777) == 0o600, name
-    assert Credentials.ensure(creds.dir) == creds  # stable across stack up runs
+    assert Credentials.ensure(creds.dir) == creds and Credentials.changes(creds.dir) == []  # stable across stack up runs
+    (creds.dir / FILES["prefect_auth"][0]).unlink()  # a rotation: stack up must not do it under running parts
+    monkeypatch.setenv("TUNELOOP_STACK_MLFLOW_PASSWORD", "a-rotated-password")
+    assert Credentials.changes(creds.dir) == ["prefect-auth-string", "mlflow-password"]
     leaky = tmp_path / "leaky"
     leaky.write_text("x")
     os.chmod(leaky, 0o644)
