@@ -327,6 +327,10 @@ def test_no_secret_on_a_command_line_or_in_a_stack_file_log_artifact_or_paramete
     secrets = {s.encode() for s in creds.all() + [make_url(run.postgres).password]}
     assert all(len(s) >= 16 for s in secrets)
 
+    block = run.stack("env").stdout  # what a terminal shows: paths to the secrets, which eval reads
+    assert "PREFECT_API_AUTH_STRING" in block and not [s for s in secrets if s in block.encode()]
+    assert run.shell_env(block)["MLFLOW_TRACKING_PASSWORD"] == creds.mlflow_service
+
     pids = marked_pids(str(run.settings().dir.resolve()))
     assert len(pids) >= 4
     for pid in pids:
