@@ -14,6 +14,7 @@ from rich.table import Table
 
 from tuneloop.cli.stack import app as stack_app
 from tuneloop.config import LoopConfig, apply_environment
+from tuneloop.credentials import redact_text
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 app.add_typer(stack_app, name="stack", help="The team set-up on one machine: up, down, status, env")
@@ -38,7 +39,7 @@ def seed(kind: str = KindOpt, home: Optional[Path] = HomeOpt, seed: int = 0) -> 
     from tuneloop.sample_data import sample_feedback
 
     added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed), config.kind)
-    console.print(f"{added} sample {config.kind} records added to {config.feedback_db}")
+    console.print(f"{added} sample {config.kind} records added to {redact_text(config.feedback_db)}")
 
 
 @app.command("import")

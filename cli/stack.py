@@ -11,9 +11,11 @@
   ``tune.worker_deployment`` is set (``flows/search_workers.py``),
 * the BentoML service, one per kind,
 
-creates the PostgreSQL databases it needs, waits until every part answers its health check and
+creates the PostgreSQL role and databases it needs, waits until every part answers its health check and
 prints an environment block (``eval "$(tuneloop stack up)"`` or ``eval "$(tuneloop stack env)"``)
-that points a shell, ``prefect deploy`` and the CLI at the stack. Logs, PIDs and the stack's
+that points a shell, ``prefect deploy`` and the CLI at the stack. Every server requires credentials
+(``cli/stack_auth.py``): they live in ``$TUNELOOP_HOME/stack/secrets/`` (0600) and reach each part
+through its environment, never its command line. Logs, PIDs and the stack's
 settings live in ``$TUNELOOP_HOME/stack/``. ``stack up`` again starts only what is not running;
 ``stack down`` stops every process group, then anything left that carries the stack's marker in its
 environment (flow runs started by a worker included), and may be run any number of times.
@@ -31,13 +33,17 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from tuneloop.cli import stack_auth
+from tuneloop.cli.stack_auth import Credentials
+from tuneloop.credentials import redact_text
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True)
 err = Console(stderr=True)  # progress to stderr: stdout carries only the env block, so `eval "$(...)"` works
@@ -75,10 +81,21 @@ class StackSettings:
     def database(self, part: str) -> str:
         return f"{self.db_prefix}_{part}"
 
+    @property
+    def role(self) -> str:
+        """The PostgreSQL role that owns the stack's databases (not the superuser that created them)."""
+        return self.db_prefix
+
     def url(self, part: str, driver: str) -> str:
+        """The stack role's URL of a database, without a password: libpq reads it from PGPASSFILE."""
         from sqlalchemy.engine import make_url
 
-        return make_url(self.postgres).set(drivername=driver, database=self.database(part)).render_as_string(hide_password=False)
+        url = make_url(self.postgres).set(drivername=driver, database=self.database(part), username=self.role)
+        return url._replace(password=None).render_as_string(hide_password=False)  # set() takes None as 'keep'
+
+    @property
+    def secrets(self) -> Path:
+        return self.dir / "secrets"
 
     @property
     def prefect_api(self) -> str:
@@ -92,7 +109,8 @@ class StackSettings:
         return f"http://127.0.0.1:{self.service_port + self.kinds.index(kind)}"
 
     def client_env(self) -> dict[str, str]:
-        """What every client of the stack needs: the shell, prefect deploy, the CLI, the workers, the services."""
+        """What every client of the stack needs besides its credentials: the shell, prefect deploy, the
+        CLI, the workers, the services."""
         return {
             "PREFECT_API_URL": self.prefect_api,
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -103,10 +121,15 @@ class StackSettings:
             "TUNELOOP_TINY": str(self.tiny).lower(),
         }
 
+    def public(self) -> dict:
+        """The settings as stored and compared: the superuser URL's password redacted (it is used only
+        while ``stack up`` creates the role and databases, and kept nowhere)."""
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        return {**data, "postgres": redact_text(self.postgres)}
+
     def save(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-        (self.dir / "settings.json").write_text(json.dumps(data, indent=2))
+        (self.dir / "settings.json").write_text(json.dumps(self.public(), indent=2))
 
     @classmethod
     def load(cls, home: Path) -> "StackSettings | None":
@@ -136,25 +159,28 @@ def _stack_id(settings: StackSettings) -> str:
     return str(settings.dir.resolve())
 
 
-def parts(settings: StackSettings) -> list[Part]:
-    """Every part of the stack, with the command line and environment it runs with."""
+def parts(settings: StackSettings, creds: Credentials) -> list[Part]:
+    """Every part of the stack, with the command line and environment it runs with (secrets in the
+    environment only: a command line is visible to every user of the machine)."""
     s, bindir = settings, Path(sys.executable).parent
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_"))}
+    # nothing of the caller's own servers or credentials (a superuser's PGPASSWORD, say) reaches a part
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_", "PG"))}
     base.update({MARKER: _stack_id(s), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
                  "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(s.dir / "prefect-home")})
-    client = {**base, **s.client_env()}
+    client = {**base, **s.client_env(), **stack_auth.client_env(creds)}
     out = [
         Part("prefect", [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.prefect_port),
                          "--no-background"],
              {**base, "PREFECT_API_DATABASE_CONNECTION_URL": s.url("prefect", "postgresql+asyncpg"),
               "PREFECT_HOME": str(s.dir / "prefect-server"), "PREFECT_SERVER_API_HOST": "127.0.0.1",
-              "PREFECT_UI_API_URL": s.prefect_api},
+              "PREFECT_UI_API_URL": s.prefect_api, **stack_auth.prefect_server_env(creds, s.prefect_api[:-4])},
              f"{s.prefect_api}/health"),
-        Part("mlflow", [str(bindir / "mlflow"), "server", "--backend-store-uri", s.url("mlflow", "postgresql+psycopg"),
+        Part("mlflow", [str(bindir / "mlflow"), "server", "--app-name", "basic-auth",
                         "--serve-artifacts", "--artifacts-destination", str(s.home / "mlartifacts"),
                         "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", str(s.mlflow_workers)],
              # no job runner: its seven huey consumers serve GenAI judges and scorers, which tuneloop does not use
-             {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, f"{s.mlflow_uri}/health"),
+             {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+              **stack_auth.mlflow_server_env(creds, s.url("mlflow", "postgresql+psycopg"))}, f"{s.mlflow_uri}/health"),
     ]
     for n in range(1, s.workers + 1):
         port = s.worker_port + n - 1
@@ -246,7 +272,7 @@ def _launch(settings: StackSettings, part: Part) -> int:
         if key in part.env:
             Path(part.env[key]).mkdir(parents=True, exist_ok=True)
     with open(logs / f"{part.name}.log", "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(part.args)}\n".encode())
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(shlex.join(part.args))}\n".encode())
         log.flush()
         proc = subprocess.Popen(part.args, env=part.env, cwd=settings.dir, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # its own process group
@@ -261,38 +287,50 @@ def _log_tail(settings: StackSettings, name: str, chars: int = 2500) -> str:
 
 # --- databases ------------------------------------------------------------------------------------
 
-def ensure_databases(settings: StackSettings) -> list[str]:
-    """Create the stack's databases that are missing; returns the ones created."""
+def _superuser(settings: StackSettings):
+    """A connection to the server's ``postgres`` database with the URL given to ``stack up --postgres``
+    (a redacted password is left to libpq's PGPASSFILE / PGPASSWORD)."""
     import psycopg
-    from psycopg import sql
     from sqlalchemy.engine import make_url
 
     url = make_url(settings.postgres)
+    password = url.password if url.password != "***" else None
+    conninfo = dict(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
+                    password=password, dbname="postgres", connect_timeout=5)
+    return psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}, autocommit=True)
+
+
+def ensure_databases(settings: StackSettings, creds: Credentials) -> list[str]:
+    """The stack's role with its password and libpq's password file for it; the databases that are
+    missing, owned by the role; returns the databases created."""
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
     if importlib_missing("asyncpg"):
         raise RuntimeError("asyncpg is not installed: the Prefect server needs it for PostgreSQL (pip install asyncpg)")
+    url = make_url(settings.postgres)
+    stack_auth.write_pgpass(creds, url.host or "127.0.0.1", url.port or 5432, settings.role)
     created = []
-    conninfo = dict(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
-                    password=url.password, dbname="postgres", connect_timeout=5)
-    with psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}, autocommit=True) as conn:
+    with _superuser(settings) as conn:
+        stack_auth.ensure_role(conn, settings.role, creds.db_password)
         for part in DATABASES:
-            name = settings.database(part)
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-                created.append(name)
+            name = sql.Identifier(settings.database(part))
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database(part),)).fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, sql.Identifier(settings.role)))
+                created.append(settings.database(part))
+            else:
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(settings.role)))
     return created
 
 
 def drop_stack_databases(settings: StackSettings) -> None:
-    import psycopg
+    """Drop the stack's databases and its role."""
     from psycopg import sql
-    from sqlalchemy.engine import make_url
 
-    url = make_url(settings.postgres)
-    conninfo = dict(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
-                    password=url.password, dbname="postgres", connect_timeout=5)
-    with psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}, autocommit=True) as conn:
+    with _superuser(settings) as conn:
         for part in DATABASES:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.database(part))))
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(settings.role)))
 
 
 def importlib_missing(module: str) -> bool:
@@ -315,19 +353,31 @@ def prepare_stores(settings: StackSettings) -> None:
 
 # --- up / down / status ---------------------------------------------------------------------------
 
-def env_block(settings: StackSettings) -> str:
-    return "\n".join(f"export {k}={shlex.quote(v)}" for k, v in settings.client_env().items())
+def env_block(settings: StackSettings, creds: Credentials) -> str:
+    """``export`` lines for a shell; the secrets are read from their files when the block is
+    evaluated, so printing it shows none."""
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in settings.client_env().items()]
+    return "\n".join(lines + stack_auth.shell_lines(creds))
 
 
 def up(settings: StackSettings, timeout_s: float = 300) -> dict[str, float]:
     """Start what is not running, wait until every part answers; returns seconds until each answered."""
     settings.dir.mkdir(parents=True, exist_ok=True)
     began = time.monotonic()
-    created = ensure_databases(settings)
+    running = [p.name for p in parts(settings, _credentials(settings)) if running_pid(settings, p.name)]
+    if running and (changing := Credentials.changes(settings.secrets)):
+        # the running parts hold the old values: a rotation while they run would lock them out
+        raise RuntimeError(f"{', '.join(changing)} in {settings.secrets} would change while {', '.join(running)} run: "
+                           "to rotate a secret, `tuneloop stack down` first, then `tuneloop stack up`")
+    creds = Credentials.ensure(settings.secrets)
+    os.environ["PGPASSFILE"] = str(creds.pgpass)  # this process prepares the stores as the stack's role
+    created = ensure_databases(settings, creds)
     if created:
-        err.print(f"created databases {', '.join(created)}")
+        err.print(f"created databases {', '.join(created)} (owner {settings.role})")
+    for change in stack_auth.ensure_mlflow_users(creds):
+        err.print(change)
     settings.save()
-    todo = parts(settings)
+    todo = parts(settings, creds)
     pending: dict[str, Part] = {}
     answered: dict[str, float] = {}
     for part in todo:
@@ -397,7 +447,7 @@ def down(settings: StackSettings, grace_s: float = 20) -> list[str]:
     """Stop every part (services and workers first, the servers last); then whatever still carries the
     stack's marker (a flow run a worker started in a session of its own, say). Idempotent."""
     stopped = []
-    for part in reversed(parts(settings)):
+    for part in reversed(parts(settings, _credentials(settings))):
         pid = running_pid(settings, part.name)
         if pid is not None:
             began = time.monotonic()
@@ -426,7 +476,7 @@ def down(settings: StackSettings, grace_s: float = 20) -> list[str]:
 def status(settings: StackSettings) -> list[dict]:
     """Each part: its PID (None when not running), health, and for services readiness."""
     rows = []
-    for part in parts(settings):
+    for part in parts(settings, _credentials(settings)):
         pid = running_pid(settings, part.name)
         healthy = pid is not None and _healthy(part.health_url)
         row = {"part": part.name, "pid": pid, "url": part.health_url, "healthy": healthy,
@@ -444,6 +494,12 @@ HomeOpt = typer.Option(None, "--home", help="State directory (default $TUNELOOP_
 
 def _home(home: Optional[Path]) -> Path:
     return Path(home or os.environ.get("TUNELOOP_HOME", ".tuneloop")).resolve()
+
+
+def _credentials(settings: StackSettings) -> Credentials:
+    """The stored credentials (stopping or checking a stack made before they existed: placeholders)."""
+    found = Credentials.load(settings.secrets)
+    return found or Credentials(settings.secrets, *([""] * 6))
 
 
 def _settings(home: Optional[Path]) -> StackSettings:
@@ -484,8 +540,8 @@ def up_command(
                              kinds=list(dict.fromkeys(kind)), workers=workers, trial_workers=trial_workers,
                              serve_workers=serve_workers,
                              mlflow_workers=mlflow_workers, tiny=tiny)
-    if previous is not None and any(running_pid(previous, p.name) for p in parts(previous)) and \
-            {**previous.__dict__, "workers": 0, "trial_workers": 0} != {**settings.__dict__, "workers": 0, "trial_workers": 0}:
+    if previous is not None and any(running_pid(previous, p.name) for p in parts(previous, _credentials(previous))) and \
+            {**previous.public(), "workers": 0, "trial_workers": 0} != {**settings.public(), "workers": 0, "trial_workers": 0}:
         err.print("a stack with other settings is running in this home (only --workers and --trial-workers may change "
                   "while it runs): "
                   "`tuneloop stack down` first")
@@ -510,12 +566,15 @@ def up_command(
               f"MLflow UI {experiment_url(settings.mlflow_uri)}, "
               + ", ".join(f"service {k} {settings.service_url(k)}" for k in settings.kinds))
     err.print('point a shell at it with: eval "$(tuneloop stack env)"')
-    print(env_block(settings))
+    print(env_block(settings, _credentials(settings)))
 
 
 @app.command("down")
 def down_command(home: Optional[Path] = HomeOpt,
-                 drop_databases: bool = typer.Option(False, "--drop-databases", help="Also drop the stack's databases"),
+                 drop_databases: bool = typer.Option(False, "--drop-databases", help="Also drop the stack's databases and role"),
+                 postgres: Optional[str] = typer.Option(None, envvar="TUNELOOP_STACK_POSTGRES", help="The superuser URL "
+                                                        "that drops them (default: the one stack up was given, without "
+                                                        "its password, which libpq then takes from PGPASSFILE/PGPASSWORD)"),
                  grace: float = typer.Option(20, help="Seconds each part gets to stop after SIGTERM before SIGKILL")) -> None:
     """Stop every part of the stack (idempotent: nothing running is fine)."""
     settings = StackSettings.load(_home(home))
@@ -525,7 +584,7 @@ def down_command(home: Optional[Path] = HomeOpt,
     stopped = down(settings, grace)
     err.print(f"stopped {', '.join(stopped)}" if stopped else "nothing was running")
     if drop_databases:
-        drop_stack_databases(settings)
+        drop_stack_databases(replace(settings, postgres=postgres) if postgres else settings)
         err.print(f"dropped databases {', '.join(settings.database(p) for p in DATABASES)}")
 
 
@@ -550,5 +609,7 @@ def status_command(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(
 
 @app.command("env")
 def env_command(home: Optional[Path] = HomeOpt) -> None:
-    """The environment block that points a shell at the stack: eval "$(tuneloop stack env)"."""
-    print(env_block(_settings(home)))
+    """The environment block that points a shell at the stack: eval "$(tuneloop stack env)". It reads
+    the credentials from their files in HOME/stack/secrets when evaluated; it prints none."""
+    settings = _settings(home)
+    print(env_block(settings, _credentials(settings)))

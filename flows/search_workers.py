@@ -30,6 +30,7 @@ from prefect.deployments import run_deployment
 from prefect.states import StateType
 
 from tuneloop.config import LoopConfig
+from tuneloop.credentials import redact_text
 from tuneloop.datasets import DatasetRef
 from tuneloop.flows.study import fail_stale, fits, make_storage, study_lock
 
@@ -56,20 +57,15 @@ def search_worker_flow(config: LoopConfig, ref: DatasetRef, search_run_id: str, 
         storage.get_study_id_from_name(name)
     except KeyError:
         raise SearchWorkersError(
-            f"study {name} is not in this worker's Optuna storage ({_redacted(config.optuna_db)}): a search worker "
+            f"study {name} is not in this worker's Optuna storage ({redact_text(config.optuna_db)}): a search worker "
             "needs the database of the loop that started it; set TUNELOOP_OPTUNA_URL to one every worker reaches "
             "(PostgreSQL)") from None
     return search_worker(config, ref, search_run_id, name, deadline, index)
 
 
-def _redacted(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
-
-
 def shared(config: LoopConfig) -> LoopConfig:
-    """The config a worker elsewhere needs: the stores as URLs, not as paths under this loop's home."""
+    """The config a worker elsewhere needs: the stores as URLs, not as paths under this loop's home.
+    As a flow run's parameters they carry no password: the worker takes it from its own environment."""
     return config.model_copy(update={"optuna_url": config.optuna_db, "feedback_url": config.feedback_db})
 
 

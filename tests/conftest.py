@@ -116,14 +116,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def postgres_server() -> str:
-    """The local PostgreSQL server's URL, or a clean skip when none is reachable."""
+    """The local PostgreSQL server's superuser URL, or a clean skip when none is reachable. It carries
+    a password, as a team's would, that must then appear nowhere (the local server trusts 127.0.0.1
+    and ignores it)."""
     psycopg = pytest.importorskip("psycopg")
     try:
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3"):
             pass
     except psycopg.OperationalError as err:
         pytest.skip(f"PostgreSQL not reachable on 127.0.0.1:5432: {err}")
-    return "postgresql://postgres@127.0.0.1:5432"
+    return f"postgresql://postgres:superuser-{os.urandom(8).hex()}@127.0.0.1:5432"
 
 
 class StackRun:
@@ -166,9 +168,25 @@ class StackRun:
         began = time.monotonic()
         out = self.stack("up", timeout=600)
         seconds = time.monotonic() - began
-        self.env = dict(line.removeprefix("export ").split("=", 1) for line in out.stdout.splitlines() if line.startswith("export "))
-        self.env = {k: v.strip("'") for k, v in self.env.items()}
+        self.env = self.shell_env(out.stdout)
         return seconds
+
+    @staticmethod
+    def shell_env(block: str) -> dict[str, str]:
+        """What a shell has after ``eval`` of an environment block: the block reads the secrets from
+        their files, so it has to be evaluated, not parsed."""
+        import subprocess
+
+        names = [line.removeprefix("export ").split("=", 1)[0] for line in block.splitlines() if line.startswith("export ")]
+        out = subprocess.run(["bash", "-c", 'eval "$(cat)" && env -0'], input=block, capture_output=True, text=True,
+                             check=True, env={"PATH": os.environ["PATH"]})
+        values = dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
+        return {name: values[name] for name in names}
+
+    def credentials(self):
+        from tuneloop.cli.stack_auth import Credentials
+
+        return Credentials.load(self.settings().secrets)
 
     def settings(self):
         from tuneloop.cli.stack import StackSettings
@@ -200,9 +218,12 @@ def stack_loop(tmp_path_factory):
     import time
 
     run = StackRun(tmp_path_factory.mktemp("stack-home"), postgres_server())
+    session_env = pytest.MonkeyPatch()
     try:
         run.times["stack_up"] = run.up()
         settings = run.settings()
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE"):  # the tests' own clients
+            session_env.setenv(key, run.env[key])
         from tuneloop.cli.stack import running_pid
 
         run.facts["pids"] = {p: running_pid(settings, p) for p in ("prefect", "mlflow", "worker-1", "service-classification")}
@@ -235,3 +256,4 @@ def stack_loop(tmp_path_factory):
         yield run
     finally:
         run.teardown()
+        session_env.undo()

@@ -56,11 +56,11 @@ def reviewed(stack_loop):
 class Pages:
     """One browser page per check, each saved as a screenshot in the test's tmp dir."""
 
-    def __init__(self, browser, folder: Path):
-        self.browser, self.folder, self.count = browser, folder, 0
+    def __init__(self, browser, folder: Path, credentials: dict):
+        self.browser, self.folder, self.count, self.credentials = browser, folder, 0, credentials
 
     def open(self, url: str, name: str, *expect: str, timeout_ms: int = 90_000):
-        page = self.browser.new_page(viewport={"width": 1500, "height": 950})
+        page = self.browser.new_page(viewport={"width": 1500, "height": 950}, http_credentials=self.credentials)
         page.set_default_timeout(timeout_ms)
         page.goto(url)
         for text in expect:
@@ -77,8 +77,9 @@ class Pages:
 
 
 @pytest.fixture
-def pages(browser, tmp_path, request):
-    yield Pages(browser, tmp_path)
+def pages(browser, tmp_path, request, stack_loop):
+    # the stack's MLflow asks for a login (basic auth): the read-only reviewer's
+    yield Pages(browser, tmp_path, {"username": "reviewer", "password": stack_loop.credentials().mlflow_reviewer})
     keep = os.environ.get("TUNELOOP_UI_SCREENSHOTS")  # copy them somewhere to look at after the run
     if keep:
         target = Path(keep) / request.node.name

@@ -7,9 +7,12 @@ The stack (``stack_loop`` in conftest.py) is shared with tests/test_mlflow_ui.py
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import stat
 import time
+import uuid
 from datetime import datetime
 
 import httpx
@@ -24,9 +27,24 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1800)]
 EXPERIMENT = "tuneloop-classification"
 
 
+def _prefect_auth(run) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(run.env["PREFECT_API_AUTH_STRING"].encode()).decode()}
+
+
+def _csrf(run) -> dict:
+    """A CSRF token for this test's client, as Prefect's own client fetches one before a write."""
+    if "csrf" not in run.facts:
+        client = str(uuid.uuid4())
+        token = httpx.get(f"{run.env['PREFECT_API_URL']}/csrf-token", params={"client": client}, headers=_prefect_auth(run),
+                          timeout=30).raise_for_status().json()["token"]
+        run.facts["csrf"] = {"Prefect-Csrf-Token": token, "Prefect-Csrf-Client": client}
+    return run.facts["csrf"]
+
+
 def _api(run, path: str, body: dict | None = None):
-    url = run.env["PREFECT_API_URL"] + path
-    response = httpx.post(url, json=body, timeout=30) if body is not None else httpx.get(url, timeout=30)
+    url, headers = run.env["PREFECT_API_URL"] + path, _prefect_auth(run)
+    response = httpx.post(url, json=body, timeout=30, headers={**headers, **_csrf(run)}) if body is not None else \
+        httpx.get(url, timeout=30, headers=headers)
     response.raise_for_status()
     return response.json()
 
@@ -131,6 +149,70 @@ def _stack_timing(run, client, loop_run) -> dict:
     }
 
 
+FOREIGN = "http://attacker.example"
+
+
+def _preflight(url: str) -> httpx.Response:
+    return httpx.options(url, headers={"Origin": FOREIGN, "Access-Control-Request-Method": "POST",
+                                       "Access-Control-Request-Headers": "content-type"}, timeout=30)
+
+
+def test_every_server_of_the_stack_refuses_anonymous_writes_and_foreign_origins(stack_loop):
+    """The loop above ran through authenticated clients (worker, flow runs, service); here what anyone
+    else on the machine, or a web page in a developer's browser, gets."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    run = stack_loop
+    run.ensure_up()
+    prefect, mlflow_uri = run.env["PREFECT_API_URL"], run.env["MLFLOW_TRACKING_URI"]
+
+    # Prefect: the auth string, then a CSRF token for every write; CORS only for its own UI
+    assert httpx.post(f"{prefect}/flows/", json={"name": "intruder"}, timeout=30).status_code in (401, 403)
+    assert httpx.get(f"{prefect}/csrf-token", params={"client": str(uuid.uuid4())}, timeout=30).status_code == 401
+    assert httpx.get(f"{prefect}/deployments/name/tuneloop-trigger/trigger-classification", timeout=30).status_code == 401
+    no_csrf = httpx.post(f"{prefect}/flows/", json={"name": "intruder"}, headers=_prefect_auth(run), timeout=30)
+    assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
+    assert httpx.get(f"{prefect}/health", timeout=30).status_code == 200  # probes stay open
+    preflight = _preflight(f"{prefect}/flows/")
+    assert preflight.status_code >= 400 and preflight.headers.get("access-control-allow-origin") not in ("*", FOREIGN)
+
+    # MLflow: basic auth; every user reads, only the service account (their creator) changes the loop's models
+    api = f"{mlflow_uri}/api/2.0/mlflow"
+    create = f"{api}/registered-models/create"
+    assert httpx.post(create, json={"name": "intruder"}, timeout=30).status_code == 401
+    assert httpx.post(f"{api}/registered-models/alias", json={"name": EXPERIMENT, "alias": "champion", "version": "1"},
+                      timeout=30).status_code == 401
+    creds = run.credentials()
+    reviewer = ("reviewer", creds.mlflow_reviewer)
+    assert httpx.post(f"{api}/registered-models/alias", json={"name": EXPERIMENT, "alias": "champion", "version": "1"},
+                      auth=reviewer, timeout=30).status_code == 403
+    assert httpx.post(create, json={"name": "intruder"}, auth=("reviewer", "a-wrong-password"), timeout=30).status_code == 401
+    read = httpx.get(f"{mlflow_uri}/api/2.0/mlflow/registered-models/get", params={"name": EXPERIMENT}, auth=reviewer, timeout=30)
+    assert read.status_code == 200, read.text
+    preflight = _preflight(create)
+    assert preflight.headers.get("access-control-allow-origin") not in ("*", FOREIGN)
+
+    # the secrets: a directory only its owner enters, files only its owner reads
+    assert stat.S_IMODE(creds.dir.stat().st_mode) == 0o700
+    files = [p for p in creds.dir.iterdir()]
+    assert len(files) >= 9 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), \
+        {p.name: oct(p.stat().st_mode) for p in files}
+
+    # PostgreSQL: the stack's own role, no superuser, owns its databases and is the only one connected to them
+    settings = run.settings()
+    url = make_url(run.postgres)
+    with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname="postgres") as conn:
+        assert conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
+                            (settings.role,)).fetchone() == (False, False, False)
+        owners = dict(conn.execute("SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE %s",
+                                   (settings.db_prefix + "\\_%",)).fetchall())
+        users = {row[0] for row in conn.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE datname LIKE %s "
+                                                 "AND backend_type = 'client backend'", (settings.db_prefix + "\\_%",))}
+    assert owners == {settings.database(p): settings.role for p in ("prefect", "mlflow", "ops", "optuna")}
+    assert users == {settings.role}, users
+
+
 FAN_OUT = """
 import json, sys
 from mlflow import MlflowClient
@@ -158,6 +240,7 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     import optuna
     import psutil
     from optuna.trial import TrialState
+    from sqlalchemy.engine import make_url
 
     from tuneloop.flows.study import OWNER_ATTR, origin
 
@@ -173,6 +256,10 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
                      "worker_deployment": "search-worker/search-worker"}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_"))}
     env.update({**run.env, "TUNELOOP_HOME": str(tmp_path / "loop-home"), "PREFECT_HOME": str(tmp_path / "prefect")})
+    # the loop's stores as a team may give them, the password in the URL: the search workers' flow-run
+    # parameters must carry them redacted, and the workers take the password from their own environment
+    for key in ("TUNELOOP_FEEDBACK_URL", "TUNELOOP_OPTUNA_URL"):
+        env[key] = make_url(env[key]).set(password=run.credentials().db_password).render_as_string(hide_password=False)
     began = time.monotonic()
     loop = subprocess.Popen([sys.executable, "-c", FAN_OUT, json.dumps(tune_settings)], env=env, stdout=subprocess.PIPE,
                             stderr=open(tmp_path / "loop.log", "w"), text=True)
@@ -220,7 +307,57 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     assert len(flow_runs) == 2 and {r["work_queue_name"] for r in flow_runs} == {"trials"}
     states = sorted(r["state_type"] for r in flow_runs)
     assert states[0] == "COMPLETED", states  # the survivor's; the killed one's is left as Prefect last heard
+    assert all(":***@" in r["parameters"]["config"]["optuna_url"] for r in flow_runs)
     run.stack("up", "--trial-workers", "0", timeout=120)
+
+
+def test_no_secret_on_a_command_line_or_in_a_stack_file_log_artifact_or_parameter(stack_loop):
+    """After the loop, the fan-out search (its stores given with the password in their URLs) and a
+    superuser URL with a password given to stack up: none of the stack's secrets, nor that password,
+    in any process's command line, any file under the home (logs, settings, MLflow artifacts, the
+    parts' homes), any Prefect flow-run parameter or log, or any MLflow run's parameters and tags."""
+    from mlflow import MlflowClient
+    from sqlalchemy.engine import make_url
+
+    from tuneloop.cli.stack import marked_pids
+
+    run = stack_loop
+    run.ensure_up()
+    creds = run.credentials()
+    secrets = {s.encode() for s in creds.all() + [make_url(run.postgres).password]}
+    assert all(len(s) >= 16 for s in secrets)
+
+    block = run.stack("env").stdout  # what a terminal shows: paths to the secrets, which eval reads
+    assert "PREFECT_API_AUTH_STRING" in block and not [s for s in secrets if s in block.encode()]
+    assert run.shell_env(block)["MLFLOW_TRACKING_PASSWORD"] == creds.mlflow_service
+
+    pids = marked_pids(str(run.settings().dir.resolve()))
+    assert len(pids) >= 4
+    for pid in pids:
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue  # ended meanwhile
+        assert not [s for s in secrets if s in cmdline], cmdline.replace(b"\0", b" ")[:300]
+
+    scanned = 0
+    for path in run.home.rglob("*"):
+        if path.is_file() and creds.dir not in path.parents:
+            data = path.read_bytes()
+            assert not [s for s in secrets if s in data], path
+            scanned += 1
+    assert scanned > 50 and any((run.home / "mlartifacts").rglob("config.json"))
+
+    flow_runs = _api(run, "/flow_runs/filter", {"limit": 200})
+    logs = _api(run, "/logs/filter", {"limit": 200, "sort": "TIMESTAMP_DESC"})
+    published = json.dumps(flow_runs + logs).encode()
+    assert len(flow_runs) >= 4 and not [s for s in secrets if s in published]
+
+    client = MlflowClient(tracking_uri=run.env["MLFLOW_TRACKING_URI"])
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, max_results=1000)
+    tracked = json.dumps([[r.data.params, r.data.tags] for r in runs]).encode()
+    assert runs and not [s for s in secrets if s in tracked]
 
 
 def test_stack_down_stops_every_process_and_is_idempotent(stack_loop):

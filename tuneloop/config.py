@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, PlainSerializer, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tuneloop.credentials import redact_text, restore_password
+
 Kind = Literal["generation", "classification"]
+# A store's URL: its password never leaves the process in a JSON dump (the loop's config.json, Prefect
+# parameters, logs); a dump read back (a deployment's flow run on a worker) takes the password from
+# that process's environment (tuneloop/credentials.py).
+DatabaseUrl = Annotated[str, AfterValidator(restore_password), PlainSerializer(redact_text, when_used="json-unless-none")]
 
 
 class TuneConfig(BaseModel):
@@ -341,9 +347,9 @@ class LoopConfig(BaseSettings):
         "### Question:\n{prompt}\n\n### Answer:\n", description="Generation, for a base without a chat template: how "
         "a prompt becomes model input ({prompt} is replaced)."
     )
-    feedback_url: str | None = Field(None, description="SQLAlchemy URL of the feedback store (default: SQLite in home).")
-    optuna_url: str | None = Field(None, description="Optuna storage URL (default: SQLite in home).")
-    lock_url: str | None = Field(
+    feedback_url: DatabaseUrl | None = Field(None, description="SQLAlchemy URL of the feedback store (default: SQLite in home).")
+    optuna_url: DatabaseUrl | None = Field(None, description="Optuna storage URL (default: SQLite in home).")
+    lock_url: DatabaseUrl | None = Field(
         None, description="SQLAlchemy URL of the database whose locks serialise registry alias moves (PostgreSQL: across "
         "machines). Default: MLflow's own database when it tracks into one, else (an MLflow server over HTTP) the "
         "operations database."

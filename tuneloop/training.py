@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
 import threading
 import time
@@ -349,13 +350,23 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, step:
     return directory / CHECKPOINT
 
 
+class CheckpointError(ValueError):
+    """A checkpoint holds more than tensors and plain values: it is refused, never unpickled."""
+
+
 def _load_checkpoint(directory: Path, model, optimizer, scheduler, scaler) -> int:
-    """Restore ``ckpt.pt`` if there is a readable one; the step to continue from (0: start over)."""
+    """Restore ``ckpt.pt`` if there is a readable one; the step to continue from (0: start over).
+
+    Checkpoints come from the artifact store, which every worker writes: loaded as weights only
+    (tensors and plain containers), so a planted file cannot run code in the trial's process."""
     path = directory / CHECKPOINT
     if not path.exists():
         return 0
     try:
-        state = torch.load(path, weights_only=False, map_location="cpu")
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:  # what torch's weights-only unpickler raises for any other object
+        raise CheckpointError(f"refusing checkpoint {path}: it holds not only tensors and plain values (a pickled "
+                              f"object, which could run code), so it was not loaded: {str(err).splitlines()[0]}") from None
     except (RuntimeError, EOFError, OSError) as err:  # e.g. a truncated copy from an interrupted upload
         warnings.warn(f"ignoring unreadable checkpoint {path}: {err}")
         return 0
