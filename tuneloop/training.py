@@ -155,10 +155,10 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
 class TrainResult:
     steps: int  # the schedule's length
     resumed_from_step: int  # 0 for a fresh start
-    losses: list[float] = field(default_factory=list)  # one per step run in this session
-    tokens: int = 0  # non-padding tokens seen in this session
+    losses: list[float] = field(default_factory=list)  # one per step run by this call (after a resume: from its checkpoint on)
+    tokens: int = 0  # non-padding tokens seen by this call
     padded_tokens: int = 0  # tokens computed, padding included
-    examples: int = 0  # examples seen in this session
+    examples: int = 0  # examples seen by this call
     seconds: float = 0.0
     pruned: bool = False
 
