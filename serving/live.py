@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import os
-import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -20,6 +17,7 @@ from tuneloop.feedback import FeedbackStore
 from tuneloop.flags import challenger_percent
 from tuneloop.operations import roll_back
 from tuneloop.pii import clean
+from tuneloop.pseudonyms import shadow_salt, user_hash  # noqa: F401 (the shadow's names for them)
 from tuneloop.rollout import Guard, Verdict, negative_rates, segment_rates
 
 log = logging.getLogger("tuneloop.serving")
@@ -206,33 +204,6 @@ def publish_drift(version: str, result) -> None:
 
 
 # --- shadow -----------------------------------------------------------------------------------------
-
-
-def shadow_salt(config: LoopConfig) -> bytes:
-    """``TUNELOOP_SHADOW_SALT``, else a random salt kept in the operations database (made on first use),
-    so every replica hashes a user id alike and the hash cannot be reversed by hashing known ids."""
-    if os.environ.get("TUNELOOP_SHADOW_SALT"):
-        return os.environ["TUNELOOP_SHADOW_SALT"].encode()
-    from sqlalchemy.exc import IntegrityError
-    from sqlalchemy.orm import Session
-
-    from tuneloop.ops_tables import SettingRow
-
-    with Session(FeedbackStore(config.feedback_db).engine) as session:
-        row = session.get(SettingRow, "shadow_salt")
-        if row is None:
-            session.add(SettingRow(key="shadow_salt", value=secrets.token_hex(32)))
-            try:
-                session.commit()
-            except IntegrityError:  # another replica made it first
-                session.rollback()
-            row = session.get(SettingRow, "shadow_salt")
-        return row.value.encode()
-
-
-def user_hash(salt: bytes, user_id: str) -> str:
-    """HMAC-SHA256 of the user id under the salt (64 hex characters): same user, same hash; no id."""
-    return hmac.new(salt, user_id.encode(), hashlib.sha256).hexdigest()
 
 
 class Shadow:

@@ -19,7 +19,7 @@ from tuneloop.feedback_import import import_feedback
 from tuneloop.flows.curate import build_dataset, log_dataset
 from tuneloop.ops_tables import DriftWindowRow, RolloutEventRow, ShadowRow
 from tuneloop.sample_data import sample_feedback
-from tuneloop.serving.live import shadow_salt, user_hash
+from tuneloop.pseudonyms import shadow_salt, user_hash
 
 
 def _alice(n: int, start: int = 0) -> list[dict]:

@@ -57,7 +57,7 @@ def _model_versions(kinds: set[str], datasets: set[str]) -> list[str]:
 def forget(config: LoopConfig, user_id: str) -> ForgetReport:
     """Delete ``user_id``'s feedback and shadow rows; report the datasets and versions trained on them."""
     from tuneloop.ops_tables import ShadowRow
-    from tuneloop.serving.live import shadow_salt, user_hash
+    from tuneloop.pseudonyms import shadow_salt, user_hash
 
     if not user_id or not user_id.strip():
         raise ValueError("user_id: must not be empty")
