@@ -216,7 +216,7 @@ def test_the_gate_refuses_a_preference_trained_challenger_that_forgets():
     base_answers, _ = predict("generation", base, tokenizer, prompts, [], 6, PROMPTING)
     items = [SuiteItem(id=f"r{i}", suite="regression", category="known", input=p, reference=a or "-",
                        metric="exact_match") for i, (p, a) in enumerate(zip(prompts, base_answers))]
-    model = _adapter(base)
+    model = add_adapter(base, "generation", 8, 0, targets=lora_targets(base, "all-linear"), dropout=0.0)
 
     def regression(candidate) -> list[float]:
         outputs, _ = predict("generation", candidate, tokenizer, prompts, [], 6, PROMPTING)
@@ -230,7 +230,7 @@ def test_the_gate_refuses_a_preference_trained_challenger_that_forgets():
              for i, (p, a) in enumerate(zip(prompts[:12], base_answers))]
     term = PreferenceTerm("dpo", pair_rows(tokenizer, pairs, 64, PROMPTING), beta=0.5, weight=1.0, batch_size=4, seed=0,
                           pad_id=tokenizer.pad_token_id, max_length=64)
-    train(model, _supervised(tokenizer), tokenizer.pad_token_id, lr=0.05, epochs=15, batch_size=4, seed=0,
+    train(model, _supervised(tokenizer), tokenizer.pad_token_id, lr=0.05, epochs=30, batch_size=4, seed=0,
           extra_loss=term)
     check = regression_check(items, baseline, regression(model), tolerance=0.05, samples=500)
     assert check.verdict == FAIL, check.reason
