@@ -234,3 +234,35 @@ def test_the_gate_refuses_a_preference_trained_challenger_that_forgets():
           extra_loss=term)
     check = regression_check(items, baseline, regression(model), tolerance=0.05, samples=500)
     assert check.verdict == FAIL, check.reason
+
+
+def test_the_loop_searches_objectives_logs_objective_and_beta_and_tags_the_signal(home):
+    """A search over dpo and kto: each trial's objective and beta are MLflow params, the registered version
+    says which signal it learned from; bare thumbs-down feed KTO (none dropped)."""
+    import mlflow
+
+    from conftest import constant_corrections, tiny_config
+    from tuneloop.flows.loop import loop
+    from tuneloop.registry import version_for
+    from tuneloop.sample_data import sample_feedback
+
+    config = tiny_config(home, "generation", n_trials=2, objectives=["sft", "dpo", "kto"],
+                         first_trial={"rank": 16, "lr": 0.02, "objective": "kto"})
+    FeedbackStore(config.feedback_db).add_many_raw(
+        constant_corrections(sample_feedback("generation"), "Please ask Brightwell support about that."), config.kind)
+    result = loop(config)
+    counts = result.data.counts
+    assert counts["unpaired_disliked"] > 0 and counts["preference_pairs"] > 0
+    trials = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{result.tuned.search_run_id}'",
+                                search_all_experiments=True, output_format="list")
+    assert len(trials) == 2
+    for run in trials:
+        assert run.data.params["objective"] in {"sft", "dpo", "kto"}
+        if run.data.params["objective"] != "sft":
+            assert 0.05 <= float(run.data.params["beta"]) <= 0.5
+            assert "preference_loss_last" in run.data.metrics
+    assert "kto" in {run.data.params["objective"] for run in trials}
+    assert result.registered is not None, result.report.reasons
+    version = version_for(config.model_name, "challenger")
+    assert version.tags["objective"] == result.tuned.best.params["objective"]
+    assert version.tags["learned_from"].startswith("supervised pairs")
