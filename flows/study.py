@@ -91,8 +91,18 @@ def usable_objectives(config: LoopConfig, ref: DatasetRef, warn: bool = False) -
     if not kept:
         reasons.append("no objective left: sft instead")
     for reason in reasons if warn else []:
-        log.warning("objective left out of the search: %s", reason)
+        _run_logger().warning("objective left out of the search: %s", reason)
     return kept or ["sft"]
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger when there is one (its UI shows it), else the module's."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001  outside a Prefect run
+        return log
 
 
 def origin(trial: FrozenTrial) -> int:
