@@ -20,7 +20,7 @@ from typing import Annotated, Any, AsyncIterable, Iterable, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo,
                       field_validator)
 from pydantic_core import PydanticCustomError
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, case, cast, create_engine, event, func, select
+from sqlalchemy import DateTime, ForeignKey, Index, Integer, String, Text, case, cast, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -164,6 +164,7 @@ class FeedbackRow(_Base):
     """One acknowledged record, as received. Rows are never updated (a database trigger refuses it)."""
 
     __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_kind_id", "kind", "id"), Index("ix_feedback_user_received", "user_id", "received_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
@@ -182,7 +183,7 @@ class CurationRunRow(_Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
-    high_water_id: Mapped[int] = mapped_column(Integer)
+    high_water_id: Mapped[int] = mapped_column(Integer, comment="Newest feedback id this curation used.")
     dataset_hash: Mapped[str] = mapped_column(String(64))
     counts: Mapped[str] = mapped_column(Text)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
