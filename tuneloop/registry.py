@@ -12,6 +12,7 @@ import getpass
 import json
 import shutil
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +33,15 @@ ALIASES = ("champion", "challenger", "previous")
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "input")]), outputs=Schema([ColSpec("string")]))
 
 
+MODEL_REQUIREMENTS = ("tuneloop", "peft", "transformers", "torch")
+
+
+def pinned_requirements() -> list[str]:
+    """The registered model's requirements at the versions that trained it (``torch==2.13.0``, not
+    ``2.13.0+cpu``: a build label would refuse the same version's CUDA build on a serving GPU)."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
+
+
 def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> ModelVersion:
     """Log the adapter (its folder carries the base and prompting it needs: ``tuneloop.adapters``) as
     a new version of the kind's registered model, tagged with its lineage."""
@@ -43,7 +53,7 @@ def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> 
         artifacts={"adapter": str(adapter_dir)},
         signature=SIGNATURE,
         registered_model_name=config.model_name,
-        pip_requirements=["tuneloop", "peft", "transformers", "torch"],  # skip slow requirement inference
+        pip_requirements=pinned_requirements(),  # explicit: MLflow's requirement inference is slow
         tags=tags,
     )
     client = MlflowClient()
