@@ -27,6 +27,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from tuneloop import fast_paths
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, load_examples, load_labels
 from tuneloop.eval_suites import gate
@@ -218,6 +219,7 @@ def report_markdown(report: EvalReport) -> str:
 
 @task(name="evaluate")
 def evaluate(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, parent_run_id: str) -> EvalReport:
+    fast_paths.configure(config.fast_paths)
     challenger_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
     report, suites = evaluate_candidates(config, ref, challenger_dir)
     with within_run(parent_run_id):

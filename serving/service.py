@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from tuneloop.config import LoopConfig, apply_environment
 from tuneloop.feedback import MAX_TEXT, FeedbackRecord, FeedbackStore
 from tuneloop.flags import Router
-from tuneloop import receipts, tokens
+from tuneloop import fast_paths, receipts, tokens
 
 apply_environment()  # before MLflow reads its tracking URI
 
@@ -91,6 +91,7 @@ class Tuneloop:
         # workers split the cores: more threads than cores would make every forward wait on the others
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
         self.config = LoopConfig()
+        fast_paths.configure(self.config.fast_paths)
         self.store = FeedbackStore(self.config.feedback_db)
         self.router = Router(self.config)
         self.receipt_key = receipts.receipt_key(self.store)

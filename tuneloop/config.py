@@ -339,6 +339,11 @@ class LoopConfig(BaseSettings):
         "none", description="QLoRA: load the base in 4-bit NF4 or 8-bit through bitsandbytes (CUDA only; pip install "
         "'tuneloop[gpu]')."
     )
+    fast_paths: bool = Field(
+        True, description="The speed-ups that reach into transformers' internals (the shared prompt prefix computed "
+        "once, only the answer positions projected, kept lower-layer states: tuneloop/fast_paths.py), on the "
+        "architectures whose exactness tests run. false: the plain path everywhere (each search run records which ran)."
+    )
     system_prompt: str | None = Field(
         None, description="Generation: the system prompt of every training, evaluation and serving prompt (None: the "
         "base's chat template default)."
