@@ -123,3 +123,29 @@ def test_a_corrupt_challenger_does_not_stop_a_champion_change(home):
         assert {_predict(base, f"user-{i}")["model_version"] for i in range(10)} == {v3}
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert f'tuneloop_adapter_load_failures_total{{alias="challenger",version="{v2}"}}' in metrics
+
+
+def test_a_locked_store_gives_503_and_acknowledges_nothing(home):
+    import sqlite3
+
+    from tuneloop.feedback import FeedbackStore
+
+    config = tiny_config(home, "classification")
+    move_alias(config.model_name, "champion", _register(config, _tiny_adapter(config, home / "a1", 1)), "test")
+    url = f"sqlite:///{home / 'ops.db'}?timeout=1"  # the lock wait, shortened from 30 s for the test
+    with tuneloop_service(home, "classification", **SERVICE_ENV, TUNELOOP_FEEDBACK_URL=url) as base:
+        answer = _predict(base, "locked-user")
+        record = {"request_id": answer["request_id"], "user_id": "locked-user", "model_version": answer["model_version"],
+                  "kind": "classification", "prompt": "my card has not arrived", "output": answer["output"],
+                  "rating": "up", "receipt": answer["receipt"]}
+        holder = sqlite3.connect(home / "ops.db", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")  # another writer holds the database past the service's wait
+        try:
+            refused = httpx.post(f"{base}/v1/feedback", json=record, headers=AUTH, timeout=30)
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert refused.status_code == 503 and refused.json()["field"] == "store"
+        assert FeedbackStore(url).get(record["request_id"], "classification") is None
+        retried = httpx.post(f"{base}/v1/feedback", json=record, headers=AUTH, timeout=30)
+        assert retried.status_code == 201 and FeedbackStore(url).get(record["request_id"], "classification")
