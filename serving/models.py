@@ -113,6 +113,9 @@ class AdapterBank:
                 self._start_from_known()
             return dict(self.served)
         wanted = {alias: current[alias] for alias in ROUTED_ALIASES if alias in current}
+        if wanted == self.served and self.ready:  # nothing moved: no need for the forward lock
+            FRESHNESS.fresh()
+            return wanted
         with self.lock:
             served = self._load_each(wanted)
             if not self.banks and self.config.kind == "generation":
