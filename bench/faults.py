@@ -68,8 +68,9 @@ class Server:
 class Load:
     """Closed-loop clients: /predict, then feedback on every second answer; every outcome timestamped."""
 
-    def __init__(self, base: str, clients: int = 4):
-        self.base, self.clients, self.stop = base, clients, threading.Event()
+    def __init__(self, base: str, clients: int = 4, pause_s: float = 0.1):
+        # a pause between a client's calls: steady traffic that leaves the loops some of the 2 cores
+        self.base, self.clients, self.pause_s, self.stop = base, clients, pause_s, threading.Event()
         self.events: list[tuple[float, str, int]] = []  # (time, "predict"|"feedback", status; 0: no answer)
         self.acked: set[str] = set()
         self.lock = threading.Lock()
@@ -77,7 +78,7 @@ class Load:
     def _client(self, worker: int) -> None:
         n = 0
         with httpx.Client(timeout=30) as http:
-            while not self.stop.is_set():
+            while not self.stop.wait(self.pause_s):
                 n += 1
                 rid, user = f"L{worker}-{n}", f"user-{worker}-{n % 20}"
                 status, answer = self._post(http, "/predict", {"requests": [{"user_id": user, "input": TEXTS[n % 4],
@@ -403,15 +404,16 @@ def _machine() -> str:
 
 
 def write_page(result: dict, path: Path) -> None:
+    context = f" {result['context']}." if result.get("context") else ""
     rows = "\n".join(f"| {f['fault']} | {f['requests']} | {f['predict_failed']} | {f['feedback_failed']} | "
                      f"{f['feedback_503']} | {f['feedback_acked']} | {f['recovery_s'] if f['recovery_s'] is not None else '-'} | "
                      f"{f['loop']} |" for f in result["faults"])
     path.write_text(f"""# Faults under load
 
 Measured {result['date']}, {result['machine']}, with `python -m bench faults --seconds {result['seconds_per_fault']:g}`
-(tiny models; total {result['total_s']:.0f} s). A live local stack: `mlflow server` (SQLite), `prefect server`, the
-service with two worker processes, the operations database on a 64 MB tmpfs; four clients send /predict and
-feedback on every second answer while each part fails in turn ({result['seconds_per_fault']:g} s per outage).
+(tiny models; total {result['total_s']:.0f} s).{context} A live local stack: `mlflow server` (SQLite), `prefect server`, the
+service with two worker processes, the operations database on a 64 MB tmpfs; four clients send /predict (0.1 s
+apart) and feedback on every second answer while each part fails in turn ({result['seconds_per_fault']:g} s per outage).
 Raw figures: `bench/results/faults.json`.
 
 | fault | requests in the window | /predict failed | feedback failed (5xx, no answer) | feedback refused 503 (not acknowledged) | feedback acknowledged | recovery s | loop |
@@ -436,8 +438,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seconds", type=float, default=12, help="Length of each outage and of the baseline.")
     parser.add_argument("--quick", action="store_true", help="6 s outages.")
     parser.add_argument("--only", nargs="*", help="Run only the faults whose name contains one of these words.")
+    parser.add_argument("--context", default="", help="What else the machine was doing, for the page.")
     args = parser.parse_args(argv)
-    result = run(6 if args.quick else args.seconds, args.only)
+    result = {**run(6 if args.quick else args.seconds, args.only), "context": args.context}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "faults.json").write_text(json.dumps(result, indent=1))
     write_page(result, ROOT / "docs" / "benchmarks" / "faults.md")

@@ -9,6 +9,7 @@ kept by the Alembic migrations in ``tuneloop/migrations``, applied when a store 
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 from collections import OrderedDict
@@ -271,6 +272,9 @@ def forget_engines() -> None:
         _ENGINES.clear()
     for engine, _ in entries:
         engine.dispose()
+
+
+atexit.register(forget_engines)  # pooled connections closed at exit, not left for the server to time out
 
 
 class FeedbackStore:
