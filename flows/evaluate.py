@@ -37,6 +37,7 @@ from tuneloop.eval_suites.suites import (SuiteItem, adversarial_suite, breakdown
 from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.tune import TuneResult
+from tuneloop.cache_files import verified
 from tuneloop.registry import adapter_path, alias_version
 from tuneloop.tracking import within_run
 
@@ -128,7 +129,8 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     labels = load_labels(ref, config.work_dir)
     if champion:
         folder = adapter_path(config.model_name, champion, config.home.resolve() / "adapters")
-        baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"version:{config.model_name}:{champion}")
+        # answers cached by the adapter's content, not its version number (another server has its own v1)
+        baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"adapter:{verified(folder)}")
     else:
         baseline = base_candidate(config, labels)
     challenger = adapter_candidate(config, challenger_dir, "challenger")

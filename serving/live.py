@@ -54,6 +54,12 @@ def metrics() -> SimpleNamespace:
         drift_windows=prom.Counter("tuneloop_drift_windows", "Drift windows tested, by outcome", ["version", "drifted"]),
         shadow=prom.Counter("tuneloop_shadow_comparisons", "Shadow answers, by agreement with the live one", ["agree"]),
         shadow_dropped=prom.Counter("tuneloop_shadow_dropped", "Requests not mirrored because the shadow was behind"),
+        registry_stale_since=prom.Gauge("tuneloop_registry_stale_since_seconds", "Unix time since which a worker has "
+                                        "not reached the registry (serving the last known versions); 0: up to date",
+                                        multiprocess_mode="livemax"),
+        registry_failures=prom.Counter("tuneloop_registry_refresh_failures", "Registry reads that failed"),
+        adapter_load_failures=prom.Counter("tuneloop_adapter_load_failures", "Versions an alias points to that could "
+                                           "not be loaded (skipped; the other aliases still move)", ["alias", "version"]),
     )
 
 

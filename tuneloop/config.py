@@ -248,6 +248,17 @@ class DeployConfig(BaseModel):
         20, ge=1, le=1000, description="/metrics: distinct request segments labelled per worker; later ones count as "
         "'other' (segments are client-supplied: unbounded label values would grow Prometheus without limit)."
     )
+    registry_timeout_s: int = Field(
+        3, ge=1, le=120, description="The service's wait for one MLflow call (MLFLOW_HTTP_REQUEST_TIMEOUT in its "
+        "processes): requests and admin calls never wait on a registry that is down for longer than this."
+    )
+    registry_retries: int = Field(
+        1, ge=0, le=10, description="The service's retries of a failed MLflow call (MLFLOW_HTTP_REQUEST_MAX_RETRIES; "
+        "MLflow's own default, 7 with backoff, waits about 4 minutes)."
+    )
+    failed_version_retry_s: float = Field(
+        60, gt=0, description="How long the service waits before trying again to load a version that failed to load."
+    )
 
 
 class CostConfig(BaseModel):

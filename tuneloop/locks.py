@@ -6,6 +6,7 @@ transaction for us: an Optuna study's trial claims, and MLflow alias moves with 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import tempfile
 import threading
@@ -23,7 +24,10 @@ _thread_locks_guard = threading.Lock()
 
 @lru_cache(maxsize=None)
 def _engine(url: str) -> sqlalchemy.Engine:
-    return sqlalchemy.create_engine(url, pool_pre_ping=True)
+    """One small pool per lock database per process (a lock holds one connection while held)."""
+    engine = sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=8)
+    atexit.register(engine.dispose)
+    return engine
 
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
