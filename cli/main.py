@@ -79,12 +79,12 @@ def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, he
     except RegistryUnreachable as err:
         console.print(f"[red]refused:[/red] {err}; model versions cannot be checked. Records validated before it "
                       "failed are stored (a rerun skips them); rerun when it answers, or pass --no-check-versions.",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"{file}: {result.read} read, {result.stored} stored, {result.duplicates} already stored, "
-                  f"{len(result.rejected)} rejected")
-    for reject in result.rejected[:20]:
-        console.print(f"  line {reject.line}: {reject.field}: {reject.reason}", markup=False)
+                  f"{len(result.rejected)} rejected", soft_wrap=True)
+    for reject in result.rejected[:20]:  # one line each, whatever the width: a log is grepped by line
+        console.print(f"  line {reject.line}: {reject.field}: {reject.reason}", markup=False, soft_wrap=True)
     if len(result.rejected) > 20:
         console.print(f"  ... and {len(result.rejected) - 20} more" + ("" if report else " (use --report FILE for all)"))
     if report:
@@ -118,7 +118,7 @@ def run(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, ti
         with reporting(reporter_for(console)):
             result = loop(config)
     except (DatasetError, ModelError, TuneConfigError) as err:  # bad input: say what and what to set, no traceback
-        console.print(f"[red]refused before training:[/red] {err}", markup=True, highlight=False)
+        console.print(f"[red]refused before training:[/red] {err}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     _summary(config, result, time.perf_counter() - began)
 
@@ -178,20 +178,20 @@ def _links(config: LoopConfig, result) -> None:
     """Where to review the loop: its run in MLflow's UI (for the tracking URI in use), then the service."""
     import mlflow
 
-    from tuneloop.cli.mlflow_hint import ui_hint
+    from tuneloop.cli.mlflow_hint import ui_hint, venv_command
     from tuneloop.tracking import model_version_url
 
     hint = ui_hint(mlflow.get_tracking_uri())
     experiment_id = mlflow.get_run(result.run_id).info.experiment_id
     console.print()
     if hint.command:
-        console.print(f"MLflow UI:     {hint.command}", markup=False, highlight=False)
-    console.print(f"Loop run:      {hint.run_link(experiment_id, result.run_id)}", markup=False, highlight=False)
+        console.print(f"MLflow UI:     {hint.command}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Loop run:      {hint.run_link(experiment_id, result.run_id)}", markup=False, highlight=False, soft_wrap=True)
     if result.registered:
         console.print(f"Model version: {model_version_url(hint.ui, result.registered.name, result.registered.version)}",
-                      markup=False, highlight=False)
-    console.print(f"Start service: TUNELOOP_HOME={config.home.resolve()} .venv/bin/tuneloop serve --kind {config.kind}",
-                  markup=False, highlight=False)
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Start service: TUNELOOP_HOME={config.home.resolve()} {venv_command('tuneloop')} serve --kind {config.kind}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -35,12 +35,12 @@ def ui_hint(tracking_uri: str) -> UiHint:
         netloc = f"[{host}]" if ":" in host else host
         netloc += f":{parts.port}" if parts.port else ""
         return UiHint(urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), None)
-    return UiHint(LOCAL_UI, f"{_mlflow_command()} ui --backend-store-uri {shlex.quote(redact_text(tracking_uri))} --port 5000")
+    return UiHint(LOCAL_UI, f"{venv_command('mlflow')} ui --backend-store-uri {shlex.quote(redact_text(tracking_uri))} --port 5000")
 
 
-def _mlflow_command() -> str:
-    """The mlflow beside this Python, relative to the working directory when it is below it."""
-    executable = Path(sys.executable).with_name("mlflow")
+def venv_command(name: str) -> str:
+    """A command installed beside this Python, relative to the working directory when it is below it."""
+    executable = Path(sys.executable).with_name(name)
     try:
         return shlex.quote(str(executable.relative_to(Path(os.getcwd()))))
     except ValueError:

