@@ -6,6 +6,7 @@ and peft on tiny models)."""
 from __future__ import annotations
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -70,6 +71,24 @@ def test_a_bad_value_is_one_line_naming_the_variable(home, variable, value, says
     assert len([line for line in out.stderr.splitlines() if line.startswith("error:")]) == 1
 
 
+def test_progress_off_a_terminal_is_plain_lines_without_bars():
+    import io
+
+    from rich.console import Console
+
+    from tuneloop.cli.progress import PlainReporter, reporter_for
+
+    stream = io.StringIO()
+    reporter = reporter_for(Console(file=stream))  # not a terminal
+    assert isinstance(reporter, PlainReporter)
+    reporter.stage("tune", 2, 5)
+    reporter.trial(1, 3, {"rank": 8, "lr": 0.0009})
+    bar = reporter.bar("train", 100)
+    bar.update(50, loss="0.5")
+    bar.close()
+    assert stream.getvalue() == "[2/5] tune\ntrial 1 of 3: rank 8, lr 9.00e-04\n"
+
+
 @pytest.mark.parametrize("uri, ui, command", [
     ("sqlite:////home/u/.tuneloop/mlflow.db", "http://127.0.0.1:5000", "ui --backend-store-uri sqlite:////home/u/.tuneloop/mlflow.db"),
     ("http://reviewer:pw-123@mlflow.internal:5000/", "http://mlflow.internal:5000", None),
@@ -83,18 +102,29 @@ def test_the_mlflow_hint_matches_the_tracking_uri(uri, ui, command):
 
 
 def test_a_loop_set_by_environment_variables_alone(home, monkeypatch):
-    """`TUNELOOP_KIND=classification TUNELOOP_TINY=true tuneloop run`: the README's form, no options."""
+    """`TUNELOOP_KIND=classification TUNELOOP_TINY=true tuneloop run`: the README's form, no options; on a
+    terminal it shows every stage, the trial with its parameters and live bars with an ETA."""
+    import io
+
+    from rich.console import Console
+
+    import tuneloop.cli.main as main
+
     tune = tiny_config(home, "classification", epochs=10).tune.model_dump(mode="json")
     env = {"TUNELOOP_KIND": "classification", "TUNELOOP_TINY": "true", "TUNELOOP_TUNE": json.dumps(tune),
            "TUNELOOP_GATE": json.dumps(TINY_GATE)}
     seeded = runner.invoke(app, ["seed"], env=env)
     assert seeded.exit_code == 0 and "classification records added" in seeded.output, seeded.output
-    out = runner.invoke(app, ["run"], env=env, terminal_width=200)
-    assert out.exit_code == 0, out.output
-    text = out.stdout
-    # progress, plain (not a terminal): every stage, the trial with its parameters
-    assert all(f"[{i}/5] {name}" in text for i, name in enumerate(("curate", "tune", "evaluate", "register", "deploy"), 1)), text
+    screen = io.StringIO()
+    monkeypatch.setattr(main, "console", Console(file=screen, force_terminal=True, width=200, color_system=None))
+    out = runner.invoke(app, ["run"], env=env)
+    text = screen.getvalue()
+    assert out.exit_code == 0, out.output + text
+    assert all(f"{i}/5 {name}" in text for i, name in enumerate(("curate", "tune", "evaluate", "register", "deploy"), 1)), text
     assert "trial 1 of 1: rank 16, lr 0.02, " in text
+    for bar in ("train", "evaluate"):  # rich's live bars, with the items done of all and the time left
+        assert re.search(rf"{bar} .* \d+/\d+ .*ETA", text), bar
+    assert re.search(r"evaluate .*part (base|challenger) (heldout|adversarial|regression)", text)  # which model, which suite
     # the hint for the local SQLite store, and the link to the loop run in MLflow's UI
     [loop_run] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`tuneloop.stage` = 'loop'",
                                     output_format="list")
