@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from mlflow import MlflowClient
@@ -105,15 +106,22 @@ def test_the_printed_link_opens_the_loop_run_on_its_description(reviewed, pages)
     assert TRACES_OVERVIEW not in body and "No description" not in body
     for text in ("What changed since the base model", "items", "adversarial", "per-item tables", "the search run"):
         assert text in body, f"{text!r} not on the loop run's page"
-    page.get_by_role("link", name="the search run").first.click()
-    page.get_by_text(search.info.run_name, exact=False).first.wait_for(state="visible")
-    assert search.info.run_id in page.url
-    pages.shoot(page, "search-run-from-description")
+    page.get_by_text("Gate: PASSED").first.scroll_into_view_if_needed()
+    pages.shoot(page, "loop-run-description-scrolled")
+    # the description's links are routes of the UI itself, whatever address it is served at
+    href = page.get_by_role("link", name="the search run").first.get_attribute("href")
+    assert href and href.endswith(f"#/experiments/{experiment.experiment_id}/runs/{search.info.run_id}"), href
+    target = pages.open(urljoin(page.url, href), "search-run-from-description", search.info.run_name)
+    assert search.info.run_id in target.url and search.info.run_id in target.inner_text("body")
+    table = page.get_by_role("link", name="heldout").first.get_attribute("href")
+    assert table and table.endswith(f"/runs/{loop.info.run_id}/artifacts/evaluate/heldout.json"), table
 
 
 def test_the_version_page_shows_the_description(reviewed, pages):
     page = pages.open(model_version_url(reviewed["ui"], MODEL, "1"), "model-version-description", "Version 1",
                       "Gate: PASSED")
+    page.get_by_text("Gate: PASSED").first.scroll_into_view_if_needed()
+    pages.shoot(page, "model-version-description-scrolled")
     body = page.inner_text("body")
     assert "No description" not in body and "What changed since" in body and reviewed["loop"].info.run_id in body
 
