@@ -19,6 +19,7 @@ from tuneloop.flows.tune import TuneResult
 
 NOTE_TAG = "mlflow.note.content"
 MAX_NOTE = 7900  # MLflow keeps tag values up to 8,000 characters
+MAX_DESCRIPTION = 4900  # and model version descriptions up to 5,000 (its registry's column)
 
 
 def run_link(experiment_id: str, run_id: str, artifact: str = "") -> str:
@@ -85,8 +86,12 @@ def compose(config: LoopConfig, data: DatasetRef, tuned: TuneResult, report: Eva
     lines = (verdict_section(report) + search_tag_section(run.data.tags, report, config)
              + changes_section(config, data, tuned, report)
              + links_section(experiment_id, loop_run_id, tuned, report, config.kind))
-    text = "\n".join(lines)
-    return text if len(text) <= MAX_NOTE else text[:MAX_NOTE].rsplit("\n", 1)[0] + "\n\n(cut: see evaluate/gate.json)"
+    return "\n".join(lines)
+
+
+def _fit(text: str, limit: int) -> str:
+    """Cut at a line end, saying where the rest is."""
+    return text if len(text) <= limit else text[:limit].rsplit("\n", 1)[0] + "\n\n(cut: see evaluate/gate.json)"
 
 
 def write_notes(config: LoopConfig, data: DatasetRef, tuned: TuneResult, report: EvalReport,
@@ -94,10 +99,10 @@ def write_notes(config: LoopConfig, data: DatasetRef, tuned: TuneResult, report:
     """The description of the loop run and, when one was registered, of its model version."""
     text = compose(config, data, tuned, report, loop_run_id)
     client = mlflow.MlflowClient()
-    client.set_tag(loop_run_id, NOTE_TAG, text)
+    client.set_tag(loop_run_id, NOTE_TAG, _fit(text, MAX_NOTE))
     if registered:
         version_text = f"Registered by [loop run {loop_run_id}]({run_link(client.get_run(loop_run_id).info.experiment_id, loop_run_id)}).\n\n" + text
-        client.update_model_version(registered.name, registered.version, description=version_text[:MAX_NOTE])
+        client.update_model_version(registered.name, registered.version, description=_fit(version_text, MAX_DESCRIPTION))
     return text
 
 

@@ -48,3 +48,11 @@ def test_links_open_the_search_run_and_every_per_item_table():
     assert "[the search run](#/experiments/5/runs/SEARCH)" in text
     for table in ("heldout", "regression", "gate", "per_label"):
         assert f"[{table}](#/experiments/5/runs/LOOP/artifacts/evaluate/{table}.json)" in text
+
+
+def test_a_long_note_is_cut_at_a_line_end_within_mlflows_limits():
+    from tuneloop.flows.reviewer_notes import MAX_DESCRIPTION, _fit
+
+    cut = _fit("| row | 1 |\n" * 1000, MAX_DESCRIPTION)
+    assert len(cut) <= MAX_DESCRIPTION + 40 and cut.endswith("(cut: see evaluate/gate.json)")
+    assert "| row | 1 |\n\n(cut" in cut
