@@ -520,13 +520,14 @@ def up_command(
     prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
     service_port: int = typer.Option(3000, help="The first kind's service port; further kinds take the next ports"),
     worker_port: int = typer.Option(8380, help="Worker health check ports start here"),
-    kind: list[str] = typer.Option(["generation"], "--kind", "-k", help="A service per kind (repeat for both)"),
+    kind: list[str] = typer.Option(["generation"], "--kind", "-k", envvar="TUNELOOP_KIND",
+                                   help="A service per kind (repeat for both; $TUNELOOP_KIND: one, or both space-separated)"),
     workers: int = typer.Option(1, min=1, help="Prefect workers polling the tuneloop pool's default queue"),
     trial_workers: int = typer.Option(0, min=0, help="Prefect workers polling its trials queue, one flow run each "
                                       "(search workers of loops with tune.worker_deployment set)"),
     serve_workers: int = typer.Option(1, min=1, help="Worker processes of each BentoML service"),
     mlflow_workers: int = typer.Option(1, min=1, help="Worker processes of the MLflow server"),
-    tiny: bool = typer.Option(False, help="Tiny random models everywhere (tests, smoke runs)"),
+    tiny: bool = typer.Option(False, envvar="TUNELOOP_TINY", help="Tiny random models everywhere (tests, smoke runs)"),
     timeout: float = typer.Option(300, help="Seconds to wait for every part to answer"),
 ) -> None:
     """Start the stack (only the parts not running yet); print the environment block to eval."""

@@ -27,7 +27,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tuneloop import fast_paths
+from tuneloop import fast_paths, progress
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, load_examples, load_labels
 from tuneloop.eval_suites import gate
@@ -88,8 +88,9 @@ def build_suites(config: LoopConfig, ref: DatasetRef) -> dict[str, list[SuiteIte
     }
 
 
-def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, list[SuiteItem]]) -> dict[str, SuiteScores]:
-    """One model's answers and scores on every suite."""
+def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, list[SuiteItem]],
+                    bar: progress.Bar | None = None) -> dict[str, SuiteScores]:
+    """One model's answers and scores on every suite (``bar`` advances by each suite's items)."""
     results = {}
     for name, items in suites.items():
         began = time.perf_counter()
@@ -102,6 +103,8 @@ def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, 
                                     seconds_per_item=elapsed / max(1, len(items)), per_item=per_item, outputs=outputs,
                                     reasons=reasons,
                                     guard=guard_scores(config.kind, items, outputs) if name == "adversarial" else [])
+        if bar:
+            bar.update(len(items), part=f"{candidate.name} {name}")
     return results
 
 
@@ -139,7 +142,12 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     for candidate in (baseline, challenger):  # classification: each version's own out-of-scope threshold
         if candidate.calibration is None:
             fit_calibration(config, candidate, validation)
-    scores = {"champion": score_candidate(config, baseline, suites), "challenger": score_candidate(config, challenger, suites)}
+    bar = progress.current().bar("evaluate", 2 * sum(len(items) for items in suites.values()))  # items answered
+    try:
+        scores = {"champion": score_candidate(config, baseline, suites, bar),
+                  "challenger": score_candidate(config, challenger, suites, bar)}
+    finally:
+        bar.close()
     checks = decide(config, suites, scores["champion"], scores["challenger"], has_champion=champion is not None)
     verdicts = {c.verdict for c in checks}
     verdict: Verdict = "passed" if verdicts == {"pass"} else "refused" if FAIL in verdicts else "not enough evidence"

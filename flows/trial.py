@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from tuneloop import fast_paths, teacher
+from tuneloop import fast_paths, progress, teacher
 from tuneloop.adapters import write_meta
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
@@ -215,6 +215,7 @@ def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_r
     params = suggest(trial, config.tune, config.kind)
     key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
     trial.set_user_attr("trial_key", key)
+    progress.current().trial(key + 1, config.tune.trial_budget, params)
     run = TrialRun.open(search_run_id, name, key, {**params, "epochs": config.tune.epochs, "batch_size": config.tune.batch_size,
                                                    "trial_steps": config.tune.trial_steps},
                         tags={"dataset_hash": ref.dataset_hash, "optuna.study": name, "device": str(device)})

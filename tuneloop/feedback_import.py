@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Literal
 from pydantic import BaseModel, Field
 
 from tuneloop.feedback import FeedbackError, FeedbackRecord, FeedbackStore, parse_feedback, validate_feedback
+from tuneloop.version_check import EXTERNAL_PREFIX, is_external, unknown_reason
 
 Format = Literal["jsonl", "csv"]
 OPTIONAL_CSV_FIELDS = ("correction", "segment")  # an empty cell means "not given"
@@ -88,10 +89,14 @@ def _has_surrogate(value: str) -> bool:
 
 
 def import_feedback(store: FeedbackStore, path: Path, kind: str, fmt: Format | None = None,
-                    known_version: Callable[[str], bool] | None = None, batch: int = 1000) -> ImportReport:
+                    known_version: Callable[[str], bool | str] | None = None, batch: int = 1000,
+                    model_name: str | None = None) -> ImportReport:
     """Validate and store every record of a JSONL or CSV file; returns counts and the rejects.
 
-    ``known_version`` (e.g. a registry look-up) refuses records naming a model version it does not know.
+    ``known_version`` (e.g. a registry look-up: True/"known", False/"unknown") refuses records naming a
+    model version it does not know; ``external:<name>`` versions (answers from outside tuneloop) are
+    never looked up. When the look-up raises (an unreachable registry), the records validated so far
+    are stored and the error propagates: a rerun skips them as duplicates.
     """
     path = Path(path)
     fmt = fmt or ("csv" if path.suffix.lower() == ".csv" else "jsonl")
@@ -111,20 +116,32 @@ def import_feedback(store: FeedbackStore, path: Path, kind: str, fmt: Format | N
         pending.clear()
         numbers.clear()
 
-    with path.open("rb") as handle:
-        for number, item in (_csv if fmt == "csv" else _jsonl)(handle, kind):
-            report.read += 1
-            if isinstance(item, FeedbackRecord) and known and not known(item.model_version):
-                item = FeedbackError("model_version", f"unknown version {item.model_version!r}")
-            if isinstance(item, FeedbackError):
-                report.rejected.append(Reject(line=number, field=item.field, reason=item.message))
-                continue
-            pending.append(item)
-            numbers.append(number)
-            if len(pending) >= batch:
-                flush()
-    flush()
+    try:
+        with path.open("rb") as handle:
+            for number, item in (_csv if fmt == "csv" else _jsonl)(handle, kind):
+                report.read += 1
+                if isinstance(item, FeedbackRecord):
+                    item = _checked(item, known, model_name or f"tuneloop-{kind}")
+                if isinstance(item, FeedbackError):
+                    report.rejected.append(Reject(line=number, field=item.field, reason=item.message))
+                    continue
+                pending.append(item)
+                numbers.append(number)
+                if len(pending) >= batch:
+                    flush()
+    finally:
+        flush()
     return report
+
+
+def _checked(record: FeedbackRecord, known: Callable[[str], bool | str] | None,
+             model_name: str) -> FeedbackRecord | FeedbackError:
+    version = record.model_version
+    if version.startswith(EXTERNAL_PREFIX):
+        return record if is_external(version) else FeedbackError("model_version", unknown_reason(model_name, version))
+    if known is None or known(version) in (True, "known", "external"):
+        return record
+    return FeedbackError("model_version", unknown_reason(model_name, version))
 
 
 def write_rejects(report: ImportReport, path: Path) -> None:

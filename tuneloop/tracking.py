@@ -69,3 +69,13 @@ def git_sha() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("GIT_SHA", "unknown")
+
+
+def run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    """A link into MLflow's UI at ``ui`` that opens one run's page (its description, parameters, metrics)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
+
+
+def model_version_url(ui: str, name: str, version: str) -> str:
+    """A link into MLflow's UI at ``ui`` that opens a registered model version's page."""
+    return f"{ui.rstrip('/')}/#/models/{name}/versions/{version}"
