@@ -19,12 +19,13 @@ time (mostly compilation) and the step time after it. QLoRA (CUDA; default for l
 random base is saved to a scratch folder and loaded 4-bit NF4 through ``tuneloop.models.load_base(...,
 quantization="4bit")`` (bitsandbytes), prepared like a trial does (``prepare_model_for_kbit_training``),
 and trained with ``train()`` without and with gradient checkpointing: peak memory and step time.
-The row's ``reference`` holds the hand-loop figures measured on one H100 on 2026-11-23 (STACK.md).
+The row's ``reference`` holds a minimal hand-written bf16 LoRA loop's figures on one H100
+(docs/models-and-hardware.md).
 
 Imports torch, transformers, peft and tuneloop's core only (tuneloop.models, tuneloop.training,
-tuneloop.config): no MLflow, Prefect or Optuna, so it runs on the lent GPU machine.
+tuneloop.config): no MLflow, Prefect or Optuna, so it runs on a GPU machine without the rest of the stack.
 
-On a lent GPU machine (``device`` tool, /work/.library/device/README.md): it has torch, transformers,
+On a GPU machine without a package index that has torch, transformers,
 peft and accelerate but no pydantic, pydantic-settings (tuneloop.config) or bitsandbytes (QLoRA).
 Once, here, in the repo root (46 MB, 43 of them bitsandbytes; leave it out with ``--no-qlora``):
     echo /.whl/ >> .git/info/exclude

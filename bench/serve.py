@@ -18,7 +18,7 @@ Load generators run as separate processes against 127.0.0.1, each bounded in tim
 runs ``--rounds`` times per server, service and plain app alternating, and the rounds are pooled.
 The service's mean batch size per level is read off its /metrics (``tuneloop_batch_size``).
 
-On a lent GPU machine (/work/.library/device/README.md), which has torch and transformers but not the
+On a GPU machine without a package index, which has torch and transformers but not the
 service's stack (BentoML, MLflow, OpenFeature, SQLAlchemy, pydantic, ...) nor the bundled SmolLM2 wheel:
 here, in the repo root, once:
     echo /.whl/ >> .git/info/exclude; echo /.bench-gpu/ >> .git/info/exclude
@@ -32,7 +32,7 @@ here, in the repo root, once:
 The editable install maps ``tuneloop.serving`` (and the other layers) onto their folders, as here;
 the service runs as ``python -m bentoml serve tuneloop.serving.service:Tuneloop``. About 6 minutes:
 3 levels x 2 rounds x 2 servers x 20 s, plus start-up (``--quick``: 10 s levels, 1 round).
-Not verified on a GPU machine (none was lent to the session that wrote it).
+Not yet verified on a GPU machine.
 """
 
 from __future__ import annotations

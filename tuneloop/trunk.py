@@ -13,7 +13,7 @@ layers it skipped: the rows never read them, but the first layer's length number
 Only where that is exact: no dropout below the adapters, no activation checkpointing, decoder
 layers that take and return the hidden states as a plain tensor (checked on the first batch), and
 a train set whose states fit the memory budget (``tune.trunk_cache_mb``); otherwise every batch
-runs every layer, as before.
+runs every layer.
 """
 
 from __future__ import annotations
