@@ -53,9 +53,18 @@ The stores each default to a file under `TUNELOOP_HOME` and can point at a serve
 | Optuna | `sqlite:///$TUNELOOP_HOME/optuna.db` | `TUNELOOP_OPTUNA_URL` |
 | feedback and operations | `sqlite:///$TUNELOOP_HOME/feedback.db` | `TUNELOOP_FEEDBACK_URL` |
 
-Other variables read outside `LoopConfig`: `TUNELOOP_API_TOKEN` (one more admin token for the service),
-`TUNELOOP_RECEIPT_KEY` (the key of answer receipts, else kept in the operations database) and the
-`TUNELOOP_STACK_*` secrets of `tuneloop stack` ([team.md](team.md)).
+`tuneloop config show` prints every setting's effective value, where it came from and its variable.
+
+Other variables, read outside `LoopConfig`:
+
+| variable | what |
+|---|---|
+| `TUNELOOP_API_TOKEN` | one more admin token for the service (named `env`) |
+| `TUNELOOP_RECEIPT_KEY` | the key of answer receipts (else one kept in the operations database) |
+| `TUNELOOP_SHADOW_SALT` | the salt of pseudonymous user ids in shadow records (else one kept in the operations database) |
+| `TUNELOOP_REGISTRY_POLL_S` | how often the service polls the registry for alias moves (default 2 seconds) |
+| `TUNELOOP_CACHE` | where converted bundled weights and base hashes are cached (default `~/.cache/tuneloop`) |
+| `TUNELOOP_STACK_*` | the secrets and the PostgreSQL URL of `tuneloop stack` ([team.md](team.md#credentials)) |
 """
 
 
