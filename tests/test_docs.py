@@ -7,7 +7,8 @@ Convention: a fenced ``bash`` block is preceded by a marker line,
     <!-- docs-test: skip REASON -->       not run, and REASON says why (a GPU, a server left running, ...)
 
 An unmarked ``bash`` block fails the test, so a new command is either run here or explicitly excused.
-The run blocks of one page run in order in one temporary directory (a later block may use what an
+A ``# -> TEXT`` line in a run block is a promise about its output: TEXT must appear in what the block
+prints. The run blocks of one page run in order in one temporary directory (a later block may use what an
 earlier one made), as a user would paste them into a shell at the project's root: ``.venv/bin/``
 there holds ``tuneloop`` and ``python`` for the interpreter running the tests, and the environment
 carries no ``TUNELOOP_*``, ``MLFLOW_*`` or ``PREFECT_API_*`` setting of the test session.
@@ -195,7 +196,7 @@ def _shell_env(workdir: Path) -> dict[str, str]:
         script = bin_dir / name
         script.write_text(f'#!/bin/sh\nexec "{sys.executable}" {module} "$@"\n')
         script.chmod(0o755)
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200",
                PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1")
     return env
 
@@ -206,8 +207,12 @@ def run_blocks(page: Path, workdir: Path) -> None:
     for block in (b for b in shell_blocks(page) if b.marker == "run"):
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=workdir, env=env,
                               capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+        output = done.stdout + done.stderr
         assert done.returncode == 0, (f"{block} failed (exit {done.returncode}):\n{block.code}\n--- output ---\n"
                                       f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        for expected in re.findall(r"^# -> (.+)$", block.code, re.M):  # the page's promise of what it prints
+            assert " ".join(expected.split()) in " ".join(output.split()), (
+                f"{block}: the page says it prints {expected!r}; it printed:\n{output[-3000:]}")
 
 
 RUNNABLE = [p for p in PAGES if any(b.marker == "run" for b in shell_blocks(p))]
@@ -218,9 +223,14 @@ def test_runnable_blocks_run(page, tmp_path):
     run_blocks(page, tmp_path)
 
 
-def test_a_broken_command_fails_the_docs_test(tmp_path):
+def test_a_broken_command_or_a_wrong_promised_output_fails_the_docs_test(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("<!-- docs-test: run -->\n```bash\n.venv/bin/tuneloop no-such-command\n```\n")
     (tmp_path / "work").mkdir()
     with pytest.raises(AssertionError, match="page.md:2 failed"):
         run_blocks(page, tmp_path / "work")
+    page.write_text("<!-- docs-test: run -->\n```bash\necho one  two\n# -> one two\n```\n"
+                    "<!-- docs-test: run -->\n```bash\necho three\n# -> four\n```\n")
+    (tmp_path / "again").mkdir()
+    with pytest.raises(AssertionError, match="page.md:7: the page says it prints 'four'"):
+        run_blocks(page, tmp_path / "again")
