@@ -112,6 +112,12 @@ def test_every_shell_block_is_marked_run_or_skip_with_a_reason():
     assert not unexplained, f"skipped shell blocks must say why: {unexplained}"
 
 
+def test_the_readme_stays_a_five_minute_read():
+    """The README says what tuneloop does, how to start and where each task's page is; the rest is in docs/."""
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").count("\n")
+    assert lines <= 250, f"README.md has {lines} lines: move detail into docs/"
+
+
 def test_every_relative_link_resolves():
     problems = [p for page in PAGES for p in broken_links(page)]
     assert not problems, "broken links:\n" + "\n".join(problems)
