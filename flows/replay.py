@@ -46,8 +46,8 @@ SHORT_ANSWER_WORDS = 12
 
 SIMILAR_WORDS = 0.5  # word-set Jaccard from which a training prompt and a replay prompt ask the same thing
 SHORT_QA_SHARE = 1.0  # of any replay set: short questions in the regression suite's shape while they last, then
-# general requests: rehearsing their long answers forgot more (2026-12-04, 2 cores: 53 short questions and 255
-# general requests forgot 0.106 of the regression suite, 282 short questions and 26 general requests 0.030)
+# general requests: rehearsing their long answers forgets more (on the demo, 53 short questions and 255 general
+# requests forgot 0.106 of the regression suite, 282 short questions and 26 general requests 0.030)
 
 
 @lru_cache(maxsize=1)

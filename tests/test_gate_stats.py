@@ -41,7 +41,7 @@ def test_worse_on_only_three_items_is_not_enough_evidence_not_a_pass():
     check = non_inferiority([1.0, 1.0, 1.0], [1.0, 0.0, 1.0], ["a", "b", "c"], tolerance=0.05)
     assert check.verdict == UNSURE and not check.passed
     assert "too few" in check.reason
-    # and even a perfect three-item copy of the baseline cannot pass: the old 5-item suite's problem
+    # and even a perfect three-item copy of the baseline cannot pass: a suite that small cannot show non-inferiority
     assert non_inferiority([1.0] * 5, [1.0] * 5, tolerance=0.05).verdict == UNSURE
 
 

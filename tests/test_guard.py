@@ -21,7 +21,7 @@ from tuneloop.serving.live import guard_once
 @pytest.mark.parametrize("rate, share", [(0.1, 0.1), (0.02, 0.1), (0.3, 0.5)])
 def test_aa_canary_checked_at_every_record_rolls_back_within_alpha(rate, share):
     """Same true rate on both sides, the guard looking after every feedback record: the share of
-    canaries it rolls back stays within alpha; the old repeated z-test's is several times alpha."""
+    canaries it rolls back stays within alpha; a repeated fixed-sample z-test's is several times alpha."""
     alpha = 0.05
     sim = simulate(rate, rate, share=share, observations=3000, runs=1000, alpha=alpha, tau=0.1, min_samples=30, seed=7)
     print(f"A/A rate {rate} share {share}: sequential {sim.rollback_rate:.3f}, repeated z-test {sim.rollback_rate_z:.3f} "

@@ -66,7 +66,7 @@ def test_training_on_rehearsal_with_the_kl_term_pulls_the_model_back_to_its_base
 
 
 def test_the_loss_is_the_same_where_transformers_takes_no_logits_mask(monkeypatch):
-    """transformers 5.17 (the lent GPU machine's) takes ``logits_to_keep`` as a count or index list
+    """transformers 5.17 (as installed on a GPU machine it ran on) takes ``logits_to_keep`` as a count or index list
     only and fails on a boolean mask: training there projects every position and selects after,
     with the same loss and KL term."""
     from tuneloop import fast_paths

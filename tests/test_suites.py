@@ -131,7 +131,7 @@ def test_classification_out_of_scope_items_need_the_fallback_label(demo):
     assert len(items) >= 40 and all(it.reference == FALLBACK for it in items)
     assert wrapped and all(it.reference in demo["classification"]["labels"] for it in wrapped)
     labels = demo["classification"]["labels"]
-    any_label = [labels[0]] * len(items)  # the old off-topic rule passed any label: no longer
+    any_label = [labels[0]] * len(items)  # a rule that passed any label would pass these
     assert judge_all("classification", items, any_label)[0] == [0.0] * len(items)
     assert judge_all("classification", items, [FALLBACK] * len(items))[0] == [1.0] * len(items)
     without = adversarial_suite("classification", demo["classification"]["heldout"], labels, fallback_label=None)

@@ -180,7 +180,7 @@ def _from_hub_cache(model_id: str) -> Path:
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         raise ModelError(f"TUNELOOP_BASE_MODEL={model_id!r} is not in the local Hugging Face cache "
                          f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); tuneloop never downloads at run time. "
-                         f"Download it first (`huggingface-cli download {model_id}`) or point TUNELOOP_BASE_MODEL at a "
+                         f"Download it first (`hf download {model_id}`) or point TUNELOOP_BASE_MODEL at a "
                          f"folder. ({type(err).__name__})") from None
 
 
@@ -230,7 +230,8 @@ def quantization_config(quantization: str, device: torch.device, dtype: torch.dt
         raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs a CUDA GPU (the device here is {device.type}); "
                          "set TUNELOOP_QUANTIZATION=none, or run on a GPU.")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs bitsandbytes: pip install 'tuneloop[gpu]'.")
+        raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs bitsandbytes: pip install 'tuneloop[gpu]' "
+                         "(from a checkout: pip install -e '.[gpu]').")
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
