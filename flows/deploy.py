@@ -36,8 +36,9 @@ def deploy(config: LoopConfig, registered: Registered, parent_run_id: str) -> in
 
 
 @flow(name="rollout", log_prints=True)
-def rollout(config: LoopConfig = LoopConfig(), poll_s: float = 30.0) -> str:
+def rollout(config: LoopConfig | None = None, poll_s: float = 30.0) -> str:
     """Ramp the current challenger; returns 'promoted', 'rolled back: ...', 'full' or 'held: ...'."""
+    config = config or LoopConfig()  # a deployment's run: built once, here, from its environment
     challenger = alias_version(config.model_name, "challenger")
     if challenger is None:
         return "held: no challenger registered"

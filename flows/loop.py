@@ -35,7 +35,8 @@ class LoopResult(BaseModel):
 
 
 @flow(name="tuneloop", log_prints=True)
-def loop(config: LoopConfig = LoopConfig()) -> LoopResult:
+def loop(config: LoopConfig | None = None) -> LoopResult:
+    config = config or LoopConfig()  # a deployment's run: built once, here, from its environment
     base = preflight(config)  # a base, device or quantization setting that cannot work is refused before any work
     claim_flow_run()  # an earlier loop killed on this machine shows as Crashed, not Running forever
     use_experiment(config)

@@ -133,8 +133,9 @@ def _own_process() -> bool:
 
 
 @flow(name="tuneloop-trigger", log_prints=True)
-def trigger(config: LoopConfig = LoopConfig()) -> Decision:
+def trigger(config: LoopConfig | None = None) -> Decision:
     """Decide, record the decision and its cost, and run the loop when the decision is yes."""
+    config = config or LoopConfig()  # a deployment's run: built once, here, from its environment
     with meter("trigger", since_process_start=_own_process(), gpus=0) as usage:
         pruned = apply_retention(config)  # operational records older than the retention settings
         decision = decide(config)

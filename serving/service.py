@@ -27,9 +27,10 @@ from tuneloop.flags import Router
 from tuneloop import fast_paths, receipts, tokens
 
 apply_environment()  # before MLflow reads its tracking URI
+CONFIG = LoopConfig()  # the service process's one configuration: built once, at import, from its environment
 # every MLflow call here is on a request, admin or refresh path: bounded waits, not MLflow's ~4 minutes
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(LoopConfig().deploy.registry_timeout_s))
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(LoopConfig().deploy.registry_retries))
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(CONFIG.deploy.registry_timeout_s))
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(CONFIG.deploy.registry_retries))
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.1")
 
 from tuneloop.serving.live import SegmentLabels, Shadow, guard, publish_drift, record_batch  # noqa: E402
@@ -71,19 +72,19 @@ def _default_workers() -> int:
     """One worker per GPU when the service runs on GPUs (each holds its bank on its own device), else one per core."""
     import torch
 
-    if LoopConfig().device in ("auto", "cuda") and torch.cuda.is_available():
+    if CONFIG.device in ("auto", "cuda") and torch.cuda.is_available():
         return torch.cuda.device_count()
     return os.cpu_count() or 1
 
 
-WORKERS = LoopConfig().deploy.serve_workers or _default_workers()
+WORKERS = CONFIG.deploy.serve_workers or _default_workers()
 
 
 def _max_batch() -> int:
     import torch
 
-    on_gpu = LoopConfig().device in ("auto", "cuda") and torch.cuda.is_available()
-    return LoopConfig().deploy.max_batch_size or (128 if on_gpu else 32)
+    on_gpu = CONFIG.device in ("auto", "cuda") and torch.cuda.is_available()
+    return CONFIG.deploy.max_batch_size or (128 if on_gpu else 32)
 
 
 MAX_BATCH = _max_batch()
@@ -97,7 +98,7 @@ class Tuneloop:
 
         # workers split the cores: more threads than cores would make every forward wait on the others
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
-        self.config = LoopConfig()
+        self.config = CONFIG
         fast_paths.configure(self.config.fast_paths)
         self.store = FeedbackStore(self.config.feedback_db)
         self.router = Router(self.config)
@@ -311,5 +312,5 @@ Tuneloop.apis["predict"].output_spec.media_type = "application/json"
 # /readyz says whether this worker is up to date with the registry (and since when it is not)
 Tuneloop.add_asgi_middleware(ReadyDetail)
 # every body bounded before it is parsed: 413 for an oversized body or too many requests in one call
-Tuneloop.add_asgi_middleware(BodyLimit, max_body_bytes=LoopConfig().limits.max_body_bytes,
-                             max_predict_requests=LoopConfig().limits.max_predict_requests)
+Tuneloop.add_asgi_middleware(BodyLimit, max_body_bytes=CONFIG.limits.max_body_bytes,
+                             max_predict_requests=CONFIG.limits.max_predict_requests)
