@@ -32,10 +32,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     import torch
 
+    from tuneloop import inference
     from tuneloop.config import LoopConfig
     from tuneloop.datasets import Example
     from tuneloop.eval_suites.suites import adversarial_suite, regression_suite
-    from tuneloop import inference
     from tuneloop.models import base_of, load_base, load_tokenizer
     from tuneloop.sample_data import SYSTEM_PROMPT
     from tuneloop.text import normalize

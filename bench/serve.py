@@ -112,11 +112,10 @@ def _same_answers(service: str, plain: str) -> dict:
 
 def routing_overhead(config, n: int = 5000) -> dict:
     """Per-request cost of routing (flag evaluation) and attribution (version lookup, answer object)."""
+    from tuneloop.flags import Router
+    from tuneloop.receipts import sign
     from tuneloop.serving.models import AdapterBank
     from tuneloop.serving.service import Answer
-    from tuneloop.flags import Router
-
-    from tuneloop.receipts import sign
 
     router, bank = Router(config), AdapterBank.__new__(AdapterBank)
     bank.served = {"champion": "1", "challenger": "2"}
@@ -295,9 +294,12 @@ def device_wheels() -> str:
 
     from packaging.markers import Marker
 
-    import tuneloop.adapters, tuneloop.migrations, tuneloop.operations, tuneloop.registry  # noqa: E401, F401
-    import tuneloop.serving.live, tuneloop.serving.service, uvicorn  # noqa: E401, F401
-    import bench.loadgen, bench.plain_app  # noqa: E401, F401
+    import bench.loadgen  # noqa: E401, F401
+    import tuneloop.adapters  # noqa: E401, F401
+    import tuneloop.migrations
+    import tuneloop.operations
+    import tuneloop.registry
+    import tuneloop.serving.live  # noqa: E401, F401
 
     norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
     env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "platform_system": "Linux",

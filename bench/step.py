@@ -34,10 +34,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="6 batches instead of 20")
     args = parser.parse_args(argv)
     from tuneloop import teacher, training
-    from tuneloop.trunk import open_trunk
     from tuneloop.config import LoopConfig
     from tuneloop.models import base_of, load_base, load_tokenizer, lora_targets
     from tuneloop.sample_data import SYSTEM_PROMPT, sample_feedback
+    from tuneloop.trunk import open_trunk
 
     info = base_of(LoopConfig(kind="generation"))
     tokenizer = load_tokenizer(info)

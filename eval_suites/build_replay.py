@@ -221,7 +221,7 @@ def test_items() -> list[dict]:
 
     items = _suite()
     for kind in ("generation", "classification"):
-        items += [json.loads(l) for l in (DATA / f"adversarial_{kind}.jsonl").read_text().splitlines() if l.strip()]
+        items += [json.loads(line) for line in (DATA / f"adversarial_{kind}.jsonl").read_text().splitlines() if line.strip()]
     return items + [{"id": f"appended-{n}", "input": text} for n, (text, _) in enumerate(EXTRACTIONS + INJECTIONS)]
 
 
@@ -235,7 +235,7 @@ def main() -> None:
     path.write_text("".join(json.dumps({"id": f"replay-{n:04d}", "category": c, "prompt": p}) + "\n"
                             for n, (c, p, _) in enumerate(kept)))
     print(f"{path}: {len(kept)} prompts; dropped {len(dropped)}")
-    for c, p, why in dropped:
+    for _, p, why in dropped:
         print(f"  dropped {p!r}: {why}")
 
 

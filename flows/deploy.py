@@ -12,9 +12,9 @@ import time
 import mlflow
 from prefect import flow, task
 
-from tuneloop.flows.register import Registered
 from tuneloop.config import LoopConfig
 from tuneloop.flags import challenger_percent, set_challenger_percent
+from tuneloop.flows.register import Registered
 from tuneloop.operations import promote, record_event, roll_back
 from tuneloop.registry import alias_version
 from tuneloop.rollout import check

@@ -8,17 +8,17 @@ import mlflow
 from prefect import flow
 from pydantic import BaseModel
 
+from tuneloop import progress
+from tuneloop.config import LoopConfig
+from tuneloop.cost import LoopMeter, tag_version_cost
+from tuneloop.datasets import DatasetRef
+from tuneloop.economics import crossover_artifact
 from tuneloop.flows.curate import curate
 from tuneloop.flows.deploy import deploy
 from tuneloop.flows.evaluate import EvalReport, evaluate
 from tuneloop.flows.register import Registered, register
 from tuneloop.flows.reviewer_notes import write_notes
 from tuneloop.flows.tune import TuneResult, tune
-from tuneloop import progress
-from tuneloop.config import LoopConfig
-from tuneloop.cost import LoopMeter, tag_version_cost
-from tuneloop.datasets import DatasetRef
-from tuneloop.economics import crossover_artifact
 from tuneloop.models import preflight
 from tuneloop.owners import claim_flow_run
 from tuneloop.tracking import use_experiment

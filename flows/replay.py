@@ -23,18 +23,18 @@ import json
 import random
 import re
 import zlib
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
 
 from datasketch import MinHash, MinHashLSH
 from filelock import FileLock
 
 from tuneloop.config import LoopConfig
 from tuneloop.dedupe import prompt_key
-from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.inference import generate
+from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.training import Prompting
 
 PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"

@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tuneloop.cache_files import atomic_write_text, read_json, verified
@@ -32,7 +32,7 @@ def save(config: LoopConfig, tracking_uri: str, served: dict[str, str], adapters
     """Record what serves now: {alias: version} and {version: {"path", "sha256"}} of the adapters it needs."""
     needed = {v: adapters[v] for v in set(served.values()) if v in adapters}
     atomic_write_text(state_path(config), json.dumps({"tracking_uri": tracking_uri, "served": served, "adapters": needed,
-                                                      "saved_at": datetime.now(timezone.utc).isoformat()}, indent=1))
+                                                      "saved_at": datetime.now(UTC).isoformat()}, indent=1))
 
 
 def load(config: LoopConfig, tracking_uri: str) -> tuple[dict[str, str], dict[str, Path]]:
@@ -82,7 +82,7 @@ class Freshness:
         with self.lock:
             if self.stale_since is None:
                 return {"stale_since": None, "detail": "up to date with the registry"}
-            at = datetime.fromtimestamp(self.stale_since, timezone.utc).isoformat(timespec="seconds")
+            at = datetime.fromtimestamp(self.stale_since, UTC).isoformat(timespec="seconds")
             return {"stale_since": at, "detail": f"stale since {at}: the registry is unreachable ({self.reason}); "
                     "serving the last known versions"}
 

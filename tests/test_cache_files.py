@@ -9,10 +9,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import tiny_config
+
 from tuneloop import models
-from tuneloop.cache_files import MANIFEST, fetch_folder, CacheError, verified
+from tuneloop.cache_files import MANIFEST, CacheError, fetch_folder, verified
 from tuneloop.registry import adapter_path, log_adapter
 
 

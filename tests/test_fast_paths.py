@@ -84,7 +84,7 @@ def test_training_with_the_fast_paths_gives_the_plain_paths_losses(model_type, c
         model = _model(model_type, tokenizer, checkpointing)
         calls: list[int] = []  # rows per forward of the base: a one-row call is a shared prefix going through
         hook = model.get_base_model().register_forward_pre_hook(
-            lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
+            lambda module, args, kwargs, calls=calls: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
         result = train(model, [dict(r) for r in rows], tokenizer.pad_token_id, lr=1e-2, epochs=3, batch_size=3, seed=0,
                        kl_weight=1.0, trunk_cache_mb=64)
         hook.remove()

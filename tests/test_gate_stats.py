@@ -9,8 +9,17 @@ import pytest
 
 from tuneloop.calibration import Calibration, apply_threshold, calibrate, fit_threshold
 from tuneloop.eval_suites.gate import adversarial_checks, heldout_check, missing_groups, refusals, regression_check
-from tuneloop.eval_suites.stats import (FAIL, PASS, UNSURE, aa_tolerance, cluster_bootstrap, evidence_needed, known,
-                                        non_inferiority, superiority)
+from tuneloop.eval_suites.stats import (
+    FAIL,
+    PASS,
+    UNSURE,
+    aa_tolerance,
+    cluster_bootstrap,
+    evidence_needed,
+    known,
+    non_inferiority,
+    superiority,
+)
 from tuneloop.eval_suites.suites import SuiteItem
 
 

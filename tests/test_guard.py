@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from mlflow import MlflowClient
 
-from conftest import tiny_config
 from tuneloop.config import DeployConfig
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.flags import challenger_percent, set_challenger_percent
@@ -139,8 +139,8 @@ def test_the_services_live_guard_rolls_back_a_one_segment_regression(home):
 
     import httpx
     import mlflow
-
     from test_shadow import register_tiny_versions
+
     from tuneloop.localserver import tuneloop_service
 
     config = tiny_config(home, "generation")

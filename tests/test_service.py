@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-
 from conftest import TOKEN, tiny_config
-from tuneloop.flows.loop import loop
-from tuneloop.flows.search_tracking import fetch_adapter
+
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.flags import set_challenger_percent
+from tuneloop.flows.loop import loop
+from tuneloop.flows.search_tracking import fetch_adapter
+from tuneloop.localserver import tuneloop_service
 from tuneloop.operations import events
 from tuneloop.registry import alias_version, log_adapter, move_alias, promote
-from tuneloop.localserver import tuneloop_service
 from tuneloop.sample_data import sample_feedback
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import httpx
 import mlflow
-import pytest
+from conftest import TOKEN, tiny_config
 from peft import LoraConfig, get_peft_model
 
-from conftest import TOKEN, tiny_config
 from tuneloop.adapters import write_meta
 from tuneloop.flags import challenger_percent, set_challenger_percent
 from tuneloop.localserver import free_port, server_process, tuneloop_service

@@ -17,8 +17,19 @@ from tuneloop.eval_suites import suites
 from tuneloop.eval_suites.build_replay import overlaps, test_items
 from tuneloop.eval_suites.facts import fact_accuracy, fact_tokens
 from tuneloop.eval_suites.matching import contains_phrase, leaks, pii_found, system_prompt_ngrams, token_f1
-from tuneloop.eval_suites.suites import (GROUPS, SuiteItem, adversarial_suite, breakdown, counts, heldout_suite, judge_all,
-                                         learned_suite, regression_suite, replay_prompts, sample_suite)
+from tuneloop.eval_suites.suites import (
+    GROUPS,
+    SuiteItem,
+    adversarial_suite,
+    breakdown,
+    counts,
+    heldout_suite,
+    judge_all,
+    learned_suite,
+    regression_suite,
+    replay_prompts,
+    sample_suite,
+)
 from tuneloop.sample_data import FACTS, SYSTEM_PROMPT, sample_feedback
 from tuneloop.text import normalize
 

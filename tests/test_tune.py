@@ -20,18 +20,18 @@ import mlflow
 import optuna
 import pytest
 import torch
+from conftest import tiny_config
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import tiny_config
+from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, load_examples, load_labels
+from tuneloop.feedback import FeedbackStore
 from tuneloop.flows.curate import build_dataset, log_dataset
 from tuneloop.flows.study import OWNER_ATTR, origin, study_name
 from tuneloop.flows.tune import tune
-from tuneloop.config import LoopConfig
-from tuneloop.owners import OWNER_TAG
-from tuneloop.feedback import FeedbackStore
 from tuneloop.models import base_of, load_base, load_tokenizer, resolve_base
+from tuneloop.owners import OWNER_TAG
 from tuneloop.sample_data import sample_feedback
 from tuneloop.tracking import use_experiment
 from tuneloop.training import add_adapter, encode, train
@@ -128,7 +128,7 @@ def _check_study(config: LoopConfig, data: DatasetRef) -> tuple[optuna.Study, di
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == config.tune.n_trials == len(chains)  # none lost, none extra
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for key, chain in chains.items():
+    for chain in chains.values():
         # a chain is killed attempts then one finished attempt, all with the same parameters (an attempt
         # killed between being claimed and drawing them has none, or some, of them)
         assert [t.state for t in chain[:-1]] == [TrialState.FAIL] * (len(chain) - 1)

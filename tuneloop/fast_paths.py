@@ -20,7 +20,7 @@ internals these rely on, and the bound moves only after the exactness tests pass
 from __future__ import annotations
 
 import sys
-from functools import lru_cache
+from functools import cache
 
 # model_type values whose exactness tests run in tests/test_fast_paths.py: Llama (the bundled base),
 # Qwen2 (grouped-query attention, biased projections) and Gemma2 (sliding-window layers, where the shared
@@ -74,7 +74,7 @@ def kept_logits_supported(model_class: type) -> bool:
     return _uses_mask_slicing(model_class.__module__)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _uses_mask_slicing(module_name: str) -> bool:
     module = sys.modules.get(module_name)
     return module is not None and "slice_logits_to_keep" in vars(module)

@@ -13,16 +13,38 @@ import atexit
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Annotated, Any, AsyncIterable, Iterable, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo,
-                      field_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
-from sqlalchemy import (DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, case, cast, create_engine, event,
-                        func, select)
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    case,
+    cast,
+    create_engine,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -87,7 +109,7 @@ class FeedbackError(ValueError):
         self.errors = errors or [{"field": field, "message": message}]
 
     @classmethod
-    def from_validation(cls, err: ValidationError) -> "FeedbackError":
+    def from_validation(cls, err: ValidationError) -> FeedbackError:
         errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in err.errors(include_url=False)]
         return cls(errors[0]["field"], errors[0]["message"], 422, errors)
 
@@ -173,7 +195,7 @@ class FeedbackRow(_Base):
 
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(UTC))
     payload: Mapped[str] = mapped_column(Text, doc="The record exactly as received (JSON).")
     source: Mapped[str | None] = mapped_column(String(16), nullable=True, doc="api, import or raw (migration 0004).")
     user_id: Mapped[str | None] = mapped_column(String(128), nullable=True, doc="For the per-user rate limit.")
@@ -186,7 +208,7 @@ class CurationRunRow(_Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(UTC))
     high_water_id: Mapped[int] = mapped_column(Integer, comment="Newest feedback id this curation used.")
     dataset_hash: Mapped[str] = mapped_column(String(64))
     counts: Mapped[str] = mapped_column(Text)
@@ -241,7 +263,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-_ENGINES: "OrderedDict[str, tuple[Engine, Any]]" = OrderedDict()
+_ENGINES: OrderedDict[str, tuple[Engine, Any]] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
 MAX_ENGINES = 16  # distinct store URLs one process keeps open (tests open many; a service one or two)
 
@@ -355,7 +377,7 @@ class FeedbackStore:
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         values = [{"request_id": r.request_id, "kind": r.kind, "received_at": now, "source": source, "user_id": r.user_id,
                    "payload": json.dumps(r.model_dump(mode="json"), ensure_ascii=False)} for r in records]
         with self._write_lock, self.engine.begin() as conn:
@@ -473,7 +495,7 @@ class FeedbackStore:
             row = session.scalar(select(CurationRunRow).where(CurationRunRow.kind == kind).order_by(CurationRunRow.id.desc()).limit(1))
             if row is None:
                 return None
-            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)  # SQLite drops tz
+            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)  # SQLite drops tz
             return CurationRun(row.id, row.kind, created, row.high_water_id, row.dataset_hash, json.loads(row.counts), row.mlflow_run_id)
 
     def quarantined(self, kind: str) -> list[dict[str, Any]]:

@@ -7,9 +7,10 @@ answer in one batch (``adapter_names``), which the service uses to serve version
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase

@@ -10,10 +10,10 @@ import atexit
 import hashlib
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Iterator
 
 import sqlalchemy
 from filelock import FileLock
@@ -22,7 +22,7 @@ _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _engine(url: str) -> sqlalchemy.Engine:
     """One small pool per lock database per process (a lock holds one connection while held)."""
     engine = sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=8)

@@ -9,7 +9,7 @@ to the ``rollout_events`` table of the operations database, shared by every mach
 from __future__ import annotations
 
 import getpass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -82,7 +82,7 @@ def roll_back(config: LoopConfig, reason: str, version: str | None = None, resto
 
     set_challenger_percent(config, 0, by=actor or cli_actor())
     version = version or alias_version(config.model_name, "challenger")
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     if version:
         try:
             MlflowClient().set_model_version_tag(config.model_name, version, "rolled_back", f"{stamp} {reason}")

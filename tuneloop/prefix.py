@@ -10,7 +10,7 @@ less work in both directions (``python -m bench prefix``). Only on the architect
 from __future__ import annotations
 
 import inspect
-from functools import lru_cache
+from functools import cache
 
 import torch
 
@@ -76,7 +76,7 @@ def checkpointing(model) -> bool:
     return bool(flag if flag is not None else getattr(base, "is_gradient_checkpointing", False))
 
 
-@lru_cache(maxsize=None)
+@cache
 def cache_argument(model_class: type) -> str:  # transformers 5.25 renamed past_key_values to cache
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
@@ -85,7 +85,7 @@ def keeps_logits(model) -> bool:
     return _forward_takes_logits_to_keep(base_class(model))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _forward_takes_logits_to_keep(model_class: type) -> bool:  # once per architecture, not once per step
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 

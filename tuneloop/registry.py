@@ -11,10 +11,10 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 from mlflow import MlflowClient
@@ -153,7 +153,7 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
     with database_lock(registry_lock_url(mlflow.get_tracking_uri()), f"mlflow-aliases:{name}"):
         model = client.get_registered_model(name)  # its aliases and history: only writers under this lock change them
         current = {alias: str(version) for alias, version in model.aliases.items()}
-        entries, stamp = [], datetime.now(timezone.utc).isoformat(timespec="seconds")
+        entries, stamp = [], datetime.now(UTC).isoformat(timespec="seconds")
         for alias, version in (moves(dict(current)) if callable(moves) else moves):
             before = current.get(alias)
             if version is None:

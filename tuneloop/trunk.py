@@ -157,7 +157,7 @@ class Trunk:
         if not self.plain:  # a verified architecture whose layers changed what they return: said, then plain
             unsupported.add(self.model_class)
             warnings.warn(f"{self.model_class.__name__}: its decoder layers return more than the hidden states; "
-                          "training runs every layer", fast_paths.FastPathWarning)
+                          "training runs every layer", fast_paths.FastPathWarning, stacklevel=2)
 
 
 def open_trunk(model, rows: list[dict], budget_mb: float) -> Trunk | None:
@@ -177,6 +177,6 @@ def open_trunk(model, rows: list[dict], budget_mb: float) -> Trunk | None:
     size = torch.finfo(next(p for p in model.parameters() if p.is_floating_point()).dtype).bits // 8
     if sum(len(r["input_ids"]) for r in rows) * hidden * size > budget_mb * 2**20:
         warnings.warn(f"the train set's states below the adapters exceed tune.trunk_cache_mb={budget_mb:g}: "
-                      "every step runs every layer")
+                      "every step runs every layer", stacklevel=3)
         return None
     return Trunk(model, layers, k)
