@@ -27,9 +27,10 @@ import shutil
 import sqlite3
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from itertools import groupby
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import mlflow
 from prefect import task
@@ -39,9 +40,10 @@ from tuneloop.config import LoopConfig
 from tuneloop.datasets import FILES, SPLITS, DatasetRef, Example, file_digest, split_of
 from tuneloop.dedupe import Clusterer, prompt_key
 from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
-from tuneloop.pii import clean as scrub_clean
 from tuneloop.flows.signals import SignalSpill
+from tuneloop.pii import clean as scrub_clean
 from tuneloop.preference import signal_files
+from tuneloop.version_check import is_external
 
 __all__ = ["DatasetError", "build_dataset", "curate", "clean"]
 
@@ -73,6 +75,8 @@ def _parse(row_id: int, payload: str, kind: str, counts: Counter,
         return str(err)
     except ValueError:
         return "body: not valid JSON"
+    if is_external(record.model_version):  # lineage: answers of a hosted model or another system
+        counts["source.external"] += 1
     if record.rating == "down" and record.correction is None:
         counts["thumbs_down_without_correction"] += 1
         if signals is not None:

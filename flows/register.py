@@ -17,7 +17,6 @@ from tuneloop.models import base_of
 from tuneloop.registry import log_adapter, move_alias
 from tuneloop.tracking import git_sha, within_run
 
-
 # which feedback signal a version learned from, by its objective (tuneloop/objectives.py)
 LEARNED_FROM = {
     "sft": "supervised pairs: corrections and liked answers",

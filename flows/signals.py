@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Iterable
 from itertools import groupby
 from pathlib import Path
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 from tuneloop.datasets import SPLITS, split_of
 from tuneloop.dedupe import Clusterer, prompt_key

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from tuneloop import teacher
+from tuneloop import fast_paths, progress, teacher
 from tuneloop.adapters import write_meta
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
@@ -158,8 +158,10 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
     """Train one configuration with checkpoints, reporting validation scores (to ``trial``'s pruner
     when there is one); the final score, or None when pruned. Logs its figures on ``run``."""
     tune = config.tune
+    fast_paths.configure(config.fast_paths)
     data = trial_data(config, ref, params.get("replay_ratio", 0.0))
     model = build_model(config, data, params, device)
+    run.tags({f"fast_path.{path}": state for path, state in fast_paths.report(model).items()})
     if config.kind == "generation" and tune.replay_kl:  # the frozen base's side of the KL term, once per search
         teacher.attach(model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}",
                        cache_dir() / "teacher")
@@ -237,6 +239,7 @@ def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_r
     params = suggest(trial, config.tune, config.kind, usable_objectives(config, ref))
     key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
     trial.set_user_attr("trial_key", key)
+    progress.current().trial(key + 1, config.tune.trial_budget, params)
     run = TrialRun.open(search_run_id, name, key, {**params, "epochs": config.tune.epochs, "batch_size": config.tune.batch_size,
                                                    "trial_steps": config.tune.trial_steps},
                         tags={"dataset_hash": ref.dataset_hash, "optuna.study": name, "device": str(device)})

@@ -17,8 +17,15 @@ from tuneloop.flows import curate as curate_module
 from tuneloop.flows.curate import build_dataset
 from tuneloop.inference import predict
 from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
-from tuneloop.objectives import (PreferenceTerm, answer_logps, dpo_loss, pair_rows, reference_logps, unpaired_rows,
-                                 usable)
+from tuneloop.objectives import (
+    PreferenceTerm,
+    answer_logps,
+    dpo_loss,
+    pair_rows,
+    reference_logps,
+    unpaired_rows,
+    usable,
+)
 from tuneloop.preference import PreferencePair, Unpaired, load_pairs, load_unpaired, signal_files
 from tuneloop.training import Prompting, add_adapter, collate, encode, train
 
@@ -240,8 +247,8 @@ def test_the_loop_searches_objectives_logs_objective_and_beta_and_tags_the_signa
     """A search over dpo and kto: each trial's objective and beta are MLflow params, the registered version
     says which signal it learned from; bare thumbs-down feed KTO (none dropped)."""
     import mlflow
-
     from conftest import constant_corrections, tiny_config
+
     from tuneloop.flows.loop import loop
     from tuneloop.registry import version_for
     from tuneloop.sample_data import sample_feedback

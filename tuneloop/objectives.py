@@ -28,7 +28,8 @@ The losses themselves are the few lines below, written to the papers' formulas.
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
