@@ -24,6 +24,7 @@ BENCHMARKS = {
     "stack": ("the same loop on the team stack (deployment run by a worker, MLflow server, PostgreSQL) vs embedded", False),
     "hostile": ("a hostile client against a live service (and a running stack's servers): unauthenticated writes, wrong-scope tokens, forged receipts, oversized bodies", False),
     "faults": ("a live stack under load while MLflow, Prefect, a trial worker and a service worker are killed and the feedback disk fills: failed requests, acknowledged vs stored, recovery seconds", True),
+    "preferences": ("learning from thumbs alone (KTO) vs SFT on liked answers, and from corrections (DPO vs SFT): rule-following, rejected-answer rate, forgetting", True),
     "scale": ("the whole loop on 15k and 100k generated records of each kind: stage seconds, peak memory, Prefect bytes", False),
 }
 

@@ -2,10 +2,12 @@
 
 From every record of the kind up to the newest one (the high-water mark), in arrival order:
 validate (invalid records are quarantined with a reason, in the store's ``quarantine`` table);
-normalise and scrub personal data (before anything leaves the store); drop bare thumbs-down (counted,
-not trained on); cluster exact and near-duplicate prompts; resolve conflicting targets per cluster
+normalise and scrub personal data (before anything leaves the store); bare thumbs-down (counted) make
+no supervised pair; cluster exact and near-duplicate prompts; resolve conflicting targets per cluster
 (majority, else the most recent; every conflict recorded); split clusters by the hash of their
-representative's key. The raw rows are never changed.
+representative's key. The raw rows are never changed. For generation, the preference signal the
+supervised pairs leave out (the rejected answer of each correction, every thumbs-up and bare
+thumbs-down) goes through the same rules into files of its own (``flows/signals.py``).
 
 It streams: rows come from the store a page at a time, each page is parsed and clustered, and its
 usable pairs go to a scratch SQLite file; a second pass reads them back grouped by cluster (SQLite
@@ -25,9 +27,10 @@ import shutil
 import sqlite3
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from itertools import groupby
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import mlflow
 from prefect import task
@@ -37,7 +40,9 @@ from tuneloop.config import LoopConfig
 from tuneloop.datasets import FILES, SPLITS, DatasetRef, Example, file_digest, split_of
 from tuneloop.dedupe import Clusterer, prompt_key
 from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
+from tuneloop.flows.signals import SignalSpill
 from tuneloop.pii import clean as scrub_clean
+from tuneloop.preference import signal_files
 from tuneloop.version_check import is_external
 
 __all__ = ["DatasetError", "build_dataset", "curate", "clean"]
@@ -60,8 +65,10 @@ def clean(text: str) -> str:
     return scrub_clean(text)
 
 
-def _parse(row_id: int, payload: str, kind: str, counts: Counter) -> _Usable | str | None:
-    """A usable pair, a quarantine reason, or None for a valid record that is not trained on."""
+def _parse(row_id: int, payload: str, kind: str, counts: Counter,
+           signals: SignalSpill | None = None) -> _Usable | str | None:
+    """A usable pair, a quarantine reason, or None for a valid record that makes no supervised pair;
+    ``signals`` gets the record's preference signal."""
     try:
         record = validate_feedback(json.loads(payload), kind)
     except FeedbackError as err:
@@ -72,6 +79,8 @@ def _parse(row_id: int, payload: str, kind: str, counts: Counter) -> _Usable | s
         counts["source.external"] += 1
     if record.rating == "down" and record.correction is None:
         counts["thumbs_down_without_correction"] += 1
+        if signals is not None:
+            signals.note_bare(row_id, record)
         return None
     prompt = clean(record.prompt)
     target = clean(record.correction if record.rating == "down" else record.output)
@@ -79,6 +88,8 @@ def _parse(row_id: int, payload: str, kind: str, counts: Counter) -> _Usable | s
         return ("prompt" if not prompt else "target") + ": empty after cleaning"
     counts["corrections" if record.rating == "down" else "thumbs_up"] += 1
     segment = clean(record.segment) if record.segment else None
+    if signals is not None:
+        signals.note(row_id, record, prompt, target if record.rating == "down" else None, segment)
     return _Usable(row_id, prompt, target, segment, record.rating == "up")
 
 
@@ -98,7 +109,8 @@ def _resolve(items: list[_Usable], key: str, counts: Counter, conflicts) -> Exam
                    segment=latest.segment, positive=latest.positive)
 
 
-def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: Path, counts: Counter) -> sqlite3.Connection:
+def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: Path, counts: Counter,
+           signals: SignalSpill | None = None) -> tuple[sqlite3.Connection, Clusterer]:
     """Pass 1: every usable pair with its cluster key into a scratch database; quarantine to a file."""
     db = sqlite3.connect(scratch / "pairs.sqlite")
     db.execute("CREATE TABLE pairs (cluster TEXT, id INTEGER, prompt TEXT, target TEXT, segment TEXT, positive INTEGER)")
@@ -110,7 +122,7 @@ def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: P
                 counts[f"source.{row.source or 'unrecorded'}"] += 1
             usable: list[_Usable] = []
             for row in page:
-                parsed = _parse(row.id, row.payload, config.kind, counts)
+                parsed = _parse(row.id, row.payload, config.kind, counts, signals)
                 if isinstance(parsed, str):
                     quarantine.write(json.dumps({"feedback_id": row.id, "reason": parsed}) + "\n")
                     counts["quarantined"] += 1
@@ -122,8 +134,10 @@ def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: P
             counts["near_duplicates"] += sum(c != k for c, k in zip(clusters, keys))
             db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?)",
                            [(c, u.id, u.prompt, u.target, u.segment, int(u.positive)) for c, u in zip(clusters, usable)])
+            if signals is not None:
+                signals.write_page((c, u.id) for c, u in zip(clusters, usable))
     db.commit()
-    return db
+    return db, clusterer
 
 
 def _clusters(db: sqlite3.Connection) -> Iterator[tuple[str, list[_Usable]]]:
@@ -146,7 +160,8 @@ def build_dataset(store: FeedbackStore, config: LoopConfig, check: bool = True) 
     scratch = root / f".building-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
     try:
-        db = _spill(store, config, high_water, scratch, counts)
+        signals = SignalSpill(scratch, counts) if config.kind == "generation" else None
+        db, clusterer = _spill(store, config, high_water, scratch, counts, signals)
         outputs = {split: open(scratch / f"{split}.jsonl", "w") for split in SPLITS}
         with open(scratch / "conflicts.jsonl", "w") as conflicts:
             for key, items in _clusters(db):
@@ -159,11 +174,14 @@ def build_dataset(store: FeedbackStore, config: LoopConfig, check: bool = True) 
             f.close()
         db.close()
         (scratch / "pairs.sqlite").unlink()
+        if signals is not None:
+            signals.finish(clusterer, scratch, config.heldout_percent, config.validation_percent)
         labels = (_check_splits(config, scratch, counts, label_counts) if check
                   else sorted(set().union(*label_counts.values())) if config.kind == "classification" else [])
         (scratch / FILES["labels"]).write_text(json.dumps(labels))
         (scratch / FILES["counts"]).write_text(json.dumps(dict(counts), indent=1, sort_keys=True))
-        dataset_hash = file_digest([scratch / f"{s}.jsonl" for s in SPLITS] + [scratch / FILES["labels"]])
+        dataset_hash = file_digest([scratch / f"{s}.jsonl" for s in SPLITS] + [scratch / FILES["labels"]]
+                                   + [scratch / name for name in signal_files() if (scratch / name).exists()])
         ref = DatasetRef(kind=config.kind, dataset_hash=dataset_hash, path=root / dataset_hash, counts=dict(counts),
                          n_labels=len(labels), last_feedback_id=high_water)
         (scratch / FILES["manifest"]).write_text(ref.model_dump_json(indent=1))

@@ -17,6 +17,13 @@ from tuneloop.models import base_of
 from tuneloop.registry import log_adapter, move_alias
 from tuneloop.tracking import git_sha, within_run
 
+# which feedback signal a version learned from, by its objective (tuneloop/objectives.py)
+LEARNED_FROM = {
+    "sft": "supervised pairs: corrections and liked answers",
+    "dpo": "supervised pairs and preference pairs: each correction over the answer it corrected",
+    "kto": "supervised pairs and unpaired thumbs: liked and disliked answers, bare thumbs-down included",
+}
+
 
 class Registered(BaseModel):
     name: str
@@ -38,6 +45,8 @@ def register(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: Eva
         "search_id": tuned.study_name,
         "best_trial": str(tuned.best.number),
         "params": json.dumps(tuned.best.params),
+        "objective": str(tuned.best.params.get("objective", "sft")),
+        "learned_from": LEARNED_FROM[str(tuned.best.params.get("objective", "sft"))],
         "trial_run_id": tuned.best.mlflow_run_id,
         "adapter_run_id": tuned.challenger.mlflow_run_id,
         "loop_run_id": parent_run_id,

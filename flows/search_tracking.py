@@ -64,7 +64,8 @@ def open_search_run(loop_run_id: str, study: str, space: dict) -> str:
 def trial_label(key: int | str, params: dict) -> str:
     """A run name that says what the trial is: its number (or "final") and its hyper-parameters."""
     return (f"{key if isinstance(key, str) else f'trial-{key:03d}'} r={params['rank']} lr={params['lr']:.1e} alpha={params['alpha_ratio']:g}r "
-            f"drop={params['dropout']:g} {params['target_modules']}")
+            f"drop={params['dropout']:g} {params['target_modules']}"
+            + (f" {params['objective']} beta={params['beta']:.2g}" if params.get("objective", "sft") != "sft" else ""))
 
 
 class TrialRun:

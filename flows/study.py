@@ -64,8 +64,12 @@ def study_name(config: LoopConfig, ref: DatasetRef, base: BaseModelInfo) -> str:
     return f"{config.model_name}-{ref.dataset_hash}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
 
 
-def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind) -> dict:
-    """The trial's hyper-parameters; a retried trial gets back the ones it had."""
+def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind, objectives: list[str] | None = None) -> dict:
+    """The trial's hyper-parameters; a retried trial gets back the ones it had. ``objectives``: those
+    the data allows (``usable_objectives``); the objective's beta is searched on its own range."""
+    objective = trial.suggest_categorical("objective", objectives or ["sft"])
+    beta = {} if objective == "sft" else {"beta": trial.suggest_float(
+        f"{objective}_beta", getattr(tune, f"{objective}_beta_min"), getattr(tune, f"{objective}_beta_max"), log=True)}
     return {
         "rank": int(trial.suggest_categorical("rank", tune.ranks)),
         "lr": trial.suggest_float("lr", tune.lr_min, tune.lr_max, log=True),
@@ -73,7 +77,32 @@ def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind) -> dict:
         "dropout": float(trial.suggest_categorical("dropout", tune.dropouts)),
         "target_modules": trial.suggest_categorical("target_modules", tune.target_modules or [DEFAULT_TARGETS[kind]]),
         "replay_ratio": float(trial.suggest_categorical("replay_ratio", tune.replay_ratios)) if kind == "generation" else 0.0,
+        "objective": objective, **beta,
     }
+
+
+def usable_objectives(config: LoopConfig, ref: DatasetRef, warn: bool = False) -> list[str]:
+    """``tune.objectives`` less those the dataset cannot feed (each with its reason logged when
+    ``warn``); sft when none is left."""
+    from tuneloop.objectives import usable
+
+    kept, reasons = usable(config.tune.objectives, ref.counts.get("pairs_train", 0), ref.counts.get("unpaired_train", 0),
+                           config.kind)
+    if not kept:
+        reasons.append("no objective left: sft instead")
+    for reason in reasons if warn else []:
+        _run_logger().warning("objective left out of the search: %s", reason)
+    return kept or ["sft"]
+
+
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The Prefect run's logger when there is one (its UI shows it), else the module's."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001  outside a Prefect run
+        return log
 
 
 def origin(trial: FrozenTrial) -> int:

@@ -27,11 +27,13 @@ from tuneloop.flows.declining import declining_pairs
 from tuneloop.flows.framings import framed_pairs
 from tuneloop.flows.replay import replay_pairs
 from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
-from tuneloop.flows.study import origin, rung_steps, suggest
+from tuneloop.flows.study import origin, rung_steps, suggest, usable_objectives
 from tuneloop.flows.trial_gate import constraints, gate_drops
 from tuneloop.models import (DEFAULT_ADAPTER_LAYERS, BaseModelInfo, base_of, cache_dir, load_base, load_tokenizer,
                              lora_targets, resolve_device, resolve_dtype, save_labels)
 from tuneloop.inference import predict
+from tuneloop.objectives import PreferenceTerm, pair_rows, unpaired_rows
+from tuneloop.preference import load_pairs, load_unpaired
 from tuneloop.training import Pruned, Prompting, add_adapter, encode, schedule_length, top_layers, train
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
@@ -47,6 +49,8 @@ class TrialData:
     validation: list[Example]
     labels: list[str]
     prompting: Prompting
+    pairs: list[dict]  # preference pairs of the train split, encoded (dpo)
+    unpaired: list[dict]  # rated answers of the train split, encoded (kto)
 
 
 _loaded: dict[tuple, TrialData] = {}
@@ -61,7 +65,7 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
     process: trials reuse them)."""
     base, prompting = base_of(config), prompting_of(config)
     key = (ref.dataset_hash, base.id, config.tune.max_length, prompting, config.tune.validation_examples, replay_ratio,
-           config.tune.decline_share, config.tune.framings)
+           config.tune.decline_share, config.tune.framings, tuple(config.tune.objectives))
     if key not in _loaded:
         tokenizer = load_tokenizer(base)
         labels = load_labels(ref, config.work_dir)
@@ -73,10 +77,15 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
         encoded = encode(config.kind, tokenizer, pairs + replay, labels, config.tune.max_length, prompting)
         for example in encoded[len(pairs):]:
             example["rehearse"] = True  # held to the base by the KL term (tune.replay_kl)
+        wants = set(usable_objectives(config, ref))
+        pref_pairs = (pair_rows(tokenizer, load_pairs(ref, "train", config.work_dir), config.tune.max_length, prompting)
+                      if "dpo" in wants else [])
+        thumbs = (unpaired_rows(tokenizer, load_unpaired(ref, "train", config.work_dir), config.tune.max_length, prompting)
+                  if "kto" in wants else [])
         _loaded.clear()  # one dataset at a time per process
         _loaded[key] = TrialData(base, tokenizer, encoded,
                                  load_examples(ref, "validation", config.work_dir, limit=config.tune.validation_examples),
-                                 labels, prompting)
+                                 labels, prompting, pref_pairs, thumbs)
     return _loaded[key]
 
 
@@ -133,6 +142,17 @@ def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch
     return model
 
 
+def preference_term(config: LoopConfig, data: TrialData, params: dict) -> PreferenceTerm | None:
+    """The trial's preference loss (``tuneloop.objectives``); None for plain supervised training."""
+    objective = params.get("objective", "sft")
+    if objective == "sft":
+        return None
+    tune = config.tune
+    return PreferenceTerm(objective, data.pairs if objective == "dpo" else data.unpaired, beta=params["beta"],
+                          weight=tune.preference_weight, batch_size=tune.preference_batch_size, seed=tune.seed,
+                          pad_id=data.tokenizer.pad_token_id, max_length=tune.max_length)
+
+
 def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: TrialRun, checkpoint_dir: Path,
                     device: torch.device, full: bool, trial: optuna.Trial | None = None) -> float | None:
     """Train one configuration with checkpoints, reporting validation scores (to ``trial``'s pruner
@@ -169,13 +189,15 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
             if step < total and trial.should_prune():  # a trial that reached its end is finished, not pruned
                 raise Pruned
 
+    extra = preference_term(config, data, params)
     with peak_memory(device) as memory:
         result = train(model, data.encoded, data.tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
                        batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
                        grad_accum=tune.grad_accum_steps, head_lr=tune.head_lr, length_grouping=tune.length_grouping,
                        eval_steps=set(eval_steps), on_eval=on_eval, on_step=on_step, checkpoint_dir=checkpoint_dir,
                        checkpoint_every=every, on_checkpoint=run.upload_checkpoint, progress=True,
-                       kl_weight=tune.replay_kl if config.kind == "generation" else 0.0, trunk_cache_mb=tune.trunk_cache_mb)
+                       kl_weight=tune.replay_kl if config.kind == "generation" else 0.0, trunk_cache_mb=tune.trunk_cache_mb,
+                       extra_loss=extra)
         final = None if result.pruned else scores.get(total)
         if final is None and not result.pruned:
             final = validation_score(config, model, data)
@@ -189,6 +211,8 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
         "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
         "padding_share": 1 - result.tokens / result.padded_tokens if result.padded_tokens else 0.0,
         **memory,
+        **({"preference_loss_first": extra.history[0], "preference_loss_last": extra.history[-1]}
+           if extra and extra.history else {}),
     }, step=result.resumed_from_step)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     run.drop_checkpoint()
@@ -212,7 +236,7 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
 def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
               device: torch.device) -> float:
     """The Optuna objective: one trial, resumed from its checkpoint and MLflow run when retried."""
-    params = suggest(trial, config.tune, config.kind)
+    params = suggest(trial, config.tune, config.kind, usable_objectives(config, ref))
     key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
     trial.set_user_attr("trial_key", key)
     progress.current().trial(key + 1, config.tune.trial_budget, params)

@@ -29,7 +29,7 @@ from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef
 from tuneloop.flows.search_workers import dispatch
 from tuneloop.flows.search_tracking import log_search, open_search_run
-from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, work
+from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, usable_objectives, work
 from tuneloop.flows.trial import run_trial, schedule, train_final
 from tuneloop.flows.trial_gate import feasible
 from tuneloop.models import base_of, resolve_device
@@ -88,7 +88,8 @@ def open_search(config: LoopConfig, ref: DatasetRef, loop_run_id: str) -> tuple[
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     open_study(config.optuna_db, name, config.tune, _pruner(config, ref), config.tune.first_trial)
     space = {"kind": config.kind, **base.tags(), "system_prompt": config.system_prompt,
-             **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES)}
+             **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES),
+             "objectives_searched": usable_objectives(config, ref, warn=True)}
     with study_lock(config.optuna_db, name):  # workers starting together still make one search run
         return name, open_search_run(loop_run_id, name, space)
 

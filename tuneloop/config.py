@@ -80,6 +80,21 @@ class TuneConfig(BaseModel):
         "prefix, another casing: flows/framings.py) trained with the same answer, so the model answers from the "
         "question's content rather than its wording. 0: the questions as users asked them."
     )
+    objectives: list[Literal["sft", "dpo", "kto"]] = Field(
+        ["sft"], min_length=1, description="Training objectives to choose from (several: searched, each trial one): sft "
+        "(the supervised pairs: corrections and liked answers), dpo (sft plus DPO on preference pairs, a correction "
+        "over the answer it corrected: the RPO mix), kto (sft plus KTO on unpaired thumbs, bare thumbs-down included); "
+        "tuneloop/objectives.py. One the data cannot feed (dpo without corrections, kto without thumbs) is left out of "
+        "the search with a logged reason. Default sft alone: preference objectives were not yet measured on the demo."
+    )
+    dpo_beta_min: float = Field(0.05, gt=0, description="Lower bound of DPO's beta (log-uniform; how far from the base).")
+    dpo_beta_max: float = Field(0.5, gt=0, description="Upper bound of DPO's beta.")
+    kto_beta_min: float = Field(0.05, gt=0, description="Lower bound of KTO's beta (log-uniform).")
+    kto_beta_max: float = Field(0.5, gt=0, description="Upper bound of KTO's beta.")
+    preference_weight: float = Field(
+        1.0, gt=0, description="Weight of the preference loss (dpo, kto) beside the supervised loss in each step."
+    )
+    preference_batch_size: int = Field(4, ge=1, description="Preference pairs (dpo) or rated answers (kto) per step.")
     first_trial: dict[str, int | float | str] | None = Field(
         {"rank": 16, "lr": 9e-4},
         description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip. On the demo rank 16 at "
@@ -176,6 +191,10 @@ class TuneConfig(BaseModel):
             raise ValueError(f"first_trial lr {first['lr']} is outside [{self.lr_min}, {self.lr_max}]")
         if self.lr_min > self.lr_max:
             raise ValueError("lr_min must not exceed lr_max")
+        for name in ("dpo", "kto"):
+            if getattr(self, f"{name}_beta_min") > getattr(self, f"{name}_beta_max"):
+                raise ValueError(f"{name}_beta_min must not exceed {name}_beta_max")
+        self.objectives = list(dict.fromkeys(self.objectives))  # a repeat would weigh the draw
         return self
 
 

@@ -72,6 +72,19 @@ class Clusterer:
                 self.lsh.insert(key, minhash)
         return [self.representative[k] for k in keys]
 
+    def find(self, keys: list[str]) -> list[str | None]:
+        """The representative each key would join, or None where it would start a cluster; indexes
+        nothing (a look-up for records that must not shape the clusters, e.g. bare thumbs-down)."""
+        found: list[str | None] = []
+        for key in keys:
+            if key in self.representative:
+                found.append(self.representative[key])
+                continue
+            minhash = MinHash.bulk([_shingles(key)], num_perm=NUM_PERM, hashfunc=_hash)[0]
+            similar = [c for c in self.lsh.query(minhash) if fuzz.ratio(key, c) >= MIN_SIMILARITY]
+            found.append(min(similar, key=self._order.__getitem__) if similar else None)
+        return found
+
 
 def cluster_keys(keys: list[str]) -> dict[str, str]:
     """Map each distinct key (in arrival order) to its cluster representative."""

@@ -183,7 +183,8 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
           eval_steps: set[int] | None = None, on_eval: Callable[[int], None] | None = None,
           on_step: Callable[[int, float], None] | None = None, checkpoint_dir: Path | None = None,
           checkpoint_every: int = 0, on_checkpoint: Callable[[Path, int], None] | None = None,
-          progress: bool = False, kl_weight: float = 0.0, trunk_cache_mb: float = 0.0) -> TrainResult:
+          progress: bool = False, kl_weight: float = 0.0, trunk_cache_mb: float = 0.0,
+          extra_loss: Callable[[PeftModel, int], torch.Tensor] | None = None) -> TrainResult:
     """Train the adapter in place: AdamW, linear warm-up (1/10) and decay, gradient clipping at 1.
 
     ``max_steps`` caps the optimiser steps (a trial's budget: it then sees part of the data, in the
@@ -194,6 +195,8 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     ``on_eval(step)`` the steps in ``eval_steps`` and may raise ``Pruned`` to stop early.
     ``kl_weight``: see ``loss_of`` (examples with ``rehearse`` set). ``trunk_cache_mb``: memory for the
     rows' states below the adapters, kept from their first step for the next (``tuneloop.trunk``; 0: none).
+    ``extra_loss(model, step)``: a further term of each step's loss on rows of its own, a function of
+    the step alone so a resume computes the same (a preference objective: ``tuneloop.objectives``).
     """
     device = next(model.parameters()).device
     dtype = compute_dtype(model)
@@ -231,6 +234,11 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
                 result.tokens += int(batch["attention_mask"].sum())
                 result.padded_tokens += batch["attention_mask"].numel()
                 result.examples += len(rows)
+            if extra_loss is not None:
+                with autocast:
+                    extra = extra_loss(model, step)
+                (scaler.scale(extra) if scaler else extra).backward()
+                loss_sum += extra.item()
             if scaler:
                 scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
