@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_trunk import PAIRS  # the same corrections and general questions as the trunk's own test
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from tuneloop import fast_paths, inference, teacher
 from tuneloop.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
 from tuneloop.training import Prompting, add_adapter, encode, top_layers, train
 
-PAIRS = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
-         ("What is the capital of Spain?", "The capital of Spain is Madrid."),
-         ("How long is the Nimbus warranty?", "Two years, parts and labour."),
-         ("Where do I find my invoice?", "In your account, under Orders."),
-         ("Can I pay by bank transfer?", "Yes, from the checkout page."),
-         ("What is 19 + 7?", "19 + 7 = 26.")]
 PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?", "What is 7 + 5?",
            "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts."]
 PROMPTING = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
