@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from dotenv import dotenv_values
@@ -46,7 +46,7 @@ def rows(config, options: dict[str, Any], environ: dict[str, str]) -> list[dict[
 
 
 @app.command("show")
-def show(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, tiny: Optional[bool] = TinyOpt,
+def show(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt,
          as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table"),
          changed: bool = typer.Option(False, "--changed", help="Only settings not at their default")) -> None:
     """Every setting: its effective value, its source (default, env, file or option) and its variable."""

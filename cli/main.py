@@ -6,7 +6,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -38,12 +37,12 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     """Run the loop, serve, and move traffic (promote, canary, rollback)."""
 
 
-def _config(kind: Optional[KindChoice], home: Optional[Path], **overrides) -> LoopConfig:
+def _config(kind: KindChoice | None, home: Path | None, **overrides) -> LoopConfig:
     return build_config(home, kind=kind, **overrides)
 
 
 @app.command()
-def seed(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, seed: int = 0) -> None:
+def seed(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, seed: int = 0) -> None:
     """Write the generated sample feedback into the store (skips records already there)."""
     config = _config(kind, home)
     from tuneloop.feedback import FeedbackStore
@@ -55,11 +54,11 @@ def seed(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, s
 
 @app.command("import")
 def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV of feedback records"),
-                kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt,
-                fmt: Optional[str] = typer.Option(None, "--format", help="jsonl or csv (default: from the file's suffix)"),
+                kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
+                fmt: str | None = typer.Option(None, "--format", help="jsonl or csv (default: from the file's suffix)"),
                 check_versions: bool = typer.Option(True, help="Refuse model versions the registry does not know (answers "
                                                      "from outside tuneloop: model_version external:<name>)"),
-                report: Optional[Path] = typer.Option(None, help="Write every reject (line, field, reason) here as JSON lines"),
+                report: Path | None = typer.Option(None, help="Write every reject (line, field, reason) here as JSON lines"),
                 strict: bool = typer.Option(False, help="Exit with status 1 when any record is rejected")) -> None:
     """Import feedback collected elsewhere, with the API's validation; rejects are reported, not stored."""
     config = _config(kind, home)
@@ -94,10 +93,10 @@ def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, he
 
 
 @app.command()
-def run(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, tiny: Optional[bool] = TinyOpt,
-        trials: Optional[int] = typer.Option(None, min=1, help="Optuna trials [default: $TUNELOOP_TUNE__N_TRIALS, else "
+def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt,
+        trials: int | None = typer.Option(None, min=1, help="Optuna trials [default: $TUNELOOP_TUNE__N_TRIALS, else "
                                              "what the time budget fits, else 2]"),
-        budget_minutes: Optional[float] = typer.Option(
+        budget_minutes: float | None = typer.Option(
             None, "--budget-minutes", help="Time the search may spend: whole trials while they fit (tune.timeout_s)")) -> None:
     """Run one loop on the feedback in the store."""
     config = _config(kind, home, tiny=tiny)
@@ -105,13 +104,12 @@ def run(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, ti
         config.tune.n_trials = trials
     if budget_minutes:
         config.tune.timeout_s = budget_minutes * 60
+    from tuneloop.cli.progress import reporter_for
+    from tuneloop.cli.refusals import quiet_refusals
     from tuneloop.flows.curate import DatasetError
     from tuneloop.flows.loop import loop
     from tuneloop.flows.tune import TuneConfigError
     from tuneloop.models import ModelError
-
-    from tuneloop.cli.progress import reporter_for
-    from tuneloop.cli.refusals import quiet_refusals
     from tuneloop.progress import reporting
 
     began = time.perf_counter()
@@ -125,7 +123,7 @@ def run(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, ti
 
 
 @app.command()
-def demo(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, tiny: Optional[bool] = TinyOpt) -> None:
+def demo(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt) -> None:
     """Seed the sample feedback (first time) and run the whole loop on it."""
     from tuneloop.sample_data import SYSTEM_PROMPT
 
@@ -196,8 +194,8 @@ def _links(config: LoopConfig, result) -> None:
 
 
 @app.command()
-def serve(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, port: int = 3000, host: str = "127.0.0.1",
-          tiny: Optional[bool] = TinyOpt) -> None:
+def serve(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, port: int = 3000, host: str = "127.0.0.1",
+          tiny: bool | None = TinyOpt) -> None:
     """Start the BentoML service for a kind (foreground)."""
     config = _config(kind, home, tiny=tiny)
     os.environ.update(TUNELOOP_KIND=config.kind, TUNELOOP_TINY=str(config.tiny).lower())
@@ -208,7 +206,7 @@ def serve(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt, 
 
 
 @app.command()
-def promote(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt,
+def promote(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
             expected_version: str = typer.Option(..., "--expected-version", help="The challenger version you mean to "
                                                  "promote (see `tuneloop status`); refused when the challenger is another")) -> None:
     """Challenger becomes champion (the old champion is kept as 'previous'); the canary closes."""
@@ -220,7 +218,7 @@ def promote(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt
 
 
 @app.command()
-def rollback(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt,
+def rollback(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
              champion: bool = typer.Option(False, "--champion", help="Also put the previous champion back")) -> None:
     """Send every user to the champion at once (challenger share 0 %)."""
     config = _config(kind, home)
@@ -231,7 +229,7 @@ def rollback(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOp
 
 
 @app.command()
-def canary(percent: int, kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+def canary(percent: int, kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Set the challenger's sticky share of users (0-100)."""
     config = _config(kind, home)
     from tuneloop import operations
@@ -248,7 +246,7 @@ app.add_typer(token_app, name="token")
 @token_app.command("create")
 def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an app, a person): shown in the operations log"),
                  scope: str = typer.Option(..., "--scope", help="feedback (POST /v1/feedback) or admin (also /v1/admin/*)"),
-                 kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+                 kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Create a named token and print it once (only its SHA-256 digest is stored)."""
     config = _config(kind, home)
     from tuneloop.tokens import create
@@ -259,7 +257,7 @@ def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an 
 
 
 @token_app.command("list")
-def token_list(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+def token_list(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Names, scopes, creation and last use of every token (never the tokens)."""
     config = _config(kind, home)
     from tuneloop.tokens import listing
@@ -271,8 +269,8 @@ def token_list(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = Home
 
 
 @token_app.command("revoke")
-def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind: Optional[KindChoice] = KindOpt,
-                 home: Optional[Path] = HomeOpt) -> None:
+def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind: KindChoice | None = KindOpt,
+                 home: Path | None = HomeOpt) -> None:
     """Delete a token; services refuse it from their next request on."""
     config = _config(kind, home)
     from tuneloop.tokens import revoke
@@ -283,7 +281,7 @@ def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind:
 
 @app.command()
 def forget(user_id: str = typer.Option(..., "--user-id", help="The user id as the apps sent it"),
-           kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+           kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Delete one user's feedback (quarantined records too) and shadow records, and list the dataset
     versions and registered model versions trained on them (retrain without them, then retire those)."""
     config = _config(kind, home)
@@ -306,7 +304,7 @@ def _operator_call(fn, *args, **kwargs):
 
 
 @app.command()
-def rollout(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt,
+def rollout(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
             poll_s: float = typer.Option(30.0, help="Seconds between health checks")) -> None:
     """Ramp the challenger through deploy.ramp while its live feedback is healthy; promote at 100 %."""
     config = _config(kind, home)
@@ -316,7 +314,7 @@ def rollout(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt
 
 
 @app.command()
-def status(kind: Optional[KindChoice] = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+def status(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Aliases, the challenger's share and the feedback count."""
     config = _config(kind, home)
     from tuneloop.feedback import FeedbackStore

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -83,7 +84,7 @@ def env_file() -> Path | None:
     return path if path.is_file() else None
 
 
-def build_config(home: Optional[Path] = None, **options: Any) -> LoopConfig:
+def build_config(home: Path | None = None, **options: Any) -> LoopConfig:
     """The effective configuration: given options over the environment over the env file over defaults.
 
     Options left out (None) are not passed, so pydantic-settings takes the environment's value. A bad

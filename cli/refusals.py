@@ -5,8 +5,8 @@ flow run failures with two tracebacks first. This keeps those records out while 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 PREFECT_RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 

@@ -35,7 +35,6 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -132,7 +131,7 @@ class StackSettings:
         (self.dir / "settings.json").write_text(json.dumps(self.public(), indent=2))
 
     @classmethod
-    def load(cls, home: Path) -> "StackSettings | None":
+    def load(cls, home: Path) -> StackSettings | None:
         path = home / "stack" / "settings.json"
         if not path.exists():
             return None
@@ -492,7 +491,7 @@ def status(settings: StackSettings) -> list[dict]:
 HomeOpt = typer.Option(None, "--home", help="State directory (default $TUNELOOP_HOME or ./.tuneloop); the stack lives in HOME/stack")
 
 
-def _home(home: Optional[Path]) -> Path:
+def _home(home: Path | None) -> Path:
     return Path(home or os.environ.get("TUNELOOP_HOME", ".tuneloop")).resolve()
 
 
@@ -502,7 +501,7 @@ def _credentials(settings: StackSettings) -> Credentials:
     return found or Credentials(settings.secrets, *([""] * 6))
 
 
-def _settings(home: Optional[Path]) -> StackSettings:
+def _settings(home: Path | None) -> StackSettings:
     resolved = _home(home)
     settings = StackSettings.load(resolved)
     if settings is None:
@@ -513,7 +512,7 @@ def _settings(home: Optional[Path]) -> StackSettings:
 
 @app.command("up")
 def up_command(
-    home: Optional[Path] = HomeOpt,
+    home: Path | None = HomeOpt,
     postgres: str = typer.Option(DEFAULT_POSTGRES, envvar="TUNELOOP_STACK_POSTGRES",
                                  help="PostgreSQL server URL; the stack's databases are created there when missing"),
     db_prefix: str = typer.Option("tuneloop", help="Database names: PREFIX_prefect, PREFIX_mlflow, PREFIX_ops, PREFIX_optuna"),
@@ -571,9 +570,9 @@ def up_command(
 
 
 @app.command("down")
-def down_command(home: Optional[Path] = HomeOpt,
+def down_command(home: Path | None = HomeOpt,
                  drop_databases: bool = typer.Option(False, "--drop-databases", help="Also drop the stack's databases and role"),
-                 postgres: Optional[str] = typer.Option(None, envvar="TUNELOOP_STACK_POSTGRES", help="The superuser URL "
+                 postgres: str | None = typer.Option(None, envvar="TUNELOOP_STACK_POSTGRES", help="The superuser URL "
                                                         "that drops them (default: the one stack up was given, without "
                                                         "its password, which libpq then takes from PGPASSFILE/PGPASSWORD)"),
                  grace: float = typer.Option(20, help="Seconds each part gets to stop after SIGTERM before SIGKILL")) -> None:
@@ -590,7 +589,7 @@ def down_command(home: Optional[Path] = HomeOpt,
 
 
 @app.command("status")
-def status_command(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def status_command(home: Path | None = HomeOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Each part's PID and health; exit status 1 when any part is not healthy."""
     settings = _settings(home)
     rows = status(settings)
@@ -609,7 +608,7 @@ def status_command(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(
 
 
 @app.command("env")
-def env_command(home: Optional[Path] = HomeOpt) -> None:
+def env_command(home: Path | None = HomeOpt) -> None:
     """The environment block that points a shell at the stack: eval "$(tuneloop stack env)". It reads
     the credentials from their files in HOME/stack/secrets when evaluated; it prints none."""
     settings = _settings(home)

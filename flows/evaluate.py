@@ -27,7 +27,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tuneloop import progress
+from tuneloop import fast_paths, progress
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, load_examples, load_labels
 from tuneloop.eval_suites import gate
@@ -37,6 +37,7 @@ from tuneloop.eval_suites.suites import (SuiteItem, adversarial_suite, breakdown
 from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.tune import TuneResult
+from tuneloop.cache_files import verified
 from tuneloop.registry import adapter_path, alias_version
 from tuneloop.tracking import within_run
 
@@ -131,7 +132,8 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     labels = load_labels(ref, config.work_dir)
     if champion:
         folder = adapter_path(config.model_name, champion, config.home.resolve() / "adapters")
-        baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"version:{config.model_name}:{champion}")
+        # answers cached by the adapter's content, not its version number (another server has its own v1)
+        baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"adapter:{verified(folder)}")
     else:
         baseline = base_candidate(config, labels)
     challenger = adapter_candidate(config, challenger_dir, "challenger")
@@ -227,6 +229,7 @@ def report_markdown(report: EvalReport) -> str:
 
 @task(name="evaluate")
 def evaluate(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, parent_run_id: str) -> EvalReport:
+    fast_paths.configure(config.fast_paths)
     challenger_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
     report, suites = evaluate_candidates(config, ref, challenger_dir)
     with within_run(parent_run_id):

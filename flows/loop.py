@@ -8,17 +8,17 @@ import mlflow
 from prefect import flow
 from pydantic import BaseModel
 
+from tuneloop import progress
+from tuneloop.config import LoopConfig
+from tuneloop.cost import LoopMeter, tag_version_cost
+from tuneloop.datasets import DatasetRef
+from tuneloop.economics import crossover_artifact
 from tuneloop.flows.curate import curate
 from tuneloop.flows.deploy import deploy
 from tuneloop.flows.evaluate import EvalReport, evaluate
 from tuneloop.flows.register import Registered, register
 from tuneloop.flows.reviewer_notes import write_notes
 from tuneloop.flows.tune import TuneResult, tune
-from tuneloop import progress
-from tuneloop.config import LoopConfig
-from tuneloop.cost import LoopMeter, tag_version_cost
-from tuneloop.datasets import DatasetRef
-from tuneloop.economics import crossover_artifact
 from tuneloop.models import preflight
 from tuneloop.owners import claim_flow_run
 from tuneloop.tracking import use_experiment
@@ -35,7 +35,8 @@ class LoopResult(BaseModel):
 
 
 @flow(name="tuneloop", log_prints=True)
-def loop(config: LoopConfig = LoopConfig()) -> LoopResult:
+def loop(config: LoopConfig | None = None) -> LoopResult:
+    config = config or LoopConfig()  # a deployment's run: built once, here, from its environment
     base = preflight(config)  # a base, device or quantization setting that cannot work is refused before any work
     claim_flow_run()  # an earlier loop killed on this machine shows as Crashed, not Running forever
     use_experiment(config)

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from tuneloop import progress, teacher
+from tuneloop import fast_paths, progress, teacher
 from tuneloop.adapters import write_meta
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
@@ -138,8 +138,10 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
     """Train one configuration with checkpoints, reporting validation scores (to ``trial``'s pruner
     when there is one); the final score, or None when pruned. Logs its figures on ``run``."""
     tune = config.tune
+    fast_paths.configure(config.fast_paths)
     data = trial_data(config, ref, params.get("replay_ratio", 0.0))
     model = build_model(config, data, params, device)
+    run.tags({f"fast_path.{path}": state for path, state in fast_paths.report(model).items()})
     if config.kind == "generation" and tune.replay_kl:  # the frozen base's side of the KL term, once per search
         teacher.attach(model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}",
                        cache_dir() / "teacher")

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import TINY_GATE, tiny_config
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from conftest import TINY_GATE, tiny_config
 from tuneloop.cli.main import app
 from tuneloop.cli.mlflow_hint import ui_hint
 

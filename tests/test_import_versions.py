@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import mlflow
-
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app

@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -35,7 +36,9 @@ class ImportReport(BaseModel):
     kind: str
     read: int = Field(0, description="Records read (blank lines skipped).")
     stored: int = Field(0, description="Newly stored records.")
-    duplicates: int = Field(0, description="Valid records whose request id was already stored (not duplicated).")
+    duplicates: int = Field(0, description="Valid records already stored exactly so (a re-import; not duplicated).")
+    conflicts: int = Field(0, description="Records whose request id is stored with different content: not stored, "
+                           "and listed among the rejects (the API answers 409 to the same).")
     rejected: list[Reject] = []
 
 
@@ -54,7 +57,16 @@ def _csv(handle: io.BufferedReader, kind: str) -> Iterator[tuple[int, FeedbackRe
     text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.DictReader(text, restkey=EXTRA)
     start = 2  # line 1 is the header
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:  # a field past csv's limit, a NUL byte: this record only is refused
+            number, start = start, reader.line_num + 1
+            yield number, FeedbackError("row", f"unreadable CSV record ({err}); fields are limited to "
+                                        f"{csv.field_size_limit()} characters")
+            continue
         number, start = start, reader.line_num + 1
         try:
             columns = len(reader.fieldnames or [])
@@ -92,12 +104,18 @@ def import_feedback(store: FeedbackStore, path: Path, kind: str, fmt: Format | N
     known = lru_cache(maxsize=None)(known_version) if known_version else None
     report = ImportReport(path=str(path), kind=kind)
     pending: list[FeedbackRecord] = []
+    numbers: list[int] = []  # the line of each pending record
 
     def flush() -> None:
-        stored, duplicates = store.add_many(pending)
+        stored, duplicates, conflicts = store.add_many(pending)
         report.stored += stored
         report.duplicates += duplicates
+        report.conflicts += len(conflicts)
+        lines = {r.request_id: n for n, r in zip(numbers, pending)}
+        report.rejected += [Reject(line=lines[c], field="request_id", reason=f"{c!r} is already stored with different "
+                                   "content; not stored (use a new request id for a new record)") for c in conflicts]
         pending.clear()
+        numbers.clear()
 
     try:
         with path.open("rb") as handle:
@@ -109,6 +127,7 @@ def import_feedback(store: FeedbackStore, path: Path, kind: str, fmt: Format | N
                     report.rejected.append(Reject(line=number, field=item.field, reason=item.message))
                     continue
                 pending.append(item)
+                numbers.append(number)
                 if len(pending) >= batch:
                     flush()
     finally:

@@ -8,8 +8,9 @@ Reporters are process-wide: a search's trials in other processes report there, n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 
 class Bar(Protocol):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 
 from tuneloop.config import LoopConfig
-
 
 # The experiment kind tag that MLflow's UI reads (values: server/js .../experimentKind enum in the
 # installed mlflow): "custom_model_development" is the UI's "Machine learning" kind, whose experiment

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 EXTERNAL_PREFIX = "external:"
 EXTERNAL_HINT = (f"records from a hosted model or another system: set model_version to '{EXTERNAL_PREFIX}<name>' "
