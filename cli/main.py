@@ -105,6 +105,7 @@ def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bo
     if budget_minutes:
         config.tune.timeout_s = budget_minutes * 60
     from tuneloop.cli.progress import reporter_for
+    from tuneloop.cli.refusals import quiet_refusals
     from tuneloop.flows.curate import DatasetError
     from tuneloop.flows.loop import loop
     from tuneloop.flows.tune import TuneConfigError
@@ -113,7 +114,7 @@ def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bo
 
     began = time.perf_counter()
     try:
-        with reporting(reporter_for(console)):
+        with reporting(reporter_for(console)), quiet_refusals(DatasetError, ModelError, TuneConfigError):
             result = loop(config)
     except (DatasetError, ModelError, TuneConfigError) as err:  # bad input: say what and what to set, no traceback
         console.print(f"[red]refused before training:[/red] {err}", markup=True, highlight=False, soft_wrap=True)

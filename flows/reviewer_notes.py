@@ -52,9 +52,10 @@ def changes_section(config: LoopConfig, data: DatasetRef, tuned: TuneResult, rep
     params = ", ".join(f"{k} {_fmt(v)}" + (f" (was {_fmt(previous[k])})" if previous and previous.get(k) != v and k in previous
                                           else "") for k, v in tuned.best.params.items())
     lines.append(f"- configuration: trial {tuned.best.number} of search {tuned.study_name}: {params}")
-    lines.append(f"- held-out: {report.heldout_diff:+.3f} (CI [{report.ci_low:+.3f}, {report.ci_high:+.3f}]), "
-                 f"regression {report.regression_diff:+.3f} over {report.regression_items} items, adversarial "
-                 f"{report.adversarial_diff:+.3f}")
+    regression = (f"regression {report.regression_diff:+.3f} over the {report.regression_items} items the baseline "
+                  "answers well" if report.regression_items else "regression not checked (no items the baseline answers well)")
+    lines.append(f"- scores: held-out {report.heldout_diff:+.3f} (CI [{report.ci_low:+.3f}, {report.ci_high:+.3f}]), "
+                 f"{regression}, adversarial {report.adversarial_diff:+.3f}")
     return lines
 
 
@@ -120,4 +121,4 @@ def _baseline_name(baseline: str) -> str:
 
 
 def _fmt(value) -> str:
-    return f"{value:.2e}" if isinstance(value, float) else str(value)
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
