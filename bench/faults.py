@@ -244,7 +244,7 @@ def fault_mlflow(s: dict[str, Server], base: str, seconds: float, **_) -> dict:
             "loop": "-", "note": "recovery: until every worker's /readyz is up to date again"}
 
 
-def fault_prefect(s: dict[str, Server], base: str, seconds: float, home: Path, env: dict) -> dict:
+def fault_prefect(s: dict[str, Server], base: str, seconds: float, home: Path, env: dict, **_) -> dict:
     loop = _loop(home, env)
     time.sleep(8)  # the loop is talking to the server by now
     began = time.time()
@@ -259,7 +259,7 @@ def fault_prefect(s: dict[str, Server], base: str, seconds: float, home: Path, e
             "note": "recovery: from the restart until a loop completed"}
 
 
-def fault_trial_worker(s: dict[str, Server], base: str, seconds: float, home: Path, env: dict) -> dict:
+def fault_trial_worker(s: dict[str, Server], base: str, seconds: float, home: Path, env: dict, **_) -> dict:
     import psutil
 
     loop = _loop(home, env, trials="2", TUNELOOP_TUNE__N_WORKERS="2")
@@ -300,7 +300,7 @@ def fault_service_worker(s: dict[str, Server], base: str, seconds: float, **_) -
             "note": "recovery: from the kill until 10 predictions in a row succeed"}
 
 
-def fault_disk_full(s: dict[str, Server], base: str, seconds: float, home: Path, **_) -> dict:
+def fault_disk_full(s: dict[str, Server], base: str, seconds: float, home: Path, load: Load, **_) -> dict:
     filler = home / "disk" / "filler"
     began = time.time()
     with open(filler, "wb") as f:
@@ -310,11 +310,14 @@ def fault_disk_full(s: dict[str, Server], base: str, seconds: float, home: Path,
                 f.flush()
         except OSError:
             pass
-    time.sleep(seconds)
+    # SQLite reuses its write-ahead log's space after a checkpoint, so writes can go on for a while on a
+    # full disk (durably): the disk stays full until the log must grow and the store refuses (or 90 s)
+    _wait(lambda: time.time() - began >= seconds and load.between(began, time.time())["feedback_503"] > 0, 90)
     filler.unlink()
     repaired = time.time()
     return {"began": began, "repaired": repaired, "recovery_s": _wait(lambda: _feedback_ok(base), 60), "loop": "-",
-            "note": "real full disk (64 MB tmpfs); recovery: from freeing space until feedback is stored again"}
+            "note": "real full disk (64 MB tmpfs), kept full until the store refused a write (at most 90 s); recovery: "
+            "from freeing space until feedback is stored again"}
 
 
 def _feedback_ok(base: str) -> bool:
@@ -371,7 +374,7 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
             if only and not any(o in name for o in only):
                 continue
             print(f"fault: {name}", flush=True)
-            outcome = fault(servers, base, seconds, home=home, env=env)
+            outcome = fault(servers, base, seconds, home=home, env=env, load=load)
             settled = min(time.time(), outcome["repaired"] + (outcome["recovery_s"] or 0))  # fault to recovered
             stats = load.between(outcome["began"], settled + 1)
             recovery = outcome["recovery_s"]
