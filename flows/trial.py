@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -21,7 +21,7 @@ import torch
 from tuneloop import teacher
 from tuneloop.adapters import write_meta
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
+from tuneloop.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites.suites import heldout_suite, score
 from tuneloop.flows.declining import declining_pairs
 from tuneloop.flows.framings import framed_pairs
@@ -30,7 +30,7 @@ from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
 from tuneloop.flows.study import origin, rung_steps, suggest
 from tuneloop.flows.trial_gate import constraints, gate_drops
 from tuneloop.models import (DEFAULT_ADAPTER_LAYERS, BaseModelInfo, base_of, cache_dir, load_base, load_tokenizer,
-                             lora_targets, resolve_device, resolve_dtype, save_labels)
+                             full_modules, lora_targets, resolve_device, resolve_dtype, save_labels)
 from tuneloop.inference import predict
 from tuneloop.training import Pruned, Prompting, add_adapter, encode, schedule_length, top_layers, train
 
@@ -78,6 +78,20 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
                                  load_examples(ref, "validation", config.work_dir, limit=config.tune.validation_examples),
                                  labels, prompting)
     return _loaded[key]
+
+
+def retrains_with_validation(config: LoopConfig) -> bool:
+    return config.kind == "classification" and config.tune.retrain_with_validation
+
+
+def with_validation(config: LoopConfig, ref: DatasetRef, data: TrialData) -> TrialData:
+    """The final training's data: the train split plus the validation split's retraining half; scored on
+    the calibration half, which it never sees (``tuneloop.datasets.calibration_half``)."""
+    validation = load_examples(ref, "validation", config.work_dir)
+    extra = [(e.prompt, e.target) for e in validation if not calibration_half(e)]
+    encoded = data.encoded + encode(config.kind, data.tokenizer, extra, data.labels, config.tune.max_length)
+    scored = [e for e in data.validation if calibration_half(e)] or data.validation
+    return replace(data, encoded=encoded, validation=scored)
 
 
 def schedule(config: LoopConfig, n_train: int, full: bool = False, n_pairs: int | None = None) -> tuple[int, list[int]]:
@@ -129,7 +143,8 @@ def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch
     model = add_adapter(base, config.kind, params["rank"], config.tune.seed,
                         targets=lora_targets(base, params["target_modules"]), alpha=params["alpha_ratio"] * params["rank"],
                         dropout=params["dropout"],
-                        layers=top_layers(base, config.tune.adapter_layers or DEFAULT_ADAPTER_LAYERS[config.kind]))
+                        layers=top_layers(base, config.tune.adapter_layers or DEFAULT_ADAPTER_LAYERS[config.kind]),
+                        full_modules=full_modules(base, config.kind) if config.tune.train_pooler else None)
     return model
 
 
@@ -139,6 +154,8 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
     when there is one); the final score, or None when pruned. Logs its figures on ``run``."""
     tune = config.tune
     data = trial_data(config, ref, params.get("replay_ratio", 0.0))
+    if full and retrains_with_validation(config):
+        data = with_validation(config, ref, data)
     model = build_model(config, data, params, device)
     if config.kind == "generation" and tune.replay_kl:  # the frozen base's side of the KL term, once per search
         teacher.attach(model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}",

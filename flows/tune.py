@@ -30,7 +30,7 @@ from tuneloop.datasets import DatasetRef
 from tuneloop.flows.search_workers import dispatch
 from tuneloop.flows.search_tracking import log_search, open_search_run
 from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, work
-from tuneloop.flows.trial import run_trial, schedule, train_final
+from tuneloop.flows.trial import retrains_with_validation, run_trial, schedule, train_final
 from tuneloop.flows.trial_gate import feasible
 from tuneloop.models import base_of, resolve_device
 from tuneloop.owners import claim_flow_run
@@ -128,7 +128,8 @@ def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str
     winner = TrialResult(number=origin(best), params=best.params, score=best.value,
                          adapter_uri=best.user_attrs["adapter_uri"], mlflow_run_id=best.user_attrs["mlflow_run_id"])
     challenger = winner
-    if config.tune.trial_steps and schedule(config, ref.sizes["train"])[0] < schedule(config, ref.sizes["train"], full=True)[0]:
+    partial = config.tune.trial_steps and schedule(config, ref.sizes["train"])[0] < schedule(config, ref.sizes["train"], full=True)[0]
+    if partial or retrains_with_validation(config):  # the winner on the whole split (and validation's retraining half)
         uri, score, run_id = train_final(config, ref, best.params, search_run_id, name, origin(best))
         challenger = winner.model_copy(update={"adapter_uri": uri, "score": score, "mlflow_run_id": run_id})
     run_ids = {key: t.user_attrs["mlflow_run_id"] for key, t in final.items() if "mlflow_run_id" in t.user_attrs}

@@ -130,7 +130,7 @@ class Tuneloop:
         began = time.perf_counter()
         outputs, confidences = self.bank.predict(versions, [r.input for r in requests])
         elapsed = time.perf_counter() - began
-        served_as = [variants[i] if versions[i] != "base" else "base" for i in range(len(requests))]
+        served_as = [self.bank.variant_of(variant, version) for variant, version in zip(variants, versions)]
         record_batch(versions, served_as, [self.segments(r.segment) for r in requests], elapsed)
         if self.drift is not None:
             self.drift.add([r.input for r in requests])

@@ -92,6 +92,13 @@ def iter_examples(ref: DatasetRef, split: Split, work_dir: Path) -> Iterator[Exa
             yield Example.model_validate_json(line)
 
 
+def calibration_half(example: Example) -> bool:
+    """Whether a validation example sets the out-of-scope threshold (True) or, with
+    ``tune.retrain_with_validation``, joins the final training (False): by its cluster key's hash,
+    so the halves never move as data grows, and paraphrases of one prompt stay on one side."""
+    return int(hashlib.sha256(f"calibration:{example.key}".encode()).hexdigest()[:8], 16) % 2 == 0
+
+
 def load_examples(ref: DatasetRef, split: Split, work_dir: Path, limit: int | None = None,
                   seed: int = 0) -> list[Example]:
     """A split's examples; with ``limit``, a fixed random sample of that size (the same for every caller)."""
