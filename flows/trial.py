@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -184,6 +185,7 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
             if step < total and trial.should_prune():  # a trial that reached its end is finished, not pruned
                 raise Pruned
 
+    cpu_began = time.process_time()  # the process's CPU time (every thread's), beside the wall time train() keeps
     with peak_memory(device) as memory:
         result = train(model, data.encoded, data.tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
                        batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
@@ -201,6 +203,8 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
         "steps_trained": result.steps_run,
         "examples_seen": result.examples,
         "wall_seconds": result.seconds,
+        "cpu_seconds": time.process_time() - cpu_began,  # training and its validation scoring
+        "examples_per_second": result.examples / result.seconds if result.seconds else 0.0,
         "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
         "padding_share": 1 - result.tokens / result.padded_tokens if result.padded_tokens else 0.0,
         **memory,

@@ -157,10 +157,27 @@ def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str
     )
 
 
+# Classification without a trial count or time budget: trials while their passes over the data fit this many
+# examples (a trial on the demo's ~450 utterances x 3 epochs is cheap: 3 of them; BANKING77's 8,700: 2).
+CLASSIFICATION_SEARCH_EXAMPLES = 5_000
+MAX_SIZED_TRIALS = 8
+
+
+def sized_to_data(config: LoopConfig, ref: DatasetRef) -> LoopConfig:
+    """The trial count sized to the data for classification (more trials where a trial is cheap), unless set."""
+    tune = config.tune
+    if config.kind != "classification" or tune.n_trials is not None or tune.timeout_s:
+        return config
+    passes = schedule(config, ref.sizes["train"])[0] * tune.batch_size * tune.grad_accum_steps
+    n = min(MAX_SIZED_TRIALS, max(tune.DEFAULT_TRIALS, CLASSIFICATION_SEARCH_EXAMPLES // max(1, passes)))
+    return config.model_copy(update={"tune": tune.model_copy(update={"n_trials": n})})
+
+
 @flow(name="tune")
 def tune_flow(config: LoopConfig, ref: DatasetRef, parent_run_id: str) -> TuneResult:
     """Create or continue the study, run ``n_workers`` workers, summarise."""
     claim_flow_run()  # a killed earlier attempt's flow run shows as Crashed, not Running forever
+    config = sized_to_data(config, ref)
     check_budget(config, ref)
     name, search_run_id = open_search(config, ref, parent_run_id)
     deadline = time.time() + config.tune.timeout_s if config.tune.timeout_s else None

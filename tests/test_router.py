@@ -149,3 +149,17 @@ def test_a_new_intent_and_a_correction_naming_an_unseen_intent_are_trained_and_s
     assert outputs[0] in old_labels + [config.fallback_label]
     assert outputs[1] in labels + [config.fallback_label] and all(c > 0 for c in confidences)
     assert len(bank.banks) == 2 and {len(b.labels) for b in bank.banks.values()} == {len(old_labels), len(labels)}
+
+
+def test_the_search_is_sized_to_the_data_unless_set(tmp_path):
+    from tuneloop.flows.tune import MAX_SIZED_TRIALS, sized_to_data
+
+    def ref(n: int) -> DatasetRef:
+        return DatasetRef(kind="classification", dataset_hash="h", path=tmp_path, counts={"train": n})
+
+    config = LoopConfig(kind="classification", home=tmp_path)
+    small, demo, large = (sized_to_data(config, ref(n)).tune.n_trials for n in (60, 450, 8700))
+    assert small == MAX_SIZED_TRIALS and large == config.tune.DEFAULT_TRIALS and large < demo < small
+    assert sized_to_data(config.model_copy(update={"tune": TuneConfig(n_trials=5)}), ref(60)).tune.n_trials == 5
+    generation = LoopConfig(kind="generation", home=tmp_path)
+    assert sized_to_data(generation, ref(60)).tune.n_trials is None
