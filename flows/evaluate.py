@@ -143,7 +143,7 @@ def decide(config: LoopConfig, suites: dict[str, list[SuiteItem]], baseline: dic
 # A first classification loop has no trained router to compare with: its baseline is the base encoder with
 # the new, untrained head (chance-level answers), which the service never serves (docs/router.md), so passing
 # the gate says "better than chance", not "better than the app's existing router".
-UNTRAINED_BASELINE = "base (untrained head: no trained version yet; the app's existing router answers meanwhile)"
+UNTRAINED_BASELINE = "base (untrained head)"
 
 
 def baseline_name(config: LoopConfig) -> str:

@@ -235,7 +235,7 @@ def stack_loop(tmp_path_factory):
         from tuneloop.feedback import FeedbackStore
         from tuneloop.sample_data import sample_feedback
 
-        FeedbackStore(run.env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback("classification"), "classification")
+        FeedbackStore(run.env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback("classification", small=True), "classification")
 
         began = time.monotonic()
         run.facts["deploy"] = run.command("prefect", "--no-prompt", "deploy", "--all", env=run.env, timeout=600).stdout

@@ -136,19 +136,27 @@ def _phrasings(rng: random.Random, template: str, per_template: int) -> list[str
     return list(dict.fromkeys(texts))
 
 
-def classification_feedback(seed: int = 0) -> list[dict[str, Any]]:
-    """~850 routed utterances over 30 intents (paraphrases of each) and out-of-scope queries, from a
-    weak router (right 40 % of the time), with duplicates, a conflict, PII and junk."""
+SMALL_INTENTS = 6  # ``small``: the first six intents, their first four templates with every product
+
+
+def classification_feedback(seed: int = 0, small: bool = False) -> list[dict[str, Any]]:
+    """~700 routed utterances over 30 intents (paraphrases of each) and 40 out-of-scope queries, from a
+    weak router (right 40 % of the time), with duplicates, a conflict, PII and junk: the demo's data.
+
+    ``small``: ~170 utterances over six intents with distinctive words and no out-of-scope queries, which
+    the tests' tiny random-initialised models can learn in seconds (they cannot learn 30 paraphrased
+    intents: a 2-layer model with random embeddings stays at chance)."""
     rng = random.Random(seed)
-    labels = sorted(INTENTS)
+    intents = dict(list(INTENTS.items())[:SMALL_INTENTS]) if small else INTENTS
+    labels = sorted(intents)
     records: list[dict[str, Any]] = []
 
     def add(prompt: str, output: str, rating: str, correction: str | None = None) -> None:
         records.append(_record(rng, len(records), "classification", prompt, output, rating, correction))
 
-    for intent, templates in INTENTS.items():
-        for template in templates:
-            for text in _phrasings(rng, template, 4):
+    for intent, templates in intents.items():
+        for template in templates[:4] if small else templates:
+            for text in [template.format(p) for p in PRODUCTS] if small else _phrasings(rng, template, 4):
                 predicted = intent if rng.random() < 0.4 else rng.choice([l for l in labels if l != intent])
                 if predicted == intent:
                     add(text, predicted, "up")
@@ -156,15 +164,17 @@ def classification_feedback(seed: int = 0) -> list[dict[str, Any]]:
                     add(text, predicted, "down", intent)
                 if rng.random() < 0.1:
                     add(text, predicted, "down")
-    for text in OUT_OF_SCOPE:  # the router guessed an intent; the user (or a reviewer) said none fits
+    for text in [] if small else OUT_OF_SCOPE:  # the router guessed an intent; the user said none fits
         add(text, rng.choice(labels), "down", OUT_OF_SCOPE_LABEL)
     first = INTENTS["billing"][0].format(PRODUCTS[0])
     add(first, "billing", "down", "returns")  # a conflicting (losing) correction
-    add(first, "billing", "up")
+    if not small:
+        add(first, "billing", "up")
     add("my email is jane.doe@example.com and I was charged twice", "returns", "down", "billing")
     rng.shuffle(records)
     return records + _malformed("classification")
 
 
-def sample_feedback(kind: str, seed: int = 0) -> list[dict[str, Any]]:
-    return generation_feedback(seed) if kind == "generation" else classification_feedback(seed)
+def sample_feedback(kind: str, seed: int = 0, small: bool = False) -> list[dict[str, Any]]:
+    """The demo's sample feedback; ``small`` (classification): the tests' tiny set (``classification_feedback``)."""
+    return generation_feedback(seed) if kind == "generation" else classification_feedback(seed, small)
