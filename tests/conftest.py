@@ -48,7 +48,9 @@ def tiny_config(home: Path, kind: str, **tune) -> LoopConfig:
     settings = dict(n_trials=1, epochs=4, ranks=[16], lr_min=0.01, lr_max=0.05, first_trial={"rank": 16, "lr": 0.02},
                     evals_per_trial=2, validation_examples=8)
     if kind == "classification":  # at these rates a random 2-layer model's feed-forward LoRA diverges (held-out 7 %
-        settings.update(target_modules=["qv"], batch_size=8)  # against 55 % with query/value, small sample data)
+        # against 55 % with query/value, small sample data); the mechanics tests judge the searched trial itself
+        # (tests/test_router.py covers the pooler and the retraining on train + validation on a tiny model)
+        settings.update(target_modules=["qv"], batch_size=8, retrain_with_validation=False, train_pooler=False)
     settings.update(tune)
     return LoopConfig(kind=kind, home=home, tiny=True, tune=TuneConfig(**settings), gate=TINY_GATE)
 

@@ -39,7 +39,7 @@ def _adapter(config: LoopConfig, labels: list[str], folder) -> None:
 
 
 def test_the_recipe_trains_pooler_head_and_every_linear_layer_and_saves_them(home):
-    config = tiny_config(home, "classification")
+    config = tiny_config(home, "classification", train_pooler=True)  # the default; the tiny config turns it off
     data = trial_data(config, _dataset(config))
     model = build_model(config, data, PARAMS, torch.device("cpu"))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
