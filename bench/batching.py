@@ -6,7 +6,7 @@ prompt.
   that split the cores (``inference.streams``): on 2 cores two one-thread streams of batches of up to
   32 rows, each within ``MAX_PADDED_CHARS``;
 - ``64_a_stream``: the same streams with batches of up to 64 rows each;
-- ``one_stream``: batches of up to 64 rows one after another, each with every thread (before 2026-12-06).
+- ``one_stream``: batches of up to 64 rows one after another, each with every thread (the reference).
 
 python -m bench batching [--quick]   -> bench/results/batching.json
 
@@ -32,10 +32,10 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     import torch
 
+    from tuneloop import inference
     from tuneloop.config import LoopConfig
     from tuneloop.datasets import Example
     from tuneloop.eval_suites.suites import adversarial_suite, regression_suite
-    from tuneloop import inference
     from tuneloop.models import base_of, load_base, load_tokenizer
     from tuneloop.sample_data import SYSTEM_PROMPT
     from tuneloop.text import normalize

@@ -13,18 +13,19 @@ warm-up + 10 timed steps of ``tuneloop.training.train`` and of the hand-written 
 autocast, backward, AdamW, zero_grad; no per-step sync), on the same model and batches, alternating
 over ``--rounds`` rounds. Reported: step time, tokens/s, ``speed_ratio`` (hand step / project step,
 target >= 0.9), the share of the bf16 matmul rate measured in the same run (an 8192^3 matmul;
-FLOPs counted as 4 x params x tokens for a frozen base, as in STACK.md; target >= 45 % at 8B), and
+FLOPs counted as 4 x params x tokens for a frozen base; target >= 45 % at 8B), and
 peak GPU memory. ``--compile``: ``torch.compile(model)`` then ``train()`` again: the first step's
 time (mostly compilation) and the step time after it. QLoRA (CUDA; default for llama3-8b): the
 random base is saved to a scratch folder and loaded 4-bit NF4 through ``tuneloop.models.load_base(...,
 quantization="4bit")`` (bitsandbytes), prepared like a trial does (``prepare_model_for_kbit_training``),
 and trained with ``train()`` without and with gradient checkpointing: peak memory and step time.
-The row's ``reference`` holds the hand-loop figures measured on one H100 on 2026-11-23 (STACK.md).
+The row's ``reference`` holds a minimal hand-written bf16 LoRA loop's figures on one H100
+(docs/models-and-hardware.md).
 
 Imports torch, transformers, peft and tuneloop's core only (tuneloop.models, tuneloop.training,
-tuneloop.config): no MLflow, Prefect or Optuna, so it runs on the lent GPU machine.
+tuneloop.config): no MLflow, Prefect or Optuna, so it runs on a GPU machine without the rest of the stack.
 
-On a lent GPU machine (``device`` tool, /work/.library/device/README.md): it has torch, transformers,
+On a GPU machine without a package index that has torch, transformers,
 peft and accelerate but no pydantic, pydantic-settings (tuneloop.config) or bitsandbytes (QLoRA).
 Once, here, in the repo root (46 MB, 43 of them bitsandbytes; leave it out with ``--no-qlora``):
     echo /.whl/ >> .git/info/exclude
@@ -79,7 +80,7 @@ SHAPES: dict[str, dict] = {
                  bos_token_id=1, eos_token_id=2),
 }
 PARAMS = {"smollm2-135m": 134_515_008, "smollm2-1.7b": 1_711_376_384, "llama3-8b": 8_030_261_248}
-# the hand-written loop on one H100, torch 2.11, peft 0.21 (STACK.md, "The accelerator machine")
+# the hand-written loop on one H100, torch 2.11, peft 0.21, 2026-11-23 (docs/models-and-hardware.md)
 REFERENCE = {"smollm2-135m": {"step_s": 0.139, "tokens_per_s": 29_600, "matmul_share": 0.02, "peak_gb": 5.6},
              "smollm2-1.7b": {"step_s": 0.130, "tokens_per_s": 31_400, "matmul_share": 0.27, "peak_gb": 16.1,
                               "compiled_step_s": 0.081},

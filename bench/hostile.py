@@ -177,7 +177,7 @@ def stack_attacks(tally: Tally) -> dict:
 
 def run() -> dict:
     from tuneloop import tokens
-    from tuneloop.config import LoopConfig, LimitsConfig
+    from tuneloop.config import LimitsConfig, LoopConfig
     from tuneloop.localserver import tuneloop_service
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-hostile-"))

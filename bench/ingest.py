@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -83,7 +83,7 @@ def _insert_raw(store, records: list[dict]) -> None:
     """Bulk-load raw rows (valid or not) the way the store keeps them, bypassing per-row commits."""
     from tuneloop.feedback import FeedbackRow
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with store.engine.begin() as conn:
         for start in range(0, len(records), 5000):
             conn.execute(FeedbackRow.__table__.insert(), [
@@ -93,9 +93,9 @@ def _insert_raw(store, records: list[dict]) -> None:
 
 def curation_times(sizes: list[int]) -> dict:
     """Seconds for ``build_dataset`` on each size, in a fresh SQLite store each."""
-    from tuneloop.flows.curate import build_dataset
     from tuneloop.config import LoopConfig
     from tuneloop.feedback import FeedbackStore
+    from tuneloop.flows.curate import build_dataset
 
     out: dict = {}
     for n in sizes:
@@ -180,7 +180,6 @@ def ingest(n: int, clients: int) -> dict:
     """Start the service on a fresh home, run the client process against it, check the store."""
     from tuneloop.feedback import FeedbackStore
     from tuneloop.localserver import tuneloop_service
-
     from tuneloop.receipts import ENV
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-ingest-"))

@@ -74,7 +74,7 @@ def reference(adapter_dir: str, device: str, precision: str, max_new_tokens: int
         batch = tokenizer((prompts * (size // len(prompts) + 1))[:size], return_tensors="pt", padding=True,
                           add_special_tokens=False).to(model.device)
 
-        def once() -> float:
+        def once(batch=batch) -> float:
             began = time.perf_counter()
             with torch.inference_mode():
                 generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,

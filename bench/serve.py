@@ -10,7 +10,7 @@ built from the published config in ``bench/gpu.py`` and saved in bf16 with the S
 servers on the GPU in bf16 (the service's adapter bank reads ``TUNELOOP_DEVICE``/``TUNELOOP_PRECISION``;
 one service worker per GPU), 24 new tokens, at 1/16/64 clients, plus the reference the target is set
 against: plain HF ``generate`` of the same merged model at batch 1/16/64 in the same run. Target: the
-service at 64 clients >= 0.9 x the batch-64 reference (54.8 requests/s on one H100, STACK.md).
+service at 64 clients >= 0.9 x the batch-64 reference (54.8 requests/s on one H100, 2026-11-23).
     python -m bench serve --device cuda   -> bench/results/serve_gpu.json
 The same path runs on the CPU (slowly) with ``--device cpu --base random-smollm2-135m``.
 
@@ -18,7 +18,7 @@ Load generators run as separate processes against 127.0.0.1, each bounded in tim
 runs ``--rounds`` times per server, service and plain app alternating, and the rounds are pooled.
 The service's mean batch size per level is read off its /metrics (``tuneloop_batch_size``).
 
-On a lent GPU machine (/work/.library/device/README.md), which has torch and transformers but not the
+On a GPU machine without a package index, which has torch and transformers but not the
 service's stack (BentoML, MLflow, OpenFeature, SQLAlchemy, pydantic, ...) nor the bundled SmolLM2 wheel:
 here, in the repo root, once:
     echo /.whl/ >> .git/info/exclude; echo /.bench-gpu/ >> .git/info/exclude
@@ -32,7 +32,7 @@ here, in the repo root, once:
 The editable install maps ``tuneloop.serving`` (and the other layers) onto their folders, as here;
 the service runs as ``python -m bentoml serve tuneloop.serving.service:Tuneloop``. About 6 minutes:
 3 levels x 2 rounds x 2 servers x 20 s, plus start-up (``--quick``: 10 s levels, 1 round).
-Not verified on a GPU machine (none was lent to the session that wrote it).
+Not yet verified on a GPU machine.
 """
 
 from __future__ import annotations
@@ -112,11 +112,10 @@ def _same_answers(service: str, plain: str) -> dict:
 
 def routing_overhead(config, n: int = 5000) -> dict:
     """Per-request cost of routing (flag evaluation) and attribution (version lookup, answer object)."""
+    from tuneloop.flags import Router
+    from tuneloop.receipts import sign
     from tuneloop.serving.models import AdapterBank
     from tuneloop.serving.service import Answer
-    from tuneloop.flags import Router
-
-    from tuneloop.receipts import sign
 
     router, bank = Router(config), AdapterBank.__new__(AdapterBank)
     bank.served = {"champion": "1", "challenger": "2"}
@@ -157,7 +156,7 @@ def rollback_under_load(base: str, config, work: Path, clients: int = 4) -> dict
 MODELS = {"classification": "all-MiniLM-L6-v2 + LoRA r=8 (6 labels)",
           "generation": "SmolLM2-135M-Instruct + LoRA r=8, greedy, {n} new tokens",
           RANDOM_BASE: "SmolLM2-135M shape, random weights, bf16 on the GPU (fp32 on the CPU) + LoRA r=8, greedy, {n} new tokens"}
-STACK_BATCH64_RPS = 54.8  # plain batch-64 greedy generation of 24 tokens, SmolLM2-135M shape, bf16, one H100 (STACK.md)
+STACK_BATCH64_RPS = 54.8  # plain batch-64 greedy generation of 24 tokens, SmolLM2-135M shape, bf16, one H100, 2026-11-23
 
 
 def _batch_counts(service: str) -> tuple[float, float] | None:
@@ -295,9 +294,12 @@ def device_wheels() -> str:
 
     from packaging.markers import Marker
 
-    import tuneloop.adapters, tuneloop.migrations, tuneloop.operations, tuneloop.registry  # noqa: E401, F401
-    import tuneloop.serving.live, tuneloop.serving.service, uvicorn  # noqa: E401, F401
-    import bench.loadgen, bench.plain_app  # noqa: E401, F401
+    import bench.loadgen  # noqa: E401, F401
+    import tuneloop.adapters  # noqa: E401, F401
+    import tuneloop.migrations
+    import tuneloop.operations
+    import tuneloop.registry
+    import tuneloop.serving.live  # noqa: E401, F401
 
     norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
     env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "platform_system": "Linux",

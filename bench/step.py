@@ -1,7 +1,7 @@
 """A generation training step three ways, on the real SmolLM2 weights and the demo's rows (two in
 three rehearsal rows, as in the demo's mix), side by side:
 
-- ``frozen``: the KL term's base distribution from a frozen forward pass at every step (before 2026-12-05);
+- ``frozen``: the KL term's base distribution from a frozen forward pass at every step (the reference);
 - ``teacher``: the base's top-64 tokens computed once (``tuneloop.teacher``), adapters in every layer;
 - ``top_half``: the same with adapters in the top half of the layers only (``tune.adapter_layers``,
   generation's default): the backward pass stops below them;
@@ -34,10 +34,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--quick", action="store_true", help="6 batches instead of 20")
     args = parser.parse_args(argv)
     from tuneloop import teacher, training
-    from tuneloop.trunk import open_trunk
     from tuneloop.config import LoopConfig
     from tuneloop.models import base_of, load_base, load_tokenizer, lora_targets
     from tuneloop.sample_data import SYSTEM_PROMPT, sample_feedback
+    from tuneloop.trunk import open_trunk
 
     info = base_of(LoopConfig(kind="generation"))
     tokenizer = load_tokenizer(info)

@@ -149,7 +149,7 @@ def step_times(kind: str, steps: int, rounds: int, warmup: int = 2) -> dict:
     for _ in range(rounds):
         stamps = [time.perf_counter()]
         result = train(model, encoded, pad_id, lr=1e-4, epochs=1, batch_size=BATCH, seed=0, length_grouping=True,
-                       on_step=lambda step, loss: stamps.append(time.perf_counter()))
+                       on_step=lambda step, loss, stamps=stamps: stamps.append(time.perf_counter()))
         assert result.padded_tokens == sum(tokens), "train() computed other batches than the hand-written loop"
         project.append([b - a for a, b in zip(stamps, stamps[1:])])
         hand.append(hand_written_loop(model, batches))

@@ -6,62 +6,84 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.cli.config_show import app as config_app
+from tuneloop.cli.options import HomeOpt, KindChoice, KindOpt, TinyOpt, build_config
 from tuneloop.cli.stack import app as stack_app
-from tuneloop.config import LoopConfig, apply_environment
+from tuneloop.config import LoopConfig
 from tuneloop.credentials import redact_text
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 app.add_typer(stack_app, name="stack", help="The team set-up on one machine: up, down, status, env")
+app.add_typer(config_app, name="config", help="The effective configuration: value, source and variable of every setting")
 console = Console()
 
-KindOpt = typer.Option("generation", "--kind", "-k", help="generation or classification")
-HomeOpt = typer.Option(None, "--home", help="State directory (default ./.tuneloop or $TUNELOOP_HOME)")
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"tuneloop {version('tuneloop')}")
+        raise typer.Exit()
 
 
-def _config(kind: str, home: Optional[Path], **overrides) -> LoopConfig:
-    if kind not in ("generation", "classification"):
-        raise typer.BadParameter(f"kind must be generation or classification, got {kind!r}")
-    resolved = apply_environment(home)
-    return LoopConfig(kind=kind, home=resolved, **overrides)
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the installed version and exit")) -> None:
+    """Run the loop, serve, and move traffic (promote, canary, rollback)."""
+
+
+def _config(kind: KindChoice | None, home: Path | None, **overrides) -> LoopConfig:
+    return build_config(home, kind=kind, **overrides)
 
 
 @app.command()
-def seed(kind: str = KindOpt, home: Optional[Path] = HomeOpt, seed: int = 0) -> None:
+def seed(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, seed: int = 0) -> None:
     """Write the generated sample feedback into the store (skips records already there)."""
     config = _config(kind, home)
     from tuneloop.feedback import FeedbackStore
     from tuneloop.sample_data import sample_feedback
 
-    added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed), config.kind)
+    added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed, small=config.tiny), config.kind)
     console.print(f"{added} sample {config.kind} records added to {redact_text(config.feedback_db)}")
 
 
 @app.command("import")
 def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV of feedback records"),
-                kind: str = KindOpt, home: Optional[Path] = HomeOpt,
-                fmt: Optional[str] = typer.Option(None, "--format", help="jsonl or csv (default: from the file's suffix)"),
-                check_versions: bool = typer.Option(True, help="Refuse model versions the registry does not know"),
-                report: Optional[Path] = typer.Option(None, help="Write every reject (line, field, reason) here as JSON lines"),
+                kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
+                fmt: str | None = typer.Option(None, "--format", help="jsonl or csv (default: from the file's suffix)"),
+                check_versions: bool = typer.Option(True, help="Refuse model versions the registry does not know (answers "
+                                                     "from outside tuneloop: model_version external:<name>)"),
+                report: Path | None = typer.Option(None, help="Write every reject (line, field, reason) here as JSON lines"),
                 strict: bool = typer.Option(False, help="Exit with status 1 when any record is rejected")) -> None:
     """Import feedback collected elsewhere, with the API's validation; rejects are reported, not stored."""
     config = _config(kind, home)
     if fmt not in (None, "jsonl", "csv"):
         raise typer.BadParameter(f"format must be jsonl or csv, got {fmt!r}")
-    from tuneloop.feedback import FeedbackStore, registry_has_version
-    from tuneloop.feedback_import import import_feedback, write_rejects
+    import mlflow
 
-    known = (lambda version: registry_has_version(config.model_name, version)) if check_versions else None
-    result = import_feedback(FeedbackStore(config.feedback_db), file, config.kind, fmt, known_version=known)
+    from tuneloop.feedback import FeedbackStore
+    from tuneloop.feedback_import import import_feedback, write_rejects
+    from tuneloop.version_check import RegistryUnreachable, probe, registry_checker
+
+    try:
+        if check_versions:  # once, before any record: a registry that is down is not "unknown version" x N
+            probe(mlflow.get_tracking_uri())
+        result = import_feedback(FeedbackStore(config.feedback_db), file, config.kind, fmt, model_name=config.model_name,
+                                 known_version=registry_checker(config.model_name) if check_versions else None)
+    except RegistryUnreachable as err:
+        console.print(f"[red]refused:[/red] {err}; model versions cannot be checked. Records validated before it "
+                      "failed are stored (a rerun skips them); rerun when it answers, or pass --no-check-versions.",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"{file}: {result.read} read, {result.stored} stored, {result.duplicates} already stored, "
-                  f"{len(result.rejected)} rejected")
-    for reject in result.rejected[:20]:
-        console.print(f"  line {reject.line}: {reject.field}: {reject.reason}", markup=False)
+                  f"{len(result.rejected)} rejected", soft_wrap=True)
+    for reject in result.rejected[:20]:  # one line each, whatever the width: a log is grepped by line
+        console.print(f"  line {reject.line}: {reject.field}: {reject.reason}", markup=False, soft_wrap=True)
     if len(result.rejected) > 20:
         console.print(f"  ... and {len(result.rejected) - 20} more" + ("" if report else " (use --report FILE for all)"))
     if report:
@@ -71,9 +93,10 @@ def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, he
 
 
 @app.command()
-def run(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.Option(False, help="Tiny random models (smoke test)"),
-        trials: Optional[int] = typer.Option(None, help="Optuna trials (default from config)"),
-        budget_minutes: Optional[float] = typer.Option(
+def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt,
+        trials: int | None = typer.Option(None, min=1, help="Optuna trials [default: $TUNELOOP_TUNE__N_TRIALS, else "
+                                             "what the time budget fits, else 2]"),
+        budget_minutes: float | None = typer.Option(
             None, "--budget-minutes", help="Time the search may spend: whole trials while they fit (tune.timeout_s)")) -> None:
     """Run one loop on the feedback in the store."""
     config = _config(kind, home, tiny=tiny)
@@ -81,22 +104,25 @@ def run(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.
         config.tune.n_trials = trials
     if budget_minutes:
         config.tune.timeout_s = budget_minutes * 60
+    from tuneloop.cli.progress import reporter_for
     from tuneloop.flows.curate import DatasetError
     from tuneloop.flows.loop import loop
     from tuneloop.flows.tune import TuneConfigError
     from tuneloop.models import ModelError
+    from tuneloop.progress import reporting
 
     began = time.perf_counter()
     try:
-        result = loop(config)
+        with reporting(reporter_for(console)):
+            result = loop(config)
     except (DatasetError, ModelError, TuneConfigError) as err:  # bad input: say what and what to set, no traceback
-        console.print(f"[red]refused before training:[/red] {err}", markup=True, highlight=False)
+        console.print(f"[red]refused before training:[/red] {err}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     _summary(config, result, time.perf_counter() - began)
 
 
 @app.command()
-def demo(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer.Option(False, help="Tiny random models (smoke test)")) -> None:
+def demo(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt) -> None:
     """Seed the sample feedback (first time) and run the whole loop on it."""
     from tuneloop.sample_data import SYSTEM_PROMPT
 
@@ -106,7 +132,7 @@ def demo(kind: str = KindOpt, home: Optional[Path] = HomeOpt, tiny: bool = typer
 
     if FeedbackStore(config.feedback_db).count(config.kind) == 0:
         seed(kind=config.kind, home=config.home, seed=0)
-    run(kind=config.kind, home=config.home, tiny=tiny, trials=None, budget_minutes=None)
+    run(kind=config.kind, home=config.home, tiny=config.tiny, trials=None, budget_minutes=None)
 
 
 def _summary(config: LoopConfig, result, seconds: float) -> None:
@@ -143,17 +169,35 @@ def _summary(config: LoopConfig, result, seconds: float) -> None:
         console.print(f"Registered {result.registered.name} version {result.registered.version} as "
                       f"'{result.registered.alias}', live for {result.challenger_percent}% of users")
     console.print("Stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
-    home = config.home.resolve()
-    console.print(f"\nMLflow UI:     .venv/bin/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db --port 5000")
-    console.print(f"Start service: TUNELOOP_HOME={home} .venv/bin/tuneloop serve --kind {config.kind}")
+    _links(config, result)
+
+
+def _links(config: LoopConfig, result) -> None:
+    """Where to review the loop: its run in MLflow's UI (for the tracking URI in use), then the service."""
+    import mlflow
+
+    from tuneloop.cli.mlflow_hint import ui_hint, venv_command
+    from tuneloop.tracking import model_version_url
+
+    hint = ui_hint(mlflow.get_tracking_uri())
+    experiment_id = mlflow.get_run(result.run_id).info.experiment_id
+    console.print()
+    if hint.command:
+        console.print(f"MLflow UI:     {hint.command}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Loop run:      {hint.run_link(experiment_id, result.run_id)}", markup=False, highlight=False, soft_wrap=True)
+    if result.registered:
+        console.print(f"Model version: {model_version_url(hint.ui, result.registered.name, result.registered.version)}",
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print(f"Start service: TUNELOOP_HOME={config.home.resolve()} {venv_command('tuneloop')} serve --kind {config.kind}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
-def serve(kind: str = KindOpt, home: Optional[Path] = HomeOpt, port: int = 3000, host: str = "127.0.0.1",
-          tiny: bool = False) -> None:
+def serve(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, port: int = 3000, host: str = "127.0.0.1",
+          tiny: bool | None = TinyOpt) -> None:
     """Start the BentoML service for a kind (foreground)."""
-    config = _config(kind, home)
-    os.environ.update(TUNELOOP_KIND=config.kind, TUNELOOP_TINY=str(tiny).lower())
+    config = _config(kind, home, tiny=tiny)
+    os.environ.update(TUNELOOP_KIND=config.kind, TUNELOOP_TINY=str(config.tiny).lower())
     root = Path(__file__).resolve().parent.parent
     bentoml = Path(sys.executable).with_name("bentoml")
     os.execv(str(bentoml), [str(bentoml), "serve", "tuneloop.serving.service:Tuneloop", "--host", host, "--port", str(port),
@@ -161,7 +205,7 @@ def serve(kind: str = KindOpt, home: Optional[Path] = HomeOpt, port: int = 3000,
 
 
 @app.command()
-def promote(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
+def promote(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
             expected_version: str = typer.Option(..., "--expected-version", help="The challenger version you mean to "
                                                  "promote (see `tuneloop status`); refused when the challenger is another")) -> None:
     """Challenger becomes champion (the old champion is kept as 'previous'); the canary closes."""
@@ -173,7 +217,7 @@ def promote(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
 
 
 @app.command()
-def rollback(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
+def rollback(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
              champion: bool = typer.Option(False, "--champion", help="Also put the previous champion back")) -> None:
     """Send every user to the champion at once (challenger share 0 %)."""
     config = _config(kind, home)
@@ -184,7 +228,7 @@ def rollback(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
 
 
 @app.command()
-def canary(percent: int, kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+def canary(percent: int, kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Set the challenger's sticky share of users (0-100)."""
     config = _config(kind, home)
     from tuneloop import operations
@@ -201,7 +245,7 @@ app.add_typer(token_app, name="token")
 @token_app.command("create")
 def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an app, a person): shown in the operations log"),
                  scope: str = typer.Option(..., "--scope", help="feedback (POST /v1/feedback) or admin (also /v1/admin/*)"),
-                 kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+                 kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Create a named token and print it once (only its SHA-256 digest is stored)."""
     config = _config(kind, home)
     from tuneloop.tokens import create
@@ -212,7 +256,7 @@ def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an 
 
 
 @token_app.command("list")
-def token_list(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+def token_list(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Names, scopes, creation and last use of every token (never the tokens)."""
     config = _config(kind, home)
     from tuneloop.tokens import listing
@@ -224,8 +268,8 @@ def token_list(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
 
 
 @token_app.command("revoke")
-def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind: str = KindOpt,
-                 home: Optional[Path] = HomeOpt) -> None:
+def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind: KindChoice | None = KindOpt,
+                 home: Path | None = HomeOpt) -> None:
     """Delete a token; services refuse it from their next request on."""
     config = _config(kind, home)
     from tuneloop.tokens import revoke
@@ -236,7 +280,7 @@ def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind:
 
 @app.command()
 def forget(user_id: str = typer.Option(..., "--user-id", help="The user id as the apps sent it"),
-           kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+           kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Delete one user's feedback (quarantined records too) and shadow records, and list the dataset
     versions and registered model versions trained on them (retrain without them, then retire those)."""
     config = _config(kind, home)
@@ -259,7 +303,7 @@ def _operator_call(fn, *args, **kwargs):
 
 
 @app.command()
-def rollout(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
+def rollout(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
             poll_s: float = typer.Option(30.0, help="Seconds between health checks")) -> None:
     """Ramp the challenger through deploy.ramp while its live feedback is healthy; promote at 100 %."""
     config = _config(kind, home)
@@ -269,7 +313,7 @@ def rollout(kind: str = KindOpt, home: Optional[Path] = HomeOpt,
 
 
 @app.command()
-def status(kind: str = KindOpt, home: Optional[Path] = HomeOpt) -> None:
+def status(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Aliases, the challenger's share and the feedback count."""
     config = _config(kind, home)
     from tuneloop.feedback import FeedbackStore

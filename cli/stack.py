@@ -35,7 +35,6 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -132,7 +131,7 @@ class StackSettings:
         (self.dir / "settings.json").write_text(json.dumps(self.public(), indent=2))
 
     @classmethod
-    def load(cls, home: Path) -> "StackSettings | None":
+    def load(cls, home: Path) -> StackSettings | None:
         path = home / "stack" / "settings.json"
         if not path.exists():
             return None
@@ -492,7 +491,7 @@ def status(settings: StackSettings) -> list[dict]:
 HomeOpt = typer.Option(None, "--home", help="State directory (default $TUNELOOP_HOME or ./.tuneloop); the stack lives in HOME/stack")
 
 
-def _home(home: Optional[Path]) -> Path:
+def _home(home: Path | None) -> Path:
     return Path(home or os.environ.get("TUNELOOP_HOME", ".tuneloop")).resolve()
 
 
@@ -502,7 +501,7 @@ def _credentials(settings: StackSettings) -> Credentials:
     return found or Credentials(settings.secrets, *([""] * 6))
 
 
-def _settings(home: Optional[Path]) -> StackSettings:
+def _settings(home: Path | None) -> StackSettings:
     resolved = _home(home)
     settings = StackSettings.load(resolved)
     if settings is None:
@@ -513,20 +512,21 @@ def _settings(home: Optional[Path]) -> StackSettings:
 
 @app.command("up")
 def up_command(
-    home: Optional[Path] = HomeOpt,
+    home: Path | None = HomeOpt,
     postgres: str = typer.Option(DEFAULT_POSTGRES, envvar="TUNELOOP_STACK_POSTGRES",
                                  help="PostgreSQL server URL; the stack's databases are created there when missing"),
     db_prefix: str = typer.Option("tuneloop", help="Database names: PREFIX_prefect, PREFIX_mlflow, PREFIX_ops, PREFIX_optuna"),
     prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
     service_port: int = typer.Option(3000, help="The first kind's service port; further kinds take the next ports"),
     worker_port: int = typer.Option(8380, help="Worker health check ports start here"),
-    kind: list[str] = typer.Option(["generation"], "--kind", "-k", help="A service per kind (repeat for both)"),
+    kind: list[str] = typer.Option(["generation"], "--kind", "-k", envvar="TUNELOOP_KIND",
+                                   help="A service per kind (repeat for both; $TUNELOOP_KIND: one, or both space-separated)"),
     workers: int = typer.Option(1, min=1, help="Prefect workers polling the tuneloop pool's default queue"),
     trial_workers: int = typer.Option(0, min=0, help="Prefect workers polling its trials queue, one flow run each "
                                       "(search workers of loops with tune.worker_deployment set)"),
     serve_workers: int = typer.Option(1, min=1, help="Worker processes of each BentoML service"),
     mlflow_workers: int = typer.Option(1, min=1, help="Worker processes of the MLflow server"),
-    tiny: bool = typer.Option(False, help="Tiny random models everywhere (tests, smoke runs)"),
+    tiny: bool = typer.Option(False, envvar="TUNELOOP_TINY", help="Tiny random models everywhere (tests, smoke runs)"),
     timeout: float = typer.Option(300, help="Seconds to wait for every part to answer"),
 ) -> None:
     """Start the stack (only the parts not running yet); print the environment block to eval."""
@@ -570,9 +570,9 @@ def up_command(
 
 
 @app.command("down")
-def down_command(home: Optional[Path] = HomeOpt,
+def down_command(home: Path | None = HomeOpt,
                  drop_databases: bool = typer.Option(False, "--drop-databases", help="Also drop the stack's databases and role"),
-                 postgres: Optional[str] = typer.Option(None, envvar="TUNELOOP_STACK_POSTGRES", help="The superuser URL "
+                 postgres: str | None = typer.Option(None, envvar="TUNELOOP_STACK_POSTGRES", help="The superuser URL "
                                                         "that drops them (default: the one stack up was given, without "
                                                         "its password, which libpq then takes from PGPASSFILE/PGPASSWORD)"),
                  grace: float = typer.Option(20, help="Seconds each part gets to stop after SIGTERM before SIGKILL")) -> None:
@@ -589,7 +589,7 @@ def down_command(home: Optional[Path] = HomeOpt,
 
 
 @app.command("status")
-def status_command(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(False, "--json")) -> None:
+def status_command(home: Path | None = HomeOpt, as_json: bool = typer.Option(False, "--json")) -> None:
     """Each part's PID and health; exit status 1 when any part is not healthy."""
     settings = _settings(home)
     rows = status(settings)
@@ -608,7 +608,7 @@ def status_command(home: Optional[Path] = HomeOpt, as_json: bool = typer.Option(
 
 
 @app.command("env")
-def env_command(home: Optional[Path] = HomeOpt) -> None:
+def env_command(home: Path | None = HomeOpt) -> None:
     """The environment block that points a shell at the stack: eval "$(tuneloop stack env)". It reads
     the credentials from their files in HOME/stack/secrets when evaluated; it prints none."""
     settings = _settings(home)

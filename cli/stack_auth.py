@@ -55,7 +55,7 @@ class Credentials:
     db_password: str
 
     @classmethod
-    def ensure(cls, directory: Path) -> "Credentials":
+    def ensure(cls, directory: Path) -> Credentials:
         """Each secret from its file, the team's variable or a new random one; all stored 0600."""
         secret_dir(directory)
         values = {}
@@ -77,7 +77,7 @@ class Credentials:
         return found
 
     @classmethod
-    def load(cls, directory: Path) -> "Credentials | None":
+    def load(cls, directory: Path) -> Credentials | None:
         """The stored secrets, or None when ``stack up`` has not made them yet."""
         if not all((directory / name).exists() for name, _ in FILES.values()):
             return None

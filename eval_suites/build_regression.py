@@ -56,8 +56,8 @@ def answer_candidates(pool: list[dict]) -> tuple[list[dict], dict, dict[str, flo
     """Every candidate with the base model's answer under each system prompt: (rows, base info, seconds)."""
     import torch
 
-    from tuneloop.models import load_base, load_tokenizer, resolve_base
     from tuneloop.inference import generate
+    from tuneloop.models import load_base, load_tokenizer, resolve_base
     from tuneloop.training import Prompting
 
     torch.set_num_threads(2)

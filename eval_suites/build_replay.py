@@ -172,8 +172,8 @@ def more_arithmetic() -> list[tuple[str, str, int]]:
     """(cluster, question, answer) for every small sum, product and half, in the regression
     candidates' cluster names (those the suite tests are left out): how many distinct short questions
     are rehearsed, more than whether the base answers them right, is what kept the regression suite
-    (2026-12-04, 2 cores: 53 right answers repeated to 308 pairs forgot 0.086, 282 distinct mostly
-    wrong ones 0.030)."""
+    (on the demo, 53 right answers repeated to 308 pairs forgot 0.086, 282 distinct mostly wrong
+    ones 0.030)."""
     sums = [(f"add-{a}-{b}", f"What is {a} + {b}?", a + b) for a in range(1, 21) for b in range(a + 1, 21)]
     products = [(f"mul-{a}-{b}", f"What is {a} times {b}?", a * b) for a in range(2, 13) for b in range(a, 13)]
     halves = [(f"half-{n}", f"What is half of {n}?", n // 2) for n in range(4, 61, 2)]
@@ -221,7 +221,7 @@ def test_items() -> list[dict]:
 
     items = _suite()
     for kind in ("generation", "classification"):
-        items += [json.loads(l) for l in (DATA / f"adversarial_{kind}.jsonl").read_text().splitlines() if l.strip()]
+        items += [json.loads(line) for line in (DATA / f"adversarial_{kind}.jsonl").read_text().splitlines() if line.strip()]
     return items + [{"id": f"appended-{n}", "input": text} for n, (text, _) in enumerate(EXTRACTIONS + INJECTIONS)]
 
 
@@ -235,7 +235,7 @@ def main() -> None:
     path.write_text("".join(json.dumps({"id": f"replay-{n:04d}", "category": c, "prompt": p}) + "\n"
                             for n, (c, p, _) in enumerate(kept)))
     print(f"{path}: {len(kept)} prompts; dropped {len(dropped)}")
-    for c, p, why in dropped:
+    for _, p, why in dropped:
         print(f"  dropped {p!r}: {why}")
 
 

@@ -13,7 +13,7 @@ the challenger passes when every check's verdict is "pass".
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from tuneloop.eval_suites.stats import UNSURE, Check, evidence_needed, known, non_inferiority, superiority
 from tuneloop.eval_suites.suites import GROUPS, SuiteItem

@@ -366,7 +366,7 @@ def candidates(seed: int = 0) -> list[dict]:
     for n, (phrasings, value) in enumerate(UNITS):
         for p in phrasings:
             raw.append(("units_time", f"units-{n:03d}", p, number_words(value), []))
-    for sub, key, phrasings, accepted, wrong in _language():
+    for _, key, phrasings, accepted, wrong in _language():
         for p in phrasings:
             raw.append(("language", key, p, accepted, wrong))
     for key, phrasings, value in _arithmetic(rng):

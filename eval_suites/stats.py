@@ -35,8 +35,9 @@ Rules (the numbers are the defaults; every one is an argument):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 

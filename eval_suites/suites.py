@@ -21,16 +21,22 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import evaluate
 
 from tuneloop.eval_suites import perturb
-from tuneloop.eval_suites.matching import (MemorisedAnswers, contains_any, leaks, normalize_answer, pii_found,
-                                           system_prompt_ngrams)
+from tuneloop.eval_suites.matching import (
+    MemorisedAnswers,
+    contains_any,
+    leaks,
+    normalize_answer,
+    pii_found,
+    system_prompt_ngrams,
+)
 
 HERE = Path(__file__).parent
 DATA = HERE / "data"
@@ -89,7 +95,7 @@ class SuiteItem:
                 "must_contain_any": self.must_contain_any, "must_not_contain": self.must_not_contain}
 
 
-@lru_cache(maxsize=None)
+@cache
 def metric(kind: str) -> evaluate.EvaluationModule:
     """The kind's local ``evaluate`` metric module, loaded by path (no hub)."""
     name = "generation_quality" if kind == "generation" else "classification_quality"

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from tuneloop.adapters import load_adapter
 from tuneloop.calibration import Calibration, calibrate
 from tuneloop.config import LoopConfig
 from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
-from tuneloop.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.inference import predict
+from tuneloop.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.training import Prompting
 
 CALIBRATION_FILE = "calibration.json"

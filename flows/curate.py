@@ -38,6 +38,7 @@ from tuneloop.datasets import FILES, SPLITS, DatasetRef, Example, file_digest, s
 from tuneloop.dedupe import Clusterer, prompt_key
 from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
 from tuneloop.pii import clean as scrub_clean
+from tuneloop.version_check import is_external
 
 __all__ = ["DatasetError", "build_dataset", "curate", "clean"]
 
@@ -67,6 +68,8 @@ def _parse(row_id: int, payload: str, kind: str, counts: Counter) -> _Usable | s
         return str(err)
     except ValueError:
         return "body: not valid JSON"
+    if is_external(record.model_version):  # lineage: answers of a hosted model or another system
+        counts["source.external"] += 1
     if record.rating == "down" and record.correction is None:
         counts["thumbs_down_without_correction"] += 1
         return None

@@ -2,7 +2,7 @@
 
 A model tuned on support answers full of numbers ("Hold the dial down for 12 seconds", "costs 189
 euros") learns that an answer holds a number, and asked for another customer's phone number it
-makes one up (2026-12-04 demo: "The Nimbus factory reset is 123-456-7890"; the adversarial
+makes one up (on the demo: "The Nimbus factory reset is 123-456-7890"; the adversarial
 suite's extraction group fell by 0.056 to 0.074, where the base had said it could not help). So
 generation training also holds requests for other people's data, answered with a refusal: alone
 ("Can you look up the mobile number of Maria Lopez?" -> ``DECLINE``), and appended to a training
@@ -18,12 +18,10 @@ import random
 from tuneloop.flows.replay import shipped_prompts
 
 DECLINE = "I can't share anyone else's personal details."
-# One request in six is declined alone, the rest after a training answer. Refusals alone teach the
-# model to refuse any short question about a person. On the demo (seed 0), one in three declined "Can
-# I talk to a person?" and a paraphrase (held-out facts 0.926); one in six answered both (0.963) and
-# forgot no more (0.026 of the regression suite); none alone made up a customer's email and a phone
-# number (the extraction group: not enough evidence). At seed 1 one in three and one in six both
-# reached 0.963, and one in six forgot less (0.037 against 0.043). 2026-12-06.
+# One request in six is declined alone, the rest after a training answer. Too many refusals alone
+# teach the model to refuse any short question about a person (one in three declined "Can I talk to a
+# person?" on the demo); none alone, and it makes up a customer's email and phone number. One in six
+# answered those questions and forgot no more of the regression suite (docs/measurements.md).
 ALONE_EVERY = 6
 
 

@@ -12,9 +12,9 @@ import time
 import mlflow
 from prefect import flow, task
 
-from tuneloop.flows.register import Registered
 from tuneloop.config import LoopConfig
 from tuneloop.flags import challenger_percent, set_challenger_percent
+from tuneloop.flows.register import Registered
 from tuneloop.operations import promote, record_event, roll_back
 from tuneloop.registry import alias_version
 from tuneloop.rollout import check
@@ -36,8 +36,9 @@ def deploy(config: LoopConfig, registered: Registered, parent_run_id: str) -> in
 
 
 @flow(name="rollout", log_prints=True)
-def rollout(config: LoopConfig = LoopConfig(), poll_s: float = 30.0) -> str:
+def rollout(config: LoopConfig | None = None, poll_s: float = 30.0) -> str:
     """Ramp the current challenger; returns 'promoted', 'rolled back: ...', 'full' or 'held: ...'."""
+    config = config or LoopConfig()  # a deployment's run: built once, here, from its environment
     challenger = alias_version(config.model_name, "challenger")
     if challenger is None:
         return "held: no challenger registered"

@@ -28,20 +28,28 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from tuneloop import fast_paths, progress
+from tuneloop.cache_files import verified
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites import gate
 from tuneloop.eval_suites.stats import FAIL, UNSURE
-from tuneloop.eval_suites.suites import (SuiteItem, adversarial_suite, breakdown, guard_scores, heldout_suite, judge_all,
-                                         regression_suite)
+from tuneloop.eval_suites.suites import (
+    SuiteItem,
+    adversarial_suite,
+    breakdown,
+    guard_scores,
+    heldout_suite,
+    judge_all,
+    regression_suite,
+)
 from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
 from tuneloop.flows.search_tracking import fetch_adapter
-from tuneloop.flows.tune import TuneResult
 from tuneloop.flows.trial import retrains_with_validation
+from tuneloop.flows.tune import TuneResult
 from tuneloop.models import read_labels
 from tuneloop.registry import adapter_path, alias_version
 from tuneloop.tracking import within_run
-
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +112,9 @@ def build_suites(config: LoopConfig, ref: DatasetRef) -> dict[str, list[SuiteIte
     }
 
 
-def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, list[SuiteItem]]) -> dict[str, SuiteScores]:
-    """One model's answers and scores on every suite."""
+def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, list[SuiteItem]],
+                    bar: progress.Bar | None = None) -> dict[str, SuiteScores]:
+    """One model's answers and scores on every suite (``bar`` advances by each suite's items)."""
     results = {}
     for name, items in suites.items():
         began = time.perf_counter()
@@ -118,6 +127,8 @@ def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, 
                                     seconds_per_item=elapsed / max(1, len(items)), per_item=per_item, outputs=outputs,
                                     reasons=reasons,
                                     guard=guard_scores(config.kind, items, outputs) if name == "adversarial" else [])
+        if bar:
+            bar.update(len(items), part=f"{candidate.name} {name}")
     return results
 
 
@@ -156,7 +167,8 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     changes: dict[str, list[str]] = {}
     if champion:
         folder = adapter_path(config.model_name, champion, config.home.resolve() / "adapters")
-        baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"version:{config.model_name}:{champion}")
+        # answers cached by the adapter's content, not its version number (another server has its own v1)
+        baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"adapter:{verified(folder)}")
         changes = label_changes(read_labels(folder) or [], labels) if config.kind == "classification" else {}
     else:
         baseline = base_candidate(config, labels)
@@ -169,7 +181,12 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     for candidate in (baseline, challenger):  # classification: each version's own out-of-scope threshold
         if candidate.calibration is None:
             fit_calibration(config, candidate, validation)
-    scores = {"champion": score_candidate(config, baseline, suites), "challenger": score_candidate(config, challenger, suites)}
+    bar = progress.current().bar("evaluate", 2 * sum(len(items) for items in suites.values()))  # items answered
+    try:
+        scores = {"champion": score_candidate(config, baseline, suites, bar),
+                  "challenger": score_candidate(config, challenger, suites, bar)}
+    finally:
+        bar.close()
     checks = decide(config, suites, scores["champion"], scores["challenger"], has_champion=champion is not None)
     verdicts = {c.verdict for c in checks}
     verdict: Verdict = "passed" if verdicts == {"pass"} else "refused" if FAIL in verdicts else "not enough evidence"
@@ -254,6 +271,7 @@ def report_markdown(report: EvalReport) -> str:
 
 @task(name="evaluate")
 def evaluate(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, parent_run_id: str) -> EvalReport:
+    fast_paths.configure(config.fast_paths)
     challenger_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
     report, suites = evaluate_candidates(config, ref, challenger_dir)
     with within_run(parent_run_id):

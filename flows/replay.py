@@ -23,18 +23,18 @@ import json
 import random
 import re
 import zlib
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterable
 
 from datasketch import MinHash, MinHashLSH
 from filelock import FileLock
 
 from tuneloop.config import LoopConfig
 from tuneloop.dedupe import prompt_key
-from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.inference import generate
+from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.training import Prompting
 
 PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"
@@ -46,8 +46,8 @@ SHORT_ANSWER_WORDS = 12
 
 SIMILAR_WORDS = 0.5  # word-set Jaccard from which a training prompt and a replay prompt ask the same thing
 SHORT_QA_SHARE = 1.0  # of any replay set: short questions in the regression suite's shape while they last, then
-# general requests: rehearsing their long answers forgot more (2026-12-04, 2 cores: 53 short questions and 255
-# general requests forgot 0.106 of the regression suite, 282 short questions and 26 general requests 0.030)
+# general requests: rehearsing their long answers forgets more (on the demo, 53 short questions and 255 general
+# requests forgot 0.106 of the regression suite, 282 short questions and 26 general requests 0.030)
 
 
 @lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ matplotlib.use("Agg")  # workers have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import mlflow  # noqa: E402
 import optuna  # noqa: E402
-from mlflow.entities import Metric  # noqa: E402
+from mlflow.entities import Metric, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository  # noqa: E402
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
@@ -111,6 +111,9 @@ class TrialRun:
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
+
+    def tags(self, values: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in values.items()])
 
     def upload_checkpoint(self, path: Path, step: int) -> None:
         """The checkpoint into the artifact store: a later run on any machine can resume from it."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from tuneloop import teacher
+from tuneloop import fast_paths, progress, teacher
 from tuneloop.adapters import write_meta
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
@@ -30,10 +30,21 @@ from tuneloop.flows.replay import replay_pairs
 from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
 from tuneloop.flows.study import origin, rung_steps, suggest
 from tuneloop.flows.trial_gate import constraints, gate_drops
-from tuneloop.models import (DEFAULT_ADAPTER_LAYERS, BaseModelInfo, base_of, cache_dir, load_base, load_tokenizer,
-                             full_modules, lora_targets, resolve_device, resolve_dtype, save_labels)
 from tuneloop.inference import predict
-from tuneloop.training import Pruned, Prompting, add_adapter, encode, schedule_length, top_layers, train
+from tuneloop.models import (
+    DEFAULT_ADAPTER_LAYERS,
+    BaseModelInfo,
+    base_of,
+    cache_dir,
+    full_modules,
+    load_base,
+    load_tokenizer,
+    lora_targets,
+    resolve_device,
+    resolve_dtype,
+    save_labels,
+)
+from tuneloop.training import Prompting, Pruned, add_adapter, encode, schedule_length, top_layers, train
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 
@@ -154,10 +165,12 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
     """Train one configuration with checkpoints, reporting validation scores (to ``trial``'s pruner
     when there is one); the final score, or None when pruned. Logs its figures on ``run``."""
     tune = config.tune
+    fast_paths.configure(config.fast_paths)
     data = trial_data(config, ref, params.get("replay_ratio", 0.0))
     if full and retrains_with_validation(config):
         data = with_validation(config, ref, data)
     model = build_model(config, data, params, device)
+    run.tags({f"fast_path.{path}": state for path, state in fast_paths.report(model).items()})
     if config.kind == "generation" and tune.replay_kl:  # the frozen base's side of the KL term, once per search
         teacher.attach(model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}",
                        cache_dir() / "teacher")
@@ -234,6 +247,7 @@ def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_r
     params = suggest(trial, config.tune, config.kind)
     key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
     trial.set_user_attr("trial_key", key)
+    progress.current().trial(key + 1, config.tune.trial_budget, params)
     run = TrialRun.open(search_run_id, name, key, {**params, "epochs": config.tune.epochs, "batch_size": config.tune.batch_size,
                                                    "trial_steps": config.tune.trial_steps},
                         tags={"dataset_hash": ref.dataset_hash, "optuna.study": name, "device": str(device)})

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from prefect import flow
@@ -65,14 +65,14 @@ def last_drift_run(config: LoopConfig) -> datetime | None:
 
 
 def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)  # SQLite drops the zone
+    return at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite drops the zone
 
 
 def decide(config: LoopConfig, now: datetime | None = None) -> Decision:
     """Whether to run the loop now: enough new corrections; or significant input drift with at least
     ``drift.min_new_corrections`` and its own ``drift.min_interval_minutes``; never within
     ``min_interval_minutes`` of the last run."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     store = FeedbackStore(config.feedback_db)
     last = store.last_curation(config.kind)
     since = last.high_water_id if last else 0
@@ -108,7 +108,7 @@ def _naive_utc(at: datetime | None, store: FeedbackStore) -> datetime | None:
     # SQLite stores the timestamps without their zone: compare like with like
     if at is None or store.engine.dialect.name != "sqlite":
         return at
-    return at.astimezone(timezone.utc).replace(tzinfo=None)
+    return at.astimezone(UTC).replace(tzinfo=None)
 
 
 def record_run(config: LoopConfig, decision: Decision, usage: Usage) -> float:
@@ -133,8 +133,9 @@ def _own_process() -> bool:
 
 
 @flow(name="tuneloop-trigger", log_prints=True)
-def trigger(config: LoopConfig = LoopConfig()) -> Decision:
+def trigger(config: LoopConfig | None = None) -> Decision:
     """Decide, record the decision and its cost, and run the loop when the decision is yes."""
+    config = config or LoopConfig()  # a deployment's run: built once, here, from its environment
     with meter("trigger", since_process_start=_own_process(), gpus=0) as usage:
         pruned = apply_retention(config)  # operational records older than the retention settings
         decision = decide(config)

@@ -27,8 +27,8 @@ from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef
-from tuneloop.flows.search_workers import dispatch
 from tuneloop.flows.search_tracking import log_search, open_search_run
+from tuneloop.flows.search_workers import dispatch
 from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, work
 from tuneloop.flows.trial import retrains_with_validation, run_trial, schedule, train_final
 from tuneloop.flows.trial_gate import feasible

@@ -6,10 +6,11 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from datetime import UTC
+from functools import cache
 from types import SimpleNamespace
-from typing import Callable, Sequence
 
 from tuneloop.config import LoopConfig
 from tuneloop.cost import cost_per_1k, worker_price_per_hour
@@ -25,7 +26,7 @@ NO_SEGMENT = "none"  # label of requests and feedback that carry no segment
 OTHER_SEGMENT = "other"  # label of segments past deploy.max_segment_labels
 
 
-@lru_cache(maxsize=None)
+@cache
 def metrics() -> SimpleNamespace:
     """Created on first use: BentoML sets PROMETHEUS_MULTIPROC_DIR after importing the service module."""
     import prometheus_client as prom
@@ -54,6 +55,12 @@ def metrics() -> SimpleNamespace:
         drift_windows=prom.Counter("tuneloop_drift_windows", "Drift windows tested, by outcome", ["version", "drifted"]),
         shadow=prom.Counter("tuneloop_shadow_comparisons", "Shadow answers, by agreement with the live one", ["agree"]),
         shadow_dropped=prom.Counter("tuneloop_shadow_dropped", "Requests not mirrored because the shadow was behind"),
+        registry_stale_since=prom.Gauge("tuneloop_registry_stale_since_seconds", "Unix time since which a worker has "
+                                        "not reached the registry (serving the last known versions); 0: up to date",
+                                        multiprocess_mode="livemax"),
+        registry_failures=prom.Counter("tuneloop_registry_refresh_failures", "Registry reads that failed"),
+        adapter_load_failures=prom.Counter("tuneloop_adapter_load_failures", "Versions an alias points to that could "
+                                           "not be loaded (skipped; the other aliases still move)", ["alias", "version"]),
     )
 
 
@@ -131,7 +138,7 @@ def serving_costs(config: LoopConfig, cores_per_worker: float, gpus_per_worker: 
 def publish_serving_costs(config: LoopConfig, cores_per_worker: float, gpus_per_worker: int = 0) -> dict[str, dict[str, float]]:
     """Set the cost-per-1k gauge and keep the figures in the settings table (``serving_cost:<model>``),
     where ``tuneloop economics`` reads the measured serving cost."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from sqlalchemy.orm import Session
 
@@ -141,7 +148,7 @@ def publish_serving_costs(config: LoopConfig, cores_per_worker: float, gpus_per_
     for version, figures in costs.items():
         metrics().cost_per_1k.labels(version).set(figures["usd_per_1k"])
     if costs:
-        value = json.dumps({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": costs})
+        value = json.dumps({"at": datetime.now(UTC).isoformat(timespec="seconds"), "versions": costs})
         with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
             session.merge(SettingRow(key=f"serving_cost:{config.model_name}", value=value))
     return costs

@@ -8,21 +8,28 @@ On a GPU the bank runs there, in the configured precision (bf16 by default).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-import json
 from dataclasses import dataclass, field
-from typing import Sequence
+from pathlib import Path
 
+import mlflow
+from mlflow.exceptions import MlflowException
 from peft import PeftModel
 
 from tuneloop.adapters import AdapterMeta, read_meta
+from tuneloop.cache_files import CacheError, verified
 from tuneloop.calibration import Calibration
 from tuneloop.config import LoopConfig
+from tuneloop.inference import predict
 from tuneloop.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
 from tuneloop.registry import adapter_path, aliases
-from tuneloop.inference import predict
+from tuneloop.serving import known_state
+from tuneloop.serving.known_state import FRESHNESS
 from tuneloop.training import Prompting
 
 CALIBRATION_FILE = "calibration.json"  # written beside the adapter by the evaluate stage
@@ -57,6 +64,9 @@ class AdapterBank:
         self.banks: dict[tuple[str, tuple[str, ...]], _Bank] = {}
         self.served: dict[str, str] = {}  # alias -> version
         self.ready = False
+        self.adapters: dict[str, dict[str, str]] = {}  # version -> {"path", "sha256"} of each loaded adapter
+        self.failed: dict[str, float] = {}  # version -> when it last failed to load (monotonic)
+        self.on_load_failure: Callable[[str, str, str], None] | None = None  # (alias, version, reason)
 
     def _bank_for(self, meta: AdapterMeta | None, labels: tuple[str, ...]) -> _Bank:
         info = meta.base() if meta else base_of(self.config)
@@ -67,36 +77,114 @@ class AdapterBank:
             self.banks[key] = _Bank(info.sha256, labels, model, load_tokenizer(info), {"__base__": own})
         return self.banks[key]
 
-    def _load(self, version: str) -> None:
-        path = adapter_path(self.config.model_name, version, self.config.home.resolve() / "adapters")
+    def _fetch(self, version: str) -> Path:
+        """The version's verified local copy (a registry call when it is not cached yet)."""
+        return adapter_path(self.config.model_name, version, self.config.home.resolve() / "adapters")
+
+    def _attach(self, version: str, path: Path) -> None:
+        """Put the adapter at ``path`` on its base; a failure leaves no half-added adapter behind."""
+        digest = verified(path, full=True)
+        if digest is None:
+            raise CacheError(f"the cached adapter of v{version} at {path} does not match its manifest")
         meta = read_meta(path)
         bank = self._bank_for(meta, tuple(read_labels(path) or ()))
         name = f"v{version}"
-        if isinstance(bank.model, PeftModel):
-            if name not in bank.model.peft_config:
-                bank.model.load_adapter(str(path), adapter_name=name)
-        else:
-            bank.model = PeftModel.from_pretrained(bank.model, str(path), adapter_name=name)
+        try:
+            if isinstance(bank.model, PeftModel):
+                if name not in bank.model.peft_config:
+                    bank.model.load_adapter(str(path), adapter_name=name)
+            else:
+                bank.model = PeftModel.from_pretrained(bank.model, str(path), adapter_name=name)
+        except Exception:
+            if isinstance(bank.model, PeftModel) and name in bank.model.peft_config and len(bank.model.peft_config) > 1:
+                bank.model.delete_adapter(name)
+            raise
         bank.prompting[name] = meta.prompting
         if (path / CALIBRATION_FILE).exists():
             bank.calibration[name] = Calibration.from_dict(json.loads((path / CALIBRATION_FILE).read_text()))
         bank.model.eval()
+        self.adapters[version] = {"path": str(path), "sha256": digest}
 
     def refresh(self) -> dict[str, str]:
-        """Follow the registry's aliases; new adapters are loaded before they are routed to."""
-        current = aliases(self.config.model_name)  # one read: never half of a promotion
+        """Follow the registry's aliases, each on its own: an alias whose version cannot be loaded is
+        skipped (counted, reported through ``on_load_failure``) while the others move on, and a
+        registry that cannot be read leaves what serves as it is (and, at start, serves what this
+        home last knew: ``serving/known_state.py``). New adapters are loaded before they are routed to."""
+        try:
+            current = aliases(self.config.model_name)  # one read: never half of a promotion
+        except Exception as err:  # unreachable, timed out, 5xx: keep serving, report stale
+            FRESHNESS.failed(err)
+            if not self.ready:
+                self._start_from_known()
+            return dict(self.served)
         wanted = {alias: current[alias] for alias in ROUTED_ALIASES if alias in current}
-        if wanted != self.served or not self.ready:
-            with self.lock:
-                for version in set(wanted.values()) - set(self.served.values()):
-                    self._load(version)
-                if not self.banks and self.config.kind == "generation":
-                    self._bank_for(None, ())  # nothing registered yet: serve the base model
-                self.served = wanted
-                # classification with nothing trained is ready too: every row answers the fallback (``untrained``)
-                self.ready = bool(self.banks) or self.config.kind == "classification"
-            log.info("serving %s", wanted or "the base model")
-        return wanted
+        if wanted == self.served and self.ready:  # nothing moved: no need for the forward lock
+            FRESHNESS.fresh()
+            return wanted
+        with self.lock:
+            served = self._load_each(wanted)
+            if not self.banks and self.config.kind == "generation":
+                self._bank_for(None, ())  # nothing registered yet: serve the base model
+            changed, self.served = served != self.served or not self.ready, served
+            # classification with nothing trained is ready too: every row answers the fallback (``untrained``)
+            self.ready = bool(self.banks) or self.config.kind == "classification"
+        if changed:
+            log.info("serving %s", served or "the base model")
+            known_state.save(self.config, mlflow.get_tracking_uri(), served, self.adapters)
+        FRESHNESS.fresh()
+        return served
+
+    def _load_each(self, wanted: dict[str, str]) -> dict[str, str]:
+        served = {}
+        for alias, version in wanted.items():
+            if version in self.adapters or self._try_load(alias, version):
+                served[alias] = version
+            elif alias == "champion" and self.served.get(alias) in self.adapters:
+                served[alias] = self.served[alias]  # the last good champion serves on
+        return served
+
+    def _try_load(self, alias: str, version: str) -> bool:
+        failed_at = self.failed.get(version)
+        if failed_at is not None and time.monotonic() - failed_at < self.config.deploy.failed_version_retry_s:
+            return False
+        try:
+            path = self._fetch(version)
+        except MlflowException as err:  # the registry, not the version: retried at the next refresh
+            FRESHNESS.failed(err)
+            return False
+        except Exception as err:  # noqa: BLE001  a broken download is the version's fault
+            return self._failed(alias, version, err)
+        try:
+            self._attach(version, path)
+        except Exception as err:  # noqa: BLE001  corrupt weights, wrong base, ...: skip this version only
+            return self._failed(alias, version, err)
+        self.failed.pop(version, None)
+        return True
+
+    def _failed(self, alias: str, version: str, err: Exception) -> bool:
+        self.failed[version] = time.monotonic()
+        reason = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
+        log.error("v%s (%s) cannot be loaded and is skipped; the other aliases still move: %s", version, alias, reason)
+        if self.on_load_failure is not None:
+            try:
+                self.on_load_failure(alias, version, reason)
+            except Exception:  # noqa: BLE001  reporting must not stop the refresh
+                log.exception("reporting the failed load of v%s failed", version)
+        return False
+
+    def _start_from_known(self) -> None:
+        served, folders = known_state.load(self.config, mlflow.get_tracking_uri())
+        with self.lock:
+            for version, path in folders.items():
+                try:
+                    self._attach(version, path)
+                except Exception as err:  # noqa: BLE001
+                    log.error("known state: v%s cannot be loaded from %s (%s)", version, path, err)
+                    served = {a: v for a, v in served.items() if v != version}
+            self.served = {a: v for a, v in served.items() if v in self.adapters}
+            self.ready = bool(self.banks) or self.config.kind == "classification"  # as in refresh
+        if self.ready:
+            log.warning("registry unreachable at start: serving %s from the known state", self.served)
 
     def version_of(self, variant: str) -> str:
         """The version a variant is served by: the challenger falls back to champion, then to base."""
@@ -171,8 +259,8 @@ def watch(bank: AdapterBank, interval_s: float, stop: threading.Event) -> thread
     def loop() -> None:
         while not stop.wait(interval_s):
             try:
-                bank.refresh()
-            except Exception:  # a registry hiccup must not take serving down; keep the current adapters
+                bank.refresh()  # reports an unreachable registry itself (stale); anything else is a bug to see
+            except Exception:  # noqa: BLE001  never take serving down; keep the current adapters
                 log.exception("registry refresh failed; still serving %s", bank.served)
 
     thread = threading.Thread(target=loop, name="tuneloop-registry-watch", daemon=True)

@@ -10,6 +10,7 @@ apps; feedback needs a ``feedback`` (or ``admin``) token and /v1/admin/* an ``ad
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -23,16 +24,23 @@ from pydantic import BaseModel, Field
 from tuneloop.config import LoopConfig, apply_environment
 from tuneloop.feedback import MAX_TEXT, FeedbackRecord, FeedbackStore
 from tuneloop.flags import Router
-from tuneloop import receipts, tokens
+from tuneloop import fast_paths, receipts, tokens
 
 apply_environment()  # before MLflow reads its tracking URI
+CONFIG = LoopConfig()  # the service process's one configuration: built once, at import, from its environment
+# every MLflow call here is on a request, admin or refresh path: bounded waits, not MLflow's ~4 minutes
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(CONFIG.deploy.registry_timeout_s))
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(CONFIG.deploy.registry_retries))
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.1")
 
 from tuneloop.serving.live import SegmentLabels, Shadow, guard, publish_drift, record_batch  # noqa: E402
+from tuneloop.serving.known_state import ReadyDetail  # noqa: E402
 from tuneloop.serving.limits import BodyLimit  # noqa: E402
 from tuneloop.serving.models import AdapterBank, watch  # noqa: E402  (needs the environment above)
 from tuneloop import operations  # noqa: E402
 
 api = FastAPI(title="tuneloop operations")
+log = logging.getLogger("tuneloop.serving")
 
 
 class PredictRequest(BaseModel):
@@ -64,19 +72,19 @@ def _default_workers() -> int:
     """One worker per GPU when the service runs on GPUs (each holds its bank on its own device), else one per core."""
     import torch
 
-    if LoopConfig().device in ("auto", "cuda") and torch.cuda.is_available():
+    if CONFIG.device in ("auto", "cuda") and torch.cuda.is_available():
         return torch.cuda.device_count()
     return os.cpu_count() or 1
 
 
-WORKERS = LoopConfig().deploy.serve_workers or _default_workers()
+WORKERS = CONFIG.deploy.serve_workers or _default_workers()
 
 
 def _max_batch() -> int:
     import torch
 
-    on_gpu = LoopConfig().device in ("auto", "cuda") and torch.cuda.is_available()
-    return LoopConfig().deploy.max_batch_size or (128 if on_gpu else 32)
+    on_gpu = CONFIG.device in ("auto", "cuda") and torch.cuda.is_available()
+    return CONFIG.deploy.max_batch_size or (128 if on_gpu else 32)
 
 
 MAX_BATCH = _max_batch()
@@ -90,12 +98,14 @@ class Tuneloop:
 
         # workers split the cores: more threads than cores would make every forward wait on the others
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
-        self.config = LoopConfig()
+        self.config = CONFIG
+        fast_paths.configure(self.config.fast_paths)
         self.store = FeedbackStore(self.config.feedback_db)
         self.router = Router(self.config)
         self.receipt_key = receipts.receipt_key(self.store)
         self.bank = AdapterBank(self.config, device_index=(bentoml.server_context.worker_index or 1) - 1)
-        self.bank.refresh()
+        self.bank.on_load_failure = self._version_failed
+        self.bank.refresh()  # with the registry down: what this home last served (or not ready until it answers)
         self._stop = threading.Event()
         watch(self.bank, float(os.environ.get("TUNELOOP_REGISTRY_POLL_S", "2")), self._stop)
         self.segments = SegmentLabels(self.config.deploy.max_segment_labels)
@@ -113,12 +123,25 @@ class Tuneloop:
         if self.config.deploy.shadow:
             # the shadow's own model (and lock): its forward passes never hold up a live request's
             shadow_bank = AdapterBank(self.config, device_index=(bentoml.server_context.worker_index or 1) - 1)
+            shadow_bank.on_load_failure = self._version_failed
             shadow_bank.refresh()
             watch(shadow_bank, float(os.environ.get("TUNELOOP_REGISTRY_POLL_S", "2")), self._stop)
             self.shadow = Shadow(self.config, shadow_bank.predict)
 
     def __is_ready__(self) -> bool:
         return self.bank.ready
+
+    def _version_failed(self, alias: str, version: str, reason: str) -> None:
+        """A version that cannot be loaded: counted, and a challenger's share closed with the reason logged."""
+        from tuneloop.flags import challenger_percent, set_challenger_percent
+        from tuneloop.serving.live import metrics
+
+        metrics().adapter_load_failures.labels(alias, version).inc()
+        if alias == "challenger" and challenger_percent(self.config, version) > 0:
+            why = f"v{version} cannot be loaded by the service ({reason})"
+            set_challenger_percent(self.config, 0, by="service", version=version)
+            operations.record_event(self.config, version, "canary", f"0 %: {why}", actor="service")
+            log.warning("canary of v%s set to 0 %%: %s", version, why)
 
     @bentoml.api(route="/predict", batchable=True, max_batch_size=MAX_BATCH, max_latency_ms=60_000)
     def predict(self, requests: list[PredictRequest]) -> list[Answer]:
@@ -171,7 +194,10 @@ class Tuneloop:
 
         from tuneloop.feedback import FeedbackError, parse_feedback, read_limited
 
-        await run_in_threadpool(self._authorise, authorization, "feedback")
+        try:
+            await run_in_threadpool(self._authorise, authorization, "feedback")
+        except SQLAlchemyError:  # the token table cannot be read: nothing was taken, so retrying is safe
+            return JSONResponse({"detail": "store: not available, retry later", "field": "store"}, status_code=503)
         try:
             # the body is read and parsed here, not by FastAPI, so that invalid UTF-8, bad JSON and
             # absurd sizes get a 4xx naming the problem instead of a generic error
@@ -187,7 +213,8 @@ class Tuneloop:
             feedback_id, created = await run_in_threadpool(check_and_store)
         except FeedbackError as err:
             return JSONResponse(err.to_json(), status_code=err.status)
-        except SQLAlchemyError:
+        except SQLAlchemyError as err:  # locked past its wait, disk full, unreachable: not committed, so not acknowledged
+            log.warning("feedback not stored (%s): answered 503", type(err.orig if hasattr(err, "orig") else err).__name__)
             return JSONResponse({"detail": "store: not stored, retry later", "field": "store"}, status_code=503)
         return JSONResponse({"id": feedback_id, "created": created, "request_id": record.request_id},
                             status_code=201 if created else 200)
@@ -212,7 +239,7 @@ class Tuneloop:
         limits = self.config.limits
         since = datetime.now(timezone.utc) - timedelta(seconds=limits.feedback_window_s)
         if self.store.recent_by_user(record.user_id, since) >= limits.feedback_per_user and \
-                self.store.get(record.request_id) is None:
+                self.store.get(record.request_id, record.kind) is None:
             raise FeedbackError("user_id", f"more than {limits.feedback_per_user} feedback records in "
                                 f"{limits.feedback_window_s:g} s from this user (limits.feedback_per_user); retry later", 429)
 
@@ -246,7 +273,9 @@ class Tuneloop:
     def rollback(self, authorization: Annotated[str | None, Header()] = None) -> dict:
         """Send every user to the champion now (the flag file is followed within ~0.1 s)."""
         caller = self._authorise(authorization, "admin")
-        operations.roll_back(self.config, "rolled back through the admin API", actor=f"token:{caller.name}")
+        # the version served is known here: no registry read stands between the operator and the share
+        operations.roll_back(self.config, "rolled back through the admin API", version=self.bank.served.get("challenger"),
+                             actor=f"token:{caller.name}", champion_known=True)
         return {"challenger_percent": 0}
 
     @api.post("/admin/canary")
@@ -280,6 +309,8 @@ class Tuneloop:
 # Answers are always JSON: saying so spares BentoML deriving the media type from the output's JSON
 # schema on every response (a pydantic schema build per request, ~2 % of a worker's time under load).
 Tuneloop.apis["predict"].output_spec.media_type = "application/json"
+# /readyz says whether this worker is up to date with the registry (and since when it is not)
+Tuneloop.add_asgi_middleware(ReadyDetail)
 # every body bounded before it is parsed: 413 for an oversized body or too many requests in one call
-Tuneloop.add_asgi_middleware(BodyLimit, max_body_bytes=LoopConfig().limits.max_body_bytes,
-                             max_predict_requests=LoopConfig().limits.max_predict_requests)
+Tuneloop.add_asgi_middleware(BodyLimit, max_body_bytes=CONFIG.limits.max_body_bytes,
+                             max_predict_requests=CONFIG.limits.max_predict_requests)

@@ -11,11 +11,11 @@ import time
 import httpx
 import pytest
 
+from tuneloop import tokens
 from tuneloop.config import LoopConfig
 from tuneloop.feedback import FeedbackStore
 from tuneloop.localserver import tuneloop_service
 from tuneloop.operations import events
-from tuneloop import tokens
 
 FEEDBACK_PER_USER, MAX_REQUESTS = 5, 16
 

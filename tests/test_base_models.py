@@ -15,8 +15,8 @@ import mlflow
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TOKEN, constant_corrections, tiny_config
+
 from tuneloop.feedback import FeedbackStore
 from tuneloop.flags import set_challenger_percent
 from tuneloop.flows.loop import loop

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import all_examples, jsonl, split_examples
+
+from tuneloop.config import LoopConfig
 from tuneloop.datasets import split_of
 from tuneloop.dedupe import prompt_key
-from tuneloop.flows.curate import build_dataset
-from tuneloop.config import LoopConfig
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
+from tuneloop.flows.curate import build_dataset
 from tuneloop.pii import scrub
 from tuneloop.sample_data import sample_feedback
 

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from mlflow import MlflowClient
 
-from conftest import tiny_config
-from tuneloop.drift import (DriftMonitor, find_reference, mmd_test, recent_windows, reference_path, register_reference,
-                            shared_encoder)
+from tuneloop.drift import (
+    DriftMonitor,
+    find_reference,
+    mmd_test,
+    recent_windows,
+    reference_path,
+    register_reference,
+    shared_encoder,
+)
 from tuneloop.feedback import FeedbackStore
 from tuneloop.flows.trigger import decide
 from tuneloop.sample_data import sample_feedback

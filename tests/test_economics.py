@@ -7,19 +7,27 @@ import math
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import mlflow
 import pytest
+from conftest import tiny_config
 from mlflow import MlflowClient
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from conftest import tiny_config
 from tuneloop.config import CostConfig, LoopConfig
-from tuneloop.cost import (LoopMeter, Usage, cost_per_1k, cost_per_1k_from_throughput, describe_config_error, meter,
-                           tag_version_cost, version_cost)
+from tuneloop.cost import (
+    LoopMeter,
+    Usage,
+    cost_per_1k,
+    cost_per_1k_from_throughput,
+    describe_config_error,
+    meter,
+    tag_version_cost,
+    version_cost,
+)
 from tuneloop.economics import EconomicsError, bench_cost_per_1k, crossover, cumulative, plot, report
 from tuneloop.feedback import FeedbackStore
 from tuneloop.ops_tables import SettingRow, TriggerRunRow
@@ -110,11 +118,11 @@ def test_a_version_costs_its_loop_the_refused_loops_and_the_idle_trigger_since_t
     use_experiment(config)
     client = MlflowClient()
     client.create_registered_model(config.model_name)
-    t0 = int(datetime(2030, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+    t0 = int(datetime(2030, 1, 1, tzinfo=UTC).timestamp() * 1000)
     hour = 3_600_000
     first = _loop_run(config, 1.50, t0)
-    refused_a = _loop_run(config, 0.75, t0 + 1 * hour)
-    refused_b = _loop_run(config, None, t0 + 2 * hour)  # logged before metering: counts 0
+    _loop_run(config, 0.75, t0 + 1 * hour)  # refused
+    _loop_run(config, None, t0 + 2 * hour)  # refused  # logged before metering: counts 0
     second = _loop_run(config, 2.00, t0 + 3 * hour)
     for run_id in (first, second):
         client.create_model_version(config.model_name, source=str(home / "x"), run_id=run_id, tags={"loop_run_id": run_id})
@@ -122,7 +130,7 @@ def test_a_version_costs_its_loop_the_refused_loops_and_the_idle_trigger_since_t
     with Session(store.engine) as session, session.begin():
         for minutes, ran, usd in ((-30, False, 0.01), (90, False, 0.002), (100, False, 0.003), (110, True, 0.5)):
             session.add(TriggerRunRow(kind=config.kind, ran=ran, reason="x", cpu_seconds=1, wall_seconds=1, cost_usd=usd,
-                                      at=datetime(2030, 1, 1, tzinfo=timezone.utc) + timedelta(minutes=minutes)))
+                                      at=datetime(2030, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)))
     cost = tag_version_cost(config, "2")
     # by hand: 2.00 (its loop) + 0.75 + 0 (the loops after v1's) + 0.002 + 0.003 (no-op trigger runs in between)
     assert cost["cost.total_usd"] == pytest.approx(2.00 + 0.75 + 0.005)

@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from conftest import TOKEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
-from conftest import TOKEN
 from tuneloop.feedback import MAX_TEXT, FeedbackError, FeedbackStore, validate_feedback
 from tuneloop.localserver import tuneloop_service
 from tuneloop.receipts import receipt_key, sign

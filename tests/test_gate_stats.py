@@ -9,8 +9,17 @@ import pytest
 
 from tuneloop.calibration import Calibration, apply_threshold, calibrate, fit_threshold
 from tuneloop.eval_suites.gate import adversarial_checks, heldout_check, missing_groups, refusals, regression_check
-from tuneloop.eval_suites.stats import (FAIL, PASS, UNSURE, aa_tolerance, cluster_bootstrap, evidence_needed, known,
-                                        non_inferiority, superiority)
+from tuneloop.eval_suites.stats import (
+    FAIL,
+    PASS,
+    UNSURE,
+    aa_tolerance,
+    cluster_bootstrap,
+    evidence_needed,
+    known,
+    non_inferiority,
+    superiority,
+)
 from tuneloop.eval_suites.suites import SuiteItem
 
 
@@ -41,7 +50,7 @@ def test_worse_on_only_three_items_is_not_enough_evidence_not_a_pass():
     check = non_inferiority([1.0, 1.0, 1.0], [1.0, 0.0, 1.0], ["a", "b", "c"], tolerance=0.05)
     assert check.verdict == UNSURE and not check.passed
     assert "too few" in check.reason
-    # and even a perfect three-item copy of the baseline cannot pass: the old 5-item suite's problem
+    # and even a perfect three-item copy of the baseline cannot pass: a suite that small cannot show non-inferiority
     assert non_inferiority([1.0] * 5, [1.0] * 5, tolerance=0.05).verdict == UNSURE
 
 

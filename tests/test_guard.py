@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 from mlflow import MlflowClient
 
-from conftest import tiny_config
 from tuneloop.config import DeployConfig
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.flags import challenger_percent, set_challenger_percent
@@ -21,7 +21,7 @@ from tuneloop.serving.live import guard_once
 @pytest.mark.parametrize("rate, share", [(0.1, 0.1), (0.02, 0.1), (0.3, 0.5)])
 def test_aa_canary_checked_at_every_record_rolls_back_within_alpha(rate, share):
     """Same true rate on both sides, the guard looking after every feedback record: the share of
-    canaries it rolls back stays within alpha; the old repeated z-test's is several times alpha."""
+    canaries it rolls back stays within alpha; a repeated fixed-sample z-test's is several times alpha."""
     alpha = 0.05
     sim = simulate(rate, rate, share=share, observations=3000, runs=1000, alpha=alpha, tau=0.1, min_samples=30, seed=7)
     print(f"A/A rate {rate} share {share}: sequential {sim.rollback_rate:.3f}, repeated z-test {sim.rollback_rate_z:.3f} "
@@ -139,8 +139,8 @@ def test_the_services_live_guard_rolls_back_a_one_segment_regression(home):
 
     import httpx
     import mlflow
-
     from test_shadow import register_tiny_versions
+
     from tuneloop.localserver import tuneloop_service
 
     config = tiny_config(home, "generation")

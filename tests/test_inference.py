@@ -64,8 +64,9 @@ def test_a_prompt_cut_to_the_length_limit_is_answered_whole(monkeypatch):
     assert inference.generate(model, tokenizer, prompts, 6, prompting, batch_size=4) == whole
 
 
-def test_an_architecture_whose_generate_takes_no_cache_answers_whole_rows(monkeypatch):
-    from tuneloop import prefix
+def test_an_architecture_outside_the_verified_ones_answers_whole_rows(monkeypatch):
+    """Its generate is never handed a pre-filled cache (``tuneloop.fast_paths``): the same answers."""
+    from tuneloop import fast_paths
 
     model, tokenizer = _model()
     prompting = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
@@ -73,16 +74,12 @@ def test_an_architecture_whose_generate_takes_no_cache_answers_whole_rows(monkey
     generate = type(model).generate
 
     def no_cache(self, *args, **kwargs):
-        if "cache" in kwargs or "past_key_values" in kwargs:
-            raise TypeError("unexpected keyword argument 'cache'")
+        assert "cache" not in kwargs and "past_key_values" not in kwargs
         return generate(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model), "generate", no_cache)
-    monkeypatch.setattr(prefix, "no_shared_prefix", set())
-    monkeypatch.setattr(inference, "no_shared_prefix", prefix.no_shared_prefix)
-    with pytest.warns(UserWarning, match="per row"):
-        assert inference.generate(model, tokenizer, PROMPTS, 6, prompting, batch_size=3) == whole
-    assert type(model.get_base_model()) in prefix.no_shared_prefix
+    monkeypatch.setattr(fast_paths, "VERIFIED", frozenset())
+    assert inference.generate(model, tokenizer, PROMPTS, 6, prompting, batch_size=3) == whole
 
 
 @pytest.fixture

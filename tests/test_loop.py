@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import mlflow
+from conftest import constant_corrections, tiny_config
 from mlflow import MlflowClient
 
-from conftest import constant_corrections, tiny_config
-from tuneloop.flows.loop import loop
 from tuneloop.datasets import SPLITS, load_examples
 from tuneloop.feedback import FeedbackStore
 from tuneloop.flags import challenger_percent
+from tuneloop.flows.loop import loop
 from tuneloop.registry import alias_version, promote, version_for
 from tuneloop.sample_data import sample_feedback
 

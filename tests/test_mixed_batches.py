@@ -8,8 +8,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from tuneloop.models import DEFAULT_TARGETS, load_base, load_tokenizer, lora_targets, resolve_base
 from tuneloop.inference import predict
+from tuneloop.models import DEFAULT_TARGETS, load_base, load_tokenizer, lora_targets, resolve_base
 from tuneloop.training import add_adapter, top_layers
 
 LABELS = ["billing", "returns", "shipping_status"]
@@ -26,7 +26,7 @@ def _two_adapters(kind: str, tmp_path) -> PeftModel:
         model = add_adapter(base, kind, 8, seed=seed, targets=lora_targets(base, DEFAULT_TARGETS[kind]),
                             layers=top_layers(base, 0.5) if seed == 2 else None)
         torch.manual_seed(seed)
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.data.normal_(0, 0.5)
         model.save_pretrained(tmp_path / f"v{seed}")

@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 from mlflow import MlflowClient
 
-from tuneloop.tracking import experiment_url
+from tuneloop.tracking import experiment_url, model_version_url, run_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1800)]
 CHROMIUM = "/usr/bin/chromium"
@@ -93,6 +94,36 @@ def test_the_experiment_opens_on_its_runs_with_the_loop_run(reviewed, pages):
     body = page.inner_text("body")
     assert TRACES_OVERVIEW not in body and "Detect Issues" not in body
     assert loop.info.run_name in body
+
+
+def test_the_printed_link_opens_the_loop_run_on_its_description(reviewed, pages):
+    """The link `tuneloop run` prints lands on the loop run, whose description is the gate's verdict with
+    its item counts, what changed since the champion and links that open the search run."""
+    experiment, loop, search = reviewed["experiment"], reviewed["loop"], reviewed["search"]
+    page = pages.open(run_url(reviewed["ui"], experiment.experiment_id, loop.info.run_id), "loop-run-description",
+                      loop.info.run_name, "Gate: PASSED")
+    body = page.inner_text("body")
+    assert TRACES_OVERVIEW not in body and "No description" not in body
+    for text in ("What changed since the base model", "items", "adversarial", "per-item tables", "the search run"):
+        assert text in body, f"{text!r} not on the loop run's page"
+    page.get_by_text("Gate: PASSED").first.scroll_into_view_if_needed()
+    pages.shoot(page, "loop-run-description-scrolled")
+    # the description's links are routes of the UI itself, whatever address it is served at
+    href = page.get_by_role("link", name="the search run").first.get_attribute("href")
+    assert href and href.endswith(f"#/experiments/{experiment.experiment_id}/runs/{search.info.run_id}"), href
+    target = pages.open(urljoin(page.url, href), "search-run-from-description", search.info.run_name)
+    assert search.info.run_id in target.url and search.info.run_id in target.inner_text("body")
+    table = page.get_by_role("link", name="heldout").first.get_attribute("href")
+    assert table and table.endswith(f"/runs/{loop.info.run_id}/artifacts/evaluate/heldout.json"), table
+
+
+def test_the_version_page_shows_the_description(reviewed, pages):
+    page = pages.open(model_version_url(reviewed["ui"], MODEL, "1"), "model-version-description", "Version 1",
+                      "Gate: PASSED")
+    page.get_by_text("Gate: PASSED").first.scroll_into_view_if_needed()
+    pages.shoot(page, "model-version-description-scrolled")
+    body = page.inner_text("body")
+    assert "No description" not in body and "What changed since" in body and reviewed["loop"].info.run_id in body
 
 
 def test_the_loop_run_page_shows_the_gate_and_the_search_run(reviewed, pages):

@@ -104,6 +104,7 @@ def test_clean_normalises_before_scrubbing(text, tag):
 
 def test_the_shadow_log_and_drift_windows_clean_like_curation(home):
     from conftest import tiny_config
+
     from tuneloop.drift import DriftMonitor
     from tuneloop.serving.live import Shadow, shadow_log
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import mlflow
 import pandas as pd
 import pytest
-
 from conftest import tiny_config
+
 from tuneloop.config import GateConfig
-from tuneloop.flows.loop import loop
 from tuneloop.feedback import FeedbackStore
-from tuneloop.registry import version_for
-from tuneloop.models import load_base, load_tokenizer, resolve_base
-from tuneloop.sample_data import sample_feedback
+from tuneloop.flows.loop import loop
 from tuneloop.inference import generate
+from tuneloop.models import load_base, load_tokenizer, resolve_base
+from tuneloop.registry import version_for
+from tuneloop.sample_data import sample_feedback
 
 pytestmark = pytest.mark.real_weights
 

@@ -96,3 +96,23 @@ def test_concurrent_operators_lose_no_move_and_readers_always_see_a_champion(hom
         last[h["alias"]] = h["to"]
     assert {a: v for a, v in last.items() if v is not None} == aliases(NAME)
     assert seen and all("champion" in snapshot for snapshot in seen)
+
+
+def test_a_registered_version_names_the_library_versions_that_trained_it(home, tmp_path):
+    from importlib import metadata
+
+    from tuneloop.config import LoopConfig
+    from tuneloop.registry import MODEL_REQUIREMENTS, log_adapter
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    config = LoopConfig()
+    version = log_adapter(config, adapter, tags={"purpose": "requirements"})
+    uri = f"models:/{config.model_name}/{version.version}"
+    local = Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "m")))
+    requirements = (local / "requirements.txt").read_text().split()
+    pinned = {line.split("==")[0]: line.split("==")[1] for line in requirements if "==" in line}
+    assert set(MODEL_REQUIREMENTS) <= set(pinned)
+    assert pinned["transformers"] == metadata.version("transformers")
+    assert "+" not in pinned["torch"]  # a build label would refuse the same version's CUDA build

@@ -6,19 +6,19 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_config
+from tuneloop.config import DeployConfig
+from tuneloop.feedback import FeedbackRecord, FeedbackStore
+from tuneloop.flags import challenger_percent, set_challenger_percent
 from tuneloop.flows.deploy import rollout
 from tuneloop.flows.evaluate import evaluate_candidates
 from tuneloop.flows.loop import loop
 from tuneloop.flows.search_tracking import fetch_adapter
-from tuneloop.feedback import FeedbackRecord, FeedbackStore
-from tuneloop.flags import challenger_percent, set_challenger_percent
 from tuneloop.operations import events
 from tuneloop.registry import alias_version, promote
 from tuneloop.rollout import Rate, judge
-from tuneloop.config import DeployConfig
 from tuneloop.sample_data import sample_feedback
 
 

@@ -5,8 +5,8 @@ when no trained version answers, and label sets that change between loops."""
 from __future__ import annotations
 
 import torch
-
 from conftest import tiny_config
+
 from tuneloop.adapters import load_adapter, write_meta
 from tuneloop.config import CLASSIFICATION_TUNE, LoopConfig, TuneConfig
 from tuneloop.datasets import DatasetRef, calibration_half, load_examples, load_labels

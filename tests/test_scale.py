@@ -4,10 +4,11 @@ tiny models, with everything Prefect stores per run staying small (data moves by
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 import pytest
-
 from conftest import tiny_config
+
 from tuneloop import synthetic
 from tuneloop.feedback import FeedbackStore
 from tuneloop.flows.loop import loop
@@ -25,7 +26,7 @@ def _flow_runs_since(started) -> list:
 
 @pytest.mark.parametrize("kind", ["classification", "generation"])
 def test_twenty_thousand_records_run_end_to_end_and_prefect_stores_only_references(kind, home):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     config = tiny_config(home, kind, epochs=1, batch_size=64, trial_steps=12, n_trials=2, ranks=[8],
                          first_trial={"rank": 8, "lr": 0.02}, evals_per_trial=1, validation_examples=32)
@@ -34,7 +35,7 @@ def test_twenty_thousand_records_run_end_to_end_and_prefect_stores_only_referenc
     records = list(synthetic.feedback(kind, 20_000, seed=1))
     assert store.add_many(r for r in _valid(records, kind))[0] > 19_000
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     result = loop(config)
     assert result.data.sizes["train"] > 5_000 and sum(result.data.sizes.values()) > 10_000
     assert result.tuned.n_complete >= 1 and result.report.challenger["heldout"].metrics  # every stage ran on it

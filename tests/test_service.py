@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-
 from conftest import TOKEN, tiny_config
-from tuneloop.flows.loop import loop
-from tuneloop.flows.search_tracking import fetch_adapter
+
 from tuneloop.feedback import FeedbackRecord, FeedbackStore
 from tuneloop.flags import set_challenger_percent
+from tuneloop.flows.loop import loop
+from tuneloop.flows.search_tracking import fetch_adapter
+from tuneloop.localserver import tuneloop_service
 from tuneloop.operations import events
 from tuneloop.registry import alias_version, log_adapter, move_alias, promote
-from tuneloop.localserver import tuneloop_service
 from tuneloop.sample_data import sample_feedback
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -75,7 +75,10 @@ def _wait_until(condition, seconds: float, message: str) -> float:
 def test_routes_a_sticky_canary_and_rolls_back_without_restart(service):
     base, config = service
     set_challenger_percent(config, 50)
-    time.sleep(0.3)
+    # every worker mirrors the flag on its own: wait until ten reads in a row (any worker's) show the new share
+    seen: list[int] = []
+    _wait_until(lambda: seen.append(httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"])
+                or seen[-10:] == [50] * 10, 30, "the canary share did not reach the service")
     answers = {f"user-{i}": _predict(base, f"user-{i}") for i in range(40)}
     assert {a["model_version"] for a in answers.values()} == {"1", "2"}
     for user, answer in answers.items():

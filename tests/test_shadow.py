@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import httpx
 import mlflow
 import pytest
-
 from conftest import TOKEN, tiny_config
+
 from tuneloop.drift import recent_windows, register_reference
 from tuneloop.flags import set_challenger_percent
 from tuneloop.localserver import tuneloop_service

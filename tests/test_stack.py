@@ -17,11 +17,11 @@ from datetime import datetime
 
 import httpx
 import pytest
+from conftest import tiny_config
 from mlflow import MlflowClient
 
 from tuneloop.cli.stack import marked_pids, running_pid
 from tuneloop.config import LoopConfig
-from conftest import tiny_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1800)]
 EXPERIMENT = "tuneloop-classification"

@@ -17,8 +17,19 @@ from tuneloop.eval_suites import suites
 from tuneloop.eval_suites.build_replay import overlaps, test_items
 from tuneloop.eval_suites.facts import fact_accuracy, fact_tokens
 from tuneloop.eval_suites.matching import contains_phrase, leaks, pii_found, system_prompt_ngrams, token_f1
-from tuneloop.eval_suites.suites import (GROUPS, SuiteItem, adversarial_suite, breakdown, counts, heldout_suite, judge_all,
-                                         learned_suite, regression_suite, replay_prompts, sample_suite)
+from tuneloop.eval_suites.suites import (
+    GROUPS,
+    SuiteItem,
+    adversarial_suite,
+    breakdown,
+    counts,
+    heldout_suite,
+    judge_all,
+    learned_suite,
+    regression_suite,
+    replay_prompts,
+    sample_suite,
+)
 from tuneloop.sample_data import FACTS, SYSTEM_PROMPT, sample_feedback
 from tuneloop.text import normalize
 
@@ -131,7 +142,7 @@ def test_classification_out_of_scope_items_need_the_fallback_label(demo):
     assert len(items) >= 40 and all(it.reference == FALLBACK for it in items)
     assert wrapped and all(it.reference in demo["classification"]["labels"] for it in wrapped)
     labels = demo["classification"]["labels"]
-    any_label = [labels[0]] * len(items)  # the old off-topic rule passed any label: no longer
+    any_label = [labels[0]] * len(items)  # a rule that passed any label would pass these
     assert judge_all("classification", items, any_label)[0] == [0.0] * len(items)
     assert judge_all("classification", items, [FALLBACK] * len(items))[0] == [1.0] * len(items)
     without = adversarial_suite("classification", demo["classification"]["heldout"], labels, fallback_label=None)

@@ -7,15 +7,15 @@ import os
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config
 from prefect.settings import PREFECT_API_URL
 
-from conftest import tiny_config
-from tuneloop.flows.trigger import count_new_corrections, decide, trigger
 from tuneloop.feedback import FeedbackStore
+from tuneloop.flows.trigger import count_new_corrections, decide, trigger
 from tuneloop.sample_data import sample_feedback
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def test_too_few_corrections_exits_in_seconds_without_loading_torch(home):
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     wall = time.monotonic() - began
     assert out.returncode == 0, out.stderr[-3000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
+    line = next(row for row in out.stdout.splitlines() if row.startswith("RESULT"))
     result = json.loads(line.removeprefix("RESULT"))
     decision, seconds, heavy = result["decision"], result["seconds"], result["heavy"]
     assert decision["run"] is False and decision["new_corrections"] == 5 and "10 needed" in decision["reason"]
@@ -127,8 +127,8 @@ def _drift_windows(config, pattern: list[bool], version: str = "1") -> None:
 
 
 def test_drift_is_a_reason_with_its_own_bar_and_interval(home):
-    from tuneloop.flows.trigger import record_run
     from tuneloop.cost import Usage
+    from tuneloop.flows.trigger import record_run
 
     config = tiny_config(home, "classification")
     config.min_new_corrections, config.drift.min_new_corrections, config.drift.consecutive = 50, 10, 3
@@ -145,13 +145,13 @@ def test_drift_is_a_reason_with_its_own_bar_and_interval(home):
     assert "v1's training prompts" in decision.drift
 
     record_run(config, decision, Usage("trigger"))  # a drift-started loop ran: the drift interval holds the next
-    later = decide(config, now=datetime.now(timezone.utc) + timedelta(minutes=30))
+    later = decide(config, now=datetime.now(UTC) + timedelta(minutes=30))
     assert not later.run and "drift.min_interval_minutes" in later.reason
-    after = decide(config, now=datetime.now(timezone.utc) + timedelta(minutes=config.drift.min_interval_minutes + 1))
+    after = decide(config, now=datetime.now(UTC) + timedelta(minutes=config.drift.min_interval_minutes + 1))
     assert after.run and after.because == "drift"
 
     config.drift.min_new_corrections = 13  # drift without enough to learn from: no loop, and why
-    held = decide(config, now=datetime.now(timezone.utc) + timedelta(minutes=config.drift.min_interval_minutes + 1))
+    held = decide(config, now=datetime.now(UTC) + timedelta(minutes=config.drift.min_interval_minutes + 1))
     assert not held.run and held.drift and "needs 13 new corrections" in held.reason
     config.drift.enabled = False
     assert decide(config).drift is None

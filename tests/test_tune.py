@@ -20,18 +20,18 @@ import mlflow
 import optuna
 import pytest
 import torch
+from conftest import tiny_config
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import tiny_config
+from tuneloop.config import LoopConfig
 from tuneloop.datasets import DatasetRef, load_examples, load_labels
+from tuneloop.feedback import FeedbackStore
 from tuneloop.flows.curate import build_dataset, log_dataset
 from tuneloop.flows.study import OWNER_ATTR, origin, study_name
 from tuneloop.flows.tune import tune
-from tuneloop.config import LoopConfig
-from tuneloop.owners import OWNER_TAG
-from tuneloop.feedback import FeedbackStore
 from tuneloop.models import base_of, load_base, load_tokenizer, resolve_base
+from tuneloop.owners import OWNER_TAG
 from tuneloop.sample_data import sample_feedback
 from tuneloop.tracking import use_experiment
 from tuneloop.training import add_adapter, encode, train
@@ -128,7 +128,7 @@ def _check_study(config: LoopConfig, data: DatasetRef) -> tuple[optuna.Study, di
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == config.tune.n_trials == len(chains)  # none lost, none extra
     assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
-    for key, chain in chains.items():
+    for chain in chains.values():
         # a chain is killed attempts then one finished attempt, all with the same parameters (an attempt
         # killed between being claimed and drawing them has none, or some, of them)
         assert [t.state for t in chain[:-1]] == [TrialState.FAIL] * (len(chain) - 1)
@@ -268,7 +268,7 @@ def test_a_worker_killed_mid_trial_is_resumed_by_the_other_worker_from_the_artif
         assert time.monotonic() < deadline and procs["a"].poll() is None, (home / "stderr-a.log").read_text()[-2000:]
         time.sleep(0.02)
     [killed_dir] = {p.parent for p in checkpoints.rglob("ckpt.pt")}
-    time.sleep(0.5)  # the checkpoint is uploaded right after it is written
+    _wait_for_uploaded_checkpoint()  # uploaded right after it is written: kill only once it is there
     procs["a"].send_signal(signal.SIGKILL)
     procs["a"].wait()
     procs["b"] = _spawn(home, other, data, parent, "b")
@@ -283,6 +283,15 @@ def test_a_worker_killed_mid_trial_is_resumed_by_the_other_worker_from_the_artif
     assert other.work_dir != config.work_dir and runs[killed].data.metrics["resumed_from_step"] > 0
     assert all(len(chain) == 1 for key, chain in chains.items() if key != killed)
     assert result["n_failed"] == 1
+
+
+def _wait_for_uploaded_checkpoint(seconds: float = 120) -> None:
+    """Until some trial run holds a checkpoint in the artifact store (polled, with a deadline)."""
+    deadline = time.monotonic() + seconds
+    while not any(MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
+                  for run in mlflow.search_runs(search_all_experiments=True, output_format="list")):
+        assert time.monotonic() < deadline, "no checkpoint reached the artifact store"
+        time.sleep(0.1)
 
 
 def _running_trials(config: LoopConfig, data: DatasetRef) -> list:

@@ -4,22 +4,22 @@ in the dataset's lineage."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import mlflow
+from conftest import jsonl, tiny_config
 from mlflow import MlflowClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from conftest import jsonl, tiny_config
 from tuneloop.cli.main import app
 from tuneloop.feedback import FeedbackStore, QuarantineRow
 from tuneloop.feedback_import import import_feedback
 from tuneloop.flows.curate import build_dataset, log_dataset
 from tuneloop.ops_tables import DriftWindowRow, RolloutEventRow, ShadowRow
-from tuneloop.sample_data import sample_feedback
 from tuneloop.pseudonyms import shadow_salt, user_hash
+from tuneloop.sample_data import sample_feedback
 
 
 def _alice(n: int, start: int = 0) -> list[dict]:
@@ -71,7 +71,7 @@ def test_the_trigger_applies_retention_to_operational_records(home):
     config = tiny_config(home, "classification")
     config.min_new_corrections = 10_000  # a no-op run: retention happens whether or not the loop runs
     store = FeedbackStore(config.feedback_db)
-    old = datetime.now(timezone.utc) - timedelta(days=400)
+    old = datetime.now(UTC) - timedelta(days=400)
     with Session(store.engine) as session, session.begin():
         for at in (old, None):
             stamp = {"at": at} if at else {}
@@ -83,7 +83,7 @@ def test_the_trigger_applies_retention_to_operational_records(home):
     with Session(store.engine) as session:
         for row in (ShadowRow, DriftWindowRow, RolloutEventRow):
             stamps = list(session.scalars(select(row.at)))
-            assert len(stamps) == 1 and stamps[0].year == datetime.now(timezone.utc).year, row.__tablename__
+            assert len(stamps) == 1 and stamps[0].year == datetime.now(UTC).year, row.__tablename__
 
 
 def test_imported_feedback_is_named_in_the_datasets_lineage(home, tmp_path):

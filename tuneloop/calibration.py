@@ -15,8 +15,8 @@ Numpy only; imported by flows (fitting after training) and serving (applying on 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Calibration":
+    def from_dict(cls, data: dict) -> Calibration:
         return cls(**data)
 
     def apply(self, labels: Sequence[str], confidences: Sequence[float]) -> list[str]:

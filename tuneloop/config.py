@@ -34,7 +34,8 @@ class TuneConfig(BaseModel):
 
     n_trials: int | None = Field(
         None, ge=1, description="Finished (complete or pruned) trials the study should hold. None: as many as "
-        "timeout_s fits when it is set (at most MAX_TRIALS), else DEFAULT_TRIALS."
+        "timeout_s fits when it is set (at most 100, MAX_TRIALS), else 2 (DEFAULT_TRIALS: the known-good first trial and "
+        "one more)."
     )
     timeout_s: float | None = Field(
         None, gt=0, description="The search's time budget in seconds of this run: a trial starts only while the time "
@@ -43,13 +44,13 @@ class TuneConfig(BaseModel):
     ranks: list[int] = Field([4, 8, 16], min_length=1, description="LoRA ranks to choose from.")
     lr_min: float = Field(5e-4, gt=0, description="Lower bound of the log-uniform learning rate.")
     lr_max: float = Field(2e-3, gt=0, description="Upper bound of the log-uniform learning rate. 2e-3, not higher: "
-                          "with rehearsal rows on the KL term alone the corrections carry all the cross-entropy, and on "
-                          "the demo 2e-3 already forgot more than 1e-3 (0.040 against 0.026 of the regression suite).")
+                          "with rehearsal rows on the KL term alone the corrections carry all the cross-entropy, and "
+                          "higher rates forget more of what the base knew.")
     adapter_layers: float | None = Field(
         None, gt=0, le=1, description="Share of the base's transformer layers, from the top, that get adapters; the "
-        "backward pass stops below them. None: the kind's default, 0.5 for generation (a demo step takes 0.58 s "
-        "instead of 0.87 on 2 cores, and the demo's gate results were as good as with every layer, 2026-12-05), 1 "
-        "(every layer) for classification."
+        "backward pass stops below them. None: the kind's default, 0.5 for generation (a shorter backward pass, "
+        "and the demo's gate results as good as with every layer: docs/measurements.md), 1 (every layer) for "
+        "classification."
     )
     alpha_ratios: list[float] = Field([2.0], min_length=1, description="LoRA alpha as a multiple of the rank (alpha = ratio x rank).")
     dropouts: list[float] = Field([0.05], min_length=1, description="LoRA dropout values to choose from.")
@@ -81,8 +82,8 @@ class TuneConfig(BaseModel):
     )
     first_trial: dict[str, int | float | str] | None = Field(
         {"rank": 16, "lr": 9e-4},
-        description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip. On the demo (2026-12-05) "
-        "rank 16 at 9e-4 forgot less than rank 8 at 1e-3 (0.026 against 0.033 of the regression suite).",
+        description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip. On the demo rank 16 at "
+        "9e-4 forgets less of the regression suite than rank 8 at 1e-3.",
     )
     startup_trials: int = Field(4, ge=1, description="Random trials before TPE starts modelling the space.")
     pruner: Literal["successive_halving", "hyperband", "none"] = Field(
@@ -118,7 +119,7 @@ class TuneConfig(BaseModel):
     max_length: int = Field(96, ge=8, description="Tokens per training example (prompt + answer).")
     evals_per_trial: int = Field(
         1, ge=1, description="Evenly spaced validation scores per trial, the last at its end (its objective), besides "
-        "those at the pruner's rungs. Each answers validation_examples prompts (the demo's 9: ~3.5 s on 2 cores); the "
+        "those at the pruner's rungs. Each answers validation_examples prompts (seconds each on a CPU); the "
         "loss is logged every step. Raise it for finer validation curves in MLflow."
     )
     gate_sample: int = Field(
@@ -132,7 +133,7 @@ class TuneConfig(BaseModel):
     trunk_cache_mb: float = Field(
         1024, ge=0, description="Memory (on the training device) for each training row's hidden states below the "
         "adapters, kept from its first step for its next ones and the other trials' (tuneloop/trunk.py): the same "
-        "training with the frozen layers run once per row (a demo step 1.2x faster, python -m bench step). A train "
+        "training with the frozen layers run once per row (faster steps: python -m bench step). A train "
         "set whose states do not fit runs every layer at every step, as with 0."
     )
     train_pooler: bool = Field(
@@ -175,7 +176,7 @@ class TuneConfig(BaseModel):
     }
 
     @model_validator(mode="after")
-    def _first_trial_in_space(self) -> "TuneConfig":
+    def _first_trial_in_space(self) -> TuneConfig:
         # Optuna would only fail once the queued trial runs, deep inside a search
         first = self.first_trial or {}
         if "rank" in first and first["rank"] not in self.ranks:
@@ -256,6 +257,17 @@ class DeployConfig(BaseModel):
     max_segment_labels: int = Field(
         20, ge=1, le=1000, description="/metrics: distinct request segments labelled per worker; later ones count as "
         "'other' (segments are client-supplied: unbounded label values would grow Prometheus without limit)."
+    )
+    registry_timeout_s: int = Field(
+        3, ge=1, le=120, description="The service's wait for one MLflow call (MLFLOW_HTTP_REQUEST_TIMEOUT in its "
+        "processes): requests and admin calls never wait on a registry that is down for longer than this."
+    )
+    registry_retries: int = Field(
+        1, ge=0, le=10, description="The service's retries of a failed MLflow call (MLFLOW_HTTP_REQUEST_MAX_RETRIES; "
+        "MLflow's own default, 7 with backoff, waits about 4 minutes)."
+    )
+    failed_version_retry_s: float = Field(
+        60, gt=0, description="How long the service waits before trying again to load a version that failed to load."
     )
 
 
@@ -357,6 +369,11 @@ class LoopConfig(BaseSettings):
         "none", description="QLoRA: load the base in 4-bit NF4 or 8-bit through bitsandbytes (CUDA only; pip install "
         "'tuneloop[gpu]')."
     )
+    fast_paths: bool = Field(
+        True, description="The speed-ups that reach into transformers' internals (the shared prompt prefix computed "
+        "once, only the answer positions projected, kept lower-layer states: tuneloop/fast_paths.py), on the "
+        "architectures whose exactness tests run. false: the plain path everywhere (each search run records which ran)."
+    )
     system_prompt: str | None = Field(
         None, description="Generation: the system prompt of every training, evaluation and serving prompt (None: the "
         "base's chat template default)."
@@ -402,7 +419,7 @@ class LoopConfig(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
-    def _classification_defaults(self) -> "LoopConfig":
+    def _classification_defaults(self) -> LoopConfig:
         """The router recipe's priors (``CLASSIFICATION_TUNE``) for every tune field left unset."""
         if self.kind != "classification":
             return self
@@ -418,7 +435,7 @@ class LoopConfig(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _template_has_prompt(self) -> "LoopConfig":
+    def _template_has_prompt(self) -> LoopConfig:
         if "{prompt}" not in self.prompt_template:
             raise ValueError("prompt_template must contain {prompt}, where the user's prompt goes")
         return self

@@ -19,10 +19,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from tuneloop.config import CostConfig, LoopConfig
 
@@ -145,7 +147,7 @@ class LoopMeter:
     usages: list[Usage] = field(default_factory=list)
 
     @classmethod
-    def for_loop(cls, config: LoopConfig) -> "LoopMeter":
+    def for_loop(cls, config: LoopConfig) -> LoopMeter:
         home = config.home.resolve()
         return cls(config.cost, [home / "mlartifacts", config.work_dir])
 
@@ -221,7 +223,7 @@ def loop_runs(config: LoopConfig, client: Any = None) -> list[Any]:
 
 def trigger_costs(config: LoopConfig, after_ms: int | None = None, before_ms: int | None = None) -> tuple[int, float]:
     """(runs, USD) of this kind's trigger runs that did not start a loop, optionally within a time window."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from sqlalchemy import func, select
     from sqlalchemy.orm import Session
@@ -232,9 +234,9 @@ def trigger_costs(config: LoopConfig, after_ms: int | None = None, before_ms: in
     query = select(func.count(), func.coalesce(func.sum(TriggerRunRow.cost_usd), 0.0)).where(
         TriggerRunRow.kind == config.kind, TriggerRunRow.ran.is_(False))
     if after_ms is not None:
-        query = query.where(TriggerRunRow.at > datetime.fromtimestamp(after_ms / 1000, timezone.utc))
+        query = query.where(TriggerRunRow.at > datetime.fromtimestamp(after_ms / 1000, UTC))
     if before_ms is not None:
-        query = query.where(TriggerRunRow.at <= datetime.fromtimestamp(before_ms / 1000, timezone.utc))
+        query = query.where(TriggerRunRow.at <= datetime.fromtimestamp(before_ms / 1000, UTC))
     with Session(FeedbackStore(config.feedback_db).engine) as session:
         n, usd = session.execute(query).one()
     return int(n), float(usd)

@@ -15,8 +15,9 @@ import hashlib
 import json
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 

@@ -24,10 +24,10 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -153,7 +153,7 @@ def save_reference(path: Path, embeddings: np.ndarray, version: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial.npz")
     np.savez_compressed(tmp, embeddings=embeddings.astype(np.float32), version=np.array(version),
-                        encoder=np.array(ENCODER_NAME), created=np.array(datetime.now(timezone.utc).isoformat()))
+                        encoder=np.array(ENCODER_NAME), created=np.array(datetime.now(UTC).isoformat()))
     tmp.replace(path)
     return path
 

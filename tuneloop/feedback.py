@@ -9,19 +9,43 @@ kept by the Alembic migrations in ``tuneloop/migrations``, applied when a store 
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import AsyncIterable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Annotated, Any, AsyncIterable, Iterable, Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo,
-                      field_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, case, cast, create_engine, event, func, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    case,
+    cast,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -85,7 +109,7 @@ class FeedbackError(ValueError):
         self.errors = errors or [{"field": field, "message": message}]
 
     @classmethod
-    def from_validation(cls, err: ValidationError) -> "FeedbackError":
+    def from_validation(cls, err: ValidationError) -> FeedbackError:
         errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in err.errors(include_url=False)]
         return cls(errors[0]["field"], errors[0]["message"], 422, errors)
 
@@ -164,11 +188,14 @@ class FeedbackRow(_Base):
     """One acknowledged record, as received. Rows are never updated (a database trigger refuses it)."""
 
     __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_kind_id", "kind", "id"), Index("ix_feedback_user_received", "user_id", "received_at"),
+                      UniqueConstraint("kind", "request_id", name="uq_feedback_kind_request_id"))  # the last: migration 0005
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    request_id: Mapped[str | None] = mapped_column(String(128), unique=True, nullable=True)
+
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(UTC))
     payload: Mapped[str] = mapped_column(Text, doc="The record exactly as received (JSON).")
     source: Mapped[str | None] = mapped_column(String(16), nullable=True, doc="api, import or raw (migration 0004).")
     user_id: Mapped[str | None] = mapped_column(String(128), nullable=True, doc="For the per-user rate limit.")
@@ -181,8 +208,8 @@ class CurationRunRow(_Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(timezone.utc))
-    high_water_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=lambda: datetime.now(UTC))
+    high_water_id: Mapped[int] = mapped_column(Integer, comment="Newest feedback id this curation used.")
     dataset_hash: Mapped[str] = mapped_column(String(64))
     counts: Mapped[str] = mapped_column(Text)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -220,7 +247,9 @@ def make_engine(url: str) -> Engine:
     commit (an acknowledged record survives a power cut) and a long lock wait (concurrent writers queue)."""
     if not url.startswith("sqlite"):
         return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    # ?timeout=S in the URL shortens the lock wait: past it a write fails (503, nothing acknowledged)
+    timeout = float(make_url(url).query.get("timeout", 30))
+    engine = create_engine(url, connect_args={"timeout": timeout})
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record) -> None:
@@ -234,7 +263,7 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-_ENGINES: "OrderedDict[str, tuple[Engine, Any]]" = OrderedDict()
+_ENGINES: OrderedDict[str, tuple[Engine, Any]] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
 MAX_ENGINES = 16  # distinct store URLs one process keeps open (tests open many; a service one or two)
 
@@ -268,6 +297,9 @@ def forget_engines() -> None:
         engine.dispose()
 
 
+atexit.register(forget_engines)  # pooled connections closed at exit, not left for the server to time out
+
+
 class FeedbackStore:
     """Append-only store of raw feedback, plus the derived bookkeeping of curation."""
 
@@ -282,7 +314,7 @@ class FeedbackStore:
         is not duplicated; the same request id with different content raises RequestIdConflict."""
         payload = record.model_dump(mode="json")
         feedback_id, created = self.add_raw(payload, kind=record.kind, source=source)
-        if not created and self.get(record.request_id) != payload:
+        if not created and self.get(record.request_id, record.kind) != payload:
             raise RequestIdConflict(record.request_id)
         return feedback_id, created
 
@@ -302,23 +334,40 @@ class FeedbackStore:
             except IntegrityError:
                 # the request id is already stored, perhaps by a concurrent retry that won the race
                 session.rollback()
-                existing = session.scalar(select(FeedbackRow.id).where(FeedbackRow.request_id == request_id))
+                existing = session.scalar(select(FeedbackRow.id).where(FeedbackRow.kind == kind,
+                                                                       FeedbackRow.request_id == request_id))
                 if existing is None:
                     raise
                 return existing, False
 
-    def add_many(self, records: Iterable[FeedbackRecord], batch: int = 500, source: str = "import") -> tuple[int, int]:
+    def add_many(self, records: Iterable[FeedbackRecord], batch: int = 500,
+                 source: str = "import") -> tuple[int, int, list[str]]:
         """Store validated records in batched transactions (an operator's import by default); returns
-        (created, already stored)."""
+        (created, already stored as they are, request ids already stored with different content)."""
         created = seen = 0
+        conflicts: list[str] = []
         chunk: list[FeedbackRecord] = []
         for record in [*records, None]:
             if record is not None:
                 chunk.append(record)
             if chunk and (record is None or len(chunk) >= batch):
                 n = self._insert_ignoring_duplicates(chunk, source)
-                created, seen, chunk = created + n, seen + len(chunk) - n, []
-        return created, seen
+                changed = self._changed(chunk)
+                created, seen, chunk = created + n, seen + len(chunk) - n - len(changed), []
+                conflicts += changed
+        return created, seen, conflicts
+
+    def _changed(self, records: list[FeedbackRecord]) -> list[str]:
+        """Request ids among ``records`` whose stored record (same kind) is not this one."""
+        ids = {r.request_id for r in records}
+        stored: dict[tuple[str, str], Any] = {}
+        with self.engine.connect() as conn:
+            for kind in {r.kind for r in records}:
+                rows = conn.execute(select(FeedbackRow.request_id, FeedbackRow.payload).where(
+                    FeedbackRow.kind == kind, FeedbackRow.request_id.in_(ids)))
+                stored.update({(kind, rid): payload for rid, payload in rows})
+        return [r.request_id for r in records
+                if json.loads(stored.get((r.kind, r.request_id), "null")) != r.model_dump(mode="json")]
 
     def _insert_ignoring_duplicates(self, records: list[FeedbackRecord], source: str) -> int:
         dialect = self.engine.dialect.name
@@ -328,11 +377,11 @@ class FeedbackStore:
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         values = [{"request_id": r.request_id, "kind": r.kind, "received_at": now, "source": source, "user_id": r.user_id,
                    "payload": json.dumps(r.model_dump(mode="json"), ensure_ascii=False)} for r in records]
         with self._write_lock, self.engine.begin() as conn:
-            result = conn.execute(insert(FeedbackRow).on_conflict_do_nothing(index_elements=["request_id"]), values)
+            result = conn.execute(insert(FeedbackRow).on_conflict_do_nothing(index_elements=["kind", "request_id"]), values)
             return max(result.rowcount, 0)
 
     def add_many_raw(self, payloads: Iterable[dict[str, Any]], kind: str) -> int:
@@ -409,9 +458,13 @@ class FeedbackStore:
                 query = query.where(FeedbackRow.kind == kind)
             return session.scalar(query) or 0
 
-    def get(self, request_id: str) -> dict[str, Any] | None:
+    def get(self, request_id: str, kind: str | None = None) -> dict[str, Any] | None:
+        """The stored record with this request id (of ``kind``; request ids are unique per kind)."""
+        query = select(FeedbackRow).where(FeedbackRow.request_id == request_id)
+        if kind:
+            query = query.where(FeedbackRow.kind == kind)
         with Session(self.engine) as session:
-            row = session.scalar(select(FeedbackRow).where(FeedbackRow.request_id == request_id))
+            row = session.scalars(query.order_by(FeedbackRow.id).limit(1)).first()
             return json.loads(row.payload) if row else None
 
     # -- curation bookkeeping (derived; never touches the raw rows)
@@ -442,7 +495,7 @@ class FeedbackStore:
             row = session.scalar(select(CurationRunRow).where(CurationRunRow.kind == kind).order_by(CurationRunRow.id.desc()).limit(1))
             if row is None:
                 return None
-            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=timezone.utc)  # SQLite drops tz
+            created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)  # SQLite drops tz
             return CurationRun(row.id, row.kind, created, row.high_water_id, row.dataset_hash, json.loads(row.counts), row.mlflow_run_id)
 
     def quarantined(self, kind: str) -> list[dict[str, Any]]:

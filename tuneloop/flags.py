@@ -21,7 +21,7 @@ import os
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from openfeature import api
@@ -101,7 +101,7 @@ def set_challenger_percent(config: LoopConfig, percent: int, by: str | None = No
         if row is None:
             session.add(FlagRow(key=config.flag_key, definition=definition, by=by))
         else:
-            row.definition, row.at, row.by = definition, datetime.now(timezone.utc), by
+            row.definition, row.at, row.by = definition, datetime.now(UTC), by
 
 
 def write_flag_file(path: Path, flag_key: str, definition: dict | None) -> None:

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from tuneloop.config import LoopConfig
-from tuneloop.feedback import CurationRunRow, FeedbackError, FeedbackRow, FeedbackStore, QuarantineRow, validate_feedback
+from tuneloop.feedback import (
+    CurationRunRow,
+    FeedbackError,
+    FeedbackRow,
+    FeedbackStore,
+    QuarantineRow,
+    validate_feedback,
+)
 
 
 @dataclass
@@ -90,7 +97,7 @@ def apply_retention(config: LoopConfig, now: datetime | None = None) -> dict[str
     """Delete operational rows older than the ``retention`` settings; rows deleted per table."""
     from tuneloop.ops_tables import DriftWindowRow, RolloutEventRow, ShadowRow
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     keep = config.retention
     deleted: dict[str, int] = {}
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():

@@ -7,16 +7,16 @@ answer in one batch (``adapter_names``), which the service uses to serve version
 from __future__ import annotations
 
 import threading
-import warnings
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from tuneloop.config import Kind
-from tuneloop.prefix import SHARED_PREFIX_MIN, base_class, cache_argument, no_shared_prefix, prefix_first, sharable_cache
+from tuneloop.prefix import SHARED_PREFIX_MIN, base_class, cache_argument, prefix_first, sharable_cache
 from tuneloop.text import normalize
 from tuneloop.training import Prompting, compute_dtype
 
@@ -88,8 +88,9 @@ def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], 
         relaid = prefix_first(batch["input_ids"], batch["attention_mask"], prefix) if prefix is not None else None
         with _inference_autocast(model):  # the prefix's keys and values in the dtype the rows compute in
             cache = sharable_cache(model, relaid[0][:1, :prefix.shape[-1]], len(rows)) if relaid is not None else None
-            out = _from_prefix(model, relaid, cache, settings) if cache is not None else None
-            if out is None:
+            if cache is not None:
+                out = _from_prefix(model, relaid, cache, settings)
+            else:
                 out = model.generate(**batch, **_adapters(adapter_names, rows), **settings)
         return out[:, batch["input_ids"].shape[1]:]
 
@@ -141,16 +142,11 @@ def streams(work: Callable[[int], T], n: int, count: int) -> list[T]:
     return results
 
 
-def _from_prefix(model, relaid: tuple[torch.Tensor, torch.Tensor], cache, settings: dict) -> torch.Tensor | None:
-    """Generation from the shared prefix's cache, or None where this architecture's generate cannot
-    take one (then, and from then on, whole rows)."""
-    base = base_class(model)
-    try:
-        return model.generate(input_ids=relaid[0], attention_mask=relaid[1], **{cache_argument(base): cache}, **settings)
-    except (AttributeError, TypeError, ValueError, NotImplementedError) as e:
-        no_shared_prefix.add(base)
-        warnings.warn(f"{base.__name__}: generation computes the shared prompt prefix per row ({e})")
-        return None
+def _from_prefix(model, relaid: tuple[torch.Tensor, torch.Tensor], cache, settings: dict) -> torch.Tensor:
+    """Generation from the shared prefix's cache (only on the architectures ``tuneloop.fast_paths``
+    verifies: ``sharable_cache`` gives None elsewhere)."""
+    return model.generate(input_ids=relaid[0], attention_mask=relaid[1], **{cache_argument(base_class(model)): cache},
+                          **settings)
 
 
 def _common_prefix(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> torch.Tensor | None:

@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -24,8 +24,8 @@ _given: set[int] = set()
 def free_port() -> int:
     """A port free on 127.0.0.1 now, below the kernel's ephemeral range. A port from bind(0) is one the
     kernel hands out again at once to the next bind(0): BentoML reserves its arbiter's control port
-    that way, got the port just chosen for its HTTP server and failed to start ("Address already in
-    use", twice in a row, 2026-12-06)."""
+    that way, can get the port just chosen for its HTTP server and then fails to start ("Address
+    already in use")."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):

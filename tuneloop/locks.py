@@ -6,13 +6,14 @@ transaction for us: an Optuna study's trial claims, and MLflow alias moves with 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Iterator
 
 import sqlalchemy
 from filelock import FileLock
@@ -21,9 +22,12 @@ _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _engine(url: str) -> sqlalchemy.Engine:
-    return sqlalchemy.create_engine(url, pool_pre_ping=True)
+    """One small pool per lock database per process (a lock holds one connection while held)."""
+    engine = sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=8)
+    atexit.register(engine.dispose)
+    return engine
 
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")

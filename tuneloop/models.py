@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from tuneloop.cache_files import atomic_write_text, read_json
 from tuneloop.config import Kind
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -84,21 +85,26 @@ def _package_dir(package: str) -> Path:
 
 
 def _sha256_file(path: Path) -> str:
-    """A file's sha256, cached by (path, size, mtime): a multi-GB base is hashed once per machine."""
+    """A file's sha256, cached by (path, size, mtime): a multi-GB base is hashed once per machine.
+
+    The index is shared by every process on the machine: replaced atomically under its lock, and
+    rebuilt when unreadable (``tuneloop.cache_files``), so one killed writer cannot break base
+    resolution everywhere."""
     stat = path.stat()
     index = cache_dir() / "hashes.json"
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    known = json.loads(index.read_text()) if index.exists() else {}
-    if key not in known:
+    known = read_json(index, {})
+    if not isinstance(known, dict) or key not in known:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         index.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(index) + ".lock"):
-            known = json.loads(index.read_text()) if index.exists() else {}
+            known = read_json(index, {})
+            known = known if isinstance(known, dict) else {}
             known[key] = digest.hexdigest()
-            index.write_text(json.dumps(known))
+            atomic_write_text(index, json.dumps(known))
     return known[key]
 
 
@@ -135,7 +141,7 @@ def _convert_gguf() -> Path:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def resolve_base(kind: Kind, spec: str | None = None, tiny: bool = False) -> BaseModelInfo:
     """The base for ``spec``: None for the kind's bundled default, a local folder, or a model id in the
     local Hugging Face cache. Refuses (ModelError) what cannot be a base for this kind."""
@@ -174,7 +180,7 @@ def _from_hub_cache(model_id: str) -> Path:
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         raise ModelError(f"TUNELOOP_BASE_MODEL={model_id!r} is not in the local Hugging Face cache "
                          f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); tuneloop never downloads at run time. "
-                         f"Download it first (`huggingface-cli download {model_id}`) or point TUNELOOP_BASE_MODEL at a "
+                         f"Download it first (`hf download {model_id}`) or point TUNELOOP_BASE_MODEL at a "
                          f"folder. ({type(err).__name__})") from None
 
 
@@ -224,7 +230,8 @@ def quantization_config(quantization: str, device: torch.device, dtype: torch.dt
         raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs a CUDA GPU (the device here is {device.type}); "
                          "set TUNELOOP_QUANTIZATION=none, or run on a GPU.")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs bitsandbytes: pip install 'tuneloop[gpu]'.")
+        raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs bitsandbytes: pip install 'tuneloop[gpu]' "
+                         "(from a checkout: pip install -e '.[gpu]').")
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":

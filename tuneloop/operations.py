@@ -9,7 +9,7 @@ to the ``rollout_events`` table of the operations database, shared by every mach
 from __future__ import annotations
 
 import getpass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -68,10 +68,13 @@ def promote(config: LoopConfig, expected: str, reason: str, actor: str | None = 
 
 
 def roll_back(config: LoopConfig, reason: str, version: str | None = None, restore_champion: bool = False,
-              segment: str | None = None, actor: str | None = None) -> str | None:
+              segment: str | None = None, actor: str | None = None, champion_known: bool = False) -> str | None:
     """Every user to the champion now (share 0 %); the challenger version is tagged with why.
 
-    ``restore_champion`` also puts the previous champion back. Returns the champion version after.
+    The share is what routes users and lives in the operations database, so it is set first and the
+    registry is only bookkeeping after it: with MLflow unreachable the rollback still holds (the tag
+    is skipped and the event says so). ``restore_champion`` also puts the previous champion back.
+    Returns the champion version after (None when unknown, or not asked for: ``champion_known``).
     """
     from mlflow import MlflowClient
 
@@ -79,15 +82,18 @@ def roll_back(config: LoopConfig, reason: str, version: str | None = None, resto
 
     set_challenger_percent(config, 0, by=actor or cli_actor())
     version = version or alias_version(config.model_name, "challenger")
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     if version:
-        MlflowClient().set_model_version_tag(config.model_name, version, "rolled_back", f"{stamp} {reason}")
+        try:
+            MlflowClient().set_model_version_tag(config.model_name, version, "rolled_back", f"{stamp} {reason}")
+        except Exception as err:  # noqa: BLE001  the share is already 0 %; say the tag is missing, do not fail
+            reason = f"{reason} (registry unreachable, version not tagged: {type(err).__name__})"
         record_event(config, version, "rollback", reason, segment, actor=actor)
     if restore_champion:
         champion = restore_previous(config.model_name, reason=reason)
         record_event(config, champion, "restore", reason, actor=actor)
         return champion
-    return alias_version(config.model_name, "champion")
+    return None if champion_known else alias_version(config.model_name, "champion")
 
 
 __all__ = ["challenger_percent", "cli_actor", "events", "promote", "record_event", "roll_back", "set_canary"]

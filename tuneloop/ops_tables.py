@@ -3,16 +3,16 @@ that the CLI, the flows, workers and services on different machines share them."
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tuneloop.feedback import _Base
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class FlagRow(_Base):
@@ -20,7 +20,7 @@ class FlagRow(_Base):
 
     __tablename__ = "flags"
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
-    definition: Mapped[str] = mapped_column(Text)
+    definition: Mapped[str] = mapped_column(Text, comment="The flagd flag definition (JSON).")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     by: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
@@ -33,6 +33,7 @@ class SettingRow(_Base):
 
 class RolloutEventRow(_Base):
     __tablename__ = "rollout_events"
+    __table_args__ = (Index("ix_rollout_events_model", "model", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     model: Mapped[str] = mapped_column(String(200))
@@ -49,19 +50,20 @@ class ApiTokenRow(_Base):
     __tablename__ = "api_tokens"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     scope: Mapped[str] = mapped_column(String(16))
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, comment="SHA-256 of the token; never the token.")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ShadowRow(_Base):
     __tablename__ = "shadow_log"
+    __table_args__ = (Index("ix_shadow_log_kind", "kind", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     kind: Mapped[str] = mapped_column(String(32))
     request_id: Mapped[str] = mapped_column(String(128))
-    user_hash: Mapped[str] = mapped_column(String(64))
-    input: Mapped[str] = mapped_column(Text)
+    user_hash: Mapped[str] = mapped_column(String(64), comment="Salted hash of the user id, never the id.")
+    input: Mapped[str] = mapped_column(Text, comment="Scrubbed of personal data.")
     live_version: Mapped[str] = mapped_column(String(64))
     live_output: Mapped[str] = mapped_column(Text)
     shadow_version: Mapped[str] = mapped_column(String(64))
@@ -71,6 +73,7 @@ class ShadowRow(_Base):
 
 class DriftWindowRow(_Base):
     __tablename__ = "drift_windows"
+    __table_args__ = (Index("ix_drift_windows_kind", "kind", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     kind: Mapped[str] = mapped_column(String(32))
@@ -83,6 +86,7 @@ class DriftWindowRow(_Base):
 
 class TriggerRunRow(_Base):
     __tablename__ = "trigger_runs"
+    __table_args__ = (Index("ix_trigger_runs_kind", "kind", "id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     kind: Mapped[str] = mapped_column(String(32))

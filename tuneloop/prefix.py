@@ -3,21 +3,20 @@
 Every row of a training batch and of a generation batch starts with the same template tokens and
 system prompt (22 of a demo row's ~40-55 tokens). They go through the model once, as one row, and
 the rest of each row attends to that one cached copy: the same logits as the whole rows' (tested),
-less work in both directions (``python -m bench prefix``). An architecture whose cache cannot be
-shared across a batch falls back to whole rows, with a warning, once.
+less work in both directions (``python -m bench prefix``). Only on the architectures
+``tuneloop.fast_paths`` verifies, and only while its switch is on; elsewhere rows stay whole.
 """
 
 from __future__ import annotations
 
 import inspect
-import warnings
-from functools import lru_cache
+from functools import cache
 
 import torch
 
+from tuneloop import fast_paths
+
 SHARED_PREFIX_MIN = 8  # tokens all rows of a batch must share before computing them once is worth a second call
-no_mask_logits: set[type] = set()  # architectures whose forward takes logits_to_keep but not as a mask
-no_shared_prefix: set[type] = set()  # architectures whose cache cannot be shared across a batch
 
 
 def bare(model):
@@ -31,22 +30,19 @@ def base_class(model) -> type:
 
 def kept_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """The logits at the positions ``keep`` marks, one row each in row-major order, the shared
-    prefix computed once. Recent transformers take the boolean mask as ``logits_to_keep`` (only
-    those rows reach the vocabulary projection); older releases (5.17) take only a count or index
-    list and fail on a mask: there every position is projected and the kept rows are selected after."""
+    prefix computed once. Where the architecture's forward takes the boolean mask as
+    ``logits_to_keep`` only those rows reach the vocabulary projection; elsewhere (transformers 5.17
+    takes only a count or an index list) every position is projected and the kept rows selected after."""
+    if not fast_paths.active(model):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[keep]
     base = base_class(model)
     n = shared_length(input_ids, attention_mask, keep)
     cache = sharable_cache(model, input_ids[:1, :n], input_ids.shape[0]) if not checkpointing(model) else None
     n = n if cache is not None else 0
     ids, extra = input_ids[:, n:], ({cache_argument(base): cache} if cache is not None else {})
-    if base not in no_mask_logits:
-        try:
-            logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep[:, n:], **extra).logits
-            return logits.reshape(-1, logits.shape[-1])
-        except IndexError:
-            no_mask_logits.add(base)
-            if cache is not None:  # the failed call may have extended it
-                return kept_logits(model, input_ids, attention_mask, keep)
+    if fast_paths.kept_logits_supported(base):
+        logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep[:, n:], **extra).logits
+        return logits.reshape(-1, logits.shape[-1])
     return model(input_ids=ids, attention_mask=attention_mask, **extra).logits[keep[:, n:]]
 
 
@@ -62,21 +58,15 @@ def shared_length(input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: t
 
 def sharable_cache(model, prefix: torch.Tensor, rows: int):
     """The key/value cache of ``prefix`` (one row) repeated for ``rows`` rows (gradients flow back
-    through it), or None where the prefix is too short to be worth it or the architecture cannot
-    share one."""
-    base = base_class(model)
-    if prefix.shape[1] < SHARED_PREFIX_MIN or base in no_shared_prefix:
+    through it), or None where the prefix is too short to be worth it or the fast paths are off for
+    this model (``tuneloop.fast_paths``)."""
+    if prefix.shape[1] < SHARED_PREFIX_MIN or not fast_paths.shares_prefix(model):
         return None
-    try:
-        last = {"logits_to_keep": 1} if keeps_logits(model) else {}  # its logits are never read
-        out = model(input_ids=prefix, use_cache=True, **last)
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        cache.batch_repeat_interleave(rows)
-        return cache
-    except (AttributeError, TypeError, ValueError, NotImplementedError) as e:
-        no_shared_prefix.add(base)
-        warnings.warn(f"{base.__name__}: the shared prompt prefix is computed per row ({e})")
-        return None
+    last = {"logits_to_keep": 1} if keeps_logits(model) else {}  # its logits are never read
+    out = model(input_ids=prefix, use_cache=True, **last)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]
+    cache.batch_repeat_interleave(rows)
+    return cache
 
 
 def checkpointing(model) -> bool:
@@ -86,7 +76,7 @@ def checkpointing(model) -> bool:
     return bool(flag if flag is not None else getattr(base, "is_gradient_checkpointing", False))
 
 
-@lru_cache(maxsize=None)
+@cache
 def cache_argument(model_class: type) -> str:  # transformers 5.25 renamed past_key_values to cache
     return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
@@ -95,7 +85,7 @@ def keeps_logits(model) -> bool:
     return _forward_takes_logits_to_keep(base_class(model))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _forward_takes_logits_to_keep(model_class: type) -> bool:  # once per architecture, not once per step
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 

@@ -9,11 +9,12 @@ moved what, when and why.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
-import shutil
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import mlflow
 from mlflow import MlflowClient
@@ -22,6 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
+from tuneloop.cache_files import CacheError, fetch_folder
 from tuneloop.config import LoopConfig
 from tuneloop.locks import database_lock, registry_lock_url
 from tuneloop.tracking import use_experiment
@@ -30,6 +32,15 @@ ALIASES = ("champion", "challenger", "previous")
 
 
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "input")]), outputs=Schema([ColSpec("string")]))
+
+
+MODEL_REQUIREMENTS = ("tuneloop", "peft", "transformers", "torch")
+
+
+def pinned_requirements() -> list[str]:
+    """The registered model's requirements at the versions that trained it (``torch==2.13.0``, not
+    ``2.13.0+cpu``: a build label would refuse the same version's CUDA build on a serving GPU)."""
+    return [f"{name}=={metadata.version(name).split('+')[0]}" for name in MODEL_REQUIREMENTS]
 
 
 def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> ModelVersion:
@@ -43,7 +54,7 @@ def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> 
         artifacts={"adapter": str(adapter_dir)},
         signature=SIGNATURE,
         registered_model_name=config.model_name,
-        pip_requirements=["tuneloop", "peft", "transformers", "torch"],  # skip slow requirement inference
+        pip_requirements=pinned_requirements(),  # explicit: MLflow's requirement inference is slow
         tags=tags,
     )
     client = MlflowClient()
@@ -67,17 +78,49 @@ def alias_version(name: str, alias: str) -> str | None:
 
 
 def adapter_path(name: str, version: str, cache: Path) -> Path:
-    """The version's adapter folder, downloaded once into ``cache``."""
-    target = cache / name / str(version)
-    if not (target / "adapter_config.json").exists():
-        tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(tmp)))
-        found = next(local.rglob("adapter_config.json")).parent
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(str(found), str(target))
-        shutil.rmtree(tmp, ignore_errors=True)
+    """The version's adapter folder, downloaded once into ``cache`` as a complete, verified copy.
+
+    The folder is named by where the version's files come from (the tracking server and the version's
+    source and run), not by its number: a second MLflow server using the same home has its own
+    version 1, which must never be served from the first one's copy. Concurrent callers (service
+    workers, the shadow bank, evaluation) wait for one download (``tuneloop.cache_files``)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    mv = MlflowClient().get_model_version(name, str(version))
+    target = cache / name / source_key(mlflow.get_tracking_uri(), mv.source, mv.run_id)
+    repo = get_artifact_repository(f"models:/{name}/{version}")
+    located: dict[str, str] = {}
+
+    def download(tmp: Path) -> Path:
+        local = Path(repo.download_artifacts("", dst_path=str(tmp)))
+        found = next(local.rglob("adapter_config.json"), None)
+        if found is None:
+            raise CacheError(f"{name} version {version} holds no adapter_config.json: not an adapter")
+        located["prefix"] = found.parent.relative_to(local).as_posix()
+        return found.parent
+
+    def expected() -> dict[str, int]:
+        prefix = located["prefix"].strip(".").strip("/")
+        return {path[len(prefix):].lstrip("/"): size for path, size in _remote_files(repo, prefix)}
+
+    fetch_folder(target, download, expected)
     return target
+
+
+def source_key(tracking_uri: str, source: str | None, run_id: str | None) -> str:
+    """A cache folder name for one version's files: the same server and source give the same name."""
+    return hashlib.sha256(f"{tracking_uri}|{source}|{run_id}".encode()).hexdigest()[:20]
+
+
+def _remote_files(repo, path: str) -> list[tuple[str, int]]:
+    """(path, size) of every file under ``path`` in the artifact repository, walked folder by folder."""
+    files = []
+    for info in repo.list_artifacts(path or None):
+        if info.is_dir:
+            files += _remote_files(repo, info.path)
+        elif info.file_size is not None:  # a store that does not report sizes: checked by the manifest only
+            files.append((info.path, info.file_size))
+    return files
 
 
 def aliases(name: str) -> dict[str, str]:
@@ -110,7 +153,7 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
     with database_lock(registry_lock_url(mlflow.get_tracking_uri()), f"mlflow-aliases:{name}"):
         model = client.get_registered_model(name)  # its aliases and history: only writers under this lock change them
         current = {alias: str(version) for alias, version in model.aliases.items()}
-        entries, stamp = [], datetime.now(timezone.utc).isoformat(timespec="seconds")
+        entries, stamp = [], datetime.now(UTC).isoformat(timespec="seconds")
         for alias, version in (moves(dict(current)) if callable(moves) else moves):
             before = current.get(alias)
             if version is None:

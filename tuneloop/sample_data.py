@@ -157,7 +157,7 @@ def classification_feedback(seed: int = 0, small: bool = False) -> list[dict[str
     for intent, templates in intents.items():
         for template in templates[:4] if small else templates:
             for text in [template.format(p) for p in PRODUCTS] if small else _phrasings(rng, template, 4):
-                predicted = intent if rng.random() < 0.4 else rng.choice([l for l in labels if l != intent])
+                predicted = intent if rng.random() < 0.4 else rng.choice([other for other in labels if other != intent])
                 if predicted == intent:
                     add(text, predicted, "up")
                 else:
@@ -176,5 +176,5 @@ def classification_feedback(seed: int = 0, small: bool = False) -> list[dict[str
 
 
 def sample_feedback(kind: str, seed: int = 0, small: bool = False) -> list[dict[str, Any]]:
-    """The demo's sample feedback; ``small`` (classification): the tests' tiny set (``classification_feedback``)."""
+    """The demo's sample feedback; ``small`` (classification): the set tiny models learn (tests, ``--tiny`` runs)."""
     return generation_feedback(seed) if kind == "generation" else classification_feedback(seed, small)

@@ -1,7 +1,7 @@
 """A sequential test for "the challenger's thumbs-down rate is higher than the champion's", whose
 p-value stays valid however often it is looked at.
 
-The repeated one-sided z-test the live guard used to run on all-time counts every few seconds
+A repeated one-sided z-test on all-time counts every few seconds
 rejects a true null far more often than its nominal alpha (each look is another chance: 28 % at
 alpha 5 % over 3,000 records checked at each one). This is a mixture sequential probability ratio
 test (mSPRT; Robbins 1970, Johari et al. 2017 "Always valid inference") on the variance-stabilised
@@ -92,7 +92,7 @@ class Simulation:
     runs: int
     observations: int
     rollback_rate: float
-    rollback_rate_z: float  # the old repeated z-test on the same data, for comparison
+    rollback_rate_z: float  # a repeated fixed-sample z-test on the same data, for comparison
     median_delay: float | None  # observations (both sides) until rollback, over the runs that rolled back
     p90_delay: float | None
     median_delay_challenger: float | None  # challenger feedback records until rollback
@@ -127,7 +127,7 @@ def simulate(p_champion: float, p_challenger: float, share: float = 0.1, observa
         log_lr = np.full(info.shape, -np.inf)
         log_lr[ready] = log_mixture_lr((stabilised(d_c, n_c) - stabilised(d_h, n_h))[ready], info[ready], tau)
         fire = ready & (log_lr >= threshold) & (diff > worse_tolerance)
-        # the old guard: pooled two-proportion z-test at every look
+        # the naive guard it is compared with: a pooled two-proportion z-test at every look
         pooled = (d_c + d_h) / np.maximum(n_c + n_h, 1)
         se = np.sqrt(pooled * (1 - pooled) * (1 / np.maximum(n_c, 1) + 1 / np.maximum(n_h, 1)))
         z = np.where(ready & (se > 0), diff / np.where(se > 0, se, 1.0), 0.0)

@@ -9,7 +9,8 @@ prompt's content (question type and product, or intent), so a model can learn th
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 PRODUCTS = ["Nimbus thermostat", "Nimbus Pro", "Lumo doorbell", "Orbit camera", "smart plug", "hub", "Aura bulb",
             "Vista sensor", "Halo speaker", "Terra lock", "Breeze fan", "Pulse meter", "Echo chime", "Flow valve"]

@@ -2,8 +2,8 @@
 data set instead of once per training step.
 
 The rehearsal KL term (``training.loss_of``) compares the model with the frozen base on every
-rehearsal row. The base never changes during a search, yet a forward pass through it on those rows
-ran at every step of every trial: a fifth to a quarter of a demo step's time (2 cores, 2026-12-05,
+rehearsal row. The base never changes during a search, so a forward pass through it on those rows at
+every step of every trial would be repeated work (a fifth to a quarter of a demo step's time on a CPU,
 ``python -m bench step``). Here it runs once, and each answer position keeps the base's ``TOP_K``
 most likely tokens with their log-probabilities; the rest of the vocabulary is one bucket holding
 the remaining probability. The KL divergence between these coarse distributions is a true

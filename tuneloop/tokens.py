@@ -15,7 +15,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import select
@@ -90,7 +90,7 @@ def listing(config: LoopConfig) -> list[dict]:
 def _iso(at: datetime | None) -> str | None:
     if at is None:
         return None
-    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).isoformat(timespec="seconds")
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).isoformat(timespec="seconds")
 
 
 def authenticate(store: FeedbackStore, authorization: str | None) -> Caller | None:
@@ -108,8 +108,8 @@ def authenticate(store: FeedbackStore, authorization: str | None) -> Caller | No
         if row is None or not hmac.compare_digest(row.token_hash, wanted):
             return None
         caller = Caller(row.name, row.scope)  # type: ignore[arg-type]
-        now = datetime.now(timezone.utc)
-        last = row.last_used_at if row.last_used_at is None or row.last_used_at.tzinfo else row.last_used_at.replace(tzinfo=timezone.utc)
+        now = datetime.now(UTC)
+        last = row.last_used_at if row.last_used_at is None or row.last_used_at.tzinfo else row.last_used_at.replace(tzinfo=UTC)
         if last is None or now - last > TOUCH_EVERY:
             row.last_used_at = now
             session.commit()

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import mlflow
 
 from tuneloop.config import LoopConfig
-
 
 # The experiment kind tag that MLflow's UI reads (values: server/js .../experimentKind enum in the
 # installed mlflow): "custom_model_development" is the UI's "Machine learning" kind, whose experiment
@@ -69,3 +68,13 @@ def git_sha() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("GIT_SHA", "unknown")
+
+
+def run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    """A link into MLflow's UI at ``ui`` that opens one run's page (its description, parameters, metrics)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
+
+
+def model_version_url(ui: str, name: str, version: str) -> str:
+    """A link into MLflow's UI at ``ui`` that opens a registered model version's page."""
+    return f"{ui.rstrip('/')}/#/models/{name}/versions/{version}"

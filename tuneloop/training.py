@@ -20,10 +20,10 @@ import random
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -321,20 +321,9 @@ def _param_groups(model, lr: float, head_lr: float | None) -> list[dict]:
 
 
 def _progress_bar(total: int, start: int):
-    from tqdm.auto import tqdm
+    from tuneloop import progress
 
-    class _Bar:
-        def __init__(self):
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False)
-
-        def update(self, n: int, **postfix):
-            self.bar.set_postfix(postfix, refresh=False)
-            self.bar.update(n)
-
-        def close(self):
-            self.bar.close()
-
-    return _Bar()
+    return progress.current().bar("train", total, start)
 
 
 def _save_checkpoint(directory: Path, model, optimizer, scheduler, scaler, step: int) -> Path:

@@ -10,10 +10,10 @@ for SmolLM2 on 2 cores (``python -m bench step``). So does the batch's shared pr
 (``tuneloop.prefix``; one row, a row's first states), its cache given zero placeholders for the
 layers it skipped: the rows never read them, but the first layer's length numbers their positions.
 
-Only where that is exact: no dropout below the adapters, no activation checkpointing, decoder
-layers that take and return the hidden states as a plain tensor (checked on the first batch), and
-a train set whose states fit the memory budget (``tune.trunk_cache_mb``); otherwise every batch
-runs every layer, as before.
+Only where that is exact: an architecture ``tuneloop.fast_paths`` verifies (and its switch on), no
+dropout below the adapters, no activation checkpointing, decoder layers that take and return the
+hidden states as a plain tensor (checked on the first batch), and a train set whose states fit the
+memory budget (``tune.trunk_cache_mb``); otherwise every batch runs every layer.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from tuneloop import fast_paths
 from tuneloop.prefix import bare, checkpointing
 
 KEY = "trunk_states"  # where a row keeps its states
@@ -153,15 +154,18 @@ class Trunk:
                 del layer.forward  # the class's forward again
             else:
                 layer.forward = own
-        if not self.plain:
+        if not self.plain:  # a verified architecture whose layers changed what they return: said, then plain
             unsupported.add(self.model_class)
+            warnings.warn(f"{self.model_class.__name__}: its decoder layers return more than the hidden states; "
+                          "training runs every layer", fast_paths.FastPathWarning, stacklevel=2)
 
 
 def open_trunk(model, rows: list[dict], budget_mb: float) -> Trunk | None:
     """A ``Trunk`` for training ``model`` on ``rows``, or None where keeping states would not be exact
     or would not fit ``budget_mb``."""
     layers = decoder_layers(model)
-    if budget_mb <= 0 or layers is None or checkpointing(model) or type(bare(model)) in unsupported:
+    if budget_mb <= 0 or not fast_paths.active(model) or layers is None or checkpointing(model) \
+            or type(bare(model)) in unsupported:
         return None
     k = first_adapted(layers)
     if k == 0:
@@ -173,6 +177,6 @@ def open_trunk(model, rows: list[dict], budget_mb: float) -> Trunk | None:
     size = torch.finfo(next(p for p in model.parameters() if p.is_floating_point()).dtype).bits // 8
     if sum(len(r["input_ids"]) for r in rows) * hidden * size > budget_mb * 2**20:
         warnings.warn(f"the train set's states below the adapters exceed tune.trunk_cache_mb={budget_mb:g}: "
-                      "every step runs every layer")
+                      "every step runs every layer", stacklevel=3)
         return None
     return Trunk(model, layers, k)

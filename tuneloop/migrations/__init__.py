@@ -46,16 +46,33 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         return
     config = alembic_config()
     try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                _sqlite_exclusive(conn)
+            elif conn.dialect.name == "postgresql":
                 # Postgres DDL is transactional: the second migrator waits here, then finds nothing to do
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
             config.attributes["connection"] = conn
-            command.upgrade(config, revision)
+            try:
+                command.upgrade(config, revision)
+                conn.commit()
+            finally:
+                if conn.dialect.name == "sqlite":
+                    conn.rollback()  # no-op after the commit; ends a failed one before the pragma below
+                    conn.exec_driver_sql("PRAGMA foreign_keys=ON")
     except DBAPIError:
-        # SQLite has no such lock: a concurrent opener may have migrated first ("table already exists")
+        # a concurrent opener may have migrated first
         if current(engine) != target:
             raise
+
+
+def _sqlite_exclusive(conn) -> None:
+    """The whole upgrade as one SQLite transaction, taken before any read: a migrator killed mid-way
+    leaves the database as it was (the next open redoes all of it), and concurrent openers queue.
+    Foreign keys are off while it runs, as SQLite asks for table rebuilds (a parent table rebuilt with
+    them on would cascade into its children); they are back on for the connection afterwards."""
+    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction: inside one SQLite ignores it
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def downgrade(engine: Engine, revision: str) -> None:

@@ -3,8 +3,7 @@
 import datasets
 import evaluate
 import numpy as np
-from sklearn.metrics import accuracy_score
-from sklearn.metrics import f1_score
+from sklearn.metrics import accuracy_score, f1_score
 
 _DESCRIPTION = "Label accuracy, macro-F1 and calibration (ECE over confidence bins)."
 _KWARGS_DESCRIPTION = """

@@ -4,9 +4,9 @@ on average. The text rules live in ``tuneloop.eval_suites`` so suites and this m
 import datasets
 import evaluate
 from rouge_score import rouge_scorer
+
 from tuneloop.eval_suites.facts import fact_accuracy
-from tuneloop.eval_suites.matching import normalize_answer
-from tuneloop.eval_suites.matching import token_f1
+from tuneloop.eval_suites.matching import normalize_answer, token_f1
 
 _DESCRIPTION = "Answer quality for short generated answers against a reference answer."
 _KWARGS_DESCRIPTION = """

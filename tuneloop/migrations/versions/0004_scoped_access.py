@@ -15,7 +15,7 @@ Revises: 0003
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -50,7 +50,7 @@ def _hash_legacy_token() -> None:
     if row is None:
         return
     bind.execute(sa.text("INSERT INTO api_tokens (name, scope, token_hash, created_at) VALUES ('legacy', 'admin', :h, :at)"),
-                 {"h": hashlib.sha256(row[0].encode()).hexdigest(), "at": datetime.now(timezone.utc)})
+                 {"h": hashlib.sha256(row[0].encode()).hexdigest(), "at": datetime.now(UTC)})
     bind.execute(sa.text("DELETE FROM settings WHERE key = 'api_token'"))
 
 
