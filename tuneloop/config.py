@@ -30,6 +30,10 @@ class TuneConfig(BaseModel):
     A list-valued option with one entry is fixed; with several it is searched (categorical).
     The study's identity covers the space and the training settings, never the budget or the
     execution fields (``STUDY_EXCLUDES``), so a larger budget or more workers continue one study.
+
+    For classification, the defaults below of ranks, lr_min, lr_max, first_trial, epochs, batch_size,
+    max_length and validation_examples give way to the router recipe's priors (``CLASSIFICATION_TUNE``:
+    rank 8, 1e-3 to 4e-3 from 2e-3, 3 epochs, batch 32, 64 tokens, 500) wherever they are not set.
     """
 
     n_trials: int | None = Field(
