@@ -137,6 +137,7 @@ def score(home: Path, unknown: set[str] = frozenset()) -> dict:
     import mlflow
     import pandas as pd
 
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])  # the open-set run scores another home's registry
     client = mlflow.MlflowClient()
     model = client.get_registered_model("tuneloop-classification")
     alias = "challenger" if "challenger" in model.aliases else "champion"
