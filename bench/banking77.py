@@ -46,7 +46,7 @@ SETTINGS = {
     "TUNELOOP_TUNE__TRIAL_STEPS": "30",  # a trial sees 960 utterances (11 % of the train split): a divergence check
     "TUNELOOP_TUNE__EPOCHS": "3",  # 9,250 utterances x 3 at ~53 a CPU-second: ~525 CPU-s (2 epochs: 92.6 %)
     "TUNELOOP_TUNE__VALIDATION_EXAMPLES": "250",
-    "OMP_NUM_THREADS": "1",  # on shared cores a second thread cost 4x the CPU time (docs/benchmarks/classification.md)
+    "OMP_NUM_THREADS": "1",  # a second thread cost 2.4x to 5.7x the CPU time on shared cores (classification.md)
 }
 PLAIN = ["--epochs", "3", "--bucket", "0", "--threads", "2", "--rank", "8", "--lr", "2e-3"]
 FALLBACK = "out_of_scope"
