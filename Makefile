@@ -37,6 +37,7 @@ demo-classification: $(STAMP)
 	$(VENV)/bin/tuneloop demo --kind classification
 
 test: $(STAMP) chromium
+	$(VENV)/bin/ruff check .   # lint first: seconds, and a failure names the line
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)

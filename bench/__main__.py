@@ -20,7 +20,7 @@ BENCHMARKS = {
     "ingest": ("feedback ingest through the service, curation at 10k/100k records", False),
     "economics": ("guard false rollbacks (A/A) and detection delay, trigger idle cost, drift statistic, crossover", True),
     "generation": ("default settings on six generation feedback sets: facts answered on never-imported phrasings, forgetting, the gate's verdict", False),
-    "banking77": ("BANKING77 through import and the loop, the registered version scored on the 3,080 test utterances", False),
+    "banking77": ("BANKING77 through import and the loop (closed and open set) beside a plain peft loop, on the 3,080 test utterances", False),
     "stack": ("the same loop on the team stack (deployment run by a worker, MLflow server, PostgreSQL) vs embedded", False),
     "hostile": ("a hostile client against a live service (and a running stack's servers): unauthenticated writes, wrong-scope tokens, forged receipts, oversized bodies", False),
     "faults": ("a live stack under load while MLflow, Prefect, a trial worker and a service worker are killed and the feedback disk fills: failed requests, acknowledged vs stored, recovery seconds", True),

@@ -48,7 +48,7 @@ def seed(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, seed: i
     from tuneloop.feedback import FeedbackStore
     from tuneloop.sample_data import sample_feedback
 
-    added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed), config.kind)
+    added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed, small=config.tiny), config.kind)
     console.print(f"{added} sample {config.kind} records added to {redact_text(config.feedback_db)}")
 
 

@@ -271,7 +271,7 @@ def _warn(message: str) -> None:
 
 
 def _names(labels: list[str], shown: int = 8) -> str:
-    return ", ".join(repr(l) for l in labels[:shown]) + (f" and {len(labels) - shown} more" if len(labels) > shown else "")
+    return ", ".join(repr(label) for label in labels[:shown]) + (f" and {len(labels) - shown} more" if len(labels) > shown else "")
 
 
 def _sample(ref: DatasetRef, n: int) -> list[dict]:

@@ -17,6 +17,7 @@ and the verdict go to the loop's MLflow run; the summary is a Prefect artifact.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Literal
@@ -28,18 +29,29 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
 from tuneloop import fast_paths, progress
+from tuneloop.cache_files import verified
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, load_examples, load_labels
+from tuneloop.datasets import DatasetRef, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites import gate
 from tuneloop.eval_suites.stats import FAIL, UNSURE
-from tuneloop.eval_suites.suites import (SuiteItem, adversarial_suite, breakdown, guard_scores, heldout_suite, judge_all,
-                                         regression_suite)
+from tuneloop.eval_suites.suites import (
+    SuiteItem,
+    adversarial_suite,
+    breakdown,
+    guard_scores,
+    heldout_suite,
+    judge_all,
+    regression_suite,
+)
 from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
 from tuneloop.flows.search_tracking import fetch_adapter
+from tuneloop.flows.trial import retrains_with_validation
 from tuneloop.flows.tune import TuneResult
-from tuneloop.cache_files import verified
+from tuneloop.models import read_labels
 from tuneloop.registry import adapter_path, alias_version
 from tuneloop.tracking import within_run
+
+log = logging.getLogger(__name__)
 
 Verdict = Literal["passed", "refused", "not enough evidence"]
 
@@ -72,6 +84,18 @@ class EvalReport(BaseModel):
     items: dict[str, int] = {}
     calibration: dict | None = None  # classification: the challenger's out-of-scope threshold
     missing: list[str] = []  # "not enough evidence": the data each undecided check would need
+    labels_new: list[str] = []  # classification: labels the champion never saw, trained into the challenger
+    labels_retired: list[str] = []  # classification: the champion's labels no longer in the data (not trained)
+
+
+def label_changes(before: list[str], after: list[str]) -> dict[str, list[str]]:
+    """Labels new since the champion (trained now) and retired (the champion's, absent from the data: the
+    challenger cannot answer them; feedback naming them again brings them back), each logged."""
+    changes = {"new": sorted(set(after) - set(before)), "retired": sorted(set(before) - set(after))}
+    for what, names in changes.items():
+        if names:
+            log.warning("%d %s label(s) since the champion: %s", len(names), what, ", ".join(names[:20]))
+    return changes
 
 
 def build_suites(config: LoopConfig, ref: DatasetRef) -> dict[str, list[SuiteItem]]:
@@ -127,18 +151,33 @@ def decide(config: LoopConfig, suites: dict[str, list[SuiteItem]], baseline: dic
     return checks
 
 
+# A first classification loop has no trained router to compare with: its baseline is the base encoder with
+# the new, untrained head (chance-level answers), which the service never serves (docs/router.md), so passing
+# the gate says "better than chance", not "better than the app's existing router".
+UNTRAINED_BASELINE = "base (untrained head)"
+
+
+def baseline_name(config: LoopConfig) -> str:
+    return UNTRAINED_BASELINE if config.kind == "classification" else "base"
+
+
 def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Path) -> tuple[EvalReport, dict]:
     champion = alias_version(config.model_name, "champion")
     labels = load_labels(ref, config.work_dir)
+    changes: dict[str, list[str]] = {}
     if champion:
         folder = adapter_path(config.model_name, champion, config.home.resolve() / "adapters")
         # answers cached by the adapter's content, not its version number (another server has its own v1)
         baseline = adapter_candidate(config, folder, f"v{champion}", cache_id=f"adapter:{verified(folder)}")
+        changes = label_changes(read_labels(folder) or [], labels) if config.kind == "classification" else {}
     else:
         baseline = base_candidate(config, labels)
     challenger = adapter_candidate(config, challenger_dir, "challenger")
     suites = build_suites(config, ref)
-    validation = heldout_suite(load_examples(ref, "validation", config.work_dir, limit=1000))
+    validation = load_examples(ref, "validation", config.work_dir, limit=1000)
+    if retrains_with_validation(config):  # the challenger trained on the other half: its threshold from unseen inputs
+        validation = [e for e in validation if calibration_half(e)] or validation
+    validation = heldout_suite(validation)
     for candidate in (baseline, challenger):  # classification: each version's own out-of-scope threshold
         if candidate.calibration is None:
             fit_calibration(config, candidate, validation)
@@ -153,7 +192,7 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     verdict: Verdict = "passed" if verdicts == {"pass"} else "refused" if FAIL in verdicts else "not enough evidence"
     by_name = {c.name.split(" (")[0]: c for c in checks}
     report = EvalReport(
-        baseline=champion or "base", challenger=scores["challenger"], champion=scores["champion"],
+        baseline=champion or baseline_name(config), challenger=scores["challenger"], champion=scores["champion"],
         checks=[c.as_dict() for c in checks], verdict=verdict, passed=verdict == "passed", reasons=gate.refusals(checks),
         heldout_diff=by_name["held-out"].interval.mean, ci_low=by_name["held-out"].interval.low,
         ci_high=by_name["held-out"].interval.high, adversarial_diff=by_name["adversarial"].interval.mean,
@@ -161,6 +200,7 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
         regression_items=by_name["regression"].interval.n_items if "regression" in by_name else 0,
         items={name: len(items) for name, items in suites.items()},
         calibration=challenger.calibration.as_dict() if challenger.calibration else None,
+        labels_new=changes.get("new", []), labels_retired=changes.get("retired", []),
     )
     if UNSURE in verdicts and FAIL not in verdicts:
         report.missing = [line for c in checks if (line := gate.what_would_decide(
@@ -224,6 +264,8 @@ def report_markdown(report: EvalReport) -> str:
     lines += [f"| {c['name']} | {c['verdict']} | {c['diff_mean']:+.3f} | [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}] "
               f"| {c['threshold']:.3f} |" for c in report.checks]
     lines += [""] + [f"- {r}" for r in report.reasons]
+    lines += [f"- {what} labels: {', '.join(names)}" for what, names in
+              (("new", report.labels_new), ("retired", report.labels_retired)) if names]
     return "\n".join(lines)
 
 

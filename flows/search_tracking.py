@@ -15,9 +15,9 @@ import resource
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import matplotlib
 
@@ -80,7 +80,7 @@ class TrialRun:
         self.session_steps = 0  # steps trained by this process
 
     @classmethod
-    def open(cls, parent_run_id: str, study: str, key: int | str, params: dict, tags: dict[str, str]) -> "TrialRun":
+    def open(cls, parent_run_id: str, study: str, key: int | str, params: dict, tags: dict[str, str]) -> TrialRun:
         """The trial's run: the existing one for (study, key) when resuming, else a new child of the parent
         (``key`` is the trial's first attempt's number, or "final" for the winner's training on the full split)."""
         client = mlflow.MlflowClient()

@@ -33,8 +33,8 @@ import logging
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import optuna
 import sqlalchemy

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import shutil
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import optuna
@@ -21,7 +22,7 @@ import torch
 from tuneloop import fast_paths, progress, teacher
 from tuneloop.adapters import write_meta
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, Example, load_examples, load_labels
+from tuneloop.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites.suites import heldout_suite, score
 from tuneloop.flows.declining import declining_pairs
 from tuneloop.flows.framings import framed_pairs
@@ -29,12 +30,23 @@ from tuneloop.flows.replay import replay_pairs
 from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
 from tuneloop.flows.study import origin, rung_steps, suggest, usable_objectives
 from tuneloop.flows.trial_gate import constraints, gate_drops
-from tuneloop.models import (DEFAULT_ADAPTER_LAYERS, BaseModelInfo, base_of, cache_dir, load_base, load_tokenizer,
-                             lora_targets, resolve_device, resolve_dtype, save_labels)
 from tuneloop.inference import predict
+from tuneloop.models import (
+    DEFAULT_ADAPTER_LAYERS,
+    BaseModelInfo,
+    base_of,
+    cache_dir,
+    full_modules,
+    load_base,
+    load_tokenizer,
+    lora_targets,
+    resolve_device,
+    resolve_dtype,
+    save_labels,
+)
 from tuneloop.objectives import PreferenceTerm, pair_rows, unpaired_rows
 from tuneloop.preference import load_pairs, load_unpaired
-from tuneloop.training import Pruned, Prompting, add_adapter, encode, schedule_length, top_layers, train
+from tuneloop.training import Prompting, Pruned, add_adapter, encode, schedule_length, top_layers, train
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 
@@ -89,6 +101,20 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
     return _loaded[key]
 
 
+def retrains_with_validation(config: LoopConfig) -> bool:
+    return config.kind == "classification" and config.tune.retrain_with_validation
+
+
+def with_validation(config: LoopConfig, ref: DatasetRef, data: TrialData) -> TrialData:
+    """The final training's data: the train split plus the validation split's retraining half; scored on
+    the calibration half, which it never sees (``tuneloop.datasets.calibration_half``)."""
+    validation = load_examples(ref, "validation", config.work_dir)
+    extra = [(e.prompt, e.target) for e in validation if not calibration_half(e)]
+    encoded = data.encoded + encode(config.kind, data.tokenizer, extra, data.labels, config.tune.max_length)
+    scored = [e for e in data.validation if calibration_half(e)] or data.validation
+    return replace(data, encoded=encoded, validation=scored)
+
+
 def schedule(config: LoopConfig, n_train: int, full: bool = False, n_pairs: int | None = None) -> tuple[int, list[int]]:
     """Optimiser steps of a trial over its ``n_pairs`` training pairs (the split plus its rehearsal
     pairs; its budget, or ``full``: the final training's) and the steps after which its validation
@@ -138,7 +164,8 @@ def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch
     model = add_adapter(base, config.kind, params["rank"], config.tune.seed,
                         targets=lora_targets(base, params["target_modules"]), alpha=params["alpha_ratio"] * params["rank"],
                         dropout=params["dropout"],
-                        layers=top_layers(base, config.tune.adapter_layers or DEFAULT_ADAPTER_LAYERS[config.kind]))
+                        layers=top_layers(base, config.tune.adapter_layers or DEFAULT_ADAPTER_LAYERS[config.kind]),
+                        full_modules=full_modules(base, config.kind) if config.tune.train_pooler else None)
     return model
 
 
@@ -160,6 +187,8 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
     tune = config.tune
     fast_paths.configure(config.fast_paths)
     data = trial_data(config, ref, params.get("replay_ratio", 0.0))
+    if full and retrains_with_validation(config):
+        data = with_validation(config, ref, data)
     model = build_model(config, data, params, device)
     run.tags({f"fast_path.{path}": state for path, state in fast_paths.report(model).items()})
     if config.kind == "generation" and tune.replay_kl:  # the frozen base's side of the KL term, once per search
@@ -190,6 +219,7 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
                 raise Pruned
 
     extra = preference_term(config, data, params)
+    cpu_began = time.process_time()  # the process's CPU time (every thread's), beside the wall time train() keeps
     with peak_memory(device) as memory:
         result = train(model, data.encoded, data.tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
                        batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
@@ -208,6 +238,8 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
         "steps_trained": result.steps_run,
         "examples_seen": result.examples,
         "wall_seconds": result.seconds,
+        "cpu_seconds": time.process_time() - cpu_began,  # training and its validation scoring
+        "examples_per_second": result.examples / result.seconds if result.seconds else 0.0,
         "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
         "padding_share": 1 - result.tokens / result.padded_tokens if result.padded_tokens else 0.0,
         **memory,

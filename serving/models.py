@@ -12,10 +12,10 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -25,9 +25,9 @@ from tuneloop.adapters import AdapterMeta, read_meta
 from tuneloop.cache_files import CacheError, verified
 from tuneloop.calibration import Calibration
 from tuneloop.config import LoopConfig
+from tuneloop.inference import predict
 from tuneloop.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
 from tuneloop.registry import adapter_path, aliases
-from tuneloop.inference import predict
 from tuneloop.serving import known_state
 from tuneloop.serving.known_state import FRESHNESS
 from tuneloop.training import Prompting
@@ -36,6 +36,11 @@ CALIBRATION_FILE = "calibration.json"  # written beside the adapter by the evalu
 
 log = logging.getLogger("tuneloop.serving")
 ROUTED_ALIASES = ("champion", "challenger")
+# A classification base has no trained head (a random one, sized to the labels): with no trained
+# version in a slot it never answers. The row gets the fallback label, confidence 0, and this variant,
+# which tells the app to route with the router it already has (docs/router.md).
+EXISTING_ROUTER = "existing_router"
+NO_MODEL_LABEL = "out_of_scope"  # when the fallback label is switched off (fallback_label=None)
 
 
 @dataclass
@@ -121,7 +126,8 @@ class AdapterBank:
             if not self.banks and self.config.kind == "generation":
                 self._bank_for(None, ())  # nothing registered yet: serve the base model
             changed, self.served = served != self.served or not self.ready, served
-            self.ready = bool(self.banks)  # classification needs a version to know its labels
+            # classification with nothing trained is ready too: every row answers the fallback (``untrained``)
+            self.ready = bool(self.banks) or self.config.kind == "classification"
         if changed:
             log.info("serving %s", served or "the base model")
             known_state.save(self.config, mlflow.get_tracking_uri(), served, self.adapters)
@@ -176,7 +182,7 @@ class AdapterBank:
                     log.error("known state: v%s cannot be loaded from %s (%s)", version, path, err)
                     served = {a: v for a, v in served.items() if v != version}
             self.served = {a: v for a, v in served.items() if v in self.adapters}
-            self.ready = bool(self.banks)
+            self.ready = bool(self.banks) or self.config.kind == "classification"  # as in refresh
         if self.ready:
             log.warning("registry unreachable at start: serving %s from the known state", self.served)
 
@@ -184,14 +190,27 @@ class AdapterBank:
         """The version a variant is served by: the challenger falls back to champion, then to base."""
         return self.served.get(variant) or self.served.get("champion") or "base"
 
+    def variant_of(self, variant: str, version: str) -> str:
+        """What an answer says served it: its variant, "base" for a base model, or ``EXISTING_ROUTER``
+        where no trained version answered (the app routes such a request itself)."""
+        return EXISTING_ROUTER if self.untrained(version) else variant if version != "base" else "base"
+
+    def untrained(self, version: str) -> bool:
+        """True where ``version`` would answer from an untrained head: the base of a classification service."""
+        return version == "base" and self.config.kind == "classification"
+
     def predict(self, versions: Sequence[str], inputs: Sequence[str]) -> tuple[list[str], list[float] | None]:
         """One answer per input from the version beside it ("base": no adapter), in one model call per
-        base model and prompt format: peft runs every adapter on its own rows of the one batch."""
+        base model and prompt format: peft runs every adapter on its own rows of the one batch. A
+        classification row with no trained version gets the fallback label and confidence 0 (``untrained``)."""
         outputs: list[str | None] = [None] * len(inputs)
         confidences: list[float] | None = [0.0] * len(inputs) if self.config.kind == "classification" else None
         with self.lock:
             groups: dict[tuple, tuple[_Bank, list[int]]] = {}  # by base model (and prompting): one call each
             for i, version in enumerate(versions):
+                if self.untrained(version):
+                    outputs[i] = self.config.fallback_label or NO_MODEL_LABEL
+                    continue
                 bank = self._bank_of(version)
                 name = "__base__" if version == "base" else f"v{version}"
                 key = (id(bank), bank.prompting.get(name, bank.prompting["__base__"]))

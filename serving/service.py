@@ -15,16 +15,17 @@ import os
 import threading
 import time
 import uuid
+from datetime import UTC
 from typing import Annotated
 
 import bentoml
 from fastapi import Body, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from tuneloop import fast_paths, receipts, tokens
 from tuneloop.config import LoopConfig, apply_environment
 from tuneloop.feedback import MAX_TEXT, FeedbackRecord, FeedbackStore
 from tuneloop.flags import Router
-from tuneloop import fast_paths, receipts, tokens
 
 apply_environment()  # before MLflow reads its tracking URI
 CONFIG = LoopConfig()  # the service process's one configuration: built once, at import, from its environment
@@ -33,11 +34,11 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(CONFIG.deploy.registry_
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(CONFIG.deploy.registry_retries))
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.1")
 
-from tuneloop.serving.live import SegmentLabels, Shadow, guard, publish_drift, record_batch  # noqa: E402
+from tuneloop import operations  # noqa: E402
 from tuneloop.serving.known_state import ReadyDetail  # noqa: E402
 from tuneloop.serving.limits import BodyLimit  # noqa: E402
+from tuneloop.serving.live import SegmentLabels, Shadow, guard, publish_drift, record_batch  # noqa: E402
 from tuneloop.serving.models import AdapterBank, watch  # noqa: E402  (needs the environment above)
-from tuneloop import operations  # noqa: E402
 
 api = FastAPI(title="tuneloop operations")
 log = logging.getLogger("tuneloop.serving")
@@ -153,7 +154,7 @@ class Tuneloop:
         began = time.perf_counter()
         outputs, confidences = self.bank.predict(versions, [r.input for r in requests])
         elapsed = time.perf_counter() - began
-        served_as = [variants[i] if versions[i] != "base" else "base" for i in range(len(requests))]
+        served_as = [self.bank.variant_of(variant, version) for variant, version in zip(variants, versions)]
         record_batch(versions, served_as, [self.segments(r.segment) for r in requests], elapsed)
         if self.drift is not None:
             self.drift.add([r.input for r in requests])
@@ -232,12 +233,12 @@ class Tuneloop:
     def _check_rate(self, record: FeedbackRecord) -> None:
         """429 past ``limits.feedback_per_user`` records per user id in the window; a retry of a stored
         record is never refused (it was acknowledged, and storing it again is a no-op)."""
-        from datetime import datetime, timedelta, timezone
+        from datetime import datetime, timedelta
 
         from tuneloop.feedback import FeedbackError
 
         limits = self.config.limits
-        since = datetime.now(timezone.utc) - timedelta(seconds=limits.feedback_window_s)
+        since = datetime.now(UTC) - timedelta(seconds=limits.feedback_window_s)
         if self.store.recent_by_user(record.user_id, since) >= limits.feedback_per_user and \
                 self.store.get(record.request_id, record.kind) is None:
             raise FeedbackError("user_id", f"more than {limits.feedback_per_user} feedback records in "

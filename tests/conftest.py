@@ -47,6 +47,10 @@ def tiny_config(home: Path, kind: str, **tune) -> LoopConfig:
     """Tiny random models with a search that learns within seconds."""
     settings = dict(n_trials=1, epochs=4, ranks=[16], lr_min=0.01, lr_max=0.05, first_trial={"rank": 16, "lr": 0.02},
                     evals_per_trial=2, validation_examples=8)
+    if kind == "classification":  # at these rates a random 2-layer model's feed-forward LoRA diverges (held-out 7 %
+        # against 55 % with query/value, small sample data); the mechanics tests judge the searched trial itself
+        # (tests/test_router.py covers the pooler and the retraining on train + validation on a tiny model)
+        settings.update(target_modules=["qv"], batch_size=8, retrain_with_validation=False, train_pooler=False)
     settings.update(tune)
     return LoopConfig(kind=kind, home=home, tiny=True, tune=TuneConfig(**settings), gate=TINY_GATE)
 
@@ -235,7 +239,7 @@ def stack_loop(tmp_path_factory):
         from tuneloop.feedback import FeedbackStore
         from tuneloop.sample_data import sample_feedback
 
-        FeedbackStore(run.env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback("classification"), "classification")
+        FeedbackStore(run.env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback("classification", small=True), "classification")
 
         began = time.monotonic()
         run.facts["deploy"] = run.command("prefect", "--no-prompt", "deploy", "--all", env=run.env, timeout=600).stdout

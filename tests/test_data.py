@@ -67,7 +67,7 @@ def test_curation_quarantines_dedupes_resolves_and_scrubs(tmp_path):
 def test_split_is_stable_as_data_grows(tmp_path):
     config = LoopConfig(kind="classification", home=tmp_path)
     store = FeedbackStore(config.feedback_db)
-    records = sample_feedback("classification")
+    records = sample_feedback("classification", small=True)
     store.add_many_raw(records[:150], "classification")
     before = build_dataset(store, config)
     store.add_many_raw(records[150:], "classification")
@@ -97,7 +97,7 @@ def test_record_schema_names_the_bad_field():
 @pytest.mark.postgres
 def test_store_on_postgres(postgres_url):
     store = FeedbackStore(postgres_url)
-    records = sample_feedback("classification")[:50]
+    records = sample_feedback("classification", small=True)[:50]
     assert store.add_many_raw(records, "classification") == 50
     assert store.add_many_raw(records, "classification") == 0
     assert json.loads(store.rows("classification")[0].payload)["request_id"] == records[0]["request_id"]

@@ -81,7 +81,7 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
 
 def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     config = tiny_config(home, "classification", epochs=10)
-    _seed(config, sample_feedback("classification"))
+    _seed(config, sample_feedback("classification", small=True))
     first = loop(config)
     assert first.report.passed, first.report.reasons
     # where the router fails, per label: support sums to the held-out items, worst challenger F1 first
@@ -116,7 +116,7 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
 
 def test_rerun_on_the_same_data_continues_the_study(home):
     config = tiny_config(home, "classification", epochs=2)
-    _seed(config, sample_feedback("classification"))
+    _seed(config, sample_feedback("classification", small=True))
     first = loop(config)
     again = loop(config)  # completed trials are never trained twice
     assert again.tuned.study_name == first.tuned.study_name

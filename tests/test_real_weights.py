@@ -30,7 +30,7 @@ def test_smollm2_answers_through_its_chat_template():
 def test_real_minilm_loop_learns_intents_and_loads_from_the_registry(home):
     config = tiny_config(home, "classification", epochs=4, ranks=[8], first_trial={"rank": 8, "lr": 0.003},
                          lr_min=0.002, lr_max=0.005).model_copy(update={"tiny": False})
-    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
+    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification", small=True), config.kind)
     result = loop(config)
     assert result.report.passed, result.report.reasons
     assert result.report.challenger["heldout"].metrics["accuracy"] > 0.8

@@ -26,7 +26,7 @@ from tuneloop.sample_data import sample_feedback
 def canary(home):
     """A tiny classifier registered as challenger v1 at a 10 % canary (the base model is the champion)."""
     config = tiny_config(home, "classification", epochs=10)
-    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
+    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification", small=True), config.kind)
     result = loop(config)
     assert result.registered and result.challenger_percent == 10
     return config, result

@@ -39,7 +39,7 @@ def registered(tmp_path_factory):
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     config = tiny_config(home, "classification", epochs=10)
-    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), config.kind)
+    FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification", small=True), config.kind)
     result = loop(config)
     promote(config.model_name)
     adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")

@@ -385,7 +385,7 @@ apply_environment(sys.argv[1])
 from tuneloop.feedback import FeedbackStore
 from tuneloop.sample_data import sample_feedback
 config = LoopConfig(**json.loads(sys.argv[2])["config"])
-FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification"), "classification")
+FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification", small=True), "classification")
 from tuneloop.flows.trigger import trigger
 decision = trigger(config)
 import mlflow

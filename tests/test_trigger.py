@@ -56,7 +56,7 @@ def test_enough_corrections_run_the_loop_then_the_interval_and_the_mark_hold_it(
     config = tiny_config(home, "classification", epochs=2)
     config.min_new_corrections, config.min_interval_minutes = 40, 30
     store = FeedbackStore(config.feedback_db)
-    store.add_many_raw(sample_feedback("classification"), "classification")
+    store.add_many_raw(sample_feedback("classification", small=True), "classification")
 
     decision = trigger(config)
     assert decision.run and decision.new_corrections >= 40 and decision.since_feedback_id == 0

@@ -63,7 +63,7 @@ def _search_config(home: Path, **overrides) -> LoopConfig:
 def _dataset(config: LoopConfig) -> DatasetRef:
     store = FeedbackStore(config.feedback_db)
     if not store.rows(config.kind):
-        store.add_many_raw(sample_feedback("classification"), config.kind)
+        store.add_many_raw(sample_feedback("classification", small=True), config.kind)
     return build_dataset(store, config)
 
 

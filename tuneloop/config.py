@@ -30,6 +30,10 @@ class TuneConfig(BaseModel):
     A list-valued option with one entry is fixed; with several it is searched (categorical).
     The study's identity covers the space and the training settings, never the budget or the
     execution fields (``STUDY_EXCLUDES``), so a larger budget or more workers continue one study.
+
+    For classification, the defaults below of ranks, lr_min, lr_max, first_trial, epochs, batch_size,
+    max_length and validation_examples give way to the router recipe's priors (``CLASSIFICATION_TUNE``:
+    rank 8, 1e-3 to 4e-3 from 2e-3, 3 epochs, batch 32, 64 tokens, 500) wherever they are not set.
     """
 
     n_trials: int | None = Field(
@@ -151,6 +155,15 @@ class TuneConfig(BaseModel):
         "training with the frozen layers run once per row (faster steps: python -m bench step). A train "
         "set whose states do not fit runs every layer at every step, as with 0."
     )
+    train_pooler: bool = Field(
+        True, description="Classification: train the layer between encoder and head (BERT's pooler, DistilBERT's "
+        "pre_classifier) in full beside the head (peft modules_to_save), not frozen: all-MiniLM-L6-v2's pooler was "
+        "never trained (docs/benchmarks/classification.md)."
+    )
+    retrain_with_validation: bool = Field(
+        True, description="Classification: the winner's final training adds the validation split's retraining half "
+        "(by prompt hash) to the train split; the other half stays unseen and sets the out-of-scope threshold."
+    )
     checkpoint_every: int | None = Field(None, ge=1, description="Steps between checkpoints; None: four per trial.")
     n_workers: int = Field(
         1, ge=1, description="Trials run at once, each in its own process (Prefect process-pool task runner) with its "
@@ -182,7 +195,7 @@ class TuneConfig(BaseModel):
     }
 
     @model_validator(mode="after")
-    def _first_trial_in_space(self) -> "TuneConfig":
+    def _first_trial_in_space(self) -> TuneConfig:
         # Optuna would only fail once the queued trial runs, deep inside a search
         first = self.first_trial or {}
         if "rank" in first and first["rank"] not in self.ranks:
@@ -350,6 +363,15 @@ class RetentionConfig(BaseModel):
     events_days: float | None = Field(365, gt=0, description="Rollout events (promotions, canaries, rollbacks).")
 
 
+# The classification recipe's priors (docs/benchmarks/classification.md; BANKING77, MiniLM-L6): LoRA rank 8 on
+# every linear layer with the pooler and head in full (tune.train_pooler), a rate around ten times full
+# fine-tuning's (2e-3 against 1e-4 to 2e-4), short utterances batched 32 by length, 3 epochs. A user's
+# setting of any of these fields wins over the prior.
+CLASSIFICATION_LR = 2e-3
+CLASSIFICATION_TUNE: dict = {"ranks": [8], "lr_min": 1e-3, "lr_max": 4e-3, "epochs": 3, "batch_size": 32,
+                             "max_length": 64, "validation_examples": 500}
+
+
 class LoopConfig(BaseSettings):
     """Everything one loop run needs; defaults are the embedded, single-machine set-up."""
 
@@ -420,7 +442,23 @@ class LoopConfig(BaseSettings):
     retention: RetentionConfig = RetentionConfig()
 
     @model_validator(mode="after")
-    def _template_has_prompt(self) -> "LoopConfig":
+    def _classification_defaults(self) -> LoopConfig:
+        """The router recipe's priors (``CLASSIFICATION_TUNE``) for every tune field left unset."""
+        if self.kind != "classification":
+            return self
+        unset = {k: v for k, v in CLASSIFICATION_TUNE.items() if k not in self.tune.model_fields_set}
+        if not unset:
+            return self
+        merged = {**self.tune.model_dump(include=self.tune.model_fields_set), **unset}
+        if "first_trial" not in self.tune.model_fields_set:  # the prior's start, moved into a space the user narrowed
+            ranks, low, high = merged.get("ranks", self.tune.ranks), merged.get("lr_min", self.tune.lr_min), \
+                merged.get("lr_max", self.tune.lr_max)
+            merged["first_trial"] = {"rank": 8 if 8 in ranks else ranks[0], "lr": min(max(CLASSIFICATION_LR, low), high)}
+        self.tune = TuneConfig(**merged)
+        return self
+
+    @model_validator(mode="after")
+    def _template_has_prompt(self) -> LoopConfig:
         if "{prompt}" not in self.prompt_template:
             raise ValueError("prompt_template must contain {prompt}, where the user's prompt goes")
         return self

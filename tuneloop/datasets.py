@@ -15,8 +15,9 @@ import hashlib
 import json
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -90,6 +91,13 @@ def iter_examples(ref: DatasetRef, split: Split, work_dir: Path) -> Iterator[Exa
     with open(local_folder(ref, work_dir) / f"{split}.jsonl") as f:
         for line in f:
             yield Example.model_validate_json(line)
+
+
+def calibration_half(example: Example) -> bool:
+    """Whether a validation example sets the out-of-scope threshold (True) or, with
+    ``tune.retrain_with_validation``, joins the final training (False): by its cluster key's hash,
+    so the halves never move as data grows, and paraphrases of one prompt stay on one side."""
+    return int(hashlib.sha256(f"calibration:{example.key}".encode()).hexdigest()[:8], 16) % 2 == 0
 
 
 def load_examples(ref: DatasetRef, split: Split, work_dir: Path, limit: int | None = None,

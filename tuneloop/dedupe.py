@@ -16,7 +16,6 @@ import zlib
 from datasketch import MinHash, MinHashLSH
 from rapidfuzz import fuzz
 
-
 NUM_PERM = 64  # MinHash size: enough for a 0.5 Jaccard candidate threshold, cheap to compute
 # LSH candidate threshold on 3-gram sets. Lower finds more one-typo variants of very short prompts
 # (0.5: all, 0.7: ~85 % of those under 25 characters) but lets template-mates ("where is my X order

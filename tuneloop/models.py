@@ -20,7 +20,7 @@ import os
 import shutil
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -141,7 +141,7 @@ def _convert_gguf() -> Path:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def resolve_base(kind: Kind, spec: str | None = None, tiny: bool = False) -> BaseModelInfo:
     """The base for ``spec``: None for the kind's bundled default, a local folder, or a model id in the
     local Hugging Face cache. Refuses (ModelError) what cannot be a base for this kind."""
@@ -343,8 +343,9 @@ TARGET_FAMILIES: dict[str, list[tuple[str, ...]]] = {
             ("lin1", "lin2"), ("dense_h_to_4h", "dense_4h_to_h"), ("intermediate.dense",)],
 }
 # generation: the feed-forward blocks learn a correction's facts in fewer steps than attention and
-# forget less per fact learned (measured on the demo: README "Measured"); classification: query/value
-DEFAULT_TARGETS: dict[str, str] = {"generation": "mlp", "classification": "qv"}
+# forget less per fact learned (measured on the demo: README "Measured"); classification: every linear
+# layer, attention and feed-forward (docs/benchmarks/classification.md)
+DEFAULT_TARGETS: dict[str, str] = {"generation": "mlp", "classification": "all-linear"}
 DEFAULT_ADAPTER_LAYERS: dict[str, float] = {"generation": 0.5, "classification": 1.0}  # tune.adapter_layers
 
 
@@ -360,6 +361,21 @@ def lora_targets(model: PreTrainedModel, name: str) -> list[str] | str:
             return list(family)
     raise ModelError(f"no '{name}' LoRA target set is known for {type(model).__name__}; set "
                      "TUNELOOP_TUNE__TARGET_MODULES='[\"all-linear\"]' (every Linear layer but the output).")
+
+
+# Beside the head (which peft always trains in full for sequence classification), the layer between the
+# encoder and the head: BERT's pooler (a dense + tanh over the first token, which a sentence-embedding
+# encoder such as all-MiniLM-L6-v2 was never trained to use: its objective pools the mean), DistilBERT's
+# pre_classifier (new at load). Trained in full, not through a low-rank adapter (docs/benchmarks/classification.md).
+FULL_MODULES = ("pooler", "pre_classifier")
+
+
+def full_modules(model: PreTrainedModel, kind: Kind) -> list[str]:
+    """The modules a classifier trains in full beside its LoRA adapter (``FULL_MODULES`` it has)."""
+    if kind != "classification":
+        return []
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    return [m for m in FULL_MODULES if m in names]
 
 
 def save_labels(adapter_dir: Path, labels: list[str]) -> None:

@@ -64,15 +64,9 @@ PII_PROMPTS = [
     "My IBAN is DE89 3704 0044 0532 0130 00, what is the {}?",
 ]
 
-INTENTS: dict[str, list[str]] = {
-    "billing": ["I was charged twice for {}", "why is my bill higher for {}", "refund the charge for {}", "explain the invoice for {}"],
-    "shipping_status": ["where is my {}", "when will my {} arrive", "track the delivery of my {}", "my {} has not shipped yet"],
-    "returns": ["I want to return my {}", "how do I send back the {}", "return label for {}", "the {} is unwanted, can I return it"],
-    "device_setup": ["how do I install the {}", "set up my new {}", "pair the {} with the app", "first time setup of {}"],
-    "connectivity": ["my {} keeps going offline", "the {} will not connect to wifi", "{} lost its network connection", "wifi drops on my {}"],
-    "cancel_subscription": ["cancel the plan for my {}", "stop my subscription for the {}", "end Brightwell Plus on my {}", "unsubscribe my {}"],
-}
-PRODUCTS = ["Nimbus thermostat", "Lumo doorbell", "Orbit camera", "Nimbus Pro", "smart plug", "hub"]
+from tuneloop.sample_intents import CLOSERS, INTENTS, OPENERS, OUT_OF_SCOPE, PRODUCTS  # noqa: E402
+
+OUT_OF_SCOPE_LABEL = "out_of_scope"  # LoopConfig.fallback_label's default: corrections to it train an explicit class
 
 
 def _record(rng: random.Random, n: int, kind: str, prompt: str, output: str, rating: str, correction: str | None) -> dict[str, Any]:
@@ -132,32 +126,55 @@ def generation_feedback(seed: int = 0) -> list[dict[str, Any]]:
     return records + _malformed("generation")
 
 
-def classification_feedback(seed: int = 0) -> list[dict[str, Any]]:
-    """~300 routed utterances with corrected intents, plus duplicates, a conflict, PII and junk."""
+def _phrasings(rng: random.Random, template: str, per_template: int) -> list[str]:
+    """Distinct utterances from one template: products where it takes one, and openers/closers."""
+    products = rng.sample(PRODUCTS, per_template) if "{}" in template else [None] * 2
+    texts = []
+    for product in products:
+        text = template.format(product) if product else template
+        texts.append(rng.choice(OPENERS) + text + rng.choice(CLOSERS))
+    return list(dict.fromkeys(texts))
+
+
+SMALL_INTENTS = 6  # ``small``: the first six intents, their first four templates with every product
+
+
+def classification_feedback(seed: int = 0, small: bool = False) -> list[dict[str, Any]]:
+    """~700 routed utterances over 30 intents (paraphrases of each) and 40 out-of-scope queries, from a
+    weak router (right 40 % of the time), with duplicates, a conflict, PII and junk: the demo's data.
+
+    ``small``: ~170 utterances over six intents with distinctive words and no out-of-scope queries, which
+    the tests' tiny random-initialised models can learn in seconds (they cannot learn 30 paraphrased
+    intents: a 2-layer model with random embeddings stays at chance)."""
     rng = random.Random(seed)
-    labels = sorted(INTENTS)
+    intents = dict(list(INTENTS.items())[:SMALL_INTENTS]) if small else INTENTS
+    labels = sorted(intents)
     records: list[dict[str, Any]] = []
 
     def add(prompt: str, output: str, rating: str, correction: str | None = None) -> None:
         records.append(_record(rng, len(records), "classification", prompt, output, rating, correction))
 
-    for intent, templates in INTENTS.items():
-        for template in templates:
-            for product in PRODUCTS:
-                text = template.format(product)
-                predicted = intent if rng.random() < 0.4 else rng.choice([l for l in labels if l != intent])
+    for intent, templates in intents.items():
+        for template in templates[:4] if small else templates:
+            for text in [template.format(p) for p in PRODUCTS] if small else _phrasings(rng, template, 4):
+                predicted = intent if rng.random() < 0.4 else rng.choice([other for other in labels if other != intent])
                 if predicted == intent:
                     add(text, predicted, "up")
                 else:
                     add(text, predicted, "down", intent)
                 if rng.random() < 0.1:
                     add(text, predicted, "down")
+    for text in [] if small else OUT_OF_SCOPE:  # the router guessed an intent; the user said none fits
+        add(text, rng.choice(labels), "down", OUT_OF_SCOPE_LABEL)
     first = INTENTS["billing"][0].format(PRODUCTS[0])
     add(first, "billing", "down", "returns")  # a conflicting (losing) correction
+    if not small:
+        add(first, "billing", "up")
     add("my email is jane.doe@example.com and I was charged twice", "returns", "down", "billing")
     rng.shuffle(records)
     return records + _malformed("classification")
 
 
-def sample_feedback(kind: str, seed: int = 0) -> list[dict[str, Any]]:
-    return generation_feedback(seed) if kind == "generation" else classification_feedback(seed)
+def sample_feedback(kind: str, seed: int = 0, small: bool = False) -> list[dict[str, Any]]:
+    """The demo's sample feedback; ``small`` (classification): the set tiny models learn (tests, ``--tiny`` runs)."""
+    return generation_feedback(seed) if kind == "generation" else classification_feedback(seed, small)

@@ -20,10 +20,10 @@ import random
 import threading
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
@@ -57,9 +57,11 @@ class Prompting:
 
 
 def lora_config(kind: Kind, rank: int, targets: list[str] | str, alpha: float | None = None,
-                dropout: float = 0.05, layers: list[int] | None = None) -> LoraConfig:
+                dropout: float = 0.05, layers: list[int] | None = None,
+                full_modules: list[str] | None = None) -> LoraConfig:
     """LoRA on ``targets`` (module name suffixes, or peft's ``"all-linear"``) in ``layers`` (None:
-    all); alpha defaults to 2 x rank."""
+    all); alpha defaults to 2 x rank. ``full_modules`` are trained in full beside the adapter (peft's
+    ``modules_to_save``; a classification head always is)."""
     return LoraConfig(
         task_type=TaskType.CAUSAL_LM if kind == "generation" else TaskType.SEQ_CLS,
         r=rank,
@@ -67,6 +69,7 @@ def lora_config(kind: Kind, rank: int, targets: list[str] | str, alpha: float | 
         lora_dropout=dropout,
         target_modules=targets,
         layers_to_transform=layers,
+        modules_to_save=list(full_modules) if full_modules else None,
     )
 
 
@@ -80,11 +83,13 @@ def top_layers(base, share: float) -> list[int] | None:
 
 
 def add_adapter(base, kind: Kind, rank: int, seed: int, targets: list[str] | str, alpha: float | None = None,
-                dropout: float = 0.05, layers: list[int] | None = None) -> PeftModel:
+                dropout: float = 0.05, layers: list[int] | None = None,
+                full_modules: list[str] | None = None) -> PeftModel:
     """A fresh LoRA adapter on ``base``, initialised from a generator of its own: the same ``seed``
-    gives the same adapter whatever else runs in the process (the global RNG is never reseeded)."""
+    gives the same adapter whatever else runs in the process (the global RNG is never reseeded).
+    ``full_modules``: see ``lora_config`` (``tuneloop.models.full_modules`` names a classifier's)."""
     with _init_lock:  # peft draws its initial A matrices from the global RNG: hold others off, then redo them
-        model = get_peft_model(base, lora_config(kind, rank, targets, alpha, dropout, layers))
+        model = get_peft_model(base, lora_config(kind, rank, targets, alpha, dropout, layers, full_modules))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in sorted(model.named_parameters()):
@@ -313,8 +318,9 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
 
 
 def _param_groups(model, lr: float, head_lr: float | None) -> list[dict]:
-    """The adapter at ``lr``; a classification head (peft's ``modules_to_save`` copy) at ``head_lr``:
-    a head starting from random weights wants a larger step than the adapter."""
+    """The adapter at ``lr``; the modules trained in full (peft's ``modules_to_save`` copies: a
+    classification head, and its pooler) at ``head_lr``: a head starting from random weights can
+    want a larger step than the adapter."""
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head = [p for n, p in trainable if "modules_to_save" in n]
     if head_lr is None or not head:
@@ -365,7 +371,7 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler, scaler) -> in
         raise CheckpointError(f"refusing checkpoint {path}: it holds not only tensors and plain values (a pickled "
                               f"object, which could run code), so it was not loaded: {str(err).splitlines()[0]}") from None
     except (RuntimeError, EOFError, OSError) as err:  # e.g. a truncated copy from an interrupted upload
-        warnings.warn(f"ignoring unreadable checkpoint {path}: {err}")
+        warnings.warn(f"ignoring unreadable checkpoint {path}: {err}", stacklevel=2)
         return 0
     set_peft_model_state_dict(model, state["adapter"])
     optimizer.load_state_dict(state["optimizer"])
