@@ -62,7 +62,7 @@ def weak_router(texts: list[str], intents: list[str]) -> list[str]:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from tuneloop.models import resolve_base
+    from tuneloop.modeling.models import resolve_base
 
     path = resolve_base("classification").path
     tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()

@@ -30,7 +30,7 @@ BANKING77 = ROOT.parent / "shared" / "datasets" / "banking77" / "banking77_test.
 def guard(quick: bool) -> dict:
     """A/A false-rollback rates (checked at every record) and detection delays, seeded and bounded."""
     from tuneloop.config import DeployConfig
-    from tuneloop.sequential import simulate
+    from tuneloop.release.sequential import simulate
 
     deploy = DeployConfig()
     runs = 300 if quick else 1000
@@ -62,8 +62,8 @@ def trigger_idle(runs: int) -> dict:
     from sqlalchemy.orm import Session
 
     from tuneloop.config import LoopConfig
-    from tuneloop.feedback import FeedbackStore
-    from tuneloop.ops_tables import TriggerRunRow
+    from tuneloop.data.feedback import FeedbackStore
+    from tuneloop.data.ops_tables import TriggerRunRow
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-trigger-"))
     config = LoopConfig(kind="classification", home=home)
@@ -102,8 +102,8 @@ def drift(windows: int = 3, size: int = 40) -> dict:
     reference of Brightwell prompts (skipped without banking77)."""
     if not BANKING77.exists():
         return {"skipped": f"banking77 not at {BANKING77}"}
-    from tuneloop.drift import build_reference, mmd_test, shared_encoder
-    from tuneloop.sample_data import sample_feedback
+    from tuneloop.release.drift import build_reference, mmd_test, shared_encoder
+    from tuneloop.data.sample_data import sample_feedback
 
     prompts = sorted({r["prompt"] for k in ("generation", "classification") for r in sample_feedback(k)
                       if isinstance(r.get("prompt"), str) and r["prompt"].strip() and len(r["prompt"]) < 500})
@@ -123,7 +123,7 @@ def drift(windows: int = 3, size: int = 40) -> dict:
 
 def crossover_examples() -> dict:
     """The report for seed-like prices ($2,500 budget, hosted $0.005 a call, 200k calls a month)."""
-    from tuneloop.economics import crossover
+    from tuneloop.costs.economics import crossover
 
     seed = crossover(2500, 5.0, 0.5, 200_000)
     with_loop = crossover(2500, 5.0, 0.5, 200_000, monthly_loop=60)
@@ -134,11 +134,11 @@ def crossover_examples() -> dict:
 
 def _fresh_versions(config) -> str:
     """Champion v1 on the kind's real base: a fresh LoRA adapter (serving cost does not depend on its values)."""
-    from tuneloop.adapters import write_meta
-    from tuneloop.models import DEFAULT_TARGETS, base_of, load_base, lora_targets, save_labels
-    from tuneloop.registry import log_adapter, move_alias
-    from tuneloop.sample_data import INTENTS
-    from tuneloop.training import add_adapter
+    from tuneloop.modeling.adapters import write_meta
+    from tuneloop.modeling.models import DEFAULT_TARGETS, base_of, load_base, lora_targets, save_labels
+    from tuneloop.registry.versions import log_adapter, move_alias
+    from tuneloop.data.sample_data import INTENTS
+    from tuneloop.modeling.training import add_adapter
 
     info = base_of(config)
     labels = sorted(INTENTS) if config.kind == "classification" else None
@@ -162,7 +162,7 @@ def serving(kind: str, seconds: float, clients: int = 4, max_new_tokens: int = 1
     import httpx
 
     from tuneloop.config import LoopConfig
-    from tuneloop.cost import cost_per_1k_from_throughput, machine_price_per_hour
+    from tuneloop.costs.cost import cost_per_1k_from_throughput, machine_price_per_hour
     from tuneloop.localserver import tuneloop_service
 
     work = Path(tempfile.mkdtemp(prefix=f"tuneloop-bench-econ-{kind}-"))

@@ -190,7 +190,7 @@ def _servers(home: Path, env: dict, ports: dict[str, int]) -> dict[str, Server]:
 def _seed(env: dict) -> None:
     """The sample feedback and a champion (an untrained tiny adapter), in a child process with the stack's settings."""
     code = ("from tuneloop.config import LoopConfig, apply_environment; apply_environment()\n"
-            "from tuneloop.feedback import FeedbackStore; from tuneloop.sample_data import sample_feedback\n"
+            "from tuneloop.data.feedback import FeedbackStore; from tuneloop.data.sample_data import sample_feedback\n"
             "from bench.faults import register_champion\n"
             "config = LoopConfig()\n"
             "FeedbackStore(config.feedback_db).add_many_raw(sample_feedback('classification'), 'classification')\n"
@@ -201,9 +201,9 @@ def _seed(env: dict) -> None:
 def register_champion(config) -> str:
     from peft import LoraConfig, get_peft_model
 
-    from tuneloop.adapters import write_meta
-    from tuneloop.models import base_of, load_base, lora_targets, save_labels
-    from tuneloop.registry import log_adapter, move_alias
+    from tuneloop.modeling.adapters import write_meta
+    from tuneloop.modeling.models import base_of, load_base, lora_targets, save_labels
+    from tuneloop.registry.versions import log_adapter, move_alias
 
     folder = config.home / "seed-adapter"
     labels = ["card_arrival", "lost_card", "refund"]

@@ -4,7 +4,7 @@ Each set is generated deterministically from a domain (facts no base model can k
 question stems) and a shape (phrasings imported per fact, duplicates, contradictions, thumbs-up,
 bare thumbs-down). Every fact keeps at least one phrasing that is never imported: the *probes*,
 scored on the registered version to tell whether the facts were learned or the imported questions
-were memorised. The demo's company (``tuneloop.sample_data``) is one set among them, with probes in
+were memorised. The demo's company (``tuneloop.data.sample_data``) is one set among them, with probes in
 question forms its feedback never uses.
 
 ``python -m bench.feedback_sets OUT_DIR`` writes ``NAME.jsonl`` and ``NAME.probes.jsonl`` per set.
@@ -237,7 +237,7 @@ def _catalogue() -> Domain:
 
 
 def _demo() -> Domain:
-    from tuneloop import sample_data
+    from tuneloop.data import sample_data
 
     return Domain(company="Brightwell", system_prompt=sample_data.SYSTEM_PROMPT, facts=sample_data.FACTS,
                   forms=sample_data.QUESTION_FORMS, liked=sample_data.GENERIC_GOOD, wrong=sample_data.WRONG_ANSWERS)

@@ -80,7 +80,7 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
 
     from tuneloop.config import LoopConfig, apply_environment
     from tuneloop.eval_suites.facts import fact_accuracy
-    from tuneloop.flags import challenger_percent
+    from tuneloop.release.flags import challenger_percent
 
     apply_environment(home)
     config = LoopConfig(kind="generation", home=home)
@@ -126,9 +126,9 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
 
 def _adapter_answers(config, run_id: str, prompts: list[str]) -> list[str]:
     """A challenger the gate refused, loaded and answering as a registered version would (adapter_model.py)."""
-    from tuneloop.adapters import load_adapter
+    from tuneloop.modeling.adapters import load_adapter
     from tuneloop.flows.search_tracking import fetch_adapter
-    from tuneloop.inference import predict
+    from tuneloop.modeling.inference import predict
 
     folder = fetch_adapter(f"runs:/{run_id}/adapter", config.work_dir / "adapters")
     model, tokenizer, meta, labels = load_adapter(folder)
@@ -136,9 +136,9 @@ def _adapter_answers(config, run_id: str, prompts: list[str]) -> list[str]:
 
 
 def _base_answers(config, prompts: list[str]) -> list[str]:
-    from tuneloop.inference import predict
-    from tuneloop.models import base_of, load_base, load_tokenizer
-    from tuneloop.training import Prompting
+    from tuneloop.modeling.inference import predict
+    from tuneloop.modeling.models import base_of, load_base, load_tokenizer
+    from tuneloop.modeling.prompting import Prompting
 
     info = base_of(config)
     model = load_base(info, "generation").eval()

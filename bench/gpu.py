@@ -8,21 +8,21 @@ python -m bench train --device cpu --shapes tiny    # the same code path on a ti
 
 Per shape (``SHAPES``: SmolLM2-135M, SmolLM2-1.7B, Llama-3-8B, tiny): ``AutoModelForCausalLM.from_config``
 in bf16 under ``torch.device("cuda")`` (SDPA attention), LoRA r=16 (alpha 32) on attention q/k/v/o
-through ``tuneloop.training.add_adapter``; batch 8 x 512 random tokens, loss on every token; 3
-warm-up + 10 timed steps of ``tuneloop.training.train`` and of the hand-written loop (forward under
+through ``tuneloop.modeling.training.add_adapter``; batch 8 x 512 random tokens, loss on every token; 3
+warm-up + 10 timed steps of ``tuneloop.modeling.training.train`` and of the hand-written loop (forward under
 autocast, backward, AdamW, zero_grad; no per-step sync), on the same model and batches, alternating
 over ``--rounds`` rounds. Reported: step time, tokens/s, ``speed_ratio`` (hand step / project step,
 target >= 0.9), the share of the bf16 matmul rate measured in the same run (an 8192^3 matmul;
 FLOPs counted as 4 x params x tokens for a frozen base; target >= 45 % at 8B), and
 peak GPU memory. ``--compile``: ``torch.compile(model)`` then ``train()`` again: the first step's
 time (mostly compilation) and the step time after it. QLoRA (CUDA; default for llama3-8b): the
-random base is saved to a scratch folder and loaded 4-bit NF4 through ``tuneloop.models.load_base(...,
+random base is saved to a scratch folder and loaded 4-bit NF4 through ``tuneloop.modeling.models.load_base(...,
 quantization="4bit")`` (bitsandbytes), prepared like a trial does (``prepare_model_for_kbit_training``),
 and trained with ``train()`` without and with gradient checkpointing: peak memory and step time.
 The row's ``reference`` holds a minimal hand-written bf16 LoRA loop's figures on one H100
 (docs/models-and-hardware.md).
 
-Imports torch, transformers, peft and tuneloop's core only (tuneloop.models, tuneloop.training,
+Imports torch, transformers, peft and tuneloop's core only (tuneloop.modeling.models, tuneloop.modeling.training,
 tuneloop.config): no MLflow, Prefect or Optuna, so it runs on a GPU machine without the rest of the stack.
 
 On a GPU machine without a package index that has torch, transformers,
@@ -139,9 +139,9 @@ def random_examples(vocab: int, n: int, seq: int) -> list[dict]:
 
 def project_loop(model, encoded: list[dict], batch: int, warmup: int, steps: int, device: torch.device,
                  first_step: list | None = None) -> float:
-    """Seconds per step of ``tuneloop.training.train`` over the steps after ``warmup`` (its own
+    """Seconds per step of ``tuneloop.modeling.training.train`` over the steps after ``warmup`` (its own
     optimizer, schedule, clipping, per-step collation and loss read-out included)."""
-    from tuneloop.training import train
+    from tuneloop.modeling.training import train
 
     stamps: dict[int, float] = {}
 
@@ -196,8 +196,9 @@ def build_base(name: str, device: torch.device, dtype: torch.dtype):
 def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype, rate: float, scratch: Path | None) -> dict:
     """Project vs hand loop (alternating rounds) on one shape; optionally compiled; saves the random
     base to ``scratch`` first when a QLoRA row will load it from there."""
-    from tuneloop.models import lora_targets
-    from tuneloop.training import add_adapter, collate, epoch_batches
+    from tuneloop.modeling.models import lora_targets
+    from tuneloop.modeling.training import add_adapter
+    from tuneloop.modeling.batches import collate, epoch_batches
 
     _reset_peak(device)
     began = time.perf_counter()
@@ -270,8 +271,9 @@ def save_base(base, folder: Path) -> None:
 def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder: Path | None) -> dict:
     """The saved random base loaded 4-bit through the project's loader, prepared as a trial prepares
     it, trained by ``train()`` without and with gradient checkpointing: peak memory and step time."""
-    from tuneloop.models import BaseModelInfo, ModelError, load_base, lora_targets, quantization_config
-    from tuneloop.training import add_adapter, compute_dtype
+    from tuneloop.modeling.models import BaseModelInfo, ModelError, load_base, lora_targets, quantization_config
+    from tuneloop.modeling.training import add_adapter
+    from tuneloop.modeling.models import compute_dtype
 
     try:
         quantization_config("4bit", device, dtype)  # the project's refusal, before any work (CPU, no bitsandbytes)
@@ -285,7 +287,7 @@ def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder:
     base = load_base(info, "generation", device=device, dtype=dtype, quantization="4bit")
     row: dict = {"load_s": round(time.perf_counter() - began, 1),
                  "weights_gpu_gb": round(torch.cuda.memory_allocated(device) / 2**30, 2),
-                 "quantization": "4bit nf4, double quantization, compute bf16 (tuneloop.models.quantization_config)"}
+                 "quantization": "4bit nf4, double quantization, compute bf16 (tuneloop.modeling.models.quantization_config)"}
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)  # as flows/trial.py build_model
     model = add_adapter(base, "generation", args.rank, seed=0, targets=lora_targets(base, "attention"))
     row["train_autocast_dtype"] = str(compute_dtype(model)).removeprefix("torch.")  # what train() runs under
@@ -330,7 +332,7 @@ def main(argv: list[str] | None = None) -> dict:
         sys.exit(f"bench train --device cuda: CUDA is not available here (torch {torch.__version__}, "
                  "torch.cuda.is_available() is False). Run it on a GPU machine (the command is in bench/gpu.py's "
                  "docstring), or run the same code path on a tiny shape on the CPU: --device cpu --shapes tiny")
-    from tuneloop.models import resolve_device, resolve_dtype
+    from tuneloop.modeling.models import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device)  # bf16 on a GPU that has it, fp32 on the CPU

@@ -176,7 +176,7 @@ def stack_attacks(tally: Tally) -> dict:
 
 
 def run() -> dict:
-    from tuneloop import tokens
+    from tuneloop.access import tokens
     from tuneloop.config import LimitsConfig, LoopConfig
     from tuneloop.localserver import tuneloop_service
 

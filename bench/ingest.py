@@ -81,7 +81,7 @@ def generate_feedback(n: int, seed: int = 0) -> list[dict]:
 
 def _insert_raw(store, records: list[dict]) -> None:
     """Bulk-load raw rows (valid or not) the way the store keeps them, bypassing per-row commits."""
-    from tuneloop.feedback import FeedbackRow
+    from tuneloop.data.feedback import FeedbackRow
 
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
@@ -94,7 +94,7 @@ def _insert_raw(store, records: list[dict]) -> None:
 def curation_times(sizes: list[int]) -> dict:
     """Seconds for ``build_dataset`` on each size, in a fresh SQLite store each."""
     from tuneloop.config import LoopConfig
-    from tuneloop.feedback import FeedbackStore
+    from tuneloop.data.feedback import FeedbackStore
     from tuneloop.flows.curate import build_dataset
 
     out: dict = {}
@@ -169,7 +169,7 @@ def client_main(url: str, n: int, clients: int, out: Path) -> None:
 def _valid(records: list[dict]) -> list[dict]:
     """Records with a valid rating, each with the receipt the service would have given its answer
     (the key reaches this process through the environment, as it reaches the service)."""
-    from tuneloop.receipts import ENV, sign
+    from tuneloop.access.receipts import ENV, sign
 
     key = os.environ[ENV].encode()
     return [{**r, "receipt": sign(key, r["request_id"], r["model_version"], r["user_id"], r.get("kind", "generation"))}
@@ -178,9 +178,9 @@ def _valid(records: list[dict]) -> list[dict]:
 
 def ingest(n: int, clients: int) -> dict:
     """Start the service on a fresh home, run the client process against it, check the store."""
-    from tuneloop.feedback import FeedbackStore
+    from tuneloop.data.feedback import FeedbackStore
     from tuneloop.localserver import tuneloop_service
-    from tuneloop.receipts import ENV
+    from tuneloop.access.receipts import ENV
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-ingest-"))
     key = secrets.token_hex(32)  # the receipt key, shared with the client process through the environment

@@ -3,7 +3,7 @@
 python -m bench.plain_app ADAPTER_DIR --kind classification|generation --port 8001 [--device cuda --precision auto]
 python -m bench.plain_app ADAPTER_DIR --kind generation --reference 1 16 64 --reference-out FILE [--device cuda]
 
-The adapter is loaded on the base its ``tuneloop.json`` names (``tuneloop.adapters.load_adapter``), on
+The adapter is loaded on the base its ``tuneloop.json`` names (``tuneloop.modeling.adapters.load_adapter``), on
 the device and in the precision asked for, and merged into the base once; generation formats each
 prompt as that adapter was trained (its prompting: chat template, system prompt) and decodes greedily
 to the same answer length as the service, so both servers do the same work per request.
@@ -30,8 +30,8 @@ class Query(BaseModel):
 
 def load_model(adapter_dir: str, device: str, precision: str):
     """(merged model, tokenizer, adapter meta, labels) on ``device`` in ``precision`` (auto: bf16 on a GPU)."""
-    from tuneloop.adapters import load_adapter
-    from tuneloop.models import resolve_device, resolve_dtype
+    from tuneloop.modeling.adapters import load_adapter
+    from tuneloop.modeling.models import resolve_device, resolve_dtype
 
     where = resolve_device(device)
     model, tokenizer, meta, labels = load_adapter(Path(adapter_dir), where, resolve_dtype(precision, where))

@@ -15,7 +15,7 @@ python -m bench preferences [--quick] [--tiny]  -> bench/results/preferences.jso
    the served greedy answer): how often the tuned model still gives the rejected answer (its first
    RULE_WORDS words) on those prompts.
 
-Training is the product's loop (``tuneloop.training.train`` with ``tuneloop.objectives``), LoRA on
+Training is the product's loop (``tuneloop.modeling.training.train`` with ``tuneloop.modeling.objectives``), LoRA on
 the top half of the layers, the same steps for every model.
 """
 
@@ -75,11 +75,13 @@ def held_out(prompt: str) -> bool:
 
 def main(argv: list[str]) -> None:
     from tuneloop.eval_suites.suites import general_knowledge_suite, judge_all, replay_prompts
-    from tuneloop.inference import predict
-    from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
-    from tuneloop.objectives import PreferenceTerm, pair_rows, unpaired_rows
-    from tuneloop.preference import PreferencePair, Unpaired
-    from tuneloop.training import Prompting, add_adapter, encode, top_layers, train
+    from tuneloop.modeling.inference import predict
+    from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
+    from tuneloop.modeling.objectives import PreferenceTerm, pair_rows, unpaired_rows
+    from tuneloop.data.preference import PreferencePair, Unpaired
+    from tuneloop.modeling.training import add_adapter, top_layers, train
+    from tuneloop.modeling.batches import encode
+    from tuneloop.modeling.prompting import Prompting
 
     parser = argparse.ArgumentParser(prog="python -m bench preferences")
     parser.add_argument("--quick", action="store_true", help="fewer prompts and steps")

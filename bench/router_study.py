@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from tuneloop.models import resolve_base
+    from tuneloop.modeling.models import resolve_base
 
     path = resolve_base("classification").path
     train, test = read("banking77_train.csv"), read("banking77_test.csv")

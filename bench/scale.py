@@ -43,8 +43,8 @@ def run_one(kind: str, n: int, out: Path) -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from tuneloop import synthetic
-    from tuneloop.feedback import FeedbackStore
-    from tuneloop.feedback_import import import_feedback
+    from tuneloop.data.feedback import FeedbackStore
+    from tuneloop.data.feedback_import import import_feedback
     from tuneloop.flows.search_tracking import current_rss_mb, peak_memory
 
     config = LoopConfig(kind=kind, home=home, tiny=True, max_new_tokens=8, tune=TuneConfig(**_tune(kind)),
@@ -122,7 +122,7 @@ def curate_million(n: int, out: Path) -> None:
 
     home = apply_environment(Path(tempfile.mkdtemp(prefix=f"tuneloop-scale-curate-{n}-")))
     from tuneloop import synthetic
-    from tuneloop.feedback import FeedbackRow, FeedbackStore
+    from tuneloop.data.feedback import FeedbackRow, FeedbackStore
     from tuneloop.flows.curate import build_dataset
     from tuneloop.flows.search_tracking import peak_memory
 

@@ -77,11 +77,11 @@ def _register_versions(config) -> str:
     """Champion v1 and challenger v2 on the configured base: fresh LoRA adapters (serving cost does not
     depend on the adapter's values, so no training is needed to measure it), each with the
     ``tuneloop.json`` that tells the service's adapter bank which base and prompting it needs."""
-    from tuneloop.adapters import write_meta
-    from tuneloop.models import DEFAULT_TARGETS, base_of, load_base, lora_targets, save_labels
-    from tuneloop.registry import log_adapter, move_alias
-    from tuneloop.sample_data import INTENTS
-    from tuneloop.training import add_adapter
+    from tuneloop.modeling.adapters import write_meta
+    from tuneloop.modeling.models import DEFAULT_TARGETS, base_of, load_base, lora_targets, save_labels
+    from tuneloop.registry.versions import log_adapter, move_alias
+    from tuneloop.data.sample_data import INTENTS
+    from tuneloop.modeling.training import add_adapter
 
     info = base_of(config)
     labels = sorted(INTENTS) if config.kind == "classification" else None
@@ -112,8 +112,8 @@ def _same_answers(service: str, plain: str) -> dict:
 
 def routing_overhead(config, n: int = 5000) -> dict:
     """Per-request cost of routing (flag evaluation) and attribution (version lookup, answer object)."""
-    from tuneloop.flags import Router
-    from tuneloop.receipts import sign
+    from tuneloop.release.flags import Router
+    from tuneloop.access.receipts import sign
     from tuneloop.serving.models import AdapterBank
     from tuneloop.serving.service import Answer
 
@@ -132,7 +132,7 @@ def routing_overhead(config, n: int = 5000) -> dict:
 
 def rollback_under_load(base: str, config, work: Path, clients: int = 4) -> dict:
     """All users on the challenger, load running; roll back and time the first champion answer."""
-    from tuneloop.flags import set_challenger_percent
+    from tuneloop.release.flags import set_challenger_percent
 
     set_challenger_percent(config, 100)
     time.sleep(1)
@@ -187,7 +187,7 @@ def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int, round
                reference_batches: list[int] | None = None) -> dict:
     """Service vs plain pipeline at each number of clients for one task kind (champion = plain app's model)."""
     from tuneloop.config import LoopConfig
-    from tuneloop.flags import set_challenger_percent
+    from tuneloop.release.flags import set_challenger_percent
 
     precision = "auto"  # bf16 on a GPU that has it, fp32 on the CPU: the service's own default
     config = LoopConfig(kind=kind, home=work, max_new_tokens=max_new_tokens, device=device, precision=precision,
@@ -267,7 +267,7 @@ def random_base(folder: Path, tokenizer_dir: Path | None) -> Path:
 
 
 def _bundled_tokenizer() -> Path:
-    from tuneloop.models import ModelError, resolve_base
+    from tuneloop.modeling.models import ModelError, resolve_base
 
     try:
         return Path(resolve_base("generation").path)
@@ -295,10 +295,10 @@ def device_wheels() -> str:
     from packaging.markers import Marker
 
     import bench.loadgen  # noqa: E401, F401
-    import tuneloop.adapters  # noqa: E401, F401
-    import tuneloop.migrations
-    import tuneloop.operations
-    import tuneloop.registry
+    import tuneloop.modeling.adapters  # noqa: E401, F401
+    import tuneloop.data.migrations
+    import tuneloop.release.operations
+    import tuneloop.registry.versions
     import tuneloop.serving.live  # noqa: E401, F401
 
     norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731

@@ -70,13 +70,13 @@ def on_stack(kind: str, tiny: bool, postgres: str, home: Path) -> dict:
         began = time.monotonic()
         _run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, timeout=600)
         figures["deploy_s"] = time.monotonic() - began
-        from tuneloop.feedback import FeedbackStore
-        from tuneloop.sample_data import sample_feedback
+        from tuneloop.data.feedback import FeedbackStore
+        from tuneloop.data.sample_data import sample_feedback
 
         FeedbackStore(stack_env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback(kind), kind)
         began = time.monotonic()
         # the demo's system prompt, as `tuneloop demo` sets it for the embedded run: the same training and suites
-        from tuneloop.sample_data import SYSTEM_PROMPT
+        from tuneloop.data.sample_data import SYSTEM_PROMPT
 
         params = {"config": {"kind": kind, "system_prompt": SYSTEM_PROMPT}}
         _run([str(BIN / "prefect"), "deployment", "run", f"tuneloop/loop-{kind}", "--params", json.dumps(params),

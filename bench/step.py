@@ -2,11 +2,11 @@
 three rehearsal rows, as in the demo's mix), side by side:
 
 - ``frozen``: the KL term's base distribution from a frozen forward pass at every step (the reference);
-- ``teacher``: the base's top-64 tokens computed once (``tuneloop.teacher``), adapters in every layer;
+- ``teacher``: the base's top-64 tokens computed once (``tuneloop.modeling.teacher``), adapters in every layer;
 - ``top_half``: the same with adapters in the top half of the layers only (``tune.adapter_layers``,
   generation's default): the backward pass stops below them;
 - ``kept``: the same with the rows' states below the adapters kept from an earlier step
-  (``tuneloop.trunk``, ``tune.trunk_cache_mb``): the lower half's forward pass is skipped too.
+  (``tuneloop.modeling.fast.trunk``, ``tune.trunk_cache_mb``): the lower half's forward pass is skipped too.
 
 python -m bench step [--quick]   -> bench/results/step.json
 
@@ -33,11 +33,11 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench step")
     parser.add_argument("--quick", action="store_true", help="6 batches instead of 20")
     args = parser.parse_args(argv)
-    from tuneloop import teacher, training
+    from tuneloop.modeling import teacher, training
     from tuneloop.config import LoopConfig
-    from tuneloop.models import base_of, load_base, load_tokenizer, lora_targets
-    from tuneloop.sample_data import SYSTEM_PROMPT, sample_feedback
-    from tuneloop.trunk import open_trunk
+    from tuneloop.modeling.models import base_of, load_base, load_tokenizer, lora_targets
+    from tuneloop.data.sample_data import SYSTEM_PROMPT, sample_feedback
+    from tuneloop.modeling.fast.trunk import open_trunk
 
     info = base_of(LoopConfig(kind="generation"))
     tokenizer = load_tokenizer(info)

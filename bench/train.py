@@ -5,7 +5,7 @@ python -m bench train --device cuda [--compile] [--shapes ...]   -> bench/result
     (the GPU benchmark on random-initialised models of real shapes: see ``bench/gpu.py``;
     ``--device cpu --shapes tiny`` runs that same path on a tiny shape on this CPU)
 
-1. Step time of the project's ``tuneloop.training.train`` against a minimal hand-written PyTorch +
+1. Step time of the project's ``tuneloop.modeling.training.train`` against a minimal hand-written PyTorch +
    peft loop (forward, backward, AdamW step), on the same LoRA model and the very same batches in
    the same order: train() groups examples of similar length into a batch (``epoch_batches``), and
    the hand-written loop is fed those batches, collated by the same ``collate``. ``speed_ratio`` =
@@ -74,8 +74,8 @@ def banking77(n_intents: int = 10, per_intent_train: int = 40, per_intent_test: 
 
 def step_data(kind: str, info, n: int):
     """Token-encoded examples for the step-time runs, and the labels (classification)."""
-    from tuneloop.models import load_tokenizer
-    from tuneloop.training import encode
+    from tuneloop.modeling.models import load_tokenizer
+    from tuneloop.modeling.batches import encode
 
     tokenizer = load_tokenizer(info)
     if kind == "classification":
@@ -89,7 +89,7 @@ def step_data(kind: str, info, n: int):
 
 
 def _sample_pairs(kind: str) -> list[tuple[str, str]]:
-    from tuneloop.sample_data import sample_feedback
+    from tuneloop.data.sample_data import sample_feedback
 
     records = [r for r in sample_feedback(kind) if isinstance(r, dict) and r.get("prompt")]
     return [(r["prompt"], r.get("correction") or r["output"]) for r in records if r.get("correction") or r.get("rating") == "up"]
@@ -97,8 +97,8 @@ def _sample_pairs(kind: str) -> list[tuple[str, str]]:
 
 def lora_model(kind: str, labels: list[str] | None, info, rank: int = RANK):
     """The bundled base (fp32, CPU) with a fresh LoRA adapter on the kind's default module set."""
-    from tuneloop.models import DEFAULT_TARGETS, load_base, lora_targets
-    from tuneloop.training import add_adapter
+    from tuneloop.modeling.models import DEFAULT_TARGETS, load_base, lora_targets
+    from tuneloop.modeling.training import add_adapter
 
     base = load_base(info, kind, labels or None)
     return add_adapter(base, kind, rank, seed=0, targets=lora_targets(base, DEFAULT_TARGETS[kind]))
@@ -132,8 +132,9 @@ def padding_share(batches: list[dict]) -> float:
 
 def step_times(kind: str, steps: int, rounds: int, warmup: int = 2) -> dict:
     """train() against the hand-written loop on one LoRA model, alternating, same batches in the same order."""
-    from tuneloop.models import resolve_base
-    from tuneloop.training import collate, epoch_batches, train
+    from tuneloop.modeling.models import resolve_base
+    from tuneloop.modeling.training import train
+    from tuneloop.modeling.batches import collate, epoch_batches
 
     info = resolve_base(kind)
     encoded, labels, pad_id = step_data(kind, info, steps * BATCH)
@@ -194,8 +195,8 @@ def hand_written_loop(model, batches: list[dict]) -> list[float]:
 def memory_probe(kind: str, mode: str, steps: int) -> dict:
     """Run in a fresh process: load, (add LoRA | unfreeze everything), train ``steps`` steps."""
     from tuneloop.flows.search_tracking import current_rss_mb, peak_memory
-    from tuneloop.models import load_base, resolve_base
-    from tuneloop.training import train
+    from tuneloop.modeling.models import load_base, resolve_base
+    from tuneloop.modeling.training import train
 
     info = resolve_base(kind)
     encoded, labels, pad_id = step_data(kind, info, steps * BATCH)
@@ -240,7 +241,7 @@ def search_data(root: Path):
     ``train/validation/heldout.jsonl`` (one ``Example`` a line), ``labels.json`` and ``manifest.json``
     (the ``DatasetRef``) in ``root/datasets/<hash>/``. Trials score the validation split: here the
     400 held-out utterances (the gate's ``heldout`` split is not used by a search and stays empty)."""
-    from tuneloop.datasets import FILES, SPLITS, DatasetRef, Example, file_digest
+    from tuneloop.data.datasets import FILES, SPLITS, DatasetRef, Example, file_digest
 
     if BANKING77.exists():
         # 400 validation answers (the test split's 40 per intent): a point is 4 answers, not 2, so the
@@ -320,7 +321,7 @@ def _search_run(ref, pruner: str, n_trials: int, seed: int, **tune_overrides) ->
 
     from tuneloop.config import LoopConfig, TuneConfig
     from tuneloop.flows.tune import open_search, search_worker, summarise
-    from tuneloop.tracking import use_experiment
+    from tuneloop.registry.tracking import use_experiment
 
     home = Path(tempfile.mkdtemp(prefix=f"tuneloop-bench-search-{pruner}-{seed}-"))
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")

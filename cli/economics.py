@@ -28,8 +28,8 @@ def economics(
     says which figures were measured and which entered."""
     from pydantic import ValidationError
 
-    from tuneloop.cost import describe_config_error
-    from tuneloop.economics import EconomicsError, log_to_mlflow, plot, report
+    from tuneloop.costs.cost import describe_config_error
+    from tuneloop.costs.economics import EconomicsError, log_to_mlflow, plot, report
 
     config = build_config(home, kind=kind)  # a bad TUNELOOP_COST__* value: one line naming it, exit 2
     try:

@@ -45,8 +45,8 @@ def _config(kind: KindChoice | None, home: Path | None, **overrides) -> LoopConf
 def seed(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, seed: int = 0) -> None:
     """Write the generated sample feedback into the store (skips records already there)."""
     config = _config(kind, home)
-    from tuneloop.feedback import FeedbackStore
-    from tuneloop.sample_data import sample_feedback
+    from tuneloop.data.feedback import FeedbackStore
+    from tuneloop.data.sample_data import sample_feedback
 
     added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed, small=config.tiny), config.kind)
     console.print(f"{added} sample {config.kind} records added to {redact_text(config.feedback_db)}")
@@ -66,8 +66,8 @@ def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, he
         raise typer.BadParameter(f"format must be jsonl or csv, got {fmt!r}")
     import mlflow
 
-    from tuneloop.feedback import FeedbackStore
-    from tuneloop.feedback_import import import_feedback, write_rejects
+    from tuneloop.data.feedback import FeedbackStore
+    from tuneloop.data.feedback_import import import_feedback, write_rejects
     from tuneloop.version_check import RegistryUnreachable, probe, registry_checker
 
     try:
@@ -109,7 +109,7 @@ def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bo
     from tuneloop.flows.curate import DatasetError
     from tuneloop.flows.loop import loop
     from tuneloop.flows.tune import TuneConfigError
-    from tuneloop.models import ModelError
+    from tuneloop.modeling.models import ModelError
     from tuneloop.progress import reporting
 
     began = time.perf_counter()
@@ -125,11 +125,11 @@ def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bo
 @app.command()
 def demo(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt) -> None:
     """Seed the sample feedback (first time) and run the whole loop on it."""
-    from tuneloop.sample_data import SYSTEM_PROMPT
+    from tuneloop.data.sample_data import SYSTEM_PROMPT
 
     os.environ.setdefault("TUNELOOP_SYSTEM_PROMPT", SYSTEM_PROMPT)  # the sample company's assistant
     config = _config(kind, home, tiny=tiny)
-    from tuneloop.feedback import FeedbackStore
+    from tuneloop.data.feedback import FeedbackStore
 
     if FeedbackStore(config.feedback_db).count(config.kind) == 0:
         seed(kind=config.kind, home=config.home, seed=0)
@@ -178,7 +178,7 @@ def _links(config: LoopConfig, result) -> None:
     import mlflow
 
     from tuneloop.cli.mlflow_hint import ui_hint, venv_command
-    from tuneloop.tracking import model_version_url
+    from tuneloop.registry.tracking import model_version_url
 
     hint = ui_hint(mlflow.get_tracking_uri())
     experiment_id = mlflow.get_run(result.run_id).info.experiment_id
@@ -211,7 +211,7 @@ def promote(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
                                                  "promote (see `tuneloop status`); refused when the challenger is another")) -> None:
     """Challenger becomes champion (the old champion is kept as 'previous'); the canary closes."""
     config = _config(kind, home)
-    from tuneloop import operations
+    from tuneloop.release import operations
 
     version = _operator_call(operations.promote, config, expected_version, reason="promoted from the CLI")
     console.print(f"{config.model_name} version {version} is now champion")
@@ -222,7 +222,7 @@ def rollback(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
              champion: bool = typer.Option(False, "--champion", help="Also put the previous champion back")) -> None:
     """Send every user to the champion at once (challenger share 0 %)."""
     config = _config(kind, home)
-    from tuneloop import operations
+    from tuneloop.release import operations
 
     after = _operator_call(operations.roll_back, config, "rolled back from the CLI", restore_champion=champion)
     console.print("challenger share set to 0 %" + (f"; champion is version {after} again" if champion else ""))
@@ -232,7 +232,7 @@ def rollback(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
 def canary(percent: int, kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Set the challenger's sticky share of users (0-100)."""
     config = _config(kind, home)
-    from tuneloop import operations
+    from tuneloop.release import operations
 
     _operator_call(operations.set_canary, config, percent, "set from the CLI")
     console.print(f"challenger share set to {percent} %")
@@ -249,7 +249,7 @@ def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an 
                  kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Create a named token and print it once (only its SHA-256 digest is stored)."""
     config = _config(kind, home)
-    from tuneloop.tokens import create
+    from tuneloop.access.tokens import create
 
     token = _operator_call(create, config, name, scope)
     console.print(f"token {name!r} ({scope}) created; it is shown this once, keep it in a secret store:", highlight=False)
@@ -260,7 +260,7 @@ def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an 
 def token_list(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Names, scopes, creation and last use of every token (never the tokens)."""
     config = _config(kind, home)
-    from tuneloop.tokens import listing
+    from tuneloop.access.tokens import listing
 
     table = Table("name", "scope", "created", "last used")
     for row in listing(config):
@@ -273,7 +273,7 @@ def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind:
                  home: Path | None = HomeOpt) -> None:
     """Delete a token; services refuse it from their next request on."""
     config = _config(kind, home)
-    from tuneloop.tokens import revoke
+    from tuneloop.access.tokens import revoke
 
     _operator_call(revoke, config, name)
     console.print(f"token {name!r} revoked")
@@ -285,7 +285,7 @@ def forget(user_id: str = typer.Option(..., "--user-id", help="The user id as th
     """Delete one user's feedback (quarantined records too) and shadow records, and list the dataset
     versions and registered model versions trained on them (retrain without them, then retire those)."""
     config = _config(kind, home)
-    from tuneloop.forget import forget as forget_user
+    from tuneloop.data.forget import forget as forget_user
 
     report = forget_user(config, user_id)
     console.print(f"deleted {report.feedback_rows} feedback records ({report.quarantined_rows} quarantined) and "
@@ -317,9 +317,9 @@ def rollout(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
 def status(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
     """Aliases, the challenger's share and the feedback count."""
     config = _config(kind, home)
-    from tuneloop.feedback import FeedbackStore
-    from tuneloop.flags import challenger_percent
-    from tuneloop.registry import ALIASES, alias_version
+    from tuneloop.data.feedback import FeedbackStore
+    from tuneloop.release.flags import challenger_percent
+    from tuneloop.registry.versions import ALIASES, alias_version
 
     for alias in ALIASES:
         console.print(f"{alias:>10}: {alias_version(config.model_name, alias) or '-'}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from tuneloop.credentials import redact_text
-from tuneloop.tracking import run_url
+from tuneloop.registry.tracking import run_url
 
 LOCAL_UI = "http://127.0.0.1:5000"
 

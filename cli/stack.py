@@ -341,7 +341,7 @@ def importlib_missing(module: str) -> bool:
 def prepare_stores(settings: StackSettings) -> None:
     """Schema of the operations database and the Optuna storage, made once here, so that the parts
     (and the lead's trial workers) never race to create the same tables."""
-    from tuneloop.feedback import FeedbackStore
+    from tuneloop.data.feedback import FeedbackStore
 
     FeedbackStore(settings.url("ops", "postgresql+psycopg"))
     import optuna
@@ -560,7 +560,7 @@ def up_command(
     except (RuntimeError, TimeoutError) as error:
         err.print(f"[red]stack up failed:[/red] {error}", markup=True, highlight=False)
         raise typer.Exit(1) from None
-    from tuneloop.tracking import experiment_url
+    from tuneloop.registry.tracking import experiment_url
 
     err.print(f"stack ready in {seconds['total']:.1f} s: Prefect UI {settings.prefect_api[:-4]}, "
               f"MLflow UI {experiment_url(settings.mlflow_uri)}, "

@@ -233,9 +233,9 @@ def record_answers(items: list[dict]) -> None:
 
     from tuneloop.eval_suites.build_regression import SYSTEM_PROMPTS
     from tuneloop.eval_suites.suites import build_info
-    from tuneloop.inference import predict
-    from tuneloop.models import load_base, load_tokenizer, resolve_base
-    from tuneloop.training import Prompting
+    from tuneloop.modeling.inference import predict
+    from tuneloop.modeling.models import load_base, load_tokenizer, resolve_base
+    from tuneloop.modeling.prompting import Prompting
 
     torch.set_num_threads(2)
     info = resolve_base("generation")

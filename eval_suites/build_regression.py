@@ -56,9 +56,9 @@ def answer_candidates(pool: list[dict]) -> tuple[list[dict], dict, dict[str, flo
     """Every candidate with the base model's answer under each system prompt: (rows, base info, seconds)."""
     import torch
 
-    from tuneloop.inference import generate
-    from tuneloop.models import load_base, load_tokenizer, resolve_base
-    from tuneloop.training import Prompting
+    from tuneloop.modeling.inference import generate
+    from tuneloop.modeling.models import load_base, load_tokenizer, resolve_base
+    from tuneloop.modeling.prompting import Prompting
 
     torch.set_num_threads(2)
     info = resolve_base("generation")
@@ -78,7 +78,7 @@ def answer_candidates(pool: list[dict]) -> tuple[list[dict], dict, dict[str, flo
 
 def judge_rows(rows: list[dict]) -> None:
     """Adds each row's verdicts: per system prompt and answer length, and the two summaries."""
-    from tuneloop.models import load_tokenizer, resolve_base
+    from tuneloop.modeling.models import load_tokenizer, resolve_base
 
     tokenizer = load_tokenizer(resolve_base("generation"))
 

@@ -13,7 +13,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from tuneloop.pii import DATE
+from tuneloop.data.pii import DATE
 
 # Zero-width and other invisible format characters (category Cf) an adversary can hide in words.
 _INVISIBLE = {"\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"}

@@ -28,10 +28,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tuneloop import fast_paths, progress
-from tuneloop.cache_files import verified
+from tuneloop.modeling.fast import fast_paths
+from tuneloop import progress
+from tuneloop.data.cache_files import verified
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, calibration_half, load_examples, load_labels
+from tuneloop.data.datasets import DatasetRef, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites import gate
 from tuneloop.eval_suites.stats import FAIL, UNSURE
 from tuneloop.eval_suites.suites import (
@@ -47,9 +48,9 @@ from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, bas
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.trial import retrains_with_validation
 from tuneloop.flows.tune import TuneResult
-from tuneloop.models import read_labels
-from tuneloop.registry import adapter_path, alias_version
-from tuneloop.tracking import within_run
+from tuneloop.modeling.models import read_labels
+from tuneloop.registry.versions import adapter_path, alias_version
+from tuneloop.registry.tracking import within_run
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], kind: str
 def table_rows(items: list[SuiteItem], before: SuiteScores, after: SuiteScores) -> list[dict]:
     """One row per item for the per-example table. Model outputs are cleaned of personal data like
     user text: a model can repeat a training answer's phone number or invent one."""
-    from tuneloop.pii import clean
+    from tuneloop.data.pii import clean
 
     return [{**item.row(), "champion_output": clean(before.outputs[n]), "challenger_output": clean(after.outputs[n]),
              "champion_score": before.per_item[n], "challenger_score": after.per_item[n],

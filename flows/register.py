@@ -8,16 +8,16 @@ from prefect import task
 from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, load_examples
-from tuneloop.drift import register_reference
+from tuneloop.data.datasets import DatasetRef, load_examples
+from tuneloop.release.drift import register_reference
 from tuneloop.flows.evaluate import EvalReport
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.tune import TuneResult
-from tuneloop.models import base_of
-from tuneloop.registry import log_adapter, move_alias
-from tuneloop.tracking import git_sha, within_run
+from tuneloop.modeling.models import base_of
+from tuneloop.registry.versions import log_adapter, move_alias
+from tuneloop.registry.tracking import git_sha, within_run
 
-# which feedback signal a version learned from, by its objective (tuneloop/objectives.py)
+# which feedback signal a version learned from, by its objective (tuneloop/modeling/objectives.py)
 LEARNED_FROM = {
     "sft": "supervised pairs: corrections and liked answers",
     "dpo": "supervised pairs and preference pairs: each correction over the answer it corrected",
@@ -61,7 +61,7 @@ def register(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: Eva
     adapter_dir = fetch_adapter(tuned.challenger.adapter_uri, config.work_dir / "adapters")
     with within_run(parent_run_id):
         version = log_adapter(config, adapter_dir, tags)
-    # the share of users names the version it was given to (tuneloop/flags.py): this version starts at 0 %
+    # the share of users names the version it was given to (tuneloop/release/flags.py): this version starts at 0 %
     # however much its predecessor had, and only deploy gives it the canary share
     move_alias(config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}")
     if config.drift.enabled:  # what live inputs are compared with: this version's training prompts

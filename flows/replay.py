@@ -32,10 +32,10 @@ from datasketch import MinHash, MinHashLSH
 from filelock import FileLock
 
 from tuneloop.config import LoopConfig
-from tuneloop.dedupe import prompt_key
-from tuneloop.inference import generate
-from tuneloop.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
-from tuneloop.training import Prompting
+from tuneloop.data.dedupe import prompt_key
+from tuneloop.modeling.inference import generate
+from tuneloop.modeling.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
+from tuneloop.modeling.prompting import Prompting
 
 PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"
 RECORDED = PROMPTS.with_name("replay_answers_generation.json")  # the bundled base's answers (``record``)
@@ -187,7 +187,7 @@ def recorded_answers(base: BaseModelInfo, prompting: Prompting, max_new_tokens: 
 def record(system_prompts: list[str]) -> None:
     """Write ``RECORDED``: the bundled generation base's greedy answers (CPU, fp32) to every short
     question and general prompt under each system prompt, at the lengths rehearsal asks for."""
-    from tuneloop.models import resolve_base
+    from tuneloop.modeling.models import resolve_base
 
     base = resolve_base("generation")
     model, tokenizer = load_base(base, "generation"), load_tokenizer(base)
@@ -204,6 +204,6 @@ def record(system_prompts: list[str]) -> None:
 
 
 if __name__ == "__main__":  # python -m tuneloop.flows.replay: re-record after changing the prompts or the base
-    from tuneloop.sample_data import SYSTEM_PROMPT
+    from tuneloop.data.sample_data import SYSTEM_PROMPT
 
     record([SYSTEM_PROMPT])

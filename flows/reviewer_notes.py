@@ -12,7 +12,7 @@ import json
 import mlflow
 
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef
+from tuneloop.data.datasets import DatasetRef
 from tuneloop.flows.evaluate import EvalReport
 from tuneloop.flows.register import Registered
 from tuneloop.flows.tune import TuneResult

@@ -32,7 +32,7 @@ from mlflow.store.artifact.artifact_repository_registry import get_artifact_repo
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
-from tuneloop.training import CHECKPOINT  # noqa: E402
+from tuneloop.modeling.training import CHECKPOINT  # noqa: E402
 
 log = logging.getLogger(__name__)
 

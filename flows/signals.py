@@ -1,4 +1,4 @@
-"""Curation's preference signal (``tuneloop.preference``): what a supervised pair throws away.
+"""Curation's preference signal (``tuneloop.data.preference``): what a supervised pair throws away.
 
 Beside each supervised pair, curation records (generation only):
 
@@ -29,10 +29,10 @@ from itertools import groupby
 from pathlib import Path
 from typing import NamedTuple
 
-from tuneloop.datasets import SPLITS, split_of
-from tuneloop.dedupe import Clusterer, prompt_key
-from tuneloop.pii import clean
-from tuneloop.preference import PAIRS, UNPAIRED, PreferencePair, Unpaired
+from tuneloop.data.datasets import SPLITS, split_of
+from tuneloop.data.dedupe import Clusterer, prompt_key
+from tuneloop.data.pii import clean
+from tuneloop.data.preference import PAIRS, UNPAIRED, PreferencePair, Unpaired
 
 __all__ = ["SignalSpill"]
 

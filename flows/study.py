@@ -42,10 +42,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from tuneloop.config import Kind, LoopConfig, TuneConfig
-from tuneloop.datasets import DatasetRef
-from tuneloop.locks import database_lock
-from tuneloop.models import DEFAULT_TARGETS, BaseModelInfo
-from tuneloop.owners import owner_dead, owner_id
+from tuneloop.data.datasets import DatasetRef
+from tuneloop.data.locks import database_lock
+from tuneloop.modeling.models import DEFAULT_TARGETS, BaseModelInfo
+from tuneloop.search.owners import owner_dead, owner_id
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind, objectives: list[
 def usable_objectives(config: LoopConfig, ref: DatasetRef, warn: bool = False) -> list[str]:
     """``tune.objectives`` less those the dataset cannot feed (each with its reason logged when
     ``warn``); sft when none is left."""
-    from tuneloop.objectives import usable
+    from tuneloop.modeling.objectives import usable
 
     kept, reasons = usable(config.tune.objectives, ref.counts.get("pairs_train", 0), ref.counts.get("unpaired_train", 0),
                            config.kind)

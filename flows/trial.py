@@ -19,10 +19,12 @@ from pathlib import Path
 import optuna
 import torch
 
-from tuneloop import fast_paths, progress, teacher
-from tuneloop.adapters import write_meta
+from tuneloop.modeling.fast import fast_paths
+from tuneloop import progress
+from tuneloop.modeling import teacher
+from tuneloop.modeling.adapters import write_meta
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
+from tuneloop.data.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites.suites import heldout_suite, score
 from tuneloop.flows.declining import declining_pairs
 from tuneloop.flows.framings import framed_pairs
@@ -30,8 +32,8 @@ from tuneloop.flows.replay import replay_pairs
 from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
 from tuneloop.flows.study import origin, rung_steps, suggest, usable_objectives
 from tuneloop.flows.trial_gate import constraints, gate_drops
-from tuneloop.inference import predict
-from tuneloop.models import (
+from tuneloop.modeling.inference import predict
+from tuneloop.modeling.models import (
     DEFAULT_ADAPTER_LAYERS,
     BaseModelInfo,
     base_of,
@@ -44,9 +46,11 @@ from tuneloop.models import (
     resolve_dtype,
     save_labels,
 )
-from tuneloop.objectives import PreferenceTerm, pair_rows, unpaired_rows
-from tuneloop.preference import load_pairs, load_unpaired
-from tuneloop.training import Prompting, Pruned, add_adapter, encode, schedule_length, top_layers, train
+from tuneloop.modeling.objectives import PreferenceTerm, pair_rows, unpaired_rows
+from tuneloop.data.preference import load_pairs, load_unpaired
+from tuneloop.modeling.training import Pruned, add_adapter, schedule_length, top_layers, train
+from tuneloop.modeling.batches import encode
+from tuneloop.modeling.prompting import Prompting
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 
@@ -107,7 +111,7 @@ def retrains_with_validation(config: LoopConfig) -> bool:
 
 def with_validation(config: LoopConfig, ref: DatasetRef, data: TrialData) -> TrialData:
     """The final training's data: the train split plus the validation split's retraining half; scored on
-    the calibration half, which it never sees (``tuneloop.datasets.calibration_half``)."""
+    the calibration half, which it never sees (``tuneloop.data.datasets.calibration_half``)."""
     validation = load_examples(ref, "validation", config.work_dir)
     extra = [(e.prompt, e.target) for e in validation if not calibration_half(e)]
     encoded = data.encoded + encode(config.kind, data.tokenizer, extra, data.labels, config.tune.max_length)
@@ -170,7 +174,7 @@ def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch
 
 
 def preference_term(config: LoopConfig, data: TrialData, params: dict) -> PreferenceTerm | None:
-    """The trial's preference loss (``tuneloop.objectives``); None for plain supervised training."""
+    """The trial's preference loss (``tuneloop.modeling.objectives``); None for plain supervised training."""
     objective = params.get("objective", "sft")
     if objective == "sft":
         return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 from optuna.trial import FrozenTrial
 
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, load_examples
+from tuneloop.data.datasets import DatasetRef, load_examples
 from tuneloop.eval_suites.suites import (
     GROUPS,
     adversarial_suite,

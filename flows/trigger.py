@@ -20,10 +20,11 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from tuneloop.config import LoopConfig
-from tuneloop.cost import Usage, meter
-from tuneloop.drift import drift_evidence
-from tuneloop.feedback import FeedbackError, FeedbackStore, validate_feedback
-from tuneloop.forget import apply_retention
+from tuneloop.costs.cost import Usage, meter
+from tuneloop.release.drift import drift_evidence
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.records import FeedbackError, validate_feedback
+from tuneloop.data.forget import apply_retention
 
 
 class Decision(BaseModel):
@@ -55,7 +56,7 @@ def last_drift_run(config: LoopConfig) -> datetime | None:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from tuneloop.ops_tables import TriggerRunRow
+    from tuneloop.data.ops_tables import TriggerRunRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session:
         at = session.scalar(select(TriggerRunRow.at).where(TriggerRunRow.kind == config.kind, TriggerRunRow.ran.is_(True),
@@ -115,7 +116,7 @@ def record_run(config: LoopConfig, decision: Decision, usage: Usage) -> float:
     """One ``trigger_runs`` row: what was decided and what deciding cost (USD, returned)."""
     from sqlalchemy.orm import Session
 
-    from tuneloop.ops_tables import TriggerRunRow
+    from tuneloop.data.ops_tables import TriggerRunRow
 
     usd = usage.usd(config.cost)
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():

@@ -26,14 +26,14 @@ from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef
+from tuneloop.data.datasets import DatasetRef
 from tuneloop.flows.search_tracking import log_search, open_search_run
 from tuneloop.flows.search_workers import dispatch
 from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, usable_objectives, work
 from tuneloop.flows.trial import retrains_with_validation, run_trial, schedule, train_final
 from tuneloop.flows.trial_gate import feasible
-from tuneloop.models import base_of, resolve_device
-from tuneloop.owners import claim_flow_run
+from tuneloop.modeling.models import base_of, resolve_device
+from tuneloop.search.owners import claim_flow_run
 
 
 class TuneConfigError(ValueError):

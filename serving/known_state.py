@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tuneloop.cache_files import atomic_write_text, read_json, verified
+from tuneloop.data.cache_files import atomic_write_text, read_json, verified
 from tuneloop.config import LoopConfig
 
 log = logging.getLogger("tuneloop.serving")

@@ -13,13 +13,13 @@ from functools import cache
 from types import SimpleNamespace
 
 from tuneloop.config import LoopConfig
-from tuneloop.cost import cost_per_1k, worker_price_per_hour
-from tuneloop.feedback import FeedbackStore
-from tuneloop.flags import challenger_percent
-from tuneloop.operations import roll_back
-from tuneloop.pii import clean
-from tuneloop.pseudonyms import shadow_salt, user_hash  # noqa: F401 (the shadow's names for them)
-from tuneloop.rollout import Guard, Verdict, negative_rates, segment_rates
+from tuneloop.costs.cost import cost_per_1k, worker_price_per_hour
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.release.flags import challenger_percent
+from tuneloop.release.operations import roll_back
+from tuneloop.data.pii import clean
+from tuneloop.data.pseudonyms import shadow_salt, user_hash  # noqa: F401 (the shadow's names for them)
+from tuneloop.release.rollout import Guard, Verdict, negative_rates, segment_rates
 
 log = logging.getLogger("tuneloop.serving")
 NO_SEGMENT = "none"  # label of requests and feedback that carry no segment
@@ -142,7 +142,7 @@ def publish_serving_costs(config: LoopConfig, cores_per_worker: float, gpus_per_
 
     from sqlalchemy.orm import Session
 
-    from tuneloop.ops_tables import SettingRow
+    from tuneloop.data.ops_tables import SettingRow
 
     costs = serving_costs(config, cores_per_worker, gpus_per_worker)
     for version, figures in costs.items():
@@ -242,7 +242,7 @@ class Shadow:
     def _run(self, version: str, requests: list, answers: list) -> None:
         from sqlalchemy.orm import Session
 
-        from tuneloop.ops_tables import ShadowRow
+        from tuneloop.data.ops_tables import ShadowRow
 
         try:
             outputs, _ = self.predict([version] * len(requests), [r.input for r in requests])
@@ -272,7 +272,7 @@ def shadow_log(config: LoopConfig, limit: int = 1000) -> list[dict]:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from tuneloop.ops_tables import ShadowRow
+    from tuneloop.data.ops_tables import ShadowRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session:
         rows = session.scalars(select(ShadowRow).where(ShadowRow.kind == config.kind).order_by(ShadowRow.id.desc()).limit(limit))

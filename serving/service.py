@@ -2,10 +2,10 @@
 
 Run with ``bentoml serve tuneloop.serving.service:Tuneloop --host 127.0.0.1 --port 3000`` (or ``tuneloop
 serve``); it reads the same ``TUNELOOP_*`` settings as the flows. Every answer names the model
-version and request id that produced it and carries a receipt for them (``tuneloop/receipts.py``),
+version and request id that produced it and carries a receipt for them (``tuneloop/access/receipts.py``),
 so feedback on it feeds the next loop and feedback on anything else is refused. /predict is open to
 apps; feedback needs a ``feedback`` (or ``admin``) token and /v1/admin/* an ``admin`` token
-(``tuneloop/tokens.py``). Bodies are bounded before they are parsed (``serving/limits.py``).
+(``tuneloop/access/tokens.py``). Bodies are bounded before they are parsed (``serving/limits.py``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ import bentoml
 from fastapi import Body, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from tuneloop import fast_paths, receipts, tokens
+from tuneloop.modeling.fast import fast_paths
+from tuneloop.access import receipts, tokens
 from tuneloop.config import LoopConfig, apply_environment
-from tuneloop.feedback import MAX_TEXT, FeedbackRecord, FeedbackStore
-from tuneloop.flags import Router
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.records import MAX_TEXT, FeedbackRecord
+from tuneloop.release.flags import Router
 
 apply_environment()  # before MLflow reads its tracking URI
 CONFIG = LoopConfig()  # the service process's one configuration: built once, at import, from its environment
@@ -34,7 +36,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(CONFIG.deploy.registry_
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(CONFIG.deploy.registry_retries))
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.1")
 
-from tuneloop import operations  # noqa: E402
+from tuneloop.release import operations  # noqa: E402
 from tuneloop.serving.known_state import ReadyDetail  # noqa: E402
 from tuneloop.serving.limits import BodyLimit  # noqa: E402
 from tuneloop.serving.live import SegmentLabels, Shadow, guard, publish_drift, record_batch  # noqa: E402
@@ -116,7 +118,7 @@ class Tuneloop:
             guard(self.config, lambda: dict(self.bank.served), self.config.deploy.guard_interval_s, self._stop,
                   cores_per_worker=torch.get_num_threads(), gpus_per_worker=int(on_gpu))
             if self.config.drift.enabled:  # this worker's share of the inputs is the sample tested for drift
-                from tuneloop.drift import DriftMonitor
+                from tuneloop.release.drift import DriftMonitor
 
                 self.drift = DriftMonitor(self.config, lambda: self.bank.version_of("champion"), publish_drift)
                 self.drift.start(self._stop)
@@ -134,7 +136,7 @@ class Tuneloop:
 
     def _version_failed(self, alias: str, version: str, reason: str) -> None:
         """A version that cannot be loaded: counted, and a challenger's share closed with the reason logged."""
-        from tuneloop.flags import challenger_percent, set_challenger_percent
+        from tuneloop.release.flags import challenger_percent, set_challenger_percent
         from tuneloop.serving.live import metrics
 
         metrics().adapter_load_failures.labels(alias, version).inc()
@@ -193,7 +195,7 @@ class Tuneloop:
         from sqlalchemy.exc import SQLAlchemyError
         from starlette.concurrency import run_in_threadpool
 
-        from tuneloop.feedback import FeedbackError, parse_feedback, read_limited
+        from tuneloop.data.records import FeedbackError, parse_feedback, read_limited
 
         try:
             await run_in_threadpool(self._authorise, authorization, "feedback")
@@ -221,7 +223,7 @@ class Tuneloop:
                             status_code=201 if created else 200)
 
     def _check_receipt(self, record: FeedbackRecord) -> None:
-        from tuneloop.feedback import FeedbackError
+        from tuneloop.data.records import FeedbackError
 
         if not record.receipt:
             raise FeedbackError("receipt", "required: the receipt of the /predict answer this feedback is about")
@@ -235,7 +237,7 @@ class Tuneloop:
         record is never refused (it was acknowledged, and storing it again is a no-op)."""
         from datetime import datetime, timedelta
 
-        from tuneloop.feedback import FeedbackError
+        from tuneloop.data.records import FeedbackError
 
         limits = self.config.limits
         since = datetime.now(UTC) - timedelta(seconds=limits.feedback_window_s)
@@ -247,7 +249,7 @@ class Tuneloop:
     def _known_version(self, version: str) -> bool:
         """'base', a served version, or one the registry knows. Answers are cached: known versions for
         good, unknown ones for a few seconds (a version registered just now becomes valid quickly)."""
-        from tuneloop.feedback import FeedbackError, registry_has_version
+        from tuneloop.data.records import FeedbackError, registry_has_version
 
         if version == "base" or version in self.bank.served.values():
             return True

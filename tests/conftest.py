@@ -91,7 +91,7 @@ def postgres_url():
     sqlalchemy.orm.close_all_sessions()
     import importlib
 
-    for engine_owner in ("tuneloop.locks",):  # cached engines would hold connections open
+    for engine_owner in ("tuneloop.data.locks",):  # cached engines would hold connections open
         importlib.import_module(engine_owner)._engine.cache_clear()
     with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # Postgres 13+: ends leftover connections
@@ -99,7 +99,7 @@ def postgres_url():
 
 def split_examples(ref, config) -> dict:
     """A curated dataset's examples per split, read from its files."""
-    from tuneloop.datasets import SPLITS, load_examples
+    from tuneloop.data.datasets import SPLITS, load_examples
 
     return {split: load_examples(ref, split, config.work_dir) for split in SPLITS}
 
@@ -236,8 +236,8 @@ def stack_loop(tmp_path_factory):
         run.times["stack_up_again"] = time.monotonic() - began
         run.facts["pids_again"] = {p: running_pid(settings, p) for p in run.facts["pids"]}
 
-        from tuneloop.feedback import FeedbackStore
-        from tuneloop.sample_data import sample_feedback
+        from tuneloop.data.feedback import FeedbackStore
+        from tuneloop.data.sample_data import sample_feedback
 
         FeedbackStore(run.env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback("classification", small=True), "classification")
 

@@ -11,11 +11,11 @@ import time
 import httpx
 import pytest
 
-from tuneloop import tokens
+from tuneloop.access import tokens
 from tuneloop.config import LoopConfig
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.localserver import tuneloop_service
-from tuneloop.operations import events
+from tuneloop.release.operations import events
 
 FEEDBACK_PER_USER, MAX_REQUESTS = 5, 16
 
@@ -190,7 +190,7 @@ def test_the_token_cli_creates_lists_and_revokes_without_showing_secrets(home):
 def test_a_plain_text_token_of_an_older_store_becomes_the_hashed_admin_token_legacy(tmp_path):
     from sqlalchemy import create_engine, text
 
-    from tuneloop import migrations
+    from tuneloop.data import migrations
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = create_engine(url)

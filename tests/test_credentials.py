@@ -97,7 +97,7 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused_and_does_not_run(tmp_
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from tuneloop.training import CHECKPOINT, CheckpointError, _load_checkpoint, _save_checkpoint
+    from tuneloop.modeling.training import CHECKPOINT, CheckpointError, _load_checkpoint, _save_checkpoint
 
     def fresh():
         torch.manual_seed(0)

@@ -13,16 +13,16 @@ from conftest import all_examples, jsonl, split_examples
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from tuneloop import migrations
+from tuneloop.data import migrations
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import split_of
-from tuneloop.dedupe import prompt_key
-from tuneloop.feedback import FeedbackStore
-from tuneloop.feedback_import import import_feedback
+from tuneloop.data.datasets import split_of
+from tuneloop.data.dedupe import prompt_key
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.feedback_import import import_feedback
 from tuneloop.flows.curate import build_dataset, curate, summary_markdown
-from tuneloop.sample_data import sample_feedback
-from tuneloop.text import normalize
-from tuneloop.tracking import use_experiment
+from tuneloop.data.sample_data import sample_feedback
+from tuneloop.data.text import normalize
+from tuneloop.registry.tracking import use_experiment
 
 SECRETS = {
     "email": "jane.doe@example.com",

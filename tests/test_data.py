@@ -8,12 +8,13 @@ import pytest
 from conftest import all_examples, jsonl, split_examples
 
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import split_of
-from tuneloop.dedupe import prompt_key
-from tuneloop.feedback import FeedbackRecord, FeedbackStore
+from tuneloop.data.datasets import split_of
+from tuneloop.data.dedupe import prompt_key
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.records import FeedbackRecord
 from tuneloop.flows.curate import build_dataset
-from tuneloop.pii import scrub
-from tuneloop.sample_data import sample_feedback
+from tuneloop.data.pii import scrub
+from tuneloop.data.sample_data import sample_feedback
 
 
 @pytest.mark.parametrize("text, tag", [

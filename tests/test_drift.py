@@ -13,7 +13,7 @@ import pytest
 from conftest import tiny_config
 from mlflow import MlflowClient
 
-from tuneloop.drift import (
+from tuneloop.release.drift import (
     DriftMonitor,
     find_reference,
     mmd_test,
@@ -22,9 +22,9 @@ from tuneloop.drift import (
     register_reference,
     shared_encoder,
 )
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.trigger import decide
-from tuneloop.sample_data import sample_feedback
+from tuneloop.data.sample_data import sample_feedback
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77" / "banking77_test.csv"
 

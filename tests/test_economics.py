@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tuneloop.config import CostConfig, LoopConfig
-from tuneloop.cost import (
+from tuneloop.costs.cost import (
     LoopMeter,
     Usage,
     cost_per_1k,
@@ -28,10 +28,10 @@ from tuneloop.cost import (
     tag_version_cost,
     version_cost,
 )
-from tuneloop.economics import EconomicsError, bench_cost_per_1k, crossover, cumulative, plot, report
-from tuneloop.feedback import FeedbackStore
-from tuneloop.ops_tables import SettingRow, TriggerRunRow
-from tuneloop.tracking import use_experiment
+from tuneloop.costs.economics import EconomicsError, bench_cost_per_1k, crossover, cumulative, plot, report
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.ops_tables import SettingRow, TriggerRunRow
+from tuneloop.registry.tracking import use_experiment
 
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {s}: pass\n"
 
@@ -56,7 +56,7 @@ def test_meter_counts_this_process_and_its_children_cpu_and_the_bytes_stored(tmp
 def test_a_process_started_for_one_job_counts_its_start_up():
     """A scheduled trigger run is a process of its own: its imports and start-up are its cost too."""
     script = BURN.format(s=0.3) + (
-        "from tuneloop.cost import meter\n"
+        "from tuneloop.costs.cost import meter\n"
         "with meter('trigger') as block: pass\n"
         "with meter('trigger', since_process_start=True) as whole: pass\n"
         "print(block.cpu_s, whole.cpu_s, whole.wall_s)\n")
@@ -268,7 +268,7 @@ def test_the_crossover_artifact_after_a_loop(home):
 
     @flow
     def after_loop() -> str:
-        from tuneloop.economics import crossover_artifact
+        from tuneloop.costs.economics import crossover_artifact
 
         return crossover_artifact(config, run_id)
 

@@ -1,4 +1,4 @@
-"""The fast paths into transformers' internals (``tuneloop.fast_paths``) are exact on every architecture
+"""The fast paths into transformers' internals (``tuneloop.modeling.fast.fast_paths``) are exact on every architecture
 they are verified on: the same training losses and the same answers as the plain path, with and
 without gradient checkpointing; anywhere else, and with the switch off, the plain path runs."""
 
@@ -9,9 +9,12 @@ import torch
 from test_trunk import PAIRS  # the same corrections and general questions as the trunk's own test
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tuneloop import fast_paths, inference, teacher
-from tuneloop.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
-from tuneloop.training import Prompting, add_adapter, encode, top_layers, train
+from tuneloop.modeling.fast import fast_paths
+from tuneloop.modeling import inference, teacher
+from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
+from tuneloop.modeling.training import add_adapter, top_layers, train
+from tuneloop.modeling.batches import encode
+from tuneloop.modeling.prompting import Prompting
 
 PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?", "What is 7 + 5?",
            "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts."]
@@ -115,7 +118,7 @@ def test_the_report_names_what_runs_and_why_not(tokenizer, switch):
 
 
 def test_an_unverified_architecture_gets_no_shared_cache(tokenizer, monkeypatch):
-    from tuneloop.prefix import sharable_cache
+    from tuneloop.modeling.fast.prefix import sharable_cache
 
     model = _model("llama", tokenizer).eval()
     prefix = torch.arange(12).unsqueeze(0)

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tuneloop.config import LoopConfig
-from tuneloop.flags import Router, challenger_percent, set_challenger_percent
+from tuneloop.release.flags import Router, challenger_percent, set_challenger_percent
 
 
 def test_router_is_sticky_and_follows_the_shared_flag_live(tmp_path):

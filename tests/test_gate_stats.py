@@ -1,13 +1,13 @@
 """The gate's statistics: cluster bootstrap, non-inferiority with three outcomes, superiority, the A/A
 tolerance, the checks on suite items (judged groups, known regression items), and the out-of-scope
-confidence threshold (tuneloop.calibration)."""
+confidence threshold (tuneloop.modeling.calibration)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tuneloop.calibration import Calibration, apply_threshold, calibrate, fit_threshold
+from tuneloop.modeling.calibration import Calibration, apply_threshold, calibrate, fit_threshold
 from tuneloop.eval_suites.gate import adversarial_checks, heldout_check, missing_groups, refusals, regression_check
 from tuneloop.eval_suites.stats import (
     FAIL,

@@ -10,11 +10,12 @@ from conftest import tiny_config
 from mlflow import MlflowClient
 
 from tuneloop.config import DeployConfig
-from tuneloop.feedback import FeedbackRecord, FeedbackStore
-from tuneloop.flags import challenger_percent, set_challenger_percent
-from tuneloop.operations import events
-from tuneloop.rollout import Guard, Rate, check, judge
-from tuneloop.sequential import rise_test, simulate
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.records import FeedbackRecord
+from tuneloop.release.flags import challenger_percent, set_challenger_percent
+from tuneloop.release.operations import events
+from tuneloop.release.rollout import Guard, Rate, check, judge
+from tuneloop.release.sequential import rise_test, simulate
 from tuneloop.serving.live import guard_once
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
 from tuneloop.config import LoopConfig
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.curate import build_dataset
 from tuneloop.localserver import free_port
 

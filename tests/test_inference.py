@@ -7,9 +7,10 @@ import functools
 import pytest
 import torch
 
-from tuneloop import inference
-from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
-from tuneloop.training import Prompting, add_adapter
+from tuneloop.modeling import inference
+from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
+from tuneloop.modeling.training import add_adapter
+from tuneloop.modeling.prompting import Prompting
 
 PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?",
            "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts.",
@@ -65,8 +66,8 @@ def test_a_prompt_cut_to_the_length_limit_is_answered_whole(monkeypatch):
 
 
 def test_an_architecture_outside_the_verified_ones_answers_whole_rows(monkeypatch):
-    """Its generate is never handed a pre-filled cache (``tuneloop.fast_paths``): the same answers."""
-    from tuneloop import fast_paths
+    """Its generate is never handed a pre-filled cache (``tuneloop.modeling.fast.fast_paths``): the same answers."""
+    from tuneloop.modeling.fast import fast_paths
 
     model, tokenizer = _model()
     prompting = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")

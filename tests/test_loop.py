@@ -9,12 +9,12 @@ import mlflow
 from conftest import constant_corrections, tiny_config
 from mlflow import MlflowClient
 
-from tuneloop.datasets import SPLITS, load_examples
-from tuneloop.feedback import FeedbackStore
-from tuneloop.flags import challenger_percent
+from tuneloop.data.datasets import SPLITS, load_examples
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.release.flags import challenger_percent
 from tuneloop.flows.loop import loop
-from tuneloop.registry import alias_version, promote, version_for
-from tuneloop.sample_data import sample_feedback
+from tuneloop.registry.versions import alias_version, promote, version_for
+from tuneloop.data.sample_data import sample_feedback
 
 ANSWER = "Please ask Brightwell support about that."
 
@@ -98,7 +98,7 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
 
     loaded = mlflow.pyfunc.load_model(f"models:/{config.model_name}@champion")
     answers = loaded.predict(pd.DataFrame({"input": ["where is my Orbit camera", "refund my hub"]}))
-    from tuneloop.sample_data import INTENTS
+    from tuneloop.data.sample_data import INTENTS
 
     assert len(answers) == 2 and set(answers) <= set(INTENTS) | {config.fallback_label}
 

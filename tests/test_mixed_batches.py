@@ -8,9 +8,9 @@ import pytest
 import torch
 from peft import PeftModel
 
-from tuneloop.inference import predict
-from tuneloop.models import DEFAULT_TARGETS, load_base, load_tokenizer, lora_targets, resolve_base
-from tuneloop.training import add_adapter, top_layers
+from tuneloop.modeling.inference import predict
+from tuneloop.modeling.models import DEFAULT_TARGETS, load_base, load_tokenizer, lora_targets, resolve_base
+from tuneloop.modeling.training import add_adapter, top_layers
 
 LABELS = ["billing", "returns", "shipping_status"]
 INPUTS = ["where is my Orbit camera", "I was charged twice for my hub", "return label for Nimbus Pro", "hello there"]

@@ -17,7 +17,7 @@ from urllib.parse import urljoin
 import pytest
 from mlflow import MlflowClient
 
-from tuneloop.tracking import experiment_url, model_version_url, run_url
+from tuneloop.registry.tracking import experiment_url, model_version_url, run_url
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1800)]
 CHROMIUM = "/usr/bin/chromium"

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tuneloop import pii
-from tuneloop.pii import clean, scrub
+from tuneloop.data import pii
+from tuneloop.data.pii import clean, scrub
 
 N = 8000
 # inputs that make a backtracking pattern try every start and every split: long runs of what a
@@ -105,7 +105,7 @@ def test_clean_normalises_before_scrubbing(text, tag):
 def test_the_shadow_log_and_drift_windows_clean_like_curation(home):
     from conftest import tiny_config
 
-    from tuneloop.drift import DriftMonitor
+    from tuneloop.release.drift import DriftMonitor
     from tuneloop.serving.live import Shadow, shadow_log
 
     hidden = "call me on 555\u200b-123\u200b-4567 or jane\u200b.doe@example.com"

@@ -8,12 +8,12 @@ import pytest
 from conftest import tiny_config
 
 from tuneloop.config import GateConfig
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.loop import loop
-from tuneloop.inference import generate
-from tuneloop.models import load_base, load_tokenizer, resolve_base
-from tuneloop.registry import version_for
-from tuneloop.sample_data import sample_feedback
+from tuneloop.modeling.inference import generate
+from tuneloop.modeling.models import load_base, load_tokenizer, resolve_base
+from tuneloop.registry.versions import version_for
+from tuneloop.data.sample_data import sample_feedback
 
 pytestmark = pytest.mark.real_weights
 

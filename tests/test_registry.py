@@ -14,7 +14,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from tuneloop.registry import aliases, move_alias, promote, restore_previous
+from tuneloop.registry.versions import aliases, move_alias, promote, restore_previous
 
 ROOT = Path(__file__).resolve().parent.parent
 NAME = "tuneloop-registry-test"
@@ -23,7 +23,7 @@ NAME = "tuneloop-registry-test"
 OPERATOR = """
 import sys, mlflow
 from mlflow import MlflowClient
-from tuneloop.registry import move_alias, promote, restore_previous
+from tuneloop.registry.versions import move_alias, promote, restore_previous
 name, rounds, versions = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
 for i in range(rounds):
     move_alias(name, "challenger", versions[i % len(versions)], f"pid {sys.argv[4]} round {i}")
@@ -102,7 +102,7 @@ def test_a_registered_version_names_the_library_versions_that_trained_it(home, t
     from importlib import metadata
 
     from tuneloop.config import LoopConfig
-    from tuneloop.registry import MODEL_REQUIREMENTS, log_adapter
+    from tuneloop.registry.versions import MODEL_REQUIREMENTS, log_adapter
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -7,8 +7,10 @@ import functools
 import pytest
 import torch
 
-from tuneloop.models import load_base, load_tokenizer, lora_targets, resolve_base
-from tuneloop.training import Prompting, add_adapter, collate, encode, loss_of, train
+from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
+from tuneloop.modeling.training import add_adapter, loss_of, train
+from tuneloop.modeling.batches import collate, encode
+from tuneloop.modeling.prompting import Prompting
 
 
 def _model_and_rows():
@@ -69,7 +71,7 @@ def test_the_loss_is_the_same_where_transformers_takes_no_logits_mask(monkeypatc
     """transformers 5.17 (as installed on a GPU machine it ran on) takes ``logits_to_keep`` as a count or index list
     only and fails on a boolean mask: training there projects every position and selects after,
     with the same loss and KL term."""
-    from tuneloop import fast_paths
+    from tuneloop.modeling.fast import fast_paths
 
     model, tokenizer, rows = _model_and_rows()
     _move_adapter(model)
@@ -103,7 +105,7 @@ def test_rehearsal_leaves_out_prompts_that_users_have_answered():
     assert unlike(prompts, training) == ["What is the capital of Peru?", "How do I boil an egg?"]
     assert unlike(prompts, []) == prompts
     shipped = replay_prompts()
-    from tuneloop.sample_data import sample_feedback
+    from tuneloop.data.sample_data import sample_feedback
 
     users = [r["prompt"] for r in sample_feedback("generation") if isinstance(r.get("prompt"), str)]
     kept = unlike(shipped, users)
@@ -153,7 +155,7 @@ def test_short_questions_are_rehearsed_only_with_short_answers(tmp_path, monkeyp
 def test_the_shared_prompt_prefix_computed_once_gives_the_whole_rows_loss_and_gradients(monkeypatch):
     """Every row of a batch starts with the same template and system prompt: computed once and
     shared, it gives the loss, the KL term and the adapter's gradients of the whole rows."""
-    from tuneloop import prefix
+    from tuneloop.modeling.fast import prefix
 
     model, tokenizer, rows = _model_and_rows()
     _move_adapter(model)
@@ -212,11 +214,11 @@ def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training
 
 
 def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forward(tmp_path):
-    """Rehearsal rows carrying the base's precomputed distribution (``tuneloop.teacher``) give the KL
+    """Rehearsal rows carrying the base's precomputed distribution (``tuneloop.modeling.teacher``) give the KL
     term the frozen forward gives: exactly with the whole vocabulary kept; with the top 64 tokens and
     a bucket for the rest, a lower bound of it above zero. The second attach reads the cache: no
     forward pass."""
-    from tuneloop import teacher
+    from tuneloop.modeling import teacher
 
     model, tokenizer, rows = _model_and_rows()
     model.eval()
@@ -250,7 +252,7 @@ def test_the_bundled_bases_recorded_rehearsal_answers_are_used_and_cover_every_p
 
     from tuneloop.config import LoopConfig
     from tuneloop.flows import replay
-    from tuneloop.sample_data import SYSTEM_PROMPT
+    from tuneloop.data.sample_data import SYSTEM_PROMPT
 
     recorded = json.loads(replay.RECORDED.read_text())
     bundled = dataclasses.replace(resolve_base("generation", tiny=True), sha256=recorded["base_model_sha256"], tiny=False)

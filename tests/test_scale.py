@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 
 from tuneloop import synthetic
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.loop import loop
 
 LIMIT = 16 * 1024  # bytes of flow-run parameters, whatever the data size (Prefect refuses 512 KB)
@@ -52,7 +52,7 @@ def test_twenty_thousand_records_run_end_to_end_and_prefect_stores_only_referenc
 
 
 def _valid(records: list[dict], kind: str):
-    from tuneloop.feedback import FeedbackError, validate_feedback
+    from tuneloop.data.records import FeedbackError, validate_feedback
 
     for record in records:
         try:

@@ -8,9 +8,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, Table, create_engine
 
-import tuneloop.ops_tables  # noqa: F401  (its tables join the feedback store's metadata)
-from tuneloop import migrations
-from tuneloop.feedback import _Base
+import tuneloop.data.ops_tables  # noqa: F401  (its tables join the feedback store's metadata)
+from tuneloop.data import migrations
+from tuneloop.data.feedback import Base
 
 
 def _differences(url: str, metadata: MetaData) -> list:
@@ -27,18 +27,18 @@ def _differences(url: str, metadata: MetaData) -> list:
 
 
 def test_the_migrations_build_exactly_the_orm_schema_on_sqlite(tmp_path):
-    assert _differences(f"sqlite:///{tmp_path / 'f.db'}", _Base.metadata) == []
+    assert _differences(f"sqlite:///{tmp_path / 'f.db'}", Base.metadata) == []
 
 
 @pytest.mark.postgres
 def test_the_migrations_build_exactly_the_orm_schema_on_postgres(postgres_url):
-    assert _differences(postgres_url, _Base.metadata) == []
+    assert _differences(postgres_url, Base.metadata) == []
 
 
 def test_a_column_in_the_orm_only_is_caught(tmp_path):
     # the check itself can fail: a copy of the ORM with one extra column differs from the migrated database
     metadata = MetaData()
-    for table in _Base.metadata.tables.values():
+    for table in Base.metadata.tables.values():
         table.to_metadata(metadata)
     Table("feedback", metadata, Column("orm_only", Integer), extend_existing=True)
     diff = _differences(f"sqlite:///{tmp_path / 'f.db'}", metadata)

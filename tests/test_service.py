@@ -13,14 +13,15 @@ import mlflow
 import pytest
 from conftest import TOKEN, tiny_config
 
-from tuneloop.feedback import FeedbackRecord, FeedbackStore
-from tuneloop.flags import set_challenger_percent
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.records import FeedbackRecord
+from tuneloop.release.flags import set_challenger_percent
 from tuneloop.flows.loop import loop
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.localserver import tuneloop_service
-from tuneloop.operations import events
-from tuneloop.registry import alias_version, log_adapter, move_alias, promote
-from tuneloop.sample_data import sample_feedback
+from tuneloop.release.operations import events
+from tuneloop.registry.versions import alias_version, log_adapter, move_alias, promote
+from tuneloop.data.sample_data import sample_feedback
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -187,7 +188,7 @@ def test_a_new_challenger_gets_no_share_until_deploy_and_never_more_than_the_can
 
 def test_promote_with_a_stale_expected_version_is_refused(service):
     base, config = service
-    from tuneloop import operations
+    from tuneloop.release import operations
 
     challenger, champion = alias_version(config.model_name, "challenger"), alias_version(config.model_name, "champion")
     stale = str(int(challenger) - 1)

@@ -17,12 +17,12 @@ import mlflow
 from conftest import TOKEN, tiny_config
 from peft import LoraConfig, get_peft_model
 
-from tuneloop.adapters import write_meta
-from tuneloop.flags import challenger_percent, set_challenger_percent
+from tuneloop.modeling.adapters import write_meta
+from tuneloop.release.flags import challenger_percent, set_challenger_percent
 from tuneloop.localserver import free_port, server_process, tuneloop_service
-from tuneloop.models import base_of, load_base, lora_targets, save_labels
-from tuneloop.operations import events
-from tuneloop.registry import log_adapter, move_alias
+from tuneloop.modeling.models import base_of, load_base, lora_targets, save_labels
+from tuneloop.release.operations import events
+from tuneloop.registry.versions import log_adapter, move_alias
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LABELS = ["card_arrival", "lost_card", "refund"]
@@ -127,7 +127,7 @@ def test_a_corrupt_challenger_does_not_stop_a_champion_change(home):
 def test_a_locked_store_gives_503_and_acknowledges_nothing(home):
     import sqlite3
 
-    from tuneloop.feedback import FeedbackStore
+    from tuneloop.data.feedback import FeedbackStore
 
     config = tiny_config(home, "classification")
     move_alias(config.model_name, "champion", _register(config, _tiny_adapter(config, home / "a1", 1)), "test")

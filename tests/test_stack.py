@@ -103,14 +103,14 @@ def test_the_trigger_deployment_runs_the_loop_on_the_stack_to_a_canary(stack_loo
         monkeypatch.setenv(key, run.env[key])
     config = LoopConfig(kind="classification")
     assert config.feedback_db.startswith("postgresql+psycopg://")
-    from tuneloop.flags import challenger_percent
-    from tuneloop.operations import events
+    from tuneloop.release.flags import challenger_percent
+    from tuneloop.release.operations import events
 
     assert challenger_percent(config) == 10
     assert any("opened by loop run" in e["reason"] for e in events(config, "canary"))
 
     # alias moves against an MLflow server lock on the shared operations database, not a temp file
-    from tuneloop.locks import registry_lock_url
+    from tuneloop.data.locks import registry_lock_url
 
     assert registry_lock_url(run.env["MLFLOW_TRACKING_URI"]) == run.env["TUNELOOP_FEEDBACK_URL"]
 
@@ -217,10 +217,10 @@ FAN_OUT = """
 import json, sys
 from mlflow import MlflowClient
 from tuneloop.config import LoopConfig
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.curate import build_dataset
 from tuneloop.flows.tune import tune
-from tuneloop.tracking import use_experiment
+from tuneloop.registry.tracking import use_experiment
 config = LoopConfig(kind="classification", tune=json.loads(sys.argv[1]))
 ref = build_dataset(FeedbackStore(config.feedback_db), config)
 parent = MlflowClient().create_run(use_experiment(config), run_name="fan-out").info.run_id
@@ -382,8 +382,8 @@ import json, sys, time
 began = time.perf_counter()
 from tuneloop.config import LoopConfig, apply_environment
 apply_environment(sys.argv[1])
-from tuneloop.feedback import FeedbackStore
-from tuneloop.sample_data import sample_feedback
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.sample_data import sample_feedback
 config = LoopConfig(**json.loads(sys.argv[2])["config"])
 FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification", small=True), "classification")
 from tuneloop.flows.trigger import trigger

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import SQLAlchemyError
 
-from tuneloop import migrations
-from tuneloop.feedback import FeedbackRecord, FeedbackStore, forget_engines
-from tuneloop.feedback_import import import_feedback
+from tuneloop.data import migrations
+from tuneloop.data.feedback import FeedbackStore, forget_engines
+from tuneloop.data.records import FeedbackRecord
+from tuneloop.data.feedback_import import import_feedback
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,8 +123,8 @@ def test_a_full_disk_refuses_the_write_and_keeps_what_was_acknowledged(tmp_path)
 KILLER = """
 import os, signal, sys
 from sqlalchemy import event
-from tuneloop.feedback import make_engine
-from tuneloop import migrations
+from tuneloop.data.feedback import make_engine
+from tuneloop.data import migrations
 engine = make_engine(sys.argv[1])
 
 @event.listens_for(engine, "before_cursor_execute")

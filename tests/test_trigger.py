@@ -14,9 +14,9 @@ import pytest
 from conftest import tiny_config
 from prefect.settings import PREFECT_API_URL
 
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.trigger import count_new_corrections, decide, trigger
-from tuneloop.sample_data import sample_feedback
+from tuneloop.data.sample_data import sample_feedback
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,7 +98,7 @@ def _trigger_rows(config) -> list:
     from sqlalchemy import select
     from sqlalchemy.orm import Session
 
-    from tuneloop.ops_tables import TriggerRunRow
+    from tuneloop.data.ops_tables import TriggerRunRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session:
         return list(session.scalars(select(TriggerRunRow).where(TriggerRunRow.kind == config.kind).order_by(TriggerRunRow.id)))
@@ -118,7 +118,7 @@ def test_a_no_op_run_records_what_deciding_cost(home):
 def _drift_windows(config, pattern: list[bool], version: str = "1") -> None:
     from sqlalchemy.orm import Session
 
-    from tuneloop.ops_tables import DriftWindowRow
+    from tuneloop.data.ops_tables import DriftWindowRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
         for drifted in pattern:
@@ -127,7 +127,7 @@ def _drift_windows(config, pattern: list[bool], version: str = "1") -> None:
 
 
 def test_drift_is_a_reason_with_its_own_bar_and_interval(home):
-    from tuneloop.cost import Usage
+    from tuneloop.costs.cost import Usage
     from tuneloop.flows.trigger import record_run
 
     config = tiny_config(home, "classification")

@@ -8,10 +8,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tuneloop import teacher
-from tuneloop.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
-from tuneloop.training import Prompting, add_adapter, encode, top_layers, train
-from tuneloop.trunk import decoder_layers, open_trunk
+from tuneloop.modeling import teacher
+from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
+from tuneloop.modeling.training import add_adapter, top_layers, train
+from tuneloop.modeling.batches import encode
+from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.fast.trunk import decoder_layers, open_trunk
 
 PAIRS = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
          ("What is the capital of Spain?", "The capital of Spain is Madrid."),

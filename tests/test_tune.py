@@ -25,16 +25,17 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from tuneloop.config import LoopConfig
-from tuneloop.datasets import DatasetRef, load_examples, load_labels
-from tuneloop.feedback import FeedbackStore
+from tuneloop.data.datasets import DatasetRef, load_examples, load_labels
+from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.curate import build_dataset, log_dataset
 from tuneloop.flows.study import OWNER_ATTR, origin, study_name
 from tuneloop.flows.tune import tune
-from tuneloop.models import base_of, load_base, load_tokenizer, resolve_base
-from tuneloop.owners import OWNER_TAG
-from tuneloop.sample_data import sample_feedback
-from tuneloop.tracking import use_experiment
-from tuneloop.training import add_adapter, encode, train
+from tuneloop.modeling.models import base_of, load_base, load_tokenizer, resolve_base
+from tuneloop.search.owners import OWNER_TAG
+from tuneloop.data.sample_data import sample_feedback
+from tuneloop.registry.tracking import use_experiment
+from tuneloop.modeling.training import add_adapter, train
+from tuneloop.modeling.batches import encode
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DRIVER = """
 import json, sys
 from pathlib import Path
-from tuneloop.datasets import DatasetRef
+from tuneloop.data.datasets import DatasetRef
 from tuneloop.flows.tune import tune
 from tuneloop.config import LoopConfig
 if __name__ == "__main__":  # worker processes (n_workers > 1) import this module again

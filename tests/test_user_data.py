@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from tuneloop.cli.main import app
-from tuneloop.feedback import FeedbackStore, QuarantineRow
-from tuneloop.feedback_import import import_feedback
+from tuneloop.data.feedback import FeedbackStore, QuarantineRow
+from tuneloop.data.feedback_import import import_feedback
 from tuneloop.flows.curate import build_dataset, log_dataset
-from tuneloop.ops_tables import DriftWindowRow, RolloutEventRow, ShadowRow
-from tuneloop.pseudonyms import shadow_salt, user_hash
-from tuneloop.sample_data import sample_feedback
+from tuneloop.data.ops_tables import DriftWindowRow, RolloutEventRow, ShadowRow
+from tuneloop.data.pseudonyms import shadow_salt, user_hash
+from tuneloop.data.sample_data import sample_feedback
 
 
 def _alice(n: int, start: int = 0) -> list[dict]:
@@ -87,7 +87,7 @@ def test_the_trigger_applies_retention_to_operational_records(home):
 
 
 def test_imported_feedback_is_named_in_the_datasets_lineage(home, tmp_path):
-    from tuneloop.feedback import FeedbackRecord
+    from tuneloop.data.records import FeedbackRecord
 
     config = tiny_config(home, "generation")
     store = FeedbackStore(config.feedback_db)

@@ -71,7 +71,7 @@ class TuneConfig(BaseModel):
     replay_kl: float = Field(
         4.0, ge=0, description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
         "tokens, which then replaces their cross-entropy (the base's whole next-token distribution, not its greedy "
-        "answer, often wrong on short questions; its top 64 tokens, computed once per search: tuneloop/teacher.py). 0: "
+        "answer, often wrong on short questions; its top 64 tokens, computed once per search: tuneloop/modeling/teacher.py). 0: "
         "rehearsal answers are trained on like corrections."
     )
     decline_share: float = Field(
@@ -88,7 +88,7 @@ class TuneConfig(BaseModel):
         ["sft"], min_length=1, description="Training objectives to choose from (several: searched, each trial one): sft "
         "(the supervised pairs: corrections and liked answers), dpo (sft plus DPO on preference pairs, a correction "
         "over the answer it corrected: the RPO mix), kto (sft plus KTO on unpaired thumbs, bare thumbs-down included); "
-        "tuneloop/objectives.py. One the data cannot feed (dpo without corrections, kto without thumbs) is left out of "
+        "tuneloop/modeling/objectives.py. One the data cannot feed (dpo without corrections, kto without thumbs) is left out of "
         "the search with a logged reason. Default sft alone: preference objectives were not yet measured on the demo."
     )
     dpo_beta_min: float = Field(0.05, gt=0, description="Lower bound of DPO's beta (log-uniform; how far from the base).")
@@ -151,7 +151,7 @@ class TuneConfig(BaseModel):
     )
     trunk_cache_mb: float = Field(
         1024, ge=0, description="Memory (on the training device) for each training row's hidden states below the "
-        "adapters, kept from its first step for its next ones and the other trials' (tuneloop/trunk.py): the same "
+        "adapters, kept from its first step for its next ones and the other trials' (tuneloop/modeling/fast/trunk.py): the same "
         "training with the frozen layers run once per row (faster steps: python -m bench step). A train "
         "set whose states do not fit runs every layer at every step, as with 0."
     )
@@ -295,8 +295,8 @@ class DeployConfig(BaseModel):
 
 
 class CostConfig(BaseModel):
-    """Prices that turn measured use into money (``tuneloop/cost.py``), and the hosted alternative the
-    crossover report compares with (``tuneloop/economics.py``). Defaults are typical on-demand cloud
+    """Prices that turn measured use into money (``tuneloop/costs/cost.py``), and the hosted alternative the
+    crossover report compares with (``tuneloop/costs/economics.py``). Defaults are typical on-demand cloud
     list prices; set your own. A negative or implausibly large figure is refused, naming the field."""
 
     model_config = {"validate_assignment": True}
@@ -322,7 +322,7 @@ class CostConfig(BaseModel):
 
 
 class DriftConfig(BaseModel):
-    """Input drift: live inputs against the served version's training prompts (``tuneloop/drift.py``)."""
+    """Input drift: live inputs against the served version's training prompts (``tuneloop/release/drift.py``)."""
 
     enabled: bool = Field(True, description="The service tests input windows when the served version has a reference.")
     window: int = Field(200, ge=10, le=10_000, description="Inputs per test window (disjoint windows, so their "
@@ -394,7 +394,7 @@ class LoopConfig(BaseSettings):
     )
     fast_paths: bool = Field(
         True, description="The speed-ups that reach into transformers' internals (the shared prompt prefix computed "
-        "once, only the answer positions projected, kept lower-layer states: tuneloop/fast_paths.py), on the "
+        "once, only the answer positions projected, kept lower-layer states: tuneloop/modeling/fast/fast_paths.py), on the "
         "architectures whose exactness tests run. false: the plain path everywhere (each search run records which ran)."
     )
     system_prompt: str | None = Field(

@@ -25,7 +25,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from tuneloop.config import LoopConfig
-from tuneloop.feedback import FeedbackRecord
+from tuneloop.data.records import FeedbackRecord
 
 CONFIG_PAGE = "configuration.md"
 SCHEMA_FILE = "feedback.schema.json"

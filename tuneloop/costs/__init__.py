@@ -1,0 +1,1 @@
+"""What a loop and an answer cost, and when tuning pays."""

@@ -1,0 +1,1 @@
+"""What is stored: the feedback store and the operations tables beside it, their migrations, files shared on disk, and what curation does with records (validation, personal data, dedupe, datasets)."""

@@ -1,0 +1,1 @@
+"""Base models, adapters, prompting, training, inference and calibration."""

@@ -1,0 +1,45 @@
+"""The pyfunc flavour of a registered version, logged as code (MLflow's models-from-code).
+
+``mlflow.pyfunc.load_model("models:/<name>@champion")`` runs this file: the version's own base
+model (named and hashed in its ``tuneloop.json``) and its adapter from the artifact store, on the
+configured device. Logging the class as code instead of pickling an instance keeps versions
+loadable across Python and library upgrades.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+
+class AdapterModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper so a version loads with ``mlflow.pyfunc.load_model``: its base + this adapter."""
+
+    def load_context(self, context):
+        from tuneloop.modeling.adapters import load_adapter
+        from tuneloop.modeling.models import resolve_device, resolve_dtype
+
+        device = resolve_device(os.environ.get("TUNELOOP_DEVICE", "auto"))
+        dtype = resolve_dtype(os.environ.get("TUNELOOP_PRECISION", "auto"), device)
+        folder = Path(context.artifacts["adapter"])
+        self.model, self.tokenizer, self.meta, self.labels = load_adapter(folder, device, dtype)
+        stored = folder / "calibration.json"  # classification: the out-of-scope threshold the gate fitted
+        self.calibration = json.loads(stored.read_text()) if stored.exists() else None
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
+        from tuneloop.modeling.inference import predict
+
+        outputs, confidences = predict(self.meta.kind, self.model, self.tokenizer, list(model_input["input"]), self.labels,
+                                       self.meta.max_new_tokens, self.meta.prompting)
+        if self.calibration and confidences is not None:
+            from tuneloop.modeling.calibration import Calibration
+
+            outputs = Calibration.from_dict(self.calibration).apply(outputs, confidences)
+        return outputs
+
+
+mlflow.models.set_model(AdapterModel())

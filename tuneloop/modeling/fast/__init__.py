@@ -1,0 +1,1 @@
+"""The speed-ups that reach into transformers' internals, fenced: one switch, verified architectures (``fast_paths``)."""

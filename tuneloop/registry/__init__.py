@@ -1,0 +1,1 @@
+"""The MLflow registry (versions, aliases, lineage) and experiment tracking."""

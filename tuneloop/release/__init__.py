@@ -1,0 +1,1 @@
+"""Release: the routing flag, rollout, sequential tests, operations, drift."""

@@ -1,0 +1,1 @@
+"""What the hyper-parameter search shares between workers."""
