@@ -32,13 +32,13 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     import torch
 
-    from tuneloop.modeling import inference
     from tuneloop.config import LoopConfig
     from tuneloop.data.datasets import Example
-    from tuneloop.eval_suites.suites import adversarial_suite, regression_suite
-    from tuneloop.modeling.models import base_of, load_base, load_tokenizer
     from tuneloop.data.sample_data import SYSTEM_PROMPT
     from tuneloop.data.text import normalize
+    from tuneloop.eval_suites.suites import adversarial_suite, regression_suite
+    from tuneloop.modeling import inference
+    from tuneloop.modeling.models import base_of, load_base, load_tokenizer
     from tuneloop.modeling.prompting import Prompting
 
     info = base_of(LoopConfig(kind="generation"))

@@ -102,8 +102,8 @@ def drift(windows: int = 3, size: int = 40) -> dict:
     reference of Brightwell prompts (skipped without banking77)."""
     if not BANKING77.exists():
         return {"skipped": f"banking77 not at {BANKING77}"}
-    from tuneloop.release.drift import build_reference, mmd_test, shared_encoder
     from tuneloop.data.sample_data import sample_feedback
+    from tuneloop.release.drift import build_reference, mmd_test, shared_encoder
 
     prompts = sorted({r["prompt"] for k in ("generation", "classification") for r in sample_feedback(k)
                       if isinstance(r.get("prompt"), str) and r["prompt"].strip() and len(r["prompt"]) < 500})
@@ -134,11 +134,11 @@ def crossover_examples() -> dict:
 
 def _fresh_versions(config) -> str:
     """Champion v1 on the kind's real base: a fresh LoRA adapter (serving cost does not depend on its values)."""
+    from tuneloop.data.sample_data import INTENTS
     from tuneloop.modeling.adapters import write_meta
     from tuneloop.modeling.models import DEFAULT_TARGETS, base_of, load_base, lora_targets, save_labels
-    from tuneloop.registry.versions import log_adapter, move_alias
-    from tuneloop.data.sample_data import INTENTS
     from tuneloop.modeling.training import add_adapter
+    from tuneloop.registry.versions import log_adapter, move_alias
 
     info = base_of(config)
     labels = sorted(INTENTS) if config.kind == "classification" else None

@@ -196,9 +196,9 @@ def build_base(name: str, device: torch.device, dtype: torch.dtype):
 def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype, rate: float, scratch: Path | None) -> dict:
     """Project vs hand loop (alternating rounds) on one shape; optionally compiled; saves the random
     base to ``scratch`` first when a QLoRA row will load it from there."""
+    from tuneloop.modeling.batches import collate, epoch_batches
     from tuneloop.modeling.models import lora_targets
     from tuneloop.modeling.training import add_adapter
-    from tuneloop.modeling.batches import collate, epoch_batches
 
     _reset_peak(device)
     began = time.perf_counter()
@@ -271,9 +271,15 @@ def save_base(base, folder: Path) -> None:
 def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder: Path | None) -> dict:
     """The saved random base loaded 4-bit through the project's loader, prepared as a trial prepares
     it, trained by ``train()`` without and with gradient checkpointing: peak memory and step time."""
-    from tuneloop.modeling.models import BaseModelInfo, ModelError, load_base, lora_targets, quantization_config
+    from tuneloop.modeling.models import (
+        BaseModelInfo,
+        ModelError,
+        compute_dtype,
+        load_base,
+        lora_targets,
+        quantization_config,
+    )
     from tuneloop.modeling.training import add_adapter
-    from tuneloop.modeling.models import compute_dtype
 
     try:
         quantization_config("4bit", device, dtype)  # the project's refusal, before any work (CPU, no bitsandbytes)

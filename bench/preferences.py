@@ -74,14 +74,14 @@ def held_out(prompt: str) -> bool:
 
 
 def main(argv: list[str]) -> None:
+    from tuneloop.data.preference import PreferencePair, Unpaired
     from tuneloop.eval_suites.suites import general_knowledge_suite, judge_all, replay_prompts
+    from tuneloop.modeling.batches import encode
     from tuneloop.modeling.inference import predict
     from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
     from tuneloop.modeling.objectives import PreferenceTerm, pair_rows, unpaired_rows
-    from tuneloop.data.preference import PreferencePair, Unpaired
-    from tuneloop.modeling.training import add_adapter, top_layers, train
-    from tuneloop.modeling.batches import encode
     from tuneloop.modeling.prompting import Prompting
+    from tuneloop.modeling.training import add_adapter, top_layers, train
 
     parser = argparse.ArgumentParser(prog="python -m bench preferences")
     parser.add_argument("--quick", action="store_true", help="fewer prompts and steps")

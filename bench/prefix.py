@@ -32,11 +32,11 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench prefix")
     parser.add_argument("--quick", action="store_true", help="6 batches instead of 20")
     args = parser.parse_args(argv)
-    from tuneloop.modeling.fast import prefix
-    from tuneloop.modeling import training
     from tuneloop.config import LoopConfig
-    from tuneloop.modeling.models import base_of, load_base, load_tokenizer, lora_targets
     from tuneloop.data.sample_data import SYSTEM_PROMPT, sample_feedback
+    from tuneloop.modeling import training
+    from tuneloop.modeling.fast import prefix
+    from tuneloop.modeling.models import base_of, load_base, load_tokenizer, lora_targets
 
     torch.manual_seed(0)
     info = base_of(LoopConfig(kind="generation"))
@@ -84,9 +84,9 @@ def main(argv: list[str]) -> None:
 
 
 def _generation(model, tokenizer, quick: bool) -> dict:
+    from tuneloop.data.sample_data import SYSTEM_PROMPT
     from tuneloop.eval_suites.suites import regression_suite
     from tuneloop.modeling.inference import generate
-    from tuneloop.data.sample_data import SYSTEM_PROMPT
     from tuneloop.modeling.prompting import Prompting
 
     prompts = [item.input for item in regression_suite("generation", [], seed=0)][: 96 if quick else None]

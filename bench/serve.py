@@ -77,11 +77,11 @@ def _register_versions(config) -> str:
     """Champion v1 and challenger v2 on the configured base: fresh LoRA adapters (serving cost does not
     depend on the adapter's values, so no training is needed to measure it), each with the
     ``tuneloop.json`` that tells the service's adapter bank which base and prompting it needs."""
+    from tuneloop.data.sample_data import INTENTS
     from tuneloop.modeling.adapters import write_meta
     from tuneloop.modeling.models import DEFAULT_TARGETS, base_of, load_base, lora_targets, save_labels
-    from tuneloop.registry.versions import log_adapter, move_alias
-    from tuneloop.data.sample_data import INTENTS
     from tuneloop.modeling.training import add_adapter
+    from tuneloop.registry.versions import log_adapter, move_alias
 
     info = base_of(config)
     labels = sorted(INTENTS) if config.kind == "classification" else None
@@ -112,8 +112,8 @@ def _same_answers(service: str, plain: str) -> dict:
 
 def routing_overhead(config, n: int = 5000) -> dict:
     """Per-request cost of routing (flag evaluation) and attribution (version lookup, answer object)."""
-    from tuneloop.release.flags import Router
     from tuneloop.access.receipts import sign
+    from tuneloop.release.flags import Router
     from tuneloop.serving.models import AdapterBank
     from tuneloop.serving.service import Answer
 
@@ -295,10 +295,10 @@ def device_wheels() -> str:
     from packaging.markers import Marker
 
     import bench.loadgen  # noqa: E401, F401
-    import tuneloop.modeling.adapters  # noqa: E401, F401
     import tuneloop.data.migrations
-    import tuneloop.release.operations
+    import tuneloop.modeling.adapters  # noqa: E401, F401
     import tuneloop.registry.versions
+    import tuneloop.release.operations
     import tuneloop.serving.live  # noqa: E401, F401
 
     norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731

@@ -33,11 +33,11 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench step")
     parser.add_argument("--quick", action="store_true", help="6 batches instead of 20")
     args = parser.parse_args(argv)
-    from tuneloop.modeling import teacher, training
     from tuneloop.config import LoopConfig
-    from tuneloop.modeling.models import base_of, load_base, load_tokenizer, lora_targets
     from tuneloop.data.sample_data import SYSTEM_PROMPT, sample_feedback
+    from tuneloop.modeling import teacher, training
     from tuneloop.modeling.fast.trunk import open_trunk
+    from tuneloop.modeling.models import base_of, load_base, load_tokenizer, lora_targets
 
     info = base_of(LoopConfig(kind="generation"))
     tokenizer = load_tokenizer(info)

@@ -74,8 +74,8 @@ def banking77(n_intents: int = 10, per_intent_train: int = 40, per_intent_test: 
 
 def step_data(kind: str, info, n: int):
     """Token-encoded examples for the step-time runs, and the labels (classification)."""
-    from tuneloop.modeling.models import load_tokenizer
     from tuneloop.modeling.batches import encode
+    from tuneloop.modeling.models import load_tokenizer
 
     tokenizer = load_tokenizer(info)
     if kind == "classification":
@@ -132,9 +132,9 @@ def padding_share(batches: list[dict]) -> float:
 
 def step_times(kind: str, steps: int, rounds: int, warmup: int = 2) -> dict:
     """train() against the hand-written loop on one LoRA model, alternating, same batches in the same order."""
+    from tuneloop.modeling.batches import collate, epoch_batches
     from tuneloop.modeling.models import resolve_base
     from tuneloop.modeling.training import train
-    from tuneloop.modeling.batches import collate, epoch_batches
 
     info = resolve_base(kind)
     encoded, labels, pad_id = step_data(kind, info, steps * BATCH)

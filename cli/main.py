@@ -318,8 +318,8 @@ def status(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> No
     """Aliases, the challenger's share and the feedback count."""
     config = _config(kind, home)
     from tuneloop.data.feedback import FeedbackStore
-    from tuneloop.release.flags import challenger_percent
     from tuneloop.registry.versions import ALIASES, alias_version
+    from tuneloop.release.flags import challenger_percent
 
     for alias in ALIASES:
         console.print(f"{alias:>10}: {alias_version(config.model_name, alias) or '-'}")

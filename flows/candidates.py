@@ -16,10 +16,10 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneloop.modeling.adapters import load_adapter
-from tuneloop.modeling.calibration import Calibration, calibrate
 from tuneloop.config import LoopConfig
 from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
+from tuneloop.modeling.adapters import load_adapter
+from tuneloop.modeling.calibration import Calibration, calibrate
 from tuneloop.modeling.inference import predict
 from tuneloop.modeling.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.modeling.prompting import Prompting

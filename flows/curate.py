@@ -40,10 +40,10 @@ from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import FILES, SPLITS, DatasetRef, Example, file_digest, split_of
 from tuneloop.data.dedupe import Clusterer, prompt_key
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.data.records import FeedbackError, validate_feedback
-from tuneloop.flows.signals import SignalSpill
 from tuneloop.data.pii import clean as scrub_clean
 from tuneloop.data.preference import signal_files
+from tuneloop.data.records import FeedbackError, validate_feedback
+from tuneloop.flows.signals import SignalSpill
 from tuneloop.version_check import is_external
 
 __all__ = ["DatasetError", "build_dataset", "curate", "clean"]

@@ -13,12 +13,12 @@ import mlflow
 from prefect import flow, task
 
 from tuneloop.config import LoopConfig
-from tuneloop.release.flags import challenger_percent, set_challenger_percent
 from tuneloop.flows.register import Registered
-from tuneloop.release.operations import promote, record_event, roll_back
-from tuneloop.registry.versions import alias_version
-from tuneloop.release.rollout import check
 from tuneloop.registry.tracking import within_run
+from tuneloop.registry.versions import alias_version
+from tuneloop.release.flags import challenger_percent, set_challenger_percent
+from tuneloop.release.operations import promote, record_event, roll_back
+from tuneloop.release.rollout import check
 
 
 @task(name="deploy")

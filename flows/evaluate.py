@@ -28,10 +28,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from tuneloop.modeling.fast import fast_paths
 from tuneloop import progress
-from tuneloop.data.cache_files import verified
 from tuneloop.config import LoopConfig
+from tuneloop.data.cache_files import verified
 from tuneloop.data.datasets import DatasetRef, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites import gate
 from tuneloop.eval_suites.stats import FAIL, UNSURE
@@ -48,9 +47,10 @@ from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, bas
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.trial import retrains_with_validation
 from tuneloop.flows.tune import TuneResult
+from tuneloop.modeling.fast import fast_paths
 from tuneloop.modeling.models import read_labels
-from tuneloop.registry.versions import adapter_path, alias_version
 from tuneloop.registry.tracking import within_run
+from tuneloop.registry.versions import adapter_path, alias_version
 
 log = logging.getLogger(__name__)
 

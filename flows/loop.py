@@ -11,8 +11,8 @@ from pydantic import BaseModel
 from tuneloop import progress
 from tuneloop.config import LoopConfig
 from tuneloop.costs.cost import LoopMeter, tag_version_cost
-from tuneloop.data.datasets import DatasetRef
 from tuneloop.costs.economics import crossover_artifact
+from tuneloop.data.datasets import DatasetRef
 from tuneloop.flows.curate import curate
 from tuneloop.flows.deploy import deploy
 from tuneloop.flows.evaluate import EvalReport, evaluate
@@ -20,8 +20,8 @@ from tuneloop.flows.register import Registered, register
 from tuneloop.flows.reviewer_notes import write_notes
 from tuneloop.flows.tune import TuneResult, tune
 from tuneloop.modeling.models import preflight
-from tuneloop.search.owners import claim_flow_run
 from tuneloop.registry.tracking import use_experiment
+from tuneloop.search.owners import claim_flow_run
 
 
 class LoopResult(BaseModel):

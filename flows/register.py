@@ -9,13 +9,13 @@ from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, load_examples
-from tuneloop.release.drift import register_reference
 from tuneloop.flows.evaluate import EvalReport
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.tune import TuneResult
 from tuneloop.modeling.models import base_of
-from tuneloop.registry.versions import log_adapter, move_alias
 from tuneloop.registry.tracking import git_sha, within_run
+from tuneloop.registry.versions import log_adapter, move_alias
+from tuneloop.release.drift import register_reference
 
 # which feedback signal a version learned from, by its objective (tuneloop/modeling/objectives.py)
 LEARNED_FROM = {

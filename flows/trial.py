@@ -19,12 +19,10 @@ from pathlib import Path
 import optuna
 import torch
 
-from tuneloop.modeling.fast import fast_paths
 from tuneloop import progress
-from tuneloop.modeling import teacher
-from tuneloop.modeling.adapters import write_meta
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
+from tuneloop.data.preference import load_pairs, load_unpaired
 from tuneloop.eval_suites.suites import heldout_suite, score
 from tuneloop.flows.declining import declining_pairs
 from tuneloop.flows.framings import framed_pairs
@@ -32,6 +30,10 @@ from tuneloop.flows.replay import replay_pairs
 from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
 from tuneloop.flows.study import origin, rung_steps, suggest, usable_objectives
 from tuneloop.flows.trial_gate import constraints, gate_drops
+from tuneloop.modeling import teacher
+from tuneloop.modeling.adapters import write_meta
+from tuneloop.modeling.batches import encode
+from tuneloop.modeling.fast import fast_paths
 from tuneloop.modeling.inference import predict
 from tuneloop.modeling.models import (
     DEFAULT_ADAPTER_LAYERS,
@@ -47,10 +49,8 @@ from tuneloop.modeling.models import (
     save_labels,
 )
 from tuneloop.modeling.objectives import PreferenceTerm, pair_rows, unpaired_rows
-from tuneloop.data.preference import load_pairs, load_unpaired
-from tuneloop.modeling.training import Pruned, add_adapter, schedule_length, top_layers, train
-from tuneloop.modeling.batches import encode
 from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.training import Pruned, add_adapter, schedule_length, top_layers, train
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 

@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 
 from tuneloop.config import LoopConfig
 from tuneloop.costs.cost import Usage, meter
-from tuneloop.release.drift import drift_evidence
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.data.records import FeedbackError, validate_feedback
 from tuneloop.data.forget import apply_retention
+from tuneloop.data.records import FeedbackError, validate_feedback
+from tuneloop.release.drift import drift_evidence
 
 
 class Decision(BaseModel):

@@ -18,8 +18,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from tuneloop.data.cache_files import atomic_write_text, read_json, verified
 from tuneloop.config import LoopConfig
+from tuneloop.data.cache_files import atomic_write_text, read_json, verified
 
 log = logging.getLogger("tuneloop.serving")
 

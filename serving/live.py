@@ -15,10 +15,10 @@ from types import SimpleNamespace
 from tuneloop.config import LoopConfig
 from tuneloop.costs.cost import cost_per_1k, worker_price_per_hour
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.release.flags import challenger_percent
-from tuneloop.release.operations import roll_back
 from tuneloop.data.pii import clean
 from tuneloop.data.pseudonyms import shadow_salt, user_hash  # noqa: F401 (the shadow's names for them)
+from tuneloop.release.flags import challenger_percent
+from tuneloop.release.operations import roll_back
 from tuneloop.release.rollout import Guard, Verdict, negative_rates, segment_rates
 
 log = logging.getLogger("tuneloop.serving")

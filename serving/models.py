@@ -21,16 +21,16 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from peft import PeftModel
 
-from tuneloop.modeling.adapters import AdapterMeta, read_meta
-from tuneloop.data.cache_files import CacheError, verified
-from tuneloop.modeling.calibration import Calibration
 from tuneloop.config import LoopConfig
+from tuneloop.data.cache_files import CacheError, verified
+from tuneloop.modeling.adapters import AdapterMeta, read_meta
+from tuneloop.modeling.calibration import Calibration
 from tuneloop.modeling.inference import predict
 from tuneloop.modeling.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
+from tuneloop.modeling.prompting import Prompting
 from tuneloop.registry.versions import adapter_path, aliases
 from tuneloop.serving import known_state
 from tuneloop.serving.known_state import FRESHNESS
-from tuneloop.modeling.prompting import Prompting
 
 CALIBRATION_FILE = "calibration.json"  # written beside the adapter by the evaluate stage
 

@@ -22,11 +22,11 @@ import bentoml
 from fastapi import Body, FastAPI, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from tuneloop.modeling.fast import fast_paths
 from tuneloop.access import receipts, tokens
 from tuneloop.config import LoopConfig, apply_environment
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.records import MAX_TEXT, FeedbackRecord
+from tuneloop.modeling.fast import fast_paths
 from tuneloop.release.flags import Router
 
 apply_environment()  # before MLflow reads its tracking URI

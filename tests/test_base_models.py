@@ -18,12 +18,12 @@ import torch
 from conftest import TOKEN, constant_corrections, tiny_config
 
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.release.flags import set_challenger_percent
+from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.loop import loop
 from tuneloop.localserver import tuneloop_service
 from tuneloop.modeling.models import ModelError, lora_targets, preflight, resolve_base, resolve_device
 from tuneloop.registry.versions import version_for
-from tuneloop.data.sample_data import sample_feedback
+from tuneloop.release.flags import set_challenger_percent
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,8 +165,8 @@ def test_adapters_on_the_top_layers_train_there_and_nowhere_else(kind, home):
     """``tune.adapter_layers``: a trial's adapter sits in the top share of the layers (generation's
     default: half) and trains there; the layers below get none (classification: every layer)."""
     from tuneloop.flows.trial import build_model
-    from tuneloop.modeling.training import loss_of
     from tuneloop.modeling.batches import collate
+    from tuneloop.modeling.training import loss_of
 
     config = tiny_config(home, kind, adapter_layers=0.5)
     if kind == "classification":
@@ -182,8 +182,8 @@ def test_adapters_on_the_top_layers_train_there_and_nowhere_else(kind, home):
     expected = set(range(layers // 2, layers)) if kind == "generation" else set(range(layers))
     assert adapted == expected
     if kind == "generation":
-        from tuneloop.modeling.models import load_tokenizer
         from tuneloop.modeling.batches import encode
+        from tuneloop.modeling.models import load_tokenizer
 
         tokenizer = load_tokenizer(info)
         loss_of(model, collate(encode(kind, tokenizer, pairs, [], 32), tokenizer.pad_token_id)).backward()

@@ -11,8 +11,8 @@ import mlflow
 import pytest
 from conftest import tiny_config
 
-from tuneloop.modeling import models
 from tuneloop.data.cache_files import MANIFEST, CacheError, fetch_folder, verified
+from tuneloop.modeling import models
 from tuneloop.registry.versions import adapter_path, log_adapter
 
 

@@ -13,15 +13,15 @@ from conftest import all_examples, jsonl, split_examples
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
-from tuneloop.data import migrations
 from tuneloop.config import LoopConfig
+from tuneloop.data import migrations
 from tuneloop.data.datasets import split_of
 from tuneloop.data.dedupe import prompt_key
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.feedback_import import import_feedback
-from tuneloop.flows.curate import build_dataset, curate, summary_markdown
 from tuneloop.data.sample_data import sample_feedback
 from tuneloop.data.text import normalize
+from tuneloop.flows.curate import build_dataset, curate, summary_markdown
 from tuneloop.registry.tracking import use_experiment
 
 SECRETS = {

@@ -11,10 +11,10 @@ from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import split_of
 from tuneloop.data.dedupe import prompt_key
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.data.records import FeedbackRecord
-from tuneloop.flows.curate import build_dataset
 from tuneloop.data.pii import scrub
+from tuneloop.data.records import FeedbackRecord
 from tuneloop.data.sample_data import sample_feedback
+from tuneloop.flows.curate import build_dataset
 
 
 @pytest.mark.parametrize("text, tag", [

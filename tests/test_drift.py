@@ -13,6 +13,9 @@ import pytest
 from conftest import tiny_config
 from mlflow import MlflowClient
 
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.sample_data import sample_feedback
+from tuneloop.flows.trigger import decide
 from tuneloop.release.drift import (
     DriftMonitor,
     find_reference,
@@ -22,9 +25,6 @@ from tuneloop.release.drift import (
     register_reference,
     shared_encoder,
 )
-from tuneloop.data.feedback import FeedbackStore
-from tuneloop.flows.trigger import decide
-from tuneloop.data.sample_data import sample_feedback
 
 BANKING77 = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77" / "banking77_test.csv"
 

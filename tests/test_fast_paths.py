@@ -9,12 +9,12 @@ import torch
 from test_trunk import PAIRS  # the same corrections and general questions as the trunk's own test
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from tuneloop.modeling.fast import fast_paths
 from tuneloop.modeling import inference, teacher
-from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
-from tuneloop.modeling.training import add_adapter, top_layers, train
 from tuneloop.modeling.batches import encode
+from tuneloop.modeling.fast import fast_paths
+from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
 from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.training import add_adapter, top_layers, train
 
 PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?", "What is 7 + 5?",
            "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts."]

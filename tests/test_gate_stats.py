@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuneloop.modeling.calibration import Calibration, apply_threshold, calibrate, fit_threshold
 from tuneloop.eval_suites.gate import adversarial_checks, heldout_check, missing_groups, refusals, regression_check
 from tuneloop.eval_suites.stats import (
     FAIL,
@@ -21,6 +20,7 @@ from tuneloop.eval_suites.stats import (
     superiority,
 )
 from tuneloop.eval_suites.suites import SuiteItem
+from tuneloop.modeling.calibration import Calibration, apply_threshold, calibrate, fit_threshold
 
 
 def big_suite(n_clusters: int = 120, size: int = 2) -> tuple[list[float], list[str]]:

@@ -9,8 +9,8 @@ import torch
 
 from tuneloop.modeling import inference
 from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
-from tuneloop.modeling.training import add_adapter
 from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.training import add_adapter
 
 PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?",
            "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts.",

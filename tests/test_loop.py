@@ -11,10 +11,10 @@ from mlflow import MlflowClient
 
 from tuneloop.data.datasets import SPLITS, load_examples
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.release.flags import challenger_percent
+from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.loop import loop
 from tuneloop.registry.versions import alias_version, promote, version_for
-from tuneloop.data.sample_data import sample_feedback
+from tuneloop.release.flags import challenger_percent
 
 ANSWER = "Please ask Brightwell support about that."
 

@@ -9,12 +9,14 @@ import transformers
 
 from tuneloop.config import LoopConfig, TuneConfig
 from tuneloop.data.datasets import SPLITS, split_of
+from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.preference import PreferencePair, Unpaired, load_pairs, load_unpaired, signal_files
 from tuneloop.eval_suites.gate import regression_check
 from tuneloop.eval_suites.stats import FAIL, PASS
 from tuneloop.eval_suites.suites import SuiteItem, judge_all
-from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows import curate as curate_module
 from tuneloop.flows.curate import build_dataset
+from tuneloop.modeling.batches import collate, encode
 from tuneloop.modeling.inference import predict
 from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
 from tuneloop.modeling.objectives import (
@@ -26,10 +28,8 @@ from tuneloop.modeling.objectives import (
     unpaired_rows,
     usable,
 )
-from tuneloop.data.preference import PreferencePair, Unpaired, load_pairs, load_unpaired, signal_files
-from tuneloop.modeling.training import add_adapter, train
-from tuneloop.modeling.batches import collate, encode
 from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.training import add_adapter, train
 
 PROMPTING = Prompting("Answer in one short sentence.")
 
@@ -251,9 +251,9 @@ def test_the_loop_searches_objectives_logs_objective_and_beta_and_tags_the_signa
     import mlflow
     from conftest import constant_corrections, tiny_config
 
+    from tuneloop.data.sample_data import sample_feedback
     from tuneloop.flows.loop import loop
     from tuneloop.registry.versions import version_for
-    from tuneloop.data.sample_data import sample_feedback
 
     config = tiny_config(home, "generation", n_trials=2, objectives=["sft", "dpo", "kto"],
                          first_trial={"rank": 16, "lr": 0.02, "objective": "kto"})

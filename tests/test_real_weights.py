@@ -9,11 +9,11 @@ from conftest import tiny_config
 
 from tuneloop.config import GateConfig
 from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.loop import loop
 from tuneloop.modeling.inference import generate
 from tuneloop.modeling.models import load_base, load_tokenizer, resolve_base
 from tuneloop.registry.versions import version_for
-from tuneloop.data.sample_data import sample_feedback
 
 pytestmark = pytest.mark.real_weights
 

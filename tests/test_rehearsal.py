@@ -7,10 +7,10 @@ import functools
 import pytest
 import torch
 
-from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
-from tuneloop.modeling.training import add_adapter, loss_of, train
 from tuneloop.modeling.batches import collate, encode
+from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
 from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.training import add_adapter, loss_of, train
 
 
 def _model_and_rows():
@@ -251,8 +251,8 @@ def test_the_bundled_bases_recorded_rehearsal_answers_are_used_and_cover_every_p
     import json
 
     from tuneloop.config import LoopConfig
-    from tuneloop.flows import replay
     from tuneloop.data.sample_data import SYSTEM_PROMPT
+    from tuneloop.flows import replay
 
     recorded = json.loads(replay.RECORDED.read_text())
     bundled = dataclasses.replace(resolve_base("generation", tiny=True), sha256=recorded["base_model_sha256"], tiny=False)

@@ -12,15 +12,15 @@ from safetensors.torch import load_file, save_file
 from tuneloop.config import DeployConfig
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.records import FeedbackRecord
-from tuneloop.release.flags import challenger_percent, set_challenger_percent
+from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.deploy import rollout
 from tuneloop.flows.evaluate import evaluate_candidates
 from tuneloop.flows.loop import loop
 from tuneloop.flows.search_tracking import fetch_adapter
-from tuneloop.release.operations import events
 from tuneloop.registry.versions import alias_version, promote
+from tuneloop.release.flags import challenger_percent, set_challenger_percent
+from tuneloop.release.operations import events
 from tuneloop.release.rollout import Rate, judge
-from tuneloop.data.sample_data import sample_feedback
 
 
 @pytest.fixture

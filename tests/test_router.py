@@ -7,17 +7,17 @@ from __future__ import annotations
 import torch
 from conftest import tiny_config
 
-from tuneloop.modeling.adapters import load_adapter, write_meta
 from tuneloop.config import CLASSIFICATION_TUNE, LoopConfig, TuneConfig
 from tuneloop.data.datasets import DatasetRef, calibration_half, load_examples, load_labels
 from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.sample_data import OUT_OF_SCOPE_LABEL, sample_feedback
 from tuneloop.flows.curate import build_dataset
 from tuneloop.flows.trial import build_model, trial_data, with_validation
+from tuneloop.modeling.adapters import load_adapter, write_meta
 from tuneloop.modeling.models import DEFAULT_TARGETS, base_of, load_base, lora_targets, save_labels
-from tuneloop.registry.versions import log_adapter, move_alias
-from tuneloop.data.sample_data import OUT_OF_SCOPE_LABEL, sample_feedback
-from tuneloop.serving.models import EXISTING_ROUTER, AdapterBank
 from tuneloop.modeling.training import add_adapter, train
+from tuneloop.registry.versions import log_adapter, move_alias
+from tuneloop.serving.models import EXISTING_ROUTER, AdapterBank
 
 PARAMS = {"rank": 8, "alpha_ratio": 2.0, "dropout": 0.05, "target_modules": "all-linear"}
 

@@ -15,13 +15,13 @@ from conftest import TOKEN, tiny_config
 
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.records import FeedbackRecord
-from tuneloop.release.flags import set_challenger_percent
+from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.loop import loop
 from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.localserver import tuneloop_service
-from tuneloop.release.operations import events
 from tuneloop.registry.versions import alias_version, log_adapter, move_alias, promote
-from tuneloop.data.sample_data import sample_feedback
+from tuneloop.release.flags import set_challenger_percent
+from tuneloop.release.operations import events
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

@@ -17,12 +17,12 @@ import mlflow
 from conftest import TOKEN, tiny_config
 from peft import LoraConfig, get_peft_model
 
-from tuneloop.modeling.adapters import write_meta
-from tuneloop.release.flags import challenger_percent, set_challenger_percent
 from tuneloop.localserver import free_port, server_process, tuneloop_service
+from tuneloop.modeling.adapters import write_meta
 from tuneloop.modeling.models import base_of, load_base, lora_targets, save_labels
-from tuneloop.release.operations import events
 from tuneloop.registry.versions import log_adapter, move_alias
+from tuneloop.release.flags import challenger_percent, set_challenger_percent
+from tuneloop.release.operations import events
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LABELS = ["card_arrival", "lost_card", "refund"]

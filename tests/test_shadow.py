@@ -15,10 +15,10 @@ import mlflow
 import pytest
 from conftest import TOKEN, tiny_config
 
+from tuneloop.data.pii import find_pii
+from tuneloop.localserver import tuneloop_service
 from tuneloop.release.drift import recent_windows, register_reference
 from tuneloop.release.flags import set_challenger_percent
-from tuneloop.localserver import tuneloop_service
-from tuneloop.data.pii import find_pii
 from tuneloop.serving.live import Shadow, shadow_log, user_hash
 
 EMAIL, PHONE = "jane.doe@example.com", "+44 20 7946 0958"
@@ -112,8 +112,8 @@ def register_tiny_versions(config) -> tuple[str, str]:
     """Champion v1 and challenger v2: fresh LoRA adapters on the tiny generation base (no training needed here)."""
     from tuneloop.modeling.adapters import write_meta
     from tuneloop.modeling.models import DEFAULT_TARGETS, base_of, load_base, lora_targets
-    from tuneloop.registry.versions import log_adapter, move_alias
     from tuneloop.modeling.training import add_adapter
+    from tuneloop.registry.versions import log_adapter, move_alias
 
     info = base_of(config)
     versions = []

@@ -17,8 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tuneloop.data import migrations
 from tuneloop.data.feedback import FeedbackStore, forget_engines
-from tuneloop.data.records import FeedbackRecord
 from tuneloop.data.feedback_import import import_feedback
+from tuneloop.data.records import FeedbackRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -13,6 +13,8 @@ import pytest
 
 from tuneloop.data.datasets import Example, split_of
 from tuneloop.data.dedupe import prompt_key
+from tuneloop.data.sample_data import FACTS, SYSTEM_PROMPT, sample_feedback
+from tuneloop.data.text import normalize
 from tuneloop.eval_suites import suites
 from tuneloop.eval_suites.build_replay import overlaps, test_items
 from tuneloop.eval_suites.facts import fact_accuracy, fact_tokens
@@ -30,8 +32,6 @@ from tuneloop.eval_suites.suites import (
     replay_prompts,
     sample_suite,
 )
-from tuneloop.data.sample_data import FACTS, SYSTEM_PROMPT, sample_feedback
-from tuneloop.data.text import normalize
 
 FALLBACK = "out_of_scope"
 BANKING = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77" / "banking77_train.csv"

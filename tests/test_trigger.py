@@ -15,8 +15,8 @@ from conftest import tiny_config
 from prefect.settings import PREFECT_API_URL
 
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.flows.trigger import count_new_corrections, decide, trigger
 from tuneloop.data.sample_data import sample_feedback
+from tuneloop.flows.trigger import count_new_corrections, decide, trigger
 
 ROOT = Path(__file__).resolve().parent.parent
 

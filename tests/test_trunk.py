@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tuneloop.modeling import teacher
-from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
-from tuneloop.modeling.training import add_adapter, top_layers, train
 from tuneloop.modeling.batches import encode
-from tuneloop.modeling.prompting import Prompting
 from tuneloop.modeling.fast.trunk import decoder_layers, open_trunk
+from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets, resolve_base
+from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.training import add_adapter, top_layers, train
 
 PAIRS = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
          ("What is the capital of Spain?", "The capital of Spain is Madrid."),

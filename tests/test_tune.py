@@ -27,15 +27,15 @@ from optuna.trial import TrialState
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, load_examples, load_labels
 from tuneloop.data.feedback import FeedbackStore
+from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.curate import build_dataset, log_dataset
 from tuneloop.flows.study import OWNER_ATTR, origin, study_name
 from tuneloop.flows.tune import tune
-from tuneloop.modeling.models import base_of, load_base, load_tokenizer, resolve_base
-from tuneloop.search.owners import OWNER_TAG
-from tuneloop.data.sample_data import sample_feedback
-from tuneloop.registry.tracking import use_experiment
-from tuneloop.modeling.training import add_adapter, train
 from tuneloop.modeling.batches import encode
+from tuneloop.modeling.models import base_of, load_base, load_tokenizer, resolve_base
+from tuneloop.modeling.training import add_adapter, train
+from tuneloop.registry.tracking import use_experiment
+from tuneloop.search.owners import OWNER_TAG
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from tuneloop.cli.main import app
 from tuneloop.data.feedback import FeedbackStore, QuarantineRow
 from tuneloop.data.feedback_import import import_feedback
-from tuneloop.flows.curate import build_dataset, log_dataset
 from tuneloop.data.ops_tables import DriftWindowRow, RolloutEventRow, ShadowRow
 from tuneloop.data.pseudonyms import shadow_salt, user_hash
 from tuneloop.data.sample_data import sample_feedback
+from tuneloop.flows.curate import build_dataset, log_dataset
 
 
 def _alice(n: int, start: int = 0) -> list[dict]:

@@ -13,23 +13,12 @@ import atexit
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-from pydantic_core import PydanticCustomError
 from sqlalchemy import (
     DateTime,
     ForeignKey,
@@ -49,9 +38,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from tuneloop.data.records import FeedbackRecord, FeedbackError
-from tuneloop.config import Kind
-
+from tuneloop.data.records import FeedbackError, FeedbackRecord
 
 # optional fields carry their length limits inside: on the Optional they would count items, not characters
 

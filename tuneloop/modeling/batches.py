@@ -12,7 +12,6 @@ from transformers import PreTrainedTokenizerBase
 from tuneloop.config import Kind
 from tuneloop.modeling.prompting import Prompting
 
-
 MEGABATCH = 50  # length grouping sorts within windows of this many batches: short padding, still shuffled
 
 

@@ -16,8 +16,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from tuneloop.config import Kind
-from tuneloop.modeling.fast.prefix import SHARED_PREFIX_MIN, base_class, cache_argument, prefix_first, sharable_cache
 from tuneloop.data.text import normalize
+from tuneloop.modeling.fast.prefix import SHARED_PREFIX_MIN, base_class, cache_argument, prefix_first, sharable_cache
 from tuneloop.modeling.models import compute_dtype
 from tuneloop.modeling.prompting import Prompting
 

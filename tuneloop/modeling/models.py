@@ -34,8 +34,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from tuneloop.data.cache_files import atomic_write_text, read_json
 from tuneloop.config import Kind
+from tuneloop.data.cache_files import atomic_write_text, read_json
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LABELS_FILE = "labels.json"

@@ -34,8 +34,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from tuneloop.modeling.fast.prefix import keeps_logits, kept_logits
 from tuneloop.modeling.batches import collate, encode, epoch_batches
+from tuneloop.modeling.fast.prefix import keeps_logits, kept_logits
 
 Objective = Literal["sft", "dpo", "kto"]
 OBJECTIVES: tuple[Objective, ...] = ("sft", "dpo", "kto")

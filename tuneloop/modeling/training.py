@@ -16,26 +16,24 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import random
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-from transformers import PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup
 
-from tuneloop.modeling.models import compute_dtype
-from tuneloop.modeling.batches import collate, epoch_batches
-from tuneloop.modeling.prompting import Prompting
 from tuneloop.config import Kind
+from tuneloop.modeling.batches import collate, epoch_batches
 from tuneloop.modeling.fast.prefix import keeps_logits, kept_logits
-from tuneloop.modeling.teacher import sparse_kl
 from tuneloop.modeling.fast.trunk import open_trunk
+from tuneloop.modeling.models import compute_dtype
+from tuneloop.modeling.teacher import sparse_kl
 
 CHECKPOINT = "ckpt.pt"
 _init_lock = threading.Lock()

@@ -23,8 +23,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from tuneloop.data.cache_files import CacheError, fetch_folder
 from tuneloop.config import LoopConfig
+from tuneloop.data.cache_files import CacheError, fetch_folder
 from tuneloop.data.locks import database_lock, registry_lock_url
 from tuneloop.registry.tracking import use_experiment
 

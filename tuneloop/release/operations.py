@@ -16,8 +16,8 @@ from sqlalchemy.orm import Session
 
 from tuneloop.config import LoopConfig
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.release.flags import challenger_percent, set_challenger_percent
 from tuneloop.data.ops_tables import RolloutEventRow
+from tuneloop.release.flags import challenger_percent, set_challenger_percent
 
 
 def cli_actor() -> str:
