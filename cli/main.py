@@ -149,6 +149,10 @@ def _summary(config: LoopConfig, result, seconds: float) -> None:
                       f"{counts.get('conflicts_resolved', 0)} conflicting answers resolved by vote; {counts['answers']} "
                       f"distinct answers, {counts.get('answers_one_phrasing', 0)} with one phrasing only, "
                       f"{counts.get('answers_untrained', 0)} with none to train on")
+    if counts.get("preference_pairs") or counts.get("unpaired_liked") or counts.get("unpaired_disliked"):
+        console.print(f"Preference signal: {counts.get('preference_pairs', 0)} pairs (a correction against the answer it "
+                      f"replaced), {counts.get('unpaired_liked', 0)} liked and {counts.get('unpaired_disliked', 0)} "
+                      f"disliked answers (bare thumbs-down included), for the dpo and kto objectives (tune.objectives)")
     best = result.tuned.best
     console.print(f"Search {result.tuned.study_name}: {result.tuned.n_complete} complete, {result.tuned.n_pruned} pruned; "
                   f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}")
