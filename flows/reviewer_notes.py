@@ -117,7 +117,9 @@ def _champion_tags(config: LoopConfig, baseline: str) -> dict[str, str]:
 
 
 def _baseline_name(baseline: str) -> str:
-    return "base model" if baseline == "base" else f"champion (version {baseline})"
+    if baseline == "base" or baseline.startswith("base ("):  # a first classification loop: "base (untrained head)"
+        return f"base model{baseline[4:]}"
+    return f"champion (version {baseline})"
 
 
 def _fmt(value) -> str:
