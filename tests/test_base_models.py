@@ -68,7 +68,7 @@ def test_a_third_architecture_tunes_registers_loads_and_serves(kind, home, tiny_
     folder = tiny_qwen2 if kind == "generation" else tiny_distilbert
     config = tiny_config(home, kind, epochs=10 if kind == "classification" else 4).model_copy(
         update={"tiny": False, "base_model": str(folder), "max_new_tokens": 8})
-    records = sample_feedback(kind)
+    records = sample_feedback(kind, small=True)  # the set a random 2-layer model can learn
     FeedbackStore(config.feedback_db).add_many_raw(
         constant_corrections(records, "Please ask Brightwell support.") if kind == "generation" else records, kind)
     info = preflight(config)
