@@ -189,3 +189,20 @@ def test_adapters_on_the_top_layers_train_there_and_nowhere_else(kind, home):
         loss_of(model, collate(encode(kind, tokenizer, pairs, [], 32), tokenizer.pad_token_id)).backward()
         grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
         assert grads and all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("kind", ["generation", "classification"])
+def test_every_linear_layer_of_the_top_layers_only_leaves_the_output_layer_alone(kind):
+    """``all-linear`` in some layers (peft takes the name only for all of them): every Linear inside the
+    adapted layers, nothing below them, and not the output layer, the head or the pooler."""
+    from tuneloop.modeling.models import load_base
+    from tuneloop.modeling.training import add_adapter, top_layers
+
+    info = resolve_base(kind, None, tiny=True)
+    base = load_base(info, kind, ["a", "b"] if kind == "classification" else None)
+    layers = top_layers(base, 0.5)
+    model = add_adapter(base, kind, 4, 0, targets=lora_targets(base, "all-linear"), layers=layers)
+    adapted = {n.split(".lora_A")[0] for n, _ in model.named_parameters() if ".lora_A." in n}
+    assert adapted and all(f".{layers[0]}." in n for n in adapted)
+    assert not [n for n in adapted if any(part in n for part in ("lm_head", "classifier", "pooler", "score"))]
+    assert len(adapted) == (7 if kind == "generation" else 6)  # q, k, v, o (+ gate, up, down | + two dense)

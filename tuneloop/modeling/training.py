@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import threading
 import time
 import warnings
@@ -71,6 +72,11 @@ def add_adapter(base, kind: Kind, rank: int, seed: int, targets: list[str] | str
     """A fresh LoRA adapter on ``base``, initialised from a generator of its own: the same ``seed``
     gives the same adapter whatever else runs in the process (the global RNG is never reseeded).
     ``full_modules``: see ``lora_config`` (``tuneloop.modeling.models.full_modules`` names a classifier's)."""
+    if targets == "all-linear" and layers is not None:
+        # peft takes "all-linear" only for every layer; for some layers, name the Linear modules inside the numbered
+        # layers (the output layer and a pooler sit outside them and stay out, as "all-linear" leaves them)
+        targets = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules()
+                          if isinstance(m, torch.nn.Linear) and re.search(r"\.\d+\.", n)})
     with _init_lock:  # peft draws its initial A matrices from the global RNG: hold others off, then redo them
         model = get_peft_model(base, lora_config(kind, rank, targets, alpha, dropout, layers, full_modules))
     generator = torch.Generator().manual_seed(seed)
