@@ -45,8 +45,13 @@ def enabled() -> bool:
     return _enabled
 
 
+def bare(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def model_type(model) -> str:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = bare(model)
     return str(getattr(base.config, "model_type", ""))
 
 
@@ -63,7 +68,7 @@ def shares_prefix(model) -> bool:
 
 
 def sliding_window(model) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = bare(model)
     config = base.config.get_text_config()
     return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
 
@@ -87,7 +92,7 @@ def report(model) -> dict[str, str]:
     kind = model_type(model) or "unknown"
     if kind not in VERIFIED:
         return {path: f"off ({kind} is not a verified architecture)" for path in PATHS}
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = bare(model)
     kept = "on" if kept_logits_supported(type(base)) else "off (this transformers takes no mask)"
     shared = "off (sliding-window attention)" if sliding_window(model) else "on"
     return {"shared_prefix": shared, "kept_logits": kept,

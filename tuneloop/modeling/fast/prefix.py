@@ -15,13 +15,9 @@ from functools import cache
 import torch
 
 from tuneloop.modeling.fast import fast_paths
+from tuneloop.modeling.fast.fast_paths import bare
 
 SHARED_PREFIX_MIN = 8  # tokens all rows of a batch must share before computing them once is worth a second call
-
-
-def bare(model):
-    """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def base_class(model) -> type:
