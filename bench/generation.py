@@ -126,9 +126,9 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
 
 def _adapter_answers(config, run_id: str, prompts: list[str]) -> list[str]:
     """A challenger the gate refused, loaded and answering as a registered version would (adapter_model.py)."""
-    from tuneloop.flows.search_tracking import fetch_adapter
     from tuneloop.modeling.adapters import load_adapter
     from tuneloop.modeling.inference import predict
+    from tuneloop.search.tracking import fetch_adapter
 
     folder = fetch_adapter(f"runs:/{run_id}/adapter", config.work_dir / "adapters")
     model, tokenizer, meta, labels = load_adapter(folder)

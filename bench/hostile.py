@@ -176,9 +176,9 @@ def stack_attacks(tally: Tally) -> dict:
 
 
 def run() -> dict:
+    from devtools.localserver import tuneloop_service
     from tuneloop.access import tokens
     from tuneloop.config import LimitsConfig, LoopConfig
-    from tuneloop.localserver import tuneloop_service
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-hostile-"))
     config = LoopConfig(kind="generation", home=home, tiny=True, feedback_url=None)  # the service's own store in home

@@ -178,9 +178,9 @@ def _valid(records: list[dict]) -> list[dict]:
 
 def ingest(n: int, clients: int) -> dict:
     """Start the service on a fresh home, run the client process against it, check the store."""
+    from devtools.localserver import tuneloop_service
     from tuneloop.access.receipts import ENV
     from tuneloop.data.feedback import FeedbackStore
-    from tuneloop.localserver import tuneloop_service
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-ingest-"))
     key = secrets.token_hex(32)  # the receipt key, shared with the client process through the environment

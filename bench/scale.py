@@ -42,10 +42,10 @@ def run_one(kind: str, n: int, out: Path) -> None:
     home = apply_environment(Path(tempfile.mkdtemp(prefix=f"tuneloop-scale-{kind}-{n}-")))
     from prefect.testing.utilities import prefect_test_harness
 
-    from tuneloop import synthetic
+    from devtools import synthetic
     from tuneloop.data.feedback import FeedbackStore
     from tuneloop.data.feedback_import import import_feedback
-    from tuneloop.flows.search_tracking import current_rss_mb, peak_memory
+    from tuneloop.search.tracking import current_rss_mb, peak_memory
 
     config = LoopConfig(kind=kind, home=home, tiny=True, max_new_tokens=8, tune=TuneConfig(**_tune(kind)),
                         gate={"max_heldout_examples": 1000})
@@ -121,10 +121,10 @@ def curate_million(n: int, out: Path) -> None:
     from tuneloop.config import LoopConfig, apply_environment
 
     home = apply_environment(Path(tempfile.mkdtemp(prefix=f"tuneloop-scale-curate-{n}-")))
-    from tuneloop import synthetic
+    from devtools import synthetic
     from tuneloop.data.feedback import FeedbackRow, FeedbackStore
     from tuneloop.flows.curate import build_dataset
-    from tuneloop.flows.search_tracking import peak_memory
+    from tuneloop.search.tracking import peak_memory
 
     config = LoopConfig(kind="generation", home=home)
     store = FeedbackStore(config.feedback_db)

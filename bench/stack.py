@@ -53,7 +53,7 @@ def _loop_seconds(tracking_uri: str, kind: str) -> tuple[float, dict[str, float]
 
 
 def on_stack(kind: str, tiny: bool, postgres: str, home: Path) -> dict:
-    from tuneloop.localserver import free_port
+    from devtools.localserver import free_port
 
     prefix = f"bench_{os.getpid()}"
     stack = [str(BIN / "tuneloop"), "stack"]

@@ -194,9 +194,9 @@ def hand_written_loop(model, batches: list[dict]) -> list[float]:
 
 def memory_probe(kind: str, mode: str, steps: int) -> dict:
     """Run in a fresh process: load, (add LoRA | unfreeze everything), train ``steps`` steps."""
-    from tuneloop.flows.search_tracking import current_rss_mb, peak_memory
     from tuneloop.modeling.models import load_base, resolve_base
     from tuneloop.modeling.training import train
+    from tuneloop.search.tracking import current_rss_mb, peak_memory
 
     info = resolve_base(kind)
     encoded, labels, pad_id = step_data(kind, info, steps * BATCH)

@@ -7,7 +7,7 @@ no supervised pair; cluster exact and near-duplicate prompts; resolve conflictin
 (majority, else the most recent; every conflict recorded); split clusters by the hash of their
 representative's key. The raw rows are never changed. For generation, the preference signal the
 supervised pairs leave out (the rejected answer of each correction, every thumbs-up and bare
-thumbs-down) goes through the same rules into files of its own (``flows/signals.py``).
+thumbs-down) goes through the same rules into files of its own (``tuneloop/data/signals.py``).
 
 It streams: rows come from the store a page at a time, each page is parsed and clustered, and its
 usable pairs go to a scratch SQLite file; a second pass reads them back grouped by cluster (SQLite
@@ -43,7 +43,7 @@ from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.pii import clean as scrub_clean
 from tuneloop.data.preference import signal_files
 from tuneloop.data.records import FeedbackError, validate_feedback
-from tuneloop.flows.signals import SignalSpill
+from tuneloop.data.signals import SignalSpill
 from tuneloop.version_check import is_external
 
 __all__ = ["DatasetError", "build_dataset", "curate", "clean"]

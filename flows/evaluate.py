@@ -44,13 +44,13 @@ from tuneloop.eval_suites.suites import (
     regression_suite,
 )
 from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
-from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.trial import retrains_with_validation
 from tuneloop.flows.tune import TuneResult
 from tuneloop.modeling.fast import fast_paths
 from tuneloop.modeling.models import read_labels
 from tuneloop.registry.tracking import within_run
 from tuneloop.registry.versions import adapter_path, alias_version
+from tuneloop.search.tracking import fetch_adapter
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from pydantic import BaseModel
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, load_examples
 from tuneloop.flows.evaluate import EvalReport
-from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.flows.tune import TuneResult
 from tuneloop.modeling.models import base_of
 from tuneloop.registry.tracking import git_sha, within_run
 from tuneloop.registry.versions import log_adapter, move_alias
 from tuneloop.release.drift import register_reference
+from tuneloop.search.tracking import fetch_adapter
 
 # which feedback signal a version learned from, by its objective (tuneloop/modeling/objectives.py)
 LEARNED_FROM = {
@@ -63,7 +63,8 @@ def register(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: Eva
         version = log_adapter(config, adapter_dir, tags)
     # the share of users names the version it was given to (tuneloop/release/flags.py): this version starts at 0 %
     # however much its predecessor had, and only deploy gives it the canary share
-    move_alias(config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}")
+    move_alias(config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}",
+               config)
     if config.drift.enabled:  # what live inputs are compared with: this version's training prompts
         register_reference(config, str(version.version), [e.prompt for e in load_examples(ref, "train", config.work_dir)],
                            run_id=parent_run_id)

@@ -32,7 +32,7 @@ from prefect.states import StateType
 from tuneloop.config import LoopConfig
 from tuneloop.credentials import redact_text
 from tuneloop.data.datasets import DatasetRef
-from tuneloop.flows.study import fail_stale, fits, make_storage, study_lock
+from tuneloop.search.study import fail_stale, fits, make_storage, study_lock
 
 log = logging.getLogger(__name__)
 POLL_S = 2.0

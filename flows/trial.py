@@ -22,17 +22,14 @@ import torch
 from tuneloop import progress
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
+from tuneloop.data.framings import framed_pairs
 from tuneloop.data.preference import load_pairs, load_unpaired
 from tuneloop.eval_suites.suites import heldout_suite, score
-from tuneloop.flows.declining import declining_pairs
-from tuneloop.flows.framings import framed_pairs
-from tuneloop.flows.replay import replay_pairs
-from tuneloop.flows.search_tracking import TrialRun, peak_memory, trial_label
-from tuneloop.flows.study import origin, rung_steps, suggest, usable_objectives
 from tuneloop.flows.trial_gate import constraints, gate_drops
 from tuneloop.modeling import teacher
 from tuneloop.modeling.adapters import write_meta
 from tuneloop.modeling.batches import encode
+from tuneloop.modeling.declining import declining_pairs
 from tuneloop.modeling.fast import fast_paths
 from tuneloop.modeling.inference import predict
 from tuneloop.modeling.models import (
@@ -50,7 +47,10 @@ from tuneloop.modeling.models import (
 )
 from tuneloop.modeling.objectives import PreferenceTerm, pair_rows, unpaired_rows
 from tuneloop.modeling.prompting import Prompting
+from tuneloop.modeling.replay import replay_pairs
 from tuneloop.modeling.training import Pruned, add_adapter, schedule_length, top_layers, train
+from tuneloop.search.study import origin, rung_steps, suggest, usable_objectives
+from tuneloop.search.tracking import TrialRun, peak_memory, trial_label
 
 _score_lock = threading.Lock()  # evaluate's metric modules keep per-call state: one scorer at a time
 

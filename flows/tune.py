@@ -1,6 +1,6 @@
 """Stage 2, tune: an Optuna search over LoRA adapters, then the winner trained on the whole split.
 
-The study (``flows/study.py``) is named after the dataset, the base model, the search space and the
+The study (``tuneloop/search/study.py``) is named after the dataset, the base model, the search space and the
 training settings, so running the stage again on the same data continues it: completed trials are
 never rerun, and a killed trial resumes from its checkpoint (``flows/trial.py``). ``n_workers``
 workers claim trials from it, each in its own process (and on its own GPU when there are several);
@@ -27,13 +27,13 @@ from pydantic import BaseModel
 
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef
-from tuneloop.flows.search_tracking import log_search, open_search_run
 from tuneloop.flows.search_workers import dispatch
-from tuneloop.flows.study import make_pruner, open_study, origin, study_lock, study_name, usable_objectives, work
 from tuneloop.flows.trial import retrains_with_validation, run_trial, schedule, train_final
 from tuneloop.flows.trial_gate import feasible
 from tuneloop.modeling.models import base_of, resolve_device
 from tuneloop.search.owners import claim_flow_run
+from tuneloop.search.study import make_pruner, open_study, origin, study_lock, study_name, usable_objectives, work
+from tuneloop.search.tracking import log_search, open_search_run
 
 
 class TuneConfigError(ValueError):

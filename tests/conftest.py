@@ -136,7 +136,7 @@ class StackRun:
     """One ``tuneloop stack`` in a fresh home on fresh databases, driven through its real commands."""
 
     def __init__(self, home: Path, postgres: str):
-        from tuneloop.localserver import free_port
+        from devtools.localserver import free_port
 
         self.home, self.postgres = home, postgres
         self.prefix = f"tlstack_{os.getpid()}_{os.urandom(3).hex()}"

@@ -11,10 +11,10 @@ import time
 import httpx
 import pytest
 
+from devtools.localserver import tuneloop_service
 from tuneloop.access import tokens
 from tuneloop.config import LoopConfig
 from tuneloop.data.feedback import FeedbackStore
-from tuneloop.localserver import tuneloop_service
 from tuneloop.release.operations import events
 
 FEEDBACK_PER_USER, MAX_REQUESTS = 5, 16

@@ -17,10 +17,10 @@ import pytest
 import torch
 from conftest import TOKEN, constant_corrections, tiny_config
 
+from devtools.localserver import tuneloop_service
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.loop import loop
-from tuneloop.localserver import tuneloop_service
 from tuneloop.modeling.models import ModelError, lora_targets, preflight, resolve_base, resolve_device
 from tuneloop.registry.versions import version_for
 from tuneloop.release.flags import set_challenger_percent

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
+from devtools.localserver import tuneloop_service
 from tuneloop.access.receipts import receipt_key, sign
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.records import MAX_TEXT, FeedbackError, validate_feedback
-from tuneloop.localserver import tuneloop_service
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 GOOD = {"request_id": "r-1", "user_id": "u-1", "model_version": "base", "prompt": "What is the Nimbus Pro cost?",

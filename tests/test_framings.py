@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tuneloop.flows.framings import FRAMES, framed_pairs, framings
+from tuneloop.data.framings import FRAMES, framed_pairs, framings
 
 
 def test_framings_are_distinct_deterministic_and_keep_the_question():

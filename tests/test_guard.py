@@ -142,7 +142,7 @@ def test_the_services_live_guard_rolls_back_a_one_segment_regression(home):
     import mlflow
     from test_shadow import register_tiny_versions
 
-    from tuneloop.localserver import tuneloop_service
+    from devtools.localserver import tuneloop_service
 
     config = tiny_config(home, "generation")
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")

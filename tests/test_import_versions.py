@@ -10,11 +10,11 @@ import json
 import mlflow
 from typer.testing import CliRunner
 
+from devtools.localserver import free_port
 from tuneloop.cli.main import app
 from tuneloop.config import LoopConfig
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.curate import build_dataset
-from tuneloop.localserver import free_port
 
 runner = CliRunner()
 

@@ -19,7 +19,7 @@ CORE_LAYERS = [
     {"search"},  # what the hyper-parameter search shares
     {"release"},  # flags, rollout, operations, drift
     {"costs"},  # costs read everything below
-    {"reference", "localserver", "synthetic"},  # generated docs, development fixtures
+    {"reference"},  # the generated configuration reference
 ]
 
 
@@ -98,3 +98,17 @@ def test_flows_and_serving_never_import_the_cli():
     for folder in ("flows", "serving", "eval_suites"):
         for path in (ROOT / folder).rglob("*.py"):
             assert not {n for n in _imports(path) if n.startswith("tuneloop.cli")}, path
+
+
+def test_the_installed_package_never_imports_development_fixtures_or_suite_builders():
+    """devtools/ and eval_suites/builders/ stay in the checkout: the product must not need them."""
+    import tomllib
+
+    installed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert not [p for p in installed if p.startswith("devtools") or p.startswith("tuneloop.eval_suites.builders")]
+    product = [p for folder in ("tuneloop", "flows", "serving", "cli", "eval_suites")
+               for p in (ROOT / folder).rglob("*.py") if "builders" not in p.relative_to(ROOT).parts]
+    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
+                                                  if n.startswith(("devtools", "tuneloop.eval_suites.builders")))
+                 for p in product}
+    assert not {k: v for k, v in offenders.items() if v}

@@ -98,7 +98,7 @@ def test_rehearsal_leaves_out_prompts_that_users_have_answered():
     """A replay prompt like one in the training data ("Hi there!", "Good morning!" against the users'
     "Hey, good morning.") would rehearse the base's answer the users replaced: it is left out, the
     rest keep their order."""
-    from tuneloop.flows.replay import replay_prompts, unlike
+    from tuneloop.modeling.replay import replay_prompts, unlike
 
     prompts = ["Hi there!", "Good morning!", "What is the capital of Peru?", "How do I boil an egg?"]
     training = ["hi there", "Hey, good morning.", "What is the warranty on the Nimbus thermostat?"]
@@ -123,7 +123,7 @@ def test_short_questions_are_rehearsed_only_with_short_answers(tmp_path, monkeyp
     import json
 
     from tuneloop.config import LoopConfig
-    from tuneloop.flows import replay
+    from tuneloop.modeling import replay
 
     monkeypatch.setenv("TUNELOOP_CACHE", str(tmp_path / "cache"))
     config = LoopConfig(kind="generation", home=tmp_path / "home", tiny=True)
@@ -195,8 +195,8 @@ def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training
     """Declining pairs: a shipped privacy request alone gets the refusal (one in six); appended to a training
     question, that question's answer then the refusal. Their number follows the share, at most two
     per request however big the data; the requests stay clear of the adversarial suite's wordings."""
-    from tuneloop.eval_suites.build_replay import overlaps, test_items
-    from tuneloop.flows.declining import DECLINE, declining_pairs, privacy_requests
+    from tuneloop.eval_suites.builders.replay import overlaps, test_items
+    from tuneloop.modeling.declining import DECLINE, declining_pairs, privacy_requests
 
     pairs = [(f"What is the price of product {n}?", f"Product {n} costs {n} euros.") for n in range(100)]
     out = declining_pairs(pairs, 0.25, seed=0)
@@ -243,7 +243,7 @@ def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forw
 
 
 def test_the_bundled_bases_recorded_rehearsal_answers_are_used_and_cover_every_prompt(tmp_path, monkeypatch):
-    """The bundled base's answers to the replay prompts ship with them (``flows.replay.record``): used
+    """The bundled base's answers to the replay prompts ship with them (``tuneloop.modeling.replay.record``): used
     for that base under a recorded system prompt without loading any model, never for another base;
     and they cover every shipped short question and general prompt (a prompt added without
     re-recording fails here)."""
@@ -252,7 +252,7 @@ def test_the_bundled_bases_recorded_rehearsal_answers_are_used_and_cover_every_p
 
     from tuneloop.config import LoopConfig
     from tuneloop.data.sample_data import SYSTEM_PROMPT
-    from tuneloop.flows import replay
+    from tuneloop.modeling import replay
 
     recorded = json.loads(replay.RECORDED.read_text())
     bundled = dataclasses.replace(resolve_base("generation", tiny=True), sha256=recorded["base_model_sha256"], tiny=False)

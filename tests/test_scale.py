@@ -9,7 +9,7 @@ from datetime import UTC
 import pytest
 from conftest import tiny_config
 
-from tuneloop import synthetic
+from devtools import synthetic
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.flows.loop import loop
 

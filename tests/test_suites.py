@@ -16,7 +16,7 @@ from tuneloop.data.dedupe import prompt_key
 from tuneloop.data.sample_data import FACTS, SYSTEM_PROMPT, sample_feedback
 from tuneloop.data.text import normalize
 from tuneloop.eval_suites import suites
-from tuneloop.eval_suites.build_replay import overlaps, test_items
+from tuneloop.eval_suites.builders.replay import overlaps, test_items
 from tuneloop.eval_suites.facts import fact_accuracy, fact_tokens
 from tuneloop.eval_suites.matching import contains_phrase, leaks, pii_found, system_prompt_ngrams, token_f1
 from tuneloop.eval_suites.suites import (

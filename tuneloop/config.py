@@ -81,7 +81,7 @@ class TuneConfig(BaseModel):
     )
     framings: int = Field(
         0, ge=0, le=9, description="Generation: other framings of each training question (a greeting, a thanks, a "
-        "prefix, another casing: flows/framings.py) trained with the same answer, so the model answers from the "
+        "prefix, another casing: tuneloop/data/framings.py) trained with the same answer, so the model answers from the "
         "question's content rather than its wording. 0: the questions as users asked them."
     )
     objectives: list[Literal["sft", "dpo", "kto"]] = Field(

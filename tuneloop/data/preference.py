@@ -1,6 +1,6 @@
 """The preference signal of a dataset version, beside its supervised pairs (``tuneloop.data.datasets``).
 
-Curation keeps what a supervised pair throws away (``flows/signals.py``):
+Curation keeps what a supervised pair throws away (``tuneloop/data/signals.py``):
 
 - a **preference pair** per correction: the prompt, the correction (chosen) and the answer the user
   rejected; DPO learns from the margin between them (``tuneloop.modeling.objectives``);

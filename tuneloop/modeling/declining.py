@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 
-from tuneloop.flows.replay import shipped_prompts
+from tuneloop.modeling.replay import shipped_prompts
 
 DECLINE = "I can't share anyone else's personal details."
 # One request in six is declined alone, the rest after a training answer. Too many refusals alone

@@ -1,7 +1,7 @@
 """Builds ``data/regression_generation.jsonl``: the candidates of ``regression_candidates`` that the
 bundled base model answers correctly, with its own verified answers.
 
-    nice -n 5 .venv/bin/python -m tuneloop.eval_suites.build_regression
+    nice -n 5 .venv/bin/python -m tuneloop.eval_suites.builders.regression
 
 Each candidate is answered greedily (``inference.generate``, the chat template) under every system
 prompt in ``SYSTEM_PROMPTS``, with ``MAX_NEW_TOKENS`` new tokens; an answer is also judged cut to its
@@ -25,10 +25,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tuneloop.eval_suites.builders.regression_candidates import candidates
 from tuneloop.eval_suites.matching import contains_any, normalize_answer
-from tuneloop.eval_suites.regression_candidates import candidates
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"
 SYSTEM_PROMPTS = {
     "brightwell": "You are the Brightwell support assistant. Answer in one short sentence.",
     "generic": "You are a helpful assistant. Answer in one short sentence.",

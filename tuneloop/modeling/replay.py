@@ -25,6 +25,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterable
 from functools import lru_cache
+from importlib import resources
 from itertools import islice
 from pathlib import Path
 
@@ -37,7 +38,9 @@ from tuneloop.modeling.inference import generate
 from tuneloop.modeling.models import BaseModelInfo, cache_dir, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.modeling.prompting import Prompting
 
-PROMPTS = Path(__file__).resolve().parent.parent / "eval_suites" / "data" / "replay_prompts_generation.jsonl"
+# shipped beside the suites (eval_suites/data), which the regression suite's build keeps them apart from;
+# found through the installed package so a checkout and a wheel read the same file
+PROMPTS = Path(str(resources.files("tuneloop.eval_suites") / "data" / "replay_prompts_generation.jsonl"))
 RECORDED = PROMPTS.with_name("replay_answers_generation.json")  # the bundled base's answers (``record``)
 MAX_NEW_TOKENS = 48  # a general request's answer (cut to its last complete sentence)
 SHORT_QA_TOKENS = 24  # a short question's: a one-sentence answer of SHORT_ANSWER_WORDS words ends well within it
@@ -68,7 +71,7 @@ def replay_prompts(seed: int = 0, keep: Callable[[str], bool] = lambda prompt: T
     rows = [r for r in _rows() if keep(r["prompt"])]
     rng = random.Random(seed)
     qa = [r["prompt"] for r in rows if r["category"] == "short_qa"]
-    general = [r["prompt"] for r in rows if r["category"] not in ("short_qa", "privacy")]  # privacy: flows/declining.py
+    general = [r["prompt"] for r in rows if r["category"] not in ("short_qa", "privacy")]  # privacy: tuneloop/modeling/declining.py
     rng.shuffle(qa)
     rng.shuffle(general)
     out, n_qa = [], 0
@@ -203,7 +206,7 @@ def record(system_prompts: list[str]) -> None:
                                     "answers": answers}, indent=0, sort_keys=True) + "\n")
 
 
-if __name__ == "__main__":  # python -m tuneloop.flows.replay: re-record after changing the prompts or the base
+if __name__ == "__main__":  # python -m tuneloop.modeling.replay: re-record after changing the prompts or the base
     from tuneloop.data.sample_data import SYSTEM_PROMPT
 
     record([SYSTEM_PROMPT])

@@ -1,6 +1,6 @@
 """Writes ``data/replay_prompts_generation.jsonl``: broad general prompts for rehearsal.
 
-    .venv/bin/python -m tuneloop.eval_suites.build_replay
+    .venv/bin/python -m tuneloop.eval_suites.builders.replay
 
 The loop has the base (or champion) answer these and mixes its own answers into training
 (self-distillation), so a tuned model keeps its general manner. They must not teach the regression
@@ -11,7 +11,7 @@ another cluster than every suite item's: the capital of Spain rehearses answerin
 the suite asks for France's), and ``overlaps`` drops any prompt that shares an answer or most of its
 words with a regression or adversarial item (the tests check the shipped file the same way).
 The ``privacy`` prompts (requests for someone else's personal data) are not rehearsed: training
-declines them (``flows/declining.py``), and they are kept clear of the adversarial suite's
+declines them (``tuneloop/modeling/declining.py``), and they are kept clear of the adversarial suite's
 extraction requests, those appended to held-out prompts included.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tuneloop.eval_suites.matching import contains_any, normalize_answer
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 SMALL_TALK = [
     "Hi there!", "Good morning!", "How are you doing today?", "Thanks, that was helpful.", "Have a nice evening!",
@@ -45,7 +45,7 @@ ACTIVITIES = [
     "sticking to a budget", "being more patient", "hosting a dinner party", "working from home",
     "keeping a journal", "falling asleep faster",
 ]
-# Requests for someone else's personal data, which training teaches to decline (flows/declining.py).
+# Requests for someone else's personal data, which training teaches to decline (tuneloop/modeling/declining.py).
 # Other wordings than the adversarial suite's (``overlaps`` drops any that come close): the suite
 # tests declining on requests the model never saw.
 PRIVACY_PEOPLE = [
@@ -146,7 +146,7 @@ def raw_prompts() -> list[tuple[str, str]]:
 def short_qa_prompts() -> list[tuple[str, str]]:
     """("short_qa", question) for every regression candidate outside the shipped suite's clusters,
     and more sums, products and halves."""
-    from tuneloop.eval_suites.regression_candidates import candidates
+    from tuneloop.eval_suites.builders.regression_candidates import candidates
 
     tested = {it["cluster"] for it in _suite()}
     found = [(c["cluster"], c["input"]) for c in candidates()] + [(c, q) for c, q, _ in more_arithmetic()]

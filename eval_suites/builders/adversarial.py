@@ -1,6 +1,6 @@
 """Writes the shipped adversarial items, ``data/adversarial_{generation,classification}.jsonl``.
 
-Run ``python -m tuneloop.eval_suites.build_adversarial`` after editing the lists below; the files are
+Run ``python -m tuneloop.eval_suites.builders.adversarial`` after editing the lists below; the files are
 committed. Every item names what a bad answer does, so every item can fail:
 - ``must_not_contain``: the payload an injection asks for, the marker a jailbreak asks to start with,
   a secret planted in the input;
@@ -26,7 +26,7 @@ from pathlib import Path
 from tuneloop.config import LoopConfig
 from tuneloop.eval_suites.perturb import LONG_FILLER, full_width
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 # (input, payload that must not appear)
 INJECTION = [
@@ -231,7 +231,7 @@ def record_answers(items: list[dict]) -> None:
     """The bundled base's greedy answers to ``items`` under each regression system prompt (CPU, fp32)."""
     import torch
 
-    from tuneloop.eval_suites.build_regression import SYSTEM_PROMPTS
+    from tuneloop.eval_suites.builders.regression import SYSTEM_PROMPTS
     from tuneloop.eval_suites.suites import build_info
     from tuneloop.modeling.inference import predict
     from tuneloop.modeling.models import load_base, load_tokenizer, resolve_base

@@ -1,0 +1,1 @@
+"""Scripts that build the shipped suites in ``eval_suites/data`` (run from a checkout; not installed)."""
