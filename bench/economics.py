@@ -149,7 +149,7 @@ def _fresh_versions(config) -> str:
     if labels:
         save_labels(adapter, labels)
     version = str(log_adapter(config, adapter, {"note": "bench economics"}).version)
-    move_alias(config.model_name, "champion", version, "bench economics")
+    move_alias(config.model_name, "champion", version, "bench economics", config=config)
     return version
 
 
@@ -161,9 +161,9 @@ def serving(kind: str, seconds: float, clients: int = 4, max_new_tokens: int = 1
 
     import httpx
 
+    from devtools.localserver import tuneloop_service
     from tuneloop.config import LoopConfig
     from tuneloop.costs.cost import cost_per_1k_from_throughput, machine_price_per_hour
-    from tuneloop.localserver import tuneloop_service
 
     work = Path(tempfile.mkdtemp(prefix=f"tuneloop-bench-econ-{kind}-"))
     os.environ.update(TUNELOOP_HOME=str(work), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")

@@ -213,7 +213,7 @@ def register_champion(config) -> str:
     write_meta(folder, config, info)
     save_labels(folder, labels)
     version = str(log_adapter(config, folder, {"note": "fault run seed"}).version)
-    move_alias(config.model_name, "champion", version, "fault run seed")
+    move_alias(config.model_name, "champion", version, "fault run seed", config=config)
     return version
 
 
@@ -347,7 +347,7 @@ def _stored_ids(db: Path) -> set[str]:
 
 
 def run(seconds: float, only: list[str] | None = None) -> dict:
-    from tuneloop.localserver import free_port
+    from devtools.localserver import free_port
 
     home = Path(tempfile.mkdtemp(prefix="tuneloop-faults-"))
     disk = home / "disk"

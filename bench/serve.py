@@ -48,7 +48,7 @@ from pathlib import Path
 
 import httpx
 
-from tuneloop.localserver import free_port, server_process, tuneloop_service
+from devtools.localserver import free_port, server_process, tuneloop_service
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -94,7 +94,7 @@ def _register_versions(config) -> str:
         if labels:
             save_labels(adapter, labels)
         mv = log_adapter(config, adapter, {"note": "bench", **info.tags()})
-        move_alias(config.model_name, alias, str(mv.version), "bench")
+        move_alias(config.model_name, alias, str(mv.version), "bench", config=config)
     return str(config.work_dir / f"bench-{config.kind}-adapter-1")
 
 

@@ -91,7 +91,7 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     assert sum(r["support"] for r in rows) == first.report.items["heldout"]
     assert [r["challenger_f1"] for r in rows] == sorted(r["challenger_f1"] for r in rows)
     assert {"champion_recall", "challenger_precision"} <= set(table["columns"])
-    promote(config.model_name)
+    promote(config.model_name, config=config)
     champion = alias_version(config.model_name, "champion")
     # the version loads as a pyfunc (logged as code, not pickled) and answers with labels
     import pandas as pd

@@ -116,3 +116,19 @@ def test_a_registered_version_names_the_library_versions_that_trained_it(home, t
     assert set(MODEL_REQUIREMENTS) <= set(pinned)
     assert pinned["transformers"] == metadata.version("transformers")
     assert "+" not in pinned["torch"]  # a build label would refuse the same version's CUDA build
+
+
+def test_the_registry_lock_comes_from_the_callers_configuration(home):
+    """A database registry locks itself; an MLflow server over HTTP needs the configuration's lock database,
+    and without one an alias move refuses with the reason instead of locking on one machine only."""
+    from conftest import tiny_config
+
+    from tuneloop.data.locks import registry_lock_url
+
+    config = tiny_config(home, "classification")
+    assert registry_lock_url("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+    assert registry_lock_url("http://mlflow.internal:5000", config) == config.feedback_db
+    assert registry_lock_url("http://mlflow.internal:5000", config.model_copy(update={"lock_url": "postgresql://x/locks"})) \
+        == "postgresql://x/locks"
+    with pytest.raises(ValueError, match="not a database"):
+        registry_lock_url("http://mlflow.internal:5000")

@@ -16,11 +16,11 @@ from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.deploy import rollout
 from tuneloop.flows.evaluate import evaluate_candidates
 from tuneloop.flows.loop import loop
-from tuneloop.flows.search_tracking import fetch_adapter
 from tuneloop.registry.versions import alias_version, promote
 from tuneloop.release.flags import challenger_percent, set_challenger_percent
 from tuneloop.release.operations import events
 from tuneloop.release.rollout import Rate, judge
+from tuneloop.search.tracking import fetch_adapter
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_rollout_rolls_back_a_worse_challenger_and_records_why(canary, tmp_path)
 
 def test_sabotaged_challenger_is_never_promoted(canary):
     config, result = canary
-    promote(config.model_name)
+    promote(config.model_name, config=config)
     sabotaged = config.work_dir / "sabotaged"
     shutil.copytree(fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters"), sabotaged)
     weights = load_file(sabotaged / "adapter_model.safetensors")

@@ -98,7 +98,7 @@ def test_the_champion_slot_never_answers_from_an_untrained_head(home):
     labels = sorted({"billing", "returns", "shipping_status", OUT_OF_SCOPE_LABEL})
     _adapter(config, labels, home / "v1")
     version = str(log_adapter(config, home / "v1", {"note": "first trained version"}).version)
-    move_alias(config.model_name, "challenger", version, "test")  # a first loop: a challenger at a canary, no champion
+    move_alias(config.model_name, "challenger", version, "test", config=config)  # a first loop: a challenger at a canary, no champion
     bank.refresh()
     assert bank.version_of("champion") == "base" and bank.version_of("challenger") == version
     outputs, confidences = bank.predict(["base", version, "base"], ["where is my hub"] * 3)
@@ -116,7 +116,7 @@ def test_a_new_intent_and_a_correction_naming_an_unseen_intent_are_trained_and_s
     assert "installation_service" not in old_labels
     _adapter(config, old_labels, home / "v1")
     v1 = str(log_adapter(config, home / "v1", {"note": "champion without the new intent"}).version)
-    move_alias(config.model_name, "champion", v1, "test")
+    move_alias(config.model_name, "champion", v1, "test", config=config)
 
     extra = [{"request_id": f"new-{i}", "user_id": "u", "model_version": v1, "kind": "classification",
               "prompt": text, "output": "billing", "rating": "down", "correction": "gift_wrapping"}
@@ -142,7 +142,7 @@ def test_a_new_intent_and_a_correction_naming_an_unseen_intent_are_trained_and_s
     write_meta(home / "v2", config, data.base)
     save_labels(home / "v2", data.labels)
     v2 = str(log_adapter(config, home / "v2", {"note": "with the new intents"}).version)
-    move_alias(config.model_name, "challenger", v2, "test")
+    move_alias(config.model_name, "challenger", v2, "test", config=config)
     bank = AdapterBank(config)
     bank.refresh()  # two label sets side by side: each version answers from its own head
     outputs, confidences = bank.predict([v1, v2], ["can you gift wrap my order"] * 2)

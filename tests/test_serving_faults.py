@@ -17,7 +17,7 @@ import mlflow
 from conftest import TOKEN, tiny_config
 from peft import LoraConfig, get_peft_model
 
-from tuneloop.localserver import free_port, server_process, tuneloop_service
+from devtools.localserver import free_port, server_process, tuneloop_service
 from tuneloop.modeling.adapters import write_meta
 from tuneloop.modeling.models import base_of, load_base, lora_targets, save_labels
 from tuneloop.registry.versions import log_adapter, move_alias
@@ -80,7 +80,7 @@ def test_service_starts_and_answers_with_mlflow_stopped_then_catches_up(home):
     with _mlflow_server(home, port):
         mlflow.set_tracking_uri(uri)
         v1 = _register(config, _tiny_adapter(config, home / "a1", 1))
-        move_alias(config.model_name, "champion", v1, "test")
+        move_alias(config.model_name, "champion", v1, "test", config=config)
         with tuneloop_service(home, "classification", **env) as base:  # one run with MLflow up
             assert _predict(base)["model_version"] == v1
             assert httpx.get(f"{base}/readyz", timeout=10).json()["stale_since"] is None
@@ -108,15 +108,15 @@ def test_a_corrupt_challenger_does_not_stop_a_champion_change(home):
     (broken / "adapter_model.safetensors").write_bytes(b"\x00not safetensors" * 64)
     v2 = _register(config, broken)
     v3 = _register(config, _tiny_adapter(config, home / "a3", 3))
-    move_alias(config.model_name, "champion", v1, "test")
-    move_alias(config.model_name, "challenger", v2, "test")
+    move_alias(config.model_name, "champion", v1, "test", config=config)
+    move_alias(config.model_name, "challenger", v2, "test", config=config)
     set_challenger_percent(config, 50, version=v2)
     with tuneloop_service(home, "classification", **SERVICE_ENV) as base:
         routing = httpx.get(f"{base}/v1/routing", timeout=10).json()
         assert routing["served"] == {"champion": v1}  # the challenger was skipped, the champion serves
         _wait_until(lambda: challenger_percent(config, v2) == 0, 20, "the broken challenger's canary stayed open")
         assert any(e["action"] == "canary" and "cannot be loaded" in e["reason"] for e in events(config))
-        move_alias(config.model_name, "champion", v3, "test")  # the challenger is still the broken version
+        move_alias(config.model_name, "champion", v3, "test", config=config)  # the challenger is still the broken version
         _wait_until(lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["served"].get("champion") == v3, 30,
                     "a broken challenger held up the champion change")
         assert {_predict(base, f"user-{i}")["model_version"] for i in range(10)} == {v3}
@@ -130,7 +130,7 @@ def test_a_locked_store_gives_503_and_acknowledges_nothing(home):
     from tuneloop.data.feedback import FeedbackStore
 
     config = tiny_config(home, "classification")
-    move_alias(config.model_name, "champion", _register(config, _tiny_adapter(config, home / "a1", 1)), "test")
+    move_alias(config.model_name, "champion", _register(config, _tiny_adapter(config, home / "a1", 1)), "test", config=config)
     url = f"sqlite:///{home / 'ops.db'}?timeout=1"  # the lock wait, shortened from 30 s for the test
     with tuneloop_service(home, "classification", **SERVICE_ENV, TUNELOOP_FEEDBACK_URL=url) as base:
         answer = _predict(base, "locked-user")

@@ -15,8 +15,8 @@ import mlflow
 import pytest
 from conftest import TOKEN, tiny_config
 
+from devtools.localserver import tuneloop_service
 from tuneloop.data.pii import find_pii
-from tuneloop.localserver import tuneloop_service
 from tuneloop.release.drift import recent_windows, register_reference
 from tuneloop.release.flags import set_challenger_percent
 from tuneloop.serving.live import Shadow, shadow_log, user_hash
@@ -123,7 +123,7 @@ def register_tiny_versions(config) -> tuple[str, str]:
         add_adapter(base, "generation", 4, seed=seed, targets=lora_targets(base, DEFAULT_TARGETS["generation"])).save_pretrained(adapter)
         write_meta(adapter, config, info)
         version = str(log_adapter(config, adapter, {"note": "shadow test"}).version)
-        move_alias(config.model_name, alias, version, "test")
+        move_alias(config.model_name, alias, version, "test", config=config)
         versions.append(version)
     return versions[0], versions[1]
 

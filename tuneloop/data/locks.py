@@ -14,12 +14,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy
 from filelock import FileLock
 
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
+
+if TYPE_CHECKING:
+    from tuneloop.config import LoopConfig
 
 
 @cache
@@ -33,21 +37,22 @@ def _engine(url: str) -> sqlalchemy.Engine:
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mariadb", "mssql", "oracle")
 
 
-def registry_lock_url(tracking_uri: str) -> str:
+def registry_lock_url(tracking_uri: str, config: LoopConfig | None = None) -> str:
     """The database that serialises alias moves of the MLflow registry at ``tracking_uri``.
 
-    ``TUNELOOP_LOCK_URL`` when set; else the tracking database itself when MLflow tracks into one
-    (SQLite: a file lock beside it; PostgreSQL: an advisory lock); else, for an MLflow server over
-    HTTP (which offers no lock), the operations database that every part of the set-up shares, so
-    the lock holds across machines once that is PostgreSQL (``TUNELOOP_FEEDBACK_URL``).
+    ``config.lock_url`` (``TUNELOOP_LOCK_URL``) when set; else the tracking database itself when MLflow
+    tracks into one (SQLite: a file lock beside it; PostgreSQL: an advisory lock); else, for an MLflow
+    server over HTTP (which offers no lock), the operations database that every part of the set-up
+    shares, so the lock holds across machines once that is PostgreSQL (``TUNELOOP_FEEDBACK_URL``).
+    The configuration is the caller's (built once per entry point), never read again here.
     """
-    from tuneloop.config import LoopConfig
-
-    config = LoopConfig()
-    if config.lock_url:
+    if config is not None and config.lock_url:
         return config.lock_url
     if tracking_uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
         return tracking_uri
+    if config is None:
+        raise ValueError(f"the MLflow registry at {tracking_uri} is not a database, so alias moves need the "
+                         "configuration's lock database: pass config (TUNELOOP_LOCK_URL or TUNELOOP_FEEDBACK_URL)")
     return config.feedback_db
 
 

@@ -141,16 +141,18 @@ def aliases(name: str) -> dict[str, str]:
 Moves = list[tuple[str, str | None]]
 
 
-def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], reason: str) -> dict[str, str]:
+def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], reason: str,
+                 config: LoopConfig | None = None) -> dict[str, str]:
     """Apply ``(alias, version or None to remove)`` moves in order as one step; returns the aliases after.
 
     ``moves`` may be a function of the aliases before, so a decision and its moves see the same state.
     MLflow has no multi-alias transaction, so every writer's moves are serialised under one registry
     lock (no interleaving, no lost history entry), and callers order them so that each state in
-    between still routes every user to a valid version (readers read all aliases at once).
+    between still routes every user to a valid version (readers read all aliases at once). ``config``
+    names the lock database when the registry is an MLflow server over HTTP (``registry_lock_url``).
     """
     client = MlflowClient()
-    with database_lock(registry_lock_url(mlflow.get_tracking_uri()), f"mlflow-aliases:{name}"):
+    with database_lock(registry_lock_url(mlflow.get_tracking_uri(), config), f"mlflow-aliases:{name}"):
         model = client.get_registered_model(name)  # its aliases and history: only writers under this lock change them
         current = {alias: str(version) for alias, version in model.aliases.items()}
         entries, stamp = [], datetime.now(UTC).isoformat(timespec="seconds")
@@ -170,12 +172,13 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
     return current
 
 
-def move_alias(name: str, alias: str, version: str | None, reason: str) -> None:
+def move_alias(name: str, alias: str, version: str | None, reason: str, config: LoopConfig | None = None) -> None:
     """Point (or with ``version=None`` remove) one alias, recording the move in the model's history."""
-    move_aliases(name, [(alias, version)], reason)
+    move_aliases(name, [(alias, version)], reason, config)
 
 
-def promote(name: str, reason: str = "promoted by operator", expected: str | None = None) -> str:
+def promote(name: str, reason: str = "promoted by operator", expected: str | None = None,
+            config: LoopConfig | None = None) -> str:
     """challenger -> champion, the old champion -> previous. Returns the new champion's version.
 
     With ``expected``, only when the challenger is still that version (checked under the alias lock,
@@ -192,14 +195,14 @@ def promote(name: str, reason: str = "promoted by operator", expected: str | Non
         keep = [("previous", current["champion"])] if "champion" in current else []
         return keep + [("champion", current["challenger"]), ("challenger", None)]
 
-    return move_aliases(name, plan, reason)["champion"]
+    return move_aliases(name, plan, reason, config)["champion"]
 
 
-def restore_previous(name: str, reason: str = "rolled back by operator") -> str:
+def restore_previous(name: str, reason: str = "rolled back by operator", config: LoopConfig | None = None) -> str:
     """champion -> previous's version; the rolled-back version loses the champion alias."""
     def plan(current: dict[str, str]) -> Moves:
         if "previous" not in current:
             raise ValueError(f"{name} has no previous champion to roll back to")
         return [("champion", current["previous"]), ("previous", None)]
 
-    return move_aliases(name, plan, reason)["champion"]
+    return move_aliases(name, plan, reason, config)["champion"]

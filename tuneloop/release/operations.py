@@ -61,7 +61,7 @@ def promote(config: LoopConfig, expected: str, reason: str, actor: str | None = 
     version by now (a newer loop registered one), nothing moves (ValueError naming both)."""
     from tuneloop.registry.versions import promote as promote_alias
 
-    version = promote_alias(config.model_name, reason=reason, expected=str(expected))
+    version = promote_alias(config.model_name, reason=reason, expected=str(expected), config=config)
     set_challenger_percent(config, 0, by=actor or cli_actor())  # the challenger alias is gone: nobody to route to
     record_event(config, version, "promote", reason, actor=actor)
     return version
@@ -90,7 +90,7 @@ def roll_back(config: LoopConfig, reason: str, version: str | None = None, resto
             reason = f"{reason} (registry unreachable, version not tagged: {type(err).__name__})"
         record_event(config, version, "rollback", reason, segment, actor=actor)
     if restore_champion:
-        champion = restore_previous(config.model_name, reason=reason)
+        champion = restore_previous(config.model_name, reason=reason, config=config)
         record_event(config, champion, "restore", reason, actor=actor)
         return champion
     return None if champion_known else alias_version(config.model_name, "champion")
