@@ -13,15 +13,15 @@ import mlflow
 import pytest
 from conftest import TOKEN, tiny_config
 
+from devtools.localserver import tuneloop_service
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.records import FeedbackRecord
 from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.loop import loop
-from tuneloop.flows.search_tracking import fetch_adapter
-from tuneloop.localserver import tuneloop_service
 from tuneloop.registry.versions import alias_version, log_adapter, move_alias, promote
 from tuneloop.release.flags import set_challenger_percent
 from tuneloop.release.operations import events
+from tuneloop.search.tracking import fetch_adapter
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -42,10 +42,10 @@ def registered(tmp_path_factory):
     config = tiny_config(home, "classification", epochs=10)
     FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification", small=True), config.kind)
     result = loop(config)
-    promote(config.model_name)
+    promote(config.model_name, config=config)
     adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")
     v2 = log_adapter(config, adapter, {"note": "second version for routing tests"})
-    move_alias(config.model_name, "challenger", str(v2.version), "test")
+    move_alias(config.model_name, "challenger", str(v2.version), "test", config=config)
     yield home, config, result
     mlflow.set_tracking_uri(previous_uri)
 
@@ -71,6 +71,20 @@ def _wait_until(condition, seconds: float, message: str) -> float:
         assert time.monotonic() - began < seconds, message
         time.sleep(0.05)
     return time.monotonic() - began
+
+
+def _guard_last_looked(config) -> float:
+    """When the service's guard last published its figures (it writes the serving cost at every look)."""
+    import json
+    from datetime import datetime
+
+    from sqlalchemy.orm import Session
+
+    from tuneloop.data.ops_tables import SettingRow
+
+    with Session(FeedbackStore(config.feedback_db).engine) as session:
+        row = session.get(SettingRow, f"serving_cost:{config.model_name}")
+    return datetime.fromisoformat(json.loads(row.value)["at"]).timestamp() if row else 0.0
 
 
 def test_routes_a_sticky_canary_and_rolls_back_without_restart(service):
@@ -148,7 +162,7 @@ def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, re
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(hammer, w) for w in range(8)]
         time.sleep(1)
-        move_alias(config.model_name, "challenger", v3, "hot swap under load")
+        move_alias(config.model_name, "challenger", v3, "hot swap under load", config=config)
         set_challenger_percent(config, 50, version=v3)  # what deploy does: the share names the new version
         _wait_until(lambda: "3" in seen, 15, "new challenger not picked up without a restart")
         httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10)
@@ -171,7 +185,7 @@ def test_a_new_challenger_gets_no_share_until_deploy_and_never_more_than_the_can
                 "the old challenger's 50 % not picked up")
     adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")
     new = str(log_adapter(config, adapter, {"note": "registered during a ramp"}).version)
-    move_alias(config.model_name, "challenger", new, "passed the gate")  # what register does
+    move_alias(config.model_name, "challenger", new, "passed the gate", config=config)  # what register does
     shares = []
     deadline = time.monotonic() + 3  # several registry polls (0.5 s): the service has picked the new alias up
     while time.monotonic() < deadline:
@@ -225,8 +239,10 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
     tag = mlflow.MlflowClient().get_model_version(config.model_name, challenger).tags["rolled_back"]
     assert "live guard" in tag and "significantly worse" in tag
 
-    # one guard per service, however many workers serve: the rollback is recorded once
-    time.sleep(3 * 0.5)  # a second guard would have acted by now (guard interval 0.5 s)
+    # one guard per service, however many workers serve: the rollback is recorded once, still after the
+    # guard has looked again for two seconds (a second guard in another worker would look as often)
+    rolled_back = time.time()
+    _wait_until(lambda: _guard_last_looked(config) >= rolled_back + 2, 30, "the guard stopped looking")
     rollbacks = events(config, action="rollback")
     assert [r["version"] for r in rollbacks if r["reason"].startswith("live guard")] == [challenger]
     _predict(base, "metrics-user")  # answered requests are counted (whichever worker answers)
@@ -251,11 +267,23 @@ def test_shadow_mode_never_returns_the_shadow_answer(registered):
     set_challenger_percent(config, 0)
 
 
+def test_a_router_service_with_no_trained_version_tells_the_app_to_use_its_own_router(tmp_path):
+    """Before any loop has registered a version, the classification service answers every request with
+    the fallback label, confidence 0 and the ``existing_router`` variant (docs/router.md), never a label
+    from the base's untrained head."""
+    with running_service(tmp_path, "classification") as base:
+        payload = {"requests": [{"user_id": f"u{i}", "input": text, "request_id": f"first-{i}"}
+                                for i, text in enumerate(["where is my Orbit camera", "tell me a joke about penguins"])]}
+        answers = httpx.post(f"{base}/predict", json=payload, timeout=60).raise_for_status().json()
+    assert [(a["output"], a["variant"], a["model_version"]) for a in answers] == [("out_of_scope", "existing_router", "base")] * 2
+    assert all(a["confidence"] == 0.0 for a in answers)
+
+
 def test_free_ports_lie_below_the_ephemeral_range_and_differ():
     """A port the kernel may hand to the server's own bind(0) would collide (BentoML's arbiter did)."""
     from pathlib import Path
 
-    from tuneloop.localserver import free_port
+    from devtools.localserver import free_port
 
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = [free_port() for _ in range(20)]

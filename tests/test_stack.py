@@ -112,7 +112,7 @@ def test_the_trigger_deployment_runs_the_loop_on_the_stack_to_a_canary(stack_loo
     # alias moves against an MLflow server lock on the shared operations database, not a temp file
     from tuneloop.data.locks import registry_lock_url
 
-    assert registry_lock_url(run.env["MLFLOW_TRACKING_URI"]) == run.env["TUNELOOP_FEEDBACK_URL"]
+    assert registry_lock_url(run.env["MLFLOW_TRACKING_URI"], config) == run.env["TUNELOOP_FEEDBACK_URL"]
 
     # the service (its own home: it shares no directory with the worker) answers from the new version
     base = f"http://127.0.0.1:{run.ports['service']}"
@@ -242,7 +242,7 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     from optuna.trial import TrialState
     from sqlalchemy.engine import make_url
 
-    from tuneloop.flows.study import OWNER_ATTR, origin
+    from tuneloop.search.study import OWNER_ATTR, origin
 
     run = stack_loop
     run.ensure_up()
@@ -270,7 +270,7 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
             time.sleep(0.05)
         victim = found[0]
         [killed_dir] = {p.parent for p in homes[victim].rglob("ckpt.pt")}
-        time.sleep(0.5)  # the checkpoint is uploaded right after it is written
+        _wait_for_uploaded_checkpoint(run, int(killed_dir.name.removeprefix("trial-")), deadline)
         worker = psutil.Process(running_pid(settings, f"trial-worker-{victim}"))
         machine = [worker, *worker.children(recursive=True)]
         killed_pids = {p.pid for p in machine}
@@ -309,6 +309,18 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     assert states[0] == "COMPLETED", states  # the survivor's; the killed one's is left as Prefect last heard
     assert all(":***@" in r["parameters"]["config"]["optuna_url"] for r in flow_runs)
     run.stack("up", "--trial-workers", "0", timeout=120)
+
+
+def _wait_for_uploaded_checkpoint(run, trial: int, deadline: float) -> None:
+    """The trial's checkpoint is in the artifact store (uploaded right after it is written to disk)."""
+    client = MlflowClient(tracking_uri=run.env["MLFLOW_TRACKING_URI"])
+    while True:
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        runs = client.search_runs([experiment.experiment_id], f"tags.`tuneloop.trial` = '{trial}'") if experiment else []
+        if any(client.list_artifacts(r.info.run_id, "checkpoint") for r in runs):
+            return
+        assert time.monotonic() < deadline, f"trial {trial}'s checkpoint never reached the artifact store"
+        time.sleep(0.1)
 
 
 def test_no_secret_on_a_command_line_or_in_a_stack_file_log_artifact_or_parameter(stack_loop):

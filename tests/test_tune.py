@@ -29,13 +29,13 @@ from tuneloop.data.datasets import DatasetRef, load_examples, load_labels
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.curate import build_dataset, log_dataset
-from tuneloop.flows.study import OWNER_ATTR, origin, study_name
 from tuneloop.flows.tune import tune
 from tuneloop.modeling.batches import encode
 from tuneloop.modeling.models import base_of, load_base, load_tokenizer, resolve_base
 from tuneloop.modeling.training import add_adapter, train
 from tuneloop.registry.tracking import use_experiment
 from tuneloop.search.owners import OWNER_TAG
+from tuneloop.search.study import OWNER_ATTR, origin, study_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -203,7 +203,7 @@ def test_sigkilled_search_resumes_from_checkpoints_without_retraining(home):
 def test_a_rerun_on_another_machine_resumes_from_the_checkpoint_in_the_artifact_store(home, monkeypatch):
     """The first attempt dies right after uploading its second checkpoint; the rerun finds no local
     checkpoint (another machine), fetches the uploaded one and continues from its step."""
-    from tuneloop.flows.search_tracking import TrialRun
+    from tuneloop.search.tracking import TrialRun
 
     config = _search_config(home, n_trials=1)
     data, parent = _dataset(config), _parent_run(config)
@@ -383,7 +383,7 @@ def test_resumed_training_matches_an_uninterrupted_run(home):
 
 def test_silent_trial_of_another_machine_is_retried_after_the_grace_period(tmp_path):
     """The heartbeat path (a worker elsewhere went silent), without the same-machine shortcut."""
-    from tuneloop.flows.study import claim, open_study
+    from tuneloop.search.study import claim, open_study
 
     tune = tiny_config(tmp_path, "classification", n_trials=2, ranks=[4, 8], first_trial=None,
                        heartbeat_interval_s=1, grace_period_s=2).tune
@@ -398,8 +398,11 @@ def test_silent_trial_of_another_machine_is_retried_after_the_grace_period(tmp_p
     study.tell(again, 0.5)
     assert claim(study, storage, tune, tune.n_trials) is None  # budget taken while trial 0 may still be alive
 
-    time.sleep(3.5)  # past the grace period: failed, and its retry (same parameters) is what gets claimed
-    retry, _ = claim(study, storage, tune, tune.n_trials)
+    deadline = time.monotonic() + 30  # once past the grace period: failed, and its retry (same parameters) is claimed
+    while (claimed := claim(study, storage, tune, tune.n_trials)) is None:
+        assert time.monotonic() < deadline, "the silent trial was never retried"
+        time.sleep(0.1)
+    retry, _ = claimed
     assert study.trials[0].state == TrialState.FAIL
     assert origin(study.trials[retry.number]) == 0 and study.trials[retry.number].params == params
 
@@ -407,8 +410,8 @@ def test_silent_trial_of_another_machine_is_retried_after_the_grace_period(tmp_p
 def test_scores_are_reported_on_the_pruners_rungs_and_trailing_trials_stop_there(home):
     """Rungs at 1/9 and 1/3 of a trial (factor 3), each one a reporting step; a trial trailing the
     leaders at the first rung is stopped right there, and the last step is never a rung."""
-    from tuneloop.flows.study import make_pruner, rung_steps
     from tuneloop.flows.trial import pruner_step, schedule
+    from tuneloop.search.study import make_pruner, rung_steps
 
     config = tiny_config(home, "classification", epochs=3, batch_size=4, evals_per_trial=3, reduction_factor=3)
     total, evals = schedule(config, n_train=100)  # 25 steps per epoch
@@ -438,7 +441,7 @@ def test_a_time_budget_starts_only_trials_expected_to_finish_within_it():
 
     from optuna.distributions import FloatDistribution
 
-    from tuneloop.flows.study import expected_seconds, fits
+    from tuneloop.search.study import expected_seconds, fits
 
     study = optuna.create_study(direction="maximize")
     assert fits(study, None) and fits(study, time.time() + 1)  # nothing measured yet: the first trial always starts
