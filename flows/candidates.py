@@ -61,31 +61,51 @@ def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem]
             max_new_tokens: int) -> tuple[list[str], list[float] | None]:
     """Raw outputs (before any fallback threshold) and, for classification, confidences."""
     inputs = [it.input for it in items]
-    key = hashlib.sha256(json.dumps([candidate.cache_id, inputs, max_new_tokens, candidate.prompting.system_prompt,
-                                     candidate.prompting.template]).encode()).hexdigest()[:24]
-    path = config.work_dir / "answers" / f"{key}.json"
+    path = _cache_path(config, candidate, inputs, max_new_tokens)
     if candidate.cache_id and path.exists():
         cached = json.loads(path.read_text())
         return cached["outputs"], cached["confidences"]
+    outputs = _recorded_answers(candidate, items, max_new_tokens)
+    outputs, confidences = _predict_unanswered(config, candidate, inputs, outputs, max_new_tokens)
+    if candidate.cache_id:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"outputs": outputs, "confidences": confidences}))
+    return outputs, confidences
+
+
+def _cache_path(config: LoopConfig, candidate: Candidate, inputs: list[str], max_new_tokens: int) -> Path:
+    """Where the candidate's answers to ``inputs`` are cached: named by the model, the inputs and the
+    decoding settings (used only for a candidate with a ``cache_id``)."""
+    key = hashlib.sha256(json.dumps([candidate.cache_id, inputs, max_new_tokens, candidate.prompting.system_prompt,
+                                     candidate.prompting.template]).encode()).hexdigest()[:24]
+    return config.work_dir / "answers" / f"{key}.json"
+
+
+def _recorded_answers(candidate: Candidate, items: Sequence[SuiteItem], max_new_tokens: int) -> list[str | None]:
+    """Per item, the answer recorded with the suite, or None: only the base has them (the bundled base's
+    verified answers, shipped with the suite), and only while they match its weights and settings."""
     outputs: list[str | None] = [None] * len(items)
     shipped = [i for i, it in enumerate(items) if it.answers] if candidate.name == "base" else []
     recorded = recorded_baseline([items[i] for i in shipped], candidate.base.sha256, candidate.prompting.system_prompt,
                                  max_new_tokens)
-    for i, answer in zip(shipped, recorded or []):  # the bundled base's verified answers, shipped with the suite
+    for i, answer in zip(shipped, recorded or []):
         outputs[i] = answer
+    return outputs
+
+
+def _predict_unanswered(config: LoopConfig, candidate: Candidate, inputs: list[str], outputs: list[str | None],
+                        max_new_tokens: int) -> tuple[list[str], list[float] | None]:
+    """``outputs`` with every None predicted by the candidate, and the prediction's confidences
+    (classification, where nothing is recorded: every row was predicted); None without a prediction."""
+    outputs = list(outputs)
     rest = [i for i, out in enumerate(outputs) if out is None]
-    confidences = None
-    if rest:
-        with candidate.model.disable_adapter() if candidate.adapters_off else nullcontext():
-            fresh, fresh_conf = predict(config.kind, candidate.model, candidate.tokenizer, [inputs[i] for i in rest],
-                                        candidate.labels, max_new_tokens, candidate.prompting)
-        for n, i in enumerate(rest):
-            outputs[i] = fresh[n]
-        if fresh_conf is not None:  # classification: nothing is recorded, every row was predicted
-            confidences = fresh_conf
-    if candidate.cache_id:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"outputs": outputs, "confidences": confidences}))
+    if not rest:
+        return outputs, None
+    with candidate.model.disable_adapter() if candidate.adapters_off else nullcontext():
+        fresh, confidences = predict(config.kind, candidate.model, candidate.tokenizer, [inputs[i] for i in rest],
+                                     candidate.labels, max_new_tokens, candidate.prompting)
+    for n, i in enumerate(rest):
+        outputs[i] = fresh[n]
     return outputs, confidences
 
 

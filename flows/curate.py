@@ -200,6 +200,25 @@ def build_dataset(store: FeedbackStore, config: LoopConfig, check: bool = True) 
 def _check_splits(config: LoopConfig, folder: Path, counts: Counter, label_counts: dict[str, Counter]) -> list[str]:
     """Refuse data the loop cannot train and judge on, naming the problem and the setting to change;
     with ``rare_labels=drop``, leave out labels without enough examples (counted) and return the labels."""
+    _require_every_split(config, counts)
+    total = sum((label_counts[s] for s in SPLITS), Counter())
+    if config.kind != "classification":
+        _count_phrasings(total, label_counts["train"], counts)
+        return []
+    dropped = _apply_rare_label_policy(config, folder, counts, _rare_labels(total, label_counts))
+    if dropped:
+        for split, kept in _drop_labels(folder, dropped).items():
+            counts[split] = kept
+        counts["labels_dropped"] = len(dropped)
+    labels = sorted(set(total) - dropped)
+    counts["labels"] = len(labels)
+    if len(labels) < 2:
+        raise DatasetError(f"a classifier needs at least 2 labels with enough examples; have {_names(labels)}")
+    return labels
+
+
+def _require_every_split(config: LoopConfig, counts: Counter) -> None:
+    """Refuse (DatasetError) a split without examples, naming the split settings to change."""
     sizes = {split: counts[split] for split in SPLITS}
     if min(sizes.values()) == 0:
         raise DatasetError(
@@ -207,46 +226,58 @@ def _check_splits(config: LoopConfig, folder: Path, counts: Counter, label_count
             f"validation {sizes['validation']}, held-out {sizes['heldout']}; each split needs at least one example. "
             f"Collect more feedback, or change TUNELOOP_HELDOUT_PERCENT ({config.heldout_percent}) / "
             f"TUNELOOP_VALIDATION_PERCENT ({config.validation_percent}).")
-    total = sum((label_counts[s] for s in SPLITS), Counter())
-    if config.kind != "classification":
-        _count_phrasings(total, label_counts["train"], counts)
-        return []
+
+
+# why each kind of rare label cannot be both learned and judged, keyed as in rare_labels.json
+_RARE_WHY = {"once": "seen only once (one example cannot be both learned and evaluated)",
+             "no_heldout": "without any held-out example (the gate could not judge them)",
+             "no_train": "without any training example"}
+
+
+def _rare_labels(total: Counter, label_counts: dict[str, Counter]) -> dict[str, list[str]]:
+    """Classification labels without enough examples, sorted, by problem (``_RARE_WHY``'s keys): seen once,
+    or (seen more often) with no held-out example, or no training example. Empty lists when none."""
     once = sorted(label for label, n in total.items() if n < 2)
     unjudged = sorted(label for label in total if label not in once and not label_counts["heldout"][label])
     untrained = sorted(label for label in total if label not in once and not label_counts["train"][label])
-    problems = [(once, "seen only once (one example cannot be both learned and evaluated)"),
-                (unjudged, "without any held-out example (the gate could not judge them)"),
-                (untrained, "without any training example")]
-    rare = set(once) | set(unjudged) | set(untrained)
-    detail = "; ".join(f"{len(labels)} label(s) {_names(labels)} {why}" for labels, why in problems if labels)
-    if rare and config.rare_labels == "error":
+    return {"once": once, "no_heldout": unjudged, "no_train": untrained}
+
+
+def _apply_rare_label_policy(config: LoopConfig, folder: Path, counts: Counter, found: dict[str, list[str]]) -> set[str]:
+    """What ``rare_labels`` does with the labels ``_rare_labels`` found: ``error`` refuses (DatasetError);
+    ``keep`` and ``drop`` record them in ``rare_labels.json`` and warn, ``keep`` counting the labels the
+    gate cannot judge. The labels to drop from the splits (none unless ``drop``)."""
+    rare = set().union(*found.values())
+    if not rare:
+        return set()
+    detail = "; ".join(f"{len(labels)} label(s) {_names(labels)} {_RARE_WHY[key]}" for key, labels in found.items() if labels)
+    if config.rare_labels == "error":
         raise DatasetError(f"{detail}. Collect more feedback for them, or set TUNELOOP_RARE_LABELS=keep (train them, "
                            "listed as not judged) or drop (leave them out of this loop).")
-    if rare:
-        (folder / "rare_labels.json").write_text(json.dumps({"policy": config.rare_labels, "detail": detail, **{
-            key: labels for key, labels in (("once", once), ("no_heldout", unjudged), ("no_train", untrained))}}))
-        _warn(f"{detail}. TUNELOOP_RARE_LABELS={config.rare_labels}: "
-              + ("they are trained but the gate cannot judge them." if config.rare_labels == "keep"
-                 else "they are left out of this loop."))
-    if rare and config.rare_labels == "keep":
-        counts["labels_unjudged"] = len(set(once) | set(unjudged))
-        rare = set()
-    if rare:
-        for split in SPLITS:
-            path, kept = folder / f"{split}.jsonl", 0
-            with open(path) as source, open(path.with_suffix(".kept"), "w") as out:
-                for line in source:
-                    if json.loads(line)["target"] not in rare:
-                        out.write(line)
-                        kept += 1
-            path.with_suffix(".kept").replace(path)
-            counts[split] = kept
-        counts["labels_dropped"] = len(rare)
-    labels = sorted(set(total) - set(rare))
-    counts["labels"] = len(labels)
-    if len(labels) < 2:
-        raise DatasetError(f"a classifier needs at least 2 labels with enough examples; have {_names(labels)}")
-    return labels
+    (folder / "rare_labels.json").write_text(json.dumps({"policy": config.rare_labels, "detail": detail, **found}))
+    _warn(f"{detail}. TUNELOOP_RARE_LABELS={config.rare_labels}: "
+          + ("they are trained but the gate cannot judge them." if config.rare_labels == "keep"
+             else "they are left out of this loop."))
+    if config.rare_labels == "keep":
+        counts["labels_unjudged"] = len(set(found["once"]) | set(found["no_heldout"]))
+        return set()
+    return rare
+
+
+def _drop_labels(folder: Path, labels: set[str]) -> dict[str, int]:
+    """Rewrite each split file in ``folder`` without the examples whose target is in ``labels``; the
+    examples each split keeps."""
+    kept_per_split = {}
+    for split in SPLITS:
+        path, kept = folder / f"{split}.jsonl", 0
+        with open(path) as source, open(path.with_suffix(".kept"), "w") as out:
+            for line in source:
+                if json.loads(line)["target"] not in labels:
+                    out.write(line)
+                    kept += 1
+        path.with_suffix(".kept").replace(path)  # the split file is replaced only once its copy is complete
+        kept_per_split[split] = kept
+    return kept_per_split
 
 
 def _count_phrasings(total: Counter, train: Counter, counts: Counter) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import optuna
@@ -48,7 +48,7 @@ from tuneloop.modeling.models import (
 from tuneloop.modeling.objectives import PreferenceTerm, pair_rows, unpaired_rows
 from tuneloop.modeling.prompting import Prompting
 from tuneloop.modeling.replay import replay_pairs
-from tuneloop.modeling.training import Pruned, add_adapter, schedule_length, top_layers, train
+from tuneloop.modeling.training import Pruned, TrainResult, add_adapter, schedule_length, top_layers, train
 from tuneloop.search.study import origin, rung_steps, suggest, usable_objectives
 from tuneloop.search.tracking import TrialRun, peak_memory, trial_label
 
@@ -188,85 +188,151 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
                     device: torch.device, full: bool, trial: optuna.Trial | None = None) -> float | None:
     """Train one configuration with checkpoints, reporting validation scores (to ``trial``'s pruner
     when there is one); the final score, or None when pruned. Logs its figures on ``run``."""
-    tune = config.tune
+    model, data = prepare_candidate(config, ref, params, run, device, full)
+    total, eval_steps = schedule(config, ref.sizes["train"], full, n_pairs=len(data.encoded))
+    run.metrics({"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                 "total_steps": total, "train_examples": len(data.encoded)})
+    run.fetch_checkpoint(checkpoint_dir)  # from the artifact store when this machine has none
+    reporter = TrainingReport(config, ref, model, data, run, trial, total,
+                              every=config.tune.checkpoint_every or max(1, total // 4))
+    extra = preference_term(config, data, params)
+    cpu_began = time.process_time()  # the process's CPU time (every thread's), beside the wall time train() keeps
+    with peak_memory(device) as memory:
+        result = train_adapter(config, model, data, params, checkpoint_dir, full, eval_steps, reporter, extra)
+        final = None if result.pruned else reporter.scores.get(total)
+        if final is None and not result.pruned:
+            final = validation_score(config, model, data)
+    reporter.record_steps(result.steps_run)
+    run.metrics(training_metrics(result, time.process_time() - cpu_began, memory, extra), step=result.resumed_from_step)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    run.drop_checkpoint()
+    if final is None:
+        return None
+    if trial is not None and config.tune.gate_sample:  # what the gate will check, so the search can keep within it
+        constrain_to_gate(config, ref, model, data, trial, run, total)
+    save_adapter(config, model, data, adapter_dir_of(checkpoint_dir))
+    run.metrics({"final_validation_score": final}, step=total)
+    return final
+
+
+def prepare_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: TrialRun, device: torch.device,
+                      full: bool) -> tuple[object, TrialData]:
+    """The training's model (a fresh adapter for ``params`` on ``device``) and its data (with the
+    validation split's retraining half for a ``full`` final training that retrains with it); the fast
+    paths it runs tagged on ``run``."""
     fast_paths.configure(config.fast_paths)
     data = trial_data(config, ref, params.get("replay_ratio", 0.0))
     if full and retrains_with_validation(config):
         data = with_validation(config, ref, data)
     model = build_model(config, data, params, device)
     run.tags({f"fast_path.{path}": state for path, state in fast_paths.report(model).items()})
-    if config.kind == "generation" and tune.replay_kl:  # the frozen base's side of the KL term, once per search
+    if config.kind == "generation" and config.tune.replay_kl:  # the frozen base's side of the KL term, once per search
         teacher.attach(model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}",
                        cache_dir() / "teacher")
-    total, eval_steps = schedule(config, ref.sizes["train"], full, n_pairs=len(data.encoded))
-    run.metrics({"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                 "total_steps": total, "train_examples": len(data.encoded)})
-    run.fetch_checkpoint(checkpoint_dir)  # from the artifact store when this machine has none
-    scores: dict[int, float] = {}
-    every = tune.checkpoint_every or max(1, total // 4)
-    steps_before = trial.user_attrs.get("steps_trained", 0) if trial else 0  # earlier attempts', at their checkpoints
+    return model, data
 
-    def on_step(step: int, loss: float) -> None:
-        run.step_loss(step, loss)
-        if step % every == 0:  # train() checkpoints right after: the losses and the count go first
-            run.flush()
-            if trial:
-                trial.set_user_attr("steps_trained", steps_before + run.session_steps)
 
-    def on_eval(step: int) -> None:
-        scores[step] = validation_score(config, model, data)
-        run.flush()
-        run.metrics({"validation_score": scores[step]}, step)
-        if trial:
-            trial.report(scores[step], pruner_step(config, ref.sizes["train"], len(data.encoded), step))
-            if step < total and trial.should_prune():  # a trial that reached its end is finished, not pruned
+@dataclass
+class TrainingReport:
+    """What a training reports while it runs: its losses and validation scores to its MLflow run, the
+    scores to ``trial``'s pruner, and the steps trained to ``trial`` (a retry adds its own to those of
+    the attempts before it, up to their checkpoints). ``on_step`` and ``on_eval`` are train()'s callbacks."""
+
+    config: LoopConfig
+    ref: DatasetRef
+    model: object
+    data: TrialData
+    run: TrialRun
+    trial: optuna.Trial | None
+    total: int  # the schedule's steps
+    every: int  # steps between checkpoints
+    scores: dict[int, float] = field(init=False, default_factory=dict)  # validation score by step
+    steps_before: int = field(init=False)  # earlier attempts', at their checkpoints
+
+    def __post_init__(self) -> None:
+        self.steps_before = self.trial.user_attrs.get("steps_trained", 0) if self.trial else 0
+
+    def on_step(self, step: int, loss: float) -> None:
+        """Log the step's loss; at a checkpoint step, send the losses and the steps trained so far."""
+        self.run.step_loss(step, loss)
+        if step % self.every == 0:  # train() checkpoints right after: the losses and the count go first
+            self.run.flush()
+            if self.trial:
+                self.trial.set_user_attr("steps_trained", self.steps_before + self.run.session_steps)
+
+    def on_eval(self, step: int) -> None:
+        """Score the model at ``step`` and report it; raises ``Pruned`` when the pruner stops the trial."""
+        self.scores[step] = validation_score(self.config, self.model, self.data)
+        self.run.flush()
+        self.run.metrics({"validation_score": self.scores[step]}, step)
+        if self.trial:
+            self.trial.report(self.scores[step],
+                              pruner_step(self.config, self.ref.sizes["train"], len(self.data.encoded), step))
+            if step < self.total and self.trial.should_prune():  # a trial that reached its end is finished, not pruned
                 raise Pruned
 
-    extra = preference_term(config, data, params)
-    cpu_began = time.process_time()  # the process's CPU time (every thread's), beside the wall time train() keeps
-    with peak_memory(device) as memory:
-        result = train(model, data.encoded, data.tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
-                       batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
-                       grad_accum=tune.grad_accum_steps, head_lr=tune.head_lr, length_grouping=tune.length_grouping,
-                       eval_steps=set(eval_steps), on_eval=on_eval, on_step=on_step, checkpoint_dir=checkpoint_dir,
-                       checkpoint_every=every, on_checkpoint=run.upload_checkpoint, progress=True,
-                       kl_weight=tune.replay_kl if config.kind == "generation" else 0.0, trunk_cache_mb=tune.trunk_cache_mb,
-                       extra_loss=extra)
-        final = None if result.pruned else scores.get(total)
-        if final is None and not result.pruned:
-            final = validation_score(config, model, data)
-    if trial:
-        trial.set_user_attr("steps_trained", steps_before + result.steps_run)
-    run.metrics({
+    def record_steps(self, steps_run: int) -> None:
+        """The steps trained by every attempt, this one's ``steps_run`` included, on the trial."""
+        if self.trial:
+            self.trial.set_user_attr("steps_trained", self.steps_before + steps_run)
+
+
+def train_adapter(config: LoopConfig, model, data: TrialData, params: dict, checkpoint_dir: Path, full: bool,
+                  eval_steps: list[int], reporter: TrainingReport, extra: PreferenceTerm | None) -> TrainResult:
+    """``train`` with the search's settings: a trial's step budget (none when ``full``), checkpoints
+    every ``reporter.every`` steps uploaded by its run, and the KL term for generation."""
+    tune = config.tune
+    return train(model, data.encoded, data.tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
+                 batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
+                 grad_accum=tune.grad_accum_steps, head_lr=tune.head_lr, length_grouping=tune.length_grouping,
+                 eval_steps=set(eval_steps), on_eval=reporter.on_eval, on_step=reporter.on_step,
+                 checkpoint_dir=checkpoint_dir, checkpoint_every=reporter.every, on_checkpoint=reporter.run.upload_checkpoint,
+                 progress=True, kl_weight=tune.replay_kl if config.kind == "generation" else 0.0,
+                 trunk_cache_mb=tune.trunk_cache_mb, extra_loss=extra)
+
+
+def training_metrics(result: TrainResult, cpu_seconds: float, memory: dict[str, float],
+                     extra: PreferenceTerm | None) -> dict[str, float]:
+    """A training's figures for its run: steps, examples, time and throughput, padding, peak memory, and
+    the preference loss's first and last values when there is one."""
+    return {
         "resumed_from_step": result.resumed_from_step,
         "steps_trained": result.steps_run,
         "examples_seen": result.examples,
         "wall_seconds": result.seconds,
-        "cpu_seconds": time.process_time() - cpu_began,  # training and its validation scoring
+        "cpu_seconds": cpu_seconds,  # training and its validation scoring
         "examples_per_second": result.examples / result.seconds if result.seconds else 0.0,
         "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
         "padding_share": 1 - result.tokens / result.padded_tokens if result.padded_tokens else 0.0,
         **memory,
         **({"preference_loss_first": extra.history[0], "preference_loss_last": extra.history[-1]}
            if extra and extra.history else {}),
-    }, step=result.resumed_from_step)
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    run.drop_checkpoint()
-    if final is None:
-        return None
-    if trial is not None and tune.gate_sample:  # what the gate will check, so the search can keep within it
-        drops = gate_drops(config, ref, model, data)
-        for key, value in constraints(config, drops).items():
-            trial.set_constraint(key, value)
-        run.metrics(drops, step=total)
-    adapter_dir = checkpoint_dir.with_name(checkpoint_dir.name + "-adapter")
+    }
+
+
+def constrain_to_gate(config: LoopConfig, ref: DatasetRef, model, data: TrialData, trial: optuna.Trial, run: TrialRun,
+                      total: int) -> None:
+    """The trained model's drops on the gate's sample: the trial's constraints (the search prefers trials
+    within the gate's tolerances) and metrics of its run."""
+    drops = gate_drops(config, ref, model, data)
+    for key, value in constraints(config, drops).items():
+        trial.set_constraint(key, value)
+    run.metrics(drops, step=total)
+
+
+def adapter_dir_of(checkpoint_dir: Path) -> Path:
+    """Where the training that checkpoints to ``checkpoint_dir`` leaves its finished adapter."""
+    return checkpoint_dir.with_name(checkpoint_dir.name + "-adapter")
+
+
+def save_adapter(config: LoopConfig, model, data: TrialData, adapter_dir: Path) -> None:
+    """The adapter, with the base and prompting it needs wherever it is loaded and its labels, into a
+    fresh ``adapter_dir``."""
     shutil.rmtree(adapter_dir, ignore_errors=True)
     model.save_pretrained(adapter_dir)
-    write_meta(adapter_dir, config, data.base)  # the base and prompting it needs, wherever it is loaded
+    write_meta(adapter_dir, config, data.base)
     if data.labels:
         save_labels(adapter_dir, data.labels)
-    run.metrics({"final_validation_score": final}, step=total)
-    return final
 
 
 def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
@@ -286,7 +352,7 @@ def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_r
     if final is None:
         run.finish("PRUNED", f"{trial_label(key, params)} pruned@{trial.user_attrs.get('steps_trained', 0)}")
         raise optuna.TrialPruned()
-    trial.set_user_attr("adapter_uri", run.upload_adapter(checkpoint_dir.with_name(checkpoint_dir.name + "-adapter")))
+    trial.set_user_attr("adapter_uri", run.upload_adapter(adapter_dir_of(checkpoint_dir)))
     run.finish("COMPLETE", f"{trial_label(key, params)} -> {final:.3f}")
     return final
 
@@ -304,6 +370,6 @@ def train_final(config: LoopConfig, ref: DatasetRef, params: dict, search_run_id
         return f"runs:/{run.run_id}/adapter", existing.data.metrics["final_validation_score"], run.run_id
     checkpoint_dir = config.work_dir / "checkpoints" / name / key
     final = train_candidate(config, ref, params, run, checkpoint_dir, resolve_device(config.device), full=True)
-    uri = run.upload_adapter(checkpoint_dir.with_name(key + "-adapter"))
+    uri = run.upload_adapter(adapter_dir_of(checkpoint_dir))
     run.finish("COMPLETE", f"{trial_label(key, params)} -> {final:.3f}")
     return uri, final, run.run_id

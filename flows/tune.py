@@ -124,29 +124,16 @@ def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str
     final, complete = _summary(study)
     if not complete:
         raise RuntimeError(f"study {name}: every trial was pruned or failed; nothing to evaluate")
-    within = [t for t in complete if feasible(t)]  # the best trial within the gate's tolerances, when there is one
-    best = max(within or complete, key=lambda t: t.value)
-    winner = TrialResult(number=origin(best), params=best.params, score=best.value,
-                         adapter_uri=best.user_attrs["adapter_uri"], mlflow_run_id=best.user_attrs["mlflow_run_id"])
+    best = _best(complete)
+    winner = _trial_result(best)
     challenger = winner
-    partial = config.tune.trial_steps and schedule(config, ref.sizes["train"])[0] < schedule(config, ref.sizes["train"], full=True)[0]
-    if partial or retrains_with_validation(config):  # the winner on the whole split (and validation's retraining half)
+    if _trains_final(config, ref):  # the winner on the whole split (and validation's retraining half)
         uri, score, run_id = train_final(config, ref, best.params, search_run_id, name, origin(best))
         challenger = winner.model_copy(update={"adapter_uri": uri, "score": score, "mlflow_run_id": run_id})
-    run_ids = {key: t.user_attrs["mlflow_run_id"] for key, t in final.items() if "mlflow_run_id" in t.user_attrs}
     client = mlflow.MlflowClient()
-    for run_id in dict.fromkeys(r for r in (search_run_id, loop_run_id) if r):
-        client.set_tag(run_id, "best_trial", str(origin(best)))
-        client.set_tag(run_id, "best_trial_run_id", winner.mlflow_run_id)
-        client.set_tag(run_id, "challenger_run_id", challenger.mlflow_run_id)
-        client.set_tag(run_id, "study_name", name)
-        client.log_metric(run_id, "best_trial_validation_score", best.value)
-        client.set_tag(run_id, "best_trial_within_gate_tolerances", str(feasible(best)).lower())
-    for k, v in best.params.items():  # tags on the search run: a continued search may find a new best
-        client.set_tag(search_run_id, f"best.{k}", str(v))
-    if loop_run_id:
-        client.log_batch(loop_run_id, params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best.params.items()])
+    _tag_best(client, search_run_id, loop_run_id, name, best, winner, challenger)
     client.set_tag(search_run_id, "n_trials", str(config.tune.trial_budget))
+    run_ids = {key: t.user_attrs["mlflow_run_id"] for key, t in final.items() if "mlflow_run_id" in t.user_attrs}
     log_search(search_run_id, study, origin(best), final, run_ids)
     client.set_terminated(search_run_id, "FINISHED")
     return TuneResult(
@@ -156,6 +143,42 @@ def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str
         n_failed=sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False)),
         steps_trained=sum(t.user_attrs.get("steps_trained", 0) for t in final.values()),
     )
+
+
+def _best(complete: list[FrozenTrial]) -> FrozenTrial:
+    """The best completed trial within the gate's tolerances, or the best of all when none is within them."""
+    within = [t for t in complete if feasible(t)]
+    return max(within or complete, key=lambda t: t.value)
+
+
+def _trial_result(trial: FrozenTrial) -> TrialResult:
+    """A completed trial as the stage reports it: its score and where its adapter and MLflow run are."""
+    return TrialResult(number=origin(trial), params=trial.params, score=trial.value,
+                       adapter_uri=trial.user_attrs["adapter_uri"], mlflow_run_id=trial.user_attrs["mlflow_run_id"])
+
+
+def _trains_final(config: LoopConfig, ref: DatasetRef) -> bool:
+    """Whether the winner's configuration is trained again: when a trial's budget showed it only part of the
+    train split, or when the final training adds the validation split's retraining half."""
+    partial = config.tune.trial_steps and schedule(config, ref.sizes["train"])[0] < schedule(config, ref.sizes["train"], full=True)[0]
+    return bool(partial or retrains_with_validation(config))
+
+
+def _tag_best(client: mlflow.MlflowClient, search_run_id: str, loop_run_id: str | None, name: str, best: FrozenTrial,
+              winner: TrialResult, challenger: TrialResult) -> None:
+    """Name the best trial, its run and the challenger's run on the search run and the loop run; the best
+    parameters as tags of the search run (a continued search may find a new best) and params of the loop run."""
+    for run_id in dict.fromkeys(r for r in (search_run_id, loop_run_id) if r):
+        client.set_tag(run_id, "best_trial", str(origin(best)))
+        client.set_tag(run_id, "best_trial_run_id", winner.mlflow_run_id)
+        client.set_tag(run_id, "challenger_run_id", challenger.mlflow_run_id)
+        client.set_tag(run_id, "study_name", name)
+        client.log_metric(run_id, "best_trial_validation_score", best.value)
+        client.set_tag(run_id, "best_trial_within_gate_tolerances", str(feasible(best)).lower())
+    for k, v in best.params.items():
+        client.set_tag(search_run_id, f"best.{k}", str(v))
+    if loop_run_id:
+        client.log_batch(loop_run_id, params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best.params.items()])
 
 
 # Classification without a trial count or time budget: trials while their passes over the data fit this many

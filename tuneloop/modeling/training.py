@@ -20,8 +20,8 @@ import re
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,73 +136,31 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     ``extra_loss(model, step)``: a further term of each step's loss on rows of its own, a function of
     the step alone so a resume computes the same (a preference objective: ``tuneloop.modeling.objectives``).
     """
-    device = next(model.parameters()).device
-    dtype = compute_dtype(model)
-    autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "mps") and dtype != torch.float32
-                else nullcontext())
-    scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" and dtype == torch.float16 else None
     total = schedule_length(len(encoded), batch_size, epochs, max_steps, grad_accum)
-    per_epoch = math.ceil(len(encoded) / batch_size)
-    optimizer = torch.optim.AdamW(_param_groups(model, lr, head_lr), lr=lr, weight_decay=0.0)
-    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total // 10), total)
-    start = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler) if checkpoint_dir else 0
+    opt = _optimisation(model, lr, head_lr, total)
+    start = _load_checkpoint(checkpoint_dir, model, opt.optimizer, opt.scheduler, opt.scaler) if checkpoint_dir else 0
     if start == 0:  # dropout masks from ``seed`` (a resume restores the stream from its checkpoint instead); side
         torch.manual_seed(seed)  # by side trials run in their own processes, so this global state is the trial's own
     result = TrainResult(steps=total, resumed_from_step=start)
     bar = _progress_bar(total, start) if progress else None
-    lengths = [len(e["input_ids"]) for e in encoded]
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    steps = _step_rows(encoded, batch_size, seed, grad_accum, length_grouping, start, total)
     began = time.perf_counter()
     model.train()
-    batches: dict[int, list[list[int]]] = {}
     trunk = open_trunk(model, encoded, trunk_cache_mb)  # None: every step runs every layer
     try:
-        for step in range(start, total):
-            loss_sum = 0.0
-            for micro in range(grad_accum):
-                epoch, index = divmod(step * grad_accum + micro, per_epoch)
-                if epoch not in batches:
-                    batches = {epoch: epoch_batches(lengths, batch_size, seed, epoch, length_grouping)}
-                rows = [encoded[i] for i in batches[epoch][index]]
-                batch = collate(rows, pad_id, device)
-                with autocast, trunk.batch(rows, batch["attention_mask"]) if trunk else nullcontext():
-                    loss = loss_of(model, batch, kl_weight) / grad_accum
-                (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += loss.item()
-                result.tokens += int(batch["attention_mask"].sum())
-                result.padded_tokens += batch["attention_mask"].numel()
-                result.examples += len(rows)
-            if extra_loss is not None:
-                with autocast:
-                    extra = extra_loss(model, step)
-                (scaler.scale(extra) if scaler else extra).backward()
-                loss_sum += extra.item()
-            if scaler:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            scaler.step(optimizer) if scaler else optimizer.step()
-            if scaler:
-                scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(loss_sum)
+        for step, micro_batches in enumerate(steps, start):
+            loss = _train_step(model, opt, micro_batches, pad_id, trunk, kl_weight, extra_loss, step, result)
             if on_step:
-                on_step(step + 1, loss_sum)
+                on_step(step + 1, loss)
             if bar:
-                bar.update(1, loss=f"{loss_sum:.3f}")
+                bar.update(1, loss=f"{loss:.3f}")
             if checkpoint_dir and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < total:
-                path = _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, scaler, step + 1)
+                path = _save_checkpoint(checkpoint_dir, model, opt.optimizer, opt.scheduler, opt.scaler, step + 1)
                 if on_checkpoint:
                     on_checkpoint(path, step + 1)
-            if on_eval and eval_steps and step + 1 in eval_steps:
-                model.eval()
-                try:
-                    on_eval(step + 1)
-                except Pruned:
-                    result.pruned = True
-                    break
-                finally:
-                    model.train()
+            if on_eval and eval_steps and step + 1 in eval_steps and _pruned_at(model, on_eval, step + 1):
+                result.pruned = True
+                break
     finally:
         if trunk:
             trunk.close()
@@ -211,6 +169,112 @@ def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epoc
     model.eval()
     result.seconds = time.perf_counter() - began
     return result
+
+
+@dataclass
+class _Optimisation:
+    """What one optimiser step needs besides the model: AdamW and its schedule, the loss scaler (fp16 on
+    CUDA; None otherwise), the autocast the forward passes run under, and the parameters clipped."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    autocast: AbstractContextManager
+    device: torch.device
+    trainable: list[torch.nn.Parameter]
+
+
+def _optimisation(model: PeftModel, lr: float, head_lr: float | None, total: int) -> _Optimisation:
+    """AdamW over the trainable parameters with a linear warm-up (1/10 of ``total``) and decay; autocast and
+    loss scaling where the model's compute dtype is bf16/fp16 on an accelerator."""
+    device = next(model.parameters()).device
+    dtype = compute_dtype(model)
+    autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "mps") and dtype != torch.float32
+                else nullcontext())
+    scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" and dtype == torch.float16 else None
+    optimizer = torch.optim.AdamW(_param_groups(model, lr, head_lr), lr=lr, weight_decay=0.0)
+    scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total // 10), total)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return _Optimisation(optimizer, scheduler, scaler, autocast, device, trainable)
+
+
+def _step_rows(encoded: list[dict], batch_size: int, seed: int, grad_accum: int, length_grouping: bool, start: int,
+               total: int) -> Iterator[list[list[dict]]]:
+    """The rows of each step's ``grad_accum`` micro-batches, for steps ``start`` to ``total`` - 1: epoch by
+    epoch in ``epoch_batches``' order, so a resumed run sees the same batches as one that never stopped."""
+    lengths = [len(e["input_ids"]) for e in encoded]
+    per_epoch = math.ceil(len(encoded) / batch_size)
+    batches: dict[int, list[list[int]]] = {}  # the current epoch's only
+    for step in range(start, total):
+        micro_batches = []
+        for micro in range(grad_accum):
+            epoch, index = divmod(step * grad_accum + micro, per_epoch)
+            if epoch not in batches:
+                batches = {epoch: epoch_batches(lengths, batch_size, seed, epoch, length_grouping)}
+            micro_batches.append([encoded[i] for i in batches[epoch][index]])
+        yield micro_batches
+
+
+def _train_step(model: PeftModel, opt: _Optimisation, micro_batches: list[list[dict]], pad_id: int, trunk,
+                kl_weight: float, extra_loss: Callable[[PeftModel, int], torch.Tensor] | None, step: int,
+                result: TrainResult) -> float:
+    """One optimiser step (0-based ``step``) over its micro-batches and the extra term; its loss, appended to
+    ``result.losses``."""
+    loss = _accumulate(model, opt, micro_batches, pad_id, trunk, kl_weight, result)
+    if extra_loss is not None:
+        with opt.autocast:
+            extra = extra_loss(model, step)
+        _backward(opt, extra)
+        loss += extra.item()
+    _apply_gradients(opt)
+    result.losses.append(loss)
+    return loss
+
+
+def _accumulate(model: PeftModel, opt: _Optimisation, micro_batches: list[list[dict]], pad_id: int, trunk,
+                kl_weight: float, result: TrainResult) -> float:
+    """Gradients of one step's micro-batches, each loss divided by their number; the step's loss. Counts
+    the tokens, padded tokens and examples seen into ``result``."""
+    loss_sum = 0.0
+    for rows in micro_batches:
+        batch = collate(rows, pad_id, opt.device)
+        with opt.autocast, trunk.batch(rows, batch["attention_mask"]) if trunk else nullcontext():
+            loss = loss_of(model, batch, kl_weight) / len(micro_batches)
+        _backward(opt, loss)
+        loss_sum += loss.item()
+        result.tokens += int(batch["attention_mask"].sum())
+        result.padded_tokens += batch["attention_mask"].numel()
+        result.examples += len(rows)
+    return loss_sum
+
+
+def _backward(opt: _Optimisation, loss: torch.Tensor) -> None:
+    """Backward pass of ``loss``, scaled when fp16 needs it."""
+    (opt.scaler.scale(loss) if opt.scaler else loss).backward()
+
+
+def _apply_gradients(opt: _Optimisation) -> None:
+    """Clip the accumulated gradients at norm 1, step the optimiser and its schedule, clear the gradients."""
+    if opt.scaler:
+        opt.scaler.unscale_(opt.optimizer)  # clipping reads the true gradients
+    torch.nn.utils.clip_grad_norm_(opt.trainable, 1.0)
+    opt.scaler.step(opt.optimizer) if opt.scaler else opt.optimizer.step()
+    if opt.scaler:
+        opt.scaler.update()
+    opt.scheduler.step()
+    opt.optimizer.zero_grad(set_to_none=True)
+
+
+def _pruned_at(model: PeftModel, on_eval: Callable[[int], None], step: int) -> bool:
+    """Run ``on_eval(step)`` with the model in eval mode (training mode again after); whether it raised ``Pruned``."""
+    model.eval()
+    try:
+        on_eval(step)
+    except Pruned:
+        return True
+    finally:
+        model.train()
+    return False
 
 
 def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> torch.Tensor:
