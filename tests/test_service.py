@@ -146,7 +146,7 @@ def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, re
     set_challenger_percent(config, 50)
     adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")
     v3 = str(log_adapter(config, adapter, {"note": "hot swap"}).version)
-    failures, seen, stop = [], set(), False
+    failures, seen, answered, stop = [], set(), [], False
 
     def hammer(worker: int) -> int:
         sent = 0
@@ -154,19 +154,24 @@ def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, re
             while not stop:
                 try:
                     seen.add(_predict(base, f"load-{worker}-{sent % 10}", client)["model_version"])
+                    answered.append(worker)
                 except Exception as err:  # any failure is the bug this test looks for
                     failures.append(repr(err))
                 sent += 1
         return sent
 
+    def under_load(more: int) -> None:  # every change happens while requests are in flight
+        target = len(answered) + more
+        _wait_until(lambda: len(answered) >= target, 30, "the load stopped being answered")
+
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(hammer, w) for w in range(8)]
-        time.sleep(1)
+        under_load(16)
         move_alias(config.model_name, "challenger", v3, "hot swap under load", config=config)
         set_challenger_percent(config, 50, version=v3)  # what deploy does: the share names the new version
         _wait_until(lambda: "3" in seen, 15, "new challenger not picked up without a restart")
         httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10)
-        time.sleep(1)
+        under_load(16)
         stop = True
         sent = sum(f.result() for f in futures)
     assert failures == [] and sent > 50
