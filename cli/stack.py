@@ -31,9 +31,8 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -42,176 +41,22 @@ from rich.table import Table
 
 from tuneloop.cli import stack_auth
 from tuneloop.cli.stack_auth import Credentials
+from tuneloop.cli.stack_parts import (
+    DATABASES,
+    DEFAULT_POSTGRES,
+    KINDS,
+    MARKER,
+    Part,
+    StackSettings,
+    _stack_id,
+    parts,
+)
+from tuneloop.cli.stack_stores import drop_stack_databases, ensure_databases, prepare_stores
 from tuneloop.credentials import redact_text
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True)
 err = Console(stderr=True)  # progress to stderr: stdout carries only the env block, so `eval "$(...)"` works
 
-ROOT = Path(__file__).resolve().parent.parent
-POOL = "tuneloop"
-MARKER = "TUNELOOP_STACK"  # every part (and every process it starts) carries this in its environment
-DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432"
-DATABASES = ("prefect", "mlflow", "ops", "optuna")
-KINDS = ("generation", "classification")
-
-
-# --- settings and state ---------------------------------------------------------------------------
-
-@dataclass
-class StackSettings:
-    home: Path
-    postgres: str = DEFAULT_POSTGRES
-    db_prefix: str = "tuneloop"
-    prefect_port: int = 4200
-    mlflow_port: int = 5000
-    service_port: int = 3000
-    worker_port: int = 8380  # workers' health check servers: this port and the next ones
-    kinds: list[str] = field(default_factory=lambda: ["generation"])
-    workers: int = 1
-    trial_workers: int = 0
-    serve_workers: int = 1
-    mlflow_workers: int = 1
-    tiny: bool = False
-
-    @property
-    def dir(self) -> Path:
-        return self.home / "stack"
-
-    def database(self, part: str) -> str:
-        return f"{self.db_prefix}_{part}"
-
-    @property
-    def role(self) -> str:
-        """The PostgreSQL role that owns the stack's databases (not the superuser that created them)."""
-        return self.db_prefix
-
-    def url(self, part: str, driver: str) -> str:
-        """The stack role's URL of a database, without a password: libpq reads it from PGPASSFILE."""
-        from sqlalchemy.engine import make_url
-
-        url = make_url(self.postgres).set(drivername=driver, database=self.database(part), username=self.role)
-        return url._replace(password=None).render_as_string(hide_password=False)  # set() takes None as 'keep'
-
-    @property
-    def secrets(self) -> Path:
-        return self.dir / "secrets"
-
-    @property
-    def prefect_api(self) -> str:
-        return f"http://127.0.0.1:{self.prefect_port}/api"
-
-    @property
-    def mlflow_uri(self) -> str:
-        return f"http://127.0.0.1:{self.mlflow_port}"
-
-    def service_url(self, kind: str) -> str:
-        return f"http://127.0.0.1:{self.service_port + self.kinds.index(kind)}"
-
-    def client_env(self) -> dict[str, str]:
-        """What every client of the stack needs besides its credentials: the shell, prefect deploy, the
-        CLI, the workers, the services."""
-        return {
-            "PREFECT_API_URL": self.prefect_api,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
-            "TUNELOOP_FEEDBACK_URL": self.url("ops", "postgresql+psycopg"),
-            "TUNELOOP_OPTUNA_URL": self.url("optuna", "postgresql+psycopg"),
-            "TUNELOOP_HOME": str(self.home),
-            "TUNELOOP_TINY": str(self.tiny).lower(),
-        }
-
-    def public(self) -> dict:
-        """The settings as stored and compared: the superuser URL's password redacted (it is used only
-        while ``stack up`` creates the role and databases, and kept nowhere)."""
-        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-        return {**data, "postgres": redact_text(self.postgres)}
-
-    def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "settings.json").write_text(json.dumps(self.public(), indent=2))
-
-    @classmethod
-    def load(cls, home: Path) -> StackSettings | None:
-        path = home / "stack" / "settings.json"
-        if not path.exists():
-            return None
-        data = json.loads(path.read_text())
-        data["home"] = Path(data["home"])
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-
-
-@dataclass
-class Part:
-    name: str
-    args: list[str]
-    env: dict[str, str]
-    health_url: str
-    ready_url: str | None = None  # services: /readyz (a classification service is ready once a version exists)
-    after: tuple[str, ...] = ()  # parts that must answer before this one starts
-
-
-TRIAL_QUEUE = "trials"
-TRIAL_PORT_OFFSET = 50  # trial workers' health check ports: worker_port + 50 and on
-
-
-def _stack_id(settings: StackSettings) -> str:
-    return str(settings.dir.resolve())
-
-
-def parts(settings: StackSettings, creds: Credentials) -> list[Part]:
-    """Every part of the stack, with the command line and environment it runs with (secrets in the
-    environment only: a command line is visible to every user of the machine)."""
-    s, bindir = settings, Path(sys.executable).parent
-    # nothing of the caller's own servers or credentials (a superuser's PGPASSWORD, say) reaches a part
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_", "PG"))}
-    base.update({MARKER: _stack_id(s), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-                 "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(s.dir / "prefect-home")})
-    client = {**base, **s.client_env(), **stack_auth.client_env(creds)}
-    out = [
-        Part("prefect", [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.prefect_port),
-                         "--no-background"],
-             {**base, "PREFECT_API_DATABASE_CONNECTION_URL": s.url("prefect", "postgresql+asyncpg"),
-              "PREFECT_HOME": str(s.dir / "prefect-server"), "PREFECT_SERVER_API_HOST": "127.0.0.1",
-              "PREFECT_UI_API_URL": s.prefect_api, **stack_auth.prefect_server_env(creds, s.prefect_api[:-4])},
-             f"{s.prefect_api}/health"),
-        Part("mlflow", [str(bindir / "mlflow"), "server", "--app-name", "basic-auth",
-                        "--serve-artifacts", "--artifacts-destination", str(s.home / "mlartifacts"),
-                        "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", str(s.mlflow_workers)],
-             # no job runner: its seven huey consumers serve GenAI judges and scorers, which tuneloop does not use
-             {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-              **stack_auth.mlflow_server_env(creds, s.url("mlflow", "postgresql+psycopg"))}, f"{s.mlflow_uri}/health"),
-    ]
-    for n in range(1, s.workers + 1):
-        port = s.worker_port + n - 1
-        out.append(Part(f"worker-{n}", [str(bindir / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-                                        "--work-queue", "default", "--name", f"{POOL}-worker-{n}", "--with-healthcheck"],
-                        {**client, "TUNELOOP_HOME": str(s.dir / f"worker-{n}"),
-                         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port),
-                         "PREFECT_WORKER_QUERY_SECONDS": "5"},
-                        f"http://127.0.0.1:{port}/health",
-                        after=("prefect", "mlflow") if n == 1 else ("worker-1",)))  # the first one creates the pool
-    for n in range(1, s.trial_workers + 1):
-        port = s.worker_port + TRIAL_PORT_OFFSET + n - 1
-        out.append(Part(f"trial-worker-{n}", [str(bindir / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-                                              "--work-queue", TRIAL_QUEUE, "--limit", "1", "--name", f"{POOL}-trial-worker-{n}",
-                                              "--with-healthcheck"],
-                        {**client, "TUNELOOP_HOME": str(s.dir / f"trial-worker-{n}"),
-                         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port),
-                         "PREFECT_WORKER_QUERY_SECONDS": "2"},
-                        f"http://127.0.0.1:{port}/health", after=("worker-1",)))
-    for kind in s.kinds:
-        url = s.service_url(kind)
-        port = url.rsplit(":", 1)[1]
-        out.append(Part(f"service-{kind}", [sys.executable, "-m", "bentoml", "serve", "tuneloop.serving.service:Tuneloop",
-                                            "--host", "127.0.0.1", "--port", port, "--working-dir", str(ROOT)],
-                        {**client, "TUNELOOP_HOME": str(s.dir / f"service-{kind}"), "TUNELOOP_KIND": kind,
-                         "BENTOML_HOME": str(s.dir / "bentoml"),
-                         "TUNELOOP_DEPLOY__SERVE_WORKERS": str(s.serve_workers)},
-                        f"{url}/healthz", ready_url=f"{url}/readyz", after=("mlflow",)))
-    return out
-
-
-# --- processes ------------------------------------------------------------------------------------
 
 def _start_ticks(pid: int) -> str | None:
     """The process's start time in clock ticks (field 22 of /proc/PID/stat): tells a reused PID apart."""
@@ -282,72 +127,6 @@ def _launch(settings: StackSettings, part: Part) -> int:
 def _log_tail(settings: StackSettings, name: str, chars: int = 2500) -> str:
     path = settings.dir / "logs" / f"{name}.log"
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
-# --- databases ------------------------------------------------------------------------------------
-
-def _superuser(settings: StackSettings):
-    """A connection to the server's ``postgres`` database with the URL given to ``stack up --postgres``
-    (a redacted password is left to libpq's PGPASSFILE / PGPASSWORD)."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    url = make_url(settings.postgres)
-    password = url.password if url.password != "***" else None
-    conninfo = dict(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
-                    password=password, dbname="postgres", connect_timeout=5)
-    return psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}, autocommit=True)
-
-
-def ensure_databases(settings: StackSettings, creds: Credentials) -> list[str]:
-    """The stack's role with its password and libpq's password file for it; the databases that are
-    missing, owned by the role; returns the databases created."""
-    from psycopg import sql
-    from sqlalchemy.engine import make_url
-
-    if importlib_missing("asyncpg"):
-        raise RuntimeError("asyncpg is not installed: the Prefect server needs it for PostgreSQL (pip install asyncpg)")
-    url = make_url(settings.postgres)
-    stack_auth.write_pgpass(creds, url.host or "127.0.0.1", url.port or 5432, settings.role)
-    created = []
-    with _superuser(settings) as conn:
-        stack_auth.ensure_role(conn, settings.role, creds.db_password)
-        for part in DATABASES:
-            name = sql.Identifier(settings.database(part))
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database(part),)).fetchone() is None:
-                conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, sql.Identifier(settings.role)))
-                created.append(settings.database(part))
-            else:
-                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(name, sql.Identifier(settings.role)))
-    return created
-
-
-def drop_stack_databases(settings: StackSettings) -> None:
-    """Drop the stack's databases and its role."""
-    from psycopg import sql
-
-    with _superuser(settings) as conn:
-        for part in DATABASES:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.database(part))))
-        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(settings.role)))
-
-
-def importlib_missing(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is None
-
-
-def prepare_stores(settings: StackSettings) -> None:
-    """Schema of the operations database and the Optuna storage, made once here, so that the parts
-    (and the lead's trial workers) never race to create the same tables."""
-    from tuneloop.data.feedback import FeedbackStore
-
-    FeedbackStore(settings.url("ops", "postgresql+psycopg"))
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optuna.storages.RDBStorage(settings.url("optuna", "postgresql+psycopg"))
 
 
 # --- up / down / status ---------------------------------------------------------------------------
