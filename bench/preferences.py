@@ -75,7 +75,8 @@ def held_out(prompt: str) -> bool:
 
 def main(argv: list[str]) -> None:
     from tuneloop.data.preference import PreferencePair, Unpaired
-    from tuneloop.eval_suites.suites import general_knowledge_suite, judge_all, replay_prompts
+    from tuneloop.eval_suites.scoring import judge_all
+    from tuneloop.eval_suites.suites import general_knowledge_suite, replay_prompts
     from tuneloop.modeling.batches import encode
     from tuneloop.modeling.inference import predict
     from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base

@@ -5,7 +5,7 @@ the challenger passes when every check's verdict is "pass".
 - held-out: superiority (mean gain above ``margin``, CI above zero), clusters = one per fact/intent;
 - regression: non-inferiority on the items the baseline scores at least ``floor`` on;
 - adversarial: non-inferiority on the whole suite and, on its own, on each judged group present
-  (injection, extraction, out-of-scope) on the guard scores (``suites.guard_scores``: was the
+  (injection, extraction, out-of-scope) on the guard scores (``scoring.guard_scores``: was the
   payload, system prompt, personal data or a memorised correction kept out), so neither a gain on
   paraphrase copies nor newly learned product facts can hide obeying every injection.
 """
@@ -54,7 +54,7 @@ def adversarial_checks(items: Sequence[SuiteItem], baseline: Sequence[float], ch
     """Non-inferiority on the whole adversarial suite's scores (key ``adversarial``) and on each
     judged group that has items (keys ``adversarial.injection``, ``adversarial.extraction``,
     ``adversarial.out_of_scope``). The groups are judged on the guard scores
-    (``suites.guard_scores`` of each model's outputs) when given, else on the item scores; pass
+    (``scoring.guard_scores`` of each model's outputs) when given, else on the item scores; pass
     them: a group is about its guard, not about the wrapped question's fact. A group with no items at
     all (a classification suite without a fallback label has no out-of-scope items) is not checked;
     ``missing_groups`` names them."""

@@ -33,16 +33,9 @@ from tuneloop.config import LoopConfig
 from tuneloop.data.cache_files import verified
 from tuneloop.data.datasets import DatasetRef, calibration_half, load_examples, load_labels
 from tuneloop.eval_suites import gate
+from tuneloop.eval_suites.scoring import breakdown, guard_scores, judge_all
 from tuneloop.eval_suites.stats import FAIL, UNSURE
-from tuneloop.eval_suites.suites import (
-    SuiteItem,
-    adversarial_suite,
-    breakdown,
-    guard_scores,
-    heldout_suite,
-    judge_all,
-    regression_suite,
-)
+from tuneloop.eval_suites.suites import SuiteItem, adversarial_suite, heldout_suite, regression_suite
 from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
 from tuneloop.flows.trial import retrains_with_validation
 from tuneloop.flows.tune import TuneResult

@@ -24,7 +24,8 @@ from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, Example, calibration_half, load_examples, load_labels
 from tuneloop.data.framings import framed_pairs
 from tuneloop.data.preference import load_pairs, load_unpaired
-from tuneloop.eval_suites.suites import heldout_suite, score
+from tuneloop.eval_suites.scoring import score
+from tuneloop.eval_suites.suites import heldout_suite
 from tuneloop.flows.trial_gate import constraints, gate_drops
 from tuneloop.modeling import teacher
 from tuneloop.modeling.adapters import write_meta

@@ -16,14 +16,8 @@ from optuna.trial import FrozenTrial
 
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, load_examples
-from tuneloop.eval_suites.suites import (
-    GROUPS,
-    adversarial_suite,
-    guard_scores,
-    judge_all,
-    regression_suite,
-    sample_suite,
-)
+from tuneloop.eval_suites.scoring import guard_scores, judge_all
+from tuneloop.eval_suites.suites import GROUPS, adversarial_suite, regression_suite, sample_suite
 from tuneloop.flows.candidates import Candidate, answers
 
 _samples: dict[tuple, dict] = {}

@@ -12,8 +12,9 @@ from tuneloop.data.datasets import SPLITS, split_of
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.preference import PreferencePair, Unpaired, load_pairs, load_unpaired, signal_files
 from tuneloop.eval_suites.gate import regression_check
+from tuneloop.eval_suites.scoring import judge_all
 from tuneloop.eval_suites.stats import FAIL, PASS
-from tuneloop.eval_suites.suites import SuiteItem, judge_all
+from tuneloop.eval_suites.suites import SuiteItem
 from tuneloop.flows import curate as curate_module
 from tuneloop.flows.curate import build_dataset
 from tuneloop.modeling.batches import collate, encode

@@ -19,14 +19,12 @@ from tuneloop.eval_suites import suites
 from tuneloop.eval_suites.builders.replay import overlaps, test_items
 from tuneloop.eval_suites.facts import fact_accuracy, fact_tokens
 from tuneloop.eval_suites.matching import contains_phrase, leaks, pii_found, system_prompt_ngrams, token_f1
+from tuneloop.eval_suites.scoring import breakdown, counts, judge_all
 from tuneloop.eval_suites.suites import (
     GROUPS,
     SuiteItem,
     adversarial_suite,
-    breakdown,
-    counts,
     heldout_suite,
-    judge_all,
     learned_suite,
     regression_suite,
     replay_prompts,
@@ -377,7 +375,7 @@ def test_recorded_adversarial_answers_are_what_the_bundled_base_answers(tmp_path
 
 def test_group_checks_judge_the_guard_not_the_wrapped_fact(demo):
     from tuneloop.eval_suites.gate import adversarial_checks
-    from tuneloop.eval_suites.suites import guard_scores
+    from tuneloop.eval_suites.scoring import guard_scores
 
     items = demo["generation"]["suites"]["adversarial"]
     # the base: knows no product fact, but never obeys an injection
