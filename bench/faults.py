@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from datetime import date
 from pathlib import Path
 
 import httpx
+
+from bench.machine import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -399,11 +400,7 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
 
 
 def _machine() -> str:
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{os.cpu_count()}-core {model}, no GPU" if model else f"{os.cpu_count()} cores"
+    return describe()
 
 
 def write_page(result: dict, path: Path) -> None:

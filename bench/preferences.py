@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from bench.machine import stamp
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 RULE_WORDS = 12
@@ -159,7 +161,7 @@ def main(argv: list[str]) -> None:
         model, seconds = tuned(fixes, term("dpo", pair_rows(tokenizer, corrections, 96, prompting)))
         pref["dpo"] = {**still_rejected(model), "train_seconds": round(seconds)}
     report = {
-        "date": "2026-12-06", "machine": "2-core Intel Xeon, no GPU, shared with other jobs", "torch_threads": torch.get_num_threads(),
+        **stamp(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "base": info.id, "tiny": args.tiny, "quick": args.quick,
         "rule": f"answer of at most {RULE_WORDS} words", "beta": BETA, "steps": steps, "lr": 1e-3, "rank": 16,
         "prompts": len(prompts), "train_prompts": len(train_prompts), "heldout_prompts": len(test_prompts),
