@@ -73,7 +73,7 @@ class TuneConfig(BaseModel):
         "(the supervised pairs: corrections and liked answers), dpo (sft plus DPO on preference pairs, a correction "
         "over the answer it corrected: the RPO mix), kto (sft plus KTO on unpaired thumbs, bare thumbs-down included); "
         "tuneloop/modeling/objectives.py. One the data cannot feed (dpo without corrections, kto without thumbs) is left out of "
-        "the search with a logged reason. Default sft alone: preference objectives were not yet measured on the demo."
+        "the search with a logged reason. Default sft alone: on the demo and the thumbs-only benchmark neither dpo nor kto beat it, and both forgot more (docs/benchmarks/preferences.md)."
     )
     dpo_beta_min: float = Field(0.05, gt=0, description="Lower bound of DPO's beta (log-uniform; how far from the base).")
     dpo_beta_max: float = Field(0.5, gt=0, description="Upper bound of DPO's beta.")
