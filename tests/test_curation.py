@@ -276,3 +276,36 @@ def test_curation_counts_answers_by_phrasings_and_those_it_cannot_train(tmp_path
     held = {e.target for e in splits["heldout"] + splits["validation"]}
     trained = {e.target for e in splits["train"]}
     assert counts["answers_untrained"] == len(held - trained) > 0
+
+
+def test_rare_labels_are_found_by_problem_and_each_policy_does_what_it_says(tmp_path):
+    """The rare-label pieces alone: finding labels that cannot be both learned and judged, what each
+    ``rare_labels`` policy does with them, and the split files rewritten without the dropped ones."""
+    from collections import Counter
+
+    from tuneloop.data.datasets import SPLITS
+    from tuneloop.flows.curate import DatasetError, _apply_rare_label_policy, _drop_labels, _rare_labels
+
+    splits = {"train": Counter(refund=5, lost_card=3, fx_rate=1),
+              "validation": Counter(refund=1, lost_card=1),
+              "heldout": Counter(refund=2, atm=2)}
+    total = sum(splits.values(), Counter())
+    found = _rare_labels(total, splits)
+    assert found == {"once": ["fx_rate"], "no_heldout": ["lost_card"], "no_train": ["atm"]}
+
+    config = LoopConfig(kind="classification", home=tmp_path)
+    with pytest.raises(DatasetError, match="fx_rate.*TUNELOOP_RARE_LABELS=keep"):
+        _apply_rare_label_policy(config.model_copy(update={"rare_labels": "error"}), tmp_path, Counter(), found)
+    counts = Counter()
+    assert _apply_rare_label_policy(config.model_copy(update={"rare_labels": "keep"}), tmp_path, counts, found) == set()
+    assert counts["labels_unjudged"] == 2  # fx_rate and lost_card: the gate has nothing to judge them on
+    assert json.loads((tmp_path / "rare_labels.json").read_text())["policy"] == "keep"
+    dropped = _apply_rare_label_policy(config.model_copy(update={"rare_labels": "drop"}), tmp_path, Counter(), found)
+    assert dropped == {"fx_rate", "lost_card", "atm"}
+
+    for split in SPLITS:
+        rows = [{"prompt": f"{label} {i}", "target": label} for label, n in splits[split].items() for i in range(n)]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _drop_labels(tmp_path, dropped) == {"train": 5, "validation": 1, "heldout": 2}
+    assert {json.loads(line)["target"] for line in (tmp_path / "train.jsonl").read_text().splitlines()} == {"refund"}
+    assert not list(tmp_path.glob("*.kept"))
