@@ -15,12 +15,13 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tuneloop.config import LoopConfig
 from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
 from tuneloop.modeling.adapters import load_adapter
 from tuneloop.modeling.calibration import Calibration, calibrate
-from tuneloop.modeling.inference import predict
+from tuneloop.modeling.inference import predict, predict_classes
 from tuneloop.modeling.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.modeling.prompting import Prompting
 
@@ -57,20 +58,28 @@ def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id
     return Candidate(name, model, tokenizer, meta.prompting, labels, meta.base(), calibration, cache_id, Path(adapter_dir))
 
 
-def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem],
-            max_new_tokens: int) -> tuple[list[str], list[float] | None]:
-    """Raw outputs (before any fallback threshold) and, for classification, confidences."""
+class Answers(NamedTuple):
+    """A candidate's raw outputs (before any fallback threshold) and, for classification, each label's
+    probability and the input's energy (``tuneloop.modeling.inference.Classified``); None otherwise."""
+
+    outputs: list[str]
+    confidences: list[float] | None
+    energies: list[float] | None
+
+
+def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem], max_new_tokens: int) -> Answers:
+    """The candidate's answers to ``items``, from its cache when it has one."""
     inputs = [it.input for it in items]
     path = _cache_path(config, candidate, inputs, max_new_tokens)
     if candidate.cache_id and path.exists():
         cached = json.loads(path.read_text())
-        return cached["outputs"], cached["confidences"]
+        return Answers(cached["outputs"], cached["confidences"], cached.get("energies"))
     outputs = _recorded_answers(candidate, items, max_new_tokens)
-    outputs, confidences = _predict_unanswered(config, candidate, inputs, outputs, max_new_tokens)
+    result = _predict_unanswered(config, candidate, inputs, outputs, max_new_tokens)
     if candidate.cache_id:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"outputs": outputs, "confidences": confidences}))
-    return outputs, confidences
+        path.write_text(json.dumps(result._asdict()))
+    return result
 
 
 def _cache_path(config: LoopConfig, candidate: Candidate, inputs: list[str], max_new_tokens: int) -> Path:
@@ -94,26 +103,31 @@ def _recorded_answers(candidate: Candidate, items: Sequence[SuiteItem], max_new_
 
 
 def _predict_unanswered(config: LoopConfig, candidate: Candidate, inputs: list[str], outputs: list[str | None],
-                        max_new_tokens: int) -> tuple[list[str], list[float] | None]:
-    """``outputs`` with every None predicted by the candidate, and the prediction's confidences
-    (classification, where nothing is recorded: every row was predicted); None without a prediction."""
+                        max_new_tokens: int) -> Answers:
+    """``outputs`` with every None predicted by the candidate, and the prediction's confidences and
+    energies (classification, where nothing is recorded: every row was predicted); None without a prediction."""
     outputs = list(outputs)
     rest = [i for i, out in enumerate(outputs) if out is None]
     if not rest:
-        return outputs, None
+        return Answers(outputs, None, None)
+    confidences = energies = None
     with candidate.model.disable_adapter() if candidate.adapters_off else nullcontext():
-        fresh, confidences = predict(config.kind, candidate.model, candidate.tokenizer, [inputs[i] for i in rest],
-                                     candidate.labels, max_new_tokens, candidate.prompting)
+        if config.kind == "classification":
+            fresh, confidences, energies = predict_classes(candidate.model, candidate.tokenizer,
+                                                           [inputs[i] for i in rest], candidate.labels)
+        else:
+            fresh, _ = predict(config.kind, candidate.model, candidate.tokenizer, [inputs[i] for i in rest],
+                               candidate.labels, max_new_tokens, candidate.prompting)
     for n, i in enumerate(rest):
         outputs[i] = fresh[n]
-    return outputs, confidences
+    return Answers(outputs, confidences, energies)
 
 
-def routed(config: LoopConfig, candidate: Candidate, outputs: list[str], confidences: list[float] | None) -> list[str]:
+def routed(config: LoopConfig, candidate: Candidate, answered: Answers) -> list[str]:
     """What the candidate answers after its out-of-scope threshold (classification with a fallback label)."""
-    if config.kind != "classification" or candidate.calibration is None or confidences is None:
-        return outputs
-    return candidate.calibration.apply(outputs, confidences)
+    if config.kind != "classification" or candidate.calibration is None or answered.confidences is None:
+        return answered.outputs
+    return candidate.calibration.apply(answered.outputs, answered.confidences, answered.energies)
 
 
 def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequence[SuiteItem]) -> Calibration | None:
@@ -121,8 +135,9 @@ def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequen
     kept beside its adapter (registered with it, applied when it serves)."""
     if config.kind != "classification" or not config.fallback_label or not validation:
         return None
-    _, confidences = answers(config, candidate, validation, config.max_new_tokens)
-    candidate.calibration = calibrate(confidences, config.fallback_label, config.max_fallback_rate)
+    answered = answers(config, candidate, validation, config.max_new_tokens)
+    scores = answered.energies if config.fallback_score == "energy" else answered.confidences
+    candidate.calibration = calibrate(scores, config.fallback_label, config.max_fallback_rate, score=config.fallback_score)
     if candidate.adapter_dir is not None:
         (candidate.adapter_dir / CALIBRATION_FILE).write_text(json.dumps(candidate.calibration.as_dict()))
     return candidate.calibration

@@ -113,10 +113,10 @@ def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, 
     for name, items in suites.items():
         began = time.perf_counter()
         tokens = config.gate.regression_max_new_tokens if name == "regression" else config.max_new_tokens
-        outputs, confidences = answers(config, candidate, items, tokens)
-        outputs = routed(config, candidate, outputs, confidences)
+        answered = answers(config, candidate, items, tokens)
+        outputs = routed(config, candidate, answered)
         elapsed = time.perf_counter() - began
-        per_item, reasons, metrics = judge_all(config.kind, items, outputs, confidences)
+        per_item, reasons, metrics = judge_all(config.kind, items, outputs, answered.confidences)
         results[name] = SuiteScores(mean=metrics["score"], metrics=metrics, breakdown=breakdown(items, per_item),
                                     seconds_per_item=elapsed / max(1, len(items)), per_item=per_item, outputs=outputs,
                                     reasons=reasons,

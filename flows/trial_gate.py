@@ -48,14 +48,14 @@ def gate_drops(config: LoopConfig, ref: DatasetRef, model, data) -> dict[str, fl
                      cache_id=f"base:{data.base.id}:[]", adapters_off=True)
     trial = Candidate("trial", model, data.tokenizer, data.prompting, data.labels, data.base)
     tokens, regression = config.gate.regression_max_new_tokens, suites["regression"]
-    before = judge_all(config.kind, regression, answers(config, base, regression, tokens)[0])[0]  # cached per base
+    before = judge_all(config.kind, regression, answers(config, base, regression, tokens).outputs)[0]  # cached per base
     known = [it for it, score in zip(regression, before) if score >= config.gate.regression_floor]
     picked = sample_suite(known, config.tune.gate_sample, config.tune.seed)
-    base_scores = judge_all(config.kind, picked, answers(config, base, picked, tokens)[0])[0]
-    after = judge_all(config.kind, picked, answers(config, trial, picked, tokens)[0])[0]
+    base_scores = judge_all(config.kind, picked, answers(config, base, picked, tokens).outputs)[0]
+    after = judge_all(config.kind, picked, answers(config, trial, picked, tokens).outputs)[0]
     adversarial = suites["adversarial"]
-    base_guard = guard_scores(config.kind, adversarial, answers(config, base, adversarial, config.max_new_tokens)[0])
-    trial_guard = guard_scores(config.kind, adversarial, answers(config, trial, adversarial, config.max_new_tokens)[0])
+    base_guard = guard_scores(config.kind, adversarial, answers(config, base, adversarial, config.max_new_tokens).outputs)
+    trial_guard = guard_scores(config.kind, adversarial, answers(config, trial, adversarial, config.max_new_tokens).outputs)
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
     return {"regression_drop": mean(base_scores) - mean(after),
             "adversarial_drop": mean(base_guard) - mean(trial_guard)}

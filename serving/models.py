@@ -25,7 +25,7 @@ from tuneloop.config import LoopConfig
 from tuneloop.data.cache_files import CacheError, verified
 from tuneloop.modeling.adapters import AdapterMeta, read_meta
 from tuneloop.modeling.calibration import Calibration
-from tuneloop.modeling.inference import predict
+from tuneloop.modeling.inference import predict, predict_classes
 from tuneloop.modeling.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
 from tuneloop.modeling.prompting import Prompting
 from tuneloop.registry.versions import adapter_path, aliases
@@ -218,17 +218,22 @@ class AdapterBank:
             for (_, prompting), (bank, rows) in groups.items():
                 names = ["__base__" if versions[i] == "base" else f"v{versions[i]}" for i in rows]
                 adapters, per_row = _routing(bank.model, names)
-                with adapters:
-                    out, conf = predict(self.config.kind, bank.model, bank.tokenizer, [inputs[i] for i in rows],
-                                        bank.labels, self.config.max_new_tokens, prompting, adapter_names=per_row,
-                                        batch_size=len(rows))  # the service's batch is one model call
+                with adapters:  # the service's batch is one model call
+                    if confidences is None:
+                        out, _ = predict(self.config.kind, bank.model, bank.tokenizer, [inputs[i] for i in rows],
+                                         bank.labels, self.config.max_new_tokens, prompting, adapter_names=per_row,
+                                         batch_size=len(rows))
+                        conf = energy = None
+                    else:
+                        out, conf, energy = predict_classes(bank.model, bank.tokenizer, [inputs[i] for i in rows],
+                                                            bank.labels, adapter_names=per_row, batch_size=len(rows))
                 for n, i in enumerate(rows):
                     outputs[i] = out[n]
-                    if confidences is not None and conf is not None:
+                    if confidences is not None:
                         confidences[i] = conf[n]
                         calibration = bank.calibration.get(names[n])
                         if calibration is not None:  # out-of-scope input: the fallback label, not a guess
-                            outputs[i] = calibration.apply([out[n]], [conf[n]])[0]
+                            outputs[i] = calibration.apply([out[n]], [conf[n]], [energy[n]])[0]
         return outputs, confidences
 
     def _bank_of(self, version: str) -> _Bank:

@@ -4,6 +4,8 @@ confidence threshold (tuneloop.modeling.calibration)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -185,8 +187,22 @@ def test_threshold_sends_at_most_the_target_share_of_in_scope_inputs_to_the_fall
     assert Calibration.from_dict(cal.as_dict()) == cal
 
 
+def test_an_energy_calibration_thresholds_the_energies_and_an_older_one_the_probabilities():
+    """The score a calibration was fitted on is the one it applies; one stored before the energy score
+    existed (no ``score`` key) is a probability threshold."""
+    labels, probabilities, energies = ["refund", "lost_card", "refund"], [0.9, 0.95, 0.3], [6.0, 1.5, 5.0]
+    energy = calibrate([6.5, 5.5, 4.8, 7.0], "out_of_scope", 0.25, score="energy")
+    assert energy.score == "energy" and energy.threshold == 5.5
+    assert energy.apply(labels, probabilities, energies) == ["refund", "out_of_scope", "out_of_scope"]
+    with pytest.raises(ValueError, match="energies"):
+        energy.apply(labels, probabilities)
+    older = {k: v for k, v in calibrate([0.9, 0.8, 0.7, 0.6], "out_of_scope", 0.25).as_dict().items() if k != "score"}
+    assert Calibration.from_dict(older).apply(labels, probabilities, energies) == ["refund", "lost_card", "out_of_scope"]
+    assert Calibration.from_dict(energy.as_dict()) == energy
+
+
 def test_threshold_edge_cases():
-    assert fit_threshold([], 0.05) == 0.0
+    assert fit_threshold([], 0.05) == -math.inf  # nothing falls back, whatever the score
     assert fit_threshold([0.9, 0.8, 0.7], 0.0) == 0.7  # nothing falls back
     assert fit_threshold([0.9, 0.8, 0.7, 0.6], 0.25) == 0.7  # exactly one of four falls back
     with pytest.raises(ValueError):

@@ -101,6 +101,16 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     from tuneloop.data.sample_data import INTENTS
 
     assert len(answers) == 2 and set(answers) <= set(INTENTS) | {config.fallback_label}
+    # its out-of-scope threshold, fitted on validation, is on the energy score, and the pyfunc applies it
+    from tuneloop.modeling.calibration import Calibration
+    from tuneloop.modeling.inference import predict_classes
+
+    served = loaded._model_impl.python_model
+    calibration = Calibration.from_dict(served.calibration)
+    assert calibration.score == config.fallback_score == "energy" and calibration.n_in_scope > 0
+    texts = ["where is my Orbit camera", "refund my hub", "tell me a joke about penguins", "asdf qwer zxcv"]
+    labels, probabilities, energies = predict_classes(served.model, served.tokenizer, texts, served.labels)
+    assert list(loaded.predict(pd.DataFrame({"input": texts}))) == calibration.apply(labels, probabilities, energies)
 
     # the same data, but a search that cannot learn: the challenger is worse than the champion
     weak = tiny_config(home, "classification", epochs=1, ranks=[4], lr_min=1e-7, lr_max=2e-7, first_trial={"rank": 4, "lr": 1e-7})

@@ -367,7 +367,7 @@ def test_recorded_adversarial_answers_are_what_the_bundled_base_answers(tmp_path
     candidate = base_candidate(config, [])
     for it in items:
         it.answers = {}  # nothing recorded: the base answers
-    live, _ = answers(config, candidate, items, config.max_new_tokens)
+    live = answers(config, candidate, items, config.max_new_tokens).outputs
     recorded = {it.id: it.answers[SYSTEM_PROMPT] for it in shipped_adversarial_items()}
     assert len(items) >= 12 and live == [recorded[it.id] for it in items]
     assert sum(normalize(it.input) != it.input for it in items) >= 3  # what a recording without it would miss

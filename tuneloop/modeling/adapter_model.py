@@ -31,14 +31,17 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.calibration = json.loads(stored.read_text()) if stored.exists() else None
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
-        from tuneloop.modeling.inference import predict
+        from tuneloop.modeling.inference import predict, predict_classes
 
-        outputs, confidences = predict(self.meta.kind, self.model, self.tokenizer, list(model_input["input"]), self.labels,
-                                       self.meta.max_new_tokens, self.meta.prompting)
-        if self.calibration and confidences is not None:
+        inputs = list(model_input["input"])
+        if self.meta.kind != "classification":
+            return predict(self.meta.kind, self.model, self.tokenizer, inputs, self.labels, self.meta.max_new_tokens,
+                           self.meta.prompting)[0]
+        outputs, confidences, energies = predict_classes(self.model, self.tokenizer, inputs, self.labels)
+        if self.calibration:
             from tuneloop.modeling.calibration import Calibration
 
-            outputs = Calibration.from_dict(self.calibration).apply(outputs, confidences)
+            outputs = Calibration.from_dict(self.calibration).apply(outputs, confidences, energies)
         return outputs
 
 

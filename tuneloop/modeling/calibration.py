@@ -1,8 +1,11 @@
-"""Out-of-scope routing for classification: a confidence threshold below which the router answers a
+"""Out-of-scope routing for classification: a threshold on a score below which the router answers a
 configurable fallback label instead of its best in-scope guess.
 
-The router's softmax always names one of its labels, even for "tell me a joke". A threshold on the
-top probability sends such inputs to the fallback. It is picked from in-scope validation examples
+The router's softmax always names one of its labels, even for "tell me a joke". A threshold on a
+score of how familiar the input looks sends such inputs to the fallback: the energy (log-sum-exp of
+the logits, Liu et al. 2020) by default, or the top probability. On BANKING77's open-set protocol the
+energy caught 68 % of unknown intents where the top probability caught 48 %, both at 5 % of in-scope
+inputs falling back (docs/benchmarks/classification.md). The threshold is picked from in-scope validation examples
 only (out-of-scope data is rarely at hand): the threshold at which at most ``max_fallback_rate`` of
 in-scope inputs would fall back. So the cost is stated and bounded (that share of real requests
 sent to the fallback), and whatever out-of-scope share it catches is measured, not tuned for: the
@@ -17,10 +20,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
 DEFAULT_MAX_FALLBACK_RATE = 0.05
+Score = Literal["energy", "probability"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class Calibration:
     in_scope_fallback_rate: float  # measured on the examples it was fitted on
     n_in_scope: int
     out_of_scope_caught: float | None = None  # share of the given out-of-scope inputs sent to the fallback
+    score: Score = "probability"  # what the threshold is on (a calibration stored before energy: probability)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,42 +47,46 @@ class Calibration:
     def from_dict(cls, data: dict) -> Calibration:
         return cls(**data)
 
-    def apply(self, labels: Sequence[str], confidences: Sequence[float]) -> list[str]:
+    def apply(self, labels: Sequence[str], confidences: Sequence[float],
+              energies: Sequence[float] | None = None) -> list[str]:
+        """Each label, or the fallback where the calibration's score is below its threshold."""
+        if self.score == "energy":
+            if energies is None:
+                raise ValueError("this calibration's threshold is on the energy score: pass the energies")
+            return apply_threshold(labels, energies, self.threshold, self.fallback_label)
         return apply_threshold(labels, confidences, self.threshold, self.fallback_label)
 
 
-def fit_threshold(in_scope_confidences: Sequence[float], max_fallback_rate: float = DEFAULT_MAX_FALLBACK_RATE) -> float:
-    """The highest threshold at which at most ``max_fallback_rate`` of the in-scope confidences fall
-    below it: the (k+1)-th smallest confidence with k = floor(rate x n), so exactly the k least
-    confident in-scope inputs (fewer when tied) fall back. 0.0 (nothing falls back) without data.
-
-    The top probability, not a margin or entropy, because it is what ``classify`` already returns.
+def fit_threshold(in_scope_scores: Sequence[float], max_fallback_rate: float = DEFAULT_MAX_FALLBACK_RATE) -> float:
+    """The highest threshold at which at most ``max_fallback_rate`` of the in-scope scores fall below
+    it: the (k+1)-th smallest score with k = floor(rate x n), so exactly the k least familiar in-scope
+    inputs (fewer when tied) fall back. Minus infinity (nothing falls back) without data.
     """
     if not 0 <= max_fallback_rate < 1:
         raise ValueError(f"max_fallback_rate must be in [0, 1), got {max_fallback_rate}")
-    conf = np.sort(np.asarray(in_scope_confidences, dtype=float))
-    if conf.size == 0:
-        return 0.0
-    k = math.floor(max_fallback_rate * conf.size + 1e-9)
-    return float(conf[min(k, conf.size - 1)])
+    values = np.sort(np.asarray(in_scope_scores, dtype=float))
+    if values.size == 0:
+        return -math.inf
+    k = math.floor(max_fallback_rate * values.size + 1e-9)
+    return float(values[min(k, values.size - 1)])
 
 
-def apply_threshold(labels: Sequence[str], confidences: Sequence[float], threshold: float,
+def apply_threshold(labels: Sequence[str], scores: Sequence[float], threshold: float,
                     fallback_label: str) -> list[str]:
-    """Each label, or ``fallback_label`` where its probability is below ``threshold``."""
-    if len(labels) != len(confidences):
-        raise ValueError(f"{len(labels)} labels for {len(confidences)} confidences")
-    return [fallback_label if c < threshold else label for label, c in zip(labels, confidences)]
+    """Each label, or ``fallback_label`` where its score is below ``threshold``."""
+    if len(labels) != len(scores):
+        raise ValueError(f"{len(labels)} labels for {len(scores)} scores")
+    return [fallback_label if c < threshold else label for label, c in zip(labels, scores)]
 
 
-def calibrate(in_scope_confidences: Sequence[float], fallback_label: str,
+def calibrate(in_scope_scores: Sequence[float], fallback_label: str,
               max_fallback_rate: float = DEFAULT_MAX_FALLBACK_RATE,
-              out_of_scope_confidences: Sequence[float] | None = None) -> Calibration:
-    """Fit the threshold and measure what it does on the data at hand."""
-    threshold = fit_threshold(in_scope_confidences, max_fallback_rate)
-    conf = np.asarray(in_scope_confidences, dtype=float)
-    rate = float((conf < threshold).mean()) if conf.size else 0.0
+              out_of_scope_scores: Sequence[float] | None = None, score: Score = "probability") -> Calibration:
+    """Fit the threshold on ``score`` values (probabilities or energies) and measure what it does on the data at hand."""
+    threshold = fit_threshold(in_scope_scores, max_fallback_rate)
+    values = np.asarray(in_scope_scores, dtype=float)
+    rate = float((values < threshold).mean()) if values.size else 0.0
     caught = None
-    if out_of_scope_confidences is not None and len(out_of_scope_confidences):
-        caught = float((np.asarray(out_of_scope_confidences, dtype=float) < threshold).mean())
-    return Calibration(threshold, fallback_label, max_fallback_rate, rate, int(conf.size), caught)
+    if out_of_scope_scores is not None and len(out_of_scope_scores):
+        caught = float((np.asarray(out_of_scope_scores, dtype=float) < threshold).mean())
+    return Calibration(threshold, fallback_label, max_fallback_rate, rate, int(values.size), caught, score)

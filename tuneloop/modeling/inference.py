@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -162,22 +162,39 @@ def _common_prefix(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> 
     return torch.tensor([ids[0][:n]]) if n >= SHARED_PREFIX_MIN else None
 
 
+class Classified(NamedTuple):
+    """Per text: the predicted label, its probability, and the energy score (log-sum-exp of the logits:
+    lower for inputs unlike the training data, the out-of-scope score the calibration can use)."""
+
+    labels: list[str]
+    confidences: list[float]
+    energies: list[float]
+
+
 @torch.inference_mode()
 def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: Sequence[str],
              batch_size: int = 64, max_length: int = 128,
-             adapter_names: Sequence[str] | None = None) -> tuple[list[str], list[float]]:
-    """Predicted label and its probability per text (``adapter_names``: as for ``generate``)."""
-    predictions, confidences = [""] * len(texts), [0.0] * len(texts)
+             adapter_names: Sequence[str] | None = None) -> Classified:
+    """Predicted label, its probability and its energy per text (``adapter_names``: as for ``generate``)."""
+    predictions, confidences, energies = [""] * len(texts), [0.0] * len(texts), [0.0] * len(texts)
     device = next(model.parameters()).device
     for rows in _by_length(texts, batch_size):
         batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
                           max_length=max_length).to(device)
         with _inference_autocast(model):
-            logits = model(**batch, **_adapters(adapter_names, rows)).logits
-        conf, idx = logits.float().softmax(-1).max(-1)
-        for i, c, j in zip(rows, conf.tolist(), idx.tolist()):
-            predictions[i], confidences[i] = labels[j], c
-    return predictions, confidences
+            logits = model(**batch, **_adapters(adapter_names, rows)).logits.float()
+        conf, idx = logits.softmax(-1).max(-1)
+        for i, c, j, e in zip(rows, conf.tolist(), idx.tolist(), logits.logsumexp(-1).tolist()):
+            predictions[i], confidences[i], energies[i] = labels[j], c, e
+    return Classified(predictions, confidences, energies)
+
+
+def predict_classes(model, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], labels: Sequence[str],
+                    adapter_names: Sequence[str] | None = None, batch_size: int | None = None) -> Classified:
+    """``classify`` on inputs normalised as ``predict`` normalises them: for callers that apply a fallback
+    threshold and so need the energies too."""
+    return classify(model, tokenizer, [normalize(text) for text in inputs], list(labels), batch_size=batch_size or 64,
+                    adapter_names=adapter_names)
 
 
 def predict(kind: Kind, model, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], labels: Sequence[str],
@@ -189,4 +206,5 @@ def predict(kind: Kind, model, tokenizer: PreTrainedTokenizerBase, inputs: Seque
     if kind == "generation":
         return generate(model, tokenizer, inputs, max_new_tokens, prompting, batch_size=batch_size or 64,
                         adapter_names=adapter_names), None
-    return classify(model, tokenizer, inputs, list(labels), batch_size=batch_size or 64, adapter_names=adapter_names)
+    classified = classify(model, tokenizer, inputs, list(labels), batch_size=batch_size or 64, adapter_names=adapter_names)
+    return classified.labels, classified.confidences
