@@ -386,7 +386,7 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
         load.finish()
         stored = _stored_ids(disk / "ops.db")
         lost = sorted(load.acked - stored)
-        return {"date": date.today().isoformat(), "machine": _machine(), "seconds_per_fault": seconds,
+        return {"date": date.today().isoformat(), "machine": describe(), "seconds_per_fault": seconds,
                 "startup_s": startup, "faults": results, "feedback_acknowledged": len(load.acked),
                 "acknowledged_but_lost": len(lost), "lost_examples": lost[:10],
                 "total_s": round(time.monotonic() - started, 1)}
@@ -397,10 +397,6 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
             if server.proc is not None and server.proc.poll() is None:
                 os.killpg(server.proc.pid, signal.SIGKILL)
         subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
-def _machine() -> str:
-    return describe()
 
 
 def write_page(result: dict, path: Path) -> None:
