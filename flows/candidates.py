@@ -71,8 +71,9 @@ def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem]
     """The candidate's answers to ``items``, from its cache when it has one."""
     inputs = [it.input for it in items]
     path = _cache_path(config, candidate, inputs, max_new_tokens)
-    if candidate.cache_id and path.exists():
-        cached = json.loads(path.read_text())
+    cached = json.loads(path.read_text()) if candidate.cache_id and path.exists() else None
+    # a classification cache written before energies were kept is answered again, not half-used
+    if cached and (cached["confidences"] is None or cached.get("energies") is not None):
         return Answers(cached["outputs"], cached["confidences"], cached.get("energies"))
     outputs = _recorded_answers(candidate, items, max_new_tokens)
     result = _predict_unanswered(config, candidate, inputs, outputs, max_new_tokens)
