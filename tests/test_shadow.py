@@ -41,9 +41,13 @@ def _wait(condition, seconds: float, message: str) -> None:
 
 def _no_planted_pii(rows: list[dict]) -> None:
     for row in rows:
+        assert re.fullmatch(r"[0-9a-f]{64}", row["user_hash"]), row["user_hash"]
         for field in ("request_id", "user_hash", "input", "live_output", "shadow_output"):
             value = row[field]
-            assert not any(p in value for p in ("jane.doe", "example.", "bob.smith", "7946")), (field, value)
+            # A salted hash or a generated request id is hex and holds any four digits by chance ("7946"
+            # about once in a thousand), so only text is searched for the planted phone digits.
+            planted = ("jane.doe", "example.", "bob.smith") + (() if re.fullmatch(r"[0-9a-f]+", value) else ("7946",))
+            assert not any(p in value for p in planted), (field, value)
             assert not find_pii(value), (field, value)
 
 
