@@ -1,6 +1,7 @@
 """Learning from thumbs alone (KTO) and from what a correction rejected (DPO), on the real base.
 
-python -m bench preferences [--quick] [--tiny]  -> bench/results/preferences.json and a table
+python -m bench preferences [--quick] [--tiny] [--weight W] [--beta B] [--out NAME]
+    -> bench/results/preferences.json (or NAME.json) and a table
 
 1. The base (SmolLM2-135M-Instruct from its wheel) answers general prompts (the rehearsal prompt
    list), two sampled answers each (temperature 1, top-p 0.95, fixed seeds).
@@ -76,6 +77,7 @@ def held_out(prompt: str) -> bool:
 
 
 def main(argv: list[str]) -> None:
+    from tuneloop.config import TuneConfig
     from tuneloop.data.preference import PreferencePair, Unpaired
     from tuneloop.eval_suites.scoring import judge_all
     from tuneloop.eval_suites.suites import general_knowledge_suite, replay_prompts
@@ -89,6 +91,10 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench preferences")
     parser.add_argument("--quick", action="store_true", help="fewer prompts and steps")
     parser.add_argument("--tiny", action="store_true", help="tiny random model (a smoke test of the script)")
+    parser.add_argument("--weight", type=float, default=TuneConfig().preference_weight,
+                        help="weight of the KTO and DPO terms beside the supervised loss (tune.preference_weight)")
+    parser.add_argument("--beta", type=float, default=BETA, help="KTO's and DPO's beta")
+    parser.add_argument("--out", default=None, help="result file name in bench/results (default preferences)")
     args = parser.parse_args(argv)
     n_prompts, steps, n_regression = (80, 12, 40) if args.quick or args.tiny else (160, 24, 60)
     began = time.perf_counter()
@@ -129,7 +135,7 @@ def main(argv: list[str]) -> None:
                 "mean_words": round(sum(len(a.split()) for a in out) / max(1, len(out)), 1)}
 
     def term(objective: str, rows):
-        return PreferenceTerm(objective, rows, beta=BETA, weight=1.0, batch_size=4, seed=0,
+        return PreferenceTerm(objective, rows, beta=args.beta, weight=args.weight, batch_size=4, seed=0,
                               pad_id=tokenizer.pad_token_id, max_length=96)
 
     results = {"base": judge(base)}
@@ -163,14 +169,14 @@ def main(argv: list[str]) -> None:
     report = {
         **stamp(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "base": info.id, "tiny": args.tiny, "quick": args.quick,
-        "rule": f"answer of at most {RULE_WORDS} words", "beta": BETA, "steps": steps, "lr": 1e-3, "rank": 16,
+        "rule": f"answer of at most {RULE_WORDS} words", "beta": args.beta, "weight": args.weight, "steps": steps, "lr": 1e-3, "rank": 16,
         "prompts": len(prompts), "train_prompts": len(train_prompts), "heldout_prompts": len(test_prompts),
         "thumbs": len(thumbs), "liked": len(liked), "corrections": len(corrections),
         "sampling_seconds": round(sampled_s), "thumbs_alone": results, "corrections_rejected_answer": pref,
         "seconds": round(time.perf_counter() - began),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "preferences" + ("-tiny" if args.tiny else "")  # a --quick run says so inside
+    name = args.out or "preferences" + ("-tiny" if args.tiny else "")  # a --quick run says so inside
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 
