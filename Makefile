@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pip prints a warning per package for this machine's missing local indexes; keep real errors visible
+TEST_WORKERS ?= 2   # pytest-xdist workers, one core each (TEST_WORKERS=0: all in one process)
 QUIET := 2> >(grep -v "WARNING: Location" >&2)
 
 .PHONY: install chromium demo demo-classification test bench clean constraints
@@ -38,7 +39,7 @@ demo-classification: $(STAMP)
 
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check .   # lint first: seconds, and a failure names the line
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile   # a core per worker, each file on one (tests/conftest.py)
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -13,7 +13,6 @@ the adapter's artifact URI out.
 
 from __future__ import annotations
 
-import os
 import time
 
 import mlflow
@@ -30,7 +29,7 @@ from tuneloop.data.datasets import DatasetRef
 from tuneloop.flows.search_workers import dispatch
 from tuneloop.flows.trial import retrains_with_validation, run_trial, schedule, train_final
 from tuneloop.flows.trial_gate import feasible
-from tuneloop.modeling.models import base_of, resolve_device
+from tuneloop.modeling.models import base_of, resolve_device, usable_cores
 from tuneloop.search.owners import claim_flow_run
 from tuneloop.search.study import make_pruner, open_study, origin, study_lock, study_name, usable_objectives, work
 from tuneloop.search.tracking import log_search, open_search_run
@@ -100,7 +99,7 @@ def search_worker(config: LoopConfig, ref: DatasetRef, search_run_id: str, name:
     import torch
 
     if config.tune.n_workers > 1:  # workers split the cores between them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.tune.n_workers))
+        torch.set_num_threads(max(1, usable_cores() // config.tune.n_workers))
     device = resolve_device(config.device, index)  # one GPU per worker when there are several
     study, storage = open_study(config.optuna_db, name, config.tune, _pruner(config, ref))
     return work(study, storage, lambda t: run_trial(t, config, ref, search_run_id, name, device), config.tune, deadline)

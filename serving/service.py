@@ -36,6 +36,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(CONFIG.deploy.registry_
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(CONFIG.deploy.registry_retries))
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.1")
 
+from tuneloop.modeling.models import usable_cores  # noqa: E402
 from tuneloop.release import operations  # noqa: E402
 from tuneloop.serving.known_state import ReadyDetail  # noqa: E402
 from tuneloop.serving.limits import BodyLimit  # noqa: E402
@@ -77,7 +78,7 @@ def _default_workers() -> int:
 
     if CONFIG.device in ("auto", "cuda") and torch.cuda.is_available():
         return torch.cuda.device_count()
-    return os.cpu_count() or 1
+    return usable_cores()
 
 
 WORKERS = CONFIG.deploy.serve_workers or _default_workers()
@@ -100,7 +101,7 @@ class Tuneloop:
         import torch
 
         # workers split the cores: more threads than cores would make every forward wait on the others
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // WORKERS))
+        torch.set_num_threads(max(1, usable_cores() // WORKERS))
         self.config = CONFIG
         fast_paths.configure(self.config.fast_paths)
         self.store = FeedbackStore(self.config.feedback_db)

@@ -8,11 +8,21 @@ from pathlib import Path
 
 import pytest
 
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ... under pytest-xdist (make test)
+if _WORKER and hasattr(os, "sched_setaffinity"):
+    # one core per worker, inherited by the servers it starts: two workers' torch threads on the same
+    # cores wait on each other (a real-weights loop ran 3.4x slower shared than alone, not 2x); the
+    # product counts the cores it may use (tuneloop.modeling.models.usable_cores), as torch does
+    _cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_cores[int(_WORKER.removeprefix("gw")) % len(_cores)]})
+
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="tuneloop-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("TUNELOOP_API_TOKEN", None)
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # never a developer's own MLflow server
+    os.environ.pop(_name, None)
 
 from tuneloop.config import LoopConfig, TuneConfig, apply_environment  # noqa: E402
 
@@ -21,6 +31,15 @@ apply_environment(_SESSION_HOME)
 import mlflow  # noqa: E402
 
 TOKEN = "test-token"
+SESSION_TRACKING_URI = os.environ["MLFLOW_TRACKING_URI"]  # the session home's SQLite (apply_environment)
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_at_the_session_default():
+    """Every test starts on the session's own MLflow, whatever an earlier test pointed MLflow at (a team
+    stack's server, stopped by now, would make the next test's client retry for minutes)."""
+    mlflow.set_tracking_uri(SESSION_TRACKING_URI)
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -261,3 +280,31 @@ def stack_loop(tmp_path_factory):
     finally:
         run.teardown()
         session_env.undo()
+
+
+
+
+
+# The longest files first (each a few minutes on 2 cores), so that under xdist no worker starts one of them
+# while the other is nearly done; the rest keep their order.
+LONGEST_FIRST = ["test_real_weights", "test_mlflow_ui", "test_stack", "test_scale", "test_tune", "test_preferences",
+                 "test_base_models"]
+STACK_FILES = ("test_mlflow_ui.py", "test_stack.py")  # one team stack (``stack_loop``) serves both
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))  # stable
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs ``pytest -n 2 --dist loadfile``: each test file whole on one worker (its module
+    fixtures start once), and the two files on the team stack on the same worker, so it starts one stack."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class TestFiles(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "stack" if path.endswith(STACK_FILES) else path
+
+    return TestFiles(config, log)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
 
 from tuneloop.modeling import inference
-from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base
+from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, resolve_base, usable_cores
 from tuneloop.modeling.prompting import Prompting
 from tuneloop.modeling.training import add_adapter
 
@@ -140,3 +141,16 @@ def test_a_stream_error_reaches_the_caller_and_adapters_per_row_stay_in_one_stre
     names = _thread_names(monkeypatch, model)
     inference.generate(model, tokenizer, PROMPTS, 4, batch_size=2, adapter_names=["default", "__base__"] * 3)
     assert names and not any(n.startswith("tuneloop-stream") for n in names)  # peft's per-row hooks are per call
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux feature")
+def test_the_cores_split_between_workers_are_the_ones_this_process_may_use():
+    """A container's cpuset or ``taskset`` leaves a process fewer cores than the machine has: the search
+    workers and the service's workers split those (as torch's own default counts them), not all of them."""
+    cores = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})
+        assert usable_cores() == 1
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert usable_cores() == len(cores)

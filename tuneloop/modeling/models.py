@@ -196,6 +196,12 @@ def _check_kind(kind: Kind, spec: str, path: Path) -> None:
                              "tokenizer.model); save the tokenizer into the model folder.")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's cpuset, ``taskset``), as torch's
+    own thread default counts them, not every core of the machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def resolve_device(device: str = "auto", index: int = 0) -> torch.device:
     """auto: CUDA, then MPS, then CPU. ``index`` picks the GPU of a worker (one trial per GPU)."""
     if device == "auto":
