@@ -276,3 +276,21 @@ def test_the_loop_searches_objectives_logs_objective_and_beta_and_tags_the_signa
     version = version_for(config.model_name, "challenger")
     assert version.tags["objective"] == result.tuned.best.params["objective"]
     assert version.tags["learned_from"].startswith("supervised pairs")
+
+
+def test_a_first_trial_sets_its_objectives_beta_and_a_name_the_search_lacks_is_refused():
+    import optuna
+
+    from tuneloop.search.study import suggest
+
+    tune = TuneConfig(objectives=["sft", "kto"], first_trial={"rank": 16, "lr": 9e-4, "objective": "kto", "beta": 0.1})
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(tune.first_trial)
+    params = suggest(study.ask(), tune, "generation", tune.objectives)
+    assert (params["objective"], params["beta"], params["rank"], params["lr"]) == ("kto", 0.1, 16, 9e-4)
+    with pytest.raises(ValueError, match="first_trial has epochs, which the search does not set"):
+        TuneConfig(first_trial={"rank": 16, "lr": 9e-4, "epochs": 8})
+    with pytest.raises(ValueError, match="first_trial beta needs its objective"):
+        TuneConfig(objectives=["sft", "kto"], first_trial={"rank": 16, "lr": 9e-4, "beta": 0.1})
+    with pytest.raises(ValueError, match="first_trial objective 'dpo' is not one of objectives"):
+        TuneConfig(first_trial={"objective": "dpo"})

@@ -7,6 +7,9 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+FIRST_TRIAL_NAMES = {"rank", "lr", "alpha_ratio", "dropout", "target_modules", "replay_ratio", "objective", "dpo_beta",
+                     "kto_beta"}  # the parameters tuneloop.search.study.suggest draws
+
 
 class TuneConfig(BaseModel):
     """The LoRA hyper-parameter search: its space, its budget and how its trials run.
@@ -85,8 +88,9 @@ class TuneConfig(BaseModel):
     preference_batch_size: int = Field(4, ge=1, description="Preference pairs (dpo) or rated answers (kto) per step.")
     first_trial: dict[str, int | float | str] | None = Field(
         {"rank": 16, "lr": 9e-4},
-        description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip. On the demo rank 16 at "
-        "9e-4 forgets less of the regression suite than rank 8 at 1e-3.",
+        description="Enqueued as trial 0 (a known-good start for a tiny budget); None to skip. Keys: the search's "
+        "parameters (rank, lr, alpha_ratio, dropout, target_modules, replay_ratio, objective, and beta for the objective's "
+        "beta); any other is refused. On the demo rank 16 at 9e-4 forgets less of the regression suite than rank 8 at 1e-3.",
     )
     startup_trials: int = Field(4, ge=1, description="Random trials before TPE starts modelling the space.")
     pruner: Literal["successive_halving", "hyperband", "none"] = Field(
@@ -181,7 +185,8 @@ class TuneConfig(BaseModel):
     @model_validator(mode="after")
     def _first_trial_in_space(self) -> TuneConfig:
         # Optuna would only fail once the queued trial runs, deep inside a search
-        first = self.first_trial or {}
+        first = self._first_trial_names(dict(self.first_trial or {}))
+        self.first_trial = first or self.first_trial
         if "rank" in first and first["rank"] not in self.ranks:
             raise ValueError(f"first_trial rank {first['rank']} is not one of ranks {self.ranks}")
         if "lr" in first and not self.lr_min <= float(first["lr"]) <= self.lr_max:
@@ -193,6 +198,22 @@ class TuneConfig(BaseModel):
                 raise ValueError(f"{name}_beta_min must not exceed {name}_beta_max")
         self.objectives = list(dict.fromkeys(self.objectives))  # a repeat would weigh the draw
         return self
+
+    def _first_trial_names(self, first: dict) -> dict:
+        """The first trial in the search's own parameter names: ``beta`` is the beta of its objective
+        (``kto_beta``, ``dpo_beta``); a name the search does not have is refused, never silently unused."""
+        objective = first.get("objective", self.objectives[0] if len(self.objectives) == 1 else None)
+        if objective is not None and objective not in self.objectives:
+            raise ValueError(f"first_trial objective {objective!r} is not one of objectives {self.objectives}")
+        if "beta" in first:
+            if objective not in ("dpo", "kto"):
+                raise ValueError("first_trial beta needs its objective: add \"objective\": \"dpo\" or \"kto\"")
+            first[f"{objective}_beta"] = first.pop("beta")
+        unknown = sorted(set(first) - FIRST_TRIAL_NAMES)
+        if unknown:
+            raise ValueError(f"first_trial has {', '.join(unknown)}, which the search does not set; it sets "
+                             f"{', '.join(sorted(FIRST_TRIAL_NAMES))} (beta: the objective's)")
+        return first
 
 
 
