@@ -186,7 +186,8 @@ class TuneConfig(BaseModel):
     def _first_trial_in_space(self) -> TuneConfig:
         # Optuna would only fail once the queued trial runs, deep inside a search
         first = self._first_trial_names(dict(self.first_trial or {}))
-        self.first_trial = first or self.first_trial
+        if first != (self.first_trial or {}):  # assigning marks the field set: only a user's own first trial changes
+            self.first_trial = first
         if "rank" in first and first["rank"] not in self.ranks:
             raise ValueError(f"first_trial rank {first['rank']} is not one of ranks {self.ranks}")
         if "lr" in first and not self.lr_min <= float(first["lr"]) <= self.lr_max:
