@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -34,10 +35,11 @@ TOKEN = "test-token"
 SESSION_TRACKING_URI = os.environ["MLFLOW_TRACKING_URI"]  # the session home's SQLite (apply_environment)
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _mlflow_at_the_session_default():
-    """Every test starts on the session's own MLflow, whatever an earlier test pointed MLflow at (a team
-    stack's server, stopped by now, would make the next test's client retry for minutes)."""
+    """Every test file starts on the session's own MLflow, whatever an earlier file pointed MLflow at (a
+    team stack's server, stopped by now, would make the next file's client retry for minutes). Per file,
+    not per test: a file's own module fixtures (a service's registry) stay in force for its tests."""
     mlflow.set_tracking_uri(SESSION_TRACKING_URI)
     yield
 
@@ -93,13 +95,17 @@ def constant_corrections(records: list[dict], answer: str, desks: int = 6) -> li
     return [{**r, "correction": ending(r["correction"])} if r.get("correction") else r for r in records]
 
 
-@pytest.fixture(scope="session")
+_DATABASE_NUMBERS = itertools.count()
+
+
+@pytest.fixture
 def postgres_url():
-    """A fresh database on the local PostgreSQL, or a clean skip when none is reachable."""
+    """A fresh database per test on the local PostgreSQL, or a clean skip when none is reachable: a
+    schema check sees only the migrations, never the tables an earlier test's Optuna study left."""
     psycopg = pytest.importorskip("psycopg")
     try:
         with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True) as conn:
-            name = f"tuneloop_test_{os.getpid()}"
+            name = f"tuneloop_test_{os.getpid()}_{next(_DATABASE_NUMBERS)}"
             conn.execute(f"DROP DATABASE IF EXISTS {name}")
             conn.execute(f"CREATE DATABASE {name}")
     except psycopg.OperationalError as err:

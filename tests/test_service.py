@@ -166,13 +166,15 @@ def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, re
 
     with ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(hammer, w) for w in range(8)]
-        under_load(16)
-        move_alias(config.model_name, "challenger", v3, "hot swap under load", config=config)
-        set_challenger_percent(config, 50, version=v3)  # what deploy does: the share names the new version
-        _wait_until(lambda: "3" in seen, 15, "new challenger not picked up without a restart")
-        httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10)
-        under_load(16)
-        stop = True
+        try:
+            under_load(16)
+            move_alias(config.model_name, "challenger", v3, "hot swap under load", config=config)
+            set_challenger_percent(config, 50, version=v3)  # what deploy does: the share names the new version
+            _wait_until(lambda: "3" in seen, 15, "new challenger not picked up without a restart")
+            httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10)
+            under_load(16)
+        finally:  # a failed wait must stop the load, or the pool's exit waits on it until the suite's timeout
+            stop = True
         sent = sum(f.result() for f in futures)
     assert failures == [] and sent > 50
     assert httpx.get(f"{base}/v1/routing", timeout=10).json()["served"]["challenger"] == v3
