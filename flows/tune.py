@@ -31,7 +31,16 @@ from tuneloop.flows.trial import retrains_with_validation, run_trial, schedule, 
 from tuneloop.flows.trial_gate import feasible
 from tuneloop.modeling.models import base_of, resolve_device, usable_cores
 from tuneloop.search.owners import claim_flow_run
-from tuneloop.search.study import make_pruner, open_study, origin, study_lock, study_name, usable_objectives, work
+from tuneloop.search.study import (
+    first_trial_of,
+    make_pruner,
+    open_study,
+    origin,
+    study_lock,
+    study_name,
+    usable_objectives,
+    work,
+)
 from tuneloop.search.tracking import log_search, open_search_run
 
 
@@ -85,7 +94,7 @@ def open_search(config: LoopConfig, ref: DatasetRef, loop_run_id: str) -> tuple[
     base = base_of(config)
     name = study_name(config, ref, base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    open_study(config.optuna_db, name, config.tune, _pruner(config, ref), config.tune.first_trial)
+    open_study(config.optuna_db, name, config.tune, _pruner(config, ref), first_trial_of(config, ref))
     space = {"kind": config.kind, **base.tags(), "system_prompt": config.system_prompt,
              **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES),
              "objectives_searched": usable_objectives(config, ref, warn=True)}

@@ -294,3 +294,25 @@ def test_a_first_trial_sets_its_objectives_beta_and_a_name_the_search_lacks_is_r
         TuneConfig(objectives=["sft", "kto"], first_trial={"rank": 16, "lr": 9e-4, "beta": 0.1})
     with pytest.raises(ValueError, match="first_trial objective 'dpo' is not one of objectives"):
         TuneConfig(first_trial={"objective": "dpo"})
+
+
+def test_the_first_trial_is_supervised_beside_preference_objectives_and_never_one_the_data_lacks(tmp_path):
+    from tuneloop.config import LoopConfig
+    from tuneloop.data.datasets import DatasetRef
+    from tuneloop.search.study import first_trial_of
+
+    def first(counts: dict, **tune) -> dict | None:
+        config = LoopConfig(kind="generation", home=tmp_path, tune=TuneConfig(**tune))
+        return first_trial_of(config, DatasetRef(kind="generation", dataset_hash="h", path=tmp_path, counts=counts))
+
+    thumbs = {"pairs_train": 5, "unpaired_train": 7}
+    # several objectives searched: the known-good start is the plain fine-tune, the others get the later trials
+    assert first(thumbs, objectives=["kto", "sft"]) == {"rank": 16, "lr": 9e-4, "objective": "sft"}
+    assert first(thumbs, objectives=["kto", "dpo"]) == {"rank": 16, "lr": 9e-4}  # no sft: the search draws
+    assert first(thumbs, objectives=["sft", "kto"], first_trial={"rank": 8, "lr": 1e-3, "objective": "kto",
+                                                                  "beta": 0.2}) == {"rank": 8, "lr": 1e-3,
+                                                                                    "objective": "kto", "kto_beta": 0.2}
+    # an objective the data cannot feed (no thumbs: no kto) leaves the first trial, its beta with it
+    assert first({"pairs_train": 5}, objectives=["sft", "kto"], first_trial={"rank": 8, "lr": 1e-3, "objective": "kto",
+                                                                             "beta": 0.2}) == {"rank": 8, "lr": 1e-3}
+    assert first(thumbs, first_trial=None) is None

@@ -95,6 +95,22 @@ def usable_objectives(config: LoopConfig, ref: DatasetRef, warn: bool = False) -
     return kept or ["sft"]
 
 
+def first_trial_of(config: LoopConfig, ref: DatasetRef) -> dict | None:
+    """``tune.first_trial`` as the study queues it: supervised when it names no objective and sft is
+    searched (the known-good start is a plain fine-tune; the preference objectives get the later
+    trials), and without an objective the data cannot feed (its beta too)."""
+    first = dict(config.tune.first_trial or {})
+    if not first:
+        return None
+    objectives = usable_objectives(config, ref)
+    if "objective" not in first and len(objectives) > 1 and "sft" in objectives:
+        first["objective"] = "sft"
+    elif first.get("objective") not in (None, *objectives):
+        _run_logger().warning("first trial's objective %s left out: the data cannot feed it", first["objective"])
+        first.pop(f"{first.pop('objective')}_beta", None)
+    return first
+
+
 def _run_logger() -> logging.Logger | logging.LoggerAdapter:
     """The Prefect run's logger when there is one (its UI shows it), else the module's."""
     try:
