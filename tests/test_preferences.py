@@ -12,7 +12,6 @@ from tuneloop.data.datasets import SPLITS, split_of
 from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.preference import PreferencePair, Unpaired, load_pairs, load_unpaired, signal_files
 from tuneloop.eval_suites.gate import regression_check
-from tuneloop.eval_suites.scoring import judge_all
 from tuneloop.eval_suites.stats import FAIL, PASS
 from tuneloop.eval_suites.suites import SuiteItem
 from tuneloop.flows import curate as curate_module
@@ -228,9 +227,10 @@ def test_the_gate_refuses_a_preference_trained_challenger_that_forgets():
                        metric="exact_match") for i, (p, a) in enumerate(zip(prompts, base_answers))]
     model = add_adapter(base, "generation", 8, 0, targets=lora_targets(base, "all-linear"), dropout=0.0)
 
-    def regression(candidate) -> list[float]:
+    def regression(candidate) -> list[float]:  # the base's exact answer kept; the judge's normalising would
+        # score a random model's empty answer and a trained one's "......" alike
         outputs, _ = predict("generation", candidate, tokenizer, prompts, [], 6, PROMPTING)
-        return judge_all("generation", items, outputs)[0]
+        return [float(out == answer) for out, answer in zip(outputs, base_answers)]
 
     baseline = regression(base)
     assert sum(baseline) == len(items)  # the base knows every item
