@@ -316,3 +316,12 @@ def test_the_first_trial_is_supervised_beside_preference_objectives_and_never_on
     assert first({"pairs_train": 5}, objectives=["sft", "kto"], first_trial={"rank": 8, "lr": 1e-3, "objective": "kto",
                                                                              "beta": 0.2}) == {"rank": 8, "lr": 1e-3}
     assert first(thumbs, first_trial=None) is None
+
+
+def test_generation_searches_kto_beside_sft_by_default_and_classification_sft_alone(tmp_path):
+    from tuneloop.config import LoopConfig
+
+    assert LoopConfig(kind="generation", home=tmp_path).tune.objectives == ["sft", "kto"]
+    assert LoopConfig(kind="classification", home=tmp_path).tune.objectives == ["sft"]  # no warning at every loop
+    mine = LoopConfig(kind="generation", home=tmp_path, tune=TuneConfig(objectives=["sft"]))
+    assert mine.tune.objectives == ["sft"]  # a user's own choice stands

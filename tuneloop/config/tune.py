@@ -19,8 +19,9 @@ class TuneConfig(BaseModel):
     execution fields (``STUDY_EXCLUDES``), so a larger budget or more workers continue one study.
 
     For classification, the defaults below of ranks, lr_min, lr_max, first_trial, epochs, batch_size,
-    max_length and validation_examples give way to the router recipe's priors (``CLASSIFICATION_TUNE``:
-    rank 8, 1e-3 to 4e-3 from 2e-3, 3 epochs, batch 32, 64 tokens, 500) wherever they are not set.
+    max_length, validation_examples and objectives give way to the router recipe's priors
+    (``CLASSIFICATION_TUNE``: rank 8, 1e-3 to 4e-3 from 2e-3, 3 epochs, batch 32, 64 tokens, 500, sft) wherever
+    they are not set.
     """
 
     n_trials: int | None = Field(
@@ -72,11 +73,14 @@ class TuneConfig(BaseModel):
         "question's content rather than its wording. 0: the questions as users asked them."
     )
     objectives: list[Literal["sft", "dpo", "kto"]] = Field(
-        ["sft"], min_length=1, description="Training objectives to choose from (several: searched, each trial one): sft "
-        "(the supervised pairs: corrections and liked answers), dpo (sft plus DPO on preference pairs, a correction "
-        "over the answer it corrected: the RPO mix), kto (sft plus KTO on unpaired thumbs, bare thumbs-down included); "
-        "tuneloop/modeling/objectives.py. One the data cannot feed (dpo without corrections, kto without thumbs) is left out of "
-        "the search with a logged reason. Default sft alone: on the demo and the thumbs-only benchmark neither dpo nor kto beat it, and both forgot more (docs/benchmarks/preferences.md)."
+        ["sft", "kto"], min_length=1, description="Training objectives to choose from (several: searched, each trial "
+        "one): sft (the supervised pairs: corrections and liked answers), dpo (sft plus DPO on preference pairs, a "
+        "correction over the answer it corrected: the RPO mix), kto (sft plus KTO on unpaired thumbs, bare thumbs-down "
+        "included); tuneloop/modeling/objectives.py. One the data cannot feed (dpo without corrections, kto without "
+        "thumbs) is left out of the search with a logged reason. Default sft and kto: the first trial is the plain "
+        "fine-tune, later ones may learn from the thumbs nothing else uses, and the pruner and the gate judge them "
+        "like any trial (dpo adds nothing sft does not already learn from a correction: "
+        "docs/benchmarks/preferences.md). Classification: sft."
     )
     dpo_beta_min: float = Field(0.05, gt=0, description="Lower bound of DPO's beta (log-uniform; how far from the base).")
     dpo_beta_max: float = Field(0.5, gt=0, description="Upper bound of DPO's beta.")
@@ -197,7 +201,8 @@ class TuneConfig(BaseModel):
         for name in ("dpo", "kto"):
             if getattr(self, f"{name}_beta_min") > getattr(self, f"{name}_beta_max"):
                 raise ValueError(f"{name}_beta_min must not exceed {name}_beta_max")
-        self.objectives = list(dict.fromkeys(self.objectives))  # a repeat would weigh the draw
+        if len(set(self.objectives)) < len(self.objectives):  # a repeat would weigh the draw (assigning marks the
+            self.objectives = list(dict.fromkeys(self.objectives))  # field set: only a user's own list changes)
         return self
 
     def _first_trial_names(self, first: dict) -> dict:
@@ -224,4 +229,4 @@ class TuneConfig(BaseModel):
 # setting of any of these fields wins over the prior.
 CLASSIFICATION_LR = 2e-3
 CLASSIFICATION_TUNE: dict = {"ranks": [8], "lr_min": 1e-3, "lr_max": 4e-3, "epochs": 3, "batch_size": 32,
-                             "max_length": 64, "validation_examples": 500}
+                             "max_length": 64, "validation_examples": 500, "objectives": ["sft"]}
