@@ -136,6 +136,13 @@ def demo(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: b
     run(kind=config.kind, home=config.home, tiny=config.tiny, trials=None, budget_minutes=None)
 
 
+def _objective(params: dict) -> str:
+    """The winning trial's objective as the search run names it: ``sft``, ``kto (beta 0.13)``."""
+    objective = params.get("objective", "sft")
+    beta = params.get("beta", params.get(f"{objective}_beta"))
+    return objective if objective == "sft" or beta is None else f"{objective} (beta {float(beta):.2g})"
+
+
 def _summary(config: LoopConfig, result, seconds: float) -> None:
     counts = result.data.counts
     console.rule(f"tuneloop {config.kind}: one loop in {seconds:.0f} s")
@@ -155,7 +162,8 @@ def _summary(config: LoopConfig, result, seconds: float) -> None:
                       f"disliked answers (bare thumbs-down included), for the dpo and kto objectives (tune.objectives)")
     best = result.tuned.best
     console.print(f"Search {result.tuned.study_name}: {result.tuned.n_complete} complete, {result.tuned.n_pruned} pruned; "
-                  f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}")
+                  f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}"
+                  + (f", {_objective(best.params)}" if config.kind == "generation" else ""))
     table = Table("suite", "items", f"baseline ({result.report.baseline})", "challenger")
     for suite, scores in result.report.challenger.items():
         table.add_row(suite, str(result.report.items.get(suite, "")), f"{result.report.champion[suite].mean:.3f}",
