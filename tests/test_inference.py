@@ -154,3 +154,16 @@ def test_the_cores_split_between_workers_are_the_ones_this_process_may_use():
     finally:
         os.sched_setaffinity(0, cores)
     assert usable_cores() == len(cores)
+
+
+def test_a_thread_limit_in_omp_num_threads_is_kept(monkeypatch):
+    """Two loops told OMP_NUM_THREADS=1 on a two-core machine take one thread each, not two each."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = usable_cores()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert usable_cores() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "4096")
+    assert usable_cores() == cores  # a limit above the cores this process may use is no help
+    for unusable in ("", "0", "two"):  # not a limit: the cores the process may use
+        monkeypatch.setenv("OMP_NUM_THREADS", unusable)
+        assert usable_cores() == cores

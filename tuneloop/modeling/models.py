@@ -198,8 +198,11 @@ def _check_kind(kind: Kind, spec: str, path: Path) -> None:
 
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity (a container's cpuset, ``taskset``), as torch's
-    own thread default counts them, not every core of the machine."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    own thread default counts them, not every core of the machine; fewer when ``OMP_NUM_THREADS`` says so
+    (two jobs sharing a machine, each told to use one thread)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return max(1, min(cores, int(limit))) if limit.isdigit() and int(limit) > 0 else cores
 
 
 def resolve_device(device: str = "auto", index: int = 0) -> torch.device:
