@@ -14,7 +14,7 @@ from rich.table import Table
 from tuneloop.cli.config_show import app as config_app
 from tuneloop.cli.options import HomeOpt, KindChoice, KindOpt, TinyOpt, build_config
 from tuneloop.cli.stack import app as stack_app
-from tuneloop.config import LoopConfig
+from tuneloop.config import DEMO_TUNE, LoopConfig, with_priors
 from tuneloop.credentials import redact_text
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
@@ -104,6 +104,10 @@ def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bo
         config.tune.n_trials = trials
     if budget_minutes:
         config.tune.timeout_s = budget_minutes * 60
+    _run_loop(config)
+
+
+def _run_loop(config: LoopConfig) -> None:
     from tuneloop.cli.progress import reporter_for
     from tuneloop.cli.refusals import quiet_refusals
     from tuneloop.flows.curate import DatasetError
@@ -124,16 +128,19 @@ def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bo
 
 @app.command()
 def demo(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt) -> None:
-    """Seed the sample feedback (first time) and run the whole loop on it."""
+    """Seed the sample feedback (first time) and run the whole loop on it (generation: the showcase's faster
+    profile, 3 epochs, for tune settings left unset)."""
     from tuneloop.data.sample_data import SYSTEM_PROMPT
 
     os.environ.setdefault("TUNELOOP_SYSTEM_PROMPT", SYSTEM_PROMPT)  # the sample company's assistant
     config = _config(kind, home, tiny=tiny)
+    if config.kind == "generation":  # the showcase's five-minute profile where the user set nothing else
+        config.tune = with_priors(config.tune, DEMO_TUNE)
     from tuneloop.data.feedback import FeedbackStore
 
     if FeedbackStore(config.feedback_db).count(config.kind) == 0:
         seed(kind=config.kind, home=config.home, seed=0)
-    run(kind=config.kind, home=config.home, tiny=config.tiny, trials=None, budget_minutes=None)
+    _run_loop(config)
 
 
 def _objective(params: dict) -> str:

@@ -67,7 +67,7 @@ def home(tmp_path, monkeypatch) -> Path:
 def tiny_config(home: Path, kind: str, **tune) -> LoopConfig:
     """Tiny random models with a search that learns within seconds."""
     settings = dict(n_trials=1, epochs=4, ranks=[16], lr_min=0.01, lr_max=0.05, first_trial={"rank": 16, "lr": 0.02},
-                    evals_per_trial=2, validation_examples=8)
+                    evals_per_trial=2, validation_examples=8, replay_ratios=[2.5], replay_kl=4.0)
     if kind == "classification":  # at these rates a random 2-layer model's feed-forward LoRA diverges (held-out 7 %
         # against 55 % with query/value, small sample data); the mechanics tests judge the searched trial itself
         # (tests/test_router.py covers the pooler and the retraining on train + validation on a tiny model)

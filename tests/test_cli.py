@@ -163,3 +163,22 @@ def test_a_classification_base_given_by_environment_variables(home):
     assert "Traceback" not in out.stderr and "DatasetError" not in out.stderr, out.stderr  # the one line, no tracebacks
     generation = runner.invoke(app, ["run"], env={"TUNELOOP_BASE_MODEL": encoder})  # the default kind needs a causal LM
     assert generation.exit_code == 1 and "not a causal language model" in generation.stdout
+
+
+def test_the_demo_runs_its_fast_profile_where_the_user_set_nothing(home, monkeypatch):
+    """`tuneloop demo` trains the showcase's 3 epochs and lighter rehearsal; `tuneloop run` gets the defaults
+    chosen on the generation benchmark; a user's own setting wins in both; classification keeps its recipe."""
+    import tuneloop.cli.main as main
+
+    monkeypatch.delenv("TUNELOOP_SYSTEM_PROMPT", raising=False)  # the demo sets its company's prompt for the process
+    loops = []
+    monkeypatch.setattr(main, "_run_loop", loops.append)  # the configuration each command would run, not the loop
+    for args, env in ((["demo"], None), (["demo"], {"TUNELOOP_TUNE__EPOCHS": "5"}),
+                      (["demo", "--kind", "classification"], None), (["run"], None)):
+        out = runner.invoke(app, [*args, "--tiny"], env=env)
+        assert out.exit_code == 0, out.output
+    demo, mine, router, run = (config.tune for config in loops)
+    assert (demo.epochs, demo.replay_ratios, demo.replay_kl, demo.first_trial) == (3, [2.5], 4.0, {"rank": 16, "lr": 9e-4})
+    assert (mine.epochs, mine.replay_kl) == (5, 4.0)
+    assert (router.epochs, router.first_trial, router.objectives) == (3, {"rank": 8, "lr": 2e-3}, ["sft"])
+    assert (run.epochs, run.replay_ratios, run.replay_kl, run.first_trial) == (8, [4.0], 8.0, {"rank": 16, "lr": 1.5e-3})

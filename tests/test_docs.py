@@ -157,7 +157,7 @@ def test_the_configuration_page_names_every_field_with_its_variable_and_default(
         names = [f"TUNELOOP_{name.upper()}__{s.upper()}" for s in sub] if sub else [f"TUNELOOP_{name.upper()}"]
         for variable in names:
             assert f"| `{variable}` |" in page, variable
-    assert "| `TUNELOOP_TUNE__EPOCHS` | int (>= 1) | `3` |" in page
+    assert "| `TUNELOOP_TUNE__EPOCHS` | int (>= 1) | `8` |" in page
 
 
 def test_the_schema_accepts_the_documented_examples_and_refuses_what_the_api_refuses():
