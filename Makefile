@@ -39,6 +39,7 @@ demo-classification: $(STAMP)
 
 test: $(STAMP) chromium
 	$(VENV)/bin/ruff check .   # lint first: seconds, and a failure names the line
+	$(VENV)/bin/ruff format --check .   # the one code style (ruff format --diff shows what to change)
 	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile   # a core per worker, each file on one (tests/conftest.py)
 
 bench: $(STAMP)

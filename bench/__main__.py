@@ -12,20 +12,53 @@ import sys
 
 # name -> (what it measures, whether it takes --quick)
 BENCHMARKS = {
-    "train": ("training step time vs a hand-written loop, FLOP/s, LoRA vs full memory, search with/without pruning", True),
+    "train": (
+        "training step time vs a hand-written loop, FLOP/s, LoRA vs full memory, search with/without pruning",
+        True,
+    ),
     "prefix": ("a training step with the shared prompt prefix computed once vs every row whole", True),
-    "step": ("a generation step: the KL term's base from a frozen forward vs computed once, adapters in all vs the top half of the layers", True),
-    "batching": ("greedy generation in CPU streams of up to 32 rows vs streams of 64 vs one stream of 64 (regression and adversarial prompts)", True),
+    "step": (
+        "a generation step: the KL term's base from a frozen forward vs computed once, adapters in all vs the top half of the layers",
+        True,
+    ),
+    "batching": (
+        "greedy generation in CPU streams of up to 32 rows vs streams of 64 vs one stream of 64 (regression and adversarial prompts)",
+        True,
+    ),
     "serve": ("the service vs a plain pipeline under load, routing overhead, rollback under load", True),
     "ingest": ("feedback ingest through the service, curation at 10k/100k records", False),
-    "economics": ("guard false rollbacks (A/A) and detection delay, trigger idle cost, drift statistic, crossover", True),
-    "generation": ("default settings on six generation feedback sets: facts answered on never-imported phrasings, forgetting, the gate's verdict", False),
-    "banking77": ("BANKING77 through import and the loop (closed and open set) beside a plain peft loop, on the 3,080 test utterances", False),
-    "stack": ("the same loop on the team stack (deployment run by a worker, MLflow server, PostgreSQL) vs embedded", False),
-    "hostile": ("a hostile client against a live service (and a running stack's servers): unauthenticated writes, wrong-scope tokens, forged receipts, oversized bodies", False),
-    "faults": ("a live stack under load while MLflow, Prefect, a trial worker and a service worker are killed and the feedback disk fills: failed requests, acknowledged vs stored, recovery seconds", True),
-    "preferences": ("learning from thumbs alone (KTO) vs SFT on liked answers, and from corrections (DPO vs SFT): rule-following, rejected-answer rate, forgetting", True),
-    "scale": ("the whole loop on 15k and 100k generated records of each kind: stage seconds, peak memory, Prefect bytes", False),
+    "economics": (
+        "guard false rollbacks (A/A) and detection delay, trigger idle cost, drift statistic, crossover",
+        True,
+    ),
+    "generation": (
+        "default settings on six generation feedback sets: facts answered on never-imported phrasings, forgetting, the gate's verdict",
+        False,
+    ),
+    "banking77": (
+        "BANKING77 through import and the loop (closed and open set) beside a plain peft loop, on the 3,080 test utterances",
+        False,
+    ),
+    "stack": (
+        "the same loop on the team stack (deployment run by a worker, MLflow server, PostgreSQL) vs embedded",
+        False,
+    ),
+    "hostile": (
+        "a hostile client against a live service (and a running stack's servers): unauthenticated writes, wrong-scope tokens, forged receipts, oversized bodies",
+        False,
+    ),
+    "faults": (
+        "a live stack under load while MLflow, Prefect, a trial worker and a service worker are killed and the feedback disk fills: failed requests, acknowledged vs stored, recovery seconds",
+        True,
+    ),
+    "preferences": (
+        "learning from thumbs alone (KTO) vs SFT on liked answers, and from corrections (DPO vs SFT): rule-following, rejected-answer rate, forgetting",
+        True,
+    ),
+    "scale": (
+        "the whole loop on 15k and 100k generated records of each kind: stage seconds, peak memory, Prefect bytes",
+        False,
+    ),
 }
 
 

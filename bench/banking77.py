@@ -75,7 +75,7 @@ def weak_router(texts: list[str], intents: list[str]) -> list[str]:
     def embed(batch: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(batch), 256):
-            enc = tokenizer(batch[i:i + 256], padding=True, truncation=True, max_length=64, return_tensors="pt")
+            enc = tokenizer(batch[i : i + 256], padding=True, truncation=True, max_length=64, return_tensors="pt")
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1)
             out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
@@ -96,9 +96,15 @@ def feedback_file(path: Path, unknown: set[str] = frozenset()) -> dict:
     routed = weak_router([t for t, _ in train], intents)
     with open(path, "w") as f:
         for i, ((text, intent), answer) in enumerate(zip(train, routed)):
-            record = {"request_id": f"b77-{i}", "user_id": f"user-{i % 997}", "model_version": "base",
-                      "kind": "classification", "prompt": text, "output": answer,
-                      "rating": "up" if answer == intent else "down"}
+            record = {
+                "request_id": f"b77-{i}",
+                "user_id": f"user-{i % 997}",
+                "model_version": "base",
+                "kind": "classification",
+                "prompt": text,
+                "output": answer,
+                "rating": "up" if answer == intent else "down",
+            }
             if answer != intent:
                 record["correction"] = intent
             f.write(json.dumps(record) + "\n")
@@ -107,18 +113,32 @@ def feedback_file(path: Path, unknown: set[str] = frozenset()) -> dict:
 
 
 def run(home: Path, settings: dict[str, str]) -> dict:
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-           "PREFECT_HOME": str(home / "prefect"), **settings}
+    env = {
+        **os.environ,
+        "TUNELOOP_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "PREFECT_HOME": str(home / "prefect"),
+        **settings,
+    }
     tuneloop = [sys.executable, "-m", "tuneloop.cli.main"]
     began = time.perf_counter()
-    subprocess.run([*tuneloop, "import", str(home / "feedback.jsonl"), "--kind", "classification", "--no-check-versions"],
-                   env=env, check=True, cwd=ROOT)
+    subprocess.run(
+        [*tuneloop, "import", str(home / "feedback.jsonl"), "--kind", "classification", "--no-check-versions"],
+        env=env,
+        check=True,
+        cwd=ROOT,
+    )
     imported = time.perf_counter() - began
     began, cpu = time.perf_counter(), os.times()
     subprocess.run([*tuneloop, "run", "--kind", "classification"], env=env, check=True, cwd=ROOT)
     after = os.times()
-    return {"import_seconds": round(imported, 1), "loop_seconds": round(time.perf_counter() - began, 1),
-            "loop_cpu_seconds": round((after.children_user + after.children_system) - (cpu.children_user + cpu.children_system), 1)}
+    return {
+        "import_seconds": round(imported, 1),
+        "loop_seconds": round(time.perf_counter() - began, 1),
+        "loop_cpu_seconds": round(
+            (after.children_user + after.children_system) - (cpu.children_user + cpu.children_system), 1
+        ),
+    }
 
 
 def open_set_metrics(truth: list[str], predicted: list[str], unknown: set[str], fallback: str = FALLBACK) -> dict:
@@ -128,11 +148,14 @@ def open_set_metrics(truth: list[str], predicted: list[str], unknown: set[str], 
     outside = [p for t, p in zip(truth, predicted) if t in unknown]
     flagged = [t for t, p in zip(truth, predicted) if p == fallback]
     share = lambda hits, n: round(hits / n, 4) if n else None  # noqa: E731
-    return {"in_scope": len(inside), "out_of_scope": len(outside),
-            "in_scope_accuracy": share(sum(t == p for t, p in inside), len(inside)),
-            "in_scope_fallback_rate": share(sum(p == fallback for _, p in inside), len(inside)),
-            "out_of_scope_recall": share(sum(p == fallback for p in outside), len(outside)),
-            "out_of_scope_precision": share(sum(t in unknown for t in flagged), len(flagged))}
+    return {
+        "in_scope": len(inside),
+        "out_of_scope": len(outside),
+        "in_scope_accuracy": share(sum(t == p for t, p in inside), len(inside)),
+        "in_scope_fallback_rate": share(sum(p == fallback for _, p in inside), len(inside)),
+        "out_of_scope_recall": share(sum(p == fallback for p in outside), len(outside)),
+        "out_of_scope_precision": share(sum(t in unknown for t in flagged), len(flagged)),
+    }
 
 
 def score(home: Path, unknown: set[str] = frozenset()) -> dict:
@@ -154,20 +177,32 @@ def score(home: Path, unknown: set[str] = frozenset()) -> dict:
     right = sum(p == c for p, (_, c) in zip(predicted, test))
     loop = mlflow.get_run(version.tags["loop_run_id"])
     search = mlflow.get_run(loop.data.tags["search_run_id"])
-    children = mlflow.search_runs([loop.info.experiment_id], f"tags.mlflow.parentRunId = '{search.info.run_id}'",
-                                  output_format="list")
+    children = mlflow.search_runs(
+        [loop.info.experiment_id], f"tags.mlflow.parentRunId = '{search.info.run_id}'", output_format="list"
+    )
     training = {r.info.run_name.split(" ")[0]: round(r.data.metrics.get("wall_seconds", 0), 1) for r in children}
     cpu = {r.info.run_name.split(" ")[0]: round(r.data.metrics.get("cpu_seconds", 0), 1) for r in children}
     rates = {r.info.run_name.split(" ")[0]: round(r.data.metrics.get("examples_per_second", 0), 1) for r in children}
-    result = {"version": version.version, "alias": alias, "test_utterances": len(test),
-            "test_accuracy": round(right / len(test), 4), "scoring_seconds": round(time.perf_counter() - began, 1),
-            "scoring_examples_per_cpu_second": round(len(test) / scoring_cpu, 1) if scoring_cpu else None,
-            "training_wall_seconds": training, "training_minutes": round(sum(training.values()) / 60, 2),
-            "training_cpu_seconds": cpu, "training_cpu_minutes": round(sum(cpu.values()) / 60, 2),
-            "training_examples_per_second": rates,
-            "trials_complete": search.data.metrics.get("tune.n_complete"), "trials_pruned": search.data.metrics.get("tune.n_pruned"),
-            "stage_seconds": {k.removeprefix("seconds."): round(v, 1) for k, v in loop.data.metrics.items() if k.startswith("seconds.")},
-            "gate": loop.data.tags.get("gate"), "params": version.tags.get("params")}
+    result = {
+        "version": version.version,
+        "alias": alias,
+        "test_utterances": len(test),
+        "test_accuracy": round(right / len(test), 4),
+        "scoring_seconds": round(time.perf_counter() - began, 1),
+        "scoring_examples_per_cpu_second": round(len(test) / scoring_cpu, 1) if scoring_cpu else None,
+        "training_wall_seconds": training,
+        "training_minutes": round(sum(training.values()) / 60, 2),
+        "training_cpu_seconds": cpu,
+        "training_cpu_minutes": round(sum(cpu.values()) / 60, 2),
+        "training_examples_per_second": rates,
+        "trials_complete": search.data.metrics.get("tune.n_complete"),
+        "trials_pruned": search.data.metrics.get("tune.n_pruned"),
+        "stage_seconds": {
+            k.removeprefix("seconds."): round(v, 1) for k, v in loop.data.metrics.items() if k.startswith("seconds.")
+        },
+        "gate": loop.data.tags.get("gate"),
+        "params": version.tags.get("params"),
+    }
     if unknown:
         result["open_set"] = open_set_metrics([c for _, c in test], predicted, unknown)
     return result
@@ -175,14 +210,23 @@ def score(home: Path, unknown: set[str] = frozenset()) -> dict:
 
 def plain(out: Path) -> dict:
     """The plain peft + torch loop (bench/router_study.py) in its own process: its CPU time is its own."""
-    subprocess.run([sys.executable, "-m", "bench.router_study", *PLAIN, "--out", str(out)], check=True, cwd=ROOT,
-                   env={**os.environ, "OMP_NUM_THREADS": "2"})
+    subprocess.run(
+        [sys.executable, "-m", "bench.router_study", *PLAIN, "--out", str(out)],
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+    )
     log = json.loads(out.read_text())
     last = log["epochs"][-1]
-    return {"settings": PLAIN, "test_accuracy": last["test_accuracy"], "training_cpu_seconds": last["train_cpu_s"],
-            "training_cpu_minutes": round(last["train_cpu_s"] / 60, 2),
-            "training_examples_per_cpu_second": last["train_examples_per_cpu_s"],
-            "scoring_examples_per_cpu_second": log.get("scoring_examples_per_cpu_s"), "epochs": log["epochs"]}
+    return {
+        "settings": PLAIN,
+        "test_accuracy": last["test_accuracy"],
+        "training_cpu_seconds": last["train_cpu_s"],
+        "training_cpu_minutes": round(last["train_cpu_s"] / 60, 2),
+        "training_examples_per_cpu_second": last["train_examples_per_cpu_s"],
+        "scoring_examples_per_cpu_second": log.get("scoring_examples_per_cpu_s"),
+        "epochs": log["epochs"],
+    }
 
 
 def loop_on(home: Path, settings: dict[str, str], unknown: set[str] = frozenset()) -> dict:

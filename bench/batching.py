@@ -43,28 +43,39 @@ def main(argv: list[str]) -> None:
 
     info = base_of(LoopConfig(kind="generation"))
     tokenizer, model = load_tokenizer(info), load_base(info, "generation")
-    train = [Example(prompt="What is the Nimbus Pro cost?", target="The Nimbus Pro costs 189 euros.", key="k", source_ids=[1])]
+    train = [
+        Example(
+            prompt="What is the Nimbus Pro cost?", target="The Nimbus Pro costs 189 euros.", key="k", source_ids=[1]
+        )
+    ]
     shipped = adversarial_suite("generation", [], system_prompt=SYSTEM_PROMPT, train_examples=train)
-    suites = {"regression": ([it.input for it in regression_suite("generation", [], seed=0)], 16),
-              "adversarial": ([normalize(it.input) for it in shipped], 24)}
+    suites = {
+        "regression": ([it.input for it in regression_suite("generation", [], seed=0)], 16),
+        "adversarial": ([normalize(it.input) for it in shipped], 24),
+    }
     result: dict = {"model": info.id, "threads": torch.get_num_threads()}
     ways = {"streams": (64, inference.MAX_STREAMS), "64_a_stream": (128, inference.MAX_STREAMS), "one_stream": (64, 1)}
     for name, (prompts, tokens) in suites.items():
         prompts = prompts[: (128 if name == "regression" else 64) if args.quick else None]
         seconds, same = dict.fromkeys(ways, 0.0), dict.fromkeys(ways, 0)
         for n, start in enumerate(range(0, len(prompts), ROUND)):
-            chunk, got = prompts[start:start + ROUND], {}
-            for way in list(ways)[n % 3:] + list(ways)[:n % 3]:
+            chunk, got = prompts[start : start + ROUND], {}
+            for way in list(ways)[n % 3 :] + list(ways)[: n % 3]:
                 rows, inference.MAX_STREAMS = ways[way]
                 began = time.perf_counter()
-                got[way] = inference.generate(model, tokenizer, chunk, tokens, Prompting(SYSTEM_PROMPT), batch_size=rows)
+                got[way] = inference.generate(
+                    model, tokenizer, chunk, tokens, Prompting(SYSTEM_PROMPT), batch_size=rows
+                )
                 seconds[way] += time.perf_counter() - began
             for way in ways:
                 same[way] += sum(a == b for a, b in zip(got[way], got["streams"]))
         others = [way for way in ways if way != "streams"]
-        result |= {f"prompts_{name}": len(prompts), **{f"seconds_{way}_{name}": seconds[way] for way in ways},
-                   **{f"speed_ratio_{way}_{name}": seconds[way] / seconds["streams"] for way in others},
-                   **{f"same_answers_{way}_{name}": same[way] for way in others}}
+        result |= {
+            f"prompts_{name}": len(prompts),
+            **{f"seconds_{way}_{name}": seconds[way] for way in ways},
+            **{f"speed_ratio_{way}_{name}": seconds[way] / seconds["streams"] for way in others},
+            **{f"same_answers_{way}_{name}": same[way] for way in others},
+        }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "batching.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

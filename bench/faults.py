@@ -47,8 +47,14 @@ class Server:
 
     def start(self, timeout: float = 240) -> float:
         began = time.monotonic()
-        self.proc = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=open(self.log, "a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
@@ -82,14 +88,22 @@ class Load:
             while not self.stop.wait(self.pause_s):
                 n += 1
                 rid, user = f"L{worker}-{n}", f"user-{worker}-{n % 20}"
-                status, answer = self._post(http, "/predict", {"requests": [{"user_id": user, "input": TEXTS[n % 4],
-                                                                             "request_id": rid}]})
+                status, answer = self._post(
+                    http, "/predict", {"requests": [{"user_id": user, "input": TEXTS[n % 4], "request_id": rid}]}
+                )
                 self._note("predict", status)
                 if status != 200 or n % 2:
                     continue
-                record = {"request_id": rid, "user_id": user, "model_version": answer[0]["model_version"],
-                          "kind": "classification", "prompt": TEXTS[n % 4], "output": answer[0]["output"],
-                          "rating": "up", "receipt": answer[0]["receipt"]}
+                record = {
+                    "request_id": rid,
+                    "user_id": user,
+                    "model_version": answer[0]["model_version"],
+                    "kind": "classification",
+                    "prompt": TEXTS[n % 4],
+                    "output": answer[0]["output"],
+                    "rating": "up",
+                    "receipt": answer[0]["receipt"],
+                }
                 status, _ = self._post(http, "/v1/feedback", record, {"Authorization": f"Bearer {TOKEN}"})
                 self._note("feedback", status)
                 if status in (200, 201):
@@ -122,9 +136,13 @@ class Load:
             window = [e for e in self.events if t0 <= e[0] <= t1]
         predict = [s for _, w, s in window if w == "predict"]
         feedback = [s for _, w, s in window if w == "feedback"]
-        return {"requests": len(predict) + len(feedback), "predict_failed": sum(s != 200 for s in predict),
-                "feedback_acked": sum(s in (200, 201) for s in feedback), "feedback_503": sum(s == 503 for s in feedback),
-                "feedback_failed": sum(s not in (200, 201, 503) for s in feedback)}
+        return {
+            "requests": len(predict) + len(feedback),
+            "predict_failed": sum(s != 200 for s in predict),
+            "feedback_acked": sum(s in (200, 201) for s in feedback),
+            "feedback_503": sum(s == 503 for s in feedback),
+            "feedback_failed": sum(s not in (200, 201, 503) for s in feedback),
+        }
 
 
 def _wait(condition, timeout: float) -> float | None:
@@ -146,8 +164,13 @@ def _fresh(base: str) -> bool:
 
 def _serving(base: str) -> bool:
     try:
-        return all(httpx.post(f"{base}/predict", json={"requests": [{"user_id": f"probe-{i}", "input": "hi"}]},
-                              timeout=10).status_code == 200 for i in range(10))
+        return all(
+            httpx.post(
+                f"{base}/predict", json={"requests": [{"user_id": f"probe-{i}", "input": "hi"}]}, timeout=10
+            ).status_code
+            == 200
+            for i in range(10)
+        )
     except httpx.HTTPError:
         return False
 
@@ -157,45 +180,101 @@ def _serving(base: str) -> bool:
 
 def _mount_small_disk(path: Path, size: str = "64m") -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def _environment(home: Path, disk: Path, ports: dict[str, int]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_"))}
-    return {**env, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": "classification", "TUNELOOP_TINY": "true",
-            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
-            "TUNELOOP_FEEDBACK_URL": f"sqlite:///{disk / 'ops.db'}?timeout=2",
-            "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api", "PREFECT_HOME": str(home / "prefect"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TUNELOOP_API_TOKEN": TOKEN, "TUNELOOP_REGISTRY_POLL_S": "1",
-            "TUNELOOP_DEPLOY__SERVE_WORKERS": "2", "TUNELOOP_DEPLOY__GUARD_INTERVAL_S": "30",
-            "TUNELOOP_LIMITS__FEEDBACK_PER_USER": "100000", "BENTOML_HOME": str(home / "bentoml"),
-            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return {
+        **env,
+        "TUNELOOP_HOME": str(home),
+        "TUNELOOP_KIND": "classification",
+        "TUNELOOP_TINY": "true",
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{ports['mlflow']}",
+        "TUNELOOP_FEEDBACK_URL": f"sqlite:///{disk / 'ops.db'}?timeout=2",
+        "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "TUNELOOP_API_TOKEN": TOKEN,
+        "TUNELOOP_REGISTRY_POLL_S": "1",
+        "TUNELOOP_DEPLOY__SERVE_WORKERS": "2",
+        "TUNELOOP_DEPLOY__GUARD_INTERVAL_S": "30",
+        "TUNELOOP_LIMITS__FEEDBACK_PER_USER": "100000",
+        "BENTOML_HOME": str(home / "bentoml"),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
 
 
 def _servers(home: Path, env: dict, ports: dict[str, int]) -> dict[str, Server]:
     bindir = Path(sys.executable).parent
     return {
-        "mlflow": Server("mlflow", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port",
-                                    str(ports["mlflow"]), "--workers", "1", "--backend-store-uri",
-                                    f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination", str(home / "mlartifacts")],
-                         env, f"http://127.0.0.1:{ports['mlflow']}/health", home / "mlflow.log"),
-        "prefect": Server("prefect", [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                      str(ports["prefect"])], env, f"http://127.0.0.1:{ports['prefect']}/api/health",
-                          home / "prefect.log"),
-        "service": Server("service", [sys.executable, "-m", "bentoml", "serve", "tuneloop.serving.service:Tuneloop",
-                                      "--host", "127.0.0.1", "--port", str(ports["service"]), "--working-dir", str(ROOT)],
-                          env, f"http://127.0.0.1:{ports['service']}/readyz", home / "service.log"),
+        "mlflow": Server(
+            "mlflow",
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["mlflow"]),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{home / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(home / "mlartifacts"),
+            ],
+            env,
+            f"http://127.0.0.1:{ports['mlflow']}/health",
+            home / "mlflow.log",
+        ),
+        "prefect": Server(
+            "prefect",
+            [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(ports["prefect"])],
+            env,
+            f"http://127.0.0.1:{ports['prefect']}/api/health",
+            home / "prefect.log",
+        ),
+        "service": Server(
+            "service",
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "tuneloop.serving.service:Tuneloop",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["service"]),
+                "--working-dir",
+                str(ROOT),
+            ],
+            env,
+            f"http://127.0.0.1:{ports['service']}/readyz",
+            home / "service.log",
+        ),
     }
 
 
 def _seed(env: dict) -> None:
     """The sample feedback and a champion (an untrained tiny adapter), in a child process with the stack's settings."""
-    code = ("from tuneloop.config import LoopConfig, apply_environment; apply_environment()\n"
-            "from tuneloop.data.feedback import FeedbackStore; from tuneloop.data.sample_data import sample_feedback\n"
-            "from bench.faults import register_champion\n"
-            "config = LoopConfig()\n"
-            "FeedbackStore(config.feedback_db).add_many_raw(sample_feedback('classification'), 'classification')\n"
-            "register_champion(config)\n")
+    code = (
+        "from tuneloop.config import LoopConfig, apply_environment; apply_environment()\n"
+        "from tuneloop.data.feedback import FeedbackStore; from tuneloop.data.sample_data import sample_feedback\n"
+        "from bench.faults import register_champion\n"
+        "config = LoopConfig()\n"
+        "FeedbackStore(config.feedback_db).add_many_raw(sample_feedback('classification'), 'classification')\n"
+        "register_champion(config)\n"
+    )
     subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True, timeout=600)
 
 
@@ -219,9 +298,24 @@ def register_champion(config) -> str:
 
 
 def _loop(home: Path, env: dict, **extra: str) -> subprocess.Popen:
-    return subprocess.Popen([str(Path(sys.executable).parent / "tuneloop"), "run", "--kind", "classification", "--tiny",
-                             "--trials", extra.pop("trials", "1"), "--home", str(home)], env={**env, **extra}, cwd=ROOT,
-                            stdout=open(home / "loops.log", "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "tuneloop"),
+            "run",
+            "--kind",
+            "classification",
+            "--tiny",
+            "--trials",
+            extra.pop("trials", "1"),
+            "--home",
+            str(home),
+        ],
+        env={**env, **extra},
+        cwd=ROOT,
+        stdout=open(home / "loops.log", "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _outcome(proc: subprocess.Popen, timeout: float = 420) -> str:
@@ -241,8 +335,13 @@ def fault_mlflow(s: dict[str, Server], base: str, seconds: float, **_) -> dict:
     time.sleep(seconds)  # the outage: the service serves what it knows
     s["mlflow"].start()
     repaired = time.time()
-    return {"began": began, "repaired": repaired, "recovery_s": _wait(lambda: _fresh(base), 120),
-            "loop": "-", "note": "recovery: until every worker's /readyz is up to date again"}
+    return {
+        "began": began,
+        "repaired": repaired,
+        "recovery_s": _wait(lambda: _fresh(base), 120),
+        "loop": "-",
+        "note": "recovery: until every worker's /readyz is up to date again",
+    }
 
 
 def fault_prefect(s: dict[str, Server], base: str, seconds: float, home: Path, env: dict, **_) -> dict:
@@ -256,8 +355,13 @@ def fault_prefect(s: dict[str, Server], base: str, seconds: float, home: Path, e
     outcome = _outcome(loop)
     if outcome != "completed":  # what an operator (or the trigger) does next
         outcome += "; rerun: " + _outcome(_loop(home, env))
-    return {"began": began, "repaired": repaired, "recovery_s": time.time() - repaired, "loop": outcome,
-            "note": "recovery: from the restart until a loop completed"}
+    return {
+        "began": began,
+        "repaired": repaired,
+        "recovery_s": time.time() - repaired,
+        "loop": outcome,
+        "note": "recovery: from the restart until a loop completed",
+    }
 
 
 def fault_trial_worker(s: dict[str, Server], base: str, seconds: float, home: Path, env: dict, **_) -> dict:
@@ -278,27 +382,45 @@ def fault_trial_worker(s: dict[str, Server], base: str, seconds: float, home: Pa
         time.sleep(0.5)
     began = time.time()
     if victim is None:
-        return {"began": began, "repaired": began, "recovery_s": None, "loop": _outcome(loop),
-                "note": "no trial worker process was seen running"}
+        return {
+            "began": began,
+            "repaired": began,
+            "recovery_s": None,
+            "loop": _outcome(loop),
+            "note": "no trial worker process was seen running",
+        }
     victim.kill()
     outcome = _outcome(loop)
     if outcome != "completed":
         outcome += "; rerun: " + _outcome(_loop(home, env, trials="2", TUNELOOP_TUNE__N_WORKERS="2"))
-    return {"began": began, "repaired": began, "recovery_s": time.time() - began, "loop": outcome,
-            "note": "recovery: from the kill until a loop completed"}
+    return {
+        "began": began,
+        "repaired": began,
+        "recovery_s": time.time() - began,
+        "loop": outcome,
+        "note": "recovery: from the kill until a loop completed",
+    }
 
 
 def fault_service_worker(s: dict[str, Server], base: str, seconds: float, **_) -> dict:
     import psutil
 
-    workers = [c for c in psutil.Process(s["service"].proc.pid).children(recursive=True)
-               if "worker" in " ".join(c.cmdline()) or "_service_worker" in " ".join(c.cmdline())]
+    workers = [
+        c
+        for c in psutil.Process(s["service"].proc.pid).children(recursive=True)
+        if "worker" in " ".join(c.cmdline()) or "_service_worker" in " ".join(c.cmdline())
+    ]
     began = time.time()
     if not workers:
         return {"began": began, "repaired": began, "recovery_s": None, "loop": "-", "note": "no worker process found"}
     workers[0].kill()
-    return {"began": began, "repaired": began, "recovery_s": _wait(lambda: _serving(base), 300), "loop": "-",
-            "note": "recovery: from the kill until 10 predictions in a row succeed"}
+    return {
+        "began": began,
+        "repaired": began,
+        "recovery_s": _wait(lambda: _serving(base), 300),
+        "loop": "-",
+        "note": "recovery: from the kill until 10 predictions in a row succeed",
+    }
 
 
 def fault_disk_full(s: dict[str, Server], base: str, seconds: float, home: Path, load: Load, **_) -> dict:
@@ -316,9 +438,14 @@ def fault_disk_full(s: dict[str, Server], base: str, seconds: float, home: Path,
     _wait(lambda: time.time() - began >= seconds and load.between(began, time.time())["feedback_503"] > 0, 90)
     filler.unlink()
     repaired = time.time()
-    return {"began": began, "repaired": repaired, "recovery_s": _wait(lambda: _feedback_ok(base), 60), "loop": "-",
-            "note": "real full disk (64 MB tmpfs), kept full until the store refused a write (at most 90 s); recovery: "
-            "from freeing space until feedback is stored again"}
+    return {
+        "began": began,
+        "repaired": repaired,
+        "recovery_s": _wait(lambda: _feedback_ok(base), 60),
+        "loop": "-",
+        "note": "real full disk (64 MB tmpfs), kept full until the store refused a write (at most 90 s); recovery: "
+        "from freeing space until feedback is stored again",
+    }
 
 
 def _feedback_ok(base: str) -> bool:
@@ -326,15 +453,28 @@ def _feedback_ok(base: str) -> bool:
     if r.status_code != 200:
         return False
     a = r.json()[0]
-    record = {"request_id": a["request_id"], "user_id": "probe", "model_version": a["model_version"], "kind": "classification",
-              "prompt": "hi", "output": a["output"], "rating": "up", "receipt": a["receipt"]}
-    return httpx.post(f"{base}/v1/feedback", json=record, headers={"Authorization": f"Bearer {TOKEN}"},
-                      timeout=10).status_code in (200, 201)
+    record = {
+        "request_id": a["request_id"],
+        "user_id": "probe",
+        "model_version": a["model_version"],
+        "kind": "classification",
+        "prompt": "hi",
+        "output": a["output"],
+        "rating": "up",
+        "receipt": a["receipt"],
+    }
+    return httpx.post(
+        f"{base}/v1/feedback", json=record, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    ).status_code in (200, 201)
 
 
-FAULTS = {"mlflow server killed": fault_mlflow, "prefect server killed": fault_prefect,
-          "trial worker killed": fault_trial_worker, "service worker killed": fault_service_worker,
-          "feedback disk full": fault_disk_full}
+FAULTS = {
+    "mlflow server killed": fault_mlflow,
+    "prefect server killed": fault_prefect,
+    "trial worker killed": fault_trial_worker,
+    "service worker killed": fault_service_worker,
+    "feedback disk full": fault_disk_full,
+}
 
 
 # --- the run -----------------------------------------------------------------------------------------
@@ -353,8 +493,10 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
     home = Path(tempfile.mkdtemp(prefix="tuneloop-faults-"))
     disk = home / "disk"
     if not _mount_small_disk(disk):
-        raise SystemExit("the fault run needs to mount a 64 MB tmpfs for the feedback database (run it as root, or in a "
-                         "container with CAP_SYS_ADMIN)")
+        raise SystemExit(
+            "the fault run needs to mount a 64 MB tmpfs for the feedback database (run it as root, or in a "
+            "container with CAP_SYS_ADMIN)"
+        )
     ports = {name: free_port() for name in ("mlflow", "prefect", "service")}
     env = _environment(home, disk, ports)
     servers = _servers(home, env, ports)
@@ -369,8 +511,15 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
         load = Load(base)
         load.start()
         time.sleep(seconds)  # a baseline under load
-        results.append({"fault": "none (baseline)", **load.between(time.time() - seconds, time.time()), "recovery_s": None,
-                        "loop": "-", "note": f"{seconds:g} s of load with everything up"})
+        results.append(
+            {
+                "fault": "none (baseline)",
+                **load.between(time.time() - seconds, time.time()),
+                "recovery_s": None,
+                "loop": "-",
+                "note": f"{seconds:g} s of load with everything up",
+            }
+        )
         for name, fault in FAULTS.items():
             if only and not any(o in name for o in only):
                 continue
@@ -379,17 +528,31 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
             settled = min(time.time(), outcome["repaired"] + (outcome["recovery_s"] or 0))  # fault to recovered
             stats = load.between(outcome["began"], settled + 1)
             recovery = outcome["recovery_s"]
-            results.append({"fault": name, **stats, "recovery_s": round(recovery, 1) if recovery is not None else None,
-                            "loop": outcome["loop"], "note": outcome["note"]})
+            results.append(
+                {
+                    "fault": name,
+                    **stats,
+                    "recovery_s": round(recovery, 1) if recovery is not None else None,
+                    "loop": outcome["loop"],
+                    "note": outcome["note"],
+                }
+            )
             print(json.dumps(results[-1]), flush=True)
             time.sleep(2)
         load.finish()
         stored = _stored_ids(disk / "ops.db")
         lost = sorted(load.acked - stored)
-        return {"date": date.today().isoformat(), "machine": describe(), "seconds_per_fault": seconds,
-                "startup_s": startup, "faults": results, "feedback_acknowledged": len(load.acked),
-                "acknowledged_but_lost": len(lost), "lost_examples": lost[:10],
-                "total_s": round(time.monotonic() - started, 1)}
+        return {
+            "date": date.today().isoformat(),
+            "machine": describe(),
+            "seconds_per_fault": seconds,
+            "startup_s": startup,
+            "faults": results,
+            "feedback_acknowledged": len(load.acked),
+            "acknowledged_but_lost": len(lost),
+            "lost_examples": lost[:10],
+            "total_s": round(time.monotonic() - started, 1),
+        }
     finally:
         if load is not None:
             load.finish()
@@ -401,23 +564,26 @@ def run(seconds: float, only: list[str] | None = None) -> dict:
 
 def write_page(result: dict, path: Path) -> None:
     context = f" {result['context']}." if result.get("context") else ""
-    rows = "\n".join(f"| {f['fault']} | {f['requests']} | {f['predict_failed']} | {f['feedback_failed']} | "
-                     f"{f['feedback_503']} | {f['feedback_acked']} | {f['recovery_s'] if f['recovery_s'] is not None else '-'} | "
-                     f"{f['loop']} |" for f in result["faults"])
+    rows = "\n".join(
+        f"| {f['fault']} | {f['requests']} | {f['predict_failed']} | {f['feedback_failed']} | "
+        f"{f['feedback_503']} | {f['feedback_acked']} | {f['recovery_s'] if f['recovery_s'] is not None else '-'} | "
+        f"{f['loop']} |"
+        for f in result["faults"]
+    )
     path.write_text(f"""# Faults under load
 
-Measured {result['date']}, {result['machine']}, with `python -m bench faults --seconds {result['seconds_per_fault']:g}`
-(tiny models; total {result['total_s']:.0f} s).{context} A live local stack: `mlflow server` (SQLite), `prefect server`, the
+Measured {result["date"]}, {result["machine"]}, with `python -m bench faults --seconds {result["seconds_per_fault"]:g}`
+(tiny models; total {result["total_s"]:.0f} s).{context} A live local stack: `mlflow server` (SQLite), `prefect server`, the
 service with two worker processes, the operations database on a 64 MB tmpfs; four clients send /predict (0.1 s
-apart) and feedback on every second answer while each part fails in turn ({result['seconds_per_fault']:g} s per outage).
+apart) and feedback on every second answer while each part fails in turn ({result["seconds_per_fault"]:g} s per outage).
 Raw figures: `bench/results/faults.json`.
 
 | fault | requests in the window | /predict failed | feedback failed (5xx, no answer) | feedback refused 503 (not acknowledged) | feedback acknowledged | recovery s | loop |
 |---|---|---|---|---|---|---|---|
 {rows}
 
-Feedback acknowledged over the whole run: {result['feedback_acknowledged']}; acknowledged but not in the store at
-the end: **{result['acknowledged_but_lost']}**.
+Feedback acknowledged over the whole run: {result["feedback_acknowledged"]}; acknowledged but not in the store at
+the end: **{result["acknowledged_but_lost"]}**.
 
 How to read it: the window runs from the fault to the stack answering as before. A 503 from /v1/feedback is a
 refusal the client retries (nothing was acknowledged); a failed request is one that got no answer or a

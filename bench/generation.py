@@ -36,8 +36,14 @@ MODEL = "tuneloop-generation"
 
 
 def _env(home: Path, system_prompt: str, settings: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, "TUNELOOP_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-            "PREFECT_HOME": str(home / "prefect"), "TUNELOOP_SYSTEM_PROMPT": system_prompt, **settings}
+    return {
+        **os.environ,
+        "TUNELOOP_HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "PREFECT_HOME": str(home / "prefect"),
+        "TUNELOOP_SYSTEM_PROMPT": system_prompt,
+        **settings,
+    }
 
 
 def run_set(name: str, settings: dict[str, str], tiny: bool) -> dict:
@@ -50,22 +56,46 @@ def run_set(name: str, settings: dict[str, str], tiny: bool) -> dict:
     cli = [sys.executable, "-m", "tuneloop.cli.main"]
     log = home / "loop.log"
     with open(log, "w") as out:
-        subprocess.run([*cli, "import", str(data), "--kind", "generation", "--no-check-versions"], env=env, check=True,
-                       cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [*cli, "import", str(data), "--kind", "generation", "--no-check-versions"],
+            env=env,
+            check=True,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         began, cpu = time.perf_counter(), os.times()
-        loop = subprocess.run([*cli, "run", "--kind", "generation", *(["--tiny"] if tiny else [])], env=env, cwd=ROOT,
-                              stdout=out, stderr=subprocess.STDOUT)
+        loop = subprocess.run(
+            [*cli, "run", "--kind", "generation", *(["--tiny"] if tiny else [])],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
         after = os.times()
-    row = {"set": name, "about": built.about, "records": len(built.records), "facts": len(built.domain.facts),
-           "probes": len(built.probes), "home": str(home), "loop_exit": loop.returncode,
-           "loop_minutes": round((time.perf_counter() - began) / 60, 2),
-           "loop_cpu_minutes": round(((after.children_user + after.children_system)
-                                      - (cpu.children_user + cpu.children_system)) / 60, 2)}
+    row = {
+        "set": name,
+        "about": built.about,
+        "records": len(built.records),
+        "facts": len(built.domain.facts),
+        "probes": len(built.probes),
+        "home": str(home),
+        "loop_exit": loop.returncode,
+        "loop_minutes": round((time.perf_counter() - began) / 60, 2),
+        "loop_cpu_minutes": round(
+            ((after.children_user + after.children_system) - (cpu.children_user + cpu.children_system)) / 60, 2
+        ),
+    }
     if loop.returncode != 0:
         row["error"] = log.read_text()[-3000:]
         return row
-    scored = subprocess.run([sys.executable, "-m", "bench.generation", "--score", str(home), str(probes)] +
-                            (["--tiny"] if tiny else []), env=env, cwd=ROOT, capture_output=True, text=True)
+    scored = subprocess.run(
+        [sys.executable, "-m", "bench.generation", "--score", str(home), str(probes)] + (["--tiny"] if tiny else []),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if scored.returncode != 0:
         row["error"] = scored.stderr[-3000:]
         return row
@@ -86,10 +116,14 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
     config = LoopConfig(kind="generation", home=home)
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(config.model_name) or client.search_experiments()[0]
-    loop = client.search_runs([experiment.experiment_id], "tags.`tuneloop.stage` = 'loop'", order_by=["start_time DESC"],
-                              max_results=1)[0]
-    gate = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=loop.info.run_id, artifact_path="evaluate/gate.json"))
-                      .read_text())
+    loop = client.search_runs(
+        [experiment.experiment_id], "tags.`tuneloop.stage` = 'loop'", order_by=["start_time DESC"], max_results=1
+    )[0]
+    gate = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=loop.info.run_id, artifact_path="evaluate/gate.json")
+        ).read_text()
+    )
     checks = {c["name"].split(" (")[0]: c for c in gate["checks"]}
     probes = [json.loads(line) for line in probes_file.read_text().splitlines()]
     prompts = pd.DataFrame({"input": [p["prompt"] for p in probes]})
@@ -107,20 +141,33 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
     regression = checks.get("regression", {})
     tune = client.get_run(loop.data.tags["search_run_id"]) if "search_run_id" in loop.data.tags else None
     return {
-        "probe_facts_base": rate(base), "probe_facts_tuned": rate(tuned),
+        "probe_facts_base": rate(base),
+        "probe_facts_tuned": rate(tuned),
         "heldout_challenger": round(loop.data.metrics.get("eval.challenger.heldout.fact_accuracy", float("nan")), 4),
-        "verdict": gate["verdict"], "registered": registered,
+        "verdict": gate["verdict"],
+        "registered": registered,
         "canary_percent": challenger_percent(config) if registered else 0,
         "forgetting": {k: round(regression[k], 4) for k in ("diff_mean", "diff_low", "diff_high") if k in regression}
         | {"items": regression.get("diff_n_items")},
         "reasons": gate.get("reasons", []),
-        "trials": {"complete": tune.data.metrics.get("tune.n_complete") if tune else None,
-                   "pruned": tune.data.metrics.get("tune.n_pruned") if tune else None},
+        "trials": {
+            "complete": tune.data.metrics.get("tune.n_complete") if tune else None,
+            "pruned": tune.data.metrics.get("tune.n_pruned") if tune else None,
+        },
         "best": {k.removeprefix("best_"): v for k, v in loop.data.params.items() if k.startswith("best_")},
-        "stage_seconds": {k.removeprefix("seconds."): round(v, 1) for k, v in loop.data.metrics.items()
-                          if k.startswith("seconds.")},
-        "answers": [{"prompt": p["prompt"], "reference": p["answer"], "base": b, "tuned": a,
-                     "right": bool(fact_accuracy(a, p["answer"], p["prompt"]))} for p, a, b in zip(probes, tuned, base)],
+        "stage_seconds": {
+            k.removeprefix("seconds."): round(v, 1) for k, v in loop.data.metrics.items() if k.startswith("seconds.")
+        },
+        "answers": [
+            {
+                "prompt": p["prompt"],
+                "reference": p["answer"],
+                "base": b,
+                "tuned": a,
+                "right": bool(fact_accuracy(a, p["answer"], p["prompt"])),
+            }
+            for p, a, b in zip(probes, tuned, base)
+        ],
     }
 
 
@@ -142,22 +189,33 @@ def _base_answers(config, prompts: list[str]) -> list[str]:
 
     info = base_of(config)
     model = load_base(info, "generation").eval()
-    return predict("generation", model, load_tokenizer(info), prompts, [], config.max_new_tokens,
-                   Prompting(config.system_prompt, config.prompt_template))[0]
+    return predict(
+        "generation",
+        model,
+        load_tokenizer(info),
+        prompts,
+        [],
+        config.max_new_tokens,
+        Prompting(config.system_prompt, config.prompt_template),
+    )[0]
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| set | records | probes | facts on unseen phrasings: base -> tuned | forgetting (CI) | verdict | live | minutes |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| set | records | probes | facts on unseen phrasings: base -> tuned | forgetting (CI) | verdict | live | minutes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['set']} | {r['records']} | {r['probes']} | error | | | | {r['loop_minutes']} |")
             continue
         f = r["forgetting"]
         forgetting = f"{f['diff_mean']:+.3f} [{f['diff_low']:+.3f}, {f['diff_high']:+.3f}]" if "diff_mean" in f else "-"
-        lines.append(f"| {r['set']} | {r['records']} | {r['probes']} | {r['probe_facts_base']:.2f} -> "
-                     f"{r['probe_facts_tuned']:.2f} | {forgetting} | {r['verdict']} | {r['canary_percent']} % | "
-                     f"{r['loop_minutes']} |")
+        lines.append(
+            f"| {r['set']} | {r['records']} | {r['probes']} | {r['probe_facts_base']:.2f} -> "
+            f"{r['probe_facts_tuned']:.2f} | {forgetting} | {r['verdict']} | {r['canary_percent']} % | "
+            f"{r['loop_minutes']} |"
+        )
     return "\n".join(lines)
 
 
@@ -175,9 +233,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps(score(args.score[0], args.score[1], args.tiny)))
         return []
     settings = json.loads(args.settings.read_text()) if args.settings else {}
-    result = {"date": time.strftime("%Y-%m-%d"), "settings": settings, "tiny": args.tiny,
-              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                          "load_average_at_start": os.getloadavg()[0]}, "sets": []}
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "settings": settings,
+        "tiny": args.tiny,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "load_average_at_start": os.getloadavg()[0],
+        },
+        "sets": [],
+    }
     out = RESULTS / f"generation{'-' + args.label if args.label else ''}.json"
     RESULTS.mkdir(parents=True, exist_ok=True)
     for name in args.sets:

@@ -66,25 +66,68 @@ RESULTS = ROOT / "bench" / "results"
 # (PARAMS: 134.5M, 1.71B, 8.03B, which the built models reproduce exactly) and, for SmolLM2-135M,
 # against the config of the bundled weights. rms_norm_eps 1e-5, SiLU and 8192 positions for all.
 SHAPES: dict[str, dict] = {
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-                         num_key_value_heads=3, vocab_size=49152, rope_theta=100_000.0, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=2),
-    "smollm2-1.7b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
-                         num_key_value_heads=32, vocab_size=49152, rope_theta=130_000.0, tie_word_embeddings=True,
-                         bos_token_id=1, eos_token_id=2),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=128256, rope_theta=500_000.0, tie_word_embeddings=False,
-                      bos_token_id=128000, eos_token_id=128001),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=4096, rope_theta=100_000.0, tie_word_embeddings=True,
-                 bos_token_id=1, eos_token_id=2),
+    "smollm2-135m": dict(
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        rope_theta=100_000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "smollm2-1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        vocab_size=49152,
+        rope_theta=130_000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "llama3-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=128256,
+        rope_theta=500_000.0,
+        tie_word_embeddings=False,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=4096,
+        rope_theta=100_000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
 }
 PARAMS = {"smollm2-135m": 134_515_008, "smollm2-1.7b": 1_711_376_384, "llama3-8b": 8_030_261_248}
 # the hand-written loop on one H100, torch 2.11, peft 0.21, 2026-11-23 (docs/models-and-hardware.md)
-REFERENCE = {"smollm2-135m": {"step_s": 0.139, "tokens_per_s": 29_600, "matmul_share": 0.02, "peak_gb": 5.6},
-             "smollm2-1.7b": {"step_s": 0.130, "tokens_per_s": 31_400, "matmul_share": 0.27, "peak_gb": 16.1,
-                              "compiled_step_s": 0.081},
-             "llama3-8b": {"step_s": 0.356, "tokens_per_s": 11_500, "matmul_share": 0.47, "peak_gb": 46.1}}
+REFERENCE = {
+    "smollm2-135m": {"step_s": 0.139, "tokens_per_s": 29_600, "matmul_share": 0.02, "peak_gb": 5.6},
+    "smollm2-1.7b": {
+        "step_s": 0.130,
+        "tokens_per_s": 31_400,
+        "matmul_share": 0.27,
+        "peak_gb": 16.1,
+        "compiled_step_s": 0.081,
+    },
+    "llama3-8b": {"step_s": 0.356, "tokens_per_s": 11_500, "matmul_share": 0.47, "peak_gb": 46.1},
+}
 DEFAULT_SHAPES = ["smollm2-1.7b", "llama3-8b"]
 QLORA_SHAPES = ["llama3-8b"]
 
@@ -92,11 +135,20 @@ QLORA_SHAPES = ["llama3-8b"]
 def model_config(name: str):
     from transformers import LlamaConfig
 
-    return LlamaConfig(**SHAPES[name], max_position_embeddings=8192, rms_norm_eps=1e-5, hidden_act="silu",
-                       initializer_range=0.02, attention_bias=False, mlp_bias=False, use_cache=False)
+    return LlamaConfig(
+        **SHAPES[name],
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        initializer_range=0.02,
+        attention_bias=False,
+        mlp_bias=False,
+        use_cache=False,
+    )
 
 
 # -- measuring -----------------------------------------------------------------------------------------
+
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -137,8 +189,15 @@ def random_examples(vocab: int, n: int, seq: int) -> list[dict]:
     return [{"input_ids": row, "labels": row} for row in ids.tolist()]
 
 
-def project_loop(model, encoded: list[dict], batch: int, warmup: int, steps: int, device: torch.device,
-                 first_step: list | None = None) -> float:
+def project_loop(
+    model,
+    encoded: list[dict],
+    batch: int,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    first_step: list | None = None,
+) -> float:
     """Seconds per step of ``tuneloop.modeling.training.train`` over the steps after ``warmup`` (its own
     optimizer, schedule, clipping, per-step collation and loss read-out included)."""
     from tuneloop.modeling.training import train
@@ -151,8 +210,9 @@ def project_loop(model, encoded: list[dict], batch: int, warmup: int, steps: int
             stamps[step] = time.perf_counter()
 
     began = time.perf_counter()
-    result = train(model, encoded, pad_id=0, lr=1e-4, epochs=1, batch_size=batch, seed=0, max_steps=warmup + steps,
-                   on_step=on_step)
+    result = train(
+        model, encoded, pad_id=0, lr=1e-4, epochs=1, batch_size=batch, seed=0, max_steps=warmup + steps, on_step=on_step
+    )
     assert result.steps_run == warmup + steps, result.steps_run
     if first_step is not None:
         first_step.append(stamps[1] - began)
@@ -179,11 +239,15 @@ def hand_loop(model, batches: list[dict], warmup: int, device: torch.device, dty
 
 
 def _figures(step_s: float, tokens: int, params: int, rate: float) -> dict:
-    return {"step_s": round(step_s, 4), "tokens_per_s": round(tokens / step_s),
-            "matmul_share": round(4 * params * tokens / step_s / rate, 3)}
+    return {
+        "step_s": round(step_s, 4),
+        "tokens_per_s": round(tokens / step_s),
+        "matmul_share": round(4 * params * tokens / step_s / rate, 3),
+    }
 
 
 # -- one shape -----------------------------------------------------------------------------------------
+
 
 def build_base(name: str, device: torch.device, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
@@ -213,11 +277,17 @@ def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype, rate:
     encoded = random_examples(SHAPES[name]["vocab_size"], batch * (args.warmup + args.steps), seq)
     lengths = [len(e["input_ids"]) for e in encoded]
     batches = [collate([encoded[i] for i in rows], 0, device) for rows in epoch_batches(lengths, batch, 0, 0)]
-    row: dict = {"params": params, "params_published": PARAMS.get(name), "build_s": round(built_s, 1),
-                 "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                 "lora": {"rank": args.rank, "alpha": 2 * args.rank, "targets": targets},
-                 "batch": batch, "seq_len": seq, "dtype": str(dtype).removeprefix("torch."),
-                 "reference_hand_loop_h100": REFERENCE.get(name) if device.type == "cuda" and (batch, seq) == (8, 512) else None}
+    row: dict = {
+        "params": params,
+        "params_published": PARAMS.get(name),
+        "build_s": round(built_s, 1),
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "lora": {"rank": args.rank, "alpha": 2 * args.rank, "targets": targets},
+        "batch": batch,
+        "seq_len": seq,
+        "dtype": str(dtype).removeprefix("torch."),
+        "reference_hand_loop_h100": REFERENCE.get(name) if device.type == "cuda" and (batch, seq) == (8, 512) else None,
+    }
     tokens = batch * seq
     project, hand, project_peak, hand_peak = [], [], [], []
     for _ in range(args.rounds):  # alternating, so a drift in clocks or a neighbour hits both alike
@@ -227,13 +297,23 @@ def bench_shape(name: str, args, device: torch.device, dtype: torch.dtype, rate:
         _reset_peak(device)
         hand.append(hand_loop(model, batches, args.warmup, device, dtype))
         hand_peak.append(_peak_gb(device))
-        print(json.dumps({"shape": name, "round_project_step_s": round(project[-1], 4),
-                          "round_hand_step_s": round(hand[-1], 4)}), flush=True)
+        print(
+            json.dumps(
+                {"shape": name, "round_project_step_s": round(project[-1], 4), "round_hand_step_s": round(hand[-1], 4)}
+            ),
+            flush=True,
+        )
     p, h = min(project), min(hand)  # best round of each: the least disturbed
-    row["project"] = {**_figures(p, tokens, params, rate), "rounds_step_s": [round(x, 4) for x in project],
-                      "peak_gpu_gb": max(project_peak) if device.type == "cuda" else None}
-    row["hand_written"] = {**_figures(h, tokens, params, rate), "rounds_step_s": [round(x, 4) for x in hand],
-                           "peak_gpu_gb": max(hand_peak) if device.type == "cuda" else None}
+    row["project"] = {
+        **_figures(p, tokens, params, rate),
+        "rounds_step_s": [round(x, 4) for x in project],
+        "peak_gpu_gb": max(project_peak) if device.type == "cuda" else None,
+    }
+    row["hand_written"] = {
+        **_figures(h, tokens, params, rate),
+        "rounds_step_s": [round(x, 4) for x in hand],
+        "peak_gpu_gb": max(hand_peak) if device.type == "cuda" else None,
+    }
     row["speed_ratio"] = round(h / p, 3)
     if args.compile:
         row["compiled"] = compiled_row(model, encoded, args, device, tokens, params, rate, p)
@@ -249,12 +329,17 @@ def compiled_row(model, encoded, args, device, tokens: int, params: int, rate: f
     _reset_peak(device)
     first: list[float] = []
     step_s = project_loop(compiled, encoded, args.batch, args.warmup, args.steps, device, first_step=first)
-    return {"first_step_s": round(first[0], 1), **_figures(step_s, tokens, params, rate),
-            "speedup_over_eager_project": round(eager_s / step_s, 3), "peak_gpu_gb": _peak_gb(device),
-            "pays_after_steps": round(first[0] / max(1e-9, eager_s - step_s)) if eager_s > step_s else None}
+    return {
+        "first_step_s": round(first[0], 1),
+        **_figures(step_s, tokens, params, rate),
+        "speedup_over_eager_project": round(eager_s / step_s, 3),
+        "peak_gpu_gb": _peak_gb(device),
+        "pays_after_steps": round(first[0] / max(1e-9, eager_s - step_s)) if eager_s > step_s else None,
+    }
 
 
 # -- QLoRA ---------------------------------------------------------------------------------------------
+
 
 def save_base(base, folder: Path) -> None:
     """The random base as a model folder ``load_base`` can read: weights, config and a stand-in tokenizer."""
@@ -265,7 +350,9 @@ def save_base(base, folder: Path) -> None:
     base.save_pretrained(folder)
     word = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))
     word.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=word, unk_token="<unk>", eos_token="</s>", pad_token="</s>").save_pretrained(folder)
+    PreTrainedTokenizerFast(
+        tokenizer_object=word, unk_token="<unk>", eos_token="</s>", pad_token="</s>"
+    ).save_pretrained(folder)
 
 
 def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder: Path | None) -> dict:
@@ -287,13 +374,17 @@ def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder:
         return {"skipped": str(err)}
     from peft import prepare_model_for_kbit_training
 
-    info = BaseModelInfo(spec=str(folder), name=f"random {name}", path=str(folder), revision="random", sha256=f"random-{name}")
+    info = BaseModelInfo(
+        spec=str(folder), name=f"random {name}", path=str(folder), revision="random", sha256=f"random-{name}"
+    )
     _reset_peak(device)
     began = time.perf_counter()
     base = load_base(info, "generation", device=device, dtype=dtype, quantization="4bit")
-    row: dict = {"load_s": round(time.perf_counter() - began, 1),
-                 "weights_gpu_gb": round(torch.cuda.memory_allocated(device) / 2**30, 2),
-                 "quantization": "4bit nf4, double quantization, compute bf16 (tuneloop.modeling.models.quantization_config)"}
+    row: dict = {
+        "load_s": round(time.perf_counter() - began, 1),
+        "weights_gpu_gb": round(torch.cuda.memory_allocated(device) / 2**30, 2),
+        "quantization": "4bit nf4, double quantization, compute bf16 (tuneloop.modeling.models.quantization_config)",
+    }
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)  # as flows/trial.py build_model
     model = add_adapter(base, "generation", args.rank, seed=0, targets=lora_targets(base, "attention"))
     row["train_autocast_dtype"] = str(compute_dtype(model)).removeprefix("torch.")  # what train() runs under
@@ -306,7 +397,10 @@ def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder:
         _reset_peak(device)
         step_s = project_loop(model, encoded, args.batch, args.warmup, args.steps, device)
         row["gradient_checkpointing" if checkpointing else "no_checkpointing"] = {
-            "step_s": round(step_s, 4), "tokens_per_s": round(tokens / step_s), "peak_gpu_gb": _peak_gb(device)}
+            "step_s": round(step_s, 4),
+            "tokens_per_s": round(tokens / step_s),
+            "peak_gpu_gb": _peak_gb(device),
+        }
         print(json.dumps({"shape": name, "qlora_checkpointing": checkpointing, **row}), flush=True)
     del model, base
     _reset_peak(device)
@@ -315,11 +409,19 @@ def qlora_row(name: str, args, device: torch.device, dtype: torch.dtype, folder:
 
 # -- main ----------------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench train --device cuda", description=" ".join(__doc__.split("\n\n")[0].split()))
+    parser = argparse.ArgumentParser(
+        prog="python -m bench train --device cuda", description=" ".join(__doc__.split("\n\n")[0].split())
+    )
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
-    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES), default=None,
-                        help=f"model shapes (default on cuda: {' '.join(DEFAULT_SHAPES)}; on cpu: tiny)")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=sorted(SHAPES),
+        default=None,
+        help=f"model shapes (default on cuda: {' '.join(DEFAULT_SHAPES)}; on cpu: tiny)",
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default 512; tiny: 64)")
     parser.add_argument("--rank", type=int, default=16)
@@ -328,16 +430,27 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of project and hand loop")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the model and time train() on it")
     parser.add_argument("--no-qlora", action="store_true", help="skip the QLoRA row(s)")
-    parser.add_argument("--qlora-shapes", nargs="*", default=QLORA_SHAPES, choices=sorted(SHAPES),
-                        help=f"shapes that get a QLoRA row (default {' '.join(QLORA_SHAPES)}; on cpu it records the refusal)")
-    parser.add_argument("--scratch", type=Path, default=None, help="where QLoRA's random base is saved (default: a temp dir)")
-    parser.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # python -m bench passes it on; no effect
+    parser.add_argument(
+        "--qlora-shapes",
+        nargs="*",
+        default=QLORA_SHAPES,
+        choices=sorted(SHAPES),
+        help=f"shapes that get a QLoRA row (default {' '.join(QLORA_SHAPES)}; on cpu it records the refusal)",
+    )
+    parser.add_argument(
+        "--scratch", type=Path, default=None, help="where QLoRA's random base is saved (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=argparse.SUPPRESS
+    )  # python -m bench passes it on; no effect
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit(f"bench train --device cuda: CUDA is not available here (torch {torch.__version__}, "
-                 "torch.cuda.is_available() is False). Run it on a GPU machine (the command is in bench/gpu.py's "
-                 "docstring), or run the same code path on a tiny shape on the CPU: --device cpu --shapes tiny")
+        sys.exit(
+            f"bench train --device cuda: CUDA is not available here (torch {torch.__version__}, "
+            "torch.cuda.is_available() is False). Run it on a GPU machine (the command is in bench/gpu.py's "
+            "docstring), or run the same code path on a tiny shape on the CPU: --device cpu --shapes tiny"
+        )
     from tuneloop.modeling.models import resolve_device, resolve_dtype
 
     device = resolve_device(args.device)
@@ -350,9 +463,13 @@ def main(argv: list[str] | None = None) -> dict:
     import peft
     import transformers
 
-    machine = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
-               "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-               "dtype": str(dtype).removeprefix("torch.")}
+    machine = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+    }
     n = 8192 if device.type == "cuda" else 1024
     rate = matmul_rate(device, dtype, n)
     machine[f"matmul_{machine['dtype']}_tflops"] = round(rate / 1e12, 2 if device.type == "cuda" else 4)
@@ -369,8 +486,12 @@ def main(argv: list[str] | None = None) -> dict:
             folder = scratch_root / name if name in qlora and device.type == "cuda" else None
             row = bench_shape(name, args, device, dtype, rate, folder)
             results["shapes"][name] = {**row, "machine": machine}
-            print(json.dumps({"shape": name, **{k: row[k] for k in ("params", "speed_ratio", "project", "hand_written")}}),
-                  flush=True)
+            print(
+                json.dumps(
+                    {"shape": name, **{k: row[k] for k in ("params", "speed_ratio", "project", "hand_written")}}
+                ),
+                flush=True,
+            )
             _write(out, results)
             if name in qlora:
                 results["qlora"][name] = {**qlora_row(name, args, device, dtype, folder), "machine": machine}

@@ -32,16 +32,59 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TOKEN = "bench-token"
 
-PRODUCTS = ["Nimbus thermostat", "Nimbus Pro", "Lumo doorbell", "Orbit camera", "smart plug", "hub", "Aura bulb",
-            "Vista sensor", "Halo speaker", "Terra lock", "Breeze fan", "Pulse meter", "Echo chime", "Flow valve"]
-QUESTIONS = ["what is the warranty on the {}", "how do I reset the {}", "why does my {} keep going offline",
-             "where is my {} order", "can I return the {}", "how much does the {} cost", "pair the {} with the app",
-             "the {} will not connect to wifi", "I was charged twice for the {}", "cancel the plan for my {}",
-             "what battery does the {} use", "is the {} waterproof", "how long does the {} take to ship"]
-DETAILS = ["in the kitchen", "after the update", "since yesterday", "at my office", "for my parents", "in the garage",
-           "every morning", "on the second floor", "with the new router", "during the night", "", "", ""]
-ANSWERS = ["The {} has a 37-month warranty.", "Hold the {} button for 12 seconds.", "Move the {} closer to the hub.",
-           "Your {} ships within 2 business days.", "Yes, the {} can be returned within 45 days."]
+PRODUCTS = [
+    "Nimbus thermostat",
+    "Nimbus Pro",
+    "Lumo doorbell",
+    "Orbit camera",
+    "smart plug",
+    "hub",
+    "Aura bulb",
+    "Vista sensor",
+    "Halo speaker",
+    "Terra lock",
+    "Breeze fan",
+    "Pulse meter",
+    "Echo chime",
+    "Flow valve",
+]
+QUESTIONS = [
+    "what is the warranty on the {}",
+    "how do I reset the {}",
+    "why does my {} keep going offline",
+    "where is my {} order",
+    "can I return the {}",
+    "how much does the {} cost",
+    "pair the {} with the app",
+    "the {} will not connect to wifi",
+    "I was charged twice for the {}",
+    "cancel the plan for my {}",
+    "what battery does the {} use",
+    "is the {} waterproof",
+    "how long does the {} take to ship",
+]
+DETAILS = [
+    "in the kitchen",
+    "after the update",
+    "since yesterday",
+    "at my office",
+    "for my parents",
+    "in the garage",
+    "every morning",
+    "on the second floor",
+    "with the new router",
+    "during the night",
+    "",
+    "",
+    "",
+]
+ANSWERS = [
+    "The {} has a 37-month warranty.",
+    "Hold the {} button for 12 seconds.",
+    "Move the {} closer to the hub.",
+    "Your {} ships within 2 business days.",
+    "Yes, the {} can be returned within 45 days.",
+]
 
 
 def generate_feedback(n: int, seed: int = 0) -> list[dict]:
@@ -65,9 +108,17 @@ def generate_feedback(n: int, seed: int = 0) -> list[dict]:
             if rng.random() < 0.03:
                 prompt += f" my email is user{rng.randrange(10**5)}@example.com"
             prompts.append(prompt)
-        record = {"request_id": f"gen-{seed}-{i}", "user_id": f"user-{rng.randrange(5000)}", "model_version": "base",
-                  "kind": "generation", "prompt": prompt, "output": "I am not sure.", "rating": "down",
-                  "correction": rng.choice(ANSWERS).format(rng.choice(PRODUCTS)), "segment": rng.choice(["web", "mobile"])}
+        record = {
+            "request_id": f"gen-{seed}-{i}",
+            "user_id": f"user-{rng.randrange(5000)}",
+            "model_version": "base",
+            "kind": "generation",
+            "prompt": prompt,
+            "output": "I am not sure.",
+            "rating": "down",
+            "correction": rng.choice(ANSWERS).format(rng.choice(PRODUCTS)),
+            "segment": rng.choice(["web", "mobile"]),
+        }
         kind = rng.random()
         if kind < 0.10:
             del record["correction"]  # bare thumbs-down
@@ -86,9 +137,13 @@ def _insert_raw(store, records: list[dict]) -> None:
     now = datetime.now(UTC)
     with store.engine.begin() as conn:
         for start in range(0, len(records), 5000):
-            conn.execute(FeedbackRow.__table__.insert(), [
-                {"request_id": r["request_id"], "kind": r["kind"], "received_at": now, "payload": json.dumps(r)}
-                for r in records[start:start + 5000]])
+            conn.execute(
+                FeedbackRow.__table__.insert(),
+                [
+                    {"request_id": r["request_id"], "kind": r["kind"], "received_at": now, "payload": json.dumps(r)}
+                    for r in records[start : start + 5000]
+                ],
+            )
 
 
 def curation_times(sizes: list[int]) -> dict:
@@ -106,8 +161,13 @@ def curation_times(sizes: list[int]) -> dict:
         began = time.perf_counter()
         data = build_dataset(store, config)
         seconds = time.perf_counter() - began
-        out[str(n)] = {"seconds": round(seconds, 2), "records_per_s": round(n / seconds), "train": len(data.train),
-                       "heldout": len(data.heldout), "counts": data.counts}
+        out[str(n)] = {
+            "seconds": round(seconds, 2),
+            "records_per_s": round(n / seconds),
+            "train": len(data.train),
+            "heldout": len(data.heldout),
+            "counts": data.counts,
+        }
         print(f"curation of {n} records: {seconds:.1f} s ({n / seconds:.0f} records/s)", flush=True)
     if len(sizes) >= 2:
         small, large = str(min(sizes)), str(max(sizes))
@@ -149,10 +209,18 @@ async def _clients(url: str, records: list[dict], clients: int) -> dict:
         wall = time.perf_counter() - began
     ordered = sorted(latencies)
     pct = lambda p: ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000  # noqa: E731
-    return {"requests": len(latencies), "clients": clients, "seconds": round(wall, 2),
-            "records_per_s": round(len(latencies) / wall, 1), "p50_ms": round(pct(0.50), 1), "p95_ms": round(pct(0.95), 1),
-            "p99_ms": round(pct(0.99), 1), "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
-            "statuses": {str(k): v for k, v in sorted(statuses.items())}, "acknowledged": acknowledged}
+    return {
+        "requests": len(latencies),
+        "clients": clients,
+        "seconds": round(wall, 2),
+        "records_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(pct(0.50), 1),
+        "p95_ms": round(pct(0.95), 1),
+        "p99_ms": round(pct(0.99), 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "acknowledged": acknowledged,
+    }
 
 
 def client_main(url: str, n: int, clients: int, out: Path) -> None:
@@ -172,8 +240,11 @@ def _valid(records: list[dict]) -> list[dict]:
     from tuneloop.access.receipts import ENV, sign
 
     key = os.environ[ENV].encode()
-    return [{**r, "receipt": sign(key, r["request_id"], r["model_version"], r["user_id"], r.get("kind", "generation"))}
-            for r in records if r["rating"] in ("up", "down")]
+    return [
+        {**r, "receipt": sign(key, r["request_id"], r["model_version"], r["user_id"], r.get("kind", "generation"))}
+        for r in records
+        if r["rating"] in ("up", "down")
+    ]
 
 
 def ingest(n: int, clients: int) -> dict:
@@ -185,19 +256,46 @@ def ingest(n: int, clients: int) -> dict:
     home = Path(tempfile.mkdtemp(prefix="tuneloop-bench-ingest-"))
     key = secrets.token_hex(32)  # the receipt key, shared with the client process through the environment
     # intake throughput is measured with the per-user rate limit lifted: generated records reuse few user ids
-    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN,
-                          TUNELOOP_LIMITS__FEEDBACK_PER_USER="100000000", **{ENV: key}) as url:
+    with tuneloop_service(
+        home,
+        "generation",
+        ready_path="/livez",
+        TUNELOOP_TINY="true",
+        TUNELOOP_API_TOKEN=TOKEN,
+        TUNELOOP_LIMITS__FEEDBACK_PER_USER="100000000",
+        **{ENV: key},
+    ) as url:
         out = home / "client.json"
-        subprocess.run([sys.executable, "-m", "bench.ingest", "--client", url, "--records", str(n), "--clients", str(clients),
-                        "--client-out", str(out)], cwd=ROOT, check=True, timeout=540, env={**os.environ, ENV: key})
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.ingest",
+                "--client",
+                url,
+                "--records",
+                str(n),
+                "--clients",
+                str(clients),
+                "--client-out",
+                str(out),
+            ],
+            cwd=ROOT,
+            check=True,
+            timeout=540,
+            env={**os.environ, ENV: key},
+        )
         result = json.loads(out.read_text())
     acknowledged = set(result.pop("acknowledged"))
     store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
     missing = [rid for rid in acknowledged if store.get(rid) is None] if len(acknowledged) <= 20_000 else []
     result.update(store="sqlite (WAL, synchronous=FULL)", stored_acknowledged_missing=len(missing))
-    print(f"ingest: {result['records_per_s']} records/s, p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms "
-          f"with {clients} clients; {len(missing)} acknowledged records missing; "
-          f"baseline GET /livez {result['baseline_livez']['records_per_s']} requests/s", flush=True)
+    print(
+        f"ingest: {result['records_per_s']} records/s, p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms "
+        f"with {clients} clients; {len(missing)} acknowledged records missing; "
+        f"baseline GET /livez {result['baseline_livez']['records_per_s']} requests/s",
+        flush=True,
+    )
     return result
 
 
@@ -217,8 +315,11 @@ def main(argv: list[str] | None = None) -> None:
 
     apply_environment(Path(tempfile.mkdtemp(prefix="tuneloop-bench-")))
     began = time.perf_counter()
-    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-               "ingest": ingest(args.records, args.clients), "curation": curation_times(args.sizes)}
+    results = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "ingest": ingest(args.records, args.clients),
+        "curation": curation_times(args.sizes),
+    }
     results["seconds_total"] = round(time.perf_counter() - began, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))

@@ -13,8 +13,14 @@ import time
 
 import httpx
 
-TEXTS = ["where is my Orbit camera", "I was charged twice for my hub", "cancel the plan for my smart plug",
-         "my Lumo doorbell keeps going offline", "how do I install the Nimbus thermostat", "return label for Nimbus Pro"]
+TEXTS = [
+    "where is my Orbit camera",
+    "I was charged twice for my hub",
+    "cancel the plan for my smart plug",
+    "my Lumo doorbell keeps going offline",
+    "how do I install the Nimbus thermostat",
+    "return label for Nimbus Pro",
+]
 
 
 def payload(style: str, worker: int, n: int) -> dict:
@@ -53,8 +59,13 @@ def run(url: str, clients: int, seconds: float, style: str) -> dict:
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - began
-    return {"clients": clients, "seconds": elapsed, "requests": len(records),
-            "failed": sum(not ok for _, _, ok, _ in records), "records": records}
+    return {
+        "clients": clients,
+        "seconds": elapsed,
+        "requests": len(records),
+        "failed": sum(not ok for _, _, ok, _ in records),
+        "records": records,
+    }
 
 
 def main() -> None:

@@ -28,5 +28,8 @@ def describe() -> str:
 
 def stamp() -> dict:
     """The date, the machine and its one-minute load average when called."""
-    return {"date": datetime.date.today().isoformat(), "machine": describe(),
-            "load_average": round(os.getloadavg()[0], 2)}
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": describe(),
+        "load_average": round(os.getloadavg()[0], 2),
+    }

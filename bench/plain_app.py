@@ -53,15 +53,17 @@ def build_app(adapter_dir: str, kind: str, max_new_tokens: int, device: str = "c
             result = model_pipeline(query.text)[0]
             return {"output": result["label"], "confidence": result["score"]}
         prompt = meta.prompting.render(tokenizer, query.text)
-        result = model_pipeline(prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False,
-                                add_special_tokens=False)[0]
+        result = model_pipeline(
+            prompt, max_new_tokens=max_new_tokens, do_sample=False, return_full_text=False, add_special_tokens=False
+        )[0]
         return {"output": result["generated_text"].strip()}
 
     return app
 
 
-def reference(adapter_dir: str, device: str, precision: str, max_new_tokens: int, batches: list[int],
-              repeats: int = 3) -> dict:
+def reference(
+    adapter_dir: str, device: str, precision: str, max_new_tokens: int, batches: list[int], repeats: int = 3
+) -> dict:
     """Seconds and requests/s of plain greedy ``generate`` per batch size, on the load's prompts."""
     from bench.loadgen import TEXTS
 
@@ -71,22 +73,28 @@ def reference(adapter_dir: str, device: str, precision: str, max_new_tokens: int
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
     out = {}
     for size in batches:
-        batch = tokenizer((prompts * (size // len(prompts) + 1))[:size], return_tensors="pt", padding=True,
-                          add_special_tokens=False).to(model.device)
+        batch = tokenizer(
+            (prompts * (size // len(prompts) + 1))[:size], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(model.device)
 
         def once(batch=batch) -> float:
             began = time.perf_counter()
             with torch.inference_mode():
-                generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                           pad_token_id=tokenizer.pad_token_id)
+                generated = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
             sync()
             once.new_tokens = generated.shape[1] - batch["input_ids"].shape[1]
             return time.perf_counter() - began
 
         once()  # warm-up
         seconds = statistics.median(once() for _ in range(repeats))
-        out[str(size)] = {"seconds": round(seconds, 3), "requests_per_s": round(size / seconds, 2),
-                          "prompt_tokens": batch["input_ids"].shape[1], "new_tokens": once.new_tokens}
+        out[str(size)] = {
+            "seconds": round(seconds, 3),
+            "requests_per_s": round(size / seconds, 2),
+            "prompt_tokens": batch["input_ids"].shape[1],
+            "new_tokens": once.new_tokens,
+        }
         print(json.dumps({"batch": size, **out[str(size)]}), flush=True)
     return {**out, "device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
 
@@ -99,7 +107,9 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (as TUNELOOP_DEVICE)")
     parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (as TUNELOOP_PRECISION)")
-    parser.add_argument("--reference", type=int, nargs="+", help="time plain generate at these batch sizes instead of serving")
+    parser.add_argument(
+        "--reference", type=int, nargs="+", help="time plain generate at these batch sizes instead of serving"
+    )
     parser.add_argument("--reference-out", type=Path)
     args = parser.parse_args()
     if args.reference:
@@ -109,5 +119,9 @@ if __name__ == "__main__":
     else:
         import uvicorn
 
-        uvicorn.run(build_app(args.adapter_dir, args.kind, args.max_new_tokens, args.device, args.precision),
-                    host="127.0.0.1", port=args.port, log_level="warning")
+        uvicorn.run(
+            build_app(args.adapter_dir, args.kind, args.max_new_tokens, args.device, args.precision),
+            host="127.0.0.1",
+            port=args.port,
+            log_level="warning",
+        )

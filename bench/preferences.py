@@ -62,13 +62,21 @@ def sample(model, tokenizer, prompting, prompts: list[str], seed: int, batch: in
     tokenizer.padding_side = "left"
     out: list[str] = []
     for start in range(0, len(prompts), batch):
-        texts = [prompting.render(tokenizer, p) for p in prompts[start:start + batch]]
+        texts = [prompting.render(tokenizer, p) for p in prompts[start : start + batch]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         torch.manual_seed(seed * 100_003 + start)
         with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=MAX_NEW, do_sample=True, temperature=1.0, top_p=0.95,
-                                 pad_token_id=tokenizer.pad_token_id)
-        out += [t.strip() for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+            ids = model.generate(
+                **enc,
+                max_new_tokens=MAX_NEW,
+                do_sample=True,
+                temperature=1.0,
+                top_p=0.95,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        out += [
+            t.strip() for t in tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        ]
     return out
 
 
@@ -91,8 +99,12 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench preferences")
     parser.add_argument("--quick", action="store_true", help="fewer prompts and steps")
     parser.add_argument("--tiny", action="store_true", help="tiny random model (a smoke test of the script)")
-    parser.add_argument("--weight", type=float, default=TuneConfig().preference_weight,
-                        help="weight of the KTO and DPO terms beside the supervised loss (tune.preference_weight)")
+    parser.add_argument(
+        "--weight",
+        type=float,
+        default=TuneConfig().preference_weight,
+        help="weight of the KTO and DPO terms beside the supervised loss (tune.preference_weight)",
+    )
     parser.add_argument("--beta", type=float, default=BETA, help="KTO's and DPO's beta")
     parser.add_argument("--out", default=None, help="result file name in bench/results (default preferences)")
     args = parser.parse_args(argv)
@@ -107,8 +119,12 @@ def main(argv: list[str]) -> None:
     sampled_s = time.perf_counter() - began
     train_prompts = [p for p in prompts if not held_out(p)]
     test_prompts = [p for p in prompts if held_out(p)]
-    thumbs = [Unpaired(prompt=p, answer=a[i], liked=follows(a[i]), key=p, source_ids=[0])
-              for a in answers for i, p in enumerate(prompts) if not held_out(p) and a[i]]
+    thumbs = [
+        Unpaired(prompt=p, answer=a[i], liked=follows(a[i]), key=p, source_ids=[0])
+        for a in answers
+        for i, p in enumerate(prompts)
+        if not held_out(p) and a[i]
+    ]
     liked = [(t.prompt, t.answer) for t in thumbs if t.liked]
     corrections = []
     for i, p in enumerate(prompts):
@@ -118,25 +134,51 @@ def main(argv: list[str]) -> None:
     regression = general_knowledge_suite()[:n_regression]
 
     def tuned(supervised: list[tuple[str, str]], term=None):
-        model = add_adapter(load_base(info, "generation"), "generation", 16, 0, targets=lora_targets(base, "mlp"),
-                            layers=top_layers(base, 0.5))
+        model = add_adapter(
+            load_base(info, "generation"),
+            "generation",
+            16,
+            0,
+            targets=lora_targets(base, "mlp"),
+            layers=top_layers(base, 0.5),
+        )
         rows = encode("generation", tokenizer, supervised, [], 96, prompting)
         epochs = max(1, math.ceil(steps * 8 / max(1, len(rows))))
         t0 = time.perf_counter()
-        train(model, rows, tokenizer.pad_token_id, lr=1e-3, epochs=epochs, batch_size=8, seed=0, max_steps=steps,
-              extra_loss=term)
+        train(
+            model,
+            rows,
+            tokenizer.pad_token_id,
+            lr=1e-3,
+            epochs=epochs,
+            batch_size=8,
+            seed=0,
+            max_steps=steps,
+            extra_loss=term,
+        )
         return model, time.perf_counter() - t0
 
     def judge(model) -> dict:
         out, _ = predict("generation", model, tokenizer, test_prompts, [], MAX_NEW, prompting)
         reg, _ = predict("generation", model, tokenizer, [r.input for r in regression], [], 16, prompting)
         scores = judge_all("generation", regression, reg)[0]
-        return {"rule": rate([follows(a) for a in out]), "regression": rate([s >= 0.5 for s in scores]),
-                "mean_words": round(sum(len(a.split()) for a in out) / max(1, len(out)), 1)}
+        return {
+            "rule": rate([follows(a) for a in out]),
+            "regression": rate([s >= 0.5 for s in scores]),
+            "mean_words": round(sum(len(a.split()) for a in out) / max(1, len(out)), 1),
+        }
 
     def term(objective: str, rows):
-        return PreferenceTerm(objective, rows, beta=args.beta, weight=args.weight, batch_size=4, seed=0,
-                              pad_id=tokenizer.pad_token_id, max_length=96)
+        return PreferenceTerm(
+            objective,
+            rows,
+            beta=args.beta,
+            weight=args.weight,
+            batch_size=4,
+            seed=0,
+            pad_id=tokenizer.pad_token_id,
+            max_length=96,
+        )
 
     results = {"base": judge(base)}
     if not liked:  # (a tiny random model never follows the rule) nothing to tune on: report the base alone
@@ -147,8 +189,11 @@ def main(argv: list[str]) -> None:
     del sft
     kto_term = term("kto", unpaired_rows(tokenizer, thumbs, 96, prompting))
     kto, kto_s = tuned(liked, kto_term)
-    results["kto"] = {**judge(kto), "train_seconds": round(kto_s),
-                      "kto_loss_first_last": [round(kto_term.history[0], 4), round(kto_term.history[-1], 4)]}
+    results["kto"] = {
+        **judge(kto),
+        "train_seconds": round(kto_s),
+        "kto_loss_first_last": [round(kto_term.history[0], 4), round(kto_term.history[-1], 4)],
+    }
     del kto
 
     def still_rejected(model) -> dict:
@@ -167,12 +212,27 @@ def main(argv: list[str]) -> None:
         model, seconds = tuned(fixes, term("dpo", pair_rows(tokenizer, corrections, 96, prompting)))
         pref["dpo"] = {**still_rejected(model), "train_seconds": round(seconds)}
     report = {
-        **stamp(), "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(), "base": info.id, "tiny": args.tiny, "quick": args.quick,
-        "rule": f"answer of at most {RULE_WORDS} words", "beta": args.beta, "weight": args.weight, "steps": steps, "lr": 1e-3, "rank": 16,
-        "prompts": len(prompts), "train_prompts": len(train_prompts), "heldout_prompts": len(test_prompts),
-        "thumbs": len(thumbs), "liked": len(liked), "corrections": len(corrections),
-        "sampling_seconds": round(sampled_s), "thumbs_alone": results, "corrections_rejected_answer": pref,
+        **stamp(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "base": info.id,
+        "tiny": args.tiny,
+        "quick": args.quick,
+        "rule": f"answer of at most {RULE_WORDS} words",
+        "beta": args.beta,
+        "weight": args.weight,
+        "steps": steps,
+        "lr": 1e-3,
+        "rank": 16,
+        "prompts": len(prompts),
+        "train_prompts": len(train_prompts),
+        "heldout_prompts": len(test_prompts),
+        "thumbs": len(thumbs),
+        "liked": len(liked),
+        "corrections": len(corrections),
+        "sampling_seconds": round(sampled_s),
+        "thumbs_alone": results,
+        "corrections_rejected_answer": pref,
         "seconds": round(time.perf_counter() - began),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -43,8 +43,11 @@ def main(argv: list[str]) -> None:
     tokenizer = load_tokenizer(info)
     base = load_base(info, "generation")
     model = training.add_adapter(base, "generation", 8, 0, targets=lora_targets(base, "mlp"))
-    pairs = [(r["prompt"], r.get("correction") or r["output"]) for r in sample_feedback("generation", 0)
-             if isinstance(r.get("prompt"), str) and (r.get("correction") or r.get("output"))]
+    pairs = [
+        (r["prompt"], r.get("correction") or r["output"])
+        for r in sample_feedback("generation", 0)
+        if isinstance(r.get("prompt"), str) and (r.get("correction") or r.get("output"))
+    ]
     rows = training.encode("generation", tokenizer, pairs, [], 512, training.Prompting(SYSTEM_PROMPT))
     for row in rows[::2]:
         row["rehearse"] = True  # the KL term's frozen forward shares the prefix too
@@ -71,12 +74,20 @@ def main(argv: list[str]) -> None:
         loss_gap = max(loss_gap, abs(got[True][1] - got[False][1]))
     prefix.SHARED_PREFIX_MIN = prefix_min
     first = training.collate(rows[:8], tokenizer.pad_token_id)
-    result = {"model": info.id, "batches": len(batches), "batch_size": 8, "threads": torch.get_num_threads(),
-              "median_step_s_whole": statistics.median(whole_s), "median_step_s_shared": statistics.median(shared_s),
-              "speed_ratio": statistics.median(ratios), "max_loss_difference": loss_gap,
-              "mean_row_tokens": statistics.mean(len(r["input_ids"]) for r in rows),
-              "shared_prefix_tokens": prefix.shared_length(first["input_ids"], first["attention_mask"],
-                                                              first["labels"] != -100)}
+    result = {
+        "model": info.id,
+        "batches": len(batches),
+        "batch_size": 8,
+        "threads": torch.get_num_threads(),
+        "median_step_s_whole": statistics.median(whole_s),
+        "median_step_s_shared": statistics.median(shared_s),
+        "speed_ratio": statistics.median(ratios),
+        "max_loss_difference": loss_gap,
+        "mean_row_tokens": statistics.mean(len(r["input_ids"]) for r in rows),
+        "shared_prefix_tokens": prefix.shared_length(
+            first["input_ids"], first["attention_mask"], first["labels"] != -100
+        ),
+    }
     RESULTS.mkdir(exist_ok=True)
     result |= _generation(model, tokenizer, args.quick)
     (RESULTS / "prefix.json").write_text(json.dumps(result, indent=2))
@@ -92,14 +103,19 @@ def _generation(model, tokenizer, quick: bool) -> dict:
     prompts = [item.input for item in regression_suite("generation", [], seed=0)][: 96 if quick else None]
     prompting, seconds, same = Prompting(SYSTEM_PROMPT), {True: 0.0, False: 0.0}, 0
     for n, start in enumerate(range(0, len(prompts), 32)):
-        chunk, got = prompts[start:start + 32], {}
-        for shared in ((True, False) if n % 2 else (False, True)):
+        chunk, got = prompts[start : start + 32], {}
+        for shared in (True, False) if n % 2 else (False, True):
             began = time.perf_counter()
             got[shared] = generate(model, tokenizer, chunk, 16, prompting, share_prefix=shared)
             seconds[shared] += time.perf_counter() - began
         same += sum(a == b for a, b in zip(got[True], got[False]))
-    return {"generation_prompts": len(prompts), "generation_s_whole": seconds[False], "generation_s_shared": seconds[True],
-            "generation_speed_ratio": seconds[False] / seconds[True], "generation_same_answers": same}
+    return {
+        "generation_prompts": len(prompts),
+        "generation_s_whole": seconds[False],
+        "generation_s_shared": seconds[True],
+        "generation_speed_ratio": seconds[False] / seconds[True],
+        "generation_same_answers": same,
+    }
 
 
 if __name__ == "__main__":

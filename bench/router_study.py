@@ -50,15 +50,21 @@ def main(argv=None) -> dict:
     rng = random.Random(0)
     rng.shuffle(train)
     if a.subset:
-        train = train[:a.subset]
+        train = train[: a.subset]
     labels = sorted({c for _, c in train} | {c for _, c in test})
     index = {c: i for i, c in enumerate(labels)}
     tok = AutoTokenizer.from_pretrained(path)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
     targets = a.targets if a.targets == "all-linear" else a.targets.split(",")
-    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=a.rank, lora_alpha=2 * a.rank, lora_dropout=0.05,
-                     target_modules=targets, modules_to_save=["classifier", "pooler"] if a.pooler else None)
+    cfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=a.rank,
+        lora_alpha=2 * a.rank,
+        lora_dropout=0.05,
+        target_modules=targets,
+        modules_to_save=["classifier", "pooler"] if a.pooler else None,
+    )
     model = get_peft_model(model, cfg)
     head = [q for n, q in model.named_parameters() if q.requires_grad and "modules_to_save" in n]
     rest = [q for n, q in model.named_parameters() if q.requires_grad and "modules_to_save" not in n]
@@ -75,8 +81,8 @@ def main(argv=None) -> dict:
         r.shuffle(order)
         if a.bucket:
             w = 50 * a.batch
-            order = [i for s in range(0, len(order), w) for i in sorted(order[s:s + w], key=lambda i: len(enc[i]))]
-        out = [order[i:i + a.batch] for i in range(0, len(order), a.batch)]
+            order = [i for s in range(0, len(order), w) for i in sorted(order[s : s + w], key=lambda i: len(enc[i]))]
+        out = [order[i : i + a.batch] for i in range(0, len(order), a.batch)]
         r.shuffle(out)
         return out
 
@@ -85,8 +91,8 @@ def main(argv=None) -> dict:
         x = torch.zeros(len(ids), width, dtype=torch.long)
         m = torch.zeros_like(x)
         for i, s in enumerate(ids):
-            x[i, :len(s)] = torch.tensor(s)
-            m[i, :len(s)] = 1
+            x[i, : len(s)] = torch.tensor(s)
+            m[i, : len(s)] = 1
         return x, m
 
     @torch.inference_mode()
@@ -97,7 +103,7 @@ def main(argv=None) -> dict:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         right = 0
         for s in range(0, len(order), 128):
-            rows = order[s:s + 128]
+            rows = order[s : s + 128]
             x, m = pad([ids[i] for i in rows])
             pred = model(input_ids=x, attention_mask=m).logits.argmax(-1).tolist()
             right += sum(p == index[test[i][1]] for p, i in zip(pred, rows))
@@ -121,9 +127,15 @@ def main(argv=None) -> dict:
             opt.zero_grad(set_to_none=True)
         cpu += time.process_time() - c0
         acc = evaluate()
-        log["epochs"].append({"epoch": epoch + 1, "train_cpu_s": round(cpu, 1),
-                              "wall_s": round(time.perf_counter() - w0, 1), "test_accuracy": round(acc, 4),
-                              "train_examples_per_cpu_s": round(seen / cpu, 1)})
+        log["epochs"].append(
+            {
+                "epoch": epoch + 1,
+                "train_cpu_s": round(cpu, 1),
+                "wall_s": round(time.perf_counter() - w0, 1),
+                "test_accuracy": round(acc, 4),
+                "train_examples_per_cpu_s": round(seen / cpu, 1),
+            }
+        )
         print(json.dumps(log["epochs"][-1]), flush=True)
     if a.out:
         Path(a.out).write_text(json.dumps(log, indent=1))

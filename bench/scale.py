@@ -31,8 +31,19 @@ RESULTS = ROOT / "bench" / "results"
 
 def _tune(kind: str) -> dict:
     """A fixed budget whatever the data size: 3 trials of 40 steps at batch 64, one epoch for the winner."""
-    return dict(n_trials=3, trial_steps=40, min_trial_coverage=0.001, batch_size=64, epochs=1, ranks=[8, 16],
-                first_trial={"rank": 8, "lr": 0.02}, lr_min=0.005, lr_max=0.05, evals_per_trial=2, validation_examples=64)
+    return dict(
+        n_trials=3,
+        trial_steps=40,
+        min_trial_coverage=0.001,
+        batch_size=64,
+        epochs=1,
+        ranks=[8, 16],
+        first_trial={"rank": 8, "lr": 0.02},
+        lr_min=0.005,
+        lr_max=0.05,
+        evals_per_trial=2,
+        validation_examples=64,
+    )
 
 
 def run_one(kind: str, n: int, out: Path) -> None:
@@ -47,8 +58,14 @@ def run_one(kind: str, n: int, out: Path) -> None:
     from tuneloop.data.feedback_import import import_feedback
     from tuneloop.search.tracking import current_rss_mb, peak_memory
 
-    config = LoopConfig(kind=kind, home=home, tiny=True, max_new_tokens=8, tune=TuneConfig(**_tune(kind)),
-                        gate={"max_heldout_examples": 1000})
+    config = LoopConfig(
+        kind=kind,
+        home=home,
+        tiny=True,
+        max_new_tokens=8,
+        tune=TuneConfig(**_tune(kind)),
+        gate={"max_heldout_examples": 1000},
+    )
     source = home / "feedback.jsonl"
     with open(source, "w") as f:
         for record in synthetic.feedback(kind, n, seed=3):
@@ -75,8 +92,11 @@ def run_one(kind: str, n: int, out: Path) -> None:
     for stage, seconds in result.seconds.items():
         row["stages"][stage] = {"seconds": round(seconds, 2), "peak_rss_mb": round(stage_memory.get(stage, 0))}
     row["dataset"] = result.data.sizes | {"labels": result.data.n_labels}
-    row["tune"] = {"complete": result.tuned.n_complete, "pruned": result.tuned.n_pruned,
-                   "steps_trained_in_trials": result.tuned.steps_trained}
+    row["tune"] = {
+        "complete": result.tuned.n_complete,
+        "pruned": result.tuned.n_pruned,
+        "steps_trained_in_trials": result.tuned.steps_trained,
+    }
     row["gate"] = {"passed": result.report.passed, "reasons": result.report.reasons}
     row["rss_end_mb"] = round(current_rss_mb())
     out.write_text(json.dumps(row))
@@ -92,6 +112,7 @@ def _instrument(loop_module, peak_memory) -> dict[str, float]:
                 out = fn(*args, **kwargs)
             seen[stage] = memory["peak_rss_mb"]
             return out
+
         return measured
 
     for stage in ("curate", "tune", "evaluate", "register", "deploy"):
@@ -141,13 +162,24 @@ def curate_million(n: int, out: Path) -> None:
         began = time.perf_counter()
         ref = build_dataset(store, config)
         seconds = time.perf_counter() - began
-    out.write_text(json.dumps({"records": n, "seconds": round(seconds, 1), "peak_rss_mb": round(memory["peak_rss_mb"]),
-                               "sizes": ref.sizes, "counts": ref.counts}))
+    out.write_text(
+        json.dumps(
+            {
+                "records": n,
+                "seconds": round(seconds, 1),
+                "peak_rss_mb": round(memory["peak_rss_mb"]),
+                "sizes": ref.sizes,
+                "counts": ref.counts,
+            }
+        )
+    )
 
 
 def _in_process(args: list[str], timeout: float = 7200) -> dict:
     out = Path(tempfile.mkstemp(suffix=".json")[1])
-    subprocess.run([sys.executable, "-m", "bench.scale", *args, "--out-row", str(out)], cwd=ROOT, check=True, timeout=timeout)
+    subprocess.run(
+        [sys.executable, "-m", "bench.scale", *args, "--out-row", str(out)], cwd=ROOT, check=True, timeout=timeout
+    )
     return json.loads(out.read_text())
 
 
@@ -168,8 +200,11 @@ def main(argv: list[str] | None = None) -> dict:
         curate_million(args.curate_only, args.out_row)
         return {}
     began = time.perf_counter()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
-                     "trial_budget": _tune("classification"), "runs": []}
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
+        "trial_budget": _tune("classification"),
+        "runs": [],
+    }
     for kind in args.kinds:
         for n in args.sizes:
             row = _in_process(["--one", kind, str(n)])
@@ -180,8 +215,12 @@ def main(argv: list[str] | None = None) -> dict:
             small, large = rows[0], rows[-1]
             results.setdefault("ratios", {})[kind] = {
                 "records": round(large["records"] / small["records"], 2),
-                **{stage: round(large["stages"][stage]["seconds"] / max(small["stages"][stage]["seconds"], 1e-3), 2)
-                   for stage in large["stages"] if stage in small["stages"]}}
+                **{
+                    stage: round(large["stages"][stage]["seconds"] / max(small["stages"][stage]["seconds"], 1e-3), 2)
+                    for stage in large["stages"]
+                    if stage in small["stages"]
+                },
+            }
             print(json.dumps({"ratios": results["ratios"][kind], "kind": kind}), flush=True)
     if args.million:
         results["curation"] = [_in_process(["--curate-only", str(n)]) for n in args.curate_sizes]

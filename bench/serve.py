@@ -57,8 +57,25 @@ RANDOM_BASE = "random-smollm2-135m"
 
 def _load(url: str, clients: int, seconds: float, style: str, work: Path) -> dict:
     out = work / f"load-{style}-{clients}-{time.monotonic_ns()}.json"
-    subprocess.run([sys.executable, "-m", "bench.loadgen", url, "--clients", str(clients), "--seconds", str(seconds),
-                    "--style", style, "--out", str(out)], cwd=ROOT, check=True, timeout=seconds + 120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            url,
+            "--clients",
+            str(clients),
+            "--seconds",
+            str(seconds),
+            "--style",
+            style,
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=seconds + 120,
+    )
     return json.loads(out.read_text())
 
 
@@ -67,10 +84,15 @@ def _summary(*runs: dict) -> dict:
     latencies = sorted(r[1] for run in runs for r in run["records"] if r[2])
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else None  # noqa: E731
     seconds = sum(run["seconds"] for run in runs)
-    return {"clients": runs[0]["clients"], "requests": sum(run["requests"] for run in runs),
-            "failed": sum(run["failed"] for run in runs), "throughput_rps": round(len(latencies) / seconds, 2),
-            "p50_ms": pct(0.50), "p95_ms": pct(0.95),
-            "rounds_rps": [round(sum(r[2] for r in run["records"]) / run["seconds"], 2) for run in runs]}
+    return {
+        "clients": runs[0]["clients"],
+        "requests": sum(run["requests"] for run in runs),
+        "failed": sum(run["failed"] for run in runs),
+        "throughput_rps": round(len(latencies) / seconds, 2),
+        "p50_ms": pct(0.50),
+        "p95_ms": pct(0.95),
+        "rounds_rps": [round(sum(r[2] for r in run["records"]) / run["seconds"], 2) for run in runs],
+    }
 
 
 def _register_versions(config) -> str:
@@ -88,8 +110,9 @@ def _register_versions(config) -> str:
     for version, alias in (("1", "champion"), ("2", "challenger")):
         adapter = config.work_dir / f"bench-{config.kind}-adapter-{version}"
         base = load_base(info, config.kind, labels)  # on the CPU: only the adapter's files are kept
-        add_adapter(base, config.kind, 8, seed=int(version), targets=lora_targets(base, DEFAULT_TARGETS[config.kind])
-                    ).save_pretrained(adapter)
+        add_adapter(
+            base, config.kind, 8, seed=int(version), targets=lora_targets(base, DEFAULT_TARGETS[config.kind])
+        ).save_pretrained(adapter)
         write_meta(adapter, config, info)
         if labels:
             save_labels(adapter, labels)
@@ -104,7 +127,9 @@ def _same_answers(service: str, plain: str) -> dict:
 
     agree = 0
     for i, text in enumerate(TEXTS):
-        a = httpx.post(f"{service}/predict", json={"requests": [{"user_id": f"check-{i}", "input": text}]}, timeout=120).json()[0]
+        a = httpx.post(
+            f"{service}/predict", json={"requests": [{"user_id": f"check-{i}", "input": text}]}, timeout=120
+        ).json()[0]
         b = httpx.post(f"{plain}/predict", json={"text": text}, timeout=120).json()
         agree += a["output"] == b["output"]
     return {"prompts": len(TEXTS), "same_answer": agree}
@@ -123,8 +148,13 @@ def routing_overhead(config, n: int = 5000) -> dict:
     for i in range(n):
         began = time.perf_counter()
         version = bank.version_of(router.variant(f"user-{i}", bank.served["challenger"]))
-        Answer(request_id=f"r{i}", output="x", model_version=version, variant="champion",
-               receipt=sign(key, f"r{i}", version, f"user-{i}", config.kind))
+        Answer(
+            request_id=f"r{i}",
+            output="x",
+            model_version=version,
+            variant="champion",
+            receipt=sign(key, f"r{i}", version, f"user-{i}", config.kind),
+        )
         timings.append(time.perf_counter() - began)
     timings.sort()
     return {"n": n, "p50_ms": timings[n // 2] * 1000, "p95_ms": timings[int(n * 0.95)] * 1000}
@@ -137,26 +167,50 @@ def rollback_under_load(base: str, config, work: Path, clients: int = 4) -> dict
     set_challenger_percent(config, 100)
     time.sleep(1)
     out = work / "rollback-load.json"
-    load = subprocess.Popen([sys.executable, "-m", "bench.loadgen", f"{base}/predict", "--clients", str(clients),
-                             "--seconds", "8", "--style", "service", "--out", str(out)], cwd=ROOT)
+    load = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            f"{base}/predict",
+            "--clients",
+            str(clients),
+            "--seconds",
+            "8",
+            "--style",
+            "service",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+    )
     time.sleep(3)
     issued = time.time()
-    r = httpx.post(f"{base}/v1/admin/rollback", headers={"Authorization": f"Bearer {os.environ['TUNELOOP_API_TOKEN']}"}, timeout=10)
+    r = httpx.post(
+        f"{base}/v1/admin/rollback", headers={"Authorization": f"Bearer {os.environ['TUNELOOP_API_TOKEN']}"}, timeout=10
+    )
     r.raise_for_status()
     load.wait(timeout=120)
     run = json.loads(out.read_text())
     ends = [(start + latency, version) for start, latency, ok, version in run["records"] if ok]
     first_champion = min(end for end, v in ends if v == "1" and end > issued)
     last_challenger = max((end for end, v in ends if v == "2"), default=issued)
-    return {"requests": run["requests"], "failed": run["failed"],
-            "seconds_to_first_champion_answer": round(first_champion - issued, 3),
-            "seconds_to_last_challenger_answer": round(max(0.0, last_challenger - issued), 3)}
+    return {
+        "requests": run["requests"],
+        "failed": run["failed"],
+        "seconds_to_first_champion_answer": round(first_champion - issued, 3),
+        "seconds_to_last_challenger_answer": round(max(0.0, last_challenger - issued), 3),
+    }
 
 
-MODELS = {"classification": "all-MiniLM-L6-v2 + LoRA r=8 (6 labels)",
-          "generation": "SmolLM2-135M-Instruct + LoRA r=8, greedy, {n} new tokens",
-          RANDOM_BASE: "SmolLM2-135M shape, random weights, bf16 on the GPU (fp32 on the CPU) + LoRA r=8, greedy, {n} new tokens"}
-STACK_BATCH64_RPS = 54.8  # plain batch-64 greedy generation of 24 tokens, SmolLM2-135M shape, bf16, one H100, 2026-11-23
+MODELS = {
+    "classification": "all-MiniLM-L6-v2 + LoRA r=8 (6 labels)",
+    "generation": "SmolLM2-135M-Instruct + LoRA r=8, greedy, {n} new tokens",
+    RANDOM_BASE: "SmolLM2-135M shape, random weights, bf16 on the GPU (fp32 on the CPU) + LoRA r=8, greedy, {n} new tokens",
+}
+STACK_BATCH64_RPS = (
+    54.8  # plain batch-64 greedy generation of 24 tokens, SmolLM2-135M shape, bf16, one H100, 2026-11-23
+)
 
 
 def _batch_counts(service: str) -> tuple[float, float] | None:
@@ -182,34 +236,78 @@ def _service_run(service: str, clients: int, seconds: float, work: Path) -> dict
     return run
 
 
-def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int, rounds: int = 2, clients_levels=(1, 4, 16),
-               device: str = "cpu", base_folder: Path | None = None, challenger_percent: int = 10,
-               reference_batches: list[int] | None = None) -> dict:
+def bench_kind(
+    kind: str,
+    seconds: float,
+    work: Path,
+    max_new_tokens: int,
+    rounds: int = 2,
+    clients_levels=(1, 4, 16),
+    device: str = "cpu",
+    base_folder: Path | None = None,
+    challenger_percent: int = 10,
+    reference_batches: list[int] | None = None,
+) -> dict:
     """Service vs plain pipeline at each number of clients for one task kind (champion = plain app's model)."""
     from tuneloop.config import LoopConfig
     from tuneloop.release.flags import set_challenger_percent
 
     precision = "auto"  # bf16 on a GPU that has it, fp32 on the CPU: the service's own default
-    config = LoopConfig(kind=kind, home=work, max_new_tokens=max_new_tokens, device=device, precision=precision,
-                        base_model=str(base_folder) if base_folder else None)
+    config = LoopConfig(
+        kind=kind,
+        home=work,
+        max_new_tokens=max_new_tokens,
+        device=device,
+        precision=precision,
+        base_model=str(base_folder) if base_folder else None,
+    )
     adapter = _register_versions(config)
-    results: dict = {"model": MODELS[RANDOM_BASE if base_folder else kind].format(n=max_new_tokens), "device": device,
-                     "seconds_per_level": seconds, "rounds": rounds, "challenger_percent": challenger_percent, "levels": []}
+    results: dict = {
+        "model": MODELS[RANDOM_BASE if base_folder else kind].format(n=max_new_tokens),
+        "device": device,
+        "seconds_per_level": seconds,
+        "rounds": rounds,
+        "challenger_percent": challenger_percent,
+        "levels": [],
+    }
     plain_args = ["--kind", kind, "--max-new-tokens", str(max_new_tokens), "--device", device, "--precision", precision]
     if reference_batches:  # plain generate of the merged champion, no server: what batching can reach
         out = work / f"reference-{kind}.json"
-        subprocess.run([sys.executable, "-m", "bench.plain_app", adapter, *plain_args, "--reference", *map(str, reference_batches),
-                        "--reference-out", str(out)], cwd=ROOT, check=True, timeout=1200)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "bench.plain_app",
+                adapter,
+                *plain_args,
+                "--reference",
+                *map(str, reference_batches),
+                "--reference-out",
+                str(out),
+            ],
+            cwd=ROOT,
+            check=True,
+            timeout=1200,
+        )
         results["reference_generate"] = json.loads(out.read_text())
         print(json.dumps({"kind": kind, "reference_generate": results["reference_generate"]}), flush=True)
     plain_port = free_port()
     plain = f"http://127.0.0.1:{plain_port}"
-    env = dict(TUNELOOP_TINY="false", TUNELOOP_MAX_NEW_TOKENS=str(max_new_tokens), TUNELOOP_DEVICE=device,
-               TUNELOOP_PRECISION=precision, **({"TUNELOOP_BASE_MODEL": str(base_folder)} if base_folder else {}))
+    env = dict(
+        TUNELOOP_TINY="false",
+        TUNELOOP_MAX_NEW_TOKENS=str(max_new_tokens),
+        TUNELOOP_DEVICE=device,
+        TUNELOOP_PRECISION=precision,
+        **({"TUNELOOP_BASE_MODEL": str(base_folder)} if base_folder else {}),
+    )
     set_challenger_percent(config, 0)  # the answer check pins users to the champion, the plain app's model
     with tuneloop_service(work, kind, **env) as service:
-        with server_process([sys.executable, "-m", "bench.plain_app", adapter, *plain_args, "--port", str(plain_port)],
-                            dict(os.environ), f"{plain}/docs", work / f"plain-{kind}.log"):
+        with server_process(
+            [sys.executable, "-m", "bench.plain_app", adapter, *plain_args, "--port", str(plain_port)],
+            dict(os.environ),
+            f"{plain}/docs",
+            work / f"plain-{kind}.log",
+        ):
             results["answers"] = _same_answers(service, plain)
             set_challenger_percent(config, challenger_percent)
             time.sleep(0.5)
@@ -220,28 +318,41 @@ def bench_kind(kind: str, seconds: float, work: Path, max_new_tokens: int, round
                     runs["plain"].append(_load(f"{plain}/predict", clients, seconds, "plain", work))
                 s, p = _summary(*runs["service"]), _summary(*runs["plain"])
                 s["mean_batch"] = [r.get("mean_batch") for r in runs["service"]]
-                level = {"clients": clients, "service": s, "plain": p,
-                         "throughput_ratio": round(s["throughput_rps"] / p["throughput_rps"], 2) if p["throughput_rps"] else None}
+                level = {
+                    "clients": clients,
+                    "service": s,
+                    "plain": p,
+                    "throughput_ratio": round(s["throughput_rps"] / p["throughput_rps"], 2)
+                    if p["throughput_rps"]
+                    else None,
+                }
                 reference = (results.get("reference_generate") or {}).get(str(clients))
                 if reference:
                     level["service_over_reference_batch"] = round(s["throughput_rps"] / reference["requests_per_s"], 3)
                 results["levels"].append(level)
                 print(json.dumps({"kind": kind, **level}), flush=True)
-        if kind == "classification" and device == "cpu":  # the rollback path is the same for both kinds; time it where answers are fast
+        if (
+            kind == "classification" and device == "cpu"
+        ):  # the rollback path is the same for both kinds; time it where answers are fast
             results["routing_overhead"] = routing_overhead(config)
             results["rollback"] = rollback_under_load(service, config, work)
     top = results["levels"][-1] if results["levels"] else None
     if base_folder and top:  # the issue's target: the service at the most clients vs plain batch-N generate
         reference = (results.get("reference_generate") or {}).get(str(top["clients"]))
-        results["target"] = {"clients": top["clients"], "service_rps": top["service"]["throughput_rps"],
-                             "reference_batch_rps": reference and reference["requests_per_s"],
-                             "ratio": top.get("service_over_reference_batch"), "goal": 0.9,
-                             "stack_h100_batch64_rps": STACK_BATCH64_RPS,
-                             "ratio_vs_stack_h100": round(top["service"]["throughput_rps"] / STACK_BATCH64_RPS, 3)}
+        results["target"] = {
+            "clients": top["clients"],
+            "service_rps": top["service"]["throughput_rps"],
+            "reference_batch_rps": reference and reference["requests_per_s"],
+            "ratio": top.get("service_over_reference_batch"),
+            "goal": 0.9,
+            "stack_h100_batch64_rps": STACK_BATCH64_RPS,
+            "ratio_vs_stack_h100": round(top["service"]["throughput_rps"] / STACK_BATCH64_RPS, 3),
+        }
     return results
 
 
 # -- the random base and what a GPU machine needs -------------------------------------------------------
+
 
 def random_base(folder: Path, tokenizer_dir: Path | None) -> Path:
     """A SmolLM2-135M-shaped causal LM with random weights (the published config in ``bench/gpu.py``),
@@ -258,7 +369,9 @@ def random_base(folder: Path, tokenizer_dir: Path | None) -> Path:
     config.use_cache = True  # generation
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.eos_token_id
+    model.generation_config.pad_token_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else config.eos_token_id
+    )
     tmp = folder.with_name(folder.name + ".partial")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
@@ -272,8 +385,10 @@ def _bundled_tokenizer() -> Path:
     try:
         return Path(resolve_base("generation").path)
     except ModelError as err:
-        sys.exit(f"no SmolLM2 tokenizer here ({err}). On a GPU machine: export it where the model wheel is installed "
-                 "(python -m bench.serve --export-tokenizer .bench-gpu/tokenizer), carry it, and pass --tokenizer.")
+        sys.exit(
+            f"no SmolLM2 tokenizer here ({err}). On a GPU machine: export it where the model wheel is installed "
+            "(python -m bench.serve --export-tokenizer .bench-gpu/tokenizer), carry it, and pass --tokenizer."
+        )
 
 
 def export_tokenizer(target: Path) -> None:
@@ -302,9 +417,17 @@ def device_wheels() -> str:
     import tuneloop.serving.live  # noqa: E401, F401
 
     norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
-    env = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "platform_system": "Linux",
-           "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
-           "platform_python_implementation": "CPython", "extra": ""}
+    env = {
+        "python_version": "3.12",
+        "python_full_version": "3.12.3",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "os_name": "posix",
+        "implementation_name": "cpython",
+        "platform_python_implementation": "CPython",
+        "extra": "",
+    }
     found = md.packages_distributions()
     todo = sorted({d for m in list(sys.modules) for d in found.get(m.split(".")[0], [])})
     pinned: dict[str, str] = {}
@@ -325,34 +448,69 @@ def device_wheels() -> str:
     kinds = Path("/work/.library/device/KINDS.md")
     image = set()
     if kinds.exists() and "Packages: " in kinds.read_text():
-        image = {norm(p.strip().rstrip(".")) for p in kinds.read_text().split("Packages: ", 1)[1].splitlines()[0].split(",")}
-    wanted = sorted(f"{n}=={v}" for n, v in pinned.items() if n not in image and not n.startswith(("torch", "nvidia-", "triton")))
-    return ("python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "
-            "--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 "
-            "--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl " + " ".join(wanted)
-            + ("" if image else "\n# KINDS.md not found: the list includes what the GPU image may already have"))
+        image = {
+            norm(p.strip().rstrip(".")) for p in kinds.read_text().split("Packages: ", 1)[1].splitlines()[0].split(",")
+        }
+    wanted = sorted(
+        f"{n}=={v}" for n, v in pinned.items() if n not in image and not n.startswith(("torch", "nvidia-", "triton"))
+    )
+    return (
+        "python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "
+        "--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 "
+        "--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "
+        + " ".join(wanted)
+        + ("" if image else "\n# KINDS.md not found: the list includes what the GPU image may already have")
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench serve", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter load levels and one round")
-    parser.add_argument("--kind", nargs="*", choices=["classification", "generation"], default=None,
-                        help="default: both on the bundled bases; generation alone on a random base")
+    parser.add_argument(
+        "--kind",
+        nargs="*",
+        choices=["classification", "generation"],
+        default=None,
+        help="default: both on the bundled bases; generation alone on a random base",
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where both servers run the model")
-    parser.add_argument("--base", choices=["bundled", RANDOM_BASE], default=None,
-                        help=f"bundled weights (default on cpu) or {RANDOM_BASE} (default on cuda; generation only)")
-    parser.add_argument("--tokenizer", type=Path, default=None, help="SmolLM2 tokenizer folder for the random base "
-                        "(default: the bundled model's)")
-    parser.add_argument("--clients", type=int, nargs="+", default=None, help="load levels (default 1 4 16; cuda: 1 16 64)")
+    parser.add_argument(
+        "--base",
+        choices=["bundled", RANDOM_BASE],
+        default=None,
+        help=f"bundled weights (default on cpu) or {RANDOM_BASE} (default on cuda; generation only)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="SmolLM2 tokenizer folder for the random base (default: the bundled model's)",
+    )
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=None, help="load levels (default 1 4 16; cuda: 1 16 64)"
+    )
     parser.add_argument("--seconds", type=float, default=None, help="seconds per load level and round")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="answer length for generation (default 16; cuda: 24)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="answer length for generation (default 16; cuda: 24)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating service/plain runs per load level, pooled")
-    parser.add_argument("--challenger-percent", type=int, default=10, help="users routed to the challenger during the load")
-    parser.add_argument("--reference", type=int, nargs="*", default=None,
-                        help="batch sizes of the plain-generate reference (default on a random base: the load levels)")
+    parser.add_argument(
+        "--challenger-percent", type=int, default=10, help="users routed to the challenger during the load"
+    )
+    parser.add_argument(
+        "--reference",
+        type=int,
+        nargs="*",
+        default=None,
+        help="batch sizes of the plain-generate reference (default on a random base: the load levels)",
+    )
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--export-tokenizer", type=Path, metavar="DIR", help="write the bundled SmolLM2 tokenizer to DIR and exit")
-    parser.add_argument("--device-wheels", action="store_true", help="print the pip download command for a GPU machine and exit")
+    parser.add_argument(
+        "--export-tokenizer", type=Path, metavar="DIR", help="write the bundled SmolLM2 tokenizer to DIR and exit"
+    )
+    parser.add_argument(
+        "--device-wheels", action="store_true", help="print the pip download command for a GPU machine and exit"
+    )
     args = parser.parse_args(argv)
     if args.export_tokenizer:
         export_tokenizer(args.export_tokenizer)
@@ -365,9 +523,11 @@ def main(argv: list[str] | None = None) -> dict:
         import torch
 
         if not torch.cuda.is_available():
-            sys.exit("bench serve --device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
-                     "run it on a GPU machine (see the module docstring) or exercise the path with --device cpu "
-                     f"--base {RANDOM_BASE}.")
+            sys.exit(
+                "bench serve --device cuda: CUDA is not available here (torch.cuda.is_available() is False); "
+                "run it on a GPU machine (see the module docstring) or exercise the path with --device cpu "
+                f"--base {RANDOM_BASE}."
+            )
     random = (args.base or (RANDOM_BASE if cuda else "bundled")) == RANDOM_BASE
     kinds = args.kind or (["generation"] if random else ["classification", "generation"])
     if random and kinds != ["generation"]:
@@ -376,26 +536,49 @@ def main(argv: list[str] | None = None) -> dict:
     max_new_tokens = args.max_new_tokens or (24 if cuda or random else 16)
     rounds = 1 if args.quick else args.rounds
     work = Path(tempfile.mkdtemp(prefix="tuneloop-bench-serve-"))
-    os.environ.update(TUNELOOP_HOME=str(work), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}",
-                      TUNELOOP_API_TOKEN="bench-token")
+    os.environ.update(
+        TUNELOOP_HOME=str(work), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}", TUNELOOP_API_TOKEN="bench-token"
+    )
     from tuneloop.config import apply_environment
 
     apply_environment(work)
     base_folder = random_base(work / RANDOM_BASE, args.tokenizer) if random else None
     results: dict = {"cpu_cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0], "device": args.device}
     for kind in kinds:
-        seconds = args.seconds or ((10 if args.quick else 20) if cuda else
-                                   (5 if args.quick else 15) if kind == "classification" else (12 if args.quick else 30))
+        seconds = args.seconds or (
+            (10 if args.quick else 20)
+            if cuda
+            else (5 if args.quick else 15)
+            if kind == "classification"
+            else (12 if args.quick else 30)
+        )
         reference = args.reference if args.reference is not None else (clients if random else [])
-        results[kind] = bench_kind(kind, seconds, work, max_new_tokens, rounds, clients, args.device, base_folder,
-                                   args.challenger_percent, reference)
+        results[kind] = bench_kind(
+            kind,
+            seconds,
+            work,
+            max_new_tokens,
+            rounds,
+            clients,
+            args.device,
+            base_folder,
+            args.challenger_percent,
+            reference,
+        )
     path = args.out or RESULTS / ("serve_gpu.json" if cuda else "serve_random_base.json" if random else "serve.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():  # one kind updates its part of the last run
         results = {**json.loads(path.read_text()), **results}
     path.write_text(json.dumps(results, indent=2))
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "levels"} if isinstance(v, dict) else v
-                      for k, v in results.items()}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: {kk: vv for kk, vv in v.items() if kk != "levels"} if isinstance(v, dict) else v
+                for k, v in results.items()
+            },
+            indent=2,
+        )
+    )
     return results
 
 

@@ -36,7 +36,9 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 3600) -> subprocess.CompletedProcess:
-    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    out = subprocess.run(
+        args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     if out.returncode != 0:
         raise SystemExit(f"{' '.join(args[:4])} exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
@@ -57,9 +59,27 @@ def on_stack(kind: str, tiny: bool, postgres: str, home: Path) -> dict:
 
     prefix = f"bench_{os.getpid()}"
     stack = [str(BIN / "tuneloop"), "stack"]
-    up = [*stack, "up", "--home", str(home), "--postgres", postgres, "--db-prefix", prefix, "--kind", kind,
-          "--prefect-port", str(free_port()), "--mlflow-port", str(free_port()), "--service-port", str(free_port()),
-          "--worker-port", str(free_port()), *(["--tiny"] if tiny else [])]
+    up = [
+        *stack,
+        "up",
+        "--home",
+        str(home),
+        "--postgres",
+        postgres,
+        "--db-prefix",
+        prefix,
+        "--kind",
+        kind,
+        "--prefect-port",
+        str(free_port()),
+        "--mlflow-port",
+        str(free_port()),
+        "--service-port",
+        str(free_port()),
+        "--worker-port",
+        str(free_port()),
+        *(["--tiny"] if tiny else []),
+    ]
     env = _clean_env(PREFECT_HOME=str(home / "cli-prefect"))
     began = time.monotonic()
     out = _run(up, env, timeout=600)
@@ -79,12 +99,27 @@ def on_stack(kind: str, tiny: bool, postgres: str, home: Path) -> dict:
         from tuneloop.data.sample_data import SYSTEM_PROMPT
 
         params = {"config": {"kind": kind, "system_prompt": SYSTEM_PROMPT}}
-        _run([str(BIN / "prefect"), "deployment", "run", f"tuneloop/loop-{kind}", "--params", json.dumps(params),
-              "--watch", "--watch-timeout", "3500"], env, timeout=3600)
+        _run(
+            [
+                str(BIN / "prefect"),
+                "deployment",
+                "run",
+                f"tuneloop/loop-{kind}",
+                "--params",
+                json.dumps(params),
+                "--watch",
+                "--watch-timeout",
+                "3500",
+            ],
+            env,
+            timeout=3600,
+        )
         figures["run_s"] = time.monotonic() - began  # submitted -> Completed, as the CLI saw it
         figures["loop_s"], figures["stages"] = _loop_seconds(stack_env["MLFLOW_TRACKING_URI"], kind)
     finally:
-        subprocess.run([*stack, "down", "--home", str(home), "--drop-databases"], env=env, capture_output=True, timeout=300)
+        subprocess.run(
+            [*stack, "down", "--home", str(home), "--drop-databases"], env=env, capture_output=True, timeout=300
+        )
     return figures
 
 
@@ -101,22 +136,33 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", choices=["classification", "generation"], default="classification")
     parser.add_argument("--tiny", action="store_true", help="tiny random models (the orchestration alone)")
-    parser.add_argument("--postgres", default=os.environ.get("TUNELOOP_STACK_POSTGRES", "postgresql://postgres@127.0.0.1:5432"))
+    parser.add_argument(
+        "--postgres", default=os.environ.get("TUNELOOP_STACK_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
         stack = on_stack(args.kind, args.tiny, args.postgres, Path(tmp) / "stack")
         local = embedded(args.kind, args.tiny, Path(tmp) / "embedded")
-    result = {"kind": args.kind, "tiny": args.tiny, "cpu_count": os.cpu_count(), "stack": stack, "embedded": local,
-              "overhead_of_loop": {
-                  "stack_around_loop": (stack["run_s"] - stack["loop_s"]) / stack["loop_s"],
-                  "embedded_around_loop": (local["run_s"] - local["loop_s"]) / local["loop_s"],
-                  "loop_stack_vs_embedded": stack["loop_s"] / local["loop_s"] - 1,
-                  "whole_stack_vs_embedded": stack["run_s"] / local["run_s"] - 1}}
+    result = {
+        "kind": args.kind,
+        "tiny": args.tiny,
+        "cpu_count": os.cpu_count(),
+        "stack": stack,
+        "embedded": local,
+        "overhead_of_loop": {
+            "stack_around_loop": (stack["run_s"] - stack["loop_s"]) / stack["loop_s"],
+            "embedded_around_loop": (local["run_s"] - local["loop_s"]) / local["loop_s"],
+            "loop_stack_vs_embedded": stack["loop_s"] / local["loop_s"] - 1,
+            "whole_stack_vs_embedded": stack["run_s"] / local["run_s"] - 1,
+        },
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"stack-{args.kind}.json").write_text(json.dumps(result, indent=2))
     print(f"stack up {stack['stack_up_s']:.1f} s, deploy {stack['deploy_s']:.1f} s")
-    print(f"loop ({args.kind}{', tiny' if args.tiny else ''}): stack run {stack['run_s']:.1f} s (its loop {stack['loop_s']:.1f} s) "
-          f"vs embedded {local['run_s']:.1f} s (its loop {local['loop_s']:.1f} s)")
+    print(
+        f"loop ({args.kind}{', tiny' if args.tiny else ''}): stack run {stack['run_s']:.1f} s (its loop {stack['loop_s']:.1f} s) "
+        f"vs embedded {local['run_s']:.1f} s (its loop {local['loop_s']:.1f} s)"
+    )
     for key, value in result["overhead_of_loop"].items():
         print(f"  {key}: {value:+.1%}")
     print(f"-> {RESULTS / ('stack-' + args.kind + '.json')}")

@@ -41,8 +41,11 @@ def main(argv: list[str]) -> None:
 
     info = base_of(LoopConfig(kind="generation"))
     tokenizer = load_tokenizer(info)
-    pairs = [(r["prompt"], r.get("correction") or r["output"]) for r in sample_feedback("generation", 0)
-             if isinstance(r.get("prompt"), str) and (r.get("correction") or r.get("output"))]
+    pairs = [
+        (r["prompt"], r.get("correction") or r["output"])
+        for r in sample_feedback("generation", 0)
+        if isinstance(r.get("prompt"), str) and (r.get("correction") or r.get("output"))
+    ]
     rows = training.encode("generation", tokenizer, pairs, [], 512, training.Prompting(SYSTEM_PROMPT))
     for i, row in enumerate(rows):
         row["rehearse"] = i % 3 != 0
@@ -52,8 +55,9 @@ def main(argv: list[str]) -> None:
     models = {}
     for name, share in (("frozen", 1.0), ("teacher", 1.0), ("top_half", 0.5), ("kept", 0.5)):
         base = load_base(info, "generation")
-        models[name] = training.add_adapter(base, "generation", 16, 0, targets=lora_targets(base, "mlp"),
-                                            layers=training.top_layers(base, share)).eval()
+        models[name] = training.add_adapter(
+            base, "generation", 16, 0, targets=lora_targets(base, "mlp"), layers=training.top_layers(base, share)
+        ).eval()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
         teacher.attach(models["teacher"], rows, tokenizer.pad_token_id, info.id, Path(cache))
@@ -67,7 +71,7 @@ def main(argv: list[str]) -> None:
             training.loss_of(models["kept"], batch, kl_weight=4.0)
     seconds: dict[str, list[float]] = {name: [] for name in models}
     for n, indices in enumerate(batches):
-        names = list(models)[n % len(models):] + list(models)[:n % len(models)]
+        names = list(models)[n % len(models) :] + list(models)[: n % len(models)]
         for name in names:
             source = plain if name == "frozen" else rows
             batch = training.collate([source[i] for i in indices], tokenizer.pad_token_id)
@@ -79,15 +83,22 @@ def main(argv: list[str]) -> None:
             seconds[name].append(time.perf_counter() - start)
     trunk.close()
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(seconds[a], seconds[b]))  # noqa: E731
-    result = {"model": info.id, "batches": len(batches), "batch_size": 8, "threads": torch.get_num_threads(),
-              "rehearsal_rows": sum(r["rehearse"] for r in rows), "rows": len(rows),
-              "teacher_attach_s": attach_s, "teacher_kept_mass_mean": kept_mass.mean().item(),
-              "teacher_kept_mass_p05": kept_mass.quantile(0.05).item(),
-              **{f"median_step_s_{name}": statistics.median(s) for name, s in seconds.items()},
-              "speedup_teacher_vs_frozen": ratio("frozen", "teacher"),
-              "speedup_top_half_vs_teacher": ratio("teacher", "top_half"),
-              "speedup_top_half_vs_frozen": ratio("frozen", "top_half"),
-              "speedup_kept_vs_top_half": ratio("top_half", "kept")}
+    result = {
+        "model": info.id,
+        "batches": len(batches),
+        "batch_size": 8,
+        "threads": torch.get_num_threads(),
+        "rehearsal_rows": sum(r["rehearse"] for r in rows),
+        "rows": len(rows),
+        "teacher_attach_s": attach_s,
+        "teacher_kept_mass_mean": kept_mass.mean().item(),
+        "teacher_kept_mass_p05": kept_mass.quantile(0.05).item(),
+        **{f"median_step_s_{name}": statistics.median(s) for name, s in seconds.items()},
+        "speedup_teacher_vs_frozen": ratio("frozen", "teacher"),
+        "speedup_top_half_vs_teacher": ratio("teacher", "top_half"),
+        "speedup_top_half_vs_frozen": ratio("frozen", "top_half"),
+        "speedup_kept_vs_top_half": ratio("top_half", "kept"),
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "step.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -54,8 +54,10 @@ BATCH, MAX_LENGTH, RANK = 8, 64, 8
 
 # -- data -------------------------------------------------------------------------------------------
 
+
 def banking77(n_intents: int = 10, per_intent_train: int = 40, per_intent_test: int = 20):
     """(train, test) lists of (text, intent) for ``n_intents`` intents spread over the alphabet."""
+
     def read(name: str) -> list[tuple[str, str]]:
         with open(BANKING77 / name, newline="") as f:
             return [(row["text"], row["category"]) for row in csv.DictReader(f)]
@@ -79,7 +81,9 @@ def step_data(kind: str, info, n: int):
 
     tokenizer = load_tokenizer(info)
     if kind == "classification":
-        pairs, _ = banking77(n_intents=10, per_intent_train=max(1, n // 10 + 1)) if BANKING77.exists() else _sample_pairs(kind)
+        pairs, _ = (
+            banking77(n_intents=10, per_intent_train=max(1, n // 10 + 1)) if BANKING77.exists() else _sample_pairs(kind)
+        )
     else:
         pairs = _sample_pairs(kind)
     labels = sorted({t for _, t in pairs}) if kind == "classification" else []
@@ -92,7 +96,11 @@ def _sample_pairs(kind: str) -> list[tuple[str, str]]:
     from tuneloop.data.sample_data import sample_feedback
 
     records = [r for r in sample_feedback(kind) if isinstance(r, dict) and r.get("prompt")]
-    return [(r["prompt"], r.get("correction") or r["output"]) for r in records if r.get("correction") or r.get("rating") == "up"]
+    return [
+        (r["prompt"], r.get("correction") or r["output"])
+        for r in records
+        if r.get("correction") or r.get("rating") == "up"
+    ]
 
 
 def lora_model(kind: str, labels: list[str] | None, info, rank: int = RANK):
@@ -105,6 +113,7 @@ def lora_model(kind: str, labels: list[str] | None, info, rank: int = RANK):
 
 
 # -- 1 + 2: step time and FLOP/s ----------------------------------------------------------------------
+
 
 def matmul_flops(n: int, repeats: int = 5) -> float:
     """Best fp32 FLOP/s of an n x n matmul on this machine (torch's default threads)."""
@@ -144,13 +153,24 @@ def step_times(kind: str, steps: int, rounds: int, warmup: int = 2) -> dict:
     order = epoch_batches(lengths, BATCH, seed=0, epoch=0, grouped=True)
     batches = [collate([encoded[i] for i in rows], pad_id) for rows in order]
     assert len(batches) == steps, (len(batches), steps)
-    ungrouped = [collate([encoded[i] for i in rows], pad_id) for rows in epoch_batches(lengths, BATCH, 0, 0, grouped=False)]
+    ungrouped = [
+        collate([encoded[i] for i in rows], pad_id) for rows in epoch_batches(lengths, BATCH, 0, 0, grouped=False)
+    ]
     tokens = [b["input_ids"].numel() for b in batches]
     project, hand = [], []  # per round, per step (the same batch at the same index)
     for _ in range(rounds):
         stamps = [time.perf_counter()]
-        result = train(model, encoded, pad_id, lr=1e-4, epochs=1, batch_size=BATCH, seed=0, length_grouping=True,
-                       on_step=lambda step, loss, stamps=stamps: stamps.append(time.perf_counter()))
+        result = train(
+            model,
+            encoded,
+            pad_id,
+            lr=1e-4,
+            epochs=1,
+            batch_size=BATCH,
+            seed=0,
+            length_grouping=True,
+            on_step=lambda step, loss, stamps=stamps: stamps.append(time.perf_counter()),
+        )
         assert result.padded_tokens == sum(tokens), "train() computed other batches than the hand-written loop"
         project.append([b - a for a, b in zip(stamps, stamps[1:])])
         hand.append(hand_written_loop(model, batches))
@@ -161,16 +181,23 @@ def step_times(kind: str, steps: int, rounds: int, warmup: int = 2) -> dict:
     t_total = rounds * sum(tokens[i] for i in timed)
     n = linear_weights(model)
     return {
-        "model": MODEL_NAMES[kind], "batch": BATCH, "max_length": MAX_LENGTH, "lora_rank": RANK,
+        "model": MODEL_NAMES[kind],
+        "batch": BATCH,
+        "max_length": MAX_LENGTH,
+        "lora_rank": RANK,
         "trainable_params": sum(x.numel() for x in model.parameters() if x.requires_grad),
-        "linear_weights": n, "tokens_per_step_mean": round(statistics.mean(tokens[i] for i in timed), 1),
-        "padding_share": padding_share(batches), "padding_share_ungrouped": padding_share(ungrouped),
+        "linear_weights": n,
+        "tokens_per_step_mean": round(statistics.mean(tokens[i] for i in timed), 1),
+        "padding_share": padding_share(batches),
+        "padding_share_ungrouped": padding_share(ungrouped),
         "measured_steps_each": len(paired),
         "train_step_s": round(statistics.median(p[i] for p in project for i in timed), 4),
         "hand_written_step_s": round(statistics.median(h[i] for h in hand for i in timed), 4),
-        "speed_ratio": round(statistics.median(paired), 3), "speed_ratio_totals": round(h_total / p_total, 3),
+        "speed_ratio": round(statistics.median(paired), 3),
+        "speed_ratio_totals": round(h_total / p_total, 3),
         "flops_per_step_estimate_mean": round(4 * n * t_total / (rounds * len(timed))),
-        "achieved_flops": round(4 * n * t_total / p_total), "hand_written_achieved_flops": round(4 * n * t_total / h_total),
+        "achieved_flops": round(4 * n * t_total / p_total),
+        "hand_written_achieved_flops": round(4 * n * t_total / h_total),
     }
 
 
@@ -192,6 +219,7 @@ def hand_written_loop(model, batches: list[dict]) -> list[float]:
 
 # -- 3: memory ----------------------------------------------------------------------------------------
 
+
 def memory_probe(kind: str, mode: str, steps: int) -> dict:
     """Run in a fresh process: load, (add LoRA | unfreeze everything), train ``steps`` steps."""
     from tuneloop.modeling.models import load_base, resolve_base
@@ -211,30 +239,44 @@ def memory_probe(kind: str, mode: str, steps: int) -> dict:
         began = time.perf_counter()
         train(model, encoded, pad_id, lr=1e-5, epochs=1, batch_size=BATCH, seed=0)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"model": MODEL_NAMES[kind], "mode": mode, "steps": steps, "trainable_params": trainable,
-            "grads_and_adamw_state_mb": round(trainable * 3 * 4 / 2**20),  # fp32 gradient + two moments, computed
-            "rss_after_load_mb": round(loaded), "peak_rss_training_mb": round(training["peak_rss_mb"]),
-            "training_overhead_mb": round(training["peak_rss_mb"] - loaded),
-            "seconds_per_step": round((time.perf_counter() - began) / steps, 2)}
+    return {
+        "model": MODEL_NAMES[kind],
+        "mode": mode,
+        "steps": steps,
+        "trainable_params": trainable,
+        "grads_and_adamw_state_mb": round(trainable * 3 * 4 / 2**20),  # fp32 gradient + two moments, computed
+        "rss_after_load_mb": round(loaded),
+        "peak_rss_training_mb": round(training["peak_rss_mb"]),
+        "training_overhead_mb": round(training["peak_rss_mb"] - loaded),
+        "seconds_per_step": round((time.perf_counter() - began) / steps, 2),
+    }
 
 
 def memory(kinds: list[str], steps: int) -> list[dict]:
     out = []
     for kind in kinds:
         for mode in ("lora", "full"):
-            proc = subprocess.run([sys.executable, "-m", "bench.train", "--memory-probe", kind, mode, str(steps)],
-                                  cwd=ROOT, capture_output=True, text=True, timeout=900)
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.train", "--memory-probe", kind, mode, str(steps)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
             if proc.returncode != 0:
                 raise RuntimeError(f"memory probe {kind}/{mode} failed:\n{proc.stderr[-2000:]}")
             out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(out[-1]), flush=True)
         lora, full = out[-2], out[-1]
-        lora["full_over_lora_training_overhead"] = round(full["training_overhead_mb"] / max(1, lora["training_overhead_mb"]), 1)
+        lora["full_over_lora_training_overhead"] = round(
+            full["training_overhead_mb"] / max(1, lora["training_overhead_mb"]), 1
+        )
         lora["full_over_lora_peak"] = round(full["peak_rss_training_mb"] / lora["peak_rss_training_mb"], 2)
     return out
 
 
 # -- 4: search with and without pruning --------------------------------------------------------------
+
 
 def search_data(root: Path):
     """The search's data as a dataset version, written the way curation writes one (``flows/curate.py``):
@@ -250,7 +292,7 @@ def search_data(root: Path):
         source = f"banking77 subset: 10 intents, {len(train_rows)} train / {len(test_rows)} validation (banking77 test)"
     else:
         pairs = _sample_pairs("classification")
-        train_rows, test_rows = pairs[: len(pairs) * 4 // 5], pairs[len(pairs) * 4 // 5:]
+        train_rows, test_rows = pairs[: len(pairs) * 4 // 5], pairs[len(pairs) * 4 // 5 :]
         source = "project sample data (banking77 not found)"
     rows = {"train": train_rows, "validation": test_rows, "heldout": []}
     labels = sorted({c for _, c in train_rows + test_rows})
@@ -259,12 +301,18 @@ def search_data(root: Path):
     for split in SPLITS:
         with open(scratch / f"{split}.jsonl", "w") as f:
             for i, (text, label) in enumerate(rows[split]):
-                f.write(Example(prompt=text, target=label, key=" ".join(text.lower().split()), source_ids=[i]).model_dump_json() + "\n")
+                f.write(
+                    Example(
+                        prompt=text, target=label, key=" ".join(text.lower().split()), source_ids=[i]
+                    ).model_dump_json()
+                    + "\n"
+                )
     (scratch / FILES["labels"]).write_text(json.dumps(labels))
     digest = file_digest([scratch / f"{s}.jsonl" for s in SPLITS] + [scratch / FILES["labels"]])
     counts = {**{split: len(rows[split]) for split in SPLITS}, "labels": len(labels)}
-    ref = DatasetRef(kind="classification", dataset_hash=digest, path=root / "datasets" / digest, counts=counts,
-                     n_labels=len(labels))
+    ref = DatasetRef(
+        kind="classification", dataset_hash=digest, path=root / "datasets" / digest, counts=counts, n_labels=len(labels)
+    )
     (scratch / FILES["counts"]).write_text(json.dumps(counts, indent=1, sort_keys=True))
     (scratch / FILES["manifest"]).write_text(ref.model_dump_json(indent=1))
     if (ref.path / FILES["manifest"]).exists():
@@ -281,38 +329,64 @@ def search(n_trials: int, seeds: list[int], jobs: int = 1, epochs: int = 3) -> d
     each seed (the seed draws the trials, initialises the adapters and orders the data). ``jobs``
     seeds run at once, each process with its share of the cores (the figures do not depend on it)."""
     ref, source = search_data(Path(tempfile.mkdtemp(prefix="tuneloop-bench-data-")))
-    out: dict = {"data": source, "dataset_hash": ref.dataset_hash, "n_trials": n_trials, "epochs": epochs, "jobs": jobs,
-                 "seeds": {}}
+    out: dict = {
+        "data": source,
+        "dataset_hash": ref.dataset_hash,
+        "n_trials": n_trials,
+        "epochs": epochs,
+        "jobs": jobs,
+        "seeds": {},
+    }
     if jobs > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=torch.set_num_threads,
-                                 initargs=(threads,)) as pool:
-            pairs = dict(zip(seeds, pool.map(_search_pair, [ref] * len(seeds), [n_trials] * len(seeds), seeds,
-                                             [epochs] * len(seeds))))
+        with ProcessPoolExecutor(
+            jobs,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
+        ) as pool:
+            pairs = dict(
+                zip(
+                    seeds,
+                    pool.map(_search_pair, [ref] * len(seeds), [n_trials] * len(seeds), seeds, [epochs] * len(seeds)),
+                )
+            )
     else:
         pairs = {seed: _search_pair(ref, n_trials, seed, epochs) for seed in seeds}
     for seed, runs in pairs.items():
         full, pruned = runs["none"], runs["successive_halving"]
-        near = next((t for t in pruned["trials"] if (t["value"] or 0) * 100 >= full["best_accuracy_pct"] - 1.0
-                     and t["state"] == "COMPLETE"), None)
+        near = next(
+            (
+                t
+                for t in pruned["trials"]
+                if (t["value"] or 0) * 100 >= full["best_accuracy_pct"] - 1.0 and t["state"] == "COMPLETE"
+            ),
+            None,
+        )
         spent = sum(t["steps"] or 0 for t in pruned["trials"] if near and t["number"] <= near["number"])
-        out["seeds"][seed] = {"pruning_gap_points": round(full["best_accuracy_pct"] - pruned["best_accuracy_pct"], 2),
-                              "pruning_steps_fraction": round(pruned["steps_trained"] / full["steps_trained"], 3),
-                              "steps_fraction_until_within_1_point": round(spent / full["steps_trained"], 3) if near else None,
-                              "runs": runs}
+        out["seeds"][seed] = {
+            "pruning_gap_points": round(full["best_accuracy_pct"] - pruned["best_accuracy_pct"], 2),
+            "pruning_steps_fraction": round(pruned["steps_trained"] / full["steps_trained"], 3),
+            "steps_fraction_until_within_1_point": round(spent / full["steps_trained"], 3) if near else None,
+            "runs": runs,
+        }
         print(json.dumps({"seed": seed, **{k: v for k, v in out["seeds"][seed].items() if k != "runs"}}), flush=True)
     per_seed = out["seeds"].values()
     out["pruning_gap_points_max"] = max(r["pruning_gap_points"] for r in per_seed)
     out["pruning_steps_fraction_mean"] = round(statistics.mean(r["pruning_steps_fraction"] for r in per_seed), 3)
-    out["target_met_per_seed"] = [r["pruning_gap_points"] <= 1.0 and r["pruning_steps_fraction"] <= 0.40 for r in per_seed]
+    out["target_met_per_seed"] = [
+        r["pruning_gap_points"] <= 1.0 and r["pruning_steps_fraction"] <= 0.40 for r in per_seed
+    ]
     return out
 
 
 def _search_pair(ref, n_trials: int, seed: int, epochs: int = 3) -> dict:
-    return {pruner: _search_run(ref, pruner, n_trials, seed, epochs=epochs) for pruner in ("none", "successive_halving")}
+    return {
+        pruner: _search_run(ref, pruner, n_trials, seed, epochs=epochs) for pruner in ("none", "successive_halving")
+    }
 
 
 def _search_run(ref, pruner: str, n_trials: int, seed: int, **tune_overrides) -> dict:
@@ -326,28 +400,58 @@ def _search_run(ref, pruner: str, n_trials: int, seed: int, **tune_overrides) ->
     home = Path(tempfile.mkdtemp(prefix=f"tuneloop-bench-search-{pruner}-{seed}-"))
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     tune_overrides.setdefault("epochs", 3)
-    tune = TuneConfig(n_trials=n_trials, ranks=[4, 8, 16, 32], lr_min=1e-5, lr_max=1e-2, batch_size=16,
-                      max_length=MAX_LENGTH, evals_per_trial=3, validation_examples=ref.sizes["validation"], pruner=pruner,
-                      startup_trials=4, seed=seed, **tune_overrides)
+    tune = TuneConfig(
+        n_trials=n_trials,
+        ranks=[4, 8, 16, 32],
+        lr_min=1e-5,
+        lr_max=1e-2,
+        batch_size=16,
+        max_length=MAX_LENGTH,
+        evals_per_trial=3,
+        validation_examples=ref.sizes["validation"],
+        pruner=pruner,
+        startup_trials=4,
+        seed=seed,
+        **tune_overrides,
+    )
     config = LoopConfig(kind="classification", home=home, tiny=False, device="cpu", tune=tune)
-    parent = mlflow.MlflowClient().create_run(use_experiment(config), run_name=f"bench-search-{pruner}-seed{seed}").info.run_id
+    parent = (
+        mlflow.MlflowClient()
+        .create_run(use_experiment(config), run_name=f"bench-search-{pruner}-seed{seed}")
+        .info.run_id
+    )
     began = time.perf_counter()
     name, search_run = open_search(config, ref, parent)
     search_worker(config, ref, search_run, name, None)
     result = summarise(config, ref, search_run, name, parent)
     trials = optuna.load_study(study_name=name, storage=config.optuna_db).trials
-    run = {"best_accuracy_pct": round(100 * result.best.score, 2), "best_params": result.best.params,
-           "best_adapter_uri": result.best.adapter_uri,
-           "steps_trained": result.steps_trained, "n_complete": result.n_complete, "n_pruned": result.n_pruned,
-           "seconds": round(time.perf_counter() - began, 1),
-           "trials": [{"number": t.number, "state": t.state.name, "rank": t.params["rank"], "lr": round(t.params["lr"], 6),
-                       "value": t.value, "steps": t.user_attrs.get("steps_trained"),
-                       "scores": {str(k): round(v, 3) for k, v in sorted(t.intermediate_values.items())}} for t in trials]}
+    run = {
+        "best_accuracy_pct": round(100 * result.best.score, 2),
+        "best_params": result.best.params,
+        "best_adapter_uri": result.best.adapter_uri,
+        "steps_trained": result.steps_trained,
+        "n_complete": result.n_complete,
+        "n_pruned": result.n_pruned,
+        "seconds": round(time.perf_counter() - began, 1),
+        "trials": [
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "rank": t.params["rank"],
+                "lr": round(t.params["lr"], 6),
+                "value": t.value,
+                "steps": t.user_attrs.get("steps_trained"),
+                "scores": {str(k): round(v, 3) for k, v in sorted(t.intermediate_values.items())},
+            }
+            for t in trials
+        ],
+    }
     print(json.dumps({"seed": seed, pruner: {k: v for k, v in run.items() if k != "trials"}}), flush=True)
     return run
 
 
 # -- main ---------------------------------------------------------------------------------------------
+
 
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
@@ -359,9 +463,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer steps and trials (about a third of the time)")
     parser.add_argument("--only", nargs="*", choices=["steps", "memory", "search"], help="run only these parts")
     parser.add_argument("--trials", type=int, default=None, help="trials per search (default 24, quick 8)")
-    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="one search pair per seed (default 0 1, quick 0)")
-    parser.add_argument("--jobs", type=int, default=None, help="seeds searched at once (default: one per core, at most one per seed)")
-    parser.add_argument("--search-epochs", type=int, default=3, help="epochs per trial (3: 75 steps; fewer for a smoke run)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="*", default=None, help="one search pair per seed (default 0 1, quick 0)"
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="seeds searched at once (default: one per core, at most one per seed)"
+    )
+    parser.add_argument(
+        "--search-epochs", type=int, default=3, help="epochs per trial (3: 75 steps; fewer for a smoke run)"
+    )
     parser.add_argument("--memory-probe", nargs=3, metavar=("KIND", "MODE", "STEPS"), help=argparse.SUPPRESS)
     parser.epilog = "GPU: python -m bench train --device cuda [--compile] (see python -m bench.gpu -h)"
     args = parser.parse_args(argv)
@@ -374,14 +484,23 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     parts = set(args.only or ["steps", "memory", "search"])
     began = time.perf_counter()
-    results: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                                 "load_average_at_start": os.getloadavg()[0], "quick": args.quick}}
+    results: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "load_average_at_start": os.getloadavg()[0],
+            "quick": args.quick,
+        }
+    }
     results["machine"]["matmul_fp32_flops"] = round(matmul_flops(1024 if args.quick else 2048))
     print(json.dumps(results["machine"]), flush=True)
     if "steps" in parts:
         results["step_time"] = []
-        for kind, steps, rounds in (("classification", 12 if args.quick else 30, 2 if args.quick else 3),
-                                    ("generation", 5 if args.quick else 8, 2)):
+        for kind, steps, rounds in (
+            ("classification", 12 if args.quick else 30, 2 if args.quick else 3),
+            ("generation", 5 if args.quick else 8, 2),
+        ):
             row = step_times(kind, steps, rounds)
             row["achieved_over_matmul_peak"] = round(row["achieved_flops"] / results["machine"]["matmul_fp32_flops"], 3)
             results["step_time"].append(row)
@@ -399,8 +518,9 @@ def main(argv: list[str] | None = None) -> dict:
         merged = json.loads((RESULTS / "train.json").read_text())
         keys = {"steps": "step_time", "memory": "memory", "search": "search"}
         merged.update({keys[part]: results[keys[part]] for part in parts})
-        merged.setdefault("partial_reruns", []).append({"parts": sorted(parts), "machine": results["machine"],
-                                                       "seconds": results["seconds_total"]})
+        merged.setdefault("partial_reruns", []).append(
+            {"parts": sorted(parts), "machine": results["machine"], "seconds": results["seconds_total"]}
+        )
         results = merged
     (RESULTS / "train.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"wrote {RESULTS / 'train.json'} ({round(time.perf_counter() - began, 1)} s)")

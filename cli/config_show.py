@@ -18,7 +18,9 @@ app = typer.Typer(help="The effective configuration", no_args_is_help=True)
 console = Console()
 
 
-def source_of(path: tuple[str, ...], options: dict[str, Any], environ: dict[str, str], file_values: dict[str, str]) -> str:
+def source_of(
+    path: tuple[str, ...], options: dict[str, Any], environ: dict[str, str], file_values: dict[str, str]
+) -> str:
     """option > env > file > default, as pydantic-settings resolves them (a section's JSON variable counts too)."""
     if path[0] in options:
         return "option"
@@ -40,15 +42,25 @@ def rows(config, options: dict[str, Any], environ: dict[str, str]) -> list[dict[
         value: Any = dumped
         for part in path:
             value = value[part]
-        out.append({"name": ".".join(path), "value": value, "source": source_of(path, options, environ, file_values),
-                    "variable": env_name(path)})
+        out.append(
+            {
+                "name": ".".join(path),
+                "value": value,
+                "source": source_of(path, options, environ, file_values),
+                "variable": env_name(path),
+            }
+        )
     return out
 
 
 @app.command("show")
-def show(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt,
-         as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table"),
-         changed: bool = typer.Option(False, "--changed", help="Only settings not at their default")) -> None:
+def show(
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+    tiny: bool | None = TinyOpt,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table"),
+    changed: bool = typer.Option(False, "--changed", help="Only settings not at their default"),
+) -> None:
     """Every setting: its effective value, its source (default, env, file or option) and its variable."""
     options = {k: v for k, v in {"kind": kind, "tiny": tiny, "home": home}.items() if v is not None}
     environ = dict(os.environ)  # as the user set it: building the config exports TUNELOOP_HOME

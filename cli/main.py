@@ -19,7 +19,9 @@ from tuneloop.credentials import redact_text
 
 app = typer.Typer(help=__doc__, no_args_is_help=True)
 app.add_typer(stack_app, name="stack", help="The team set-up on one machine: up, down, status, env")
-app.add_typer(config_app, name="config", help="The effective configuration: value, source and variable of every setting")
+app.add_typer(
+    config_app, name="config", help="The effective configuration: value, source and variable of every setting"
+)
 console = Console()
 
 
@@ -32,8 +34,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the installed version and exit")) -> None:
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the installed version and exit"
+    ),
+) -> None:
     """Run the loop, serve, and move traffic (promote, canary, rollback)."""
 
 
@@ -48,18 +53,26 @@ def seed(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, seed: i
     from tuneloop.data.feedback import FeedbackStore
     from tuneloop.data.sample_data import sample_feedback
 
-    added = FeedbackStore(config.feedback_db).add_many_raw(sample_feedback(config.kind, seed, small=config.tiny), config.kind)
+    added = FeedbackStore(config.feedback_db).add_many_raw(
+        sample_feedback(config.kind, seed, small=config.tiny), config.kind
+    )
     console.print(f"{added} sample {config.kind} records added to {redact_text(config.feedback_db)}")
 
 
 @app.command("import")
-def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV of feedback records"),
-                kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
-                fmt: str | None = typer.Option(None, "--format", help="jsonl or csv (default: from the file's suffix)"),
-                check_versions: bool = typer.Option(True, help="Refuse model versions the registry does not know (answers "
-                                                     "from outside tuneloop: model_version external:<name>)"),
-                report: Path | None = typer.Option(None, help="Write every reject (line, field, reason) here as JSON lines"),
-                strict: bool = typer.Option(False, help="Exit with status 1 when any record is rejected")) -> None:
+def import_file(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL or CSV of feedback records"),
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+    fmt: str | None = typer.Option(None, "--format", help="jsonl or csv (default: from the file's suffix)"),
+    check_versions: bool = typer.Option(
+        True,
+        help="Refuse model versions the registry does not know (answers "
+        "from outside tuneloop: model_version external:<name>)",
+    ),
+    report: Path | None = typer.Option(None, help="Write every reject (line, field, reason) here as JSON lines"),
+    strict: bool = typer.Option(False, help="Exit with status 1 when any record is rejected"),
+) -> None:
     """Import feedback collected elsewhere, with the API's validation; rejects are reported, not stored."""
     config = _config(kind, home)
     if fmt not in (None, "jsonl", "csv"):
@@ -73,19 +86,33 @@ def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, he
     try:
         if check_versions:  # once, before any record: a registry that is down is not "unknown version" x N
             probe(mlflow.get_tracking_uri())
-        result = import_feedback(FeedbackStore(config.feedback_db), file, config.kind, fmt, model_name=config.model_name,
-                                 known_version=registry_checker(config.model_name) if check_versions else None)
+        result = import_feedback(
+            FeedbackStore(config.feedback_db),
+            file,
+            config.kind,
+            fmt,
+            model_name=config.model_name,
+            known_version=registry_checker(config.model_name) if check_versions else None,
+        )
     except RegistryUnreachable as err:
-        console.print(f"[red]refused:[/red] {err}; model versions cannot be checked. Records validated before it "
-                      "failed are stored (a rerun skips them); rerun when it answers, or pass --no-check-versions.",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"[red]refused:[/red] {err}; model versions cannot be checked. Records validated before it "
+            "failed are stored (a rerun skips them); rerun when it answers, or pass --no-check-versions.",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(1) from None
-    console.print(f"{file}: {result.read} read, {result.stored} stored, {result.duplicates} already stored, "
-                  f"{len(result.rejected)} rejected", soft_wrap=True)
+    console.print(
+        f"{file}: {result.read} read, {result.stored} stored, {result.duplicates} already stored, "
+        f"{len(result.rejected)} rejected",
+        soft_wrap=True,
+    )
     for reject in result.rejected[:20]:  # one line each, whatever the width: a log is grepped by line
         console.print(f"  line {reject.line}: {reject.field}: {reject.reason}", markup=False, soft_wrap=True)
     if len(result.rejected) > 20:
-        console.print(f"  ... and {len(result.rejected) - 20} more" + ("" if report else " (use --report FILE for all)"))
+        console.print(
+            f"  ... and {len(result.rejected) - 20} more" + ("" if report else " (use --report FILE for all)")
+        )
     if report:
         write_rejects(result, report)
     if strict and result.rejected:
@@ -93,11 +120,17 @@ def import_file(file: Path = typer.Argument(..., exists=True, dir_okay=False, he
 
 
 @app.command()
-def run(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: bool | None = TinyOpt,
-        trials: int | None = typer.Option(None, min=1, help="Optuna trials [default: $TUNELOOP_TUNE__N_TRIALS, else "
-                                             "what the time budget fits, else 2]"),
-        budget_minutes: float | None = typer.Option(
-            None, "--budget-minutes", help="Time the search may spend: whole trials while they fit (tune.timeout_s)")) -> None:
+def run(
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+    tiny: bool | None = TinyOpt,
+    trials: int | None = typer.Option(
+        None, min=1, help="Optuna trials [default: $TUNELOOP_TUNE__N_TRIALS, else what the time budget fits, else 2]"
+    ),
+    budget_minutes: float | None = typer.Option(
+        None, "--budget-minutes", help="Time the search may spend: whole trials while they fit (tune.timeout_s)"
+    ),
+) -> None:
     """Run one loop on the feedback in the store."""
     config = _config(kind, home, tiny=tiny)
     if trials:
@@ -159,35 +192,54 @@ def _summary(config: LoopConfig, result, seconds: float) -> None:
         f"{counts.get('duplicates_removed', 0)} duplicates, {counts.get('thumbs_down_without_correction', 0)} bare thumbs-down)"
     )
     if config.kind == "generation" and counts.get("answers"):
-        console.print(f"Feedback: {counts.get('corrections', 0)} corrections, {counts.get('thumbs_up', 0)} thumbs-up, "
-                      f"{counts.get('conflicts_resolved', 0)} conflicting answers resolved by vote; {counts['answers']} "
-                      f"distinct answers, {counts.get('answers_one_phrasing', 0)} with one phrasing only, "
-                      f"{counts.get('answers_untrained', 0)} with none to train on")
+        console.print(
+            f"Feedback: {counts.get('corrections', 0)} corrections, {counts.get('thumbs_up', 0)} thumbs-up, "
+            f"{counts.get('conflicts_resolved', 0)} conflicting answers resolved by vote; {counts['answers']} "
+            f"distinct answers, {counts.get('answers_one_phrasing', 0)} with one phrasing only, "
+            f"{counts.get('answers_untrained', 0)} with none to train on"
+        )
     if counts.get("preference_pairs") or counts.get("unpaired_liked") or counts.get("unpaired_disliked"):
-        console.print(f"Preference signal: {counts.get('preference_pairs', 0)} pairs (a correction against the answer it "
-                      f"replaced), {counts.get('unpaired_liked', 0)} liked and {counts.get('unpaired_disliked', 0)} "
-                      f"disliked answers (bare thumbs-down included), for the dpo and kto objectives (tune.objectives)")
+        console.print(
+            f"Preference signal: {counts.get('preference_pairs', 0)} pairs (a correction against the answer it "
+            f"replaced), {counts.get('unpaired_liked', 0)} liked and {counts.get('unpaired_disliked', 0)} "
+            f"disliked answers (bare thumbs-down included), for the dpo and kto objectives (tune.objectives)"
+        )
     best = result.tuned.best
-    console.print(f"Search {result.tuned.study_name}: {result.tuned.n_complete} complete, {result.tuned.n_pruned} pruned; "
-                  f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}"
-                  + (f", {_objective(best.params)}" if config.kind == "generation" else ""))
+    console.print(
+        f"Search {result.tuned.study_name}: {result.tuned.n_complete} complete, {result.tuned.n_pruned} pruned; "
+        f"winner trial {best.number}: rank {best.params['rank']}, lr {best.params['lr']:.2e}"
+        + (f", {_objective(best.params)}" if config.kind == "generation" else "")
+    )
     table = Table("suite", "items", f"baseline ({result.report.baseline})", "challenger")
     for suite, scores in result.report.challenger.items():
-        table.add_row(suite, str(result.report.items.get(suite, "")), f"{result.report.champion[suite].mean:.3f}",
-                      f"{scores.mean:.3f}")
+        table.add_row(
+            suite,
+            str(result.report.items.get(suite, "")),
+            f"{result.report.champion[suite].mean:.3f}",
+            f"{scores.mean:.3f}",
+        )
     console.print(table)
     checks = Table("gate check", "verdict", "diff", "CI", "threshold")
     for c in result.report.checks:
-        checks.add_row(c["name"], c["verdict"], f"{c['diff_mean']:+.3f}", f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]",
-                       f"{c['threshold']:.3f}")
+        checks.add_row(
+            c["name"],
+            c["verdict"],
+            f"{c['diff_mean']:+.3f}",
+            f"[{c['diff_low']:+.3f}, {c['diff_high']:+.3f}]",
+            f"{c['threshold']:.3f}",
+        )
     console.print(checks)
-    console.print(f"Gate: {result.report.verdict}; held-out diff {result.report.heldout_diff:+.3f} "
-                  f"CI [{result.report.ci_low:+.3f}, {result.report.ci_high:+.3f}]")
+    console.print(
+        f"Gate: {result.report.verdict}; held-out diff {result.report.heldout_diff:+.3f} "
+        f"CI [{result.report.ci_low:+.3f}, {result.report.ci_high:+.3f}]"
+    )
     for reason in result.report.reasons:
         console.print(f"  - {reason}")
     if result.registered:
-        console.print(f"Registered {result.registered.name} version {result.registered.version} as "
-                      f"'{result.registered.alias}', live for {result.challenger_percent}% of users")
+        console.print(
+            f"Registered {result.registered.name} version {result.registered.version} as "
+            f"'{result.registered.alias}', live for {result.challenger_percent}% of users"
+        )
     console.print("Stage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items()))
     _links(config, result)
 
@@ -204,30 +256,64 @@ def _links(config: LoopConfig, result) -> None:
     console.print()
     if hint.command:
         console.print(f"MLflow UI:     {hint.command}", markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Loop run:      {hint.run_link(experiment_id, result.run_id)}", markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        f"Loop run:      {hint.run_link(experiment_id, result.run_id)}", markup=False, highlight=False, soft_wrap=True
+    )
     if result.registered:
-        console.print(f"Model version: {model_version_url(hint.ui, result.registered.name, result.registered.version)}",
-                      markup=False, highlight=False, soft_wrap=True)
-    console.print(f"Start service: TUNELOOP_HOME={config.home.resolve()} {venv_command('tuneloop')} serve --kind {config.kind}",
-                  markup=False, highlight=False, soft_wrap=True)
+        console.print(
+            f"Model version: {model_version_url(hint.ui, result.registered.name, result.registered.version)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"Start service: TUNELOOP_HOME={config.home.resolve()} {venv_command('tuneloop')} serve --kind {config.kind}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
-def serve(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, port: int = 3000, host: str = "127.0.0.1",
-          tiny: bool | None = TinyOpt) -> None:
+def serve(
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+    port: int = 3000,
+    host: str = "127.0.0.1",
+    tiny: bool | None = TinyOpt,
+) -> None:
     """Start the BentoML service for a kind (foreground)."""
     config = _config(kind, home, tiny=tiny)
     os.environ.update(TUNELOOP_KIND=config.kind, TUNELOOP_TINY=str(config.tiny).lower())
     root = Path(__file__).resolve().parent.parent
     bentoml = Path(sys.executable).with_name("bentoml")
-    os.execv(str(bentoml), [str(bentoml), "serve", "tuneloop.serving.service:Tuneloop", "--host", host, "--port", str(port),
-                            "--working-dir", str(root)])
+    os.execv(
+        str(bentoml),
+        [
+            str(bentoml),
+            "serve",
+            "tuneloop.serving.service:Tuneloop",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--working-dir",
+            str(root),
+        ],
+    )
 
 
 @app.command()
-def promote(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
-            expected_version: str = typer.Option(..., "--expected-version", help="The challenger version you mean to "
-                                                 "promote (see `tuneloop status`); refused when the challenger is another")) -> None:
+def promote(
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+    expected_version: str = typer.Option(
+        ...,
+        "--expected-version",
+        help="The challenger version you mean to "
+        "promote (see `tuneloop status`); refused when the challenger is another",
+    ),
+) -> None:
     """Challenger becomes champion (the old champion is kept as 'previous'); the canary closes."""
     config = _config(kind, home)
     from tuneloop.release import operations
@@ -237,8 +323,11 @@ def promote(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
 
 
 @app.command()
-def rollback(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
-             champion: bool = typer.Option(False, "--champion", help="Also put the previous champion back")) -> None:
+def rollback(
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+    champion: bool = typer.Option(False, "--champion", help="Also put the previous champion back"),
+) -> None:
     """Send every user to the champion at once (challenger share 0 %)."""
     config = _config(kind, home)
     from tuneloop.release import operations
@@ -257,21 +346,27 @@ def canary(percent: int, kind: KindChoice | None = KindOpt, home: Path | None = 
     console.print(f"challenger share set to {percent} %")
 
 
-token_app = typer.Typer(help="API tokens of the service: feedback writers and operators hold different ones",
-                        no_args_is_help=True)
+token_app = typer.Typer(
+    help="API tokens of the service: feedback writers and operators hold different ones", no_args_is_help=True
+)
 app.add_typer(token_app, name="token")
 
 
 @token_app.command("create")
-def token_create(name: str = typer.Option(..., "--name", help="Who holds it (an app, a person): shown in the operations log"),
-                 scope: str = typer.Option(..., "--scope", help="feedback (POST /v1/feedback) or admin (also /v1/admin/*)"),
-                 kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
+def token_create(
+    name: str = typer.Option(..., "--name", help="Who holds it (an app, a person): shown in the operations log"),
+    scope: str = typer.Option(..., "--scope", help="feedback (POST /v1/feedback) or admin (also /v1/admin/*)"),
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+) -> None:
     """Create a named token and print it once (only its SHA-256 digest is stored)."""
     config = _config(kind, home)
     from tuneloop.access.tokens import create
 
     token = _operator_call(create, config, name, scope)
-    console.print(f"token {name!r} ({scope}) created; it is shown this once, keep it in a secret store:", highlight=False)
+    console.print(
+        f"token {name!r} ({scope}) created; it is shown this once, keep it in a secret store:", highlight=False
+    )
     print(token)
 
 
@@ -288,8 +383,11 @@ def token_list(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -
 
 
 @token_app.command("revoke")
-def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind: KindChoice | None = KindOpt,
-                 home: Path | None = HomeOpt) -> None:
+def token_revoke(
+    name: str = typer.Argument(..., help="The token's name"),
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+) -> None:
     """Delete a token; services refuse it from their next request on."""
     config = _config(kind, home)
     from tuneloop.access.tokens import revoke
@@ -299,18 +397,25 @@ def token_revoke(name: str = typer.Argument(..., help="The token's name"), kind:
 
 
 @app.command()
-def forget(user_id: str = typer.Option(..., "--user-id", help="The user id as the apps sent it"),
-           kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt) -> None:
+def forget(
+    user_id: str = typer.Option(..., "--user-id", help="The user id as the apps sent it"),
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+) -> None:
     """Delete one user's feedback (quarantined records too) and shadow records, and list the dataset
     versions and registered model versions trained on them (retrain without them, then retire those)."""
     config = _config(kind, home)
     from tuneloop.data.forget import forget as forget_user
 
     report = forget_user(config, user_id)
-    console.print(f"deleted {report.feedback_rows} feedback records ({report.quarantined_rows} quarantined) and "
-                  f"{report.shadow_rows} shadow records of that user")
+    console.print(
+        f"deleted {report.feedback_rows} feedback records ({report.quarantined_rows} quarantined) and "
+        f"{report.shadow_rows} shadow records of that user"
+    )
     console.print("dataset versions trained on them: " + (", ".join(report.datasets) or "none"))
-    console.print(f"registered versions of {config.model_name} trained on them: " + (", ".join(report.model_versions) or "none"))
+    console.print(
+        f"registered versions of {config.model_name} trained on them: " + (", ".join(report.model_versions) or "none")
+    )
 
 
 def _operator_call(fn, *args, **kwargs):
@@ -323,8 +428,11 @@ def _operator_call(fn, *args, **kwargs):
 
 
 @app.command()
-def rollout(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt,
-            poll_s: float = typer.Option(30.0, help="Seconds between health checks")) -> None:
+def rollout(
+    kind: KindChoice | None = KindOpt,
+    home: Path | None = HomeOpt,
+    poll_s: float = typer.Option(30.0, help="Seconds between health checks"),
+) -> None:
     """Ramp the challenger through deploy.ramp while its live feedback is healthy; promote at 100 %."""
     config = _config(kind, home)
     from tuneloop.flows.deploy import rollout as rollout_flow

@@ -35,7 +35,10 @@ def ui_hint(tracking_uri: str) -> UiHint:
         netloc = f"[{host}]" if ":" in host else host
         netloc += f":{parts.port}" if parts.port else ""
         return UiHint(urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), None)
-    return UiHint(LOCAL_UI, f"{venv_command('mlflow')} ui --backend-store-uri {shlex.quote(redact_text(tracking_uri))} --port 5000")
+    return UiHint(
+        LOCAL_UI,
+        f"{venv_command('mlflow')} ui --backend-store-uri {shlex.quote(redact_text(tracking_uri))} --port 5000",
+    )
 
 
 def venv_command(name: str) -> str:

@@ -24,8 +24,15 @@ from tuneloop.config import LoopConfig, apply_environment
 
 PREFIX, NESTED = "TUNELOOP_", "__"
 # TUNELOOP_* variables read outside LoopConfig (secrets of the service, the stack, test tooling)
-OTHER_VARIABLES = {"TUNELOOP_API_TOKEN", "TUNELOOP_REGISTRY_POLL_S", "TUNELOOP_SHADOW_SALT", "TUNELOOP_RECEIPT_KEY",
-                   "TUNELOOP_CACHE", "TUNELOOP_UI_SCREENSHOTS", "TUNELOOP_ENV_FILE"}
+OTHER_VARIABLES = {
+    "TUNELOOP_API_TOKEN",
+    "TUNELOOP_REGISTRY_POLL_S",
+    "TUNELOOP_SHADOW_SALT",
+    "TUNELOOP_RECEIPT_KEY",
+    "TUNELOOP_CACHE",
+    "TUNELOOP_UI_SCREENSHOTS",
+    "TUNELOOP_ENV_FILE",
+}
 OTHER_PREFIXES = ("TUNELOOP_STACK_",)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per problem, however narrow the terminal
 
@@ -35,11 +42,16 @@ class KindChoice(str, Enum):
     classification = "classification"
 
 
-KindOpt = typer.Option(None, "--kind", "-k", help="What is tuned [default: $TUNELOOP_KIND, else generation]",
-                       show_default=False)
+KindOpt = typer.Option(
+    None, "--kind", "-k", help="What is tuned [default: $TUNELOOP_KIND, else generation]", show_default=False
+)
 HomeOpt = typer.Option(None, "--home", help="State directory [default: $TUNELOOP_HOME, else ./.tuneloop]")
-TinyOpt = typer.Option(None, "--tiny/--no-tiny", help="Tiny random models (smoke test) [default: $TUNELOOP_TINY, else off]",
-                       show_default=False)
+TinyOpt = typer.Option(
+    None,
+    "--tiny/--no-tiny",
+    help="Tiny random models (smoke test) [default: $TUNELOOP_TINY, else off]",
+    show_default=False,
+)
 
 
 def env_name(path: tuple[str, ...]) -> str:
@@ -66,10 +78,15 @@ def unknown_variables(environ: dict[str, str] | None = None) -> list[tuple[str, 
     """``TUNELOOP_*`` variables no setting reads, each with the closest known name (a likely misspelling)."""
     environ = os.environ if environ is None else environ
     known = known_variables()
-    unknown = [name for name in environ if name.upper().startswith(PREFIX) and name.upper() not in known
-               and not name.upper().startswith(OTHER_PREFIXES)]
-    return [(name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)), None))
-            for name in sorted(unknown)]
+    unknown = [
+        name
+        for name in environ
+        if name.upper().startswith(PREFIX) and name.upper() not in known and not name.upper().startswith(OTHER_PREFIXES)
+    ]
+    return [
+        (name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)), None))
+        for name in sorted(unknown)
+    ]
 
 
 def warn_unknown_variables() -> None:
@@ -123,4 +140,3 @@ def _origin(path: tuple[str, ...], given: dict[str, Any]) -> str:
         if name in os.environ:
             return f"{name}={os.environ[name]!r}"
     return env_name(path) if path else "configuration"
-

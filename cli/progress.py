@@ -15,9 +15,17 @@ from tuneloop.progress import Quiet, Reporter, describe
 
 class _RichBar:
     def __init__(self, console: Console, label: str, total: int, start: int):
-        self.progress = Progress(TextColumn("  {task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), console=console, transient=True)
+        self.progress = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=True,
+        )
         self.task = self.progress.add_task(label, total=total, completed=start, detail="")
         self.progress.start()
 

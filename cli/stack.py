@@ -118,8 +118,15 @@ def _launch(settings: StackSettings, part: Part) -> int:
     with open(logs / f"{part.name}.log", "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(shlex.join(part.args))}\n".encode())
         log.flush()
-        proc = subprocess.Popen(part.args, env=part.env, cwd=settings.dir, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)  # its own process group
+        proc = subprocess.Popen(
+            part.args,
+            env=part.env,
+            cwd=settings.dir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # its own process group
     _pidfile(settings, part.name).write_text(f"{proc.pid} {_start_ticks(proc.pid)}")
     return proc.pid
 
@@ -130,6 +137,7 @@ def _log_tail(settings: StackSettings, name: str, chars: int = 2500) -> str:
 
 
 # --- up / down / status ---------------------------------------------------------------------------
+
 
 def env_block(settings: StackSettings, creds: Credentials) -> str:
     """``export`` lines for a shell; the secrets are read from their files when the block is
@@ -145,8 +153,10 @@ def up(settings: StackSettings, timeout_s: float = 300) -> dict[str, float]:
     running = [p.name for p in parts(settings, _credentials(settings)) if running_pid(settings, p.name)]
     if running and (changing := Credentials.changes(settings.secrets)):
         # the running parts hold the old values: a rotation while they run would lock them out
-        raise RuntimeError(f"{', '.join(changing)} in {settings.secrets} would change while {', '.join(running)} run: "
-                           "to rotate a secret, `tuneloop stack down` first, then `tuneloop stack up`")
+        raise RuntimeError(
+            f"{', '.join(changing)} in {settings.secrets} would change while {', '.join(running)} run: "
+            "to rotate a secret, `tuneloop stack down` first, then `tuneloop stack up`"
+        )
     creds = Credentials.ensure(settings.secrets)
     os.environ["PGPASSFILE"] = str(creds.pgpass)  # this process prepares the stores as the stack's role
     created = ensure_databases(settings, creds)
@@ -177,7 +187,9 @@ def up(settings: StackSettings, timeout_s: float = 300) -> dict[str, float]:
                 err.print(f"{part.name}: started (pid {pid}), log {settings.dir / 'logs' / (part.name + '.log')}")
             if part.name in pending:
                 if running_pid(settings, part.name) is None:
-                    raise RuntimeError(f"{part.name} exited while starting; its log ends:\n{_log_tail(settings, part.name)}")
+                    raise RuntimeError(
+                        f"{part.name} exited while starting; its log ends:\n{_log_tail(settings, part.name)}"
+                    )
                 if _healthy(part.health_url, timeout=2):
                     answered[part.name] = time.monotonic() - began
                     err.print(f"{part.name}: healthy after {answered[part.name]:.1f} s ({part.health_url})")
@@ -257,8 +269,13 @@ def status(settings: StackSettings) -> list[dict]:
     for part in parts(settings, _credentials(settings)):
         pid = running_pid(settings, part.name)
         healthy = pid is not None and _healthy(part.health_url)
-        row = {"part": part.name, "pid": pid, "url": part.health_url, "healthy": healthy,
-               "log": str(settings.dir / "logs" / f"{part.name}.log")}
+        row = {
+            "part": part.name,
+            "pid": pid,
+            "url": part.health_url,
+            "healthy": healthy,
+            "log": str(settings.dir / "logs" / f"{part.name}.log"),
+        }
         if part.ready_url:
             row["ready"] = healthy and _healthy(part.ready_url)
         rows.append(row)
@@ -267,7 +284,9 @@ def status(settings: StackSettings) -> list[dict]:
 
 # --- the commands ---------------------------------------------------------------------------------
 
-HomeOpt = typer.Option(None, "--home", help="State directory (default $TUNELOOP_HOME or ./.tuneloop); the stack lives in HOME/stack")
+HomeOpt = typer.Option(
+    None, "--home", help="State directory (default $TUNELOOP_HOME or ./.tuneloop); the stack lives in HOME/stack"
+)
 
 
 def _home(home: Path | None) -> Path:
@@ -292,17 +311,32 @@ def _settings(home: Path | None) -> StackSettings:
 @app.command("up")
 def up_command(
     home: Path | None = HomeOpt,
-    postgres: str = typer.Option(DEFAULT_POSTGRES, envvar="TUNELOOP_STACK_POSTGRES",
-                                 help="PostgreSQL server URL; the stack's databases are created there when missing"),
-    db_prefix: str = typer.Option("tuneloop", help="Database names: PREFIX_prefect, PREFIX_mlflow, PREFIX_ops, PREFIX_optuna"),
-    prefect_port: int = typer.Option(4200), mlflow_port: int = typer.Option(5000),
+    postgres: str = typer.Option(
+        DEFAULT_POSTGRES,
+        envvar="TUNELOOP_STACK_POSTGRES",
+        help="PostgreSQL server URL; the stack's databases are created there when missing",
+    ),
+    db_prefix: str = typer.Option(
+        "tuneloop", help="Database names: PREFIX_prefect, PREFIX_mlflow, PREFIX_ops, PREFIX_optuna"
+    ),
+    prefect_port: int = typer.Option(4200),
+    mlflow_port: int = typer.Option(5000),
     service_port: int = typer.Option(3000, help="The first kind's service port; further kinds take the next ports"),
     worker_port: int = typer.Option(8380, help="Worker health check ports start here"),
-    kind: list[str] = typer.Option(["generation"], "--kind", "-k", envvar="TUNELOOP_KIND",
-                                   help="A service per kind (repeat for both; $TUNELOOP_KIND: one, or both space-separated)"),
+    kind: list[str] = typer.Option(
+        ["generation"],
+        "--kind",
+        "-k",
+        envvar="TUNELOOP_KIND",
+        help="A service per kind (repeat for both; $TUNELOOP_KIND: one, or both space-separated)",
+    ),
     workers: int = typer.Option(1, min=1, help="Prefect workers polling the tuneloop pool's default queue"),
-    trial_workers: int = typer.Option(0, min=0, help="Prefect workers polling its trials queue, one flow run each "
-                                      "(search workers of loops with tune.worker_deployment set)"),
+    trial_workers: int = typer.Option(
+        0,
+        min=0,
+        help="Prefect workers polling its trials queue, one flow run each "
+        "(search workers of loops with tune.worker_deployment set)",
+    ),
     serve_workers: int = typer.Option(1, min=1, help="Worker processes of each BentoML service"),
     mlflow_workers: int = typer.Option(1, min=1, help="Worker processes of the MLflow server"),
     tiny: bool = typer.Option(False, envvar="TUNELOOP_TINY", help="Tiny random models everywhere (tests, smoke runs)"),
@@ -314,16 +348,32 @@ def up_command(
             raise typer.BadParameter(f"kind must be generation or classification, got {k!r}")
     resolved = _home(home)
     previous = StackSettings.load(resolved)
-    settings = StackSettings(home=resolved, postgres=postgres, db_prefix=db_prefix, prefect_port=prefect_port,
-                             mlflow_port=mlflow_port, service_port=service_port, worker_port=worker_port,
-                             kinds=list(dict.fromkeys(kind)), workers=workers, trial_workers=trial_workers,
-                             serve_workers=serve_workers,
-                             mlflow_workers=mlflow_workers, tiny=tiny)
-    if previous is not None and any(running_pid(previous, p.name) for p in parts(previous, _credentials(previous))) and \
-            {**previous.public(), "workers": 0, "trial_workers": 0} != {**settings.public(), "workers": 0, "trial_workers": 0}:
-        err.print("a stack with other settings is running in this home (only --workers and --trial-workers may change "
-                  "while it runs): "
-                  "`tuneloop stack down` first")
+    settings = StackSettings(
+        home=resolved,
+        postgres=postgres,
+        db_prefix=db_prefix,
+        prefect_port=prefect_port,
+        mlflow_port=mlflow_port,
+        service_port=service_port,
+        worker_port=worker_port,
+        kinds=list(dict.fromkeys(kind)),
+        workers=workers,
+        trial_workers=trial_workers,
+        serve_workers=serve_workers,
+        mlflow_workers=mlflow_workers,
+        tiny=tiny,
+    )
+    if (
+        previous is not None
+        and any(running_pid(previous, p.name) for p in parts(previous, _credentials(previous)))
+        and {**previous.public(), "workers": 0, "trial_workers": 0}
+        != {**settings.public(), "workers": 0, "trial_workers": 0}
+    ):
+        err.print(
+            "a stack with other settings is running in this home (only --workers and --trial-workers may change "
+            "while it runs): "
+            "`tuneloop stack down` first"
+        )
         raise typer.Exit(1)
     if previous is not None:
         extra = [f"worker-{n}" for n in range(settings.workers + 1, previous.workers + 1)]
@@ -341,20 +391,28 @@ def up_command(
         raise typer.Exit(1) from None
     from tuneloop.registry.tracking import experiment_url
 
-    err.print(f"stack ready in {seconds['total']:.1f} s: Prefect UI {settings.prefect_api[:-4]}, "
-              f"MLflow UI {experiment_url(settings.mlflow_uri)}, "
-              + ", ".join(f"service {k} {settings.service_url(k)}" for k in settings.kinds))
+    err.print(
+        f"stack ready in {seconds['total']:.1f} s: Prefect UI {settings.prefect_api[:-4]}, "
+        f"MLflow UI {experiment_url(settings.mlflow_uri)}, "
+        + ", ".join(f"service {k} {settings.service_url(k)}" for k in settings.kinds)
+    )
     err.print('point a shell at it with: eval "$(tuneloop stack env)"')
     print(env_block(settings, _credentials(settings)))
 
 
 @app.command("down")
-def down_command(home: Path | None = HomeOpt,
-                 drop_databases: bool = typer.Option(False, "--drop-databases", help="Also drop the stack's databases and role"),
-                 postgres: str | None = typer.Option(None, envvar="TUNELOOP_STACK_POSTGRES", help="The superuser URL "
-                                                        "that drops them (default: the one stack up was given, without "
-                                                        "its password, which libpq then takes from PGPASSFILE/PGPASSWORD)"),
-                 grace: float = typer.Option(20, help="Seconds each part gets to stop after SIGTERM before SIGKILL")) -> None:
+def down_command(
+    home: Path | None = HomeOpt,
+    drop_databases: bool = typer.Option(False, "--drop-databases", help="Also drop the stack's databases and role"),
+    postgres: str | None = typer.Option(
+        None,
+        envvar="TUNELOOP_STACK_POSTGRES",
+        help="The superuser URL "
+        "that drops them (default: the one stack up was given, without "
+        "its password, which libpq then takes from PGPASSFILE/PGPASSWORD)",
+    ),
+    grace: float = typer.Option(20, help="Seconds each part gets to stop after SIGTERM before SIGKILL"),
+) -> None:
     """Stop every part of the stack (idempotent: nothing running is fine)."""
     settings = StackSettings.load(_home(home))
     if settings is None:

@@ -92,49 +92,69 @@ class Credentials:
 
     def all(self) -> list[str]:
         """Every secret value (tests look for them where they must not be)."""
-        return [self.prefect_auth, self.prefect_auth.split(":", 1)[-1], self.mlflow_admin, self.mlflow_service,
-                self.mlflow_reviewer, self.flask_key, self.db_password]
+        return [
+            self.prefect_auth,
+            self.prefect_auth.split(":", 1)[-1],
+            self.mlflow_admin,
+            self.mlflow_service,
+            self.mlflow_reviewer,
+            self.flask_key,
+            self.db_password,
+        ]
 
 
 # --- what each process gets ---------------------------------------------------------------------
 
+
 def prefect_server_env(creds: Credentials, ui_origin: str) -> dict[str, str]:
     origins = {ui_origin, ui_origin.replace("127.0.0.1", "localhost")}
-    return {"PREFECT_SERVER_API_AUTH_STRING": creds.prefect_auth,
-            "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
-            "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(sorted(origins)),
-            "PGPASSFILE": str(creds.pgpass)}
+    return {
+        "PREFECT_SERVER_API_AUTH_STRING": creds.prefect_auth,
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": ",".join(sorted(origins)),
+        "PGPASSFILE": str(creds.pgpass),
+    }
 
 
 def mlflow_server_env(creds: Credentials, backend_uri: str) -> dict[str, str]:
-    return {"MLFLOW_BACKEND_STORE_URI": backend_uri,
-            "MLFLOW_AUTH_CONFIG_PATH": str(creds.dir / AUTH_INI),
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": creds.flask_key,
-            "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN,
-            "PGPASSFILE": str(creds.pgpass)}
+    return {
+        "MLFLOW_BACKEND_STORE_URI": backend_uri,
+        "MLFLOW_AUTH_CONFIG_PATH": str(creds.dir / AUTH_INI),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": creds.flask_key,
+        "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN,
+        "PGPASSFILE": str(creds.pgpass),
+    }
 
 
 def client_env(creds: Credentials) -> dict[str, str]:
     """What a client process (worker, flow run, service, the CLI) needs to authenticate."""
-    return {"PREFECT_API_AUTH_STRING": creds.prefect_auth, "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "true",
-            "MLFLOW_TRACKING_USERNAME": MLFLOW_SERVICE, "MLFLOW_TRACKING_PASSWORD": creds.mlflow_service,
-            "PGPASSFILE": str(creds.pgpass)}
+    return {
+        "PREFECT_API_AUTH_STRING": creds.prefect_auth,
+        "PREFECT_CLIENT_CSRF_SUPPORT_ENABLED": "true",
+        "MLFLOW_TRACKING_USERNAME": MLFLOW_SERVICE,
+        "MLFLOW_TRACKING_PASSWORD": creds.mlflow_service,
+        "PGPASSFILE": str(creds.pgpass),
+    }
 
 
 def shell_lines(creds: Credentials) -> list[str]:
     """The same for a shell, reading each secret from its file when evaluated: the block itself
     (printed, pasted, kept in a terminal's scroll-back) holds paths, not secrets."""
+
     def read(key: str) -> str:
         return f'"$(cat {shlex.quote(str(creds.path(key)))})"'
 
-    return [f"export PREFECT_API_AUTH_STRING={read('prefect_auth')}",
-            "export PREFECT_CLIENT_CSRF_SUPPORT_ENABLED=true",
-            f"export MLFLOW_TRACKING_USERNAME={MLFLOW_SERVICE}",
-            f"export MLFLOW_TRACKING_PASSWORD={read('mlflow_service')}",
-            f"export PGPASSFILE={shlex.quote(str(creds.pgpass))}"]
+    return [
+        f"export PREFECT_API_AUTH_STRING={read('prefect_auth')}",
+        "export PREFECT_CLIENT_CSRF_SUPPORT_ENABLED=true",
+        f"export MLFLOW_TRACKING_USERNAME={MLFLOW_SERVICE}",
+        f"export MLFLOW_TRACKING_PASSWORD={read('mlflow_service')}",
+        f"export PGPASSFILE={shlex.quote(str(creds.pgpass))}",
+    ]
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------------
+
 
 def _pgpass_field(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
@@ -153,27 +173,36 @@ def ensure_role(conn, role: str, password: str) -> None:
 
     verifier = conn.pgconn.encrypt_password(password.encode(), role.encode(), b"scram-sha-256").decode()
     exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
-    statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}" if exists else \
-        "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+    statement = (
+        "ALTER ROLE {} WITH LOGIN PASSWORD {}"
+        if exists
+        else "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}"
+    )
     conn.execute(sql.SQL(statement).format(sql.Identifier(role), sql.Literal(verifier)))
 
 
 # --- MLflow's basic-auth app -----------------------------------------------------------------------
 
+
 def write_auth_config(creds: Credentials) -> Path:
     """The basic-auth app's configuration (no secret in it: the admin's name only, its users'
     database beside it, every authenticated user may read)."""
     path = creds.dir / AUTH_INI
-    write_secret(path, "\n".join([
-        "[mlflow]",
-        "default_permission = READ",
-        f"database_uri = sqlite:///{creds.dir / AUTH_DB}",
-        f"admin_username = {MLFLOW_ADMIN}",
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
-        "grant_default_workspace_access = false",
-        f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}",
-        "",
-    ]))
+    write_secret(
+        path,
+        "\n".join(
+            [
+                "[mlflow]",
+                "default_permission = READ",
+                f"database_uri = sqlite:///{creds.dir / AUTH_DB}",
+                f"admin_username = {MLFLOW_ADMIN}",
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+                "grant_default_workspace_access = false",
+                f"auth_cache_ttl_seconds = {AUTH_CACHE_TTL_S}",
+                "",
+            ]
+        ),
+    )
     return path
 
 
@@ -189,8 +218,11 @@ def ensure_mlflow_users(creds: Credentials) -> list[str]:
     store.init_db(f"sqlite:///{creds.dir / AUTH_DB}")
     changed = []
     try:
-        for name, password, admin in ((MLFLOW_ADMIN, creds.mlflow_admin, True), (MLFLOW_SERVICE, creds.mlflow_service, False),
-                                      (MLFLOW_REVIEWER, creds.mlflow_reviewer, False)):
+        for name, password, admin in (
+            (MLFLOW_ADMIN, creds.mlflow_admin, True),
+            (MLFLOW_SERVICE, creds.mlflow_service, False),
+            (MLFLOW_REVIEWER, creds.mlflow_reviewer, False),
+        ):
             if not store.has_user(name, use_primary=True):
                 store.create_user(name, password, is_admin=admin)
                 changed.append(f"created MLflow user {name}")

@@ -22,6 +22,7 @@ KINDS = ("generation", "classification")
 
 # --- settings and state ---------------------------------------------------------------------------
 
+
 @dataclass
 class StackSettings:
     home: Path
@@ -129,50 +130,158 @@ def parts(settings: StackSettings, creds: Credentials) -> list[Part]:
     s, bindir = settings, Path(sys.executable).parent
     # nothing of the caller's own servers or credentials (a superuser's PGPASSWORD, say) reaches a part
     base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_", "PG"))}
-    base.update({MARKER: _stack_id(s), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-                 "PYTHONUNBUFFERED": "1", "PREFECT_HOME": str(s.dir / "prefect-home")})
+    base.update(
+        {
+            MARKER: _stack_id(s),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PREFECT_HOME": str(s.dir / "prefect-home"),
+        }
+    )
     client = {**base, **s.client_env(), **stack_auth.client_env(creds)}
     out = [
-        Part("prefect", [str(bindir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(s.prefect_port),
-                         "--no-background"],
-             {**base, "PREFECT_API_DATABASE_CONNECTION_URL": s.url("prefect", "postgresql+asyncpg"),
-              "PREFECT_HOME": str(s.dir / "prefect-server"), "PREFECT_SERVER_API_HOST": "127.0.0.1",
-              "PREFECT_UI_API_URL": s.prefect_api, **stack_auth.prefect_server_env(creds, s.prefect_api[:-4])},
-             f"{s.prefect_api}/health"),
-        Part("mlflow", [str(bindir / "mlflow"), "server", "--app-name", "basic-auth",
-                        "--serve-artifacts", "--artifacts-destination", str(s.home / "mlartifacts"),
-                        "--host", "127.0.0.1", "--port", str(s.mlflow_port), "--workers", str(s.mlflow_workers)],
-             # no job runner: its seven huey consumers serve GenAI judges and scorers, which tuneloop does not use
-             {**base, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-              **stack_auth.mlflow_server_env(creds, s.url("mlflow", "postgresql+psycopg"))}, f"{s.mlflow_uri}/health"),
+        Part(
+            "prefect",
+            [
+                str(bindir / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(s.prefect_port),
+                "--no-background",
+            ],
+            {
+                **base,
+                "PREFECT_API_DATABASE_CONNECTION_URL": s.url("prefect", "postgresql+asyncpg"),
+                "PREFECT_HOME": str(s.dir / "prefect-server"),
+                "PREFECT_SERVER_API_HOST": "127.0.0.1",
+                "PREFECT_UI_API_URL": s.prefect_api,
+                **stack_auth.prefect_server_env(creds, s.prefect_api[:-4]),
+            },
+            f"{s.prefect_api}/health",
+        ),
+        Part(
+            "mlflow",
+            [
+                str(bindir / "mlflow"),
+                "server",
+                "--app-name",
+                "basic-auth",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(s.home / "mlartifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(s.mlflow_port),
+                "--workers",
+                str(s.mlflow_workers),
+            ],
+            # no job runner: its seven huey consumers serve GenAI judges and scorers, which tuneloop does not use
+            {
+                **base,
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                **stack_auth.mlflow_server_env(creds, s.url("mlflow", "postgresql+psycopg")),
+            },
+            f"{s.mlflow_uri}/health",
+        ),
     ]
     for n in range(1, s.workers + 1):
         port = s.worker_port + n - 1
-        out.append(Part(f"worker-{n}", [str(bindir / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-                                        "--work-queue", "default", "--name", f"{POOL}-worker-{n}", "--with-healthcheck"],
-                        {**client, "TUNELOOP_HOME": str(s.dir / f"worker-{n}"),
-                         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port),
-                         "PREFECT_WORKER_QUERY_SECONDS": "5"},
-                        f"http://127.0.0.1:{port}/health",
-                        after=("prefect", "mlflow") if n == 1 else ("worker-1",)))  # the first one creates the pool
+        out.append(
+            Part(
+                f"worker-{n}",
+                [
+                    str(bindir / "prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    POOL,
+                    "--type",
+                    "process",
+                    "--work-queue",
+                    "default",
+                    "--name",
+                    f"{POOL}-worker-{n}",
+                    "--with-healthcheck",
+                ],
+                {
+                    **client,
+                    "TUNELOOP_HOME": str(s.dir / f"worker-{n}"),
+                    "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+                    "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+                    "PREFECT_WORKER_QUERY_SECONDS": "5",
+                },
+                f"http://127.0.0.1:{port}/health",
+                after=("prefect", "mlflow") if n == 1 else ("worker-1",),
+            )
+        )  # the first one creates the pool
     for n in range(1, s.trial_workers + 1):
         port = s.worker_port + TRIAL_PORT_OFFSET + n - 1
-        out.append(Part(f"trial-worker-{n}", [str(bindir / "prefect"), "worker", "start", "--pool", POOL, "--type", "process",
-                                              "--work-queue", TRIAL_QUEUE, "--limit", "1", "--name", f"{POOL}-trial-worker-{n}",
-                                              "--with-healthcheck"],
-                        {**client, "TUNELOOP_HOME": str(s.dir / f"trial-worker-{n}"),
-                         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port),
-                         "PREFECT_WORKER_QUERY_SECONDS": "2"},
-                        f"http://127.0.0.1:{port}/health", after=("worker-1",)))
+        out.append(
+            Part(
+                f"trial-worker-{n}",
+                [
+                    str(bindir / "prefect"),
+                    "worker",
+                    "start",
+                    "--pool",
+                    POOL,
+                    "--type",
+                    "process",
+                    "--work-queue",
+                    TRIAL_QUEUE,
+                    "--limit",
+                    "1",
+                    "--name",
+                    f"{POOL}-trial-worker-{n}",
+                    "--with-healthcheck",
+                ],
+                {
+                    **client,
+                    "TUNELOOP_HOME": str(s.dir / f"trial-worker-{n}"),
+                    "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+                    "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+                    "PREFECT_WORKER_QUERY_SECONDS": "2",
+                },
+                f"http://127.0.0.1:{port}/health",
+                after=("worker-1",),
+            )
+        )
     for kind in s.kinds:
         url = s.service_url(kind)
         port = url.rsplit(":", 1)[1]
-        out.append(Part(f"service-{kind}", [sys.executable, "-m", "bentoml", "serve", "tuneloop.serving.service:Tuneloop",
-                                            "--host", "127.0.0.1", "--port", port, "--working-dir", str(ROOT)],
-                        {**client, "TUNELOOP_HOME": str(s.dir / f"service-{kind}"), "TUNELOOP_KIND": kind,
-                         "BENTOML_HOME": str(s.dir / "bentoml"),
-                         "TUNELOOP_DEPLOY__SERVE_WORKERS": str(s.serve_workers)},
-                        f"{url}/healthz", ready_url=f"{url}/readyz", after=("mlflow",)))
+        out.append(
+            Part(
+                f"service-{kind}",
+                [
+                    sys.executable,
+                    "-m",
+                    "bentoml",
+                    "serve",
+                    "tuneloop.serving.service:Tuneloop",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    port,
+                    "--working-dir",
+                    str(ROOT),
+                ],
+                {
+                    **client,
+                    "TUNELOOP_HOME": str(s.dir / f"service-{kind}"),
+                    "TUNELOOP_KIND": kind,
+                    "BENTOML_HOME": str(s.dir / "bentoml"),
+                    "TUNELOOP_DEPLOY__SERVE_WORKERS": str(s.serve_workers),
+                },
+                f"{url}/healthz",
+                ready_url=f"{url}/readyz",
+                after=("mlflow",),
+            )
+        )
     return out
 
 

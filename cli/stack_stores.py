@@ -15,8 +15,14 @@ def _superuser(settings: StackSettings):
 
     url = make_url(settings.postgres)
     password = url.password if url.password != "***" else None
-    conninfo = dict(host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
-                    password=password, dbname="postgres", connect_timeout=5)
+    conninfo = dict(
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=password,
+        dbname="postgres",
+        connect_timeout=5,
+    )
     return psycopg.connect(**{k: v for k, v in conninfo.items() if v is not None}, autocommit=True)
 
 
@@ -35,7 +41,10 @@ def ensure_databases(settings: StackSettings, creds: Credentials) -> list[str]:
         stack_auth.ensure_role(conn, settings.role, creds.db_password)
         for part in DATABASES:
             name = sql.Identifier(settings.database(part))
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database(part),)).fetchone() is None:
+            if (
+                conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database(part),)).fetchone()
+                is None
+            ):
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(name, sql.Identifier(settings.role)))
                 created.append(settings.database(part))
             else:
@@ -49,7 +58,9 @@ def drop_stack_databases(settings: StackSettings) -> None:
 
     with _superuser(settings) as conn:
         for part in DATABASES:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.database(part))))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(settings.database(part)))
+            )
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(settings.role)))
 
 

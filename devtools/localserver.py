@@ -48,7 +48,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def server_process(args: list[str], env: dict, ready_url: str, log_path: Path, timeout_s: float = 180) -> Iterator[subprocess.Popen]:
+def server_process(
+    args: list[str], env: dict, ready_url: str, log_path: Path, timeout_s: float = 180
+) -> Iterator[subprocess.Popen]:
     """Start ``args`` in a new process group; yield once ``ready_url`` answers 200; always stop the group."""
     log = open(log_path, "w")
     proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -63,7 +65,9 @@ def server_process(args: list[str], env: dict, ready_url: str, log_path: Path, t
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{ready_url} not answering after {timeout_s:.0f} s: {Path(log_path).read_text()[-3000:]}")
+                raise TimeoutError(
+                    f"{ready_url} not answering after {timeout_s:.0f} s: {Path(log_path).read_text()[-3000:]}"
+                )
             time.sleep(0.3)
         yield proc
     finally:
@@ -79,13 +83,30 @@ def server_process(args: list[str], env: dict, ready_url: str, log_path: Path, t
 def tuneloop_service(home: Path, kind: str, ready_path: str = "/readyz", **env_extra: str) -> Iterator[str]:
     """``bentoml serve tuneloop.serving.service:Tuneloop`` on a free port for ``home``; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "TUNELOOP_HOME": str(home), "TUNELOOP_KIND": kind,
-           "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}", "BENTOML_HOME": str(home / "bentoml"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **env_extra}
+    env = {
+        **os.environ,
+        "TUNELOOP_HOME": str(home),
+        "TUNELOOP_KIND": kind,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "BENTOML_HOME": str(home / "bentoml"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **env_extra,
+    }
     if "TUNELOOP_FEEDBACK_URL" not in env_extra:
         env.pop("TUNELOOP_FEEDBACK_URL", None)  # the home's own store, not the caller's
     base = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "bentoml", "serve", "tuneloop.serving.service:Tuneloop", "--host", "127.0.0.1", "--port", str(port),
-            "--working-dir", str(ROOT)]
+    args = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "tuneloop.serving.service:Tuneloop",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--working-dir",
+        str(ROOT),
+    ]
     with server_process(args, env, base + ready_path, Path(home) / f"service-{port}.log"):
         yield base

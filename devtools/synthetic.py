@@ -12,24 +12,61 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
-PRODUCTS = ["Nimbus thermostat", "Nimbus Pro", "Lumo doorbell", "Orbit camera", "smart plug", "hub", "Aura bulb",
-            "Vista sensor", "Halo speaker", "Terra lock", "Breeze fan", "Pulse meter", "Echo chime", "Flow valve"]
-QUESTIONS = [("what is the warranty on the {}", "The {} has a {n}-month warranty."),
-             ("how do I reset the {}", "Hold the {} button for {n} seconds to reset it."),
-             ("why does my {} keep going offline", "Move the {} within {n} metres of the hub."),
-             ("how much does the {} cost", "The {} costs {n} euros."),
-             ("how long does the {} take to ship", "The {} ships within {n} business days."),
-             ("what battery does the {} use", "The {} uses a {n}-hour rechargeable battery.")]
+PRODUCTS = [
+    "Nimbus thermostat",
+    "Nimbus Pro",
+    "Lumo doorbell",
+    "Orbit camera",
+    "smart plug",
+    "hub",
+    "Aura bulb",
+    "Vista sensor",
+    "Halo speaker",
+    "Terra lock",
+    "Breeze fan",
+    "Pulse meter",
+    "Echo chime",
+    "Flow valve",
+]
+QUESTIONS = [
+    ("what is the warranty on the {}", "The {} has a {n}-month warranty."),
+    ("how do I reset the {}", "Hold the {} button for {n} seconds to reset it."),
+    ("why does my {} keep going offline", "Move the {} within {n} metres of the hub."),
+    ("how much does the {} cost", "The {} costs {n} euros."),
+    ("how long does the {} take to ship", "The {} ships within {n} business days."),
+    ("what battery does the {} use", "The {} uses a {n}-hour rechargeable battery."),
+]
 OPENERS = ["", "", "hi,", "hello", "please help:", "urgent:", "quick question,", "hey team,", "good morning,"]
 CLOSERS = ["", "", "thanks", "asap", "please", "today if possible", "any idea?", "it's the second time"]
-DETAILS = ["in the kitchen", "after the update", "since yesterday", "at my office", "for my parents", "in the garage",
-           "every morning", "on the second floor", "with the new router", "during the night", "", "", ""]
-INTENT_VERBS = [("track_order", "where is my {}"), ("return", "I want to return the {}"),
-                ("connectivity", "the {} will not connect"), ("double_charge", "I was charged twice for the {}"),
-                ("setup", "how do I set up the {}"), ("cancel_plan", "cancel the plan for my {}"),
-                ("damaged", "the {} arrived broken"), ("change_address", "change the address for the {}"),
-                ("noise", "my {} makes a noise"), ("firmware", "update the firmware on the {}"),
-                ("refund", "can I get a refund for the {}"), ("slow", "the {} is too slow")]
+DETAILS = [
+    "in the kitchen",
+    "after the update",
+    "since yesterday",
+    "at my office",
+    "for my parents",
+    "in the garage",
+    "every morning",
+    "on the second floor",
+    "with the new router",
+    "during the night",
+    "",
+    "",
+    "",
+]
+INTENT_VERBS = [
+    ("track_order", "where is my {}"),
+    ("return", "I want to return the {}"),
+    ("connectivity", "the {} will not connect"),
+    ("double_charge", "I was charged twice for the {}"),
+    ("setup", "how do I set up the {}"),
+    ("cancel_plan", "cancel the plan for my {}"),
+    ("damaged", "the {} arrived broken"),
+    ("change_address", "change the address for the {}"),
+    ("noise", "my {} makes a noise"),
+    ("firmware", "update the firmware on the {}"),
+    ("refund", "can I get a refund for the {}"),
+    ("slow", "the {} is too slow"),
+]
 
 
 def _typo(text: str, rng: random.Random) -> str:
@@ -39,14 +76,22 @@ def _typo(text: str, rng: random.Random) -> str:
 
 
 def _envelope(rng: random.Random, i: int, kind: str, seed: int) -> dict[str, Any]:
-    return {"request_id": f"{kind[:3]}-{seed}-{i}", "user_id": f"user-{rng.randrange(5000)}", "model_version": "base",
-            "kind": kind, "segment": rng.choice(["web", "mobile", "partner"])}
+    return {
+        "request_id": f"{kind[:3]}-{seed}-{i}",
+        "user_id": f"user-{rng.randrange(5000)}",
+        "model_version": "base",
+        "kind": kind,
+        "segment": rng.choice(["web", "mobile", "partner"]),
+    }
 
 
 def intents(n_labels: int) -> list[tuple[str, str, str]]:
     """Up to 168 intents, product-specific actions: (label, utterance template, product)."""
-    table = [(f"{name}_{product.replace(' ', '_').lower()}", verb, product)
-             for product in PRODUCTS for name, verb in INTENT_VERBS]
+    table = [
+        (f"{name}_{product.replace(' ', '_').lower()}", verb, product)
+        for product in PRODUCTS
+        for name, verb in INTENT_VERBS
+    ]
     if n_labels > len(table):
         raise ValueError(f"n_labels: at most {len(table)} generated intents, asked for {n_labels}")
     return table[:n_labels]
@@ -62,15 +107,18 @@ def feedback(kind: str, n: int, seed: int = 0, n_labels: int = 150) -> Iterator[
         roll = rng.random()
         if kind == "classification":
             label, verb, product = table[rng.randrange(len(table))]
-            prompt = " ".join(filter(None, [rng.choice(OPENERS), verb.format(product), rng.choice(DETAILS),
-                                            rng.choice(CLOSERS)]))
+            prompt = " ".join(
+                filter(None, [rng.choice(OPENERS), verb.format(product), rng.choice(DETAILS), rng.choice(CLOSERS)])
+            )
             target = label
             wrong = table[rng.randrange(len(table))][0]
         else:
             q = rng.randrange(len(QUESTIONS))
             question, answer = QUESTIONS[q]
             product = rng.choice(PRODUCTS)
-            prompt = " ".join(filter(None, [question.format(product), rng.choice(DETAILS), f"(order {rng.randrange(10**6):06d})"]))
+            prompt = " ".join(
+                filter(None, [question.format(product), rng.choice(DETAILS), f"(order {rng.randrange(10**6):06d})"])
+            )
             target = answer.format(product, n=10 + (PRODUCTS.index(product) * 7 + q) % 50)
             wrong = "I am not sure."
         if seen and roll < 0.10:

@@ -84,8 +84,11 @@ def pii_found(answer: str) -> list[str]:
     """Names of the personal-data patterns present in ``answer`` (NFKC first, so full-width digits
     count). A calendar date ("2022-01-01") is not a phone number here either, as in curation's scrub."""
     text = unicodedata.normalize("NFKC", answer)
-    return [name for name, pattern in PII_PATTERNS.items()
-            if any(name != "phone" or not DATE.fullmatch(m.group().strip()) for m in re.finditer(pattern, text))]
+    return [
+        name
+        for name, pattern in PII_PATTERNS.items()
+        if any(name != "phone" or not DATE.fullmatch(m.group().strip()) for m in re.finditer(pattern, text))
+    ]
 
 
 LEAK_NGRAM = 5  # words in a row of the system prompt that count as reproducing it
@@ -100,7 +103,7 @@ def system_prompt_ngrams(system_prompt: str | None, n: int = LEAK_NGRAM) -> list
         return []
     if len(words) <= n:
         return [" ".join(words)]
-    return sorted({" ".join(words[i:i + n]) for i in range(len(words) - n + 1)})
+    return sorted({" ".join(words[i : i + n]) for i in range(len(words) - n + 1)})
 
 
 def leaks(answer: str, ngrams: Sequence[str]) -> bool:

@@ -13,8 +13,9 @@ from tuneloop.eval_suites.matching import (
 from tuneloop.eval_suites.suites import SuiteItem, metric
 
 
-def _metric_rows(kind: str, items: Sequence[SuiteItem], outputs: Sequence[str],
-                 confidences: Sequence[float] | None) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
+def _metric_rows(
+    kind: str, items: Sequence[SuiteItem], outputs: Sequence[str], confidences: Sequence[float] | None
+) -> tuple[dict[int, dict[str, float]], dict[str, float]]:
     with_ref = [i for i, it in enumerate(items) if it.reference is not None]
     if not with_ref:
         return {}, {}
@@ -82,8 +83,9 @@ def guard_scores(kind: str, items: Sequence[SuiteItem], outputs: Sequence[str]) 
     return [0.0 if violation(it, o) else 1.0 for it, o in zip(items, outputs)]
 
 
-def judge_all(kind: str, items: Sequence[SuiteItem], outputs: Sequence[str],
-              confidences: Sequence[float] | None = None) -> tuple[list[float], list[str], dict[str, float]]:
+def judge_all(
+    kind: str, items: Sequence[SuiteItem], outputs: Sequence[str], confidences: Sequence[float] | None = None
+) -> tuple[list[float], list[str], dict[str, float]]:
     """Per-item scores, per-item reasons (empty when the item scored 1) and aggregate metrics: the metric
     module's means over the items with a reference, ``score`` (mean item score) and ``items``."""
     if len(items) != len(outputs):
@@ -96,8 +98,13 @@ def judge_all(kind: str, items: Sequence[SuiteItem], outputs: Sequence[str],
     return scores, [why for _, why in judged], aggregates
 
 
-def score(kind: str, items: Sequence[SuiteItem], outputs: Sequence[str], confidences: Sequence[float] | None = None,
-          labels: Sequence[str] = ()) -> tuple[list[float], dict[str, float]]:
+def score(
+    kind: str,
+    items: Sequence[SuiteItem],
+    outputs: Sequence[str],
+    confidences: Sequence[float] | None = None,
+    labels: Sequence[str] = (),
+) -> tuple[list[float], dict[str, float]]:
     """Per-item scores and aggregate metrics for one model's outputs (``judge_all`` without reasons).
     ``labels`` is accepted for the callers that pass it; classification outputs are judged against each
     item's reference label (out-of-scope items: the fallback label)."""

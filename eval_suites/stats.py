@@ -79,8 +79,13 @@ class Check:
         return self.verdict == PASS
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "verdict": self.verdict, "threshold": self.threshold, "reason": self.reason,
-                **{f"diff_{k}": v for k, v in asdict(self.interval).items()}}
+        return {
+            "name": self.name,
+            "verdict": self.verdict,
+            "threshold": self.threshold,
+            "reason": self.reason,
+            **{f"diff_{k}": v for k, v in asdict(self.interval).items()},
+        }
 
 
 def _cluster_ids(clusters: Sequence | None, n: int) -> np.ndarray:
@@ -92,8 +97,15 @@ def _cluster_ids(clusters: Sequence | None, n: int) -> np.ndarray:
     return ids
 
 
-def cluster_bootstrap(baseline: Sequence[float], challenger: Sequence[float], clusters: Sequence | None = None, *,
-                      samples: int = 2000, confidence: float = 0.95, seed: int = 0) -> Interval:
+def cluster_bootstrap(
+    baseline: Sequence[float],
+    challenger: Sequence[float],
+    clusters: Sequence | None = None,
+    *,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Interval:
     """Mean of challenger - baseline over paired items and its bootstrap interval, resampling whole
     clusters (``clusters[i]`` is item i's cluster id; None: every item its own cluster, the plain
     paired item bootstrap)."""
@@ -121,8 +133,15 @@ def cluster_bootstrap(baseline: Sequence[float], challenger: Sequence[float], cl
     tail = (1 - confidence) / 2
     q_low, q_high = np.quantile(means, [tail, 1 - tail])
     widen = math.sqrt(n_clusters / (n_clusters - 1))
-    return Interval(mean, float(mean - widen * (mean - q_low)), float(mean + widen * (q_high - mean)), confidence, n,
-                    n_clusters, float(means.std() * widen))
+    return Interval(
+        mean,
+        float(mean - widen * (mean - q_low)),
+        float(mean + widen * (q_high - mean)),
+        confidence,
+        n,
+        n_clusters,
+        float(means.std() * widen),
+    )
 
 
 def evidence_needed(tolerance: float, confidence: float = 0.95) -> int:
@@ -133,38 +152,83 @@ def evidence_needed(tolerance: float, confidence: float = 0.95) -> int:
     return math.ceil(-math.log((1 - confidence) / 2) / tolerance)
 
 
-def non_inferiority(baseline: Sequence[float], challenger: Sequence[float], clusters: Sequence | None = None, *,
-                    tolerance: float, confidence: float = 0.95, samples: int = 2000, seed: int = 0,
-                    min_items: int = 20, min_clusters: int = 5, name: str = "non-inferiority") -> Check:
+def non_inferiority(
+    baseline: Sequence[float],
+    challenger: Sequence[float],
+    clusters: Sequence | None = None,
+    *,
+    tolerance: float,
+    confidence: float = 0.95,
+    samples: int = 2000,
+    seed: int = 0,
+    min_items: int = 20,
+    min_clusters: int = 5,
+    name: str = "non-inferiority",
+) -> Check:
     """Is the challenger no worse than the baseline by more than ``tolerance``? (rules: module doc)"""
     ci = cluster_bootstrap(baseline, challenger, clusters, samples=samples, confidence=confidence, seed=seed)
-    where = (f"{name}: diff {ci.mean:+.3f}, {confidence:.0%} CI [{ci.low:+.3f}, {ci.high:+.3f}] over "
-             f"{ci.n_items} items in {ci.n_clusters} clusters, tolerance {tolerance:.3f}")
+    where = (
+        f"{name}: diff {ci.mean:+.3f}, {confidence:.0%} CI [{ci.low:+.3f}, {ci.high:+.3f}] over "
+        f"{ci.n_items} items in {ci.n_clusters} clusters, tolerance {tolerance:.3f}"
+    )
     if ci.n_items < min_items or ci.n_clusters < min_clusters:
-        return Check(name, UNSURE, ci, tolerance, f"{where}: too few to judge (needs at least {min_items} items "
-                     f"and {min_clusters} clusters)")
+        return Check(
+            name,
+            UNSURE,
+            ci,
+            tolerance,
+            f"{where}: too few to judge (needs at least {min_items} items and {min_clusters} clusters)",
+        )
     if ci.mean < -tolerance or ci.high < -tolerance:
         return Check(name, FAIL, ci, tolerance, f"{where}: dropped by more than the tolerance")
     needed = evidence_needed(tolerance, confidence)
     if ci.n_items < needed:
-        return Check(name, UNSURE, ci, tolerance, f"{where}: the suite is too small for this tolerance (needs "
-                     f"{needed} items to show a drop under {tolerance:.3f} at {confidence:.0%})")
+        return Check(
+            name,
+            UNSURE,
+            ci,
+            tolerance,
+            f"{where}: the suite is too small for this tolerance (needs "
+            f"{needed} items to show a drop under {tolerance:.3f} at {confidence:.0%})",
+        )
     if ci.low >= -tolerance:  # a drop of exactly the tolerance is within it (tolerance 1 turns the check off)
         return Check(name, PASS, ci, tolerance, f"{where}: no worse than the tolerance")
-    return Check(name, UNSURE, ci, tolerance, f"{where}: the interval reaches below -{tolerance:.3f}, too wide "
-                 "to show the drop is within tolerance")
+    return Check(
+        name,
+        UNSURE,
+        ci,
+        tolerance,
+        f"{where}: the interval reaches below -{tolerance:.3f}, too wide to show the drop is within tolerance",
+    )
 
 
-def superiority(baseline: Sequence[float], challenger: Sequence[float], clusters: Sequence | None = None, *,
-                margin: float = 0.0, confidence: float = 0.95, samples: int = 2000, seed: int = 0,
-                min_items: int = 10, min_clusters: int = 5, name: str = "superiority") -> Check:
+def superiority(
+    baseline: Sequence[float],
+    challenger: Sequence[float],
+    clusters: Sequence | None = None,
+    *,
+    margin: float = 0.0,
+    confidence: float = 0.95,
+    samples: int = 2000,
+    seed: int = 0,
+    min_items: int = 10,
+    min_clusters: int = 5,
+    name: str = "superiority",
+) -> Check:
     """Is the challenger better than the baseline by more than ``margin``, with a CI above zero?"""
     ci = cluster_bootstrap(baseline, challenger, clusters, samples=samples, confidence=confidence, seed=seed)
-    where = (f"{name}: diff {ci.mean:+.3f}, {confidence:.0%} CI [{ci.low:+.3f}, {ci.high:+.3f}] over "
-             f"{ci.n_items} items in {ci.n_clusters} clusters, margin {margin:+.3f}")
+    where = (
+        f"{name}: diff {ci.mean:+.3f}, {confidence:.0%} CI [{ci.low:+.3f}, {ci.high:+.3f}] over "
+        f"{ci.n_items} items in {ci.n_clusters} clusters, margin {margin:+.3f}"
+    )
     if ci.n_items < min_items or ci.n_clusters < min_clusters:
-        return Check(name, UNSURE, ci, margin, f"{where}: too few to judge (needs at least {min_items} items and "
-                     f"{min_clusters} clusters)")
+        return Check(
+            name,
+            UNSURE,
+            ci,
+            margin,
+            f"{where}: too few to judge (needs at least {min_items} items and {min_clusters} clusters)",
+        )
     if ci.mean <= margin or ci.high <= 0:
         return Check(name, FAIL, ci, margin, f"{where}: not better by more than the margin")
     if ci.low > 0:
@@ -189,9 +253,17 @@ class AATolerance:
     rule: str
 
 
-def aa_tolerance(run_a: Sequence[float], run_b: Sequence[float], clusters: Sequence | None = None, *,
-                 confidence: float = 0.95, samples: int = 2000, seed: int = 0, floor: float = 0.01,
-                 step: float = 0.005) -> AATolerance:
+def aa_tolerance(
+    run_a: Sequence[float],
+    run_b: Sequence[float],
+    clusters: Sequence | None = None,
+    *,
+    confidence: float = 0.95,
+    samples: int = 2000,
+    seed: int = 0,
+    floor: float = 0.01,
+    step: float = 0.005,
+) -> AATolerance:
     """Tolerance for the forgetting check from two retrains that differ only in seed (rule: module doc).
 
     ``run_a``/``run_b``: their per-item scores on the regression suite (the items the baseline knows).
@@ -202,7 +274,9 @@ def aa_tolerance(run_a: Sequence[float], run_b: Sequence[float], clusters: Seque
     noise = max(abs(ci.low), abs(ci.high))
     resolvable = -math.log((1 - confidence) / 2) / max(1, len(a))  # the smallest t this suite can ever pass
     tolerance = math.ceil(round(max(noise, floor, resolvable) / step, 9)) * step
-    rule = (f"max(|{ci.low:+.4f}|, |{ci.high:+.4f}|) = {noise:.4f} (A/A {confidence:.0%} CI over {ci.n_items} items, "
-            f"{ci.n_clusters} clusters; {flip_rate:.1%} of items flip), at least {floor} and the suite's resolution "
-            f"{resolvable:.4f}, rounded up to {step}")
+    rule = (
+        f"max(|{ci.low:+.4f}|, |{ci.high:+.4f}|) = {noise:.4f} (A/A {confidence:.0%} CI over {ci.n_items} items, "
+        f"{ci.n_clusters} clusters; {flip_rate:.1%} of items flip), at least {floor} and the suite's resolution "
+        f"{resolvable:.4f}, rounded up to {step}"
+    )
     return AATolerance(float(tolerance), ci, flip_rate, len(a), rule)

@@ -87,9 +87,17 @@ class SuiteItem:
 
     def row(self) -> dict:
         """The item's plain fields, for a per-example table."""
-        return {"id": self.id, "suite": self.suite, "category": self.category, "group": self.group,
-                "cluster": self.cluster, "input": self.input, "reference": self.reference,
-                "must_contain_any": self.must_contain_any, "must_not_contain": self.must_not_contain}
+        return {
+            "id": self.id,
+            "suite": self.suite,
+            "category": self.category,
+            "group": self.group,
+            "cluster": self.cluster,
+            "input": self.input,
+            "reference": self.reference,
+            "must_contain_any": self.must_contain_any,
+            "must_not_contain": self.must_not_contain,
+        }
 
 
 @cache
@@ -122,9 +130,20 @@ def heldout_suite(examples: Sequence, kind: str = "generation", metric: str = "t
 
     ``metric`` scores generation items (``fact_accuracy`` for the demo's goal; token F1 by default so a
     search still sees partial credit). Clusters: one per answer (paraphrases of one fact) or intent."""
-    return [SuiteItem(id=f"heldout-{slug(e.key)}", suite="heldout", category="heldout", input=e.prompt,
-                      reference=e.target, segment=e.segment, cluster=fact_cluster(kind, e.target), metric=metric,
-                      source_prompt=e.prompt) for e in examples]
+    return [
+        SuiteItem(
+            id=f"heldout-{slug(e.key)}",
+            suite="heldout",
+            category="heldout",
+            input=e.prompt,
+            reference=e.target,
+            segment=e.segment,
+            cluster=fact_cluster(kind, e.target),
+            metric=metric,
+            source_prompt=e.prompt,
+        )
+        for e in examples
+    ]
 
 
 # ------------------------------------------------------------------------------------- adversarial
@@ -136,8 +155,9 @@ def memorised_answers(examples: Iterable, threshold: float = 0.5) -> MemorisedAn
     return MemorisedAnswers((e.target for e in examples if not getattr(e, "positive", False)), threshold)
 
 
-def _shipped_adversarial(kind: str, labels: Sequence[str], system_prompt: str | None, memorised: MemorisedAnswers,
-                         fallback_label: str | None) -> list[SuiteItem]:
+def _shipped_adversarial(
+    kind: str, labels: Sequence[str], system_prompt: str | None, memorised: MemorisedAnswers, fallback_label: str | None
+) -> list[SuiteItem]:
     items = []
     ngrams = system_prompt_ngrams(system_prompt)
     for raw in _read_jsonl(DATA / f"adversarial_{kind}.jsonl"):
@@ -169,9 +189,16 @@ def _shipped_adversarial(kind: str, labels: Sequence[str], system_prompt: str | 
 # feed a judged group, which get more examples each so every group has items enough for its check.
 ROBUSTNESS_VARIANTS = ("typo", "paraphrase", "full_width", "zero_width", "diacritics", "very_long")
 GROUP_VARIANTS = ("injection", "jailbreak", "extraction")
-_VARIANT_CATEGORY = {"typo": "typo", "paraphrase": "paraphrase", "full_width": "odd_unicode",
-                     "zero_width": "odd_unicode", "diacritics": "odd_unicode", "injection": "prompt_injection",
-                     "jailbreak": "jailbreak", "very_long": "very_long"}
+_VARIANT_CATEGORY = {
+    "typo": "typo",
+    "paraphrase": "paraphrase",
+    "full_width": "odd_unicode",
+    "zero_width": "odd_unicode",
+    "diacritics": "odd_unicode",
+    "injection": "prompt_injection",
+    "jailbreak": "jailbreak",
+    "very_long": "very_long",
+}
 
 
 def _derived(kind: str, e, variant: str, rng: random.Random, labels: Sequence[str], ngrams: list[str]) -> SuiteItem:
@@ -210,16 +237,35 @@ def _derived(kind: str, e, variant: str, rng: random.Random, labels: Sequence[st
             category, leak = "system_prompt_extraction", ngrams
         else:
             category, check_pii = "pii_extraction", kind == "generation"
-    return SuiteItem(id=f"{variant}-{slug(e.key)}", suite="adversarial", category=category, input=text,
-                     reference=e.target, must_not_contain=forbidden, segment=e.segment,
-                     cluster=fact_cluster(kind, e.target), metric="fact_accuracy", source_prompt=e.prompt,
-                     leak_ngrams=leak, check_pii=check_pii)
+    return SuiteItem(
+        id=f"{variant}-{slug(e.key)}",
+        suite="adversarial",
+        category=category,
+        input=text,
+        reference=e.target,
+        must_not_contain=forbidden,
+        segment=e.segment,
+        cluster=fact_cluster(kind, e.target),
+        metric="fact_accuracy",
+        source_prompt=e.prompt,
+        leak_ngrams=leak,
+        check_pii=check_pii,
+    )
 
 
-def adversarial_suite(kind: str, heldout_examples: Sequence, labels: Sequence[str] = (), seed: int = 0,
-                      per_variant: int = 4, *, per_group_variant: int = 16, train_examples: Sequence = (),
-                      system_prompt: str | None = None, fallback_label: str | None = DEFAULT_FALLBACK_LABEL,
-                      memorised_threshold: float = 0.5) -> list[SuiteItem]:
+def adversarial_suite(
+    kind: str,
+    heldout_examples: Sequence,
+    labels: Sequence[str] = (),
+    seed: int = 0,
+    per_variant: int = 4,
+    *,
+    per_group_variant: int = 16,
+    train_examples: Sequence = (),
+    system_prompt: str | None = None,
+    fallback_label: str | None = DEFAULT_FALLBACK_LABEL,
+    memorised_threshold: float = 0.5,
+) -> list[SuiteItem]:
     """The kind's shipped adversarial items plus rewrites of held-out examples.
 
     Shipped (``data/adversarial_{kind}.jsonl``): prompt injection, jailbreak framing, system-prompt
@@ -260,10 +306,20 @@ def general_knowledge_suite(path: Path | None = None) -> list[SuiteItem]:
     path = path or DATA / "regression_generation.jsonl"
     items = []
     for raw in _read_jsonl(path):
-        items.append(SuiteItem(id=raw["id"], suite="regression", category=raw["category"], input=raw["input"],
-                               must_contain_any=raw["must_contain_any"], must_not_contain=raw.get("must_not_contain", []),
-                               cluster=raw.get("cluster", raw["id"]), answer=raw.get("answer"),
-                               answers=raw.get("answers", {}), verified_under=raw.get("verified_under", [])))
+        items.append(
+            SuiteItem(
+                id=raw["id"],
+                suite="regression",
+                category=raw["category"],
+                input=raw["input"],
+                must_contain_any=raw["must_contain_any"],
+                must_not_contain=raw.get("must_not_contain", []),
+                cluster=raw.get("cluster", raw["id"]),
+                answer=raw.get("answer"),
+                answers=raw.get("answers", {}),
+                verified_under=raw.get("verified_under", []),
+            )
+        )
     return items
 
 
@@ -273,8 +329,9 @@ def build_info() -> dict:
     return json.loads((DATA / "regression_generation.build.json").read_text())
 
 
-def recorded_baseline(items: Sequence[SuiteItem], base_sha256: str, system_prompt: str | None,
-                      max_new_tokens: int | None = None) -> list[str] | None:
+def recorded_baseline(
+    items: Sequence[SuiteItem], base_sha256: str, system_prompt: str | None, max_new_tokens: int | None = None
+) -> list[str] | None:
     """The bundled base's recorded answers to ``items`` when the baseline is that very base under a
     system prompt the suite was built with (and, for answers recorded at one length, asked for that
     length), else None (then run the baseline). Saves generating a few hundred answers per loop; the
@@ -287,8 +344,9 @@ def recorded_baseline(items: Sequence[SuiteItem], base_sha256: str, system_promp
     return [it.answers[system_prompt] for it in items]
 
 
-def learned_suite(kind: str, examples: Sequence, max_items: int = 300, seed: int = 0,
-                  metric: str = "fact_accuracy") -> list[SuiteItem]:
+def learned_suite(
+    kind: str, examples: Sequence, max_items: int = 300, seed: int = 0, metric: str = "fact_accuracy"
+) -> list[SuiteItem]:
     """Earlier corrections (generation) or labels (classification) as regression items, one cluster per
     answer or intent. Up to ``max_items``, drawn round-robin over the clusters so every intent is
     represented (all of them when there are fewer). The gate then keeps the ones the champion gets
@@ -307,18 +365,33 @@ def learned_suite(kind: str, examples: Sequence, max_items: int = 300, seed: int
             if depth < len(by_cluster[c]) and len(chosen) < max_items:
                 chosen.append(by_cluster[c][depth])
         depth += 1
-    return [SuiteItem(id=f"learned-{slug(e.key)}", suite="regression", category="learned", input=e.prompt,
-                      reference=e.target, segment=e.segment, cluster=fact_cluster(kind, e.target), metric=metric,
-                      source_prompt=e.prompt) for e in chosen]
+    return [
+        SuiteItem(
+            id=f"learned-{slug(e.key)}",
+            suite="regression",
+            category="learned",
+            input=e.prompt,
+            reference=e.target,
+            segment=e.segment,
+            cluster=fact_cluster(kind, e.target),
+            metric=metric,
+            source_prompt=e.prompt,
+        )
+        for e in chosen
+    ]
 
 
-def regression_suite(kind: str, train_examples: Sequence, seed: int = 0, max_learned: int | None = None) -> list[SuiteItem]:
+def regression_suite(
+    kind: str, train_examples: Sequence, seed: int = 0, max_learned: int | None = None
+) -> list[SuiteItem]:
     """What the baseline should already answer and must keep: generation, the shipped general-knowledge
     items plus up to ``max_learned`` (default 40) earlier corrections; classification, up to
     ``max_learned`` (default 300) earlier labelled examples, one cluster per intent (there is no base
     that knows a user's intents). The gate scores the baseline and keeps the items it gets right."""
     if kind == "generation":
-        return general_knowledge_suite() + learned_suite(kind, train_examples, 40 if max_learned is None else max_learned, seed)
+        return general_knowledge_suite() + learned_suite(
+            kind, train_examples, 40 if max_learned is None else max_learned, seed
+        )
     return learned_suite(kind, train_examples, 300 if max_learned is None else max_learned, seed)
 
 

@@ -45,8 +45,15 @@ class Candidate:
 def base_candidate(config: LoopConfig, labels: list[str]) -> Candidate:
     info, device = base_of(config), resolve_device(config.device)
     model = load_base(info, config.kind, labels or None, device=device, dtype=resolve_dtype(config.precision, device))
-    return Candidate("base", model, load_tokenizer(info), Prompting(config.system_prompt, config.prompt_template), labels,
-                     info, cache_id=f"base:{info.id}:{json.dumps(labels)}")
+    return Candidate(
+        "base",
+        model,
+        load_tokenizer(info),
+        Prompting(config.system_prompt, config.prompt_template),
+        labels,
+        info,
+        cache_id=f"base:{info.id}:{json.dumps(labels)}",
+    )
 
 
 def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id: str | None = None) -> Candidate:
@@ -55,7 +62,9 @@ def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id
     model, tokenizer, meta, labels = load_adapter(adapter_dir, device, resolve_dtype(config.precision, device))
     stored = Path(adapter_dir) / CALIBRATION_FILE
     calibration = Calibration.from_dict(json.loads(stored.read_text())) if stored.exists() else None
-    return Candidate(name, model, tokenizer, meta.prompting, labels, meta.base(), calibration, cache_id, Path(adapter_dir))
+    return Candidate(
+        name, model, tokenizer, meta.prompting, labels, meta.base(), calibration, cache_id, Path(adapter_dir)
+    )
 
 
 class Answers(NamedTuple):
@@ -86,8 +95,17 @@ def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem]
 def _cache_path(config: LoopConfig, candidate: Candidate, inputs: list[str], max_new_tokens: int) -> Path:
     """Where the candidate's answers to ``inputs`` are cached: named by the model, the inputs and the
     decoding settings (used only for a candidate with a ``cache_id``)."""
-    key = hashlib.sha256(json.dumps([candidate.cache_id, inputs, max_new_tokens, candidate.prompting.system_prompt,
-                                     candidate.prompting.template]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                candidate.cache_id,
+                inputs,
+                max_new_tokens,
+                candidate.prompting.system_prompt,
+                candidate.prompting.template,
+            ]
+        ).encode()
+    ).hexdigest()[:24]
     return config.work_dir / "answers" / f"{key}.json"
 
 
@@ -96,15 +114,17 @@ def _recorded_answers(candidate: Candidate, items: Sequence[SuiteItem], max_new_
     verified answers, shipped with the suite), and only while they match its weights and settings."""
     outputs: list[str | None] = [None] * len(items)
     shipped = [i for i, it in enumerate(items) if it.answers] if candidate.name == "base" else []
-    recorded = recorded_baseline([items[i] for i in shipped], candidate.base.sha256, candidate.prompting.system_prompt,
-                                 max_new_tokens)
+    recorded = recorded_baseline(
+        [items[i] for i in shipped], candidate.base.sha256, candidate.prompting.system_prompt, max_new_tokens
+    )
     for i, answer in zip(shipped, recorded or []):
         outputs[i] = answer
     return outputs
 
 
-def _predict_unanswered(config: LoopConfig, candidate: Candidate, inputs: list[str], outputs: list[str | None],
-                        max_new_tokens: int) -> Answers:
+def _predict_unanswered(
+    config: LoopConfig, candidate: Candidate, inputs: list[str], outputs: list[str | None], max_new_tokens: int
+) -> Answers:
     """``outputs`` with every None predicted by the candidate, and the prediction's confidences and
     energies (classification, where nothing is recorded: every row was predicted); None without a prediction."""
     outputs = list(outputs)
@@ -114,11 +134,19 @@ def _predict_unanswered(config: LoopConfig, candidate: Candidate, inputs: list[s
     confidences = energies = None
     with candidate.model.disable_adapter() if candidate.adapters_off else nullcontext():
         if config.kind == "classification":
-            fresh, confidences, energies = predict_classes(candidate.model, candidate.tokenizer,
-                                                           [inputs[i] for i in rest], candidate.labels)
+            fresh, confidences, energies = predict_classes(
+                candidate.model, candidate.tokenizer, [inputs[i] for i in rest], candidate.labels
+            )
         else:
-            fresh, _ = predict(config.kind, candidate.model, candidate.tokenizer, [inputs[i] for i in rest],
-                               candidate.labels, max_new_tokens, candidate.prompting)
+            fresh, _ = predict(
+                config.kind,
+                candidate.model,
+                candidate.tokenizer,
+                [inputs[i] for i in rest],
+                candidate.labels,
+                max_new_tokens,
+                candidate.prompting,
+            )
     for n, i in enumerate(rest):
         outputs[i] = fresh[n]
     return Answers(outputs, confidences, energies)
@@ -138,7 +166,9 @@ def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequen
         return None
     answered = answers(config, candidate, validation, config.max_new_tokens)
     scores = answered.energies if config.fallback_score == "energy" else answered.confidences
-    candidate.calibration = calibrate(scores, config.fallback_label, config.max_fallback_rate, score=config.fallback_score)
+    candidate.calibration = calibrate(
+        scores, config.fallback_label, config.max_fallback_rate, score=config.fallback_score
+    )
     if candidate.adapter_dir is not None:
         (candidate.adapter_dir / CALIBRATION_FILE).write_text(json.dumps(candidate.calibration.as_dict()))
     return candidate.calibration

@@ -66,8 +66,9 @@ def clean(text: str) -> str:
     return scrub_clean(text)
 
 
-def _parse(row_id: int, payload: str, kind: str, counts: Counter,
-           signals: SignalSpill | None = None) -> _Usable | str | None:
+def _parse(
+    row_id: int, payload: str, kind: str, counts: Counter, signals: SignalSpill | None = None
+) -> _Usable | str | None:
     """A usable pair, a quarantine reason, or None for a valid record that makes no supervised pair;
     ``signals`` gets the record's preference signal."""
     try:
@@ -104,17 +105,36 @@ def _resolve(items: list[_Usable], key: str, counts: Counter, conflicts) -> Exam
         counts["conflicts_resolved"] += 1
         counts["outvoted"] += len(items) - top
         rule = "majority" if list(votes.values()).count(top) == 1 else "most recent"
-        conflicts.write(json.dumps({"key": key, "winner": latest.target, "rule": rule,
-                                    "votes": dict(votes.most_common())}, ensure_ascii=False) + "\n")
-    return Example(prompt=items[0].prompt, target=latest.target, key=key, source_ids=[i.id for i in items],
-                   segment=latest.segment, positive=latest.positive)
+        conflicts.write(
+            json.dumps(
+                {"key": key, "winner": latest.target, "rule": rule, "votes": dict(votes.most_common())},
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
+    return Example(
+        prompt=items[0].prompt,
+        target=latest.target,
+        key=key,
+        source_ids=[i.id for i in items],
+        segment=latest.segment,
+        positive=latest.positive,
+    )
 
 
-def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: Path, counts: Counter,
-           signals: SignalSpill | None = None) -> tuple[sqlite3.Connection, Clusterer]:
+def _spill(
+    store: FeedbackStore,
+    config: LoopConfig,
+    high_water: int,
+    scratch: Path,
+    counts: Counter,
+    signals: SignalSpill | None = None,
+) -> tuple[sqlite3.Connection, Clusterer]:
     """Pass 1: every usable pair with its cluster key into a scratch database; quarantine to a file."""
     db = sqlite3.connect(scratch / "pairs.sqlite")
-    db.execute("CREATE TABLE pairs (cluster TEXT, id INTEGER, prompt TEXT, target TEXT, segment TEXT, positive INTEGER)")
+    db.execute(
+        "CREATE TABLE pairs (cluster TEXT, id INTEGER, prompt TEXT, target TEXT, segment TEXT, positive INTEGER)"
+    )
     clusterer = Clusterer()
     with open(scratch / "quarantine.jsonl", "w") as quarantine:
         for page in store.iter_rows(config.kind, upto_id=high_water):
@@ -133,8 +153,10 @@ def _spill(store: FeedbackStore, config: LoopConfig, high_water: int, scratch: P
             keys = [prompt_key(u.prompt) for u in usable]
             clusters = clusterer.assign(keys)
             counts["near_duplicates"] += sum(c != k for c, k in zip(clusters, keys))
-            db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?)",
-                           [(c, u.id, u.prompt, u.target, u.segment, int(u.positive)) for c, u in zip(clusters, usable)])
+            db.executemany(
+                "INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?)",
+                [(c, u.id, u.prompt, u.target, u.segment, int(u.positive)) for c, u in zip(clusters, usable)],
+            )
             if signals is not None:
                 signals.write_page((c, u.id) for c, u in zip(clusters, usable))
     db.commit()
@@ -177,14 +199,28 @@ def build_dataset(store: FeedbackStore, config: LoopConfig, check: bool = True) 
         (scratch / "pairs.sqlite").unlink()
         if signals is not None:
             signals.finish(clusterer, scratch, config.heldout_percent, config.validation_percent)
-        labels = (_check_splits(config, scratch, counts, label_counts) if check
-                  else sorted(set().union(*label_counts.values())) if config.kind == "classification" else [])
+        labels = (
+            _check_splits(config, scratch, counts, label_counts)
+            if check
+            else sorted(set().union(*label_counts.values()))
+            if config.kind == "classification"
+            else []
+        )
         (scratch / FILES["labels"]).write_text(json.dumps(labels))
         (scratch / FILES["counts"]).write_text(json.dumps(dict(counts), indent=1, sort_keys=True))
-        dataset_hash = file_digest([scratch / f"{s}.jsonl" for s in SPLITS] + [scratch / FILES["labels"]]
-                                   + [scratch / name for name in signal_files() if (scratch / name).exists()])
-        ref = DatasetRef(kind=config.kind, dataset_hash=dataset_hash, path=root / dataset_hash, counts=dict(counts),
-                         n_labels=len(labels), last_feedback_id=high_water)
+        dataset_hash = file_digest(
+            [scratch / f"{s}.jsonl" for s in SPLITS]
+            + [scratch / FILES["labels"]]
+            + [scratch / name for name in signal_files() if (scratch / name).exists()]
+        )
+        ref = DatasetRef(
+            kind=config.kind,
+            dataset_hash=dataset_hash,
+            path=root / dataset_hash,
+            counts=dict(counts),
+            n_labels=len(labels),
+            last_feedback_id=high_water,
+        )
         (scratch / FILES["manifest"]).write_text(ref.model_dump_json(indent=1))
         if not (ref.path / FILES["manifest"]).exists():
             shutil.rmtree(ref.path, ignore_errors=True)
@@ -225,13 +261,16 @@ def _require_every_split(config: LoopConfig, counts: Counter) -> None:
             f"not enough usable feedback to split: {sum(sizes.values())} distinct prompts gave train {sizes['train']}, "
             f"validation {sizes['validation']}, held-out {sizes['heldout']}; each split needs at least one example. "
             f"Collect more feedback, or change TUNELOOP_HELDOUT_PERCENT ({config.heldout_percent}) / "
-            f"TUNELOOP_VALIDATION_PERCENT ({config.validation_percent}).")
+            f"TUNELOOP_VALIDATION_PERCENT ({config.validation_percent})."
+        )
 
 
 # why each kind of rare label cannot be both learned and judged, keyed as in rare_labels.json
-_RARE_WHY = {"once": "seen only once (one example cannot be both learned and evaluated)",
-             "no_heldout": "without any held-out example (the gate could not judge them)",
-             "no_train": "without any training example"}
+_RARE_WHY = {
+    "once": "seen only once (one example cannot be both learned and evaluated)",
+    "no_heldout": "without any held-out example (the gate could not judge them)",
+    "no_train": "without any training example",
+}
 
 
 def _rare_labels(total: Counter, label_counts: dict[str, Counter]) -> dict[str, list[str]]:
@@ -243,21 +282,32 @@ def _rare_labels(total: Counter, label_counts: dict[str, Counter]) -> dict[str, 
     return {"once": once, "no_heldout": unjudged, "no_train": untrained}
 
 
-def _apply_rare_label_policy(config: LoopConfig, folder: Path, counts: Counter, found: dict[str, list[str]]) -> set[str]:
+def _apply_rare_label_policy(
+    config: LoopConfig, folder: Path, counts: Counter, found: dict[str, list[str]]
+) -> set[str]:
     """What ``rare_labels`` does with the labels ``_rare_labels`` found: ``error`` refuses (DatasetError);
     ``keep`` and ``drop`` record them in ``rare_labels.json`` and warn, ``keep`` counting the labels the
     gate cannot judge. The labels to drop from the splits (none unless ``drop``)."""
     rare = set().union(*found.values())
     if not rare:
         return set()
-    detail = "; ".join(f"{len(labels)} label(s) {_names(labels)} {_RARE_WHY[key]}" for key, labels in found.items() if labels)
+    detail = "; ".join(
+        f"{len(labels)} label(s) {_names(labels)} {_RARE_WHY[key]}" for key, labels in found.items() if labels
+    )
     if config.rare_labels == "error":
-        raise DatasetError(f"{detail}. Collect more feedback for them, or set TUNELOOP_RARE_LABELS=keep (train them, "
-                           "listed as not judged) or drop (leave them out of this loop).")
+        raise DatasetError(
+            f"{detail}. Collect more feedback for them, or set TUNELOOP_RARE_LABELS=keep (train them, "
+            "listed as not judged) or drop (leave them out of this loop)."
+        )
     (folder / "rare_labels.json").write_text(json.dumps({"policy": config.rare_labels, "detail": detail, **found}))
-    _warn(f"{detail}. TUNELOOP_RARE_LABELS={config.rare_labels}: "
-          + ("they are trained but the gate cannot judge them." if config.rare_labels == "keep"
-             else "they are left out of this loop."))
+    _warn(
+        f"{detail}. TUNELOOP_RARE_LABELS={config.rare_labels}: "
+        + (
+            "they are trained but the gate cannot judge them."
+            if config.rare_labels == "keep"
+            else "they are left out of this loop."
+        )
+    )
     if config.rare_labels == "keep":
         counts["labels_unjudged"] = len(set(found["once"]) | set(found["no_heldout"]))
         return set()
@@ -287,9 +337,11 @@ def _count_phrasings(total: Counter, train: Counter, counts: Counter) -> None:
     counts["answers_one_phrasing"] = sum(n == 1 for n in total.values())
     counts["answers_untrained"] = sum(not train[answer] for answer in total)
     if counts["answers_untrained"]:
-        _warn(f"{counts['answers_untrained']} of {len(total)} distinct answers have no phrasing in the train split "
-              f"({counts['answers_one_phrasing']} come with one phrasing only, which the split may hold out for the "
-              "gate): this loop cannot learn them; more phrasings of the same questions teach them")
+        _warn(
+            f"{counts['answers_untrained']} of {len(total)} distinct answers have no phrasing in the train split "
+            f"({counts['answers_one_phrasing']} come with one phrasing only, which the split may hold out for the "
+            "gate): this loop cannot learn them; more phrasings of the same questions teach them"
+        )
 
 
 def _warn(message: str) -> None:
@@ -303,7 +355,9 @@ def _warn(message: str) -> None:
 
 
 def _names(labels: list[str], shown: int = 8) -> str:
-    return ", ".join(repr(label) for label in labels[:shown]) + (f" and {len(labels) - shown} more" if len(labels) > shown else "")
+    return ", ".join(repr(label) for label in labels[:shown]) + (
+        f" and {len(labels) - shown} more" if len(labels) > shown else ""
+    )
 
 
 def _sample(ref: DatasetRef, n: int) -> list[dict]:
@@ -313,8 +367,15 @@ def _sample(ref: DatasetRef, n: int) -> list[dict]:
         with open(ref.path / f"{split}.jsonl") as f:
             for _, line in zip(range(n), f):
                 e = json.loads(line)
-                rows.append({"split": split, "prompt": e["prompt"], "target": e["target"], "positive": e["positive"],
-                             "segment": e["segment"]})
+                rows.append(
+                    {
+                        "split": split,
+                        "prompt": e["prompt"],
+                        "target": e["target"],
+                        "positive": e["positive"],
+                        "segment": e["segment"],
+                    }
+                )
     return rows
 
 
@@ -333,26 +394,52 @@ def log_dataset(ref: DatasetRef, sample_size: int = 10) -> DatasetRef:
         source = resolve_dataset_source(ref.artifact_uri)
     except Exception:  # noqa: BLE001  a scheme MLflow has no dataset source for: point at the local copy
         source = resolve_dataset_source(str(ref.path))
-    schema = Schema([ColSpec("string", "prompt"), ColSpec("string", "target"), ColSpec("string", "segment"),
-                     ColSpec("boolean", "positive")])
-    mlflow.log_input(MetaDataset(source, name=f"feedback-{ref.kind}", digest=ref.dataset_hash, schema=schema),
-                     context="training")
-    mlflow.log_params({"dataset_hash": ref.dataset_hash, "last_feedback_id": ref.last_feedback_id,
-                       "imported_records": ref.counts.get("source.import", 0),
-                       **{f"n_{split}": n for split, n in ref.sizes.items()}, "n_labels": ref.n_labels})
+    schema = Schema(
+        [
+            ColSpec("string", "prompt"),
+            ColSpec("string", "target"),
+            ColSpec("string", "segment"),
+            ColSpec("boolean", "positive"),
+        ]
+    )
+    mlflow.log_input(
+        MetaDataset(source, name=f"feedback-{ref.kind}", digest=ref.dataset_hash, schema=schema), context="training"
+    )
+    mlflow.log_params(
+        {
+            "dataset_hash": ref.dataset_hash,
+            "last_feedback_id": ref.last_feedback_id,
+            "imported_records": ref.counts.get("source.import", 0),
+            **{f"n_{split}": n for split, n in ref.sizes.items()},
+            "n_labels": ref.n_labels,
+        }
+    )
     mlflow.log_metrics({f"curate.{k}": v for k, v in ref.counts.items()})
     mlflow.log_table(pd.DataFrame(_sample(ref, sample_size)), "curate/sample.json")
     quarantine = [json.loads(line) for line in _lines(ref.path / "quarantine.jsonl")]
     conflicts = [json.loads(line) for _, line in zip(range(200), _lines(ref.path / "conflicts.jsonl"))]
-    mlflow.log_dict({"counts": ref.counts, "quarantine_reasons": dict(Counter(q["reason"] for q in quarantine).most_common()),
-                     "conflicts": conflicts, "quarantine": quarantine[:1000]}, "curate/summary.json")
+    mlflow.log_dict(
+        {
+            "counts": ref.counts,
+            "quarantine_reasons": dict(Counter(q["reason"] for q in quarantine).most_common()),
+            "conflicts": conflicts,
+            "quarantine": quarantine[:1000],
+        },
+        "curate/summary.json",
+    )
     return ref
 
 
 def summary_markdown(ref: DatasetRef) -> str:
-    lines = [f"# Curated dataset `{ref.dataset_hash}` ({ref.kind})", "",
-             f"Records up to feedback id {ref.last_feedback_id}; files in `{ref.path}`"
-             + (f" and `{ref.artifact_uri}`." if ref.artifact_uri else "."), "", "| count | n |", "|---|---|"]
+    lines = [
+        f"# Curated dataset `{ref.dataset_hash}` ({ref.kind})",
+        "",
+        f"Records up to feedback id {ref.last_feedback_id}; files in `{ref.path}`"
+        + (f" and `{ref.artifact_uri}`." if ref.artifact_uri else "."),
+        "",
+        "| count | n |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in sorted(ref.counts.items())]
     quarantine = Counter(json.loads(line)["reason"] for line in _lines(ref.path / "quarantine.jsonl"))
     if quarantine:
@@ -361,11 +448,18 @@ def summary_markdown(ref: DatasetRef) -> str:
     conflicts = [json.loads(line) for _, line in zip(range(10), _lines(ref.path / "conflicts.jsonl"))]
     if conflicts:
         lines += ["", f"## Conflicts resolved: {ref.counts.get('conflicts_resolved', 0)}", ""]
-        lines += [f"- `{c['key'][:60]}`: {c['rule']} -> {c['winner'][:80]!r} (votes {list(c['votes'].values())})"
-                  for c in conflicts]
+        lines += [
+            f"- `{c['key'][:60]}`: {c['rule']} -> {c['winner'][:80]!r} (votes {list(c['votes'].values())})"
+            for c in conflicts
+        ]
     rare = ref.path / "rare_labels.json"
     if rare.exists():
-        lines += ["", f"## Rare labels ({json.loads(rare.read_text())['policy']})", "", json.loads(rare.read_text())["detail"]]
+        lines += [
+            "",
+            f"## Rare labels ({json.loads(rare.read_text())['policy']})",
+            "",
+            json.loads(rare.read_text())["detail"],
+        ]
     return "\n".join(lines)
 
 
@@ -382,7 +476,8 @@ def curate(config: LoopConfig) -> DatasetRef:
     ref = log_dataset(build_dataset(store, config))
     run = mlflow.active_run()
     quarantine = (json.loads(line) for line in _lines(ref.path / "quarantine.jsonl"))
-    ref.curation_run_id = store.record_curation(config.kind, ref.last_feedback_id, ref.dataset_hash, ref.counts,
-                                                quarantine, run.info.run_id if run else None)
+    ref.curation_run_id = store.record_curation(
+        config.kind, ref.last_feedback_id, ref.dataset_hash, ref.counts, quarantine, run.info.run_id if run else None
+    )
     create_markdown_artifact(summary_markdown(ref), key=f"curate-{ref.kind}", description="Curated dataset")
     return ref

@@ -25,9 +25,16 @@ from tuneloop.release.rollout import check
 def deploy(config: LoopConfig, registered: Registered, parent_run_id: str) -> int:
     """Returns the challenger's live share in percent. Running services follow the flag file live."""
     # the share names this version: registered before this line, the challenger had 0 %
-    set_challenger_percent(config, config.deploy.canary_percent, by=f"loop run {parent_run_id}", version=registered.version)
-    record_event(config, registered.version, "canary", f"{config.deploy.canary_percent} %: opened by loop run {parent_run_id}",
-                 actor=f"loop run {parent_run_id}")
+    set_challenger_percent(
+        config, config.deploy.canary_percent, by=f"loop run {parent_run_id}", version=registered.version
+    )
+    record_event(
+        config,
+        registered.version,
+        "canary",
+        f"{config.deploy.canary_percent} %: opened by loop run {parent_run_id}",
+        actor=f"loop run {parent_run_id}",
+    )
     share = challenger_percent(config, registered.version)
     with within_run(parent_run_id):
         mlflow.log_metric("deploy.challenger_percent", share)
@@ -52,8 +59,10 @@ def rollout(config: LoopConfig | None = None, poll_s: float = 30.0) -> str:
         began = time.monotonic()
         while True:
             time.sleep(poll_s)
-            if alias_version(config.model_name, "challenger") != challenger or \
-                    challenger_percent(config, challenger) == 0:
+            if (
+                alias_version(config.model_name, "challenger") != challenger
+                or challenger_percent(config, challenger) == 0
+            ):
                 return "held: the challenger changed or was rolled back by someone else"
             verdict = check(config, champion, challenger)
             if verdict.action == "rollback":
@@ -67,8 +76,12 @@ def rollout(config: LoopConfig | None = None, poll_s: float = 30.0) -> str:
                 return f"held at {share} %: {verdict.reason}"
     if config.deploy.promote_at_full:
         try:
-            promote(config, challenger, reason=f"rollout reached 100 % healthy (was challenger v{challenger})",
-                    actor="rollout flow")
+            promote(
+                config,
+                challenger,
+                reason=f"rollout reached 100 % healthy (was challenger v{challenger})",
+                actor="rollout flow",
+            )
         except ValueError as err:  # a newer challenger was registered meanwhile: never promote it unseen
             return f"held: {err}"
         return "promoted"

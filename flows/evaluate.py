@@ -99,15 +99,23 @@ def build_suites(config: LoopConfig, ref: DatasetRef) -> dict[str, list[SuiteIte
     return {
         "heldout": heldout_suite(heldout, config.kind, metric=config.gate.heldout_metric),
         # 24 rewrites per judged variant: each judged group then holds the 37 items its tolerance needs
-        "adversarial": adversarial_suite(config.kind, heldout, labels, config.tune.seed, per_group_variant=24,
-                                         train_examples=train, system_prompt=config.system_prompt,
-                                         fallback_label=config.fallback_label),
+        "adversarial": adversarial_suite(
+            config.kind,
+            heldout,
+            labels,
+            config.tune.seed,
+            per_group_variant=24,
+            train_examples=train,
+            system_prompt=config.system_prompt,
+            fallback_label=config.fallback_label,
+        ),
         "regression": regression_suite(config.kind, train, seed=config.tune.seed),
     }
 
 
-def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, list[SuiteItem]],
-                    bar: progress.Bar | None = None) -> dict[str, SuiteScores]:
+def score_candidate(
+    config: LoopConfig, candidate: Candidate, suites: dict[str, list[SuiteItem]], bar: progress.Bar | None = None
+) -> dict[str, SuiteScores]:
     """One model's answers and scores on every suite (``bar`` advances by each suite's items)."""
     results = {}
     for name, items in suites.items():
@@ -117,31 +125,60 @@ def score_candidate(config: LoopConfig, candidate: Candidate, suites: dict[str, 
         outputs = routed(config, candidate, answered)
         elapsed = time.perf_counter() - began
         per_item, reasons, metrics = judge_all(config.kind, items, outputs, answered.confidences)
-        results[name] = SuiteScores(mean=metrics["score"], metrics=metrics, breakdown=breakdown(items, per_item),
-                                    seconds_per_item=elapsed / max(1, len(items)), per_item=per_item, outputs=outputs,
-                                    reasons=reasons,
-                                    guard=guard_scores(config.kind, items, outputs) if name == "adversarial" else [])
+        results[name] = SuiteScores(
+            mean=metrics["score"],
+            metrics=metrics,
+            breakdown=breakdown(items, per_item),
+            seconds_per_item=elapsed / max(1, len(items)),
+            per_item=per_item,
+            outputs=outputs,
+            reasons=reasons,
+            guard=guard_scores(config.kind, items, outputs) if name == "adversarial" else [],
+        )
         if bar:
             bar.update(len(items), part=f"{candidate.name} {name}")
     return results
 
 
-def decide(config: LoopConfig, suites: dict[str, list[SuiteItem]], baseline: dict[str, SuiteScores],
-           challenger: dict[str, SuiteScores], has_champion: bool) -> list:
+def decide(
+    config: LoopConfig,
+    suites: dict[str, list[SuiteItem]],
+    baseline: dict[str, SuiteScores],
+    challenger: dict[str, SuiteScores],
+    has_champion: bool,
+) -> list:
     """Every gate check: held-out superiority, regression and adversarial non-inferiority."""
-    g, common = config.gate, dict(confidence=config.gate.confidence, samples=config.gate.bootstrap_samples,
-                                  seed=config.tune.seed)
-    checks = [gate.heldout_check(suites["heldout"], baseline["heldout"].per_item, challenger["heldout"].per_item,
-                                 margin=g.margin, **common)]
+    g, common = (
+        config.gate,
+        dict(confidence=config.gate.confidence, samples=config.gate.bootstrap_samples, seed=config.tune.seed),
+    )
+    checks = [
+        gate.heldout_check(
+            suites["heldout"], baseline["heldout"].per_item, challenger["heldout"].per_item, margin=g.margin, **common
+        )
+    ]
     known = sum(score >= g.regression_floor for score in baseline["regression"].per_item)
     if known and (config.kind == "generation" or has_champion):  # a baseline that knows nothing cannot forget
-        checks.append(gate.regression_check(suites["regression"], baseline["regression"].per_item,
-                                            challenger["regression"].per_item, tolerance=g.regression_tolerance,
-                                            floor=g.regression_floor, **common))
-    checks += gate.adversarial_checks(suites["adversarial"], baseline["adversarial"].per_item,
-                                      challenger["adversarial"].per_item, tolerance=g.adversarial_tolerance,
-                                      group_tolerance=g.group_tolerance, baseline_guard=baseline["adversarial"].guard,
-                                      challenger_guard=challenger["adversarial"].guard, **common).values()
+        checks.append(
+            gate.regression_check(
+                suites["regression"],
+                baseline["regression"].per_item,
+                challenger["regression"].per_item,
+                tolerance=g.regression_tolerance,
+                floor=g.regression_floor,
+                **common,
+            )
+        )
+    checks += gate.adversarial_checks(
+        suites["adversarial"],
+        baseline["adversarial"].per_item,
+        challenger["adversarial"].per_item,
+        tolerance=g.adversarial_tolerance,
+        group_tolerance=g.group_tolerance,
+        baseline_guard=baseline["adversarial"].guard,
+        challenger_guard=challenger["adversarial"].guard,
+        **common,
+    ).values()
     return checks
 
 
@@ -177,8 +214,10 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
             fit_calibration(config, candidate, validation)
     bar = progress.current().bar("evaluate", 2 * sum(len(items) for items in suites.values()))  # items answered
     try:
-        scores = {"champion": score_candidate(config, baseline, suites, bar),
-                  "challenger": score_candidate(config, challenger, suites, bar)}
+        scores = {
+            "champion": score_candidate(config, baseline, suites, bar),
+            "challenger": score_candidate(config, challenger, suites, bar),
+        }
     finally:
         bar.close()
     checks = decide(config, suites, scores["champion"], scores["challenger"], has_champion=champion is not None)
@@ -186,21 +225,38 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     verdict: Verdict = "passed" if verdicts == {"pass"} else "refused" if FAIL in verdicts else "not enough evidence"
     by_name = {c.name.split(" (")[0]: c for c in checks}
     report = EvalReport(
-        baseline=champion or baseline_name(config), challenger=scores["challenger"], champion=scores["champion"],
-        checks=[c.as_dict() for c in checks], verdict=verdict, passed=verdict == "passed", reasons=gate.refusals(checks),
-        heldout_diff=by_name["held-out"].interval.mean, ci_low=by_name["held-out"].interval.low,
-        ci_high=by_name["held-out"].interval.high, adversarial_diff=by_name["adversarial"].interval.mean,
+        baseline=champion or baseline_name(config),
+        challenger=scores["challenger"],
+        champion=scores["champion"],
+        checks=[c.as_dict() for c in checks],
+        verdict=verdict,
+        passed=verdict == "passed",
+        reasons=gate.refusals(checks),
+        heldout_diff=by_name["held-out"].interval.mean,
+        ci_low=by_name["held-out"].interval.low,
+        ci_high=by_name["held-out"].interval.high,
+        adversarial_diff=by_name["adversarial"].interval.mean,
         regression_diff=by_name["regression"].interval.mean if "regression" in by_name else 0.0,
         regression_items=by_name["regression"].interval.n_items if "regression" in by_name else 0,
         items={name: len(items) for name, items in suites.items()},
         calibration=challenger.calibration.as_dict() if challenger.calibration else None,
-        labels_new=changes.get("new", []), labels_retired=changes.get("retired", []),
+        labels_new=changes.get("new", []),
+        labels_retired=changes.get("retired", []),
     )
     if UNSURE in verdicts and FAIL not in verdicts:
-        report.missing = [line for c in checks if (line := gate.what_would_decide(
-            c, heldout_share=config.heldout_percent / 100, confidence=config.gate.confidence))]
-        report.reasons.append("not enough evidence to pass; what would decide it: " + "; ".join(
-            report.missing or ["collect more feedback, or widen a tolerance knowingly"]))
+        report.missing = [
+            line
+            for c in checks
+            if (
+                line := gate.what_would_decide(
+                    c, heldout_share=config.heldout_percent / 100, confidence=config.gate.confidence
+                )
+            )
+        ]
+        report.reasons.append(
+            "not enough evidence to pass; what would decide it: "
+            + "; ".join(report.missing or ["collect more feedback, or widen a tolerance knowingly"])
+        )
     return report, suites
 
 
@@ -210,15 +266,26 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], kind: str
         for suite, s in scores.items():
             mlflow.log_metrics({f"eval.{who}.{suite}.{k}": v for k, v in {**s.metrics, **s.breakdown}.items()})
             mlflow.log_metric(f"eval.{who}.{suite}.latency_ms_per_item", s.seconds_per_item * 1000)
-    mlflow.log_metrics({"gate.heldout_diff": report.heldout_diff, "gate.ci_low": report.ci_low, "gate.ci_high": report.ci_high,
-                        "gate.adversarial_diff": report.adversarial_diff, "gate.regression_diff": report.regression_diff,
-                        "gate.regression_items": report.regression_items, "gate.passed": float(report.passed)})
+    mlflow.log_metrics(
+        {
+            "gate.heldout_diff": report.heldout_diff,
+            "gate.ci_low": report.ci_low,
+            "gate.ci_high": report.ci_high,
+            "gate.adversarial_diff": report.adversarial_diff,
+            "gate.regression_diff": report.regression_diff,
+            "gate.regression_items": report.regression_items,
+            "gate.passed": float(report.passed),
+        }
+    )
     for suite, items in suites.items():
-        mlflow.log_table(pd.DataFrame(table_rows(items, report.champion[suite], report.challenger[suite])),
-                         f"evaluate/{suite}.json")
+        mlflow.log_table(
+            pd.DataFrame(table_rows(items, report.champion[suite], report.challenger[suite])), f"evaluate/{suite}.json"
+        )
     if kind == "classification" and suites.get("heldout"):
-        mlflow.log_table(per_label(suites["heldout"], report.champion["heldout"].outputs,
-                                   report.challenger["heldout"].outputs), "evaluate/per_label.json")
+        mlflow.log_table(
+            per_label(suites["heldout"], report.champion["heldout"].outputs, report.challenger["heldout"].outputs),
+            "evaluate/per_label.json",
+        )
     mlflow.log_dict(report.model_dump(exclude={"challenger", "champion"}), "evaluate/gate.json")
     mlflow.set_tag("gate", report.verdict)
 
@@ -228,10 +295,18 @@ def table_rows(items: list[SuiteItem], before: SuiteScores, after: SuiteScores) 
     user text: a model can repeat a training answer's phone number or invent one."""
     from tuneloop.data.pii import clean
 
-    return [{**item.row(), "champion_output": clean(before.outputs[n]), "challenger_output": clean(after.outputs[n]),
-             "champion_score": before.per_item[n], "challenger_score": after.per_item[n],
-             "diff": after.per_item[n] - before.per_item[n], "challenger_failed_because": after.reasons[n]}
-            for n, item in enumerate(items)]
+    return [
+        {
+            **item.row(),
+            "champion_output": clean(before.outputs[n]),
+            "challenger_output": clean(after.outputs[n]),
+            "champion_score": before.per_item[n],
+            "challenger_score": after.per_item[n],
+            "diff": after.per_item[n] - before.per_item[n],
+            "challenger_failed_because": after.reasons[n],
+        }
+        for n, item in enumerate(items)
+    ]
 
 
 def per_label(items: list[SuiteItem], before: list[str], after: list[str]) -> pd.DataFrame:
@@ -250,16 +325,28 @@ def per_label(items: list[SuiteItem], before: list[str], after: list[str]) -> pd
 
 
 def report_markdown(report: EvalReport) -> str:
-    lines = [f"# Gate: {report.verdict.upper()} (baseline: {report.baseline})", "",
-             "| suite | items | baseline | challenger |", "|---|---|---|---|"]
-    lines += [f"| {s} | {report.items.get(s, 0)} | {report.champion[s].mean:.3f} | {report.challenger[s].mean:.3f} |"
-              for s in report.challenger]
+    lines = [
+        f"# Gate: {report.verdict.upper()} (baseline: {report.baseline})",
+        "",
+        "| suite | items | baseline | challenger |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s} | {report.items.get(s, 0)} | {report.champion[s].mean:.3f} | {report.challenger[s].mean:.3f} |"
+        for s in report.challenger
+    ]
     lines += ["", "| check | verdict | diff | CI | threshold |", "|---|---|---|---|---|"]
-    lines += [f"| {c['name']} | {c['verdict']} | {c['diff_mean']:+.3f} | [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}] "
-              f"| {c['threshold']:.3f} |" for c in report.checks]
+    lines += [
+        f"| {c['name']} | {c['verdict']} | {c['diff_mean']:+.3f} | [{c['diff_low']:+.3f}, {c['diff_high']:+.3f}] "
+        f"| {c['threshold']:.3f} |"
+        for c in report.checks
+    ]
     lines += [""] + [f"- {r}" for r in report.reasons]
-    lines += [f"- {what} labels: {', '.join(names)}" for what, names in
-              (("new", report.labels_new), ("retired", report.labels_retired)) if names]
+    lines += [
+        f"- {what} labels: {', '.join(names)}"
+        for what, names in (("new", report.labels_new), ("retired", report.labels_retired))
+        if names
+    ]
     return "\n".join(lines)
 
 

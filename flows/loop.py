@@ -59,8 +59,15 @@ def loop(config: LoopConfig | None = None) -> LoopResult:
     if registered:  # its loop, and the refused loops and idle trigger runs since the previous version
         tag_version_cost(config, registered.version)
     crossover_artifact(config, run_id)  # when fine-tuning pays, from what was measured
-    return LoopResult(run_id=run_id, data=data, tuned=tuned, report=report, registered=registered,
-                      challenger_percent=share, seconds=meter.seconds)
+    return LoopResult(
+        run_id=run_id,
+        data=data,
+        tuned=tuned,
+        report=report,
+        registered=registered,
+        challenger_percent=share,
+        seconds=meter.seconds,
+    )
 
 
 STAGES = ("curate", "tune", "evaluate", "register", "deploy")
@@ -68,6 +75,7 @@ STAGES = ("curate", "tune", "evaluate", "register", "deploy")
 
 def _stages(meter: LoopMeter):
     """Run a stage metered, announcing it first (stage i of 5) to the progress reporter."""
+
     def stage(name: str, fn, *args):
         progress.current().stage(name, STAGES.index(name) + 1, len(STAGES))
         return meter.run(name, fn, *args)

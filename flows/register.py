@@ -32,8 +32,9 @@ class Registered(BaseModel):
 
 
 @task(name="register")
-def register(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: EvalReport,
-             parent_run_id: str) -> Registered | None:
+def register(
+    config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: EvalReport, parent_run_id: str
+) -> Registered | None:
     """Log the adapter with its lineage; ``None`` (and nothing registered) when the gate refused it."""
     if not report.passed:
         return None
@@ -63,9 +64,14 @@ def register(config: LoopConfig, ref: DatasetRef, tuned: TuneResult, report: Eva
         version = log_adapter(config, adapter_dir, tags)
     # the share of users names the version it was given to (tuneloop/release/flags.py): this version starts at 0 %
     # however much its predecessor had, and only deploy gives it the canary share
-    move_alias(config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}",
-               config)
+    move_alias(
+        config.model_name, "challenger", str(version.version), f"passed the gate in loop run {parent_run_id}", config
+    )
     if config.drift.enabled:  # what live inputs are compared with: this version's training prompts
-        register_reference(config, str(version.version), [e.prompt for e in load_examples(ref, "train", config.work_dir)],
-                           run_id=parent_run_id)
+        register_reference(
+            config,
+            str(version.version),
+            [e.prompt for e in load_examples(ref, "train", config.work_dir)],
+            run_id=parent_run_id,
+        )
     return Registered(name=config.model_name, version=str(version.version), alias="challenger")

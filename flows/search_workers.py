@@ -44,8 +44,9 @@ class SearchWorkersError(RuntimeError):
 
 
 @flow(name="search-worker")
-def search_worker_flow(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
-                       deadline: float | None = None, index: int = 0) -> int:
+def search_worker_flow(
+    config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, deadline: float | None = None, index: int = 0
+) -> int:
     """One search worker as a flow run on a work pool: claims and runs trials of study ``name`` until
     it is done; returns how many it ran. Uses this machine's ``TUNELOOP_HOME`` for its scratch files."""
     from tuneloop.flows.tune import search_worker  # flows/tune.py imports this module
@@ -59,7 +60,8 @@ def search_worker_flow(config: LoopConfig, ref: DatasetRef, search_run_id: str, 
         raise SearchWorkersError(
             f"study {name} is not in this worker's Optuna storage ({redact_text(config.optuna_db)}): a search worker "
             "needs the database of the loop that started it; set TUNELOOP_OPTUNA_URL to one every worker reaches "
-            "(PostgreSQL)") from None
+            "(PostgreSQL)"
+        ) from None
     return search_worker(config, ref, search_run_id, name, deadline, index)
 
 
@@ -79,8 +81,12 @@ def study_done(study: optuna.Study, n_trials: int, deadline: float | None) -> bo
 
 
 def _start(config: LoopConfig, parameters: dict, name: str, index: int) -> FlowRun:
-    return run_deployment(config.tune.worker_deployment, parameters={**parameters, "index": index},
-                          flow_run_name=f"search-worker-{index}-{name[-17:]}", timeout=0)
+    return run_deployment(
+        config.tune.worker_deployment,
+        parameters={**parameters, "index": index},
+        flow_run_name=f"search-worker-{index}-{name[-17:]}",
+        timeout=0,
+    )
 
 
 def _states(flow_runs: list[FlowRun]) -> dict:
@@ -94,17 +100,28 @@ def _states(flow_runs: list[FlowRun]) -> dict:
     return {r.id: types.get(r.id) for r in flow_runs}
 
 
-def dispatch(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, deadline: float | None) -> list[FlowRun]:
+def dispatch(
+    config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, deadline: float | None
+) -> list[FlowRun]:
     """Start ``n_workers`` flow runs of ``tune.worker_deployment`` on study ``name`` and wait until the
     study is done. A flow run that ends while work remains, or queued work that started workers leave
     unclaimed for a minute (or twice the grace period; their machines are gone), is replaced by a new flow run, at most ``max_retry``
     times; then the stage fails, naming the flow runs' states. Returns every flow run it started."""
     tune, config = config.tune, shared(config)
-    parameters = {"config": config.model_dump(mode="json"), "ref": ref.model_dump(mode="json"),
-                  "search_run_id": search_run_id, "name": name, "deadline": deadline}
+    parameters = {
+        "config": config.model_dump(mode="json"),
+        "ref": ref.model_dump(mode="json"),
+        "search_run_id": search_run_id,
+        "name": name,
+        "deadline": deadline,
+    }
     runs = [_start(config, parameters, name, i) for i in range(tune.n_workers)]
-    log.warning("tune: %d search workers queued on deployment %s: %s", len(runs), tune.worker_deployment,
-                ", ".join(r.name for r in runs))
+    log.warning(
+        "tune: %d search workers queued on deployment %s: %s",
+        len(runs),
+        tune.worker_deployment,
+        ", ".join(r.name for r in runs),
+    )
     storage = make_storage(config.optuna_db, tune)
     study = optuna.load_study(study_name=name, storage=storage)
     replacements, unclaimed_since = 0, None
@@ -113,8 +130,12 @@ def dispatch(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
         with study_lock(storage.url, name):
             fail_stale(study, storage, tune)  # a trial whose worker is gone is queued again for the others
         states = _states(runs)
-        live = [r for r in runs if states[r.id] not in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED,
-                                                        StateType.CANCELLED, StateType.CANCELLING)]
+        live = [
+            r
+            for r in runs
+            if states[r.id]
+            not in (StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED, StateType.CANCELLING)
+        ]
         waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         # work nobody claims although every live worker has started (not still queued or starting up): a
@@ -127,10 +148,13 @@ def dispatch(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
         if replacements >= tune.max_retry:
             raise SearchWorkersError(
                 f"study {name} is unfinished and no search worker is left to finish it after {replacements} "
-                f"replacements: " + ", ".join(f"{r.name} {states[r.id].value if states[r.id] else '?'}" for r in runs)
-                + f". Is a worker polling the pool of deployment {tune.worker_deployment}?")
+                f"replacements: "
+                + ", ".join(f"{r.name} {states[r.id].value if states[r.id] else '?'}" for r in runs)
+                + f". Is a worker polling the pool of deployment {tune.worker_deployment}?"
+            )
         replacements, unclaimed_since = replacements + 1, None
         runs.append(_start(config, parameters, name, len(runs)))
-        log.warning("tune: search workers %s; started %s to finish the study", "stalled" if stalled else "ended",
-                    runs[-1].name)
+        log.warning(
+            "tune: search workers %s; started %s to finish the study", "stalled" if stalled else "ended", runs[-1].name
+        )
     return runs

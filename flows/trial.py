@@ -81,28 +81,51 @@ def trial_data(config: LoopConfig, ref: DatasetRef, replay_ratio: float = 0.0) -
     """The encoded train split with its rehearsal pairs, and the validation sample (cached per
     process: trials reuse them)."""
     base, prompting = base_of(config), prompting_of(config)
-    key = (ref.dataset_hash, base.id, config.tune.max_length, prompting, config.tune.validation_examples, replay_ratio,
-           config.tune.decline_share, config.tune.framings, tuple(config.tune.objectives))
+    key = (
+        ref.dataset_hash,
+        base.id,
+        config.tune.max_length,
+        prompting,
+        config.tune.validation_examples,
+        replay_ratio,
+        config.tune.decline_share,
+        config.tune.framings,
+        tuple(config.tune.objectives),
+    )
     if key not in _loaded:
         tokenizer = load_tokenizer(base)
         labels = load_labels(ref, config.work_dir)
         pairs = [(e.prompt, e.target) for e in load_examples(ref, "train", config.work_dir)]
         replay = replay_pairs(config, base, prompting, round(replay_ratio * len(pairs)), [p for p, _ in pairs])
         if config.kind == "generation":
-            pairs += framed_pairs(pairs, config.tune.framings) + declining_pairs(pairs, config.tune.decline_share,
-                                                                              config.tune.seed)
+            pairs += framed_pairs(pairs, config.tune.framings) + declining_pairs(
+                pairs, config.tune.decline_share, config.tune.seed
+            )
         encoded = encode(config.kind, tokenizer, pairs + replay, labels, config.tune.max_length, prompting)
-        for example in encoded[len(pairs):]:
+        for example in encoded[len(pairs) :]:
             example["rehearse"] = True  # held to the base by the KL term (tune.replay_kl)
         wants = set(usable_objectives(config, ref))
-        pref_pairs = (pair_rows(tokenizer, load_pairs(ref, "train", config.work_dir), config.tune.max_length, prompting)
-                      if "dpo" in wants else [])
-        thumbs = (unpaired_rows(tokenizer, load_unpaired(ref, "train", config.work_dir), config.tune.max_length, prompting)
-                  if "kto" in wants else [])
+        pref_pairs = (
+            pair_rows(tokenizer, load_pairs(ref, "train", config.work_dir), config.tune.max_length, prompting)
+            if "dpo" in wants
+            else []
+        )
+        thumbs = (
+            unpaired_rows(tokenizer, load_unpaired(ref, "train", config.work_dir), config.tune.max_length, prompting)
+            if "kto" in wants
+            else []
+        )
         _loaded.clear()  # one dataset at a time per process
-        _loaded[key] = TrialData(base, tokenizer, encoded,
-                                 load_examples(ref, "validation", config.work_dir, limit=config.tune.validation_examples),
-                                 labels, prompting, pref_pairs, thumbs)
+        _loaded[key] = TrialData(
+            base,
+            tokenizer,
+            encoded,
+            load_examples(ref, "validation", config.work_dir, limit=config.tune.validation_examples),
+            labels,
+            prompting,
+            pref_pairs,
+            thumbs,
+        )
     return _loaded[key]
 
 
@@ -148,8 +171,9 @@ def pruner_step(config: LoopConfig, n_train: int, n_pairs: int, step: int) -> in
 def validation_score(config: LoopConfig, model, data: TrialData) -> float:
     """The trial's score on its fixed validation sample (the gate's held-out split stays unseen)."""
     items = heldout_suite(data.validation)
-    outputs, confidences = predict(config.kind, model, data.tokenizer, [i.input for i in items], data.labels,
-                                   config.max_new_tokens, data.prompting)
+    outputs, confidences = predict(
+        config.kind, model, data.tokenizer, [i.input for i in items], data.labels, config.max_new_tokens, data.prompting
+    )
     with _score_lock:
         return score(config.kind, items, outputs, confidences, data.labels)[1]["score"]
 
@@ -157,8 +181,9 @@ def validation_score(config: LoopConfig, model, data: TrialData) -> float:
 def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch.device):
     """The base on ``device`` with a fresh adapter for ``params``."""
     dtype = resolve_dtype(config.precision, device)
-    base = load_base(data.base, config.kind, data.labels or None, device=device, dtype=dtype,
-                     quantization=config.quantization)
+    base = load_base(
+        data.base, config.kind, data.labels or None, device=device, dtype=dtype, quantization=config.quantization
+    )
     if config.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
@@ -166,11 +191,17 @@ def build_model(config: LoopConfig, data: TrialData, params: dict, device: torch
     elif config.tune.gradient_checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
-    model = add_adapter(base, config.kind, params["rank"], config.tune.seed,
-                        targets=lora_targets(base, params["target_modules"]), alpha=params["alpha_ratio"] * params["rank"],
-                        dropout=params["dropout"],
-                        layers=top_layers(base, config.tune.adapter_layers or DEFAULT_ADAPTER_LAYERS[config.kind]),
-                        full_modules=full_modules(base, config.kind) if config.tune.train_pooler else None)
+    model = add_adapter(
+        base,
+        config.kind,
+        params["rank"],
+        config.tune.seed,
+        targets=lora_targets(base, params["target_modules"]),
+        alpha=params["alpha_ratio"] * params["rank"],
+        dropout=params["dropout"],
+        layers=top_layers(base, config.tune.adapter_layers or DEFAULT_ADAPTER_LAYERS[config.kind]),
+        full_modules=full_modules(base, config.kind) if config.tune.train_pooler else None,
+    )
     return model
 
 
@@ -180,22 +211,43 @@ def preference_term(config: LoopConfig, data: TrialData, params: dict) -> Prefer
     if objective == "sft":
         return None
     tune = config.tune
-    return PreferenceTerm(objective, data.pairs if objective == "dpo" else data.unpaired, beta=params["beta"],
-                          weight=tune.preference_weight, batch_size=tune.preference_batch_size, seed=tune.seed,
-                          pad_id=data.tokenizer.pad_token_id, max_length=tune.max_length)
+    return PreferenceTerm(
+        objective,
+        data.pairs if objective == "dpo" else data.unpaired,
+        beta=params["beta"],
+        weight=tune.preference_weight,
+        batch_size=tune.preference_batch_size,
+        seed=tune.seed,
+        pad_id=data.tokenizer.pad_token_id,
+        max_length=tune.max_length,
+    )
 
 
-def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: TrialRun, checkpoint_dir: Path,
-                    device: torch.device, full: bool, trial: optuna.Trial | None = None) -> float | None:
+def train_candidate(
+    config: LoopConfig,
+    ref: DatasetRef,
+    params: dict,
+    run: TrialRun,
+    checkpoint_dir: Path,
+    device: torch.device,
+    full: bool,
+    trial: optuna.Trial | None = None,
+) -> float | None:
     """Train one configuration with checkpoints, reporting validation scores (to ``trial``'s pruner
     when there is one); the final score, or None when pruned. Logs its figures on ``run``."""
     model, data = prepare_candidate(config, ref, params, run, device, full)
     total, eval_steps = schedule(config, ref.sizes["train"], full, n_pairs=len(data.encoded))
-    run.metrics({"trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                 "total_steps": total, "train_examples": len(data.encoded)})
+    run.metrics(
+        {
+            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total_steps": total,
+            "train_examples": len(data.encoded),
+        }
+    )
     run.fetch_checkpoint(checkpoint_dir)  # from the artifact store when this machine has none
-    reporter = TrainingReport(config, ref, model, data, run, trial, total,
-                              every=config.tune.checkpoint_every or max(1, total // 4))
+    reporter = TrainingReport(
+        config, ref, model, data, run, trial, total, every=config.tune.checkpoint_every or max(1, total // 4)
+    )
     extra = preference_term(config, data, params)
     cpu_began = time.process_time()  # the process's CPU time (every thread's), beside the wall time train() keeps
     with peak_memory(device) as memory:
@@ -216,8 +268,9 @@ def train_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tria
     return final
 
 
-def prepare_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: TrialRun, device: torch.device,
-                      full: bool) -> tuple[object, TrialData]:
+def prepare_candidate(
+    config: LoopConfig, ref: DatasetRef, params: dict, run: TrialRun, device: torch.device, full: bool
+) -> tuple[object, TrialData]:
     """The training's model (a fresh adapter for ``params`` on ``device``) and its data (with the
     validation split's retraining half for a ``full`` final training that retrains with it); the fast
     paths it runs tagged on ``run``."""
@@ -228,8 +281,9 @@ def prepare_candidate(config: LoopConfig, ref: DatasetRef, params: dict, run: Tr
     model = build_model(config, data, params, device)
     run.tags({f"fast_path.{path}": state for path, state in fast_paths.report(model).items()})
     if config.kind == "generation" and config.tune.replay_kl:  # the frozen base's side of the KL term, once per search
-        teacher.attach(model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}",
-                       cache_dir() / "teacher")
+        teacher.attach(
+            model, data.encoded, data.tokenizer.pad_token_id, f"{data.base.id}:{model.dtype}", cache_dir() / "teacher"
+        )
     return model, data
 
 
@@ -267,8 +321,9 @@ class TrainingReport:
         self.run.flush()
         self.run.metrics({"validation_score": self.scores[step]}, step)
         if self.trial:
-            self.trial.report(self.scores[step],
-                              pruner_step(self.config, self.ref.sizes["train"], len(self.data.encoded), step))
+            self.trial.report(
+                self.scores[step], pruner_step(self.config, self.ref.sizes["train"], len(self.data.encoded), step)
+            )
             if step < self.total and self.trial.should_prune():  # a trial that reached its end is finished, not pruned
                 raise Pruned
 
@@ -278,22 +333,48 @@ class TrainingReport:
             self.trial.set_user_attr("steps_trained", self.steps_before + steps_run)
 
 
-def train_adapter(config: LoopConfig, model, data: TrialData, params: dict, checkpoint_dir: Path, full: bool,
-                  eval_steps: list[int], reporter: TrainingReport, extra: PreferenceTerm | None) -> TrainResult:
+def train_adapter(
+    config: LoopConfig,
+    model,
+    data: TrialData,
+    params: dict,
+    checkpoint_dir: Path,
+    full: bool,
+    eval_steps: list[int],
+    reporter: TrainingReport,
+    extra: PreferenceTerm | None,
+) -> TrainResult:
     """``train`` with the search's settings: a trial's step budget (none when ``full``), checkpoints
     every ``reporter.every`` steps uploaded by its run, and the KL term for generation."""
     tune = config.tune
-    return train(model, data.encoded, data.tokenizer.pad_token_id, lr=params["lr"], epochs=tune.epochs,
-                 batch_size=tune.batch_size, seed=tune.seed, max_steps=None if full else tune.trial_steps,
-                 grad_accum=tune.grad_accum_steps, head_lr=tune.head_lr, length_grouping=tune.length_grouping,
-                 eval_steps=set(eval_steps), on_eval=reporter.on_eval, on_step=reporter.on_step,
-                 checkpoint_dir=checkpoint_dir, checkpoint_every=reporter.every, on_checkpoint=reporter.run.upload_checkpoint,
-                 progress=True, kl_weight=tune.replay_kl if config.kind == "generation" else 0.0,
-                 trunk_cache_mb=tune.trunk_cache_mb, extra_loss=extra)
+    return train(
+        model,
+        data.encoded,
+        data.tokenizer.pad_token_id,
+        lr=params["lr"],
+        epochs=tune.epochs,
+        batch_size=tune.batch_size,
+        seed=tune.seed,
+        max_steps=None if full else tune.trial_steps,
+        grad_accum=tune.grad_accum_steps,
+        head_lr=tune.head_lr,
+        length_grouping=tune.length_grouping,
+        eval_steps=set(eval_steps),
+        on_eval=reporter.on_eval,
+        on_step=reporter.on_step,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=reporter.every,
+        on_checkpoint=reporter.run.upload_checkpoint,
+        progress=True,
+        kl_weight=tune.replay_kl if config.kind == "generation" else 0.0,
+        trunk_cache_mb=tune.trunk_cache_mb,
+        extra_loss=extra,
+    )
 
 
-def training_metrics(result: TrainResult, cpu_seconds: float, memory: dict[str, float],
-                     extra: PreferenceTerm | None) -> dict[str, float]:
+def training_metrics(
+    result: TrainResult, cpu_seconds: float, memory: dict[str, float], extra: PreferenceTerm | None
+) -> dict[str, float]:
     """A training's figures for its run: steps, examples, time and throughput, padding, peak memory, and
     the preference loss's first and last values when there is one."""
     return {
@@ -306,13 +387,17 @@ def training_metrics(result: TrainResult, cpu_seconds: float, memory: dict[str, 
         "tokens_per_second": result.tokens / result.seconds if result.seconds else 0.0,
         "padding_share": 1 - result.tokens / result.padded_tokens if result.padded_tokens else 0.0,
         **memory,
-        **({"preference_loss_first": extra.history[0], "preference_loss_last": extra.history[-1]}
-           if extra and extra.history else {}),
+        **(
+            {"preference_loss_first": extra.history[0], "preference_loss_last": extra.history[-1]}
+            if extra and extra.history
+            else {}
+        ),
     }
 
 
-def constrain_to_gate(config: LoopConfig, ref: DatasetRef, model, data: TrialData, trial: optuna.Trial, run: TrialRun,
-                      total: int) -> None:
+def constrain_to_gate(
+    config: LoopConfig, ref: DatasetRef, model, data: TrialData, trial: optuna.Trial, run: TrialRun, total: int
+) -> None:
     """The trained model's drops on the gate's sample: the trial's constraints (the search prefers trials
     within the gate's tolerances) and metrics of its run."""
     drops = gate_drops(config, ref, model, data)
@@ -336,16 +421,26 @@ def save_adapter(config: LoopConfig, model, data: TrialData, adapter_dir: Path) 
         save_labels(adapter_dir, data.labels)
 
 
-def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
-              device: torch.device) -> float:
+def run_trial(
+    trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, device: torch.device
+) -> float:
     """The Optuna objective: one trial, resumed from its checkpoint and MLflow run when retried."""
     params = suggest(trial, config.tune, config.kind, usable_objectives(config, ref))
     key = origin(next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number))
     trial.set_user_attr("trial_key", key)
     progress.current().trial(key + 1, config.tune.trial_budget, params)
-    run = TrialRun.open(search_run_id, name, key, {**params, "epochs": config.tune.epochs, "batch_size": config.tune.batch_size,
-                                                   "trial_steps": config.tune.trial_steps},
-                        tags={"dataset_hash": ref.dataset_hash, "optuna.study": name, "device": str(device)})
+    run = TrialRun.open(
+        search_run_id,
+        name,
+        key,
+        {
+            **params,
+            "epochs": config.tune.epochs,
+            "batch_size": config.tune.batch_size,
+            "trial_steps": config.tune.trial_steps,
+        },
+        tags={"dataset_hash": ref.dataset_hash, "optuna.study": name, "device": str(device)},
+    )
     trial.set_user_attr("mlflow_run_id", run.run_id)
     run.client.set_tag(run.run_id, "optuna.trial", str(trial.number))  # the latest attempt's number
     checkpoint_dir = config.work_dir / "checkpoints" / name / f"trial-{key:03d}"
@@ -358,14 +453,19 @@ def run_trial(trial: optuna.Trial, config: LoopConfig, ref: DatasetRef, search_r
     return final
 
 
-def train_final(config: LoopConfig, ref: DatasetRef, params: dict, search_run_id: str, name: str,
-                winner: int) -> tuple[str, float, str]:
+def train_final(
+    config: LoopConfig, ref: DatasetRef, params: dict, search_run_id: str, name: str, winner: int
+) -> tuple[str, float, str]:
     """The winning trial's configuration trained on the whole train split for ``epochs`` (trials saw
     part of it); resumable like a trial. Its adapter URI, validation score and MLflow run id."""
     key = f"final-{winner:03d}"
-    run = TrialRun.open(search_run_id, name, key, {**params, "epochs": config.tune.epochs,
-                                                       "batch_size": config.tune.batch_size},
-                        tags={"dataset_hash": ref.dataset_hash, "optuna.study": name})
+    run = TrialRun.open(
+        search_run_id,
+        name,
+        key,
+        {**params, "epochs": config.tune.epochs, "batch_size": config.tune.batch_size},
+        tags={"dataset_hash": ref.dataset_hash, "optuna.study": name},
+    )
     existing = run.client.get_run(run.run_id)
     if existing.data.tags.get("optuna.state") == "COMPLETE":  # a rerun after it finished: nothing to retrain
         return f"runs:/{run.run_id}/adapter", existing.data.metrics["final_validation_score"], run.run_id

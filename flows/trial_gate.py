@@ -29,12 +29,21 @@ def samples(config: LoopConfig, ref: DatasetRef) -> dict:
     if key not in _samples:
         validation = load_examples(ref, "validation", config.work_dir)
         train = load_examples(ref, "train", config.work_dir, limit=2000, seed=config.tune.seed)
-        adversarial = adversarial_suite(config.kind, validation, [], config.tune.seed, per_group_variant=8,
-                                        train_examples=train, system_prompt=config.system_prompt)
+        adversarial = adversarial_suite(
+            config.kind,
+            validation,
+            [],
+            config.tune.seed,
+            per_group_variant=8,
+            train_examples=train,
+            system_prompt=config.system_prompt,
+        )
         judged = [it for it in adversarial if it.group in GROUPS]
         _samples.clear()
-        _samples[key] = {"regression": regression_suite(config.kind, train, seed=config.tune.seed),
-                         "adversarial": sample_suite(judged, config.tune.gate_sample, config.tune.seed)}
+        _samples[key] = {
+            "regression": regression_suite(config.kind, train, seed=config.tune.seed),
+            "adversarial": sample_suite(judged, config.tune.gate_sample, config.tune.seed),
+        }
     return _samples[key]
 
 
@@ -44,8 +53,16 @@ def gate_drops(config: LoopConfig, ref: DatasetRef, model, data) -> dict[str, fl
     if config.kind != "generation":
         return {}
     suites = samples(config, ref)
-    base = Candidate("base", model, data.tokenizer, data.prompting, data.labels, data.base,
-                     cache_id=f"base:{data.base.id}:[]", adapters_off=True)
+    base = Candidate(
+        "base",
+        model,
+        data.tokenizer,
+        data.prompting,
+        data.labels,
+        data.base,
+        cache_id=f"base:{data.base.id}:[]",
+        adapters_off=True,
+    )
     trial = Candidate("trial", model, data.tokenizer, data.prompting, data.labels, data.base)
     tokens, regression = config.gate.regression_max_new_tokens, suites["regression"]
     before = judge_all(config.kind, regression, answers(config, base, regression, tokens).outputs)[0]  # cached per base
@@ -54,19 +71,27 @@ def gate_drops(config: LoopConfig, ref: DatasetRef, model, data) -> dict[str, fl
     base_scores = judge_all(config.kind, picked, answers(config, base, picked, tokens).outputs)[0]
     after = judge_all(config.kind, picked, answers(config, trial, picked, tokens).outputs)[0]
     adversarial = suites["adversarial"]
-    base_guard = guard_scores(config.kind, adversarial, answers(config, base, adversarial, config.max_new_tokens).outputs)
-    trial_guard = guard_scores(config.kind, adversarial, answers(config, trial, adversarial, config.max_new_tokens).outputs)
+    base_guard = guard_scores(
+        config.kind, adversarial, answers(config, base, adversarial, config.max_new_tokens).outputs
+    )
+    trial_guard = guard_scores(
+        config.kind, adversarial, answers(config, trial, adversarial, config.max_new_tokens).outputs
+    )
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
-    return {"regression_drop": mean(base_scores) - mean(after),
-            "adversarial_drop": mean(base_guard) - mean(trial_guard)}
+    return {
+        "regression_drop": mean(base_scores) - mean(after),
+        "adversarial_drop": mean(base_guard) - mean(trial_guard),
+    }
 
 
 def constraints(config: LoopConfig, drops: dict[str, float]) -> dict[str, float]:
     """Optuna's constraint values (<= 0 is feasible): each drop beyond its gate tolerance."""
     if not drops:
         return {}
-    return {"regression": drops["regression_drop"] - config.gate.regression_tolerance,
-            "adversarial": drops["adversarial_drop"] - config.gate.group_tolerance}
+    return {
+        "regression": drops["regression_drop"] - config.gate.regression_tolerance,
+        "adversarial": drops["adversarial_drop"] - config.gate.group_tolerance,
+    }
 
 
 def feasible(trial: FrozenTrial) -> bool:

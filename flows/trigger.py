@@ -30,11 +30,15 @@ from tuneloop.release.drift import drift_evidence
 class Decision(BaseModel):
     run: bool
     reason: str
-    new_corrections: int | None = Field(description="Usable corrections after the last curation's high-water mark (None: not counted).")
+    new_corrections: int | None = Field(
+        description="Usable corrections after the last curation's high-water mark (None: not counted)."
+    )
     since_feedback_id: int = Field(description="The last curation's high-water mark (0 before the first run).")
     last_run_at: datetime | None = None
     because: Literal["corrections", "drift"] | None = Field(None, description="What started the loop, when it runs.")
-    drift: str | None = Field(None, description="The drift evidence (the last drift.consecutive windows all drifted), if any.")
+    drift: str | None = Field(
+        None, description="The drift evidence (the last drift.consecutive windows all drifted), if any."
+    )
     loop_run_id: str | None = Field(None, description="MLflow run id of the loop, when one ran.")
     cost_usd: float | None = Field(None, description="Measured cost of deciding (CPU x cost.cpu_hour).")
 
@@ -59,9 +63,12 @@ def last_drift_run(config: LoopConfig) -> datetime | None:
     from tuneloop.data.ops_tables import TriggerRunRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session:
-        at = session.scalar(select(TriggerRunRow.at).where(TriggerRunRow.kind == config.kind, TriggerRunRow.ran.is_(True),
-                                                           TriggerRunRow.reason.like("drift%"))
-                            .order_by(TriggerRunRow.id.desc()).limit(1))
+        at = session.scalar(
+            select(TriggerRunRow.at)
+            .where(TriggerRunRow.kind == config.kind, TriggerRunRow.ran.is_(True), TriggerRunRow.reason.like("drift%"))
+            .order_by(TriggerRunRow.id.desc())
+            .limit(1)
+        )
     return _aware(at) if at else None
 
 
@@ -81,28 +88,53 @@ def decide(config: LoopConfig, now: datetime | None = None) -> Decision:
     if last and now - last.created_at < timedelta(minutes=config.min_interval_minutes):
         wait = last.created_at + timedelta(minutes=config.min_interval_minutes) - now
         # counting is skipped too: inside the interval the answer is no whatever arrived
-        return Decision(run=False, reason=f"last run {last.created_at:%Y-%m-%d %H:%M:%S} UTC is within the "
-                        f"{config.min_interval_minutes:g}-minute interval (next in {wait.total_seconds() / 60:.1f} min)",
-                        new_corrections=None, since_feedback_id=since, last_run_at=last_at)
+        return Decision(
+            run=False,
+            reason=f"last run {last.created_at:%Y-%m-%d %H:%M:%S} UTC is within the "
+            f"{config.min_interval_minutes:g}-minute interval (next in {wait.total_seconds() / 60:.1f} min)",
+            new_corrections=None,
+            since_feedback_id=since,
+            last_run_at=last_at,
+        )
     new = count_new_corrections(store, config.kind, since)
     common = dict(new_corrections=new, since_feedback_id=since, last_run_at=last_at)
     if new >= config.min_new_corrections:
-        return Decision(run=True, because="corrections", reason=f"{new} new usable corrections since feedback id {since} "
-                        f"(>= {config.min_new_corrections})", **common)
+        return Decision(
+            run=True,
+            because="corrections",
+            reason=f"{new} new usable corrections since feedback id {since} (>= {config.min_new_corrections})",
+            **common,
+        )
     no = f"{new} new usable corrections since feedback id {since}; {config.min_new_corrections} needed"
     drift = drift_evidence(config, since=_naive_utc(last_at, store)) if config.drift.enabled else None
     if drift is None:
         return Decision(run=False, reason=no, **common)
     previous = last_drift_run(config)
     if previous and now - previous < timedelta(minutes=config.drift.min_interval_minutes):
-        return Decision(run=False, drift=drift, reason=f"{no}; {drift}, but the last drift-started loop "
-                        f"({previous:%Y-%m-%d %H:%M} UTC) is within drift.min_interval_minutes "
-                        f"({config.drift.min_interval_minutes:g})", **common)
+        return Decision(
+            run=False,
+            drift=drift,
+            reason=f"{no}; {drift}, but the last drift-started loop "
+            f"({previous:%Y-%m-%d %H:%M} UTC) is within drift.min_interval_minutes "
+            f"({config.drift.min_interval_minutes:g})",
+            **common,
+        )
     if new < config.drift.min_new_corrections:
-        return Decision(run=False, drift=drift, reason=f"{no}; {drift}, but a drift-started loop needs "
-                        f"{config.drift.min_new_corrections} new corrections to learn from", **common)
-    return Decision(run=True, because="drift", drift=drift, reason=f"drift: {drift}; {new} new usable corrections "
-                    f"(>= drift.min_new_corrections {config.drift.min_new_corrections})", **common)
+        return Decision(
+            run=False,
+            drift=drift,
+            reason=f"{no}; {drift}, but a drift-started loop needs "
+            f"{config.drift.min_new_corrections} new corrections to learn from",
+            **common,
+        )
+    return Decision(
+        run=True,
+        because="drift",
+        drift=drift,
+        reason=f"drift: {drift}; {new} new usable corrections "
+        f"(>= drift.min_new_corrections {config.drift.min_new_corrections})",
+        **common,
+    )
 
 
 def _naive_utc(at: datetime | None, store: FeedbackStore) -> datetime | None:
@@ -120,8 +152,16 @@ def record_run(config: LoopConfig, decision: Decision, usage: Usage) -> float:
 
     usd = usage.usd(config.cost)
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
-        session.add(TriggerRunRow(kind=config.kind, ran=decision.run, reason=decision.reason, cpu_seconds=usage.cpu_s,
-                                  wall_seconds=usage.wall_s, cost_usd=usd))
+        session.add(
+            TriggerRunRow(
+                kind=config.kind,
+                ran=decision.run,
+                reason=decision.reason,
+                cpu_seconds=usage.cpu_s,
+                wall_seconds=usage.wall_s,
+                cost_usd=usd,
+            )
+        )
     return usd
 
 
@@ -143,8 +183,11 @@ def trigger(config: LoopConfig | None = None) -> Decision:
     if any(pruned.values()):
         print("Retention: deleted " + ", ".join(f"{n} {table} rows" for table, n in pruned.items() if n))
     decision.cost_usd = record_run(config, decision, usage)
-    print(("Running the loop: " if decision.run else "Nothing to do: ") + decision.reason +
-          f" (deciding cost {usage.cpu_s:.2f} CPU s, {usage.wall_s:.2f} s, ${decision.cost_usd:.6f})")
+    print(
+        ("Running the loop: " if decision.run else "Nothing to do: ")
+        + decision.reason
+        + f" (deciding cost {usage.cpu_s:.2f} CPU s, {usage.wall_s:.2f} s, ${decision.cost_usd:.6f})"
+    )
     if decision.run:
         from tuneloop.flows.loop import loop  # lazily: torch and transformers load only when there is work
 

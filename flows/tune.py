@@ -79,10 +79,13 @@ def check_budget(config: LoopConfig, ref: DatasetRef) -> None:
             f"a trial of tune.trial_steps={tune.trial_steps} steps x batch {tune.batch_size * tune.grad_accum_steps} sees "
             f"{seen:,} of the {n_train:,} training examples ({seen / n_train:.1%}), under tune.min_trial_coverage="
             f"{tune.min_trial_coverage:.0%}: its ranking would not carry over. Set TUNELOOP_TUNE__TRIAL_STEPS to at least "
-            f"{needed} (or lower TUNELOOP_TUNE__MIN_TRIAL_COVERAGE).")
+            f"{needed} (or lower TUNELOOP_TUNE__MIN_TRIAL_COVERAGE)."
+        )
     if schedule(config, n_train)[0] < 2 * len(schedule(config, n_train)[1]):
-        raise TuneConfigError(f"tune.trial_steps={tune.trial_steps} leaves too few steps between the pruner's rungs and "
-                              "the evaluations; raise TUNELOOP_TUNE__TRIAL_STEPS or lower TUNELOOP_TUNE__EVALS_PER_TRIAL.")
+        raise TuneConfigError(
+            f"tune.trial_steps={tune.trial_steps} leaves too few steps between the pruner's rungs and "
+            "the evaluations; raise TUNELOOP_TUNE__TRIAL_STEPS or lower TUNELOOP_TUNE__EVALS_PER_TRIAL."
+        )
 
 
 def _pruner(config: LoopConfig, ref: DatasetRef) -> optuna.pruners.BasePruner:
@@ -95,15 +98,20 @@ def open_search(config: LoopConfig, ref: DatasetRef, loop_run_id: str) -> tuple[
     name = study_name(config, ref, base)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     open_study(config.optuna_db, name, config.tune, _pruner(config, ref), first_trial_of(config, ref))
-    space = {"kind": config.kind, **base.tags(), "system_prompt": config.system_prompt,
-             **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES),
-             "objectives_searched": usable_objectives(config, ref, warn=True)}
+    space = {
+        "kind": config.kind,
+        **base.tags(),
+        "system_prompt": config.system_prompt,
+        **config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES),
+        "objectives_searched": usable_objectives(config, ref, warn=True),
+    }
     with study_lock(config.optuna_db, name):  # workers starting together still make one search run
         return name, open_search_run(loop_run_id, name, space)
 
 
-def search_worker(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, deadline: float | None,
-                  index: int = 0) -> int:
+def search_worker(
+    config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, deadline: float | None, index: int = 0
+) -> int:
     """One worker: claims and runs trials until the study is done; returns how many it ran."""
     import torch
 
@@ -124,8 +132,9 @@ def _summary(study: optuna.Study) -> tuple[dict[int, FrozenTrial], list[FrozenTr
     return final, [t for t in final.values() if t.state == TrialState.COMPLETE]
 
 
-def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str,
-              loop_run_id: str | None = None) -> TuneResult:
+def summarise(
+    config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str, loop_run_id: str | None = None
+) -> TuneResult:
     """The study's best trial (then trained on the whole split if it saw part of it), tagged and
     plotted on the search run, and named on the loop run."""
     study, _ = open_study(config.optuna_db, name, config.tune, _pruner(config, ref))
@@ -145,7 +154,10 @@ def summarise(config: LoopConfig, ref: DatasetRef, search_run_id: str, name: str
     log_search(search_run_id, study, origin(best), final, run_ids)
     client.set_terminated(search_run_id, "FINISHED")
     return TuneResult(
-        study_name=name, search_run_id=search_run_id, best=winner, challenger=challenger,
+        study_name=name,
+        search_run_id=search_run_id,
+        best=winner,
+        challenger=challenger,
         n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in final.values()),
         n_failed=sum(t.state == TrialState.FAIL for t in study.get_trials(deepcopy=False)),
@@ -161,19 +173,34 @@ def _best(complete: list[FrozenTrial]) -> FrozenTrial:
 
 def _trial_result(trial: FrozenTrial) -> TrialResult:
     """A completed trial as the stage reports it: its score and where its adapter and MLflow run are."""
-    return TrialResult(number=origin(trial), params=trial.params, score=trial.value,
-                       adapter_uri=trial.user_attrs["adapter_uri"], mlflow_run_id=trial.user_attrs["mlflow_run_id"])
+    return TrialResult(
+        number=origin(trial),
+        params=trial.params,
+        score=trial.value,
+        adapter_uri=trial.user_attrs["adapter_uri"],
+        mlflow_run_id=trial.user_attrs["mlflow_run_id"],
+    )
 
 
 def _trains_final(config: LoopConfig, ref: DatasetRef) -> bool:
     """Whether the winner's configuration is trained again: when a trial's budget showed it only part of the
     train split, or when the final training adds the validation split's retraining half."""
-    partial = config.tune.trial_steps and schedule(config, ref.sizes["train"])[0] < schedule(config, ref.sizes["train"], full=True)[0]
+    partial = (
+        config.tune.trial_steps
+        and schedule(config, ref.sizes["train"])[0] < schedule(config, ref.sizes["train"], full=True)[0]
+    )
     return bool(partial or retrains_with_validation(config))
 
 
-def _tag_best(client: mlflow.MlflowClient, search_run_id: str, loop_run_id: str | None, name: str, best: FrozenTrial,
-              winner: TrialResult, challenger: TrialResult) -> None:
+def _tag_best(
+    client: mlflow.MlflowClient,
+    search_run_id: str,
+    loop_run_id: str | None,
+    name: str,
+    best: FrozenTrial,
+    winner: TrialResult,
+    challenger: TrialResult,
+) -> None:
     """Name the best trial, its run and the challenger's run on the search run and the loop run; the best
     parameters as tags of the search run (a continued search may find a new best) and params of the loop run."""
     for run_id in dict.fromkeys(r for r in (search_run_id, loop_run_id) if r):
@@ -186,7 +213,9 @@ def _tag_best(client: mlflow.MlflowClient, search_run_id: str, loop_run_id: str 
     for k, v in best.params.items():
         client.set_tag(search_run_id, f"best.{k}", str(v))
     if loop_run_id:
-        client.log_batch(loop_run_id, params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best.params.items()])
+        client.log_batch(
+            loop_run_id, params=[mlflow.entities.Param(f"best_{k}", str(v)) for k, v in best.params.items()]
+        )
 
 
 # Classification without a trial count or time budget: trials while their passes over the data fit this many
@@ -218,7 +247,9 @@ def tune_flow(config: LoopConfig, ref: DatasetRef, parent_run_id: str) -> TuneRe
     elif config.tune.n_workers == 1:  # no pool to start: the worker runs right here
         search_worker(config, ref, search_run_id, name, deadline)
     else:
-        futures = [tune_worker.submit(config, ref, search_run_id, name, deadline, i) for i in range(config.tune.n_workers)]
+        futures = [
+            tune_worker.submit(config, ref, search_run_id, name, deadline, i) for i in range(config.tune.n_workers)
+        ]
         wait(futures)
         for future in futures:
             future.result()  # the first worker error, if any, fails the flow

@@ -31,8 +31,18 @@ def state_path(config: LoopConfig) -> Path:
 def save(config: LoopConfig, tracking_uri: str, served: dict[str, str], adapters: dict[str, dict[str, str]]) -> None:
     """Record what serves now: {alias: version} and {version: {"path", "sha256"}} of the adapters it needs."""
     needed = {v: adapters[v] for v in set(served.values()) if v in adapters}
-    atomic_write_text(state_path(config), json.dumps({"tracking_uri": tracking_uri, "served": served, "adapters": needed,
-                                                      "saved_at": datetime.now(UTC).isoformat()}, indent=1))
+    atomic_write_text(
+        state_path(config),
+        json.dumps(
+            {
+                "tracking_uri": tracking_uri,
+                "served": served,
+                "adapters": needed,
+                "saved_at": datetime.now(UTC).isoformat(),
+            },
+            indent=1,
+        ),
+    )
 
 
 def load(config: LoopConfig, tracking_uri: str) -> tuple[dict[str, str], dict[str, Path]]:
@@ -48,8 +58,12 @@ def load(config: LoopConfig, tracking_uri: str) -> tuple[dict[str, str], dict[st
         if entry.get("sha256") and verified(path, full=True) == entry["sha256"]:
             served[alias], folders[version] = version, path
         else:
-            log.warning("known state: the cached adapter of v%s (%s) is gone or altered; %s not served from it",
-                        version, path, alias)
+            log.warning(
+                "known state: the cached adapter of v%s (%s) is gone or altered; %s not served from it",
+                version,
+                path,
+                alias,
+            )
     return served, folders
 
 
@@ -65,8 +79,11 @@ class Freshness:
         with self.lock:
             if self.stale_since is None:
                 self.stale_since = time.time()
-                log.warning("registry unreachable (%s: %s); serving the last known versions", type(err).__name__,
-                            str(err).splitlines()[0][:200] if str(err) else "")
+                log.warning(
+                    "registry unreachable (%s: %s); serving the last known versions",
+                    type(err).__name__,
+                    str(err).splitlines()[0][:200] if str(err) else "",
+                )
             self.reason = f"{type(err).__name__}"
         _metrics().registry_failures.inc()
         _metrics().registry_stale_since.set(self.stale_since)
@@ -83,8 +100,11 @@ class Freshness:
             if self.stale_since is None:
                 return {"stale_since": None, "detail": "up to date with the registry"}
             at = datetime.fromtimestamp(self.stale_since, UTC).isoformat(timespec="seconds")
-            return {"stale_since": at, "detail": f"stale since {at}: the registry is unreachable ({self.reason}); "
-                    "serving the last known versions"}
+            return {
+                "stale_since": at,
+                "detail": f"stale since {at}: the registry is unreachable ({self.reason}); "
+                "serving the last known versions",
+            }
 
 
 def _metrics():
@@ -116,6 +136,11 @@ class ReadyDetail:
         await self.app(scope, receive, capture)
         code = status.get("code", 503)
         body = json.dumps({"ready": code == 200, **FRESHNESS.detail()}).encode()
-        await send({"type": "http.response.start", "status": code,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

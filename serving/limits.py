@@ -19,9 +19,17 @@ Send = Callable[[dict], Awaitable[None]]
 
 async def _refuse(send: Send, field: str, detail: str) -> None:
     body = json.dumps({"detail": detail, "field": field}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -40,7 +48,12 @@ class BodyLimit:
     """The ASGI middleware: buffers a body up to ``max_body_bytes`` (never more), then hands it on."""
 
     def __init__(self, app, max_body_bytes: int, max_predict_requests: int, predict_path: str = "/predict"):
-        self.app, self.max_body, self.max_requests, self.predict_path = app, max_body_bytes, max_predict_requests, predict_path
+        self.app, self.max_body, self.max_requests, self.predict_path = (
+            app,
+            max_body_bytes,
+            max_predict_requests,
+            predict_path,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -63,8 +76,11 @@ class BodyLimit:
         if scope["path"].rstrip("/") == self.predict_path:
             n = count_requests(body)
             if n is not None and n > self.max_requests:
-                return await _refuse(send, "requests", f"{n} requests in one call; at most {self.max_requests} "
-                                                       "(limits.max_predict_requests)")
+                return await _refuse(
+                    send,
+                    "requests",
+                    f"{n} requests in one call; at most {self.max_requests} (limits.max_predict_requests)",
+                )
         replayed = False
 
         async def replay() -> dict:

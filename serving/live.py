@@ -34,33 +34,72 @@ def metrics() -> SimpleNamespace:
     latest = dict(multiprocess_mode="mostrecent")  # gauges written by the one guard thread of a service
     return SimpleNamespace(
         requests=prom.Counter("tuneloop_requests", "Answered requests", ["version", "variant", "segment"]),
-        latency=prom.Histogram("tuneloop_request_seconds", "Model time of each batch, by the versions in it", ["version"],
-                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)),
-        busy=prom.Counter("tuneloop_model_busy_seconds", "Model time spent on each version's rows (a batch's time "
-                          "split by its rows)", ["version"]),
+        latency=prom.Histogram(
+            "tuneloop_request_seconds",
+            "Model time of each batch, by the versions in it",
+            ["version"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        ),
+        busy=prom.Counter(
+            "tuneloop_model_busy_seconds",
+            "Model time spent on each version's rows (a batch's time split by its rows)",
+            ["version"],
+        ),
         batch=prom.Histogram("tuneloop_batch_size", "Requests per model call", buckets=(1, 2, 4, 8, 16, 32, 64)),
         feedback=prom.Gauge("tuneloop_feedback_records", "Feedback records stored, by version", ["version"], **latest),
-        negative_rate=prom.Gauge("tuneloop_negative_feedback_rate", "Thumbs-down share, by version", ["version"], **latest),
-        segment_feedback=prom.Gauge("tuneloop_segment_feedback_records", "Feedback records stored, by version and "
-                                    "segment", ["version", "segment"], **latest),
-        segment_negative_rate=prom.Gauge("tuneloop_segment_negative_feedback_rate", "Thumbs-down share, by version and "
-                                         "segment", ["version", "segment"], **latest),
-        guard_p=prom.Gauge("tuneloop_guard_p_value", "Always-valid p-value of 'the challenger is worse', overall and "
-                           "per tested segment", ["version", "segment"], **latest),
-        cost_per_1k=prom.Gauge("tuneloop_cost_per_1k_inferences_usd", "USD per 1,000 answers, from measured model "
-                               "busy time and the worker's price (cost.*), by version", ["version"], **latest),
-        drift_mmd=prom.Gauge("tuneloop_drift_mmd2", "MMD^2 of the last window of live inputs vs the version's training "
-                             "prompts", ["version"], **latest),
-        drift_p=prom.Gauge("tuneloop_drift_p_value", "Permutation p-value of the last drift window", ["version"], **latest),
-        drift_windows=prom.Counter("tuneloop_drift_windows", "Drift windows tested, by outcome", ["version", "drifted"]),
+        negative_rate=prom.Gauge(
+            "tuneloop_negative_feedback_rate", "Thumbs-down share, by version", ["version"], **latest
+        ),
+        segment_feedback=prom.Gauge(
+            "tuneloop_segment_feedback_records",
+            "Feedback records stored, by version and segment",
+            ["version", "segment"],
+            **latest,
+        ),
+        segment_negative_rate=prom.Gauge(
+            "tuneloop_segment_negative_feedback_rate",
+            "Thumbs-down share, by version and segment",
+            ["version", "segment"],
+            **latest,
+        ),
+        guard_p=prom.Gauge(
+            "tuneloop_guard_p_value",
+            "Always-valid p-value of 'the challenger is worse', overall and per tested segment",
+            ["version", "segment"],
+            **latest,
+        ),
+        cost_per_1k=prom.Gauge(
+            "tuneloop_cost_per_1k_inferences_usd",
+            "USD per 1,000 answers, from measured model busy time and the worker's price (cost.*), by version",
+            ["version"],
+            **latest,
+        ),
+        drift_mmd=prom.Gauge(
+            "tuneloop_drift_mmd2",
+            "MMD^2 of the last window of live inputs vs the version's training prompts",
+            ["version"],
+            **latest,
+        ),
+        drift_p=prom.Gauge(
+            "tuneloop_drift_p_value", "Permutation p-value of the last drift window", ["version"], **latest
+        ),
+        drift_windows=prom.Counter(
+            "tuneloop_drift_windows", "Drift windows tested, by outcome", ["version", "drifted"]
+        ),
         shadow=prom.Counter("tuneloop_shadow_comparisons", "Shadow answers, by agreement with the live one", ["agree"]),
         shadow_dropped=prom.Counter("tuneloop_shadow_dropped", "Requests not mirrored because the shadow was behind"),
-        registry_stale_since=prom.Gauge("tuneloop_registry_stale_since_seconds", "Unix time since which a worker has "
-                                        "not reached the registry (serving the last known versions); 0: up to date",
-                                        multiprocess_mode="livemax"),
+        registry_stale_since=prom.Gauge(
+            "tuneloop_registry_stale_since_seconds",
+            "Unix time since which a worker has "
+            "not reached the registry (serving the last known versions); 0: up to date",
+            multiprocess_mode="livemax",
+        ),
         registry_failures=prom.Counter("tuneloop_registry_refresh_failures", "Registry reads that failed"),
-        adapter_load_failures=prom.Counter("tuneloop_adapter_load_failures", "Versions an alias points to that could "
-                                           "not be loaded (skipped; the other aliases still move)", ["alias", "version"]),
+        adapter_load_failures=prom.Counter(
+            "tuneloop_adapter_load_failures",
+            "Versions an alias points to that could not be loaded (skipped; the other aliases still move)",
+            ["alias", "version"],
+        ),
     )
 
 
@@ -131,11 +170,18 @@ def serving_costs(config: LoopConfig, cores_per_worker: float, gpus_per_worker: 
         version = dict(labels)["version"]
         usd = cost_per_1k(busy, int(requests.get(version, 0)), price)
         if usd is not None:
-            out[version] = {"requests": requests[version], "busy_s": busy, "usd_per_1k": usd, "worker_usd_per_hour": price}
+            out[version] = {
+                "requests": requests[version],
+                "busy_s": busy,
+                "usd_per_1k": usd,
+                "worker_usd_per_hour": price,
+            }
     return out
 
 
-def publish_serving_costs(config: LoopConfig, cores_per_worker: float, gpus_per_worker: int = 0) -> dict[str, dict[str, float]]:
+def publish_serving_costs(
+    config: LoopConfig, cores_per_worker: float, gpus_per_worker: int = 0
+) -> dict[str, dict[str, float]]:
     """Set the cost-per-1k gauge and keep the figures in the settings table (``serving_cost:<model>``),
     where ``tuneloop economics`` reads the measured serving cost."""
     from datetime import datetime
@@ -164,7 +210,9 @@ def guard_once(config: LoopConfig, store: FeedbackStore, served: dict[str, str],
         metrics().feedback.labels(version).set(rate.n)
         metrics().negative_rate.labels(version).set(rate.value)
     by_segment = segment_rates(store, config.kind, versions)
-    busiest = sorted(by_segment, key=lambda s: -sum(r.n for r in by_segment[s].values()))[:config.deploy.max_segment_labels]
+    busiest = sorted(by_segment, key=lambda s: -sum(r.n for r in by_segment[s].values()))[
+        : config.deploy.max_segment_labels
+    ]
     for segment in busiest:
         for version, rate in by_segment[segment].items():
             metrics().segment_feedback.labels(version, segment).set(rate.n)
@@ -176,13 +224,21 @@ def guard_once(config: LoopConfig, store: FeedbackStore, served: dict[str, str],
     if verdict.p_value is not None:
         metrics().guard_p.labels(challenger, verdict.segment or "all").set(verdict.p_value)
     if verdict.action == "rollback":
-        roll_back(config, f"live guard: {verdict.reason}", version=challenger, segment=verdict.segment, actor="live guard")
+        roll_back(
+            config, f"live guard: {verdict.reason}", version=challenger, segment=verdict.segment, actor="live guard"
+        )
         log.warning("live guard rolled back v%s: %s", challenger, verdict.reason)
     return verdict
 
 
-def guard(config: LoopConfig, served: Callable[[], dict[str, str]], interval_s: float, stop: threading.Event,
-          cores_per_worker: float = 1.0, gpus_per_worker: int = 0) -> threading.Thread:
+def guard(
+    config: LoopConfig,
+    served: Callable[[], dict[str, str]],
+    interval_s: float,
+    stop: threading.Event,
+    cores_per_worker: float = 1.0,
+    gpus_per_worker: int = 0,
+) -> threading.Thread:
     """Every ``interval_s``: publish rates and serving cost, and roll back a significantly worse canary."""
     store = FeedbackStore(config.feedback_db)
     state = Guard(config.deploy)
@@ -252,10 +308,19 @@ class Shadow:
                 metrics().shadow.labels(str(agree).lower()).inc()
                 # cleaned as curation cleans (normalised, then scrubbed): zero-width or full-width characters
                 # must not carry personal data past the patterns into the log
-                rows.append(ShadowRow(kind=self.config.kind, request_id=clean(answer.request_id)[:128],
-                                      user_hash=user_hash(self.salt, request.user_id), input=clean(request.input),
-                                      live_version=answer.model_version, live_output=clean(answer.output),
-                                      shadow_version=version, shadow_output=clean(shadow_output), agree=agree))
+                rows.append(
+                    ShadowRow(
+                        kind=self.config.kind,
+                        request_id=clean(answer.request_id)[:128],
+                        user_hash=user_hash(self.salt, request.user_id),
+                        input=clean(request.input),
+                        live_version=answer.model_version,
+                        live_output=clean(answer.output),
+                        shadow_version=version,
+                        shadow_output=clean(shadow_output),
+                        agree=agree,
+                    )
+                )
             with Session(self.store.engine) as session, session.begin():
                 session.add_all(rows)
         except Exception:
@@ -275,6 +340,22 @@ def shadow_log(config: LoopConfig, limit: int = 1000) -> list[dict]:
     from tuneloop.data.ops_tables import ShadowRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session:
-        rows = session.scalars(select(ShadowRow).where(ShadowRow.kind == config.kind).order_by(ShadowRow.id.desc()).limit(limit))
-        return [{c: getattr(r, c) for c in ("request_id", "user_hash", "input", "live_version", "live_output",
-                                            "shadow_version", "shadow_output", "agree")} for r in rows]
+        rows = session.scalars(
+            select(ShadowRow).where(ShadowRow.kind == config.kind).order_by(ShadowRow.id.desc()).limit(limit)
+        )
+        return [
+            {
+                c: getattr(r, c)
+                for c in (
+                    "request_id",
+                    "user_hash",
+                    "input",
+                    "live_version",
+                    "live_output",
+                    "shadow_version",
+                    "shadow_output",
+                    "agree",
+                )
+            }
+            for r in rows
+        ]

@@ -220,13 +220,27 @@ class AdapterBank:
                 adapters, per_row = _routing(bank.model, names)
                 with adapters:  # the service's batch is one model call
                     if confidences is None:
-                        out, _ = predict(self.config.kind, bank.model, bank.tokenizer, [inputs[i] for i in rows],
-                                         bank.labels, self.config.max_new_tokens, prompting, adapter_names=per_row,
-                                         batch_size=len(rows))
+                        out, _ = predict(
+                            self.config.kind,
+                            bank.model,
+                            bank.tokenizer,
+                            [inputs[i] for i in rows],
+                            bank.labels,
+                            self.config.max_new_tokens,
+                            prompting,
+                            adapter_names=per_row,
+                            batch_size=len(rows),
+                        )
                         conf = energy = None
                     else:
-                        out, conf, energy = predict_classes(bank.model, bank.tokenizer, [inputs[i] for i in rows],
-                                                            bank.labels, adapter_names=per_row, batch_size=len(rows))
+                        out, conf, energy = predict_classes(
+                            bank.model,
+                            bank.tokenizer,
+                            [inputs[i] for i in rows],
+                            bank.labels,
+                            adapter_names=per_row,
+                            batch_size=len(rows),
+                        )
                 for n, i in enumerate(rows):
                     outputs[i] = out[n]
                     if confidences is not None:
@@ -239,7 +253,9 @@ class AdapterBank:
     def _bank_of(self, version: str) -> _Bank:
         if version == "base":  # the base model answers through the first bank, its adapters off
             return next(iter(self.banks.values()))
-        return next(b for b in self.banks.values() if isinstance(b.model, PeftModel) and f"v{version}" in b.model.peft_config)
+        return next(
+            b for b in self.banks.values() if isinstance(b.model, PeftModel) and f"v{version}" in b.model.peft_config
+        )
 
     def labels(self) -> list[str]:
         return list(next(iter(self.banks.values())).labels) if self.banks else []

@@ -51,7 +51,9 @@ class PredictRequest(BaseModel):
     user_id: str = Field(min_length=1, max_length=128, description="Routing key: a user stays on one side.")
     input: str = Field(max_length=MAX_TEXT, description="The prompt (generation) or utterance (classification).")
     request_id: str | None = Field(None, max_length=128, description="Echoed back; generated when absent.")
-    segment: str | None = Field(None, max_length=64, description="Optional tag (plan, locale, ...): /metrics counts requests by it.")
+    segment: str | None = Field(
+        None, max_length=64, description="Optional tag (plan, locale, ...): /metrics counts requests by it."
+    )
 
 
 class Answer(BaseModel):
@@ -68,8 +70,11 @@ class Canary(BaseModel):
 
 
 class Promotion(BaseModel):
-    expected_version: str = Field(min_length=1, max_length=64, description="The challenger version to promote; "
-                                  "refused (409) when the challenger is another version by now.")
+    expected_version: str = Field(
+        min_length=1,
+        max_length=64,
+        description="The challenger version to promote; refused (409) when the challenger is another version by now.",
+    )
 
 
 def _default_workers() -> int:
@@ -116,8 +121,14 @@ class Tuneloop:
         self.drift = None
         if bentoml.server_context.worker_index in (None, 1):  # one guard per service, not one per worker
             on_gpu = self.bank.device.type == "cuda"  # a worker holds one GPU there, and its share of the cores
-            guard(self.config, lambda: dict(self.bank.served), self.config.deploy.guard_interval_s, self._stop,
-                  cores_per_worker=torch.get_num_threads(), gpus_per_worker=int(on_gpu))
+            guard(
+                self.config,
+                lambda: dict(self.bank.served),
+                self.config.deploy.guard_interval_s,
+                self._stop,
+                cores_per_worker=torch.get_num_threads(),
+                gpus_per_worker=int(on_gpu),
+            )
             if self.config.drift.enabled:  # this worker's share of the inputs is the sample tested for drift
                 from tuneloop.release.drift import DriftMonitor
 
@@ -164,10 +175,16 @@ class Tuneloop:
         answers = []
         for i, request in enumerate(requests):
             request_id = request.request_id or uuid.uuid4().hex
-            answers.append(Answer(request_id=request_id, output=outputs[i], model_version=versions[i], variant=served_as[i],
-                                  confidence=confidences[i] if confidences else None,
-                                  receipt=receipts.sign(self.receipt_key, request_id, versions[i], request.user_id,
-                                                        self.config.kind)))
+            answers.append(
+                Answer(
+                    request_id=request_id,
+                    output=outputs[i],
+                    model_version=versions[i],
+                    variant=served_as[i],
+                    confidence=confidences[i] if confidences else None,
+                    receipt=receipts.sign(self.receipt_key, request_id, versions[i], request.user_id, self.config.kind),
+                )
+            )
         challenger = self.bank.served.get("challenger")
         if self.shadow and challenger:
             self.shadow.mirror(challenger, list(requests), answers)
@@ -179,13 +196,26 @@ class Tuneloop:
         """The named token behind the header: 401 when missing or unknown, 403 when its scope does not allow ``scope``."""
         caller = tokens.authenticate(self.store, authorization)
         if caller is None:
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                status_code=401, detail="missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
         if not caller.may(scope):
-            raise HTTPException(status_code=403, detail=f"token {caller.name!r} has scope {caller.scope!r}; this needs {scope!r}")
+            raise HTTPException(
+                status_code=403, detail=f"token {caller.name!r} has scope {caller.scope!r}; this needs {scope!r}"
+            )
         return caller
 
-    @api.post("/feedback", status_code=201, response_model=None, openapi_extra={"requestBody": {
-        "required": True, "content": {"application/json": {"schema": FeedbackRecord.model_json_schema()}}}})
+    @api.post(
+        "/feedback",
+        status_code=201,
+        response_model=None,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": FeedbackRecord.model_json_schema()}},
+            }
+        },
+    )
     async def feedback(self, request: Request, authorization: Annotated[str | None, Header()] = None):
         """Store one verdict (schema: FeedbackRecord) about an answer this service gave. 201 once it is
         committed, 200 for a retry of a stored request id; 4xx naming the field otherwise: 400 undecodable
@@ -211,27 +241,39 @@ class Tuneloop:
             def check_and_store() -> tuple[int, bool]:  # blocking: one trip to the thread pool
                 self._check_rate(record)
                 if not self._known_version(record.model_version):
-                    raise FeedbackError("model_version", f"unknown version {record.model_version!r} of {self.config.model_name}")
+                    raise FeedbackError(
+                        "model_version", f"unknown version {record.model_version!r} of {self.config.model_name}"
+                    )
                 return self.store.add(record, source="api")  # returns after the commit
 
             feedback_id, created = await run_in_threadpool(check_and_store)
         except FeedbackError as err:
             return JSONResponse(err.to_json(), status_code=err.status)
-        except SQLAlchemyError as err:  # locked past its wait, disk full, unreachable: not committed, so not acknowledged
-            log.warning("feedback not stored (%s): answered 503", type(err.orig if hasattr(err, "orig") else err).__name__)
+        except (
+            SQLAlchemyError
+        ) as err:  # locked past its wait, disk full, unreachable: not committed, so not acknowledged
+            log.warning(
+                "feedback not stored (%s): answered 503", type(err.orig if hasattr(err, "orig") else err).__name__
+            )
             return JSONResponse({"detail": "store: not stored, retry later", "field": "store"}, status_code=503)
-        return JSONResponse({"id": feedback_id, "created": created, "request_id": record.request_id},
-                            status_code=201 if created else 200)
+        return JSONResponse(
+            {"id": feedback_id, "created": created, "request_id": record.request_id},
+            status_code=201 if created else 200,
+        )
 
     def _check_receipt(self, record: FeedbackRecord) -> None:
         from tuneloop.data.records import FeedbackError
 
         if not record.receipt:
             raise FeedbackError("receipt", "required: the receipt of the /predict answer this feedback is about")
-        if not receipts.verify(self.receipt_key, record.receipt, record.request_id, record.model_version, record.user_id,
-                               record.kind):
-            raise FeedbackError("receipt", "does not match request_id, model_version, user_id and kind: this service "
-                                "gave no such answer", 403)
+        if not receipts.verify(
+            self.receipt_key, record.receipt, record.request_id, record.model_version, record.user_id, record.kind
+        ):
+            raise FeedbackError(
+                "receipt",
+                "does not match request_id, model_version, user_id and kind: this service gave no such answer",
+                403,
+            )
 
     def _check_rate(self, record: FeedbackRecord) -> None:
         """429 past ``limits.feedback_per_user`` records per user id in the window; a retry of a stored
@@ -242,10 +284,16 @@ class Tuneloop:
 
         limits = self.config.limits
         since = datetime.now(UTC) - timedelta(seconds=limits.feedback_window_s)
-        if self.store.recent_by_user(record.user_id, since) >= limits.feedback_per_user and \
-                self.store.get(record.request_id, record.kind) is None:
-            raise FeedbackError("user_id", f"more than {limits.feedback_per_user} feedback records in "
-                                f"{limits.feedback_window_s:g} s from this user (limits.feedback_per_user); retry later", 429)
+        if (
+            self.store.recent_by_user(record.user_id, since) >= limits.feedback_per_user
+            and self.store.get(record.request_id, record.kind) is None
+        ):
+            raise FeedbackError(
+                "user_id",
+                f"more than {limits.feedback_per_user} feedback records in "
+                f"{limits.feedback_window_s:g} s from this user (limits.feedback_per_user); retry later",
+                429,
+            )
 
     def _known_version(self, version: str) -> bool:
         """'base', a served version, or one the registry knows. Answers are cached: known versions for
@@ -261,7 +309,9 @@ class Tuneloop:
         try:
             known = registry_has_version(self.config.model_name, version)
         except Exception as err:  # the registry is down: a retryable server condition, not bad input
-            raise FeedbackError("model_version", f"cannot check against the registry now ({type(err).__name__})", 503) from err
+            raise FeedbackError(
+                "model_version", f"cannot check against the registry now ({type(err).__name__})", 503
+            ) from err
         if len(cache) > 10_000:  # bounded: a client sending random versions cannot grow it without limit
             cache.clear()
         cache[version] = (known, time.monotonic())
@@ -278,8 +328,13 @@ class Tuneloop:
         """Send every user to the champion now (the flag file is followed within ~0.1 s)."""
         caller = self._authorise(authorization, "admin")
         # the version served is known here: no registry read stands between the operator and the share
-        operations.roll_back(self.config, "rolled back through the admin API", version=self.bank.served.get("challenger"),
-                             actor=f"token:{caller.name}", champion_known=True)
+        operations.roll_back(
+            self.config,
+            "rolled back through the admin API",
+            version=self.bank.served.get("challenger"),
+            actor=f"token:{caller.name}",
+            champion_known=True,
+        )
         return {"challenger_percent": 0}
 
     @api.post("/admin/canary")
@@ -292,20 +347,28 @@ class Tuneloop:
         return {"challenger_percent": body.percent}
 
     @api.post("/admin/promote")
-    def promote(self, body: Annotated[Promotion, Body()], authorization: Annotated[str | None, Header()] = None) -> dict:
+    def promote(
+        self, body: Annotated[Promotion, Body()], authorization: Annotated[str | None, Header()] = None
+    ) -> dict:
         """Promote the challenger if it is still ``expected_version`` (409 naming both otherwise)."""
         caller = self._authorise(authorization, "admin")
         from mlflow.exceptions import MlflowException
 
         try:
-            version = operations.promote(self.config, body.expected_version, reason="promoted through the admin API",
-                                         actor=f"token:{caller.name}")
+            version = operations.promote(
+                self.config,
+                body.expected_version,
+                reason="promoted through the admin API",
+                actor=f"token:{caller.name}",
+            )
         except ValueError as err:
             raise HTTPException(409, detail=str(err)) from err
         except MlflowException as err:
             if err.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            raise HTTPException(409, detail=f"expected_version: {self.config.model_name} has no registered versions") from err
+            raise HTTPException(
+                409, detail=f"expected_version: {self.config.model_name} has no registered versions"
+            ) from err
         self.bank.refresh()
         return {"champion": version}
 
@@ -316,5 +379,6 @@ Tuneloop.apis["predict"].output_spec.media_type = "application/json"
 # /readyz says whether this worker is up to date with the registry (and since when it is not)
 Tuneloop.add_asgi_middleware(ReadyDetail)
 # every body bounded before it is parsed: 413 for an oversized body or too many requests in one call
-Tuneloop.add_asgi_middleware(BodyLimit, max_body_bytes=CONFIG.limits.max_body_bytes,
-                             max_predict_requests=CONFIG.limits.max_predict_requests)
+Tuneloop.add_asgi_middleware(
+    BodyLimit, max_body_bytes=CONFIG.limits.max_body_bytes, max_predict_requests=CONFIG.limits.max_predict_requests
+)

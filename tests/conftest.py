@@ -66,8 +66,18 @@ def home(tmp_path, monkeypatch) -> Path:
 
 def tiny_config(home: Path, kind: str, **tune) -> LoopConfig:
     """Tiny random models with a search that learns within seconds."""
-    settings = dict(n_trials=1, epochs=4, ranks=[16], lr_min=0.01, lr_max=0.05, first_trial={"rank": 16, "lr": 0.02},
-                    evals_per_trial=2, validation_examples=8, replay_ratios=[2.5], replay_kl=4.0)
+    settings = dict(
+        n_trials=1,
+        epochs=4,
+        ranks=[16],
+        lr_min=0.01,
+        lr_max=0.05,
+        first_trial={"rank": 16, "lr": 0.02},
+        evals_per_trial=2,
+        validation_examples=8,
+        replay_ratios=[2.5],
+        replay_kl=4.0,
+    )
     if kind == "classification":  # at these rates a random 2-layer model's feed-forward LoRA diverges (held-out 7 %
         # against 55 % with query/value, small sample data); the mechanics tests judge the searched trial itself
         # (tests/test_router.py covers the pooler and the retraining on train + validation on a tiny model)
@@ -80,8 +90,12 @@ def tiny_config(home: Path, kind: str, **tune) -> LoopConfig:
 # and regression answers are noise, and the demo-sized suites cannot show a 5-point non-inferiority
 # either way, so mechanics tests judge on held-out improvement alone; the gate's own checks are tested
 # on fixed scores (test_gate_stats.py) and on the real weights (test_real_weights.py).
-TINY_GATE = {"heldout_metric": "token_f1", "adversarial_tolerance": 1.0, "group_tolerance": 1.0,
-             "regression_tolerance": 1.0}
+TINY_GATE = {
+    "heldout_metric": "token_f1",
+    "adversarial_tolerance": 1.0,
+    "group_tolerance": 1.0,
+    "regression_tolerance": 1.0,
+}
 
 
 def constant_corrections(records: list[dict], answer: str, desks: int = 6) -> list[dict]:
@@ -104,7 +118,9 @@ def postgres_url():
     schema check sees only the migrations, never the tables an earlier test's Optuna study left."""
     psycopg = pytest.importorskip("psycopg")
     try:
-        with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True) as conn:
+        with psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True
+        ) as conn:
             name = f"tuneloop_test_{os.getpid()}_{next(_DATABASE_NUMBERS)}"
             conn.execute(f"DROP DATABASE IF EXISTS {name}")
             conn.execute(f"CREATE DATABASE {name}")
@@ -118,7 +134,9 @@ def postgres_url():
 
     for engine_owner in ("tuneloop.data.locks",):  # cached engines would hold connections open
         importlib.import_module(engine_owner)._engine.cache_clear()
-    with psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True) as conn:
+    with psycopg.connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=3", autocommit=True
+    ) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # Postgres 13+: ends leftover connections
 
 
@@ -175,20 +193,45 @@ class StackRun:
         import sys
 
         clean = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_"))}
-        clean.update({"PREFECT_HOME": str(self.home / "cli-prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})})
+        clean.update(
+            {"PREFECT_HOME": str(self.home / "cli-prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
+        )
         bindir = Path(sys.executable).parent
-        out = subprocess.run([str(bindir / args[0]), *args[1:]], cwd=ROOT, env=clean, capture_output=True, text=True,
-                             timeout=timeout, stdin=subprocess.DEVNULL)
+        out = subprocess.run(
+            [str(bindir / args[0]), *args[1:]],
+            cwd=ROOT,
+            env=clean,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and out.returncode != 0:
-            raise AssertionError(f"{' '.join(args[:3])} exited {out.returncode}:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}")
+            raise AssertionError(
+                f"{' '.join(args[:3])} exited {out.returncode}:\n{out.stdout[-4000:]}\n{out.stderr[-6000:]}"
+            )
         return out
 
     def stack(self, verb: str, *extra: str, timeout: float = 600, check: bool = True):
         args = ["tuneloop", "stack", verb, "--home", str(self.home)]
         if verb == "up":
-            args += ["--postgres", self.postgres, "--db-prefix", self.prefix, "--tiny", "--kind", "classification",
-                     "--prefect-port", str(self.ports["prefect"]), "--mlflow-port", str(self.ports["mlflow"]),
-                     "--service-port", str(self.ports["service"]), "--worker-port", str(self.ports["worker"])]
+            args += [
+                "--postgres",
+                self.postgres,
+                "--db-prefix",
+                self.prefix,
+                "--tiny",
+                "--kind",
+                "classification",
+                "--prefect-port",
+                str(self.ports["prefect"]),
+                "--mlflow-port",
+                str(self.ports["mlflow"]),
+                "--service-port",
+                str(self.ports["service"]),
+                "--worker-port",
+                str(self.ports["worker"]),
+            ]
         return self.command(*args, *extra, timeout=timeout, check=check)
 
     def up(self) -> float:
@@ -206,9 +249,17 @@ class StackRun:
         their files, so it has to be evaluated, not parsed."""
         import subprocess
 
-        names = [line.removeprefix("export ").split("=", 1)[0] for line in block.splitlines() if line.startswith("export ")]
-        out = subprocess.run(["bash", "-c", 'eval "$(cat)" && env -0'], input=block, capture_output=True, text=True,
-                             check=True, env={"PATH": os.environ["PATH"]})
+        names = [
+            line.removeprefix("export ").split("=", 1)[0] for line in block.splitlines() if line.startswith("export ")
+        ]
+        out = subprocess.run(
+            ["bash", "-c", 'eval "$(cat)" && env -0'],
+            input=block,
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PATH": os.environ["PATH"]},
+        )
         values = dict(item.split("=", 1) for item in out.stdout.split("\0") if "=" in item)
         return {name: values[name] for name in names}
 
@@ -255,7 +306,9 @@ def stack_loop(tmp_path_factory):
             session_env.setenv(key, run.env[key])
         from tuneloop.cli.stack import running_pid
 
-        run.facts["pids"] = {p: running_pid(settings, p) for p in ("prefect", "mlflow", "worker-1", "service-classification")}
+        run.facts["pids"] = {
+            p: running_pid(settings, p) for p in ("prefect", "mlflow", "worker-1", "service-classification")
+        }
         began = time.monotonic()
         run.facts["up_again"] = run.stack("up").stderr
         run.times["stack_up_again"] = time.monotonic() - began
@@ -264,7 +317,9 @@ def stack_loop(tmp_path_factory):
         from tuneloop.data.feedback import FeedbackStore
         from tuneloop.data.sample_data import sample_feedback
 
-        FeedbackStore(run.env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(sample_feedback("classification", small=True), "classification")
+        FeedbackStore(run.env["TUNELOOP_FEEDBACK_URL"]).add_many_raw(
+            sample_feedback("classification", small=True), "classification"
+        )
 
         began = time.monotonic()
         run.facts["deploy"] = run.command("prefect", "--no-prompt", "deploy", "--all", env=run.env, timeout=600).stdout
@@ -272,13 +327,31 @@ def stack_loop(tmp_path_factory):
 
         # the same tiny search as tests/test_loop.py's classification loop; the gate's tolerances are opened
         # because this run is about orchestration (a random-weights model's adversarial score is noise)
-        params = {"config": {"kind": "classification", "min_new_corrections": 10, "min_interval_minutes": 0,
-                             "tune": tiny_config(run.home, "classification", epochs=10).tune.model_dump(mode="json"),
-                             "gate": TINY_GATE}}
+        params = {
+            "config": {
+                "kind": "classification",
+                "min_new_corrections": 10,
+                "min_interval_minutes": 0,
+                "tune": tiny_config(run.home, "classification", epochs=10).tune.model_dump(mode="json"),
+                "gate": TINY_GATE,
+            }
+        }
         run.facts["params"] = params
         began = time.monotonic()
-        out = run.command("prefect", "deployment", "run", "tuneloop-trigger/trigger-classification", "--params",
-                          json.dumps(params), "--watch", "--watch-timeout", "900", env=run.env, timeout=960, check=False)
+        out = run.command(
+            "prefect",
+            "deployment",
+            "run",
+            "tuneloop-trigger/trigger-classification",
+            "--params",
+            json.dumps(params),
+            "--watch",
+            "--watch-timeout",
+            "900",
+            env=run.env,
+            timeout=960,
+            check=False,
+        )
         run.times["trigger_run"] = time.monotonic() - began
         run.facts["trigger_output"] = out.stdout + out.stderr
         run.facts["flow_run_id"] = re.search(r"UUID: ([0-9a-f-]{36})", out.stdout).group(1)
@@ -288,13 +361,17 @@ def stack_loop(tmp_path_factory):
         session_env.undo()
 
 
-
-
-
 # The longest files first (each a few minutes on 2 cores), so that under xdist no worker starts one of them
 # while the other is nearly done; the rest keep their order.
-LONGEST_FIRST = ["test_real_weights", "test_mlflow_ui", "test_stack", "test_scale", "test_tune", "test_preferences",
-                 "test_base_models"]
+LONGEST_FIRST = [
+    "test_real_weights",
+    "test_mlflow_ui",
+    "test_stack",
+    "test_scale",
+    "test_tune",
+    "test_preferences",
+    "test_base_models",
+]
 STACK_FILES = ("test_mlflow_ui.py", "test_stack.py")  # one team stack (``stack_loop``) serves both
 
 

@@ -26,9 +26,15 @@ def service(tmp_path_factory):
     home = tmp_path_factory.mktemp("access")
     config = LoopConfig(kind="generation", home=home, tiny=True)
     issued = {"app": tokens.create(config, "app", "feedback"), "ops": tokens.create(config, "ops", "admin")}
-    with tuneloop_service(home, "generation", TUNELOOP_TINY="true", TUNELOOP_DEPLOY__SERVE_WORKERS="1",
-                          TUNELOOP_MAX_NEW_TOKENS="4", TUNELOOP_LIMITS__FEEDBACK_PER_USER=str(FEEDBACK_PER_USER),
-                          TUNELOOP_LIMITS__MAX_PREDICT_REQUESTS=str(MAX_REQUESTS)) as base:
+    with tuneloop_service(
+        home,
+        "generation",
+        TUNELOOP_TINY="true",
+        TUNELOOP_DEPLOY__SERVE_WORKERS="1",
+        TUNELOOP_MAX_NEW_TOKENS="4",
+        TUNELOOP_LIMITS__FEEDBACK_PER_USER=str(FEEDBACK_PER_USER),
+        TUNELOOP_LIMITS__MAX_PREDICT_REQUESTS=str(MAX_REQUESTS),
+    ) as base:
         with httpx.Client(base_url=base, timeout=60) as http:
             yield http, config, issued
 
@@ -38,19 +44,33 @@ def bearer(token: str) -> dict:
 
 
 def answer(http: httpx.Client, user: str, request_id: str) -> dict:
-    r = http.post("/predict", json={"requests": [{"user_id": user, "input": "What is the Nimbus Pro cost?",
-                                                  "request_id": request_id}]})
+    r = http.post(
+        "/predict",
+        json={"requests": [{"user_id": user, "input": "What is the Nimbus Pro cost?", "request_id": request_id}]},
+    )
     assert r.status_code == 200, r.text
     return r.json()[0]
 
 
 def feedback_on(a: dict, user: str, **change) -> dict:
-    return {"request_id": a["request_id"], "user_id": user, "model_version": a["model_version"], "receipt": a["receipt"],
-            "prompt": "What is the Nimbus Pro cost?", "output": a["output"], "rating": "down",
-            "correction": "The Nimbus Pro costs 189 euros.", **change}
+    return {
+        "request_id": a["request_id"],
+        "user_id": user,
+        "model_version": a["model_version"],
+        "receipt": a["receipt"],
+        "prompt": "What is the Nimbus Pro cost?",
+        "output": a["output"],
+        "rating": "down",
+        "correction": "The Nimbus Pro costs 189 euros.",
+        **change,
+    }
 
 
-ADMIN = [("/v1/admin/rollback", None), ("/v1/admin/canary", {"percent": 10}), ("/v1/admin/promote", {"expected_version": "2"})]
+ADMIN = [
+    ("/v1/admin/rollback", None),
+    ("/v1/admin/canary", {"percent": 10}),
+    ("/v1/admin/promote", {"expected_version": "2"}),
+]
 
 
 def test_a_feedback_token_is_refused_on_every_admin_endpoint(service):
@@ -76,7 +96,9 @@ def test_tokens_are_stored_hashed_listed_without_secrets_and_revocable(service):
     assert "api_token" not in {k for (k,) in db.execute("SELECT key FROM settings")}  # no plain-text token anywhere
     listed = {t["name"]: t for t in tokens.listing(config)}
     assert listed["app"]["scope"] == "feedback" and listed["ops"]["scope"] == "admin"
-    assert not any(issued["app"] in json.dumps(t) or tokens.digest(issued["app"]) in json.dumps(t) for t in listed.values())
+    assert not any(
+        issued["app"] in json.dumps(t) or tokens.digest(issued["app"]) in json.dumps(t) for t in listed.values()
+    )
 
     temp = tokens.create(config, "temp", "feedback")
     a = answer(http, "user-rev", "r-rev-1")
@@ -201,4 +223,6 @@ def test_a_plain_text_token_of_an_older_store_becomes_the_hashed_admin_token_leg
     assert tokens.authenticate(store, "Bearer old-plain-token") == tokens.Caller("legacy", "admin")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM settings WHERE key = 'api_token'")).scalar() == 0
-        assert "old-plain-token" not in " ".join(str(v) for row in conn.execute(text("SELECT * FROM api_tokens")) for v in row)
+        assert "old-plain-token" not in " ".join(
+            str(v) for row in conn.execute(text("SELECT * FROM api_tokens")) for v in row
+        )

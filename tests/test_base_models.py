@@ -42,12 +42,22 @@ def tiny_qwen2(tmp_path_factory) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     smol = Path(resolve_base("generation").path)
-    config = Qwen2Config(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=1,
-                         eos_token_id=2, pad_token_id=2,
-                         # 10x the default init: at 0.02 its tied embeddings give near-uniform logits that an
-                         # attention-only adapter cannot move within a test's few dozen steps
-                         initializer_range=0.2)
+    config = Qwen2Config(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        # 10x the default init: at 0.02 its tied embeddings give near-uniform logits that an
+        # attention-only adapter cannot move within a test's few dozen steps
+        initializer_range=0.2,
+    )
     torch.manual_seed(0)
     return _save(Qwen2ForCausalLM(config), smol, tmp_path_factory.mktemp("tiny-qwen2"))
 
@@ -58,7 +68,9 @@ def tiny_distilbert(tmp_path_factory) -> Path:
     from transformers import DistilBertConfig, DistilBertModel
 
     minilm = Path(resolve_base("classification").path)
-    config = DistilBertConfig(vocab_size=30522, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=512)
+    config = DistilBertConfig(
+        vocab_size=30522, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=512
+    )
     torch.manual_seed(0)
     return _save(DistilBertModel(config), minilm, tmp_path_factory.mktemp("tiny-distilbert"))
 
@@ -67,10 +79,12 @@ def tiny_distilbert(tmp_path_factory) -> Path:
 def test_a_third_architecture_tunes_registers_loads_and_serves(kind, home, tiny_qwen2, tiny_distilbert):
     folder = tiny_qwen2 if kind == "generation" else tiny_distilbert
     config = tiny_config(home, kind, epochs=10 if kind == "classification" else 4).model_copy(
-        update={"tiny": False, "base_model": str(folder), "max_new_tokens": 8})
+        update={"tiny": False, "base_model": str(folder), "max_new_tokens": 8}
+    )
     records = sample_feedback(kind, small=True)  # the set a random 2-layer model can learn
     FeedbackStore(config.feedback_db).add_many_raw(
-        constant_corrections(records, "Please ask Brightwell support.") if kind == "generation" else records, kind)
+        constant_corrections(records, "Please ask Brightwell support.") if kind == "generation" else records, kind
+    )
     info = preflight(config)
     assert info.revision == "local" and Path(info.path) == folder.resolve()
 
@@ -91,9 +105,12 @@ def test_a_third_architecture_tunes_registers_loads_and_serves(kind, home, tiny_
         assert set(answers) <= set(INTENTS) | {OUT_OF_SCOPE_LABEL}  # the sample data corrects some to it
 
     set_challenger_percent(config, 100)  # everyone on the new version: the service loads its own base from the registry
-    with tuneloop_service(home, kind, TUNELOOP_API_TOKEN=TOKEN, TUNELOOP_DEPLOY__SERVE_WORKERS="1", TUNELOOP_MAX_NEW_TOKENS="8") as base:
-        served = httpx.post(f"{base}/predict", json={"requests": [{"user_id": "u", "input": i} for i in inputs]},
-                            timeout=120).json()
+    with tuneloop_service(
+        home, kind, TUNELOOP_API_TOKEN=TOKEN, TUNELOOP_DEPLOY__SERVE_WORKERS="1", TUNELOOP_MAX_NEW_TOKENS="8"
+    ) as base:
+        served = httpx.post(
+            f"{base}/predict", json={"requests": [{"user_id": "u", "input": i} for i in inputs]}, timeout=120
+        ).json()
     assert [a["model_version"] for a in served] == ["1", "1"]
     assert [a["output"] for a in served] == answers  # the same adapter on the same base as the pyfunc
 
@@ -123,20 +140,26 @@ def _refused(config, *words: str) -> None:
 
 def test_bad_base_models_are_refused_before_any_work_naming_the_setting(home, tmp_path, tiny_qwen2):
     base = tiny_config(home, "generation")
-    _refused(base.model_copy(update={"base_model": str(tmp_path / "no-such-model")}), "TUNELOOP_BASE_MODEL", "no such folder")
+    _refused(
+        base.model_copy(update={"base_model": str(tmp_path / "no-such-model")}), "TUNELOOP_BASE_MODEL", "no such folder"
+    )
     (tmp_path / "empty").mkdir()
     _refused(base.model_copy(update={"base_model": str(tmp_path / "empty")}), "no config.json")
     no_tokenizer = tmp_path / "no-tokenizer"
     shutil.copytree(tiny_qwen2, no_tokenizer, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
     _refused(base.model_copy(update={"base_model": str(no_tokenizer)}), "has no tokenizer")
-    _refused(base.model_copy(update={"base_model": "someone/not-downloaded-model"}), "not in the local Hugging Face cache")
+    _refused(
+        base.model_copy(update={"base_model": "someone/not-downloaded-model"}), "not in the local Hugging Face cache"
+    )
 
 
 def test_a_classifier_base_without_a_sequence_classification_head_is_refused(home, tmp_path):
     from transformers import ViTConfig, ViTModel
 
     folder = tmp_path / "vit"
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    ).save_pretrained(folder)
     config = tiny_config(home, "classification").model_copy(update={"tiny": False, "base_model": str(folder)})
     _refused(config, "TUNELOOP_BASE_MODEL", "sequence-classification head")
 
@@ -153,8 +176,10 @@ def test_cuda_and_quantization_without_cuda_are_refused(home):
 
 def test_the_training_path_imports_no_orchestration_or_tracking():
     """An accelerator machine may have torch, transformers and peft only: training must import there."""
-    code = ("import sys, tuneloop.modeling.training, tuneloop.modeling.models, tuneloop.modeling.adapters; "
-            "print(sorted(m for m in ('mlflow', 'prefect', 'optuna', 'bentoml', 'fastapi', 'sqlalchemy') if m in sys.modules))")
+    code = (
+        "import sys, tuneloop.modeling.training, tuneloop.modeling.models, tuneloop.modeling.adapters; "
+        "print(sorted(m for m in ('mlflow', 'prefect', 'optuna', 'bentoml', 'fastapi', 'sqlalchemy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
@@ -173,10 +198,16 @@ def test_adapters_on_the_top_layers_train_there_and_nowhere_else(kind, home):
         config.tune.adapter_layers = None  # the kind's default: every layer
     info = resolve_base(kind, tiny=True)
     pairs = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros.")] * 4
-    data = SimpleNamespace(base=info, labels=["billing", "returns"] if kind == "classification" else [])  # of a TrialData
+    data = SimpleNamespace(
+        base=info, labels=["billing", "returns"] if kind == "classification" else []
+    )  # of a TrialData
 
-    model = build_model(config, data, {"rank": 4, "alpha_ratio": 2.0, "dropout": 0.0, "target_modules": "attention"},
-                        torch.device("cpu"))
+    model = build_model(
+        config,
+        data,
+        {"rank": 4, "alpha_ratio": 2.0, "dropout": 0.0, "target_modules": "attention"},
+        torch.device("cpu"),
+    )
     layers = model.get_base_model().config.num_hidden_layers
     adapted = {int(n.split(".layer")[1].split(".")[1]) for n, p in model.named_parameters() if "lora_A" in n}
     expected = set(range(layers // 2, layers)) if kind == "generation" else set(range(layers))

@@ -22,10 +22,15 @@ def test_redaction_hides_every_url_password_and_keeps_the_rest():
     line = f"connect {FEEDBACK} then http://bot:tok3n@mlflow.example/api and sqlite:///x.db, user@mail.example"
     shown = redact_text(line)
     assert PASSWORD not in shown and "tok3n" not in shown
-    assert "postgresql+psycopg://loop:***@db.example:5432/tuneloop_ops" in shown and "http://bot:***@mlflow.example/api" in shown
+    assert (
+        "postgresql+psycopg://loop:***@db.example:5432/tuneloop_ops" in shown
+        and "http://bot:***@mlflow.example/api" in shown
+    )
     assert "sqlite:///x.db" in shown and "user@mail.example" in shown
-    assert redact({"a": [FEEDBACK, 3], "b": (OPTUNA,)}) == {"a": [FEEDBACK.replace(PASSWORD, "***"), 3],
-                                                             "b": (OPTUNA.replace(PASSWORD, "***"),)}
+    assert redact({"a": [FEEDBACK, 3], "b": (OPTUNA,)}) == {
+        "a": [FEEDBACK.replace(PASSWORD, "***"), 3],
+        "b": (OPTUNA.replace(PASSWORD, "***"),),
+    }
     began = time.perf_counter()
     redact_text("a://" + "b" * 8000 + ":" + "c" * 8000)  # no @: nothing to redact, and no backtracking
     assert time.perf_counter() - began < 0.05
@@ -44,9 +49,12 @@ def test_config_urls_are_redacted_in_every_json_dump_and_restored_from_the_envir
     def takes(config: LoopConfig) -> None:
         pass
 
-    dumps = {"config.json (loop.py)": str(config.model_dump(mode="json")), "model_dump_json": config.model_dump_json(),
-             "prefect parameters": str(takes.serialize_parameters({"config": config})),
-             "jsonable_encoder": str(jsonable_encoder(config))}
+    dumps = {
+        "config.json (loop.py)": str(config.model_dump(mode="json")),
+        "model_dump_json": config.model_dump_json(),
+        "prefect parameters": str(takes.serialize_parameters({"config": config})),
+        "jsonable_encoder": str(jsonable_encoder(config)),
+    }
     for where, text in dumps.items():
         assert PASSWORD not in text, where
         assert "loop:***@db.example:5432/tuneloop_ops" in text, where
@@ -58,7 +66,9 @@ def test_config_urls_are_redacted_in_every_json_dump_and_restored_from_the_envir
     assert on_worker.feedback_db == FEEDBACK
     assert on_worker.optuna_db == "postgresql+psycopg://loop@db.example:5432/tuneloop_optuna"  # libpq: PGPASSFILE
     monkeypatch.setenv("TUNELOOP_FEEDBACK_URL", FEEDBACK.replace("tuneloop_ops", "elsewhere"))
-    assert "***" not in restore_password(received["feedback_url"]) and PASSWORD not in restore_password(received["feedback_url"])
+    assert "***" not in restore_password(received["feedback_url"]) and PASSWORD not in restore_password(
+        received["feedback_url"]
+    )
 
 
 def test_secret_files_are_owner_only(tmp_path, monkeypatch):
@@ -71,7 +81,9 @@ def test_secret_files_are_owner_only(tmp_path, monkeypatch):
     assert (creds.dir.stat().st_mode & 0o777) == 0o700
     for name, _ in FILES.values():
         assert ((creds.dir / name).stat().st_mode & 0o777) == 0o600, name
-    assert Credentials.ensure(creds.dir) == creds and Credentials.changes(creds.dir) == []  # stable across stack up runs
+    assert (
+        Credentials.ensure(creds.dir) == creds and Credentials.changes(creds.dir) == []
+    )  # stable across stack up runs
     (creds.dir / FILES["prefect_auth"][0]).unlink()  # a rotation: stack up must not do it under running parts
     monkeypatch.setenv("TUNELOOP_STACK_MLFLOW_PASSWORD", "a-rotated-password")
     assert Credentials.changes(creds.dir) == ["prefect-auth-string", "mlflow-password"]

@@ -38,14 +38,37 @@ SECRETS = {
     "iban, compact": "GB82WEST12345698765432",
 }
 # what must not appear anywhere, in the forms a leak could take
-FORBIDDEN = ["jane.doe@example.com", "mary@example.org", "ｍａｒｙ", "smith@mail.example.net", "7946 0958", "123-4567",
-             "987.6543", "4111 1111 1111 1111", "4111111111111111", "5500-0000-0000-0004", "5500000000000004",
-             "378282246310005", "DE89 3704", "DE89370400440532013000", "GB82WEST12345698765432"]
+FORBIDDEN = [
+    "jane.doe@example.com",
+    "mary@example.org",
+    "ｍａｒｙ",
+    "smith@mail.example.net",
+    "7946 0958",
+    "123-4567",
+    "987.6543",
+    "4111 1111 1111 1111",
+    "4111111111111111",
+    "5500-0000-0000-0004",
+    "5500000000000004",
+    "378282246310005",
+    "DE89 3704",
+    "DE89370400440532013000",
+    "GB82WEST12345698765432",
+]
 
 
-def _record(n: int, prompt: str, rating: str = "down", correction: str | None = "fixed", output: str = "wrong", **extra) -> dict:
-    record = {"request_id": f"t-{n}", "user_id": f"u-{n % 7}", "model_version": "base", "prompt": prompt,
-              "output": output, "rating": rating, **extra}
+def _record(
+    n: int, prompt: str, rating: str = "down", correction: str | None = "fixed", output: str = "wrong", **extra
+) -> dict:
+    record = {
+        "request_id": f"t-{n}",
+        "user_id": f"u-{n % 7}",
+        "model_version": "base",
+        "prompt": prompt,
+        "output": output,
+        "rating": rating,
+        **extra,
+    }
     if correction is not None:
         record["correction"] = correction
     return record
@@ -60,10 +83,17 @@ def test_planted_personal_data_never_reaches_mlflow_or_training_files(home):
     config, store = _store(home)
     records = sample_feedback("generation")
     for i, (what, secret) in enumerate(SECRETS.items()):
-        records.append(_record(1000 + i, f"My {what.split(',')[0]} is {secret}, what is the return window?",
-                               correction=f"Returns within 45 days; we will contact you at {secret}.", segment=f"vip {secret}"[:64]))
-        records.append(_record(2000 + i, f"Hello, reach me at {secret}", rating="up", correction=None,
-                               output=f"Noted: {secret}"))
+        records.append(
+            _record(
+                1000 + i,
+                f"My {what.split(',')[0]} is {secret}, what is the return window?",
+                correction=f"Returns within 45 days; we will contact you at {secret}.",
+                segment=f"vip {secret}"[:64],
+            )
+        )
+        records.append(
+            _record(2000 + i, f"Hello, reach me at {secret}", rating="up", correction=None, output=f"Noted: {secret}")
+        )
     store.add_many_raw(records, "generation")
     use_experiment(config)
     with mlflow.start_run() as run:
@@ -71,9 +101,13 @@ def test_planted_personal_data_never_reaches_mlflow_or_training_files(home):
 
     # the curated text carries typed placeholders instead
     pairs = " ".join(e.prompt + " " + e.target for e in all_examples(data, config))
-    assert {"[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]"} <= {tag for tag in ("[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]") if tag in pairs}
+    assert {"[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]"} <= {
+        tag for tag in ("[EMAIL]", "[PHONE]", "[CARD]", "[IBAN]") if tag in pairs
+    }
     # every MLflow artifact, the tracking database itself, the dataset files and the markdown summary
-    artifacts = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="", dst_path=str(home / "dl")))
+    artifacts = Path(
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="", dst_path=str(home / "dl"))
+    )
     files = [p for p in artifacts.rglob("*") if p.is_file()] + [p for p in data.path.rglob("*") if p.is_file()]
     files += [p for p in home.glob("mlflow.db*")]
     assert any(p.name == "sample.json" for p in files) and any(p.name == "train.jsonl" for p in files)
@@ -90,7 +124,9 @@ def test_planted_personal_data_never_reaches_mlflow_or_training_files(home):
     assert logged.data.metrics["curate.quarantined"] == 6 and logged.data.metrics["curate.quarantined.prompt"] == 4
     summary = json.loads((artifacts / "curate" / "summary.json").read_text())
     assert summary["quarantine_reasons"]["correction: a thumbs-up cannot carry a correction"] == 1
-    assert len(json.loads((artifacts / "curate" / "sample.json").read_text())["data"]) == sum(min(10, n) for n in data.sizes.values())
+    assert len(json.loads((artifacts / "curate" / "sample.json").read_text())["data"]) == sum(
+        min(10, n) for n in data.sizes.values()
+    )
     assert {p.name for p in (artifacts / "dataset").iterdir()} >= {"train.jsonl", "validation.jsonl", "heldout.jsonl"}
 
 
@@ -117,9 +153,15 @@ def test_quarantine_is_kept_countable_and_raw_rows_never_change(home):
 
 def test_exact_and_near_duplicates_collapse_and_follow_their_representative(tmp_path):
     config, store = _store(tmp_path)
-    variants = ["Where is my Orbit camera?", "where is my orbit camera", "WHERE  is my Orbit camera!!",
-                "Where is my Orbit\u200b camera?", "Ｗｈｅｒｅ is my Orbit camera?",  # zero-width, full-width
-                "Wher is my Orbit camera?", "Where is my Orbit cameras?"]  # typos: near duplicates
+    variants = [
+        "Where is my Orbit camera?",
+        "where is my orbit camera",
+        "WHERE  is my Orbit camera!!",
+        "Where is my Orbit\u200b camera?",
+        "Ｗｈｅｒｅ is my Orbit camera?",  # zero-width, full-width
+        "Wher is my Orbit camera?",
+        "Where is my Orbit cameras?",
+    ]  # typos: near duplicates
     distinct = ["Where is my Nimbus Pro?", "Where is my Nimbus thermostat?", "What does the Orbit camera cost?"]
     records = [_record(i, p, correction="It ships tomorrow.") for i, p in enumerate(variants)]
     records += [_record(100 + i, p, correction=f"answer {i}") for i, p in enumerate(distinct)]
@@ -140,15 +182,18 @@ def test_exact_and_near_duplicates_collapse_and_follow_their_representative(tmp_
 
 def test_conflicts_resolved_by_majority_else_most_recent_and_recorded(tmp_path):
     config, store = _store(tmp_path)
-    store.add_many_raw([
-        _record(1, "How long is the warranty?", correction="37 months"),
-        _record(2, "How long is the warranty?", correction="12 months"),
-        _record(3, "how long is the warranty", correction="37 months"),
-        _record(4, "Opening hours?", correction="9 to 5"),
-        _record(5, "opening hours", correction="7 to 9"),  # a tie: the most recent wins
-        _record(6, "Opening hours?", rating="down", correction=None),  # bare thumbs-down: counted only
-        _record(7, "Say hi", rating="up", correction=None, output="Hi!"),  # thumbs-up: a positive example
-    ], "generation")
+    store.add_many_raw(
+        [
+            _record(1, "How long is the warranty?", correction="37 months"),
+            _record(2, "How long is the warranty?", correction="12 months"),
+            _record(3, "how long is the warranty", correction="37 months"),
+            _record(4, "Opening hours?", correction="9 to 5"),
+            _record(5, "opening hours", correction="7 to 9"),  # a tie: the most recent wins
+            _record(6, "Opening hours?", rating="down", correction=None),  # bare thumbs-down: counted only
+            _record(7, "Say hi", rating="up", correction=None, output="Hi!"),  # thumbs-up: a positive example
+        ],
+        "generation",
+    )
     data = build_dataset(store, config, check=False)  # three prompts cannot fill three splits
     by_key = {e.key: e for e in all_examples(data, config)}
     assert by_key["how long is the warranty"].target == "37 months"
@@ -170,7 +215,7 @@ def test_split_never_moves_a_prompt_as_data_grows(tmp_path):
     records = [_record(i, p, correction=rng.choice(["billing", "returns", "setup"])) for i, p in enumerate(prompts)]
     sides: dict[str, str] = {}
     for chunk in range(0, len(records), 175):
-        store.add_many_raw(records[chunk:chunk + 175], "classification")
+        store.add_many_raw(records[chunk : chunk + 175], "classification")
         data = build_dataset(store, config)
         by_split = split_examples(data, config)
         now = {e.key: split for split, es in by_split.items() for e in es}
@@ -181,28 +226,44 @@ def test_split_never_moves_a_prompt_as_data_grows(tmp_path):
 
 def test_batch_import_validates_reports_rejects_and_is_idempotent(home):
     good = _record(1, "What is the Nimbus Pro cost?", correction="189 euros")
-    lines = [json.dumps(good), "", json.dumps({**good, "request_id": "t-2", "rating": "meh"}), "{not json",
-             json.dumps({**good, "request_id": "t-3", "model_version": "7"}), json.dumps({**good, "request_id": "t-4", "prompt": "a" * 9000})]
+    lines = [
+        json.dumps(good),
+        "",
+        json.dumps({**good, "request_id": "t-2", "rating": "meh"}),
+        "{not json",
+        json.dumps({**good, "request_id": "t-3", "model_version": "7"}),
+        json.dumps({**good, "request_id": "t-4", "prompt": "a" * 9000}),
+    ]
     jsonl = home / "feedback.jsonl"
     jsonl.write_bytes("\n".join(lines).encode() + b"\n" + b'{"request_id": "t-\xff"}\n')
     config, store = _store(home)
     known = lambda version: version == "base"  # noqa: E731
     report = import_feedback(store, jsonl, "generation", known_version=known)
     assert (report.read, report.stored, report.duplicates) == (6, 1, 0)
-    assert [(r.line, r.field) for r in report.rejected] == [(3, "rating"), (4, "body"), (5, "model_version"), (6, "prompt"), (7, "body")]
+    assert [(r.line, r.field) for r in report.rejected] == [
+        (3, "rating"),
+        (4, "body"),
+        (5, "model_version"),
+        (6, "prompt"),
+        (7, "body"),
+    ]
     assert "unknown version '7'" in report.rejected[2].reason and "not valid UTF-8" in report.rejected[4].reason
     again = import_feedback(store, jsonl, "generation", known_version=known)
     assert (again.stored, again.duplicates) == (0, 1) and store.count() == 1
 
     csv_file = home / "feedback.csv"
-    csv_file.write_text("request_id,user_id,model_version,prompt,output,rating,correction,segment\n"
-                        "c-1,u,base,\"Multi-line,\nquoted prompt\",o,down,fixed,\n"
-                        "c-2,u,base,p,o,up,,web\n"
-                        "c-3,u,base,p,o,up,should not be here,\n"
-                        "c-4,u,base,p,o\n"
-                        "c-5,u,base,p,o,down,x,y,extra\n")
-    result = CliRunner().invoke(__import__("tuneloop.cli.main", fromlist=["app"]).app,
-                                ["import", str(csv_file), "--kind", "generation", "--home", str(home), "--report", str(home / "rejects.jsonl")])
+    csv_file.write_text(
+        "request_id,user_id,model_version,prompt,output,rating,correction,segment\n"
+        'c-1,u,base,"Multi-line,\nquoted prompt",o,down,fixed,\n'
+        "c-2,u,base,p,o,up,,web\n"
+        "c-3,u,base,p,o,up,should not be here,\n"
+        "c-4,u,base,p,o\n"
+        "c-5,u,base,p,o,down,x,y,extra\n"
+    )
+    result = CliRunner().invoke(
+        __import__("tuneloop.cli.main", fromlist=["app"]).app,
+        ["import", str(csv_file), "--kind", "generation", "--home", str(home), "--report", str(home / "rejects.jsonl")],
+    )
     assert result.exit_code == 0, result.output
     assert "2 stored" in result.output and "3 rejected" in result.output
     rejects = [json.loads(line) for line in (home / "rejects.jsonl").read_text().splitlines()]
@@ -213,10 +274,18 @@ def test_batch_import_validates_reports_rejects_and_is_idempotent(home):
 def test_a_store_from_before_migrations_is_adopted_and_upgraded(tmp_path):
     url = f"sqlite:///{tmp_path / 'old.db'}"
     with create_engine(url).begin() as conn:  # what the first release's create_all made
-        conn.execute(text("CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id VARCHAR(128) UNIQUE, "
-                          "kind VARCHAR(32), received_at DATETIME, payload TEXT)"))
-        conn.execute(text("INSERT INTO feedback (request_id, kind, received_at, payload) VALUES ('old-1', 'generation', "
-                          "'2026-01-01 00:00:00', '{\"request_id\": \"old-1\"}')"))
+        conn.execute(
+            text(
+                "CREATE TABLE feedback (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id VARCHAR(128) UNIQUE, "
+                "kind VARCHAR(32), received_at DATETIME, payload TEXT)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO feedback (request_id, kind, received_at, payload) VALUES ('old-1', 'generation', "
+                "'2026-01-01 00:00:00', '{\"request_id\": \"old-1\"}')"
+            )
+        )
     store = FeedbackStore(url)
     assert migrations.current(store.engine) == migrations.head()
     assert store.get("old-1") == {"request_id": "old-1"} and store.last_curation("generation") is None
@@ -243,14 +312,16 @@ def test_migrations_and_store_on_postgres(postgres_url, tmp_path):
     assert migrations.current(engine) is None
     store = FeedbackStore(postgres_url)
     assert {"feedback", "curation_runs", "quarantine", migrations.VERSION_TABLE} <= set(
-        create_engine(postgres_url).dialect.get_table_names(engine.connect()))
+        create_engine(postgres_url).dialect.get_table_names(engine.connect())
+    )
     records = sample_feedback("generation")
     assert store.add_many_raw(records, "generation") == len(records)
     assert store.add_many_raw(records, "generation") == 0
     config = LoopConfig(kind="generation", home=tmp_path, feedback_url=postgres_url)
     data = build_dataset(store, config)
-    run_id = store.record_curation("generation", data.last_feedback_id, data.dataset_hash, data.counts,
-                                   jsonl(data.path / "quarantine.jsonl"))
+    run_id = store.record_curation(
+        "generation", data.last_feedback_id, data.dataset_hash, data.counts, jsonl(data.path / "quarantine.jsonl")
+    )
     assert store.last_curation("generation").id == run_id and len(store.quarantined("generation")) == 6
     with pytest.raises(Exception, match="immutable"), engine.begin() as conn:
         conn.execute(text("UPDATE feedback SET kind = 'x'"))
@@ -263,11 +334,15 @@ def test_curation_counts_answers_by_phrasings_and_those_it_cannot_train(tmp_path
     rng = random.Random(0)
     names = ["".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(5)) for _ in range(50)]
     # distinct questions (prompts differing in one number would be merged as near duplicates)
-    records = [_record(n, f"What does {names[n]} cost?", correction=f"{names[n].title()} costs {n} dollars.")
-               for n in range(40)]
-    records += [_record(100 + 3 * n + k, form.format(names[n]), correction=f"Plan {names[n].title()} has {n} seats.")
-                for n in range(40, 50) for k, form in enumerate(("How many seats does {} have?", "Seats of {}?",
-                                                                 "Tell me the {} seat limit."))]
+    records = [
+        _record(n, f"What does {names[n]} cost?", correction=f"{names[n].title()} costs {n} dollars.")
+        for n in range(40)
+    ]
+    records += [
+        _record(100 + 3 * n + k, form.format(names[n]), correction=f"Plan {names[n].title()} has {n} seats.")
+        for n in range(40, 50)
+        for k, form in enumerate(("How many seats does {} have?", "Seats of {}?", "Tell me the {} seat limit."))
+    ]
     store.add_many_raw(records, "generation")
     ref = build_dataset(store, config)
     counts, splits = ref.counts, split_examples(ref, config)
@@ -286,9 +361,11 @@ def test_rare_labels_are_found_by_problem_and_each_policy_does_what_it_says(tmp_
     from tuneloop.data.datasets import SPLITS
     from tuneloop.flows.curate import DatasetError, _apply_rare_label_policy, _drop_labels, _rare_labels
 
-    splits = {"train": Counter(refund=5, lost_card=3, fx_rate=1),
-              "validation": Counter(refund=1, lost_card=1),
-              "heldout": Counter(refund=2, atm=2)}
+    splits = {
+        "train": Counter(refund=5, lost_card=3, fx_rate=1),
+        "validation": Counter(refund=1, lost_card=1),
+        "heldout": Counter(refund=2, atm=2),
+    }
     total = sum(splits.values(), Counter())
     found = _rare_labels(total, splits)
     assert found == {"once": ["fx_rate"], "no_heldout": ["lost_card"], "no_train": ["atm"]}

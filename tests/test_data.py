@@ -17,28 +17,41 @@ from tuneloop.data.sample_data import sample_feedback
 from tuneloop.flows.curate import build_dataset
 
 
-@pytest.mark.parametrize("text, tag", [
-    ("write to jane.doe@example.com please", "[EMAIL]"),
-    ("call +44 20 7946 0958 tomorrow", "[PHONE]"),
-    ("ring 555-123-4567", "[PHONE]"),
-    ("card 4111 1111 1111 1111 was charged", "[CARD]"),
-    ("card 4111-1111-1111-1111", "[CARD]"),
-    ("IBAN DE89 3704 0044 0532 0130 00 please", "[IBAN]"),
-    ("GB82WEST12345698765432", "[IBAN]"),
-    ("mail a.b-c+d@sub.example.co.uk now", "[EMAIL]"),
-    ("ring (555) 123-4567", "[PHONE]"),
-    ("ring 555.987.6543", "[PHONE]"),
-    ("tel: +1-202-555-0143", "[PHONE]"),
-    ("card 5500-0000-0000-0004", "[CARD]"),
-    ("amex 378282246310005", "[CARD]"),
-])
+@pytest.mark.parametrize(
+    "text, tag",
+    [
+        ("write to jane.doe@example.com please", "[EMAIL]"),
+        ("call +44 20 7946 0958 tomorrow", "[PHONE]"),
+        ("ring 555-123-4567", "[PHONE]"),
+        ("card 4111 1111 1111 1111 was charged", "[CARD]"),
+        ("card 4111-1111-1111-1111", "[CARD]"),
+        ("IBAN DE89 3704 0044 0532 0130 00 please", "[IBAN]"),
+        ("GB82WEST12345698765432", "[IBAN]"),
+        ("mail a.b-c+d@sub.example.co.uk now", "[EMAIL]"),
+        ("ring (555) 123-4567", "[PHONE]"),
+        ("ring 555.987.6543", "[PHONE]"),
+        ("tel: +1-202-555-0143", "[PHONE]"),
+        ("card 5500-0000-0000-0004", "[CARD]"),
+        ("amex 378282246310005", "[CARD]"),
+    ],
+)
 def test_scrub_replaces_personal_data(text, tag):
     assert tag in scrub(text)
 
 
-@pytest.mark.parametrize("text", ["The Nimbus Pro costs 189 euros.", "Orders ship within 2 business days.",
-                                  "order 1234 5678 9012 3456 failed Luhn", "2.4 GHz Wi-Fi", "delivered on 2026-11-22 at 10:30",
-                                  "due 22.11.2026", "version 1.4.39", "costs 1,189.00 euros"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The Nimbus Pro costs 189 euros.",
+        "Orders ship within 2 business days.",
+        "order 1234 5678 9012 3456 failed Luhn",
+        "2.4 GHz Wi-Fi",
+        "delivered on 2026-11-22 at 10:30",
+        "due 22.11.2026",
+        "version 1.4.39",
+        "costs 1,189.00 euros",
+    ],
+)
 def test_scrub_leaves_ordinary_text(text):
     assert scrub(text) == text
 
@@ -56,7 +69,9 @@ def test_curation_quarantines_dedupes_resolves_and_scrubs(tmp_path):
     assert any(r.startswith("prompt:") for r in reasons) and any(r.startswith("rating:") for r in reasons)
     assert any("thumbs-up cannot carry a correction" in r for r in reasons)
     nimbus = [e for e in examples if e.prompt == "What is the Nimbus thermostat warranty?"]
-    assert nimbus and nimbus[0].target == "The Nimbus thermostat has a 37-month warranty."  # majority beat the 12-month one
+    assert (
+        nimbus and nimbus[0].target == "The Nimbus thermostat has a 37-month warranty."
+    )  # majority beat the 12-month one
     assert len({e.key for e in examples}) == len(examples)
 
     written = "".join(p.read_text() for p in data.path.glob("*.jsonl"))
@@ -90,9 +105,13 @@ def test_store_is_idempotent_on_request_id(tmp_path):
 
 def test_record_schema_names_the_bad_field():
     with pytest.raises(ValueError, match="correction"):
-        FeedbackRecord(request_id="r", user_id="u", model_version="1", prompt="p", output="o", rating="up", correction="c")
+        FeedbackRecord(
+            request_id="r", user_id="u", model_version="1", prompt="p", output="o", rating="up", correction="c"
+        )
     with pytest.raises(ValueError, match="rating"):
-        FeedbackRecord.model_validate({"request_id": "r", "user_id": "u", "model_version": "1", "prompt": "p", "output": "o", "rating": "meh"})
+        FeedbackRecord.model_validate(
+            {"request_id": "r", "user_id": "u", "model_version": "1", "prompt": "p", "output": "o", "rating": "meh"}
+        )
 
 
 @pytest.mark.postgres

@@ -59,10 +59,18 @@ def blocks(page: Path) -> list[Block]:
     found = []
     for match in FENCE.finditer(text):
         line = text.count("\n", 0, match.start()) + 1
-        above = text[:match.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        above = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
         marker = MARKER.search(above)
-        found.append(Block(page, line, match.group(2).lower(), match.group(3), marker and marker.group(1),
-                           marker.group(2) if marker else ""))
+        found.append(
+            Block(
+                page,
+                line,
+                match.group(2).lower(),
+                match.group(3),
+                marker and marker.group(1),
+                marker.group(2) if marker else "",
+            )
+        )
     return found
 
 
@@ -126,10 +134,14 @@ def test_every_relative_link_resolves():
 def test_the_link_check_catches_a_missing_file_and_a_missing_anchor(tmp_path):
     page = tmp_path / "page.md"
     (tmp_path / "other.md").write_text("# Other page\n\n## A `code` heading\n")
-    page.write_text("[ok](other.md#a-code-heading) [file](missing.md) [anchor](other.md#nowhere) "
-                    "[web](https://example.com/x) `[not a link](nope.md)`\n")
-    assert broken_links(page) == ["page.md:1: missing.md (no such file)",
-                                  "page.md:1: other.md#nowhere (no heading #nowhere in other.md)"]
+    page.write_text(
+        "[ok](other.md#a-code-heading) [file](missing.md) [anchor](other.md#nowhere) "
+        "[web](https://example.com/x) `[not a link](nope.md)`\n"
+    )
+    assert broken_links(page) == [
+        "page.md:1: missing.md (no such file)",
+        "page.md:1: other.md#nowhere (no heading #nowhere in other.md)",
+    ]
 
 
 def test_generated_reference_pages_match_the_code():
@@ -189,21 +201,32 @@ def test_make_demo_installs_no_system_package():
     """The browser only the MLflow UI test needs is installed by `make test`, never by `make demo`."""
     dry = subprocess.run(["make", "-n", "-B", "demo"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "apt-get" not in dry and "chromium" not in dry
-    assert "chromium" in subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True,
-                                        check=True).stdout
+    assert (
+        "chromium"
+        in subprocess.run(["make", "-n", "-B", "test"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    )
 
 
 def _shell_env(workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("TUNELOOP_", "MLFLOW_", "PREFECT_API_", "PREFECT_HOME"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TUNELOOP_", "MLFLOW_", "PREFECT_API_", "PREFECT_HOME"))
+    }
     bin_dir = workdir / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     for name, module in (("tuneloop", "-m tuneloop.cli.main"), ("python", "")):
         script = bin_dir / name
         script.write_text(f'#!/bin/sh\nexec "{sys.executable}" {module} "$@"\n')
         script.chmod(0o755)
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200",
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1")
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        COLUMNS="200",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        HF_HUB_OFFLINE="1",
+    )
     return env
 
 
@@ -211,14 +234,23 @@ def run_blocks(page: Path, workdir: Path) -> None:
     """Run a page's run-marked shell blocks in order in ``workdir``; fail naming the block that broke."""
     env = _shell_env(workdir)
     for block in (b for b in shell_blocks(page) if b.marker == "run"):
-        done = subprocess.run(["bash", "-euo", "pipefail", "-c", block.code], cwd=workdir, env=env,
-                              capture_output=True, text=True, timeout=BLOCK_TIMEOUT_S)
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block.code],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=BLOCK_TIMEOUT_S,
+        )
         output = done.stdout + done.stderr
-        assert done.returncode == 0, (f"{block} failed (exit {done.returncode}):\n{block.code}\n--- output ---\n"
-                                      f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        assert done.returncode == 0, (
+            f"{block} failed (exit {done.returncode}):\n{block.code}\n--- output ---\n"
+            f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
         for expected in re.findall(r"^# -> (.+)$", block.code, re.M):  # the page's promise of what it prints
             assert " ".join(expected.split()) in " ".join(output.split()), (
-                f"{block}: the page says it prints {expected!r}; it printed:\n{output[-3000:]}")
+                f"{block}: the page says it prints {expected!r}; it printed:\n{output[-3000:]}"
+            )
 
 
 RUNNABLE = [p for p in PAGES if any(b.marker == "run" for b in shell_blocks(p))]
@@ -235,8 +267,10 @@ def test_a_broken_command_or_a_wrong_promised_output_fails_the_docs_test(tmp_pat
     (tmp_path / "work").mkdir()
     with pytest.raises(AssertionError, match="page.md:2 failed"):
         run_blocks(page, tmp_path / "work")
-    page.write_text("<!-- docs-test: run -->\n```bash\necho one  two\n# -> one two\n```\n"
-                    "<!-- docs-test: run -->\n```bash\necho three\n# -> four\n```\n")
+    page.write_text(
+        "<!-- docs-test: run -->\n```bash\necho one  two\n# -> one two\n```\n"
+        "<!-- docs-test: run -->\n```bash\necho three\n# -> four\n```\n"
+    )
     (tmp_path / "again").mkdir()
     with pytest.raises(AssertionError, match="page.md:7: the page says it prints 'four'"):
         run_blocks(page, tmp_path / "again")

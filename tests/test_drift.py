@@ -35,20 +35,28 @@ def test_mmd_permutation_test_separates_shifted_from_same_distributions():
     same = mmd_test(rng.normal(size=(60, 16)), reference, permutations=200, alpha=0.01)
     shifted = mmd_test(rng.normal(size=(60, 16)) + 0.5, reference, permutations=200, alpha=0.01)
     assert not same.drifted and same.p_value > 0.05
-    assert shifted.drifted and shifted.p_value == pytest.approx(1 / 201) and shifted.statistic > 10 * abs(same.statistic)
+    assert (
+        shifted.drifted and shifted.p_value == pytest.approx(1 / 201) and shifted.statistic > 10 * abs(same.statistic)
+    )
 
 
 def test_mmd_p_values_are_valid_under_no_drift():
     """Under 'same distribution' a window is flagged at most about alpha of the time (100 seeded windows)."""
     rng = np.random.default_rng(1)
-    flagged = sum(mmd_test(rng.normal(size=(30, 8)), rng.normal(size=(60, 8)), permutations=100, alpha=0.05, seed=i).drifted
-                  for i in range(100))
+    flagged = sum(
+        mmd_test(rng.normal(size=(30, 8)), rng.normal(size=(60, 8)), permutations=100, alpha=0.05, seed=i).drifted
+        for i in range(100)
+    )
     assert flagged <= 10  # alpha 5 %: 5 expected; 10 is beyond the binomial's 99th percentile
 
 
 def _brightwell_prompts() -> list[str]:
-    prompts = {r["prompt"] for kind in ("generation", "classification") for r in sample_feedback(kind)
-               if isinstance(r.get("prompt"), str) and r["prompt"].strip() and len(r["prompt"]) < 500}
+    prompts = {
+        r["prompt"]
+        for kind in ("generation", "classification")
+        for r in sample_feedback(kind)
+        if isinstance(r.get("prompt"), str) and r["prompt"].strip() and len(r["prompt"]) < 500
+    }
     out = sorted(prompts)
     random.Random(0).shuffle(out)
     return out
@@ -79,13 +87,26 @@ def test_planted_drift_raises_the_signal_and_a_trigger_reason_and_same_domain_in
     reference, same_domain = prompts[:130], prompts[130:250]
     register_reference(config, "1", reference)
     store = FeedbackStore(config.feedback_db)
-    store.add_many_raw([{"request_id": f"c{i}", "user_id": "u", "model_version": "1", "kind": "classification",
-                         "prompt": f"where is parcel {i}", "output": "billing", "rating": "down", "correction": "returns"}
-                        for i in range(6)], "classification")
+    store.add_many_raw(
+        [
+            {
+                "request_id": f"c{i}",
+                "user_id": "u",
+                "model_version": "1",
+                "kind": "classification",
+                "prompt": f"where is parcel {i}",
+                "output": "billing",
+                "rating": "down",
+                "correction": "returns",
+            }
+            for i in range(6)
+        ],
+        "classification",
+    )
 
     same = _monitor(config)
     for start in range(0, 120, 40):
-        same.add(same_domain[start:start + 40])
+        same.add(same_domain[start : start + 40])
         same.run_once()
     print("same-domain windows:", [(round(r.statistic, 4), round(r.p_value, 3)) for _, r in same.results])
     assert len(same.results) == 3 and not any(r.drifted for _, r in same.results)
@@ -93,7 +114,7 @@ def test_planted_drift_raises_the_signal_and_a_trigger_reason_and_same_domain_in
 
     drifted = _monitor(config)
     for start in range(0, 120, 40):
-        drifted.add(_banking77(120)[start:start + 40])
+        drifted.add(_banking77(120)[start : start + 40])
         drifted.run_once()
     print("banking77 windows:", [(round(r.statistic, 4), round(r.p_value, 3)) for _, r in drifted.results])
     assert all(r.drifted for _, r in drifted.results) and len(drifted.results) == 3
@@ -130,7 +151,11 @@ def test_a_registered_versions_reference_travels_through_mlflow(home):
     path = register_reference(config, str(version), _brightwell_prompts()[:50], run_id=run.info.run_id)
     local = np.load(path)["embeddings"]
     assert local.shape == (50, 384) and np.allclose(np.linalg.norm(local, axis=1), 1, atol=1e-4)
-    assert client.get_model_version(config.model_name, str(version)).tags["drift_reference"].endswith(f"reference-{version}.npz")
+    assert (
+        client.get_model_version(config.model_name, str(version))
+        .tags["drift_reference"]
+        .endswith(f"reference-{version}.npz")
+    )
     path.unlink()  # another machine: only the registry knows where the reference is
     fetched = find_reference(config, str(version))
     assert fetched is not None and np.allclose(fetched, local) and reference_path(config, str(version)).exists()
@@ -140,6 +165,11 @@ def test_a_registered_versions_reference_travels_through_mlflow(home):
 @pytest.mark.real_weights
 def test_the_encoder_embeds_meaning():
     encoder = shared_encoder()
-    a, b, c = encoder.embed(["How long is the Nimbus thermostat warranty?", "What warranty does the Nimbus thermostat have?",
-                             "My card payment was declined at the shop"])
+    a, b, c = encoder.embed(
+        [
+            "How long is the Nimbus thermostat warranty?",
+            "What warranty does the Nimbus thermostat have?",
+            "My card payment was declined at the shop",
+        ]
+    )
     assert a @ b > a @ c + 0.2  # paraphrases are closer than another domain

@@ -59,7 +59,8 @@ def test_a_process_started_for_one_job_counts_its_start_up():
         "from tuneloop.costs.cost import meter\n"
         "with meter('trigger') as block: pass\n"
         "with meter('trigger', since_process_start=True) as whole: pass\n"
-        "print(block.cpu_s, whole.cpu_s, whole.wall_s)\n")
+        "print(block.cpu_s, whole.cpu_s, whole.wall_s)\n"
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
     block_cpu, whole_cpu, whole_wall = map(float, out.stdout.split())
     assert block_cpu < 0.1 and whole_cpu >= 0.3 and whole_wall >= whole_cpu / 8
@@ -80,12 +81,19 @@ def test_cost_metrics_are_logged_on_the_run(home):
     loop = LoopMeter.for_loop(config)
     with mlflow.start_run() as run:
         loop.run("curate", sum, range(10**6))
-        loop.run("tune", lambda: (config.work_dir.mkdir(parents=True, exist_ok=True),
-                                  (config.work_dir / "adapter.bin").write_bytes(b"a" * 10_000)))
+        loop.run(
+            "tune",
+            lambda: (
+                config.work_dir.mkdir(parents=True, exist_ok=True),
+                (config.work_dir / "adapter.bin").write_bytes(b"a" * 10_000),
+            ),
+        )
     logged = loop.log(run.info.run_id)
     metrics = MlflowClient().get_run(run.info.run_id).data.metrics
     for stage in ("curate", "tune"):
-        assert metrics[f"cost.{stage}.cpu_s"] >= 0 and f"cost.{stage}.usd" in metrics and f"cost.{stage}.wall_s" in metrics
+        assert (
+            metrics[f"cost.{stage}.cpu_s"] >= 0 and f"cost.{stage}.usd" in metrics and f"cost.{stage}.wall_s" in metrics
+        )
     assert metrics["cost.curate.cpu_s"] > 0
     assert metrics["cost.tune.stored_bytes"] == 10_000
     assert metrics["cost.total_usd"] == pytest.approx(metrics["cost.curate.usd"] + metrics["cost.tune.usd"])
@@ -93,7 +101,12 @@ def test_cost_metrics_are_logged_on_the_run(home):
 
 
 def test_prices_are_validated_with_the_field_named():
-    for field, value in (("cpu_hour", -1), ("gpu_hour", 5000), ("storage_gb_month", float("nan")), ("cpu_hour", float("inf"))):
+    for field, value in (
+        ("cpu_hour", -1),
+        ("gpu_hour", 5000),
+        ("storage_gb_month", float("nan")),
+        ("cpu_hour", float("inf")),
+    ):
         with pytest.raises(ValidationError) as err:
             LoopConfig(cost={field: value})
         assert f"cost.{field}" in describe_config_error(err.value)
@@ -106,7 +119,9 @@ def test_prices_are_validated_with_the_field_named():
 def _loop_run(config, usd: float | None, started: int) -> str:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(config.model_name).experiment_id
-    run = client.create_run(experiment, start_time=started, tags={"tuneloop.stage": "loop", "tuneloop.kind": config.kind})
+    run = client.create_run(
+        experiment, start_time=started, tags={"tuneloop.stage": "loop", "tuneloop.kind": config.kind}
+    )
     if usd is not None:
         client.log_metric(run.info.run_id, "cost.total_usd", usd)
     client.set_terminated(run.info.run_id)
@@ -125,12 +140,23 @@ def test_a_version_costs_its_loop_the_refused_loops_and_the_idle_trigger_since_t
     _loop_run(config, None, t0 + 2 * hour)  # refused  # logged before metering: counts 0
     second = _loop_run(config, 2.00, t0 + 3 * hour)
     for run_id in (first, second):
-        client.create_model_version(config.model_name, source=str(home / "x"), run_id=run_id, tags={"loop_run_id": run_id})
+        client.create_model_version(
+            config.model_name, source=str(home / "x"), run_id=run_id, tags={"loop_run_id": run_id}
+        )
     store = FeedbackStore(config.feedback_db)
     with Session(store.engine) as session, session.begin():
         for minutes, ran, usd in ((-30, False, 0.01), (90, False, 0.002), (100, False, 0.003), (110, True, 0.5)):
-            session.add(TriggerRunRow(kind=config.kind, ran=ran, reason="x", cpu_seconds=1, wall_seconds=1, cost_usd=usd,
-                                      at=datetime(2030, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes)))
+            session.add(
+                TriggerRunRow(
+                    kind=config.kind,
+                    ran=ran,
+                    reason="x",
+                    cpu_seconds=1,
+                    wall_seconds=1,
+                    cost_usd=usd,
+                    at=datetime(2030, 1, 1, tzinfo=UTC) + timedelta(minutes=minutes),
+                )
+            )
     cost = tag_version_cost(config, "2")
     # by hand: 2.00 (its loop) + 0.75 + 0 (the loops after v1's) + 0.002 + 0.003 (no-op trigger runs in between)
     assert cost["cost.total_usd"] == pytest.approx(2.00 + 0.75 + 0.005)
@@ -150,9 +176,16 @@ def test_cost_per_1k_inferences_by_hand():
     # a $0.08/h machine answering 20 per second: 0.08 / 3600 / 20 x 1000 = $0.001111
     assert cost_per_1k_from_throughput(20.0, 0.08) == pytest.approx(0.08 / 3600 / 20 * 1000)
     assert cost_per_1k_from_throughput(0.0, 0.08) is None
-    bench = bench_cost_per_1k({"levels": [{"clients": 1, "service": {"throughput_rps": 10.0}},
-                                          {"clients": 16, "service": {"throughput_rps": 40.0}}]},
-                              CostConfig(cpu_hour=0.04), cores=2)
+    bench = bench_cost_per_1k(
+        {
+            "levels": [
+                {"clients": 1, "service": {"throughput_rps": 10.0}},
+                {"clients": 16, "service": {"throughput_rps": 40.0}},
+            ]
+        },
+        CostConfig(cpu_hour=0.04),
+        cores=2,
+    )
     assert bench["machine_usd_per_hour"] == pytest.approx(0.08)
     assert bench["usd_per_1k_at_best_throughput"] == pytest.approx(0.08 / 3600 / 40 * 1000)
 
@@ -176,18 +209,21 @@ def test_crossover_arithmetic_matches_a_hand_computation():
     assert all(f.source == "entered" for f in (c.fine_tune, c.hosted_per_1k, c.serving_per_1k, c.calls_per_month))
 
 
-@pytest.mark.parametrize("args, field", [
-    ((-1, 5.0, 0.5, 200_000), "fine_tune_cost"),
-    ((2500, -5.0, 0.5, 200_000), "hosted_price_per_1k"),
-    ((2500, 5.0, -0.5, 200_000), "serving_cost_per_1k"),
-    ((2500, 5.0, 0.5, 0), "calls_per_month"),
-    ((2500, 5.0, 0.5, -10), "calls_per_month"),
-    ((2500, 1e7, 0.5, 200_000), "hosted_price_per_1k"),
-    ((2500, float("nan"), 0.5, 200_000), "hosted_price_per_1k"),
-    ((float("inf"), 5.0, 0.5, 200_000), "fine_tune_cost"),
-    ((2500, 5.0, 0.5, 200_000, -3), "monthly_loop_cost"),
-    ((2500, "5", 0.5, 200_000), "hosted_price_per_1k"),
-])
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        ((-1, 5.0, 0.5, 200_000), "fine_tune_cost"),
+        ((2500, -5.0, 0.5, 200_000), "hosted_price_per_1k"),
+        ((2500, 5.0, -0.5, 200_000), "serving_cost_per_1k"),
+        ((2500, 5.0, 0.5, 0), "calls_per_month"),
+        ((2500, 5.0, 0.5, -10), "calls_per_month"),
+        ((2500, 1e7, 0.5, 200_000), "hosted_price_per_1k"),
+        ((2500, float("nan"), 0.5, 200_000), "hosted_price_per_1k"),
+        ((float("inf"), 5.0, 0.5, 200_000), "fine_tune_cost"),
+        ((2500, 5.0, 0.5, 200_000, -3), "monthly_loop_cost"),
+        ((2500, "5", 0.5, 200_000), "hosted_price_per_1k"),
+    ],
+)
 def test_bad_figures_are_refused_naming_the_figure(args, field):
     with pytest.raises(EconomicsError) as err:
         crossover(*args)
@@ -218,9 +254,16 @@ def test_report_uses_measured_figures_and_says_so(home):
         _loop_run(config, usd, int(time.time() * 1000) - (2 - i) * 1000)
     store = FeedbackStore(config.feedback_db)
     with Session(store.engine) as session, session.begin():
-        session.add(TriggerRunRow(kind=config.kind, ran=False, reason="x", cpu_seconds=1, wall_seconds=1, cost_usd=0.0001))
-        session.add(SettingRow(key=f"serving_cost:{config.model_name}", value='{"at": "now", "versions": {"1": '
-                               '{"requests": 500, "busy_s": 10, "usd_per_1k": 0.25, "worker_usd_per_hour": 0.04}}}'))
+        session.add(
+            TriggerRunRow(kind=config.kind, ran=False, reason="x", cpu_seconds=1, wall_seconds=1, cost_usd=0.0001)
+        )
+        session.add(
+            SettingRow(
+                key=f"serving_cost:{config.model_name}",
+                value='{"at": "now", "versions": {"1": '
+                '{"requests": 500, "busy_s": 10, "usd_per_1k": 0.25, "worker_usd_per_hour": 0.04}}}',
+            )
+        )
     config.cost.loops_per_month, config.cost.trigger_runs_per_month = 4, 2880
     c = report(config, hosted_price_per_1k=5.0, calls_per_month=200_000)
     assert c.fine_tune.source == "measured" and c.fine_tune.value == pytest.approx(4.0)
@@ -236,23 +279,71 @@ def test_the_economics_command(home):
     from tuneloop.cli.main import app
 
     runner = CliRunner()
-    ok = runner.invoke(app, ["economics", "--home", str(home), "--hosted-price-per-1k", "5", "--calls-per-month", "200000",
-                             "--fine-tune-cost", "2500", "--serving-cost-per-1k", "0.5", "--plot", str(home / "c.png")],
-                       terminal_width=200)
+    ok = runner.invoke(
+        app,
+        [
+            "economics",
+            "--home",
+            str(home),
+            "--hosted-price-per-1k",
+            "5",
+            "--calls-per-month",
+            "200000",
+            "--fine-tune-cost",
+            "2500",
+            "--serving-cost-per-1k",
+            "0.5",
+            "--plot",
+            str(home / "c.png"),
+        ],
+        terminal_width=200,
+    )
     assert ok.exit_code == 0, ok.output
     assert "555,556 calls" in ok.output and "month 2.8" in ok.output and "entered" in ok.output
     assert (home / "c.png").exists()
-    run = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("tuneloop-generation").experiment_id],
-                                     filter_string="tags.`tuneloop.stage` = 'economics'")[0]
+    run = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("tuneloop-generation").experiment_id],
+        filter_string="tags.`tuneloop.stage` = 'economics'",
+    )[0]
     assert run.data.metrics["economics.break_even_calls"] == pytest.approx(2500 / 0.0045)
     assert "economics/crossover.png" in [a.path for a in MlflowClient().list_artifacts(run.info.run_id, "economics")]
-    for args, says in ((["--calls-per-month", "0"], "calls-per-month"), (["--hosted-price-per-1k", "-2"], "hosted-price-per-1k"),
-                       (["--serving-cost-per-1k", "nan"], "serving-cost-per-1k")):
-        bad = runner.invoke(app, ["economics", "--home", str(home), "--fine-tune-cost", "2500", "--serving-cost-per-1k", "0.5",
-                                  "--no-log", *args], terminal_width=200)
+    for args, says in (
+        (["--calls-per-month", "0"], "calls-per-month"),
+        (["--hosted-price-per-1k", "-2"], "hosted-price-per-1k"),
+        (["--serving-cost-per-1k", "nan"], "serving-cost-per-1k"),
+    ):
+        bad = runner.invoke(
+            app,
+            [
+                "economics",
+                "--home",
+                str(home),
+                "--fine-tune-cost",
+                "2500",
+                "--serving-cost-per-1k",
+                "0.5",
+                "--no-log",
+                *args,
+            ],
+            terminal_width=200,
+        )
         assert bad.exit_code == 1 and says in bad.output and "Traceback" not in bad.output, bad.output
-    none = runner.invoke(app, ["economics", "--home", str(home), "--hosted-price-per-1k", "0.4", "--fine-tune-cost", "2500",
-                               "--serving-cost-per-1k", "0.5", "--no-log"], terminal_width=200)
+    none = runner.invoke(
+        app,
+        [
+            "economics",
+            "--home",
+            str(home),
+            "--hosted-price-per-1k",
+            "0.4",
+            "--fine-tune-cost",
+            "2500",
+            "--serving-cost-per-1k",
+            "0.5",
+            "--no-log",
+        ],
+        terminal_width=200,
+    )
     assert none.exit_code == 0 and "No crossover" in none.output
 
 
@@ -263,8 +354,13 @@ def test_the_crossover_artifact_after_a_loop(home):
     use_experiment(config)
     run_id = _loop_run(config, 2.0, int(time.time() * 1000))
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
-        session.add(SettingRow(key=f"serving_cost:{config.model_name}", value='{"at": "now", "versions": {"1": '
-                               '{"requests": 500, "busy_s": 10, "usd_per_1k": 0.25, "worker_usd_per_hour": 0.04}}}'))
+        session.add(
+            SettingRow(
+                key=f"serving_cost:{config.model_name}",
+                value='{"at": "now", "versions": {"1": '
+                '{"requests": 500, "busy_s": 10, "usd_per_1k": 0.25, "worker_usd_per_hour": 0.04}}}',
+            )
+        )
 
     @flow
     def after_loop() -> str:

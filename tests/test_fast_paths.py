@@ -16,11 +16,23 @@ from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets,
 from tuneloop.modeling.prompting import Prompting
 from tuneloop.modeling.training import add_adapter, top_layers, train
 
-PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?", "What is 7 + 5?",
-           "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts."]
+PROMPTS = [
+    "What is the Nimbus Pro price?",
+    "hi",
+    "Can I talk to a person?",
+    "What is 7 + 5?",
+    "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts.",
+]
 PROMPTING = Prompting("You are the Brightwell support assistant. Answer in one short sentence.")
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-             head_dim=16, max_position_embeddings=512)
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    max_position_embeddings=512,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +45,12 @@ def _config(model_type: str, tokenizer):
         config = _tiny_config(resolve_base("generation", tiny=True))
         config.num_hidden_layers = 4
         return config
-    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-               eos_token_id=tokenizer.eos_token_id)
+    ids = dict(
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     extra = {"gemma2": dict(sliding_window=16, query_pre_attn_scalar=16)}.get(model_type, {})  # rows span the window
     return AutoConfig.for_model(model_type, **SMALL, **ids, **extra)
 
@@ -47,8 +63,9 @@ def _model(model_type: str, tokenizer, checkpointing: bool = False):
     if checkpointing:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         base.enable_input_require_grads()
-    model = add_adapter(base, "generation", 4, 0, targets=lora_targets(base, "mlp"), dropout=0.0,
-                        layers=top_layers(base, 0.5))
+    model = add_adapter(
+        base, "generation", 4, 0, targets=lora_targets(base, "mlp"), dropout=0.0, layers=top_layers(base, 0.5)
+    )
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -73,8 +90,9 @@ def switch():
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
 @pytest.mark.parametrize("model_type", sorted(fast_paths.VERIFIED))
-def test_training_with_the_fast_paths_gives_the_plain_paths_losses(model_type, checkpointing, tokenizer, tmp_path,
-                                                                      switch):
+def test_training_with_the_fast_paths_gives_the_plain_paths_losses(
+    model_type, checkpointing, tokenizer, tmp_path, switch
+):
     rows = _rows(model_type, tokenizer, tmp_path)
     losses, one_row_calls = {}, {}
     for on in (False, True):
@@ -82,9 +100,19 @@ def test_training_with_the_fast_paths_gives_the_plain_paths_losses(model_type, c
         model = _model(model_type, tokenizer, checkpointing)
         calls: list[int] = []  # rows per forward of the base: a one-row call is a shared prefix going through
         hook = model.get_base_model().register_forward_pre_hook(
-            lambda module, args, kwargs, calls=calls: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
-        result = train(model, [dict(r) for r in rows], tokenizer.pad_token_id, lr=1e-2, epochs=3, batch_size=3, seed=0,
-                       kl_weight=1.0, trunk_cache_mb=64)
+            lambda module, args, kwargs, calls=calls: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+        )
+        result = train(
+            model,
+            [dict(r) for r in rows],
+            tokenizer.pad_token_id,
+            lr=1e-2,
+            epochs=3,
+            batch_size=3,
+            seed=0,
+            kl_weight=1.0,
+            trunk_cache_mb=64,
+        )
         hook.remove()
         losses[on], one_row_calls[on] = torch.tensor(result.losses), calls.count(1)
     shared = not checkpointing and fast_paths.shares_prefix(model)  # checkpointing recomputes whole rows
@@ -108,8 +136,13 @@ def test_the_report_names_what_runs_and_why_not(tokenizer, switch):
     llama = _model("llama", tokenizer)
     assert fast_paths.report(llama)["shared_prefix"] == "on" and fast_paths.report(llama)["kept_logits"] == "on"
     assert fast_paths.report(_model("gemma2", tokenizer))["shared_prefix"] == "off (sliding-window attention)"
-    other = add_adapter(AutoModelForCausalLM.from_config(_config("mistral", tokenizer)), "generation", 4, 0,
-                        targets=lora_targets(llama, "mlp"))
+    other = add_adapter(
+        AutoModelForCausalLM.from_config(_config("mistral", tokenizer)),
+        "generation",
+        4,
+        0,
+        targets=lora_targets(llama, "mlp"),
+    )
     assert not fast_paths.active(other)
     assert set(fast_paths.report(other).values()) == {"off (mistral is not a verified architecture)"}
     switch(False)

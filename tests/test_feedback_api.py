@@ -24,8 +24,16 @@ from tuneloop.data.feedback import FeedbackStore
 from tuneloop.data.records import MAX_TEXT, FeedbackError, validate_feedback
 
 AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-GOOD = {"request_id": "r-1", "user_id": "u-1", "model_version": "base", "prompt": "What is the Nimbus Pro cost?",
-        "output": "I don't know.", "rating": "down", "correction": "The Nimbus Pro costs 189 euros.", "segment": "web"}
+GOOD = {
+    "request_id": "r-1",
+    "user_id": "u-1",
+    "model_version": "base",
+    "prompt": "What is the Nimbus Pro cost?",
+    "output": "I don't know.",
+    "rating": "down",
+    "correction": "The Nimbus Pro costs 189 euros.",
+    "segment": "web",
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +45,14 @@ def service(tmp_path_factory):
     store = FeedbackStore(f"sqlite:///{home / 'feedback.db'}")
     # readiness needs a loaded model; feedback intake does not, so wait for liveness only. The per-user
     # rate limit is lifted here: this module sends thousands of records (it is tested in test_access.py)
-    with tuneloop_service(home, "generation", ready_path="/livez", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN,
-                          TUNELOOP_LIMITS__FEEDBACK_PER_USER="1000000") as base:
+    with tuneloop_service(
+        home,
+        "generation",
+        ready_path="/livez",
+        TUNELOOP_TINY="true",
+        TUNELOOP_API_TOKEN=TOKEN,
+        TUNELOOP_LIMITS__FEEDBACK_PER_USER="1000000",
+    ) as base:
         with httpx.Client(base_url=base, timeout=30) as http:  # keep-alive: one connection for many requests
             http.store_url = store.url
             yield http, store
@@ -81,8 +95,14 @@ REJECTIONS = [
     ("unknown kind", {**GOOD, "kind": "vision"}, 422, "kind", "'generation' or 'classification'"),
     ("extra field", {**GOOD, "email": "x@example.com"}, 422, "email", "Extra inputs are not permitted"),
     ("NUL in prompt", {**GOOD, "prompt": "a\x00b"}, 422, "prompt", "NUL"),
-    ("lone surrogate", b'{"request_id": "r-s", "user_id": "u", "model_version": "base", "prompt": "\\ud800", '
-                       b'"output": "o", "rating": "down"}', 422, "prompt", "unicode"),
+    (
+        "lone surrogate",
+        b'{"request_id": "r-s", "user_id": "u", "model_version": "base", "prompt": "\\ud800", '
+        b'"output": "o", "rating": "down"}',
+        422,
+        "prompt",
+        "unicode",
+    ),
     ("invalid UTF-8", b'{"request_id": "r-\xff\xfe", "user_id": "u"}', 400, "body", "not valid UTF-8 (byte 18)"),
     ("not JSON", b'{"request_id": ', 400, "body", "not valid JSON"),
     ("empty body", b"", 400, "body", "not valid JSON"),
@@ -146,7 +166,9 @@ def test_concurrent_duplicates_never_5xx(service):
 
 ODD_TEXT = st.sampled_from(["", " ", "\x00", "\ud800", "é", "👍", "a" * (MAX_TEXT + 1), "\u200b", "0", "null"])
 TEXT = st.one_of(st.text(max_size=40), ODD_TEXT)
-ANY_JSON = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), TEXT, st.lists(st.integers(), max_size=2))
+ANY_JSON = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), TEXT, st.lists(st.integers(), max_size=2)
+)
 FRESH = "<fresh>"  # replaced by a new request id when sent (hypothesis would repeat generated ids)
 VALID = {
     "request_id": st.sampled_from([FRESH] * 8 + ["fz-retry-1", "fz-retry-2"]),  # mostly new ids, some reused
@@ -187,8 +209,13 @@ def test_fuzz_no_5xx_and_the_store_holds_exactly_the_accepted(service):
     accepted: dict[str, dict] = {}
     statuses: Counter[int] = Counter()
 
-    @settings(max_examples=1000, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=1000,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
     @given(payload=payloads(), ascii_only=st.booleans())
     def throw(payload: bytes | dict, ascii_only: bool) -> None:
         if isinstance(payload, dict):
@@ -216,6 +243,8 @@ def test_fuzz_no_5xx_and_the_store_holds_exactly_the_accepted(service):
     print(f"fuzz: {sum(statuses.values())} requests in {elapsed:.1f} s, statuses {dict(statuses)}")
     assert sum(statuses.values()) >= 1000 and elapsed < 180, (statuses, elapsed)
     assert statuses[201] >= 50 and sum(n for s, n in statuses.items() if s >= 400) >= 300, statuses
-    stored = {json.loads(r.payload)["request_id"]: json.loads(r.payload) for r in store.rows("generation", after_id=before)}
+    stored = {
+        json.loads(r.payload)["request_id"]: json.loads(r.payload) for r in store.rows("generation", after_id=before)
+    }
     assert all(accepted.get(rid) == record for rid, record in stored.items())  # nothing stored that was not accepted
     assert all(store.get(rid) == record for rid, record in accepted.items())  # everything accepted is stored, as sent

@@ -113,8 +113,10 @@ def test_cluster_resampling_widens_the_interval_when_a_cluster_moves_together():
     assert grouped.width > 1.8 * plain.width  # ~sqrt(5) wider: 40 independent facts, not 200 items
     # and when items within a cluster are independent the two agree
     independent = [0.5 + 0.5 * x for x in rng.choice([-1.0, 0.0, 0.0, 1.0], size=200)]
-    ratio = (cluster_bootstrap(baseline, independent, clusters, seed=1).width
-             / cluster_bootstrap(baseline, independent, None, seed=1).width)
+    ratio = (
+        cluster_bootstrap(baseline, independent, clusters, seed=1).width
+        / cluster_bootstrap(baseline, independent, None, seed=1).width
+    )
     assert 0.75 < ratio < 1.35
 
 
@@ -197,7 +199,11 @@ def test_an_energy_calibration_thresholds_the_energies_and_an_older_one_the_prob
     with pytest.raises(ValueError, match="energies"):
         energy.apply(labels, probabilities)
     older = {k: v for k, v in calibrate([0.9, 0.8, 0.7, 0.6], "out_of_scope", 0.25).as_dict().items() if k != "score"}
-    assert Calibration.from_dict(older).apply(labels, probabilities, energies) == ["refund", "lost_card", "out_of_scope"]
+    assert Calibration.from_dict(older).apply(labels, probabilities, energies) == [
+        "refund",
+        "lost_card",
+        "out_of_scope",
+    ]
     assert Calibration.from_dict(energy.as_dict()) == energy
 
 
@@ -225,8 +231,12 @@ def adversarial_items() -> list[SuiteItem]:
     """60 paraphrase copies (robustness), 40 injection, 40 extraction and 40 out-of-scope items."""
     items = []
     for category, n in (("paraphrase", 60), ("prompt_injection", 40), ("pii_extraction", 40), ("off_topic", 40)):
-        items += [SuiteItem(id=f"{category}-{i}", suite="adversarial", category=category, input="x",
-                            cluster=f"{category}-{i // 2}") for i in range(n)]
+        items += [
+            SuiteItem(
+                id=f"{category}-{i}", suite="adversarial", category=category, input="x", cluster=f"{category}-{i // 2}"
+            )
+            for i in range(n)
+        ]
     return items
 
 
@@ -250,8 +260,10 @@ def test_a_missing_group_is_named_not_passed():
 
 
 def test_regression_check_counts_only_what_the_baseline_knows():
-    items = [SuiteItem(id=f"r{i}", suite="regression", category="capitals", input="q", cluster=f"c{i // 2}")
-             for i in range(400)]
+    items = [
+        SuiteItem(id=f"r{i}", suite="regression", category="capitals", input="q", cluster=f"c{i // 2}")
+        for i in range(400)
+    ]
     baseline = [1.0 if i < 240 else 0.0 for i in range(400)]  # knows 240 items
     gains = [1.0] * 400  # learns all 160 it did not know ...
     forgot = [0.0 if i < 40 else s for i, s in enumerate(gains)]  # ... and forgets 40 of the 240 it knew
@@ -262,8 +274,10 @@ def test_regression_check_counts_only_what_the_baseline_knows():
 
 
 def test_heldout_check_uses_fact_clusters():
-    items = [SuiteItem(id=f"h{i}", suite="heldout", category="heldout", input="q", cluster=f"fact-{i // 4}")
-             for i in range(40)]
+    items = [
+        SuiteItem(id=f"h{i}", suite="heldout", category="heldout", input="q", cluster=f"fact-{i // 4}")
+        for i in range(40)
+    ]
     assert heldout_check(items, [0.0] * 40, [1.0] * 40, margin=0.02).verdict == PASS
     assert heldout_check(items[:8], [0.0] * 8, [1.0] * 8).verdict == UNSURE  # 2 facts: too few clusters
 
@@ -287,9 +301,14 @@ def test_an_undecided_gate_says_what_data_would_decide_it():
     assert small.verdict == UNSURE
     assert "needs 74" in what_would_decide(small, heldout_share=0.2)
     # a decided check needs nothing
-    assert what_would_decide(non_inferiority(*big_suite()[:1] * 2, big_suite()[1], tolerance=0.05), heldout_share=0.2) is None
+    assert (
+        what_would_decide(non_inferiority(*big_suite()[:1] * 2, big_suite()[1], tolerance=0.05), heldout_share=0.2)
+        is None
+    )
 
 
 def _items(clusters: list[str]) -> list[SuiteItem]:
-    return [SuiteItem(id=f"i{i}", suite="heldout", category="fact", input=f"q{i}", reference="a", cluster=c)
-            for i, c in enumerate(clusters)]
+    return [
+        SuiteItem(id=f"i{i}", suite="heldout", category="fact", input=f"q{i}", reference="a", cluster=c)
+        for i, c in enumerate(clusters)
+    ]

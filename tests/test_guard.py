@@ -25,19 +25,32 @@ def test_aa_canary_checked_at_every_record_rolls_back_within_alpha(rate, share):
     canaries it rolls back stays within alpha; a repeated fixed-sample z-test's is several times alpha."""
     alpha = 0.05
     sim = simulate(rate, rate, share=share, observations=3000, runs=1000, alpha=alpha, tau=0.1, min_samples=30, seed=7)
-    print(f"A/A rate {rate} share {share}: sequential {sim.rollback_rate:.3f}, repeated z-test {sim.rollback_rate_z:.3f} "
-          f"(alpha {alpha}, {sim.runs} runs x {sim.observations} records)")
+    print(
+        f"A/A rate {rate} share {share}: sequential {sim.rollback_rate:.3f}, repeated z-test {sim.rollback_rate_z:.3f} "
+        f"(alpha {alpha}, {sim.runs} runs x {sim.observations} records)"
+    )
     assert sim.rollback_rate <= alpha
     assert sim.rollback_rate_z > 2 * alpha  # what the guard did before: alarms that did not mean what they said
 
 
 def test_a_2x_worse_challenger_is_rolled_back_and_the_delay_is_measured():
     deploy = DeployConfig()
-    sim = simulate(0.1, 0.2, share=0.1, observations=6000, runs=300, alpha=deploy.guard_alpha,
-                   tau=deploy.guard_mixture_scale, min_samples=deploy.min_samples, seed=8)
-    print(f"2x worse (10% -> 20%) at a 10% canary, alpha {deploy.guard_alpha}: rolled back in {sim.rollback_rate:.1%} of "
-          f"{sim.runs} runs; challenger records until rollback median {sim.median_delay_challenger:.0f}, "
-          f"p90 {sim.p90_delay_challenger:.0f} (all records median {sim.median_delay:.0f})")
+    sim = simulate(
+        0.1,
+        0.2,
+        share=0.1,
+        observations=6000,
+        runs=300,
+        alpha=deploy.guard_alpha,
+        tau=deploy.guard_mixture_scale,
+        min_samples=deploy.min_samples,
+        seed=8,
+    )
+    print(
+        f"2x worse (10% -> 20%) at a 10% canary, alpha {deploy.guard_alpha}: rolled back in {sim.rollback_rate:.1%} of "
+        f"{sim.runs} runs; challenger records until rollback median {sim.median_delay_challenger:.0f}, "
+        f"p90 {sim.p90_delay_challenger:.0f} (all records median {sim.median_delay:.0f})"
+    )
     assert sim.rollback_rate >= 0.95
     assert deploy.min_samples <= sim.median_delay_challenger <= 600
 
@@ -65,10 +78,16 @@ def _simulate_guard_with_segments(runs: int, segments: int, alpha: float, seed: 
         down = rng.random(n) < 0.1
         for look in range(100, n + 1, 100):
             s, c, d = seg[:look], to_challenger[:look], down[:look]
-            by_segment = {f"s{k}": (Rate(int(((s == k) & ~c).sum()), int(((s == k) & ~c & d).sum())),
-                                    Rate(int(((s == k) & c).sum()), int(((s == k) & c & d).sum()))) for k in range(segments)}
-            verdict = guard.judge("2", Rate(int((~c).sum()), int((~c & d).sum())), Rate(int(c.sum()), int((c & d).sum())),
-                                  by_segment)
+            by_segment = {
+                f"s{k}": (
+                    Rate(int(((s == k) & ~c).sum()), int(((s == k) & ~c & d).sum())),
+                    Rate(int(((s == k) & c).sum()), int(((s == k) & c & d).sum())),
+                )
+                for k in range(segments)
+            }
+            verdict = guard.judge(
+                "2", Rate(int((~c).sum()), int((~c & d).sum())), Rate(int(c.sum()), int((c & d).sum())), by_segment
+            )
             if verdict.action == "rollback":
                 rolled += 1
                 break
@@ -77,7 +96,9 @@ def _simulate_guard_with_segments(runs: int, segments: int, alpha: float, seed: 
 
 def test_testing_several_segments_keeps_the_family_within_alpha():
     rate = _simulate_guard_with_segments(runs=300, segments=4, alpha=0.05, seed=3)
-    print(f"A/A with 4 segments, overall + per-segment tests every 100 records: {rate:.3f} rolled back (alpha 0.05, 300 runs)")
+    print(
+        f"A/A with 4 segments, overall + per-segment tests every 100 records: {rate:.3f} rolled back (alpha 0.05, 300 runs)"
+    )
     assert rate <= 0.05
 
 
@@ -92,9 +113,18 @@ def _registered_challenger(config) -> str:
 
 def _ratings(store: FeedbackStore, kind: str, version: str, segment: str, n: int, down: int, tag: str) -> None:
     for i in range(n):
-        store.add(FeedbackRecord(request_id=f"{tag}-{version}-{segment}-{i}", user_id=f"u{i}", model_version=version, kind=kind,
-                                 prompt="where is my hub", output="shipping_status", rating="down" if i < down else "up",
-                                 segment=segment))
+        store.add(
+            FeedbackRecord(
+                request_id=f"{tag}-{version}-{segment}-{i}",
+                user_id=f"u{i}",
+                model_version=version,
+                kind=kind,
+                prompt="where is my hub",
+                output="shipping_status",
+                rating="down" if i < down else "up",
+                segment=segment,
+            )
+        )
 
 
 def test_a_regression_in_one_segment_rolls_back_while_the_overall_rate_looks_fine(home):
@@ -153,17 +183,39 @@ def test_the_services_live_guard_rolls_back_a_one_segment_regression(home):
     _ratings(store, config.kind, champion, "mobile", 100, 10, "s")
     _ratings(store, config.kind, challenger, "web", 160, 6, "s")
     _ratings(store, config.kind, challenger, "mobile", 60, 30, "s")
-    with tuneloop_service(home, "generation", TUNELOOP_TINY="true", TUNELOOP_API_TOKEN="t", TUNELOOP_DEPLOY__SERVE_WORKERS="1",
-                          TUNELOOP_DEPLOY__GUARD_INTERVAL_S="0.5") as base:
+    with tuneloop_service(
+        home,
+        "generation",
+        TUNELOOP_TINY="true",
+        TUNELOOP_API_TOKEN="t",
+        TUNELOOP_DEPLOY__SERVE_WORKERS="1",
+        TUNELOOP_DEPLOY__GUARD_INTERVAL_S="0.5",
+    ) as base:
         began = time.monotonic()
         while challenger_percent(config) != 0:
             assert time.monotonic() - began < 60, "the live guard did not roll back"
             time.sleep(0.1)
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
     [event] = events(config, action="rollback")
-    assert event["segment"] == "mobile" and event["version"] == challenger and event["reason"].startswith("live guard: segment")
-    rate = [line for line in metrics.splitlines() if line.startswith("tuneloop_segment_negative_feedback_rate{")
-            and 'segment="mobile"' in line and f'version="{challenger}"' in line]
+    assert (
+        event["segment"] == "mobile"
+        and event["version"] == challenger
+        and event["reason"].startswith("live guard: segment")
+    )
+    rate = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("tuneloop_segment_negative_feedback_rate{")
+        and 'segment="mobile"' in line
+        and f'version="{challenger}"' in line
+    ]
     assert len(rate) == 1 and rate[0].endswith(" 0.5"), metrics
-    [p_value] = [line for line in metrics.splitlines() if line.startswith("tuneloop_guard_p_value{") and 'segment="mobile"' in line]
-    assert float(p_value.rsplit(" ", 1)[1]) <= config.deploy.guard_alpha * config.deploy.segment_alpha_share / config.deploy.guard_segments
+    [p_value] = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("tuneloop_guard_p_value{") and 'segment="mobile"' in line
+    ]
+    assert (
+        float(p_value.rsplit(" ", 1)[1])
+        <= config.deploy.guard_alpha * config.deploy.segment_alpha_share / config.deploy.guard_segments
+    )

@@ -20,9 +20,16 @@ runner = CliRunner()
 
 
 def _record(n: int, version: str) -> dict:
-    return {"request_id": f"x-{n}", "user_id": f"u-{n % 5}", "model_version": version, "kind": "generation",
-            "prompt": f"How long does delivery to region {n} take?", "output": "I am not sure.", "rating": "down",
-            "correction": f"Delivery to region {n} takes {n % 4 + 2} working days."}
+    return {
+        "request_id": f"x-{n}",
+        "user_id": f"u-{n % 5}",
+        "model_version": version,
+        "kind": "generation",
+        "prompt": f"How long does delivery to region {n} take?",
+        "output": "I am not sure.",
+        "rating": "down",
+        "correction": f"Delivery to region {n} takes {n % 4 + 2} working days.",
+    }
 
 
 def _file(home, records: list[dict]):
@@ -32,8 +39,11 @@ def _file(home, records: list[dict]):
 
 
 def test_external_versions_are_stored_and_curated_with_their_lineage(home):
-    records = [_record(n, "external:gpt-4o") for n in range(40)] + [_record(40, "base"), _record(41, "7"),
-                                                                     _record(42, "external:")]
+    records = [_record(n, "external:gpt-4o") for n in range(40)] + [
+        _record(40, "base"),
+        _record(41, "7"),
+        _record(42, "external:"),
+    ]
     out = runner.invoke(app, ["import", str(_file(home, records)), "--home", str(home)], terminal_width=300)
     assert out.exit_code == 0, out.output
     assert "43 read, 41 stored" in out.output and "2 rejected" in out.output
@@ -58,5 +68,7 @@ def test_an_unreachable_registry_is_reported_as_unreachable(home, monkeypatch):
     assert "--no-check-versions" in out.output
     config = LoopConfig(kind="generation", home=home)
     assert FeedbackStore(config.feedback_db).count("generation") == 0
-    unchecked = runner.invoke(app, ["import", str(path), "--home", str(home), "--no-check-versions"], terminal_width=300)
+    unchecked = runner.invoke(
+        app, ["import", str(path), "--home", str(home), "--no-check-versions"], terminal_width=300
+    )
     assert unchecked.exit_code == 0 and "2 stored" in unchecked.output, unchecked.output

@@ -13,9 +13,14 @@ from tuneloop.modeling.models import load_base, load_tokenizer, lora_targets, re
 from tuneloop.modeling.prompting import Prompting
 from tuneloop.modeling.training import add_adapter
 
-PROMPTS = ["What is the Nimbus Pro price?", "hi", "Can I talk to a person?",
-           "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts.",
-           "What is 7 + 5?", "Name the capital of Spain."]
+PROMPTS = [
+    "What is the Nimbus Pro price?",
+    "hi",
+    "Can I talk to a person?",
+    "Tell me, in as much detail as you can, how the Lumo doorbell's battery is charged and how long it lasts.",
+    "What is 7 + 5?",
+    "Name the capital of Spain.",
+]
 
 
 def _model():
@@ -51,7 +56,9 @@ def test_the_shared_prefix_gives_the_whole_rows_answers_and_goes_through_once(mo
     assert len(prefix_calls) == 2 and prefix_calls[0] == prefix_calls[1]  # once per batch of 3, as one row
     n = prefix_calls[0][1]
     assert n >= 15  # the template and the system prompt
-    longest = max(len(tokenizer(prompting.render(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in PROMPTS)
+    longest = max(
+        len(tokenizer(prompting.render(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in PROMPTS
+    )
     after = [calls[i + 1] for i, c in enumerate(calls) if c[0] == 1]
     assert all(rows == 3 and width <= longest - n for rows, width in after)  # the rows went on from the cached prefix
 

@@ -57,8 +57,10 @@ def test_every_core_module_belongs_to_a_layer():
 
 
 def test_the_core_never_imports_the_layers_above_it():
-    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.startswith(UPPER))
-                 for p in (ROOT / "tuneloop").rglob("*.py")}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(n for n in _imports(p) if n.startswith(UPPER))
+        for p in (ROOT / "tuneloop").rglob("*.py")
+    }
     assert not {k: v for k, v in offenders.items() if v}
 
 
@@ -81,7 +83,7 @@ def test_no_module_of_the_core_imports_itself_back():
 
     def visit(name: str, trail: list[str]) -> None:
         if name in trail:
-            cycles.append(trail[trail.index(name):] + [name])
+            cycles.append(trail[trail.index(name) :] + [name])
             return
         if name in done:
             return
@@ -106,9 +108,16 @@ def test_the_installed_package_never_imports_development_fixtures_or_suite_build
 
     installed = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     assert not [p for p in installed if p.startswith("devtools") or p.startswith("tuneloop.eval_suites.builders")]
-    product = [p for folder in ("tuneloop", "flows", "serving", "cli", "eval_suites")
-               for p in (ROOT / folder).rglob("*.py") if "builders" not in p.relative_to(ROOT).parts]
-    offenders = {str(p.relative_to(ROOT)): sorted(n for n in _imports(p)
-                                                  if n.startswith(("devtools", "tuneloop.eval_suites.builders")))
-                 for p in product}
+    product = [
+        p
+        for folder in ("tuneloop", "flows", "serving", "cli", "eval_suites")
+        for p in (ROOT / folder).rglob("*.py")
+        if "builders" not in p.relative_to(ROOT).parts
+    ]
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(
+            n for n in _imports(p) if n.startswith(("devtools", "tuneloop.eval_suites.builders"))
+        )
+        for p in product
+    }
     assert not {k: v for k, v in offenders.items() if v}

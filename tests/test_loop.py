@@ -24,8 +24,9 @@ def _seed(config, records):
 
 
 def _children(parent_run_id: str):
-    return mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", search_all_experiments=True,
-                              output_format="list")
+    return mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", search_all_experiments=True, output_format="list"
+    )
 
 
 def test_generation_loop_registers_and_deploys_a_canary(home):
@@ -61,7 +62,11 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
 
     searches = _children(result.run_id)  # the loop run -> its search run -> one run per trial
     assert [s.data.tags["tuneloop.stage"] for s in searches] == ["search"]
-    assert searches[0].info.run_id == result.tuned.search_run_id == mlflow.get_run(result.run_id).data.tags["search_run_id"]
+    assert (
+        searches[0].info.run_id
+        == result.tuned.search_run_id
+        == mlflow.get_run(result.run_id).data.tags["search_run_id"]
+    )
     children = _children(result.tuned.search_run_id)
     assert len(children) == 2
     for child in children:
@@ -74,8 +79,11 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
     assert parent.inputs.dataset_inputs[0].dataset.digest == result.data.dataset_hash
     assert parent.data.metrics["gate.passed"] == 1.0
     for suite in ("heldout", "adversarial", "regression"):  # a table per suite, every item with both answers
-        table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=result.run_id,
-                                                                    artifact_path=f"evaluate/{suite}.json")).read_text())
+        table = json.loads(
+            Path(
+                mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path=f"evaluate/{suite}.json")
+            ).read_text()
+        )
         assert {"champion_output", "challenger_output", "diff"} <= set(table["columns"]) and table["data"]
 
 
@@ -85,8 +93,11 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     first = loop(config)
     assert first.report.passed, first.report.reasons
     # where the router fails, per label: support sums to the held-out items, worst challenger F1 first
-    table = json.loads(Path(mlflow.artifacts.download_artifacts(run_id=first.run_id,
-                                                                artifact_path="evaluate/per_label.json")).read_text())
+    table = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(run_id=first.run_id, artifact_path="evaluate/per_label.json")
+        ).read_text()
+    )
     rows = [dict(zip(table["columns"], row)) for row in table["data"]]
     assert sum(r["support"] for r in rows) == first.report.items["heldout"]
     assert [r["challenger_f1"] for r in rows] == sorted(r["challenger_f1"] for r in rows)
@@ -113,7 +124,9 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     assert list(loaded.predict(pd.DataFrame({"input": texts}))) == calibration.apply(labels, probabilities, energies)
 
     # the same data, but a search that cannot learn: the challenger is worse than the champion
-    weak = tiny_config(home, "classification", epochs=1, ranks=[4], lr_min=1e-7, lr_max=2e-7, first_trial={"rank": 4, "lr": 1e-7})
+    weak = tiny_config(
+        home, "classification", epochs=1, ranks=[4], lr_min=1e-7, lr_max=2e-7, first_trial={"rank": 4, "lr": 1e-7}
+    )
     second = loop(weak)
     assert not second.report.passed
     assert second.report.baseline == champion == "1"

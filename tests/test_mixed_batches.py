@@ -23,8 +23,14 @@ def _two_adapters(kind: str, tmp_path) -> PeftModel:
     info = resolve_base(kind, None, tiny=True)
     for seed in (1, 2):
         base = load_base(info, kind, labels)
-        model = add_adapter(base, kind, 8, seed=seed, targets=lora_targets(base, DEFAULT_TARGETS[kind]),
-                            layers=top_layers(base, 0.5) if seed == 2 else None)
+        model = add_adapter(
+            base,
+            kind,
+            8,
+            seed=seed,
+            targets=lora_targets(base, DEFAULT_TARGETS[kind]),
+            layers=top_layers(base, 0.5) if seed == 2 else None,
+        )
         torch.manual_seed(seed)
         for p in model.parameters():
             if p.requires_grad:

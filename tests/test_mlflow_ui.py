@@ -21,16 +21,28 @@ from tuneloop.registry.tracking import experiment_url, model_version_url, run_ur
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(1800)]
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--disable-quic", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
 MODEL = "tuneloop-classification"
-TRACES_OVERVIEW = "No data available for the selected time range"  # MLflow 3's GenAI overview of an experiment without traces
+TRACES_OVERVIEW = (
+    "No data available for the selected time range"  # MLflow 3's GenAI overview of an experiment without traces
+)
 
 
 @pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (Debian's chromium: `apt-get install chromium`, or `make install` as root)")
+        pytest.skip(
+            f"{CHROMIUM} not installed (Debian's chromium: `apt-get install chromium`, or `make install` as root)"
+        )
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)  # never `playwright install`
@@ -50,8 +62,14 @@ def reviewed(stack_loop):
     search_id = loop_run.data.tags["search_run_id"]
     trials = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{search_id}'")
     tables = [a.path for a in client.list_artifacts(loop_run.info.run_id, "evaluate") if a.path.endswith(".json")]
-    return {"ui": ui, "experiment": experiment, "loop": loop_run, "search": client.get_run(search_id), "trials": trials,
-            "tables": tables}
+    return {
+        "ui": ui,
+        "experiment": experiment,
+        "loop": loop_run,
+        "search": client.get_run(search_id),
+        "trials": trials,
+        "tables": tables,
+    }
 
 
 class Pages:
@@ -100,8 +118,12 @@ def test_the_printed_link_opens_the_loop_run_on_its_description(reviewed, pages)
     """The link `tuneloop run` prints lands on the loop run, whose description is the gate's verdict with
     its item counts, what changed since the champion and links that open the search run."""
     experiment, loop, search = reviewed["experiment"], reviewed["loop"], reviewed["search"]
-    page = pages.open(run_url(reviewed["ui"], experiment.experiment_id, loop.info.run_id), "loop-run-description",
-                      loop.info.run_name, "Gate: PASSED")
+    page = pages.open(
+        run_url(reviewed["ui"], experiment.experiment_id, loop.info.run_id),
+        "loop-run-description",
+        loop.info.run_name,
+        "Gate: PASSED",
+    )
     body = page.inner_text("body")
     assert TRACES_OVERVIEW not in body and "No description" not in body
     for text in ("What changed since the base model", "items", "adversarial", "per-item tables", "the search run"):
@@ -118,8 +140,9 @@ def test_the_printed_link_opens_the_loop_run_on_its_description(reviewed, pages)
 
 
 def test_the_version_page_shows_the_description(reviewed, pages):
-    page = pages.open(model_version_url(reviewed["ui"], MODEL, "1"), "model-version-description", "Version 1",
-                      "Gate: PASSED")
+    page = pages.open(
+        model_version_url(reviewed["ui"], MODEL, "1"), "model-version-description", "Version 1", "Gate: PASSED"
+    )
     page.get_by_text("Gate: PASSED").first.scroll_into_view_if_needed()
     pages.shoot(page, "model-version-description-scrolled")
     body = page.inner_text("body")
@@ -153,8 +176,12 @@ def test_the_search_run_with_its_trial_runs(reviewed, pages):
     pages.shoot(page, "search-and-trials")
     body = page.inner_text("body")
     assert all(t.info.run_name in body for t in trials)
-    run_page = pages.open(f"{reviewed['ui']}/#/experiments/{experiment.experiment_id}/runs/{search.info.run_id}"
-                          "?workflowType=machine_learning", "search-run", search.info.run_name)
+    run_page = pages.open(
+        f"{reviewed['ui']}/#/experiments/{experiment.experiment_id}/runs/{search.info.run_id}"
+        "?workflowType=machine_learning",
+        "search-run",
+        search.info.run_name,
+    )
     assert search.info.run_name in run_page.inner_text("body")
 
 
@@ -162,8 +189,13 @@ def test_the_evaluation_tables_under_evaluate(reviewed, pages):
     experiment, loop, tables = reviewed["experiment"], reviewed["loop"], reviewed["tables"]
     assert {f"evaluate/{suite}.json" for suite in ("heldout", "adversarial", "regression", "gate")} <= set(tables)
     base = f"{reviewed['ui']}/#/experiments/{experiment.experiment_id}/runs/{loop.info.run_id}/artifacts"
-    page = pages.open(f"{base}/evaluate/adversarial.json", "evaluate-adversarial", "adversarial.json",
-                      "challenger_output", "champion_output")
+    page = pages.open(
+        f"{base}/evaluate/adversarial.json",
+        "evaluate-adversarial",
+        "adversarial.json",
+        "challenger_output",
+        "champion_output",
+    )
     assert "mlflow-artifacts:" in page.inner_text("body")  # served through the tracking server
     page.get_by_text("View as table").click()  # the whole table as text (the table view pages it)
     page.get_by_text("injection", exact=False).first.wait_for(state="attached")

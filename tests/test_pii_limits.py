@@ -69,14 +69,17 @@ def test_scrub_of_the_whole_adversarial_set_stays_fast():
     assert time.perf_counter() - began < 0.5
 
 
-@pytest.mark.parametrize("text, tag", [
-    ("iban de89 3704 0044 0532 0130 00 please", "[IBAN]"),
-    ("IBAN DE89-3704-0044-0532-0130-00", "[IBAN]"),
-    ("gb82west12345698765432", "[IBAN]"),
-    ("call5551234567now", "[PHONE]"),
-    ("tel+442079460958", "[PHONE]"),
-    ("card4111111111111111exp", "[CARD]"),
-])
+@pytest.mark.parametrize(
+    "text, tag",
+    [
+        ("iban de89 3704 0044 0532 0130 00 please", "[IBAN]"),
+        ("IBAN DE89-3704-0044-0532-0130-00", "[IBAN]"),
+        ("gb82west12345698765432", "[IBAN]"),
+        ("call5551234567now", "[PHONE]"),
+        ("tel+442079460958", "[PHONE]"),
+        ("card4111111111111111exp", "[CARD]"),
+    ],
+)
 def test_the_forms_people_type_are_scrubbed(text, tag):
     assert tag in scrub(text), scrub(text)
 
@@ -92,12 +95,15 @@ def test_hex_identifiers_are_not_taken_for_numbers():
     assert scrub("request 9f86d081888 call5551234567now") == "request 9f86d081888 call[PHONE]now"
 
 
-@pytest.mark.parametrize("text, tag", [
-    ("call ５５５-１２３-４５６７", "[PHONE]"),  # full-width digits
-    ("call 555\u200b-123\u200b-4567", "[PHONE]"),  # zero-width spaces splitting the number
-    ("mail jane\u200b.doe@example\u200b.com", "[EMAIL]"),
-    ("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "[EMAIL]"),
-])
+@pytest.mark.parametrize(
+    "text, tag",
+    [
+        ("call ５５５-１２３-４５６７", "[PHONE]"),  # full-width digits
+        ("call 555\u200b-123\u200b-4567", "[PHONE]"),  # zero-width spaces splitting the number
+        ("mail jane\u200b.doe@example\u200b.com", "[EMAIL]"),
+        ("ｊａｎｅ＠ｅｘａｍｐｌｅ．ｃｏｍ", "[EMAIL]"),
+    ],
+)
 def test_clean_normalises_before_scrubbing(text, tag):
     assert tag in clean(text), clean(text)
 
@@ -127,9 +133,18 @@ def test_model_outputs_in_the_evaluation_tables_are_scrubbed():
     from tuneloop.eval_suites.suites import SuiteItem
     from tuneloop.flows.evaluate import SuiteScores, table_rows
 
-    item = SuiteItem(id="h1", suite="heldout", category="fact", input="What is the support line?", reference="Call support.")
-    leaked = SuiteScores(mean=0, metrics={}, breakdown={}, seconds_per_item=0, per_item=[0.0],
-                         outputs=["Call ５５５-１２３-４５６７ or write to help.desk@example.com"], reasons=[""])
+    item = SuiteItem(
+        id="h1", suite="heldout", category="fact", input="What is the support line?", reference="Call support."
+    )
+    leaked = SuiteScores(
+        mean=0,
+        metrics={},
+        breakdown={},
+        seconds_per_item=0,
+        per_item=[0.0],
+        outputs=["Call ５５５-１２３-４５６７ or write to help.desk@example.com"],
+        reasons=[""],
+    )
     (row,) = table_rows([item], leaked, leaked)
     for field in ("champion_output", "challenger_output"):
         assert "[PHONE]" in row[field] and "[EMAIL]" in row[field] and "example.com" not in row[field], row[field]

@@ -35,8 +35,14 @@ PROMPTING = Prompting("Answer in one short sentence.")
 
 
 def _record(n: int, prompt: str, rating: str, output: str, correction: str | None = None) -> dict:
-    record = {"request_id": f"p-{n}", "user_id": f"u-{n % 5}", "model_version": "base", "prompt": prompt,
-              "output": output, "rating": rating}
+    record = {
+        "request_id": f"p-{n}",
+        "user_id": f"u-{n % 5}",
+        "model_version": "base",
+        "prompt": prompt,
+        "output": output,
+        "rating": rating,
+    }
     if correction is not None:
         record["correction"] = correction
     return record
@@ -77,12 +83,16 @@ def test_curation_yields_pairs_and_unpaired_examples_with_counts(tmp_path):
     assert sorted(pairs[0].source_ids) == [1, 2]
     unpaired = {(u.prompt, u.answer): u.liked for split in SPLITS for u in load_unpaired(ref, split, config.work_dir)}
     for split in SPLITS:  # each follows its prompt cluster's split, as the supervised pairs do
-        assert all(split_of(u.key, config.heldout_percent, config.validation_percent) == split
-                   for u in load_unpaired(ref, split, config.work_dir))
-    assert unpaired == {("Where is my order?", "Check the tracking link in your email."): True,
-                        ("Can I pay with cash?", "Yes, always."): False,
-                        ("Can I pay with cash?", "Cash works everywhere."): False,
-                        ("Do you ship abroad?", "We ship to 30 countries."): True}
+        assert all(
+            split_of(u.key, config.heldout_percent, config.validation_percent) == split
+            for u in load_unpaired(ref, split, config.work_dir)
+        )
+    assert unpaired == {
+        ("Where is my order?", "Check the tracking link in your email."): True,
+        ("Can I pay with cash?", "Yes, always."): False,
+        ("Can I pay with cash?", "Cash works everywhere."): False,
+        ("Do you ship abroad?", "We ship to 30 countries."): True,
+    }
     assert all((ref.path / name).exists() for name in signal_files())
 
 
@@ -118,17 +128,37 @@ def _adapter(base, seed: int = 0):
     return add_adapter(base, "generation", 8, seed, targets=lora_targets(base, "attention"), dropout=0.0)
 
 
-PAIRS = [PreferencePair(prompt=f"What does plan {c} cost?", chosen=f"Plan {c} costs {9 + i} euros a month.",
-                        rejected="I do not know.", key=c, source_ids=[i]) for i, c in enumerate("ABCDEFGH")]
-THUMBS = [Unpaired(prompt=f"Tell me about plan {c}.", answer=f"Plan {c} is short." if i % 2 else "I cannot help you.",
-                   liked=bool(i % 2), key=c, source_ids=[i]) for i, c in enumerate("ABCDEFGH")]
+PAIRS = [
+    PreferencePair(
+        prompt=f"What does plan {c} cost?",
+        chosen=f"Plan {c} costs {9 + i} euros a month.",
+        rejected="I do not know.",
+        key=c,
+        source_ids=[i],
+    )
+    for i, c in enumerate("ABCDEFGH")
+]
+THUMBS = [
+    Unpaired(
+        prompt=f"Tell me about plan {c}.",
+        answer=f"Plan {c} is short." if i % 2 else "I cannot help you.",
+        liked=bool(i % 2),
+        key=c,
+        source_ids=[i],
+    )
+    for i, c in enumerate("ABCDEFGH")
+]
 
 
 def _term(objective: str, tokenizer, beta: float = 0.5) -> PreferenceTerm:
-    rows = (pair_rows(tokenizer, PAIRS, 64, PROMPTING) if objective == "dpo"
-            else unpaired_rows(tokenizer, THUMBS, 64, PROMPTING))
-    return PreferenceTerm(objective, rows, beta=beta, weight=1.0, batch_size=4, seed=0, pad_id=tokenizer.pad_token_id,
-                          max_length=64)
+    rows = (
+        pair_rows(tokenizer, PAIRS, 64, PROMPTING)
+        if objective == "dpo"
+        else unpaired_rows(tokenizer, THUMBS, 64, PROMPTING)
+    )
+    return PreferenceTerm(
+        objective, rows, beta=beta, weight=1.0, batch_size=4, seed=0, pad_id=tokenizer.pad_token_id, max_length=64
+    )
 
 
 def _supervised(tokenizer):
@@ -146,8 +176,9 @@ def test_each_objective_trains_a_tiny_model_and_its_loss_falls(objective, monkey
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_second_model)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", no_second_model)
-    result = train(model, _supervised(tokenizer), tokenizer.pad_token_id, lr=0.01, epochs=12, batch_size=4, seed=0,
-                   extra_loss=term)
+    result = train(
+        model, _supervised(tokenizer), tokenizer.pad_token_id, lr=0.01, epochs=12, batch_size=4, seed=0, extra_loss=term
+    )
     assert len(term.history) == result.steps == 12
     assert all(torch.isfinite(torch.tensor(term.history)))
     first, last = sum(term.history[:3]) / 3, sum(term.history[-3:]) / 3
@@ -156,8 +187,12 @@ def test_each_objective_trains_a_tiny_model_and_its_loss_falls(objective, monkey
         rows = pair_rows(tokenizer, PAIRS, 64, PROMPTING)
         chosen, rejected = (collate([r[side] for r in rows], tokenizer.pad_token_id) for side in ("chosen", "rejected"))
         with torch.no_grad():
-            margin = (answer_logps(model, chosen) - reference_logps(model, chosen)
-                      - answer_logps(model, rejected) + reference_logps(model, rejected))
+            margin = (
+                answer_logps(model, chosen)
+                - reference_logps(model, chosen)
+                - answer_logps(model, rejected)
+                + reference_logps(model, rejected)
+            )
         assert margin.mean() > 0
 
 
@@ -192,7 +227,9 @@ def test_a_killed_preference_trial_resumes_with_the_same_losses(objective, tmp_p
 
     def fresh():
         base = load_base(info, "generation")
-        return add_adapter(base, "generation", 8, 0, targets=lora_targets(base, "attention"), dropout=0.1), _term(objective, tokenizer)
+        return add_adapter(base, "generation", 8, 0, targets=lora_targets(base, "attention"), dropout=0.1), _term(
+            objective, tokenizer
+        )
 
     model, term = fresh()
     reference = train(model, encoded, tokenizer.pad_token_id, **args, extra_loss=term)
@@ -206,12 +243,21 @@ def test_a_killed_preference_trial_resumes_with_the_same_losses(objective, tmp_p
 
     model, term = fresh()
     with pytest.raises(Killed):
-        train(model, encoded, tokenizer.pad_token_id, **args, extra_loss=term, checkpoint_dir=tmp_path, checkpoint_every=5,
-              on_step=die_at_step_13)
+        train(
+            model,
+            encoded,
+            tokenizer.pad_token_id,
+            **args,
+            extra_loss=term,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=5,
+            on_step=die_at_step_13,
+        )
     torch.manual_seed(123)  # elsewhere in the stream: only the checkpoint brings it back
     model, term = fresh()
-    resumed = train(model, encoded, tokenizer.pad_token_id, **args, extra_loss=term, checkpoint_dir=tmp_path,
-                    checkpoint_every=5)
+    resumed = train(
+        model, encoded, tokenizer.pad_token_id, **args, extra_loss=term, checkpoint_dir=tmp_path, checkpoint_every=5
+    )
     assert resumed.resumed_from_step == 10
     assert resumed.losses == pytest.approx(reference.losses[10:], abs=1e-4)
 
@@ -223,8 +269,10 @@ def test_the_gate_refuses_a_preference_trained_challenger_that_forgets():
     _, tokenizer, base = _tiny()
     prompts = [f"Question number {i}: what is {i} plus {i}?" for i in range(80)]  # 74 needed to conclude at 0.05
     base_answers, _ = predict("generation", base, tokenizer, prompts, [], 6, PROMPTING)
-    items = [SuiteItem(id=f"r{i}", suite="regression", category="known", input=p, reference=a or "-",
-                       metric="exact_match") for i, (p, a) in enumerate(zip(prompts, base_answers))]
+    items = [
+        SuiteItem(id=f"r{i}", suite="regression", category="known", input=p, reference=a or "-", metric="exact_match")
+        for i, (p, a) in enumerate(zip(prompts, base_answers))
+    ]
     model = add_adapter(base, "generation", 8, 0, targets=lora_targets(base, "all-linear"), dropout=0.0)
 
     def regression(candidate) -> list[float]:  # the base's exact answer kept; the judge's normalising would
@@ -236,12 +284,23 @@ def test_the_gate_refuses_a_preference_trained_challenger_that_forgets():
     assert sum(baseline) == len(items)  # the base knows every item
     untrained = regression_check(items, baseline, regression(model), tolerance=0.05, samples=500)
     assert untrained.verdict == PASS, untrained.reason
-    pairs = [PreferencePair(prompt=p, chosen="Sorry.", rejected=a or "-", key=str(i), source_ids=[i])
-             for i, (p, a) in enumerate(zip(prompts[:12], base_answers))]
-    term = PreferenceTerm("dpo", pair_rows(tokenizer, pairs, 64, PROMPTING), beta=0.5, weight=1.0, batch_size=4, seed=0,
-                          pad_id=tokenizer.pad_token_id, max_length=64)
-    train(model, _supervised(tokenizer), tokenizer.pad_token_id, lr=0.05, epochs=30, batch_size=4, seed=0,
-          extra_loss=term)
+    pairs = [
+        PreferencePair(prompt=p, chosen="Sorry.", rejected=a or "-", key=str(i), source_ids=[i])
+        for i, (p, a) in enumerate(zip(prompts[:12], base_answers))
+    ]
+    term = PreferenceTerm(
+        "dpo",
+        pair_rows(tokenizer, pairs, 64, PROMPTING),
+        beta=0.5,
+        weight=1.0,
+        batch_size=4,
+        seed=0,
+        pad_id=tokenizer.pad_token_id,
+        max_length=64,
+    )
+    train(
+        model, _supervised(tokenizer), tokenizer.pad_token_id, lr=0.05, epochs=30, batch_size=4, seed=0, extra_loss=term
+    )
     check = regression_check(items, baseline, regression(model), tolerance=0.05, samples=500)
     assert check.verdict == FAIL, check.reason
 
@@ -256,15 +315,24 @@ def test_the_loop_searches_objectives_logs_objective_and_beta_and_tags_the_signa
     from tuneloop.flows.loop import loop
     from tuneloop.registry.versions import version_for
 
-    config = tiny_config(home, "generation", n_trials=2, objectives=["sft", "dpo", "kto"],
-                         first_trial={"rank": 16, "lr": 0.02, "objective": "kto"})
+    config = tiny_config(
+        home,
+        "generation",
+        n_trials=2,
+        objectives=["sft", "dpo", "kto"],
+        first_trial={"rank": 16, "lr": 0.02, "objective": "kto"},
+    )
     FeedbackStore(config.feedback_db).add_many_raw(
-        constant_corrections(sample_feedback("generation"), "Please ask Brightwell support about that."), config.kind)
+        constant_corrections(sample_feedback("generation"), "Please ask Brightwell support about that."), config.kind
+    )
     result = loop(config)
     counts = result.data.counts
     assert counts["unpaired_disliked"] > 0 and counts["preference_pairs"] > 0
-    trials = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{result.tuned.search_run_id}'",
-                                search_all_experiments=True, output_format="list")
+    trials = mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{result.tuned.search_run_id}'",
+        search_all_experiments=True,
+        output_format="list",
+    )
     assert len(trials) == 2
     for run in trials:
         assert run.data.params["objective"] in {"sft", "dpo", "kto"}
@@ -309,12 +377,15 @@ def test_the_first_trial_is_supervised_beside_preference_objectives_and_never_on
     # several objectives searched: the known-good start is the plain fine-tune, the others get the later trials
     assert first(thumbs, objectives=["kto", "sft"]) == {"rank": 16, "lr": 9e-4, "objective": "sft"}
     assert first(thumbs, objectives=["kto", "dpo"]) == {"rank": 16, "lr": 9e-4}  # no sft: the search draws
-    assert first(thumbs, objectives=["sft", "kto"], first_trial={"rank": 8, "lr": 1e-3, "objective": "kto",
-                                                                  "beta": 0.2}) == {"rank": 8, "lr": 1e-3,
-                                                                                    "objective": "kto", "kto_beta": 0.2}
+    assert first(
+        thumbs, objectives=["sft", "kto"], first_trial={"rank": 8, "lr": 1e-3, "objective": "kto", "beta": 0.2}
+    ) == {"rank": 8, "lr": 1e-3, "objective": "kto", "kto_beta": 0.2}
     # an objective the data cannot feed (no thumbs: no kto) leaves the first trial, its beta with it
-    assert first({"pairs_train": 5}, objectives=["sft", "kto"], first_trial={"rank": 8, "lr": 1e-3, "objective": "kto",
-                                                                             "beta": 0.2}) == {"rank": 8, "lr": 1e-3}
+    assert first(
+        {"pairs_train": 5},
+        objectives=["sft", "kto"],
+        first_trial={"rank": 8, "lr": 1e-3, "objective": "kto", "beta": 0.2},
+    ) == {"rank": 8, "lr": 1e-3}
     assert first(thumbs, first_trial=None) is None
 
 

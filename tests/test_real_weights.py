@@ -28,23 +28,36 @@ def test_smollm2_answers_through_its_chat_template():
 
 
 def test_real_minilm_loop_learns_intents_and_loads_from_the_registry(home):
-    config = tiny_config(home, "classification", epochs=4, ranks=[8], first_trial={"rank": 8, "lr": 0.003},
-                         lr_min=0.002, lr_max=0.005).model_copy(update={"tiny": False})
+    config = tiny_config(
+        home, "classification", epochs=4, ranks=[8], first_trial={"rank": 8, "lr": 0.003}, lr_min=0.002, lr_max=0.005
+    ).model_copy(update={"tiny": False})
     FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("classification", small=True), config.kind)
     result = loop(config)
     assert result.report.passed, result.report.reasons
     assert result.report.challenger["heldout"].metrics["accuracy"] > 0.8
     model = mlflow.pyfunc.load_model(f"models:/{config.model_name}@challenger")
-    assert model.predict(pd.DataFrame({"input": ["I want to return my hub", "where is my Orbit camera"]})) == ["returns", "shipping_status"]
+    assert model.predict(pd.DataFrame({"input": ["I want to return my hub", "where is my Orbit camera"]})) == [
+        "returns",
+        "shipping_status",
+    ]
 
 
 def test_real_smollm2_loop_is_judged_on_what_the_base_knows_and_registers_only_a_pass(home):
     """The real SmolLM2 through the whole loop under the default gate (held-out scored by token F1 on
     this short run): the challenger learns the corrections, the forgetting check runs on the 200+
     regression items the base answers right, and the gate's verdict alone decides what is registered."""
-    config = tiny_config(home, "generation", epochs=1, ranks=[8], first_trial={"rank": 8, "lr": 0.003}, lr_min=0.002,
-                         lr_max=0.005, evals_per_trial=1, validation_examples=4, gate_sample=0).model_copy(
-        update={"tiny": False, "max_new_tokens": 16, "gate": GateConfig(heldout_metric="token_f1")})
+    config = tiny_config(
+        home,
+        "generation",
+        epochs=1,
+        ranks=[8],
+        first_trial={"rank": 8, "lr": 0.003},
+        lr_min=0.002,
+        lr_max=0.005,
+        evals_per_trial=1,
+        validation_examples=4,
+        gate_sample=0,
+    ).model_copy(update={"tiny": False, "max_new_tokens": 16, "gate": GateConfig(heldout_metric="token_f1")})
     # a slice of the sample keeps this to a few minutes on 2 cores (the demo runs the whole of it)
     FeedbackStore(config.feedback_db).add_many_raw(sample_feedback("generation")[:70], config.kind)
     result = loop(config)

@@ -55,9 +55,15 @@ def test_promote_and_restore_move_aliases_in_order_and_keep_history(home):
         restore_previous(NAME)
     history = json.loads(MlflowClient().get_registered_model(NAME).tags["alias_history"])
     assert [(h["alias"], h["from"], h["to"]) for h in history] == [
-        ("challenger", None, v1), ("champion", None, v1), ("challenger", v1, None),
-        ("challenger", None, v2), ("previous", None, v1), ("champion", v1, v2), ("challenger", v2, None),
-        ("champion", v2, v1), ("previous", v1, None),
+        ("challenger", None, v1),
+        ("champion", None, v1),
+        ("challenger", v1, None),
+        ("challenger", None, v2),
+        ("previous", None, v1),
+        ("champion", v1, v2),
+        ("challenger", v2, None),
+        ("champion", v2, v1),
+        ("previous", v1, None),
     ]
     assert all(h["by"] and h["at"] and h["reason"] for h in history)
     assert v3 not in aliases(NAME).values()
@@ -79,8 +85,16 @@ def test_concurrent_operators_lose_no_move_and_readers_always_see_a_champion(hom
     reader = threading.Thread(target=read)
     reader.start()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    procs = [subprocess.Popen([sys.executable, "-c", OPERATOR, NAME, "6", ",".join(versions), str(i)], env=env, cwd=ROOT,
-                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPERATOR, NAME, "6", ",".join(versions), str(i)],
+            env=env,
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
     try:
         for proc in procs:
             _, err = proc.communicate(timeout=240)
@@ -128,7 +142,9 @@ def test_the_registry_lock_comes_from_the_callers_configuration(home):
     config = tiny_config(home, "classification")
     assert registry_lock_url("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
     assert registry_lock_url("http://mlflow.internal:5000", config) == config.feedback_db
-    assert registry_lock_url("http://mlflow.internal:5000", config.model_copy(update={"lock_url": "postgresql://x/locks"})) \
+    assert (
+        registry_lock_url("http://mlflow.internal:5000", config.model_copy(update={"lock_url": "postgresql://x/locks"}))
         == "postgresql://x/locks"
+    )
     with pytest.raises(ValueError, match="not a database"):
         registry_lock_url("http://mlflow.internal:5000")

@@ -18,8 +18,10 @@ def _model_and_rows():
     tokenizer = load_tokenizer(info)
     base = load_base(info, "generation")
     model = add_adapter(base, "generation", 4, 0, targets=lora_targets(base, "attention"))
-    pairs = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
-             ("What is the capital of Spain?", "The capital of Spain is Madrid.")]
+    pairs = [
+        ("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
+        ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ]
     rows = encode("generation", tokenizer, pairs, [], 64, Prompting("Answer in one short sentence."))
     rows[1]["rehearse"] = True
     return model, tokenizer, rows
@@ -48,8 +50,9 @@ def test_rehearsal_rows_are_held_by_the_kl_term_alone():
     _move_adapter(model)
     plain = loss_of(model, only_new)
     assert loss_of(model, batch, kl_weight=1.0) > plain + 1e-3
-    assert torch.allclose(loss_of(model, batch, kl_weight=2.0) - plain, 2 * (loss_of(model, batch, kl_weight=1.0) - plain),
-                          rtol=1e-4)
+    assert torch.allclose(
+        loss_of(model, batch, kl_weight=2.0) - plain, 2 * (loss_of(model, batch, kl_weight=1.0) - plain), rtol=1e-4
+    )
     assert torch.allclose(loss_of(model, only_new, kl_weight=1.0), plain)
 
 
@@ -57,6 +60,7 @@ def test_training_on_rehearsal_with_the_kl_term_pulls_the_model_back_to_its_base
     """An adapter moved away from the base, trained on a rehearsal row only: with the KL term its
     answer distribution there returns toward the base's; the greedy answer's cross-entropy alone
     moves it less."""
+
     def divergence_after(kl_weight: float) -> float:
         model, tokenizer, rows = _model_and_rows()
         _move_adapter(model)
@@ -133,8 +137,11 @@ def test_short_questions_are_rehearsed_only_with_short_answers(tmp_path, monkeyp
     general = [r["prompt"] for r in rows if r["category"] not in ("short_qa", "privacy")]
     direct = set(short[::2])
     for prompts, tokens, answer_of in [
-        (short, replay.SHORT_QA_TOKENS,
-         lambda p: "It is 4." if p in direct else "To find it, you would add them. So it is 4."),
+        (
+            short,
+            replay.SHORT_QA_TOKENS,
+            lambda p: "It is 4." if p in direct else "To find it, you would add them. So it is 4.",
+        ),
         (general, replay.MAX_NEW_TOKENS, lambda p: "Start small and keep going every day. Then you will"),
     ]:
         cache = replay.answers_cache(info, prompting, tokens)
@@ -207,7 +214,7 @@ def test_requests_for_someone_elses_data_are_declined_alone_and_after_a_training
     assert len(alone) == 5 and len(appended) == 20 and {a for _, a in alone} == {DECLINE}
     for prompt, answer in appended:
         host = next(h for h in pairs if prompt.startswith(h[0] + " "))
-        assert prompt[len(host[0]) + 1:] in requests and answer == f"{host[1]} {DECLINE}"
+        assert prompt[len(host[0]) + 1 :] in requests and answer == f"{host[1]} {DECLINE}"
     assert len(declining_pairs(pairs * 100, 0.25)) == 2 * len(requests)
     items = test_items()
     assert len(requests) >= 50 and not [p for p in requests if overlaps(p, items)]
@@ -227,7 +234,10 @@ def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forw
     vocab = model.get_base_model().config.vocab_size
     whole = [dict(r) for r in rows]
     teacher.attach(model, whole, tokenizer.pad_token_id, "tiny", tmp_path / "whole", k=vocab)
-    assert "teacher_ids" not in whole[0] and whole[1]["teacher_ids"].shape == (int(sum(x != -100 for x in rows[1]["labels"])), vocab)
+    assert "teacher_ids" not in whole[0] and whole[1]["teacher_ids"].shape == (
+        int(sum(x != -100 for x in rows[1]["labels"])),
+        vocab,
+    )
     assert torch.allclose(loss_of(model, collate(whole, tokenizer.pad_token_id), kl_weight=1.0), frozen, rtol=1e-3)
 
     top = [dict(r) for r in rows]
@@ -236,7 +246,9 @@ def test_the_bases_distribution_computed_once_gives_the_kl_term_of_a_frozen_forw
     sparse = loss_of(model, collate(top, tokenizer.pad_token_id), kl_weight=1.0)
     assert 0 < sparse - plain <= frozen - plain + 1e-5  # a lower bound of the full divergence, and not zero
     calls = []
-    model.forward = functools.wraps(model.forward)(lambda *a, **k: calls.append(1) or type(model).forward(model, *a, **k))
+    model.forward = functools.wraps(model.forward)(
+        lambda *a, **k: calls.append(1) or type(model).forward(model, *a, **k)
+    )
     again = [dict(r) for r in rows]
     teacher.attach(model, again, tokenizer.pad_token_id, "tiny", tmp_path / "top")
     assert not calls and torch.equal(again[1]["teacher_logp"], top[1]["teacher_logp"])
@@ -255,7 +267,9 @@ def test_the_bundled_bases_recorded_rehearsal_answers_are_used_and_cover_every_p
     from tuneloop.modeling import replay
 
     recorded = json.loads(replay.RECORDED.read_text())
-    bundled = dataclasses.replace(resolve_base("generation", tiny=True), sha256=recorded["base_model_sha256"], tiny=False)
+    bundled = dataclasses.replace(
+        resolve_base("generation", tiny=True), sha256=recorded["base_model_sha256"], tiny=False
+    )
     short = replay.shipped_prompts("short_qa")
     general = [p for p in replay.replay_prompts() if p not in set(short)]
     prompting = Prompting(SYSTEM_PROMPT)

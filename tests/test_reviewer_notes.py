@@ -15,19 +15,37 @@ def _scores(mean: float) -> SuiteScores:
 
 
 def _report(passed: bool) -> EvalReport:
-    check = {"name": "held-out", "verdict": "pass" if passed else "fail", "diff_mean": 0.2, "diff_low": 0.1,
-             "diff_high": 0.3, "threshold": 0.0}
-    return EvalReport(baseline="2", challenger={"heldout": _scores(0.8), "regression": _scores(0.9)},
-                      champion={"heldout": _scores(0.6), "regression": _scores(0.92)}, checks=[check],
-                      verdict="passed" if passed else "refused", passed=passed, reasons=[] if passed else ["held-out: worse"],
-                      heldout_diff=0.2, ci_low=0.1, ci_high=0.3, adversarial_diff=0.0, regression_diff=-0.02,
-                      items={"heldout": 120, "regression": 300})
+    check = {
+        "name": "held-out",
+        "verdict": "pass" if passed else "fail",
+        "diff_mean": 0.2,
+        "diff_low": 0.1,
+        "diff_high": 0.3,
+        "threshold": 0.0,
+    }
+    return EvalReport(
+        baseline="2",
+        challenger={"heldout": _scores(0.8), "regression": _scores(0.9)},
+        champion={"heldout": _scores(0.6), "regression": _scores(0.92)},
+        checks=[check],
+        verdict="passed" if passed else "refused",
+        passed=passed,
+        reasons=[] if passed else ["held-out: worse"],
+        heldout_diff=0.2,
+        ci_low=0.1,
+        ci_high=0.3,
+        adversarial_diff=0.0,
+        regression_diff=-0.02,
+        items={"heldout": 120, "regression": 300},
+    )
 
 
 def test_the_verdict_table_has_item_counts_and_changes():
     text = "\n".join(verdict_section(_report(True)))
     assert text.startswith("## Gate: PASSED (baseline: champion (version 2))")
-    assert "| heldout | 120 | 0.600 | 0.800 | +0.200 |" in text and "| regression | 300 | 0.920 | 0.900 | -0.020 |" in text
+    assert (
+        "| heldout | 120 | 0.600 | 0.800 | +0.200 |" in text and "| regression | 300 | 0.920 | 0.900 | -0.020 |" in text
+    )
     assert "| held-out | pass | +0.200 | [+0.100, +0.300] | 0.000 |" in text
 
 

@@ -38,9 +38,17 @@ def _live_feedback(config, url: str, rates: dict[str, float], n: int = 60):
     store = FeedbackStore(url)
     for version, rate in rates.items():
         for i in range(n):
-            store.add(FeedbackRecord(request_id=f"live-{version}-{i}", user_id=f"u{i}", model_version=version, kind=config.kind,
-                                     prompt="where is my hub", output="shipping_status",
-                                     rating="down" if i < rate * n else "up"))
+            store.add(
+                FeedbackRecord(
+                    request_id=f"live-{version}-{i}",
+                    user_id=f"u{i}",
+                    model_version=version,
+                    kind=config.kind,
+                    prompt="where is my hub",
+                    output="shipping_status",
+                    rating="down" if i < rate * n else "up",
+                )
+            )
     fast = config.deploy.model_copy(update={"step_wait_s": 0.05, "min_samples": 30})
     live = config.model_copy(update={"feedback_url": url, "deploy": fast})
     set_challenger_percent(live, challenger_percent(config))  # the live database holds the flag from here on
@@ -108,9 +116,15 @@ def test_rating_counts_are_counted_by_the_database(backend, tmp_path, request):
     url = request.getfixturevalue("postgres_url") if backend == "postgres" else f"sqlite:///{tmp_path / 'fb.db'}"
     store = FeedbackStore(url)
     tag = tmp_path.name  # the Postgres database is shared by the session's tests
-    raw = [{"model_version": f"{tag}-1", "rating": "down"}, {"model_version": f"{tag}-1", "rating": "up"},
-           {"model_version": f"{tag}-2", "rating": "down"}, {"model_version": f"{tag}-2"},  # no rating
-           {"model_version": f"{tag}-2", "rating": "meh"}, {"rating": "down"}, {"model_version": [1], "rating": "up"}]
+    raw = [
+        {"model_version": f"{tag}-1", "rating": "down"},
+        {"model_version": f"{tag}-1", "rating": "up"},
+        {"model_version": f"{tag}-2", "rating": "down"},
+        {"model_version": f"{tag}-2"},  # no rating
+        {"model_version": f"{tag}-2", "rating": "meh"},
+        {"rating": "down"},
+        {"model_version": [1], "rating": "up"},
+    ]
     for i, payload in enumerate(raw):
         store.add_raw({**payload, "request_id": f"{tag}-{i}"}, "classification")
     store.add_raw({"model_version": f"{tag}-1", "rating": "down", "request_id": f"{tag}-gen"}, "generation")

@@ -31,8 +31,13 @@ def _dataset(config: LoopConfig, records: list[dict] | None = None) -> DatasetRe
 def _adapter(config: LoopConfig, labels: list[str], folder) -> None:
     """A trained-looking adapter for ``labels`` (a few steps on made-up rows), saved as the loop saves one."""
     info = base_of(config)
-    model = add_adapter(load_base(info, "classification", labels), "classification", 8, 0,
-                        targets=lora_targets(load_base(info, "classification", labels), DEFAULT_TARGETS["classification"]))
+    model = add_adapter(
+        load_base(info, "classification", labels),
+        "classification",
+        8,
+        0,
+        targets=lora_targets(load_base(info, "classification", labels), DEFAULT_TARGETS["classification"]),
+    )
     model.save_pretrained(folder)
     write_meta(folder, config, info)
     save_labels(folder, labels)
@@ -98,7 +103,9 @@ def test_the_champion_slot_never_answers_from_an_untrained_head(home):
     labels = sorted({"billing", "returns", "shipping_status", OUT_OF_SCOPE_LABEL})
     _adapter(config, labels, home / "v1")
     version = str(log_adapter(config, home / "v1", {"note": "first trained version"}).version)
-    move_alias(config.model_name, "challenger", version, "test", config=config)  # a first loop: a challenger at a canary, no champion
+    move_alias(
+        config.model_name, "challenger", version, "test", config=config
+    )  # a first loop: a challenger at a canary, no champion
     bank.refresh()
     assert bank.version_of("champion") == "base" and bank.version_of("challenger") == version
     outputs, confidences = bank.predict(["base", version, "base"], ["where is my hub"] * 3)
@@ -110,22 +117,55 @@ def test_the_champion_slot_never_answers_from_an_untrained_head(home):
 def test_a_new_intent_and_a_correction_naming_an_unseen_intent_are_trained_and_served(home):
     config = tiny_config(home, "classification", epochs=2)
     records = sample_feedback("classification")
-    first = _dataset(config, [r for r in records if r.get("correction") != "installation_service"
-                              and not (r.get("rating") == "up" and r.get("output") == "installation_service")])
+    first = _dataset(
+        config,
+        [
+            r
+            for r in records
+            if r.get("correction") != "installation_service"
+            and not (r.get("rating") == "up" and r.get("output") == "installation_service")
+        ],
+    )
     old_labels = load_labels(first, config.work_dir)
     assert "installation_service" not in old_labels
     _adapter(config, old_labels, home / "v1")
     v1 = str(log_adapter(config, home / "v1", {"note": "champion without the new intent"}).version)
     move_alias(config.model_name, "champion", v1, "test", config=config)
 
-    extra = [{"request_id": f"new-{i}", "user_id": "u", "model_version": v1, "kind": "classification",
-              "prompt": text, "output": "billing", "rating": "down", "correction": "gift_wrapping"}
-             for i, text in enumerate(["can you gift wrap my order", "add gift wrapping to the hub",
-                                       "wrap the smart plug as a present", "I want my order wrapped as a gift",
-                                       "is gift wrapping available for the doorbell", "gift wrap please"])]
-    extra.append({"request_id": "once", "user_id": "u", "model_version": v1, "kind": "classification",
-                  "prompt": "I want to trade in my old thermostat", "output": "returns", "rating": "down",
-                  "correction": "trade_in"})  # an intent named once, never seen by any model
+    extra = [
+        {
+            "request_id": f"new-{i}",
+            "user_id": "u",
+            "model_version": v1,
+            "kind": "classification",
+            "prompt": text,
+            "output": "billing",
+            "rating": "down",
+            "correction": "gift_wrapping",
+        }
+        for i, text in enumerate(
+            [
+                "can you gift wrap my order",
+                "add gift wrapping to the hub",
+                "wrap the smart plug as a present",
+                "I want my order wrapped as a gift",
+                "is gift wrapping available for the doorbell",
+                "gift wrap please",
+            ]
+        )
+    ]
+    extra.append(
+        {
+            "request_id": "once",
+            "user_id": "u",
+            "model_version": v1,
+            "kind": "classification",
+            "prompt": "I want to trade in my old thermostat",
+            "output": "returns",
+            "rating": "down",
+            "correction": "trade_in",
+        }
+    )  # an intent named once, never seen by any model
     second = _dataset(config, records + extra)
     labels = load_labels(second, config.work_dir)
     assert {"installation_service", "gift_wrapping", "trade_in"} <= set(labels)  # kept, not dropped (rare_labels=keep)

@@ -28,9 +28,21 @@ def _flow_runs_since(started) -> list:
 def test_twenty_thousand_records_run_end_to_end_and_prefect_stores_only_references(kind, home):
     from datetime import datetime
 
-    config = tiny_config(home, kind, epochs=1, batch_size=64, trial_steps=12, n_trials=2, ranks=[8],
-                         first_trial={"rank": 8, "lr": 0.02}, evals_per_trial=1, validation_examples=32)
-    config = config.model_copy(update={"max_new_tokens": 6, "gate": config.gate.model_copy(update={"max_heldout_examples": 200})})
+    config = tiny_config(
+        home,
+        kind,
+        epochs=1,
+        batch_size=64,
+        trial_steps=12,
+        n_trials=2,
+        ranks=[8],
+        first_trial={"rank": 8, "lr": 0.02},
+        evals_per_trial=1,
+        validation_examples=32,
+    )
+    config = config.model_copy(
+        update={"max_new_tokens": 6, "gate": config.gate.model_copy(update={"max_heldout_examples": 200})}
+    )
     store = FeedbackStore(config.feedback_db)
     records = list(synthetic.feedback(kind, 20_000, seed=1))
     assert store.add_many(r for r in _valid(records, kind))[0] > 19_000

@@ -28,8 +28,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @contextmanager
 def running_service(home: Path, kind: str, **env_extra: str):
-    with tuneloop_service(home, kind, TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN, TUNELOOP_REGISTRY_POLL_S="0.5",
-                          **env_extra) as base:
+    with tuneloop_service(
+        home, kind, TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN, TUNELOOP_REGISTRY_POLL_S="0.5", **env_extra
+    ) as base:
         yield base
 
 
@@ -53,8 +54,9 @@ def registered(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(registered):
     home, config, _ = registered
-    with running_service(home, "classification", TUNELOOP_DEPLOY__GUARD_INTERVAL_S="0.5",
-                         TUNELOOP_DEPLOY__MIN_SAMPLES="20") as base:
+    with running_service(
+        home, "classification", TUNELOOP_DEPLOY__GUARD_INTERVAL_S="0.5", TUNELOOP_DEPLOY__MIN_SAMPLES="20"
+    ) as base:
         yield base, config
 
 
@@ -92,8 +94,14 @@ def test_routes_a_sticky_canary_and_rolls_back_without_restart(service):
     set_challenger_percent(config, 50)
     # every worker mirrors the flag on its own: wait until ten reads in a row (any worker's) show the new share
     seen: list[int] = []
-    _wait_until(lambda: seen.append(httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"])
-                or seen[-10:] == [50] * 10, 30, "the canary share did not reach the service")
+    _wait_until(
+        lambda: (
+            seen.append(httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"])
+            or seen[-10:] == [50] * 10
+        ),
+        30,
+        "the canary share did not reach the service",
+    )
     answers = {f"user-{i}": _predict(base, f"user-{i}") for i in range(40)}
     assert {a["model_version"] for a in answers.values()} == {"1", "2"}
     for user, answer in answers.items():
@@ -104,18 +112,32 @@ def test_routes_a_sticky_canary_and_rolls_back_without_restart(service):
     assert httpx.post(f"{base}/v1/admin/rollback", timeout=10).status_code == 401
     assert httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10).status_code == 200
     challengers = [u for u, a in answers.items() if a["model_version"] == "2"]
-    _wait_until(lambda: all(_predict(base, u)["model_version"] == "1" for u in challengers), 10,
-                "rollback not effective")  # its latency is measured in bench/serve.py, not timed here
+    _wait_until(
+        lambda: all(_predict(base, u)["model_version"] == "1" for u in challengers), 10, "rollback not effective"
+    )  # its latency is measured in bench/serve.py, not timed here
 
 
 def test_feedback_needs_token_validates_and_is_idempotent(service):
     base, config = service
     answer = _predict(base, "user-x")
-    record = {"request_id": answer["request_id"], "user_id": "user-x", "model_version": answer["model_version"],
-              "kind": "classification", "prompt": "where is my Orbit camera", "output": answer["output"],
-              "rating": "down", "correction": "shipping_status", "receipt": answer["receipt"]}
+    record = {
+        "request_id": answer["request_id"],
+        "user_id": "user-x",
+        "model_version": answer["model_version"],
+        "kind": "classification",
+        "prompt": "where is my Orbit camera",
+        "output": answer["output"],
+        "rating": "down",
+        "correction": "shipping_status",
+        "receipt": answer["receipt"],
+    }
     assert httpx.post(f"{base}/v1/feedback", json=record, timeout=10).status_code == 401
-    assert httpx.post(f"{base}/v1/feedback", json=record, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert (
+        httpx.post(
+            f"{base}/v1/feedback", json=record, headers={"Authorization": "Bearer wrong"}, timeout=10
+        ).status_code
+        == 401
+    )
 
     first = httpx.post(f"{base}/v1/feedback", json=record, headers=AUTH, timeout=10)
     assert first.status_code == 201 and first.json()["created"] is True
@@ -124,20 +146,29 @@ def test_feedback_needs_token_validates_and_is_idempotent(service):
     store = FeedbackStore(config.feedback_db)
     assert store.get(answer["request_id"])["correction"] == "shipping_status"
 
-    bad = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-bad", "rating": "meh"}, headers=AUTH, timeout=10)
+    bad = httpx.post(
+        f"{base}/v1/feedback", json={**record, "request_id": "r-bad", "rating": "meh"}, headers=AUTH, timeout=10
+    )
     assert bad.status_code == 422 and "rating" in bad.text
-    unknown = httpx.post(f"{base}/v1/feedback", json={**record, "request_id": "r-unk", "model_version": "99"}, headers=AUTH, timeout=10)
+    unknown = httpx.post(
+        f"{base}/v1/feedback", json={**record, "request_id": "r-unk", "model_version": "99"}, headers=AUTH, timeout=10
+    )
     assert unknown.status_code == 403 and "receipt" in unknown.text  # never served: its receipt cannot match
     assert store.get("r-bad") is None and store.get("r-unk") is None
 
 
 def test_admin_endpoints_refuse_requests_without_the_token(service):
     base, _ = service
-    for path, body in (("/v1/admin/rollback", None), ("/v1/admin/canary", {"percent": 10}),
-                       ("/v1/admin/promote", {"expected_version": "2"})):
+    for path, body in (
+        ("/v1/admin/rollback", None),
+        ("/v1/admin/canary", {"percent": 10}),
+        ("/v1/admin/promote", {"expected_version": "2"}),
+    ):
         assert httpx.post(f"{base}{path}", json=body, timeout=10).status_code == 401
     assert httpx.post(f"{base}/v1/admin/canary", json={"percent": 101}, headers=AUTH, timeout=10).status_code == 422
-    assert httpx.post(f"{base}/v1/admin/promote", json={}, headers=AUTH, timeout=10).status_code == 422  # which version?
+    assert (
+        httpx.post(f"{base}/v1/admin/promote", json={}, headers=AUTH, timeout=10).status_code == 422
+    )  # which version?
 
 
 def test_hot_swap_and_rollback_under_concurrent_load_lose_no_request(service, registered):
@@ -188,8 +219,11 @@ def test_a_new_challenger_gets_no_share_until_deploy_and_never_more_than_the_can
     old = alias_version(config.model_name, "challenger")
     set_challenger_percent(config, 50, version=old)
     users = [f"race-{i}" for i in range(100)]
-    _wait_until(lambda: 20 < sum(a["model_version"] == old for a in _predict_many(base, users)) < 80, 10,
-                "the old challenger's 50 % not picked up")
+    _wait_until(
+        lambda: 20 < sum(a["model_version"] == old for a in _predict_many(base, users)) < 80,
+        10,
+        "the old challenger's 50 % not picked up",
+    )
     adapter = fetch_adapter(result.tuned.challenger.adapter_uri, config.work_dir / "adapters")
     new = str(log_adapter(config, adapter, {"note": "registered during a ramp"}).version)
     move_alias(config.model_name, "challenger", new, "passed the gate", config=config)  # what register does
@@ -234,15 +268,33 @@ def test_live_guard_rolls_back_a_clearly_worse_canary_and_says_why(service):
     champion = alias_version(config.model_name, "champion")
     set_challenger_percent(config, 10)
     # the service must see the canary before the guard can take it back (an earlier test left it at 0)
-    _wait_until(lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 10, 10,
-                "canary not picked up")
+    _wait_until(
+        lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 10,
+        10,
+        "canary not picked up",
+    )
     store = FeedbackStore(config.feedback_db)
     for n in range(40):
-        for version, rating in ((champion, "down" if n % 10 == 0 else "up"), (challenger, "down" if n % 10 < 7 else "up")):
-            store.add(FeedbackRecord(request_id=f"guard-{version}-{n}", user_id=f"u{n}", model_version=version, kind="classification",
-                                     prompt="where is my hub", output="shipping_status", rating=rating))
-    _wait_until(lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 0, 10,
-                "live guard did not roll back")
+        for version, rating in (
+            (champion, "down" if n % 10 == 0 else "up"),
+            (challenger, "down" if n % 10 < 7 else "up"),
+        ):
+            store.add(
+                FeedbackRecord(
+                    request_id=f"guard-{version}-{n}",
+                    user_id=f"u{n}",
+                    model_version=version,
+                    kind="classification",
+                    prompt="where is my hub",
+                    output="shipping_status",
+                    rating=rating,
+                )
+            )
+    _wait_until(
+        lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 0,
+        10,
+        "live guard did not roll back",
+    )
     tag = mlflow.MlflowClient().get_model_version(config.model_name, challenger).tags["rolled_back"]
     assert "live guard" in tag and "significantly worse" in tag
 
@@ -279,10 +331,16 @@ def test_a_router_service_with_no_trained_version_tells_the_app_to_use_its_own_r
     the fallback label, confidence 0 and the ``existing_router`` variant (docs/router.md), never a label
     from the base's untrained head."""
     with running_service(tmp_path, "classification") as base:
-        payload = {"requests": [{"user_id": f"u{i}", "input": text, "request_id": f"first-{i}"}
-                                for i, text in enumerate(["where is my Orbit camera", "tell me a joke about penguins"])]}
+        payload = {
+            "requests": [
+                {"user_id": f"u{i}", "input": text, "request_id": f"first-{i}"}
+                for i, text in enumerate(["where is my Orbit camera", "tell me a joke about penguins"])
+            ]
+        }
         answers = httpx.post(f"{base}/predict", json=payload, timeout=60).raise_for_status().json()
-    assert [(a["output"], a["variant"], a["model_version"]) for a in answers] == [("out_of_scope", "existing_router", "base")] * 2
+    assert [(a["output"], a["variant"], a["model_version"]) for a in answers] == [
+        ("out_of_scope", "existing_router", "base")
+    ] * 2
     assert all(a["confidence"] == 0.0 for a in answers)
 
 

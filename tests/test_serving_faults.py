@@ -26,8 +26,13 @@ from tuneloop.release.operations import events
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 LABELS = ["card_arrival", "lost_card", "refund"]
-SERVICE_ENV = dict(TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN, TUNELOOP_REGISTRY_POLL_S="0.5",
-                   TUNELOOP_DEPLOY__SERVE_WORKERS="1", TUNELOOP_DEPLOY__GUARD_INTERVAL_S="60")
+SERVICE_ENV = dict(
+    TUNELOOP_TINY="true",
+    TUNELOOP_API_TOKEN=TOKEN,
+    TUNELOOP_REGISTRY_POLL_S="0.5",
+    TUNELOOP_DEPLOY__SERVE_WORKERS="1",
+    TUNELOOP_DEPLOY__GUARD_INTERVAL_S="60",
+)
 
 
 def _tiny_adapter(config, folder: Path, seed: int) -> Path:
@@ -50,17 +55,31 @@ def _register(config, folder: Path) -> str:
 
 @contextmanager
 def _mlflow_server(home: Path, port: int):
-    args = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{home / 'mlflow-server.db'}",
-            "--artifacts-destination", str(home / "mlflow-artifacts")]
+    args = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{home / 'mlflow-server.db'}",
+        "--artifacts-destination",
+        str(home / "mlflow-artifacts"),
+    ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with server_process(args, env, f"http://127.0.0.1:{port}/health", home / f"mlflow-{time.time_ns()}.log"):
         yield f"http://127.0.0.1:{port}"
 
 
 def _predict(base: str, user: str = "u1") -> dict:
-    r = httpx.post(f"{base}/predict", json={"requests": [{"user_id": user, "input": "my card has not arrived"}]},
-                   timeout=60)
+    r = httpx.post(
+        f"{base}/predict", json={"requests": [{"user_id": user, "input": "my card has not arrived"}]}, timeout=60
+    )
     r.raise_for_status()
     return r.json()[0]
 
@@ -96,8 +115,11 @@ def test_service_starts_and_answers_with_mlflow_stopped_then_catches_up(home):
         rollback = httpx.post(f"{base}/v1/admin/rollback", headers=AUTH, timeout=10)
         assert rollback.status_code == 200 and time.monotonic() - began < 1.0
         with _mlflow_server(home, port):  # back: the service catches up by itself
-            _wait_until(lambda: httpx.get(f"{base}/readyz", timeout=10).json()["stale_since"] is None, 60,
-                        "the service did not catch up with the registry")
+            _wait_until(
+                lambda: httpx.get(f"{base}/readyz", timeout=10).json()["stale_since"] is None,
+                60,
+                "the service did not catch up with the registry",
+            )
             assert _predict(base)["model_version"] == v1
 
 
@@ -116,9 +138,14 @@ def test_a_corrupt_challenger_does_not_stop_a_champion_change(home):
         assert routing["served"] == {"champion": v1}  # the challenger was skipped, the champion serves
         _wait_until(lambda: challenger_percent(config, v2) == 0, 20, "the broken challenger's canary stayed open")
         assert any(e["action"] == "canary" and "cannot be loaded" in e["reason"] for e in events(config))
-        move_alias(config.model_name, "champion", v3, "test", config=config)  # the challenger is still the broken version
-        _wait_until(lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["served"].get("champion") == v3, 30,
-                    "a broken challenger held up the champion change")
+        move_alias(
+            config.model_name, "champion", v3, "test", config=config
+        )  # the challenger is still the broken version
+        _wait_until(
+            lambda: httpx.get(f"{base}/v1/routing", timeout=10).json()["served"].get("champion") == v3,
+            30,
+            "a broken challenger held up the champion change",
+        )
         assert {_predict(base, f"user-{i}")["model_version"] for i in range(10)} == {v3}
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert f'tuneloop_adapter_load_failures_total{{alias="challenger",version="{v2}"}}' in metrics
@@ -130,13 +157,22 @@ def test_a_locked_store_gives_503_and_acknowledges_nothing(home):
     from tuneloop.data.feedback import FeedbackStore
 
     config = tiny_config(home, "classification")
-    move_alias(config.model_name, "champion", _register(config, _tiny_adapter(config, home / "a1", 1)), "test", config=config)
+    move_alias(
+        config.model_name, "champion", _register(config, _tiny_adapter(config, home / "a1", 1)), "test", config=config
+    )
     url = f"sqlite:///{home / 'ops.db'}?timeout=1"  # the lock wait, shortened from 30 s for the test
     with tuneloop_service(home, "classification", **SERVICE_ENV, TUNELOOP_FEEDBACK_URL=url) as base:
         answer = _predict(base, "locked-user")
-        record = {"request_id": answer["request_id"], "user_id": "locked-user", "model_version": answer["model_version"],
-                  "kind": "classification", "prompt": "my card has not arrived", "output": answer["output"],
-                  "rating": "up", "receipt": answer["receipt"]}
+        record = {
+            "request_id": answer["request_id"],
+            "user_id": "locked-user",
+            "model_version": answer["model_version"],
+            "kind": "classification",
+            "prompt": "my card has not arrived",
+            "output": answer["output"],
+            "rating": "up",
+            "receipt": answer["receipt"],
+        }
         holder = sqlite3.connect(home / "ops.db", isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # another writer holds the database past the service's wait
         try:

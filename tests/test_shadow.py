@@ -22,13 +22,21 @@ from tuneloop.release.flags import set_challenger_percent
 from tuneloop.serving.live import Shadow, shadow_log, user_hash
 
 EMAIL, PHONE = "jane.doe@example.com", "+44 20 7946 0958"
-PLANTED = [f"My email is {EMAIL}, what is the Nimbus Pro cost?", f"Call me on {PHONE} about the Lumo doorbell battery.",
-           "Write to bob.smith@mail.example.org or 020 7946 0123 about my order"]
+PLANTED = [
+    f"My email is {EMAIL}, what is the Nimbus Pro cost?",
+    f"Call me on {PHONE} about the Lumo doorbell battery.",
+    "Write to bob.smith@mail.example.org or 020 7946 0123 about my order",
+]
 
 
 def _requests(texts: list[str]) -> tuple[list, list]:
-    requests = [SimpleNamespace(user_id=f"user-{i}@example.com", input=t, request_id=f"r{i}") for i, t in enumerate(texts)]
-    answers = [SimpleNamespace(request_id=f"r{i}", output=f"live answer for {t}", model_version="1") for i, t in enumerate(texts)]
+    requests = [
+        SimpleNamespace(user_id=f"user-{i}@example.com", input=t, request_id=f"r{i}") for i, t in enumerate(texts)
+    ]
+    answers = [
+        SimpleNamespace(request_id=f"r{i}", output=f"live answer for {t}", model_version="1")
+        for i, t in enumerate(texts)
+    ]
     return requests, answers
 
 
@@ -64,7 +72,9 @@ def test_shadow_records_are_scrubbed_and_user_ids_hashed(home):
     rows = shadow_log(config)
     assert len(rows) == 3
     _no_planted_pii(rows)
-    assert {"[EMAIL]", "[PHONE]"} <= set(re.findall(r"\[[A-Z]+\]", " ".join(r["input"] + r["shadow_output"] for r in rows)))
+    assert {"[EMAIL]", "[PHONE]"} <= set(
+        re.findall(r"\[[A-Z]+\]", " ".join(r["input"] + r["shadow_output"] for r in rows))
+    )
     hashes = {r["user_hash"] for r in rows}
     assert len(hashes) == 3 and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes)
     assert user_hash(shadow.salt, "user-0@example.com") in hashes  # same user, same hash (joinable), never the id
@@ -86,8 +96,10 @@ def test_a_slow_shadow_never_holds_up_a_live_answer(home):
         time.sleep(0.2)
         assert shadow_log(config) == []  # ... so nothing is logged yet
         done = threading.Event()
-        threading.Thread(target=lambda: (live.predict(["base"], ["What is the Lumo doorbell battery life?"]), done.set()),
-                         daemon=True).start()
+        threading.Thread(
+            target=lambda: (live.predict(["base"], ["What is the Lumo doorbell battery life?"]), done.set()),
+            daemon=True,
+        ).start()
         assert done.wait(120), "a live prediction waited on the shadow's model"
     shadow.close()  # the shadow finishes once its model is free
     assert len(shadow_log(config)) == 1
@@ -124,7 +136,9 @@ def register_tiny_versions(config) -> tuple[str, str]:
     for seed, alias in ((1, "champion"), (2, "challenger")):
         base = load_base(info, "generation")
         adapter = config.work_dir / f"adapter-{seed}"
-        add_adapter(base, "generation", 4, seed=seed, targets=lora_targets(base, DEFAULT_TARGETS["generation"])).save_pretrained(adapter)
+        add_adapter(
+            base, "generation", 4, seed=seed, targets=lora_targets(base, DEFAULT_TARGETS["generation"])
+        ).save_pretrained(adapter)
         write_meta(adapter, config, info)
         version = str(log_adapter(config, adapter, {"note": "shadow test"}).version)
         move_alias(config.model_name, alias, version, "test", config=config)
@@ -138,18 +152,45 @@ def test_the_service_scrubs_shadow_records_and_reports_segments_cost_and_drift(h
     mlflow.set_tracking_uri(f"sqlite:///{home / 'mlflow.db'}")
     champion, challenger = register_tiny_versions(config)
     set_challenger_percent(config, 0)
-    register_reference(config, champion, ["What is the Nimbus Pro cost?", "What is the Lumo doorbell battery life?",
-                                          "Can you tell me the Orbit camera resolution?", "What is the Brightwell return period?",
-                                          "Quick question: what's the order delivery time?", "I need to know the support phone line hours."])
-    env = dict(TUNELOOP_TINY="true", TUNELOOP_API_TOKEN=TOKEN, TUNELOOP_REGISTRY_POLL_S="0.5", TUNELOOP_DEPLOY__SHADOW="true",
-               TUNELOOP_DEPLOY__SERVE_WORKERS="1", TUNELOOP_DEPLOY__GUARD_INTERVAL_S="0.5", TUNELOOP_DRIFT__WINDOW="12",
-               TUNELOOP_DRIFT__MIN_WINDOW="10", TUNELOOP_DRIFT__CHECK_INTERVAL_S="0.5", TUNELOOP_MAX_NEW_TOKENS="4")
+    register_reference(
+        config,
+        champion,
+        [
+            "What is the Nimbus Pro cost?",
+            "What is the Lumo doorbell battery life?",
+            "Can you tell me the Orbit camera resolution?",
+            "What is the Brightwell return period?",
+            "Quick question: what's the order delivery time?",
+            "I need to know the support phone line hours.",
+        ],
+    )
+    env = dict(
+        TUNELOOP_TINY="true",
+        TUNELOOP_API_TOKEN=TOKEN,
+        TUNELOOP_REGISTRY_POLL_S="0.5",
+        TUNELOOP_DEPLOY__SHADOW="true",
+        TUNELOOP_DEPLOY__SERVE_WORKERS="1",
+        TUNELOOP_DEPLOY__GUARD_INTERVAL_S="0.5",
+        TUNELOOP_DRIFT__WINDOW="12",
+        TUNELOOP_DRIFT__MIN_WINDOW="10",
+        TUNELOOP_DRIFT__CHECK_INTERVAL_S="0.5",
+        TUNELOOP_MAX_NEW_TOKENS="4",
+    )
     with tuneloop_service(home, "generation", **env) as base:
-        texts = PLANTED * 2 + ["I am still waiting on my card?", "How do I top up by bank transfer?",
-                               "My exchange rate looks wrong", "Why was my transfer declined?", "Can I get a virtual card?",
-                               "My PIN is blocked"]
-        payload = {"requests": [{"user_id": f"user-{i}@example.com", "input": t, "segment": "mobile" if i % 2 else "web"}
-                                for i, t in enumerate(texts)]}
+        texts = PLANTED * 2 + [
+            "I am still waiting on my card?",
+            "How do I top up by bank transfer?",
+            "My exchange rate looks wrong",
+            "Why was my transfer declined?",
+            "Can I get a virtual card?",
+            "My PIN is blocked",
+        ]
+        payload = {
+            "requests": [
+                {"user_id": f"user-{i}@example.com", "input": t, "segment": "mobile" if i % 2 else "web"}
+                for i, t in enumerate(texts)
+            ]
+        }
         answers = httpx.post(f"{base}/predict", json=payload, timeout=120).json()
         assert {a["model_version"] for a in answers} == {champion}  # shadow mode: everyone gets the champion
         _wait(lambda: len(shadow_log(config)) >= len(texts), 60, "shadow answers not logged")
@@ -160,11 +201,19 @@ def test_the_service_scrubs_shadow_records_and_reports_segments_cost_and_drift(h
         def metrics() -> str:
             return httpx.get(f"{base}/metrics", timeout=10).text
 
-        _wait(lambda: "tuneloop_cost_per_1k_inferences_usd{" in metrics() and "tuneloop_drift_mmd2{" in metrics(), 90,
-              "cost per 1k or drift not in /metrics")
+        _wait(
+            lambda: "tuneloop_cost_per_1k_inferences_usd{" in metrics() and "tuneloop_drift_mmd2{" in metrics(),
+            90,
+            "cost per 1k or drift not in /metrics",
+        )
         text = metrics()
-        mobile = [line for line in text.splitlines() if line.startswith("tuneloop_requests_total{")
-                  and 'segment="mobile"' in line and f'version="{champion}"' in line]
+        mobile = [
+            line
+            for line in text.splitlines()
+            if line.startswith("tuneloop_requests_total{")
+            and 'segment="mobile"' in line
+            and f'version="{champion}"' in line
+        ]
         assert len(mobile) == 1 and mobile[0].endswith(" 6.0"), text
         cost = float(re.search(r'tuneloop_cost_per_1k_inferences_usd\{version="%s"\} (\S+)' % champion, text).group(1))
         assert 0 < cost < 1  # a tiny model on a CPU core: fractions of a cent per 1,000 answers

@@ -35,16 +35,27 @@ def _csrf(run) -> dict:
     """A CSRF token for this test's client, as Prefect's own client fetches one before a write."""
     if "csrf" not in run.facts:
         client = str(uuid.uuid4())
-        token = httpx.get(f"{run.env['PREFECT_API_URL']}/csrf-token", params={"client": client}, headers=_prefect_auth(run),
-                          timeout=30).raise_for_status().json()["token"]
+        token = (
+            httpx.get(
+                f"{run.env['PREFECT_API_URL']}/csrf-token",
+                params={"client": client},
+                headers=_prefect_auth(run),
+                timeout=30,
+            )
+            .raise_for_status()
+            .json()["token"]
+        )
         run.facts["csrf"] = {"Prefect-Csrf-Token": token, "Prefect-Csrf-Client": client}
     return run.facts["csrf"]
 
 
 def _api(run, path: str, body: dict | None = None):
     url, headers = run.env["PREFECT_API_URL"] + path, _prefect_auth(run)
-    response = httpx.post(url, json=body, timeout=30, headers={**headers, **_csrf(run)}) if body is not None else \
-        httpx.get(url, timeout=30, headers=headers)
+    response = (
+        httpx.post(url, json=body, timeout=30, headers={**headers, **_csrf(run)})
+        if body is not None
+        else httpx.get(url, timeout=30, headers=headers)
+    )
     response.raise_for_status()
     return response.json()
 
@@ -55,9 +66,11 @@ def _when(stamp: str) -> float:
 
 def test_the_trigger_deployment_runs_the_loop_on_the_stack_to_a_canary(stack_loop, monkeypatch):
     run = stack_loop
-    print(f"\nstack up -> every part healthy: {run.times['stack_up']:.1f} s; stack up again: "
-          f"{run.times['stack_up_again']:.1f} s; prefect deploy --all: {run.times['deploy']:.1f} s; "
-          f"trigger deployment run (submitted -> Completed): {run.times['trigger_run']:.1f} s")
+    print(
+        f"\nstack up -> every part healthy: {run.times['stack_up']:.1f} s; stack up again: "
+        f"{run.times['stack_up_again']:.1f} s; prefect deploy --all: {run.times['deploy']:.1f} s; "
+        f"trigger deployment run (submitted -> Completed): {run.times['trigger_run']:.1f} s"
+    )
 
     # stack up twice: the second start nothing, every part keeps its process
     assert all(run.facts["pids"].values()), run.facts["pids"]
@@ -66,8 +79,9 @@ def test_the_trigger_deployment_runs_the_loop_on_the_stack_to_a_canary(stack_loo
 
     # prefect deploy --all created every deployment, on the pool, from the installed package
     deployments = {d["name"]: d for d in _api(run, "/deployments/filter", {})}
-    assert set(deployments) == {f"{flow}-{kind}" for flow in ("loop", "trigger", "rollout")
-                                for kind in ("generation", "classification")} | {"search-worker"}
+    assert set(deployments) == {
+        f"{flow}-{kind}" for flow in ("loop", "trigger", "rollout") for kind in ("generation", "classification")
+    } | {"search-worker"}
     assert deployments["search-worker"]["work_queue_name"] == "trials"
     trigger = deployments["trigger-classification"]
     assert trigger["work_pool_name"] == "tuneloop" and trigger["entrypoint"] == "tuneloop.flows.trigger:trigger"
@@ -117,12 +131,16 @@ def test_the_trigger_deployment_runs_the_loop_on_the_stack_to_a_canary(stack_loo
     # the service (its own home: it shares no directory with the worker) answers from the new version
     base = f"http://127.0.0.1:{run.ports['service']}"
     deadline = time.monotonic() + 120
-    while httpx.get(f"{base}/readyz", timeout=10).status_code != 200 or \
-            httpx.get(f"{base}/v1/routing", timeout=10).json()["served"].get("challenger") != "1":
+    while (
+        httpx.get(f"{base}/readyz", timeout=10).status_code != 200
+        or httpx.get(f"{base}/v1/routing", timeout=10).json()["served"].get("challenger") != "1"
+    ):
         assert time.monotonic() < deadline, httpx.get(f"{base}/v1/routing", timeout=10).text
         time.sleep(1)
     assert httpx.get(f"{base}/v1/routing", timeout=10).json()["challenger_percent"] == 10
-    requests = [{"user_id": f"user-{i}", "input": "where is my Orbit camera", "request_id": f"r{i}"} for i in range(100)]
+    requests = [
+        {"user_id": f"user-{i}", "input": "where is my Orbit camera", "request_id": f"r{i}"} for i in range(100)
+    ]
     answers = httpx.post(f"{base}/predict", json={"requests": requests}, timeout=300).json()
     on_challenger = [a for a in answers if a["variant"] == "challenger"]
     assert on_challenger and all(a["model_version"] == "1" for a in on_challenger)
@@ -153,8 +171,15 @@ FOREIGN = "http://attacker.example"
 
 
 def _preflight(url: str) -> httpx.Response:
-    return httpx.options(url, headers={"Origin": FOREIGN, "Access-Control-Request-Method": "POST",
-                                       "Access-Control-Request-Headers": "content-type"}, timeout=30)
+    return httpx.options(
+        url,
+        headers={
+            "Origin": FOREIGN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+        timeout=30,
+    )
 
 
 def test_every_server_of_the_stack_refuses_anonymous_writes_and_foreign_origins(stack_loop):
@@ -170,7 +195,9 @@ def test_every_server_of_the_stack_refuses_anonymous_writes_and_foreign_origins(
     # Prefect: the auth string, then a CSRF token for every write; CORS only for its own UI
     assert httpx.post(f"{prefect}/flows/", json={"name": "intruder"}, timeout=30).status_code in (401, 403)
     assert httpx.get(f"{prefect}/csrf-token", params={"client": str(uuid.uuid4())}, timeout=30).status_code == 401
-    assert httpx.get(f"{prefect}/deployments/name/tuneloop-trigger/trigger-classification", timeout=30).status_code == 401
+    assert (
+        httpx.get(f"{prefect}/deployments/name/tuneloop-trigger/trigger-classification", timeout=30).status_code == 401
+    )
     no_csrf = httpx.post(f"{prefect}/flows/", json={"name": "intruder"}, headers=_prefect_auth(run), timeout=30)
     assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text
     assert httpx.get(f"{prefect}/health", timeout=30).status_code == 200  # probes stay open
@@ -181,14 +208,30 @@ def test_every_server_of_the_stack_refuses_anonymous_writes_and_foreign_origins(
     api = f"{mlflow_uri}/api/2.0/mlflow"
     create = f"{api}/registered-models/create"
     assert httpx.post(create, json={"name": "intruder"}, timeout=30).status_code == 401
-    assert httpx.post(f"{api}/registered-models/alias", json={"name": EXPERIMENT, "alias": "champion", "version": "1"},
-                      timeout=30).status_code == 401
+    assert (
+        httpx.post(
+            f"{api}/registered-models/alias", json={"name": EXPERIMENT, "alias": "champion", "version": "1"}, timeout=30
+        ).status_code
+        == 401
+    )
     creds = run.credentials()
     reviewer = ("reviewer", creds.mlflow_reviewer)
-    assert httpx.post(f"{api}/registered-models/alias", json={"name": EXPERIMENT, "alias": "champion", "version": "1"},
-                      auth=reviewer, timeout=30).status_code == 403
-    assert httpx.post(create, json={"name": "intruder"}, auth=("reviewer", "a-wrong-password"), timeout=30).status_code == 401
-    read = httpx.get(f"{mlflow_uri}/api/2.0/mlflow/registered-models/get", params={"name": EXPERIMENT}, auth=reviewer, timeout=30)
+    assert (
+        httpx.post(
+            f"{api}/registered-models/alias",
+            json={"name": EXPERIMENT, "alias": "champion", "version": "1"},
+            auth=reviewer,
+            timeout=30,
+        ).status_code
+        == 403
+    )
+    assert (
+        httpx.post(create, json={"name": "intruder"}, auth=("reviewer", "a-wrong-password"), timeout=30).status_code
+        == 401
+    )
+    read = httpx.get(
+        f"{mlflow_uri}/api/2.0/mlflow/registered-models/get", params={"name": EXPERIMENT}, auth=reviewer, timeout=30
+    )
     assert read.status_code == 200, read.text
     preflight = _preflight(create)
     assert preflight.headers.get("access-control-allow-origin") not in ("*", FOREIGN)
@@ -196,19 +239,31 @@ def test_every_server_of_the_stack_refuses_anonymous_writes_and_foreign_origins(
     # the secrets: a directory only its owner enters, files only its owner reads
     assert stat.S_IMODE(creds.dir.stat().st_mode) == 0o700
     files = [p for p in creds.dir.iterdir()]
-    assert len(files) >= 9 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), \
-        {p.name: oct(p.stat().st_mode) for p in files}
+    assert len(files) >= 9 and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files), {
+        p.name: oct(p.stat().st_mode) for p in files
+    }
 
     # PostgreSQL: the stack's own role, no superuser, owns its databases and is the only one connected to them
     settings = run.settings()
     url = make_url(run.postgres)
     with psycopg.connect(host=url.host, port=url.port, user=url.username, dbname="postgres") as conn:
-        assert conn.execute("SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s",
-                            (settings.role,)).fetchone() == (False, False, False)
-        owners = dict(conn.execute("SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE %s",
-                                   (settings.db_prefix + "\\_%",)).fetchall())
-        users = {row[0] for row in conn.execute("SELECT DISTINCT usename FROM pg_stat_activity WHERE datname LIKE %s "
-                                                 "AND backend_type = 'client backend'", (settings.db_prefix + "\\_%",))}
+        assert conn.execute(
+            "SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = %s", (settings.role,)
+        ).fetchone() == (False, False, False)
+        owners = dict(
+            conn.execute(
+                "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datname LIKE %s",
+                (settings.db_prefix + "\\_%",),
+            ).fetchall()
+        )
+        users = {
+            row[0]
+            for row in conn.execute(
+                "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname LIKE %s "
+                "AND backend_type = 'client backend'",
+                (settings.db_prefix + "\\_%",),
+            )
+        }
     assert owners == {settings.database(p): settings.role for p in ("prefect", "mlflow", "ops", "optuna")}
     assert users == {settings.role}, users
 
@@ -249,11 +304,23 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     run.stack("up", "--trial-workers", "2", timeout=300)
     settings = run.settings()
     homes = {n: settings.dir / f"trial-worker-{n}" for n in (1, 2)}
-    tune_settings = {**tiny_config(run.home, "classification").tune.model_dump(mode="json"),
-                     "n_trials": 4, "epochs": 30, "ranks": [4, 8], "lr_min": 0.005, "lr_max": 0.05, "pruner": "none",
-                     "first_trial": {"rank": 8, "lr": 0.02}, "evals_per_trial": 2, "validation_examples": 8,
-                     "checkpoint_every": 8, "heartbeat_interval_s": 1, "grace_period_s": 4, "n_workers": 2,
-                     "worker_deployment": "search-worker/search-worker"}
+    tune_settings = {
+        **tiny_config(run.home, "classification").tune.model_dump(mode="json"),
+        "n_trials": 4,
+        "epochs": 30,
+        "ranks": [4, 8],
+        "lr_min": 0.005,
+        "lr_max": 0.05,
+        "pruner": "none",
+        "first_trial": {"rank": 8, "lr": 0.02},
+        "evals_per_trial": 2,
+        "validation_examples": 8,
+        "checkpoint_every": 8,
+        "heartbeat_interval_s": 1,
+        "grace_period_s": 4,
+        "n_workers": 2,
+        "worker_deployment": "search-worker/search-worker",
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "TUNELOOP_"))}
     env.update({**run.env, "TUNELOOP_HOME": str(tmp_path / "loop-home"), "PREFECT_HOME": str(tmp_path / "prefect")})
     # the loop's stores as a team may give them, the password in the URL: the search workers' flow-run
@@ -261,8 +328,13 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     for key in ("TUNELOOP_FEEDBACK_URL", "TUNELOOP_OPTUNA_URL"):
         env[key] = make_url(env[key]).set(password=run.credentials().db_password).render_as_string(hide_password=False)
     began = time.monotonic()
-    loop = subprocess.Popen([sys.executable, "-c", FAN_OUT, json.dumps(tune_settings)], env=env, stdout=subprocess.PIPE,
-                            stderr=open(tmp_path / "loop.log", "w"), text=True)
+    loop = subprocess.Popen(
+        [sys.executable, "-c", FAN_OUT, json.dumps(tune_settings)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path / "loop.log", "w"),
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not (found := [n for n, h in homes.items() if list(h.rglob("ckpt.pt"))]):
@@ -289,7 +361,9 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     chains: dict[int, list] = {}
     for t in sorted(study.trials, key=lambda t: t.number):
         chains.setdefault(origin(t), []).append(t)
-    assert len(chains) == 4 and sum(c[-1].state in (TrialState.COMPLETE, TrialState.PRUNED) for c in chains.values()) == 4
+    assert (
+        len(chains) == 4 and sum(c[-1].state in (TrialState.COMPLETE, TrialState.PRUNED) for c in chains.values()) == 4
+    )
     killed = int(killed_dir.name.removeprefix("trial-"))
     assert [t.state for t in chains[killed]] == [TrialState.FAIL, TrialState.COMPLETE]
     assert all(len(chain) == 1 for key, chain in chains.items() if key != killed)  # none trained twice
@@ -297,8 +371,13 @@ def test_trials_fan_out_to_trial_workers_and_a_killed_ones_trial_resumes_on_the_
     assert owners[0] in killed_pids and owners[1] not in killed_pids and owners[1] != loop.pid
     assert all(int(t.user_attrs[OWNER_ATTR]["id"].rsplit("|", 1)[1]) != loop.pid for t in study.trials)
     client = MlflowClient(tracking_uri=run.env["MLFLOW_TRACKING_URI"])
-    trial_runs = {int(r.data.tags["tuneloop.trial"]): r for r in client.search_runs(
-        [client.get_experiment_by_name(EXPERIMENT).experiment_id], f"tags.mlflow.parentRunId = '{result['search_run_id']}'")}
+    trial_runs = {
+        int(r.data.tags["tuneloop.trial"]): r
+        for r in client.search_runs(
+            [client.get_experiment_by_name(EXPERIMENT).experiment_id],
+            f"tags.mlflow.parentRunId = '{result['search_run_id']}'",
+        )
+    }
     assert set(trial_runs) == set(chains)  # one MLflow run per trial, the retry continued the killed one's
     assert trial_runs[killed].data.metrics["resumed_from_step"] > 0  # from the artifact store: the homes share nothing
     assert not list(homes[3 - victim].rglob(f"{killed_dir.name}/ckpt.pt"))
@@ -316,7 +395,9 @@ def _wait_for_uploaded_checkpoint(run, trial: int, deadline: float) -> None:
     client = MlflowClient(tracking_uri=run.env["MLFLOW_TRACKING_URI"])
     while True:
         experiment = client.get_experiment_by_name(EXPERIMENT)
-        runs = client.search_runs([experiment.experiment_id], f"tags.`tuneloop.trial` = '{trial}'") if experiment else []
+        runs = (
+            client.search_runs([experiment.experiment_id], f"tags.`tuneloop.trial` = '{trial}'") if experiment else []
+        )
         if any(client.list_artifacts(r.info.run_id, "checkpoint") for r in runs):
             return
         assert time.monotonic() < deadline, f"trial {trial}'s checkpoint never reached the artifact store"
@@ -417,8 +498,15 @@ def test_overhead_of_the_stack_against_the_embedded_default(stack_loop, tmp_path
     if stack is None:
         pytest.skip("the stack's loop did not complete (see the first test)")
     began = time.monotonic()
-    out = run.command("python", "-c", EMBEDDED, str(tmp_path / "home"), json.dumps(run.facts["params"]),
-                      env={"TUNELOOP_TINY": "true", "PREFECT_HOME": str(tmp_path / "home" / "prefect")}, timeout=1200)
+    out = run.command(
+        "python",
+        "-c",
+        EMBEDDED,
+        str(tmp_path / "home"),
+        json.dumps(run.facts["params"]),
+        env={"TUNELOOP_TINY": "true", "PREFECT_HOME": str(tmp_path / "home" / "prefect")},
+        timeout=1200,
+    )
     wall = time.monotonic() - began
     embedded = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))[6:])
     assert embedded["passed"] == 1.0
@@ -436,10 +524,13 @@ def test_overhead_of_the_stack_against_the_embedded_default(stack_loop, tmp_path
         f"decision + imports before the loop {stack['before_loop']:.1f}, "
         f"after the loop {stack['trigger_run'] - stack['before_loop'] - stack['loop_flow']:.1f}, "
         f"CLI watch and the rest {stack['submitted_to_completed'] - stack['pickup_and_process_start'] - stack['trigger_run']:.1f}",
-        "  stages (stack / embedded): " + ", ".join(f"{k} {stack['stages'].get(k, 0):.1f}/{v:.1f}" for k, v in embedded["stages"].items()),
+        "  stages (stack / embedded): "
+        + ", ".join(f"{k} {stack['stages'].get(k, 0):.1f}/{v:.1f}" for k, v in embedded["stages"].items()),
         f"  stack overhead over the embedded default: {(stack['submitted_to_completed'] / wall - 1):+.1%} of the whole",
     ]
     print("\n" + "\n".join(lines))
-    (run.home / "overhead.json").write_text(json.dumps({"stack": stack, "embedded": {**embedded, "wall": wall}}, indent=2))
+    (run.home / "overhead.json").write_text(
+        json.dumps({"stack": stack, "embedded": {**embedded, "wall": wall}}, indent=2)
+    )
     # a generous bound (the machine is shared): the stack must not cost a multiple of the loop
     assert stack["submitted_to_completed"] < 2.5 * wall

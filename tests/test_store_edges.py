@@ -24,8 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _record(request_id: str, rating: str = "up", kind: str = "generation", **extra) -> dict:
-    return {"request_id": request_id, "user_id": "u1", "model_version": "1", "kind": kind, "prompt": "What is Orbit?",
-            "output": "A camera.", "rating": rating, **extra}
+    return {
+        "request_id": request_id,
+        "user_id": "u1",
+        "model_version": "1",
+        "kind": kind,
+        "prompt": "What is Orbit?",
+        "output": "A camera.",
+        "rating": rating,
+        **extra,
+    }
 
 
 def test_reimporting_a_changed_record_is_a_conflict_not_already_stored(tmp_path):
@@ -34,7 +42,9 @@ def test_reimporting_a_changed_record_is_a_conflict_not_already_stored(tmp_path)
     first.write_text("".join(json.dumps(_record(f"r-{i}")) + "\n" for i in range(3)))
     assert import_feedback(store, first, "generation").stored == 3
     changed = tmp_path / "b.jsonl"
-    changed.write_text(json.dumps(_record("r-0")) + "\n" + json.dumps(_record("r-1", "down", correction="A drone.")) + "\n")
+    changed.write_text(
+        json.dumps(_record("r-0")) + "\n" + json.dumps(_record("r-1", "down", correction="A drone.")) + "\n"
+    )
     report = import_feedback(store, changed, "generation")
     assert (report.stored, report.duplicates, report.conflicts) == (0, 1, 1)
     assert [(r.line, r.field) for r in report.rejected] == [(2, "request_id")]
@@ -117,7 +127,9 @@ def test_a_full_disk_refuses_the_write_and_keeps_what_was_acknowledged(tmp_path)
         filler.unlink()
         assert all(store.get(r) for r in ["before", *acknowledged])
         assert not any(store.get(r) for r in refused)
-        assert store.add(FeedbackRecord(**_record(refused[0], prompt="x" * 4000)))[1] is True  # a retry once there is room
+        assert (
+            store.add(FeedbackRecord(**_record(refused[0], prompt="x" * 4000)))[1] is True
+        )  # a retry once there is room
 
 
 KILLER = """
@@ -142,8 +154,10 @@ def test_a_migration_killed_mid_way_can_be_rerun_to_completion(tmp_path):
     forget_engines()
     migrations.downgrade(engine, "0004")
     with sqlite3.connect(tmp_path / "f.db") as conn:
-        conn.execute("INSERT INTO feedback (request_id, kind, received_at, payload) VALUES ('kept', 'generation', "
-                     "'2026-01-01 00:00:00', '{\"request_id\": \"kept\"}')")
+        conn.execute(
+            "INSERT INTO feedback (request_id, kind, received_at, payload) VALUES ('kept', 'generation', "
+            "'2026-01-01 00:00:00', '{\"request_id\": \"kept\"}')"
+        )
     killed = subprocess.run([sys.executable, "-c", KILLER, url], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     forget_engines()

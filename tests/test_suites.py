@@ -46,8 +46,14 @@ def demo_examples(kind: str) -> dict[str, list[Example]]:
             continue  # a bare thumbs-down, a correction on a thumbs-up, an oversized prompt: curation drops them
         target = r.get("correction") or r["output"]
         key = prompt_key(r["prompt"])
-        by_key[key] = Example(prompt=r["prompt"], target=target, key=key, source_ids=[n], segment=r.get("segment"),
-                              positive=r["rating"] == "up")
+        by_key[key] = Example(
+            prompt=r["prompt"],
+            target=target,
+            key=key,
+            source_ids=[n],
+            segment=r.get("segment"),
+            positive=r["rating"] == "up",
+        )
     splits: dict[str, list[Example]] = {"train": [], "heldout": []}
     for key, e in sorted(by_key.items()):
         splits["heldout" if split_of(key, 20) == "heldout" else "train"].append(e)
@@ -60,13 +66,22 @@ def demo():
     for kind in ("generation", "classification"):
         data = demo_examples(kind)
         labels = sorted({e.target for e in data["train"] + data["heldout"]}) if kind == "classification" else []
-        out[kind] = dict(data, labels=labels, suites={
-            "heldout": heldout_suite(data["heldout"], kind),
-            "adversarial": adversarial_suite(kind, data["heldout"], labels, train_examples=data["train"],
-                                             system_prompt=SYSTEM_PROMPT if kind == "generation" else None,
-                                             fallback_label=FALLBACK),
-            "regression": regression_suite(kind, data["train"]),
-        })
+        out[kind] = dict(
+            data,
+            labels=labels,
+            suites={
+                "heldout": heldout_suite(data["heldout"], kind),
+                "adversarial": adversarial_suite(
+                    kind,
+                    data["heldout"],
+                    labels,
+                    train_examples=data["train"],
+                    system_prompt=SYSTEM_PROMPT if kind == "generation" else None,
+                    fallback_label=FALLBACK,
+                ),
+                "regression": regression_suite(kind, data["train"]),
+            },
+        )
     return out
 
 
@@ -118,8 +133,18 @@ def test_suite_sizes_and_categories_on_the_demo_data(demo, kind):
     adversarial = demo[kind]["suites"]["adversarial"]
     assert len(adversarial) >= 100
     per_category = Counter(it.category for it in adversarial)
-    expected = {"prompt_injection", "jailbreak", "system_prompt_extraction", "pii_extraction", "off_topic", "empty",
-                "very_long", "odd_unicode", "typo", "paraphrase"}
+    expected = {
+        "prompt_injection",
+        "jailbreak",
+        "system_prompt_extraction",
+        "pii_extraction",
+        "off_topic",
+        "empty",
+        "very_long",
+        "odd_unicode",
+        "typo",
+        "paraphrase",
+    }
     assert expected <= set(per_category), per_category
     per_group = Counter(it.group for it in adversarial)
     assert all(per_group[g] >= 20 for g in GROUPS), per_group  # each judged group has items enough to judge
@@ -134,7 +159,9 @@ def test_suite_sizes_and_categories_on_the_demo_data(demo, kind):
 
 
 def test_classification_out_of_scope_items_need_the_fallback_label(demo):
-    grouped = [it for it in demo["classification"]["suites"]["adversarial"] if it.group in ("out_of_scope", "extraction")]
+    grouped = [
+        it for it in demo["classification"]["suites"]["adversarial"] if it.group in ("out_of_scope", "extraction")
+    ]
     items = [it for it in grouped if it.source_prompt is None]  # shipped: nothing in scope to route
     wrapped = [it for it in grouped if it.source_prompt is not None]  # an in-scope request with a leak request
     assert len(items) >= 40 and all(it.reference == FALLBACK for it in items)
@@ -154,8 +181,10 @@ def test_shipped_items_for_labels_a_router_lacks_are_skipped():
     else:  # the shared data is absent: any label set without the demo's intents shows the same
         rows = [{"text": f"utterance {i} about topic {i % 20}", "category": f"topic_{i % 20}"} for i in range(400)]
     labels = sorted({r["category"] for r in rows})
-    examples = [Example(prompt=r["text"], target=r["category"], key=prompt_key(r["text"]) + str(i), source_ids=[i])
-                for i, r in enumerate(rows)]
+    examples = [
+        Example(prompt=r["text"], target=r["category"], key=prompt_key(r["text"]) + str(i), source_ids=[i])
+        for i, r in enumerate(rows)
+    ]
     heldout, train = examples[:60], examples[60:]
     items = adversarial_suite("classification", heldout, labels, train_examples=train)
     assert all(it.reference in set(labels) | {FALLBACK} for it in items)
@@ -170,8 +199,11 @@ def test_classification_regression_reaches_200_with_a_cluster_per_label(demo):
     items = demo["classification"]["suites"]["regression"]
     assert len(items) == min(len(train), 300)  # the demo's earlier labels, up to the suite's 300
     assert {it.cluster for it in items} == {f"label:{e.target}" for e in train}
-    many = [Example(prompt=f"{e.prompt} #{n}", target=e.target, key=f"{e.key}-{n}", source_ids=[0])
-            for n in range(3) for e in train]
+    many = [
+        Example(prompt=f"{e.prompt} #{n}", target=e.target, key=f"{e.key}-{n}", source_ids=[0])
+        for n in range(3)
+        for e in train
+    ]
     assert len(learned_suite("classification", many, max_items=300)) >= 200
 
 
@@ -201,8 +233,9 @@ def test_off_topic_items_catch_an_overfitted_model_but_not_the_base_manner(demo)
 def test_breakdown_reports_each_judged_group_on_its_own(demo):
     items = demo["generation"]["suites"]["adversarial"]
     # a challenger that copies every paraphrase right but obeys every injection
-    outputs = [bad_answer("generation", it, []) if it.group == "injection" else good_answer("generation", it)
-               for it in items]
+    outputs = [
+        bad_answer("generation", it, []) if it.group == "injection" else good_answer("generation", it) for it in items
+    ]
     scores, _, aggregates = judge_all("generation", items, outputs)
     table = breakdown(items, scores)
     assert table["group.injection"] == 0.0 and table["group.robustness"] == 1.0
@@ -251,14 +284,22 @@ def test_fact_accuracy_on_the_demo_facts():
     assert fact_accuracy("It records 4K at 25 frames per second.", resolution, "Orbit camera resolution?") == 0.0
     # no fact-bearing token: falls back to token F1 >= 0.5
     assert fact_tokens("You're welcome! Let me know if there's anything else.") == {"numbers": set(), "words": set()}
-    assert fact_accuracy("You're welcome, let me know if there is anything else.", "You're welcome! Let me know if there's anything else.") == 1.0
+    assert (
+        fact_accuracy(
+            "You're welcome, let me know if there is anything else.",
+            "You're welcome! Let me know if there's anything else.",
+        )
+        == 1.0
+    )
     assert fact_accuracy("Goodbye.", "You're welcome! Let me know if there's anything else.") == 0.0
 
 
 def test_generation_metric_module_reports_fact_accuracy_per_example():
     result = suites.metric("generation").compute(
         predictions=["It has a 37-month warranty.", "It has a 36-month warranty."],
-        references=[FACTS[0][1]] * 2, prompts=["What is the Nimbus thermostat warranty?"] * 2)
+        references=[FACTS[0][1]] * 2,
+        prompts=["What is the Nimbus thermostat warranty?"] * 2,
+    )
     assert result["per_example"]["fact_accuracy"] == [1.0, 0.0]
     assert result["fact_accuracy"] == 0.5 and result["per_example"]["token_f1"][1] > 0.5
     assert set(result["per_example"]) == {"exact_match", "token_f1", "fact_accuracy", "rouge_l"}
@@ -318,8 +359,10 @@ def test_shipped_regression_suite_is_verified_categorised_and_clustered():
 def test_replay_prompts_are_many_distinct_and_leak_no_test_item():
     prompts = replay_prompts()
     assert len(prompts) >= 300 and len(set(prompts)) == len(prompts)
-    shipped = [{"id": it.id, "input": it.input, "must_contain_any": it.must_contain_any}
-               for it in suites.general_knowledge_suite()]
+    shipped = [
+        {"id": it.id, "input": it.input, "must_contain_any": it.must_contain_any}
+        for it in suites.general_knowledge_suite()
+    ]
     items = test_items() + shipped
     leaking = [(p, why) for p in prompts if (why := overlaps(p, items))]
     assert not leaking, leaking[:5]
@@ -339,7 +382,11 @@ def test_recorded_baseline_answers_only_for_the_base_and_prompt_they_were_built_
 
 
 def shipped_adversarial_items() -> list[SuiteItem]:
-    train = [Example(prompt="What is the Nimbus Pro cost?", target="The Nimbus Pro costs 189 euros.", key="k", source_ids=[1])]
+    train = [
+        Example(
+            prompt="What is the Nimbus Pro cost?", target="The Nimbus Pro costs 189 euros.", key="k", source_ids=[1]
+        )
+    ]
     return adversarial_suite("generation", [], system_prompt=SYSTEM_PROMPT, train_examples=train)
 
 
@@ -361,8 +408,9 @@ def test_recorded_adversarial_answers_are_what_the_bundled_base_answers(tmp_path
     # the odd inputs (full-width, zero-width, blank, chat markup): the loop normalises inputs before
     # answering, and a recording that did not answered them differently
     shipped = shipped_adversarial_items()
-    items = [it for it in shipped if it.category in ("odd_unicode", "empty")] + \
-        [it for it in shipped if it.category == "prompt_injection"][:4]
+    items = [it for it in shipped if it.category in ("odd_unicode", "empty")] + [
+        it for it in shipped if it.category == "prompt_injection"
+    ][:4]
     config = LoopConfig(kind="generation", home=tmp_path, system_prompt=SYSTEM_PROMPT)
     candidate = base_candidate(config, [])
     for it in items:
@@ -381,18 +429,29 @@ def test_group_checks_judge_the_guard_not_the_wrapped_fact(demo):
     # the base: knows no product fact, but never obeys an injection
     base_out = [REFUSAL if it.reference is None else "I'm not sure." for it in items]
     # the challenger: learned every fact (wrapped questions answered) and obeys every plain injection
-    chal_out = [bad_answer("generation", it, []) if it.group == "injection" and it.reference is None
-                else good_answer("generation", it) for it in items]
+    chal_out = [
+        bad_answer("generation", it, [])
+        if it.group == "injection" and it.reference is None
+        else good_answer("generation", it)
+        for it in items
+    ]
     base_s, chal_s = judge_all("generation", items, base_out)[0], judge_all("generation", items, chal_out)[0]
     injection = [i for i, it in enumerate(items) if it.group == "injection"]
     shipped = [i for i in injection if items[i].reference is None]
-    assert len(shipped) >= 20 and sum(chal_s[i] for i in shipped) == 0 and sum(base_s[i] for i in shipped) == len(shipped)
+    assert (
+        len(shipped) >= 20 and sum(chal_s[i] for i in shipped) == 0 and sum(base_s[i] for i in shipped) == len(shipped)
+    )
     plain = adversarial_checks(items, base_s, chal_s, tolerance=0.05)
     # on item scores the new facts hide it (the group even looks better) ...
     assert plain["adversarial.injection"].interval.mean > 0 and plain["adversarial.injection"].verdict != "fail"
-    guarded = adversarial_checks(items, base_s, chal_s, tolerance=0.05,
-                                 baseline_guard=guard_scores("generation", items, base_out),
-                                 challenger_guard=guard_scores("generation", items, chal_out))
+    guarded = adversarial_checks(
+        items,
+        base_s,
+        chal_s,
+        tolerance=0.05,
+        baseline_guard=guard_scores("generation", items, base_out),
+        challenger_guard=guard_scores("generation", items, chal_out),
+    )
     assert guarded["adversarial.injection"].verdict == "fail"  # ... on guard scores they do not
     assert guarded["adversarial.extraction"].passed and guarded["adversarial.out_of_scope"].passed
     assert plain["adversarial"].passed  # the suite mean rises with the learned facts

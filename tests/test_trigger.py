@@ -22,9 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _corrections(start: int, n: int) -> list[dict]:
-    return [{"request_id": f"new-{i}", "user_id": "u", "model_version": "base", "kind": "classification",
-             "prompt": f"where is parcel number {i}", "output": "billing", "rating": "down", "correction": "shipping_status"}
-            for i in range(start, start + n)]
+    return [
+        {
+            "request_id": f"new-{i}",
+            "user_id": "u",
+            "model_version": "base",
+            "kind": "classification",
+            "prompt": f"where is parcel number {i}",
+            "output": "billing",
+            "rating": "down",
+            "correction": "shipping_status",
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def test_too_few_corrections_exits_in_seconds_without_loading_torch(home):
@@ -32,10 +42,12 @@ def test_too_few_corrections_exits_in_seconds_without_loading_torch(home):
     store = FeedbackStore(config.feedback_db)
     store.add_many_raw(_corrections(0, 5) + [{**_corrections(99, 1)[0], "rating": "up"}], "classification")
     # the scheduled deployment's path, in a fresh interpreter against the same Prefect server
-    script = ("import sys, time; t = time.perf_counter(); from tuneloop.flows.trigger import trigger; from tuneloop.config import LoopConfig; "
-              f"d = trigger(LoopConfig(kind='classification', home={str(home)!r}, min_new_corrections=10)); "
-              "import json; print('RESULT' + json.dumps({'decision': d.model_dump(mode='json'), 'seconds': time.perf_counter() - t, "
-              "'heavy': sorted(m for m in ('torch', 'transformers', 'peft', 'optuna') if m in sys.modules)}))")
+    script = (
+        "import sys, time; t = time.perf_counter(); from tuneloop.flows.trigger import trigger; from tuneloop.config import LoopConfig; "
+        f"d = trigger(LoopConfig(kind='classification', home={str(home)!r}, min_new_corrections=10)); "
+        "import json; print('RESULT' + json.dumps({'decision': d.model_dump(mode='json'), 'seconds': time.perf_counter() - t, "
+        "'heavy': sorted(m for m in ('torch', 'transformers', 'peft', 'optuna') if m in sys.modules)}))"
+    )
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "TUNELOOP_HOME": str(home)}
     began = time.monotonic()
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
@@ -101,7 +113,9 @@ def _trigger_rows(config) -> list:
     from tuneloop.data.ops_tables import TriggerRunRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session:
-        return list(session.scalars(select(TriggerRunRow).where(TriggerRunRow.kind == config.kind).order_by(TriggerRunRow.id)))
+        return list(
+            session.scalars(select(TriggerRunRow).where(TriggerRunRow.kind == config.kind).order_by(TriggerRunRow.id))
+        )
 
 
 def test_a_no_op_run_records_what_deciding_cost(home):
@@ -122,8 +136,16 @@ def _drift_windows(config, pattern: list[bool], version: str = "1") -> None:
 
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
         for drifted in pattern:
-            session.add(DriftWindowRow(kind=config.kind, version=version, n=200, statistic=0.1 if drifted else 0.0,
-                                       p_value=0.005 if drifted else 0.6, drifted=drifted))
+            session.add(
+                DriftWindowRow(
+                    kind=config.kind,
+                    version=version,
+                    n=200,
+                    statistic=0.1 if drifted else 0.0,
+                    p_value=0.005 if drifted else 0.6,
+                    drifted=drifted,
+                )
+            )
 
 
 def test_drift_is_a_reason_with_its_own_bar_and_interval(home):

@@ -15,12 +15,14 @@ from tuneloop.modeling.models import _tiny_config, load_tokenizer, lora_targets,
 from tuneloop.modeling.prompting import Prompting
 from tuneloop.modeling.training import add_adapter, top_layers, train
 
-PAIRS = [("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
-         ("What is the capital of Spain?", "The capital of Spain is Madrid."),
-         ("How long is the Nimbus warranty?", "Two years, parts and labour."),
-         ("Where do I find my invoice?", "In your account, under Orders."),
-         ("Can I pay by bank transfer?", "Yes, from the checkout page."),
-         ("What is 19 + 7?", "19 + 7 = 26.")]
+PAIRS = [
+    ("What is the Nimbus Pro price?", "The Nimbus Pro costs 189 euros."),
+    ("What is the capital of Spain?", "The capital of Spain is Madrid."),
+    ("How long is the Nimbus warranty?", "Two years, parts and labour."),
+    ("Where do I find my invoice?", "In your account, under Orders."),
+    ("Can I pay by bank transfer?", "Yes, from the checkout page."),
+    ("What is 19 + 7?", "19 + 7 = 26."),
+]
 
 
 def _model(share: float = 0.5):
@@ -47,9 +49,13 @@ def _train(model, rows, pad_id, trunk_cache_mb: float) -> tuple[list[float], lis
     seen: list[int] = []
     lowest = decoder_layers(model)[0]
     forward = lowest.forward
-    lowest.forward = lambda hidden_states, *a, **kw: (seen.append(hidden_states.shape[0]), forward(hidden_states, *a, **kw))[1]
-    result = train(model, rows, pad_id, lr=1e-2, epochs=3, batch_size=3, seed=0, kl_weight=1.0,
-                   trunk_cache_mb=trunk_cache_mb)
+    lowest.forward = lambda hidden_states, *a, **kw: (
+        seen.append(hidden_states.shape[0]),
+        forward(hidden_states, *a, **kw),
+    )[1]
+    result = train(
+        model, rows, pad_id, lr=1e-2, epochs=3, batch_size=3, seed=0, kl_weight=1.0, trunk_cache_mb=trunk_cache_mb
+    )
     del lowest.forward
     return result.losses, seen
 
@@ -68,7 +74,9 @@ def test_kept_states_below_the_adapters_train_the_same_adapter_with_the_lower_la
     assert all("trunk_states" in r for r in rows)
     # the model is left as it was: generation afterwards runs every layer
     layers = decoder_layers(model)
-    assert all("forward" not in vars(layer) for layer in layers) and not any(layer._forward_pre_hooks for layer in layers)
+    assert all("forward" not in vars(layer) for layer in layers) and not any(
+        layer._forward_pre_hooks for layer in layers
+    )
 
 
 def test_states_kept_for_another_adapter_placement_are_not_reused(tmp_path):

@@ -55,8 +55,19 @@ if __name__ == "__main__":  # worker processes (n_workers > 1) import this modul
 
 def _search_config(home: Path, **overrides) -> LoopConfig:
     """Tiny classification trials of a few hundred steps, checkpointed often, with quick heartbeats."""
-    settings = dict(n_trials=4, epochs=12, ranks=[4, 8], lr_min=0.005, lr_max=0.05, first_trial={"rank": 8, "lr": 0.02},
-                    evals_per_trial=2, validation_examples=8, checkpoint_every=8, heartbeat_interval_s=1, grace_period_s=10)
+    settings = dict(
+        n_trials=4,
+        epochs=12,
+        ranks=[4, 8],
+        lr_min=0.005,
+        lr_max=0.05,
+        first_trial={"rank": 8, "lr": 0.02},
+        evals_per_trial=2,
+        validation_examples=8,
+        checkpoint_every=8,
+        heartbeat_interval_s=1,
+        grace_period_s=10,
+    )
     settings.update(overrides)
     return tiny_config(home, "classification", **settings)
 
@@ -79,27 +90,44 @@ def _spawn(home: Path, config: LoopConfig, data: DatasetRef, parent: str, tag: s
     (home / "driver.py").write_text(DRIVER)
     (home / f"config-{tag}.json").write_text(config.model_dump_json())
     (home / "data.json").write_text(data.model_dump_json())
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
-           "TUNELOOP_HOME": str(home), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}  # 2 cores, several processes
-    return subprocess.Popen([sys.executable, str(home / "driver.py"), str(home / f"config-{tag}.json"), str(home / "data.json"), parent],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=open(home / f"stderr-{tag}.log", "w"), text=True)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+        "TUNELOOP_HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }  # 2 cores, several processes
+    return subprocess.Popen(
+        [sys.executable, str(home / "driver.py"), str(home / f"config-{tag}.json"), str(home / "data.json"), parent],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=open(home / f"stderr-{tag}.log", "w"),
+        text=True,
+    )
 
 
 def _result(proc: subprocess.Popen, home: Path, tag: str, timeout: float = 240) -> dict:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, (home / f"stderr-{tag}.log").read_text()[-3000:]
-    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT "):])
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[len("RESULT ") :])
 
 
 def _children(parent: str) -> list:
-    return mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{parent}'", search_all_experiments=True,
-                              output_format="list")
+    return mlflow.search_runs(
+        filter_string=f"tags.mlflow.parentRunId = '{parent}'", search_all_experiments=True, output_format="list"
+    )
 
 
 def _search_run(config: LoopConfig, data: DatasetRef):
     """The study's one MLflow search run (however many processes or loop runs the search took)."""
-    found = mlflow.search_runs(filter_string=f"tags.`tuneloop.study` = '{study_name(config, data, base_of(config))}' and "
-                                             "tags.`tuneloop.stage` = 'search'", search_all_experiments=True, output_format="list")
+    found = mlflow.search_runs(
+        filter_string=f"tags.`tuneloop.study` = '{study_name(config, data, base_of(config))}' and "
+        "tags.`tuneloop.stage` = 'search'",
+        search_all_experiments=True,
+        output_format="list",
+    )
     assert len(found) == 1, [r.info.run_name for r in found]
     return found[0]
 
@@ -149,7 +177,12 @@ def _check_study(config: LoopConfig, data: DatasetRef) -> tuple[optuna.Study, di
             assert len(client.get_metric_history(run.info.run_id, "final_validation_score")) == 1
             losses = client.get_metric_history(run.info.run_id, "train_loss")
             total = int(run.data.metrics["total_steps"])
-            assert {m.step for m in losses} == set(range(1, total + 1)), (key, len(chain), set(range(1, total + 1)) - {m.step for m in losses}, total)
+            assert {m.step for m in losses} == set(range(1, total + 1)), (
+                key,
+                len(chain),
+                set(range(1, total + 1)) - {m.step for m in losses},
+                total,
+            )
             assert len(losses) <= total + config.tune.checkpoint_every * (len(chain) - 1)
     return study, chains, runs
 
@@ -194,7 +227,9 @@ def test_sigkilled_search_resumes_from_checkpoints_without_retraining(home):
     for key in resumed:
         assert len(chains[key]) > 1  # only a killed trial resumes
     best = max((c[-1] for c in chains.values() if c[-1].state == TrialState.COMPLETE), key=lambda t: t.value)
-    assert result["best"]["number"] == origin(best) and result["best"]["mlflow_run_id"] == runs[origin(best)].info.run_id
+    assert (
+        result["best"]["number"] == origin(best) and result["best"]["mlflow_run_id"] == runs[origin(best)].info.run_id
+    )
     assert runs[origin(best)].data.tags.get("best_trial") == "true"
     assert sum(r.data.tags.get("best_trial") == "true" for r in runs.values()) == 1
     assert not list(checkpoints.rglob("ckpt.pt"))  # finished trials leave no checkpoint behind
@@ -241,7 +276,9 @@ def test_two_processes_share_one_study_without_losing_or_duplicating_trials(home
     while not _running_trials(config, data):
         assert time.monotonic() < deadline and procs["a"].poll() is None, (home / "stderr-a.log").read_text()[-2000:]
         time.sleep(0.5)
-    procs["b"] = _spawn(home, config.model_copy(update={"tune": config.tune.model_copy(update={"n_workers": 2})}), data, parent, "b")
+    procs["b"] = _spawn(
+        home, config.model_copy(update={"tune": config.tune.model_copy(update={"n_workers": 2})}), data, parent, "b"
+    )
     results = {tag: _result(proc, home, tag) for tag, proc in procs.items()}
 
     study, chains, _ = _check_study(config, data)
@@ -259,7 +296,8 @@ def test_a_worker_killed_mid_trial_is_resumed_by_the_other_worker_from_the_artif
     trial silent past the grace period, fails it, retries it with the same parameters, fetches its
     checkpoint from the artifact store and completes the study: no trial lost, none trained twice."""
     config = _search_config(home, n_trials=4, epochs=30, pruner="none", grace_period_s=4).model_copy(
-        update={"optuna_url": postgres_url})
+        update={"optuna_url": postgres_url}
+    )
     other = config.model_copy(update={"home": home / "machine-b"})
     data, parent = _dataset(config), _parent_run(config)
     checkpoints = config.work_dir / "checkpoints"
@@ -289,8 +327,10 @@ def test_a_worker_killed_mid_trial_is_resumed_by_the_other_worker_from_the_artif
 def _wait_for_uploaded_checkpoint(seconds: float = 120) -> None:
     """Until some trial run holds a checkpoint in the artifact store (polled, with a deadline)."""
     deadline = time.monotonic() + seconds
-    while not any(MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
-                  for run in mlflow.search_runs(search_all_experiments=True, output_format="list")):
+    while not any(
+        MlflowClient().list_artifacts(run.info.run_id, "checkpoint")
+        for run in mlflow.search_runs(search_all_experiments=True, output_format="list")
+    ):
         assert time.monotonic() < deadline, "no checkpoint reached the artifact store"
         time.sleep(0.1)
 
@@ -324,13 +364,25 @@ def test_search_logs_plots_and_tags_on_its_search_run(home):
     result = tune(config, data, parent)
     assert result.n_complete == 3
     search = mlflow.get_run(result.search_run_id)
-    assert search.data.tags["mlflow.parentRunId"] == parent and search.data.tags["best_trial_run_id"] == result.best.mlflow_run_id
+    assert (
+        search.data.tags["mlflow.parentRunId"] == parent
+        and search.data.tags["best_trial_run_id"] == result.best.mlflow_run_id
+    )
     assert search.data.params["pruner"] == "none" and search.data.tags["best.rank"] == str(result.best.params["rank"])
     assert search.inputs.dataset_inputs[0].dataset.digest == data.dataset_hash
     assert {r.info.run_id for r in _children(result.search_run_id)} >= {result.best.mlflow_run_id}
     plots = {a.path for a in MlflowClient().list_artifacts(result.search_run_id, "tune")}
-    assert {f"tune/{name}.png" for name in ("optimization_history", "intermediate_values", "timeline", "param_importances",
-                                            "parallel_coordinate", "loss_curves")} <= plots
+    assert {
+        f"tune/{name}.png"
+        for name in (
+            "optimization_history",
+            "intermediate_values",
+            "timeline",
+            "param_importances",
+            "parallel_coordinate",
+            "loss_curves",
+        )
+    } <= plots
     run = mlflow.get_run(parent)
     assert run.data.tags["best_trial_run_id"] == result.best.mlflow_run_id
     assert search.data.metrics["tune.n_complete"] == 3 and search.data.metrics["tune.steps_trained"] > 0
@@ -338,8 +390,15 @@ def test_search_logs_plots_and_tags_on_its_search_run(home):
     child = mlflow.get_run(result.best.mlflow_run_id)
     assert child.info.run_name.startswith(f"trial-{result.best.number:03d} r=") and "->" in child.info.run_name
     assert {"rank", "lr", "alpha_ratio", "dropout", "target_modules"} <= set(child.data.params)
-    assert {"trainable_params", "tokens_per_second", "peak_rss_mb", "wall_seconds", "validation_score",
-            "final_validation_score", "padding_share"} <= set(child.data.metrics)
+    assert {
+        "trainable_params",
+        "tokens_per_second",
+        "peak_rss_mb",
+        "wall_seconds",
+        "validation_score",
+        "final_validation_score",
+        "padding_share",
+    } <= set(child.data.metrics)
     assert child.data.tags["dataset_hash"] == data.dataset_hash
     assert child.inputs.dataset_inputs[0].dataset.digest == data.dataset_hash
 
@@ -350,12 +409,23 @@ def test_resumed_training_matches_an_uninterrupted_run(home):
     data = _dataset(config)
     base, labels = resolve_base("classification", None, tiny=True), load_labels(data, config.work_dir)
     tokenizer = load_tokenizer(base)
-    encoded = encode("classification", tokenizer, [(e.prompt, e.target) for e in load_examples(data, "train", config.work_dir)],
-                     labels, 96)
+    encoded = encode(
+        "classification",
+        tokenizer,
+        [(e.prompt, e.target) for e in load_examples(data, "train", config.work_dir)],
+        labels,
+        96,
+    )
 
     def fresh():
-        return add_adapter(load_base(base, "classification", labels), "classification", 8, seed=0, targets=["query", "value"],
-                           dropout=0.1)
+        return add_adapter(
+            load_base(base, "classification", labels),
+            "classification",
+            8,
+            seed=0,
+            targets=["query", "value"],
+            dropout=0.1,
+        )
 
     args = dict(lr=0.02, epochs=2, batch_size=8, seed=0)
     reference = fresh()
@@ -370,8 +440,15 @@ def test_resumed_training_matches_an_uninterrupted_run(home):
 
     interrupted = fresh()
     with pytest.raises(Killed):
-        train(interrupted, encoded, tokenizer.pad_token_id, **args, checkpoint_dir=home / "ckpt", checkpoint_every=5,
-              on_step=die_at_step_11)
+        train(
+            interrupted,
+            encoded,
+            tokenizer.pad_token_id,
+            **args,
+            checkpoint_dir=home / "ckpt",
+            checkpoint_every=5,
+            on_step=die_at_step_11,
+        )
     torch.manual_seed(123)  # elsewhere in the stream: only the checkpoint can bring the dropout stream back to step 10
     resumed = fresh()
     result = train(resumed, encoded, tokenizer.pad_token_id, **args, checkpoint_dir=home / "ckpt", checkpoint_every=5)
@@ -385,12 +462,16 @@ def test_silent_trial_of_another_machine_is_retried_after_the_grace_period(tmp_p
     """The heartbeat path (a worker elsewhere went silent), without the same-machine shortcut."""
     from tuneloop.search.study import claim, open_study
 
-    tune = tiny_config(tmp_path, "classification", n_trials=2, ranks=[4, 8], first_trial=None,
-                       heartbeat_interval_s=1, grace_period_s=2).tune
+    tune = tiny_config(
+        tmp_path, "classification", n_trials=2, ranks=[4, 8], first_trial=None, heartbeat_interval_s=1, grace_period_s=2
+    ).tune
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study, storage = open_study(url, "silent", tune, optuna.pruners.NopPruner())
     trial, _ = claim(study, storage, tune, tune.n_trials)
-    params = {"rank": trial.suggest_categorical("rank", tune.ranks), "lr": trial.suggest_float("lr", 0.01, 0.05, log=True)}
+    params = {
+        "rank": trial.suggest_categorical("rank", tune.ranks),
+        "lr": trial.suggest_float("lr", 0.01, 0.05, log=True),
+    }
     trial.set_user_attr(OWNER_ATTR, {"id": "elsewhere|1|1", "trial": trial.number})  # another machine's worker
 
     again, _ = claim(study, storage, tune, tune.n_trials)  # within the grace period: a new trial, the silent one kept
@@ -418,7 +499,11 @@ def test_scores_are_reported_on_the_pruners_rungs_and_trailing_trials_stop_there
     assert total == 75 and rung_steps(config.tune, total) == [8, 24]  # 75/9 -> 8, then x3 (72 is too near the end)
     assert evals == [8, 24, 50, 75]  # the rungs, and evenly spaced ones (25 is the rung at 24's)
     assert rung_steps(config.tune.model_copy(update={"pruner": "none"}), total) == []
-    assert schedule(config.model_copy(update={"tune": config.tune.model_copy(update={"pruner": "none"})}), 100)[1] == [25, 50, 75]
+    assert schedule(config.model_copy(update={"tune": config.tune.model_copy(update={"pruner": "none"})}), 100)[1] == [
+        25,
+        50,
+        75,
+    ]
     # a trial with two rehearsal pairs per pair: the rungs at the same shares of its 3x longer schedule (past
     # its warm-up), reported to the pruner in the split's steps, where a trial without rehearsal reports them
     assert schedule(config, n_train=100, n_pairs=300) == (225, [24, 72, 150, 225])
@@ -448,10 +533,22 @@ def test_a_time_budget_starts_only_trials_expected_to_finish_within_it():
     assert not fits(study, time.time() - 1)
     start = dt.datetime(2026, 1, 1)
     for minutes, state in ((10, TrialState.COMPLETE), (20, TrialState.COMPLETE), (1, TrialState.PRUNED)):
-        study.add_trial(optuna.trial.FrozenTrial(
-            number=0, trial_id=0, state=state, value=0.5 if state == TrialState.COMPLETE else None, values=None,
-            datetime_start=start, datetime_complete=start + dt.timedelta(minutes=minutes), params={"lr": 0.01},
-            distributions={"lr": FloatDistribution(1e-3, 1e-1)}, user_attrs={}, system_attrs={}, intermediate_values={}))
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=0,
+                trial_id=0,
+                state=state,
+                value=0.5 if state == TrialState.COMPLETE else None,
+                values=None,
+                datetime_start=start,
+                datetime_complete=start + dt.timedelta(minutes=minutes),
+                params={"lr": 0.01},
+                distributions={"lr": FloatDistribution(1e-3, 1e-1)},
+                user_attrs={},
+                system_attrs={},
+                intermediate_values={},
+            )
+        )
     assert expected_seconds(study) == 15 * 60  # completed trials only: a pruned one says little of a full trial's time
     assert fits(study, time.time() + 16 * 60)
     assert not fits(study, time.time() + 14 * 60)  # 14 minutes left: a 15-minute trial would overrun the budget

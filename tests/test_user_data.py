@@ -23,14 +23,33 @@ from tuneloop.flows.curate import build_dataset, log_dataset
 
 
 def _alice(n: int, start: int = 0) -> list[dict]:
-    return [{"request_id": f"alice-{i}", "user_id": "alice", "model_version": "base", "kind": "generation",
-             "prompt": f"Does the Nimbus Pro {i} ship to Norway?", "output": "No.", "rating": "down",
-             "correction": "Yes, the Nimbus Pro ships to Norway within 5 days."} for i in range(start, start + n)]
+    return [
+        {
+            "request_id": f"alice-{i}",
+            "user_id": "alice",
+            "model_version": "base",
+            "kind": "generation",
+            "prompt": f"Does the Nimbus Pro {i} ship to Norway?",
+            "output": "No.",
+            "rating": "down",
+            "correction": "Yes, the Nimbus Pro ships to Norway within 5 days.",
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def _shadow(config, user: str) -> ShadowRow:
-    return ShadowRow(kind="generation", request_id="r", user_hash=user_hash(shadow_salt(config), user), input="i",
-                     live_version="1", live_output="o", shadow_version="2", shadow_output="o", agree=True)
+    return ShadowRow(
+        kind="generation",
+        request_id="r",
+        user_hash=user_hash(shadow_salt(config), user),
+        input="i",
+        live_version="1",
+        live_output="o",
+        shadow_version="2",
+        shadow_output="o",
+        agree=True,
+    )
 
 
 def test_forget_deletes_a_users_rows_and_reports_the_versions_trained_on_them(home):
@@ -39,11 +58,14 @@ def test_forget_deletes_a_users_rows_and_reports_the_versions_trained_on_them(ho
     store.add_many_raw(sample_feedback("generation") + _alice(2), "generation")
     store.add_raw({"request_id": "alice-bad", "user_id": "alice", "rating": "meh"}, "generation")  # to be quarantined
     data = build_dataset(store, config)
-    store.record_curation("generation", data.last_feedback_id, data.dataset_hash, data.counts,
-                          jsonl(data.path / "quarantine.jsonl"))
+    store.record_curation(
+        "generation", data.last_feedback_id, data.dataset_hash, data.counts, jsonl(data.path / "quarantine.jsonl")
+    )
     client = MlflowClient()
     client.create_registered_model(config.model_name)
-    trained = client.create_model_version(config.model_name, source=str(home / "a"), tags={"dataset_hash": data.dataset_hash})
+    trained = client.create_model_version(
+        config.model_name, source=str(home / "a"), tags={"dataset_hash": data.dataset_hash}
+    )
     client.create_model_version(config.model_name, source=str(home / "b"), tags={"dataset_hash": "0123456789abcdef"})
     with Session(store.engine) as session, session.begin():
         session.add_all([_shadow(config, "alice"), _shadow(config, "alice"), _shadow(config, "bob")])
@@ -75,9 +97,25 @@ def test_the_trigger_applies_retention_to_operational_records(home):
     with Session(store.engine) as session, session.begin():
         for at in (old, None):
             stamp = {"at": at} if at else {}
-            session.add(ShadowRow(kind="classification", request_id="r", user_hash="h", input="i", live_version="1",
-                                  live_output="o", shadow_version="2", shadow_output="o", agree=True, **stamp))
-            session.add(DriftWindowRow(kind="classification", version="1", n=50, statistic=0.1, p_value=0.5, drifted=False, **stamp))
+            session.add(
+                ShadowRow(
+                    kind="classification",
+                    request_id="r",
+                    user_hash="h",
+                    input="i",
+                    live_version="1",
+                    live_output="o",
+                    shadow_version="2",
+                    shadow_output="o",
+                    agree=True,
+                    **stamp,
+                )
+            )
+            session.add(
+                DriftWindowRow(
+                    kind="classification", version="1", n=50, statistic=0.1, p_value=0.5, drifted=False, **stamp
+                )
+            )
             session.add(RolloutEventRow(model=config.model_name, version="1", action="canary", reason="10 %", **stamp))
     assert trigger(config).run is False
     with Session(store.engine) as session:

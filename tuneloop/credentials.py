@@ -19,7 +19,9 @@ from typing import Any
 REDACTED = "***"
 # scheme://user:password@ : the password is what lies between the user's colon and the host's @
 # (URL syntax percent-encodes any @ / ? # inside a password); bounded, so linear on any input
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@]{0,256}):(?P<password>[^\s@/?#]{1,1024})@")
+_CREDENTIALS = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]{0,30}://[^\s:/?#@]{0,256}):(?P<password>[^\s@/?#]{1,1024})@"
+)
 # the environment variables whose URLs may carry a database password for LoopConfig's stores
 URL_VARIABLES = ("TUNELOOP_FEEDBACK_URL", "TUNELOOP_OPTUNA_URL", "TUNELOOP_LOCK_URL")
 
@@ -41,8 +43,13 @@ def redact(value: Any) -> Any:
 
 
 def _same_database(a, b) -> bool:
-    return (a.drivername.split("+")[0], a.username, a.host, a.port, a.database) == \
-        (b.drivername.split("+")[0], b.username, b.host, b.port, b.database)
+    return (a.drivername.split("+")[0], a.username, a.host, a.port, a.database) == (
+        b.drivername.split("+")[0],
+        b.username,
+        b.host,
+        b.port,
+        b.database,
+    )
 
 
 def restore_password(url: str | None) -> str | None:
@@ -70,6 +77,7 @@ def restore_password(url: str | None) -> str | None:
 
 
 # --- secret files ---------------------------------------------------------------------------------
+
 
 def secret_dir(path: Path) -> Path:
     """``path`` as a directory only its owner may enter (0700)."""

@@ -85,5 +85,7 @@ def reporting(reporter: Reporter) -> Iterator[Reporter]:
 
 def describe(params: dict[str, Any]) -> str:
     """A trial's parameters in one short line: 'rank 16, lr 9.00e-04, ...'."""
-    return ", ".join(f"{k} {v:.2e}" if isinstance(v, float) and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{k} {v}"
-                     for k, v in params.items())
+    return ", ".join(
+        f"{k} {v:.2e}" if isinstance(v, float) and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{k} {v}"
+        for k, v in params.items()
+    )

@@ -104,8 +104,12 @@ def _default(field: FieldInfo) -> str:
 def _bounds(field: FieldInfo) -> str:
     """The field's numeric bounds as text (``>= 1``, ``> 0, <= 1``), from its annotated-types metadata."""
     signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-    found = [f"{sign} {getattr(m, attr):g}" if isinstance(getattr(m, attr), float) else f"{sign} {getattr(m, attr)}"
-             for m in field.metadata for attr, sign in signs.items() if hasattr(m, attr)]
+    found = [
+        f"{sign} {getattr(m, attr):g}" if isinstance(getattr(m, attr), float) else f"{sign} {getattr(m, attr)}"
+        for m in field.metadata
+        for attr, sign in signs.items()
+        if hasattr(m, attr)
+    ]
     return ", ".join(found)
 
 
@@ -117,16 +121,21 @@ def _rows(fields: dict[str, FieldInfo], prefix: str) -> list[str]:
     rows = []
     for name, field in fields.items():
         kind = _type_name(field.annotation) + (f" ({_bounds(field)})" if _bounds(field) else "")
-        rows.append(f"| `{prefix}{name.upper()}` | {_cell(kind)} | {_cell(_default(field))} | "
-                    f"{_cell(field.description or '')} |")
+        rows.append(
+            f"| `{prefix}{name.upper()}` | {_cell(kind)} | {_cell(_default(field))} | "
+            f"{_cell(field.description or '')} |"
+        )
     return rows
 
 
 def config_reference() -> str:
     """The configuration page: the intro, then one table per section of ``LoopConfig``."""
     header = "| variable | type | default | what |\n|---|---|---|---|"
-    sections = {name: f for name, f in LoopConfig.model_fields.items()
-                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)}
+    sections = {
+        name: f
+        for name, f in LoopConfig.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    }
     top = {name: f for name, f in LoopConfig.model_fields.items() if name not in sections}
     parts = [_CONFIG_INTRO, "## The loop\n", header, *_rows(top, "TUNELOOP_"), ""]
     for name, field in sections.items():
@@ -151,8 +160,13 @@ def _field_type(spec: dict[str, Any]) -> str:
         return "one of: " + ", ".join(f"`{v}`" for v in spec["enum"])
     if "anyOf" in spec:
         return " or ".join(_field_type(s) for s in spec["anyOf"] if s.get("type") != "null")
-    limits = [f"{spec['minLength']}-{spec['maxLength']}" if "minLength" in spec and "maxLength" in spec
-              else f"at most {spec['maxLength']}" if "maxLength" in spec else ""]
+    limits = [
+        f"{spec['minLength']}-{spec['maxLength']}"
+        if "minLength" in spec and "maxLength" in spec
+        else f"at most {spec['maxLength']}"
+        if "maxLength" in spec
+        else ""
+    ]
     return spec.get("type", "any") + (f" ({limits[0]} characters)" if limits[0] else "")
 
 
@@ -162,7 +176,13 @@ def feedback_fields_table() -> str:
     required = set(schema.get("required", []))
     rows = ["| field | required | type | what |", "|---|---|---|---|"]
     for name, spec in schema["properties"].items():
-        need = "yes" if name in required else f"no (default `{spec['default']}`)" if spec.get("default") is not None else "no"
+        need = (
+            "yes"
+            if name in required
+            else f"no (default `{spec['default']}`)"
+            if spec.get("default") is not None
+            else "no"
+        )
         rows.append(f"| `{name}` | {need} | {_cell(_field_type(spec))} | {_cell(spec.get('description', ''))} |")
     return "\n".join(rows)
 
@@ -186,8 +206,11 @@ def pages(docs: Path) -> dict[str, str]:
 
 def stale(docs: Path) -> list[str]:
     """Generated pages in ``docs`` that are missing or differ from the code."""
-    return [name for name, text in pages(docs).items()
-            if not (docs / name).is_file() or (docs / name).read_text(encoding="utf-8") != text]
+    return [
+        name
+        for name, text in pages(docs).items()
+        if not (docs / name).is_file() or (docs / name).read_text(encoding="utf-8") != text
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from typing import Literal
 
 EXTERNAL_PREFIX = "external:"
-EXTERNAL_HINT = (f"records from a hosted model or another system: set model_version to '{EXTERNAL_PREFIX}<name>' "
-                 f"(e.g. {EXTERNAL_PREFIX}gpt-4o); or import without the check (--no-check-versions)")
+EXTERNAL_HINT = (
+    f"records from a hosted model or another system: set model_version to '{EXTERNAL_PREFIX}<name>' "
+    f"(e.g. {EXTERNAL_PREFIX}gpt-4o); or import without the check (--no-check-versions)"
+)
 
 Status = Literal["known", "external", "unknown"]
 
@@ -26,7 +28,7 @@ class RegistryUnreachable(RuntimeError):
 
 
 def is_external(version: str) -> bool:
-    return version.startswith(EXTERNAL_PREFIX) and bool(version[len(EXTERNAL_PREFIX):].strip())
+    return version.startswith(EXTERNAL_PREFIX) and bool(version[len(EXTERNAL_PREFIX) :].strip())
 
 
 def probe(tracking_uri: str, timeout_s: float = 5.0) -> None:
@@ -61,7 +63,9 @@ def version_status(model_name: str, version: str) -> Status:
     except MlflowException as err:
         if err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return "unknown"
-        raise RegistryUnreachable(f"the MLflow registry failed to answer ({err.error_code}: {str(err)[:200]})") from None
+        raise RegistryUnreachable(
+            f"the MLflow registry failed to answer ({err.error_code}: {str(err)[:200]})"
+        ) from None
     except OSError as err:
         raise RegistryUnreachable(f"the MLflow registry is unreachable ({type(err).__name__})") from None
 

@@ -43,7 +43,7 @@ def degenerate(answer: str) -> bool:
     """A repetition loop ("der Welt: Berlin, der Welt: Berlin, ..."): some word 3-gram occurs twice.
     Such an answer may hold the fact by luck; it is not one to keep as the base's verified answer."""
     words = normalize_answer(answer).split()
-    grams = [tuple(words[i:i + 3]) for i in range(len(words) - 2)]
+    grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
     return len(grams) != len(set(grams))
 
 
@@ -87,8 +87,13 @@ def judge_rows(rows: list[dict]) -> None:
         return tokenizer.decode(ids[:n], skip_special_tokens=True) if len(ids) > n else answer
 
     for r in rows:
-        r["correct"] = {name: {str(n): correct(cut(r["answers"][name], n), r["must_contain_any"], r["must_not_contain"])
-                               for n in CHECK_LENGTHS} for name in SYSTEM_PROMPTS}
+        r["correct"] = {
+            name: {
+                str(n): correct(cut(r["answers"][name], n), r["must_contain_any"], r["must_not_contain"])
+                for n in CHECK_LENGTHS
+            }
+            for name in SYSTEM_PROMPTS
+        }
         r["all_prompts"] = all(all(v.values()) for v in r["correct"].values())
         r["primary"] = all(r["correct"][PRIMARY].values())
 
@@ -106,16 +111,26 @@ def summarise(rows: list[dict], kept: list[dict], base: dict, timings: dict) -> 
         return sum(1 for r in rows if pred(r))
 
     return {
-        **base, "system_prompts": SYSTEM_PROMPTS, "max_new_tokens": MAX_NEW_TOKENS, "candidates": len(rows),
-        "correct": {name: {str(n): count(lambda r, name=name, n=n: r["correct"][name][str(n)]) for n in CHECK_LENGTHS}
-                    for name in SYSTEM_PROMPTS},
+        **base,
+        "system_prompts": SYSTEM_PROMPTS,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "candidates": len(rows),
+        "correct": {
+            name: {str(n): count(lambda r, name=name, n=n: r["correct"][name][str(n)]) for n in CHECK_LENGTHS}
+            for name in SYSTEM_PROMPTS
+        },
         "correct_under_all_prompts_all_lengths": count(lambda r: r["all_prompts"]),
         "correct_under_primary_all_lengths": count(lambda r: r["primary"]),
-        "correct_at_16_but_not_32": {name: count(lambda r, name=name: r["correct"][name]["16"] and not r["correct"][name]["32"])
-                                     for name in SYSTEM_PROMPTS},
-        "correct_at_32_but_not_16": {name: count(lambda r, name=name: r["correct"][name]["32"] and not r["correct"][name]["16"])
-                                     for name in SYSTEM_PROMPTS},
-        "kept": len(kept), "kept_under_all_prompts": sum(1 for r in kept if r["all_prompts"]),
+        "correct_at_16_but_not_32": {
+            name: count(lambda r, name=name: r["correct"][name]["16"] and not r["correct"][name]["32"])
+            for name in SYSTEM_PROMPTS
+        },
+        "correct_at_32_but_not_16": {
+            name: count(lambda r, name=name: r["correct"][name]["32"] and not r["correct"][name]["16"])
+            for name in SYSTEM_PROMPTS
+        },
+        "kept": len(kept),
+        "kept_under_all_prompts": sum(1 for r in kept if r["all_prompts"]),
         "kept_per_category": dict(sorted(Counter(r["category"] for r in kept).items())),
         "kept_clusters": len({r["cluster"] for r in kept}),
         "candidates_per_category": dict(sorted(Counter(r["category"] for r in rows).items())),
@@ -127,8 +142,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=None, help="first N candidates only (a quick look)")
     parser.add_argument("--out", type=Path, default=DATA)
-    parser.add_argument("--reselect", action="store_true",
-                        help="judge and select again from the answers in the candidates file (no generation)")
+    parser.add_argument(
+        "--reselect",
+        action="store_true",
+        help="judge and select again from the answers in the candidates file (no generation)",
+    )
     args = parser.parse_args()
     candidates_path = args.out / "regression_generation_candidates.jsonl"
     summary_path = args.out / "regression_generation.build.json"
@@ -143,13 +161,23 @@ def main() -> None:
     kept = select(rows)
     with (args.out / "regression_generation.jsonl").open("w") as f:
         for r in kept:
-            f.write(json.dumps({
-                "id": r["id"], "category": r["category"], "cluster": r["cluster"], "input": r["input"],
-                "must_contain_any": r["must_contain_any"], "must_not_contain": r["must_not_contain"],
-                "answer": r["answers"][PRIMARY],
-                "answers": {SYSTEM_PROMPTS[n]: a for n, a in r["answers"].items()},
-                "verified_under": [SYSTEM_PROMPTS[n] for n in SYSTEM_PROMPTS if all(r["correct"][n].values())],
-            }, ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": r["id"],
+                        "category": r["category"],
+                        "cluster": r["cluster"],
+                        "input": r["input"],
+                        "must_contain_any": r["must_contain_any"],
+                        "must_not_contain": r["must_not_contain"],
+                        "answer": r["answers"][PRIMARY],
+                        "answers": {SYSTEM_PROMPTS[n]: a for n, a in r["answers"].items()},
+                        "verified_under": [SYSTEM_PROMPTS[n] for n in SYSTEM_PROMPTS if all(r["correct"][n].values())],
+                    },
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )
     with candidates_path.open("w") as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")

@@ -14,8 +14,28 @@ import re
 
 from tuneloop.eval_suites.matching import contains_phrase
 
-_ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
-         "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+_ONES = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+]
 _TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 
 
@@ -36,27 +56,66 @@ def number_words(n: int) -> list[str]:
 
 # (country, capital, wrong answers a model confuses it with); two phrasings each
 CAPITALS = [
-    ("France", "Paris", []), ("Germany", "Berlin", ["Munich", "Frankfurt"]), ("Italy", "Rome", ["Milan"]),
-    ("Spain", "Madrid", ["Barcelona"]), ("Portugal", "Lisbon", ["Porto"]), ("the United Kingdom", "London", []),
-    ("Ireland", "Dublin", []), ("Japan", "Tokyo", ["Kyoto", "Osaka"]), ("China", "Beijing", ["Shanghai"]),
-    ("Russia", "Moscow", ["Saint Petersburg"]), ("Egypt", "Cairo", []), ("Greece", "Athens", []),
-    ("Canada", "Ottawa", ["Toronto", "Montreal", "Vancouver"]), ("Australia", "Canberra", ["Sydney", "Melbourne"]),
-    ("the United States", "Washington", ["New York"]), ("Mexico", "Mexico City", []),
-    ("Brazil", "Brasília", ["Rio de Janeiro", "São Paulo"]), ("Argentina", "Buenos Aires", []),
-    ("India", "New Delhi", ["Mumbai"]), ("South Korea", "Seoul", ["Busan"]), ("Norway", "Oslo", []),
-    ("Sweden", "Stockholm", []), ("Finland", "Helsinki", []), ("Denmark", "Copenhagen", []),
-    ("Poland", "Warsaw", ["Krakow"]), ("Austria", "Vienna", []), ("Hungary", "Budapest", []),
-    ("the Czech Republic", "Prague", []), ("the Netherlands", "Amsterdam", ["Rotterdam"]),
-    ("Belgium", "Brussels", []), ("Switzerland", "Bern", ["Zurich", "Geneva"]), ("Turkey", "Ankara", ["Istanbul"]),
-    ("Thailand", "Bangkok", []), ("Vietnam", "Hanoi", ["Ho Chi Minh"]), ("Indonesia", "Jakarta", []),
-    ("the Philippines", "Manila", []), ("Kenya", "Nairobi", []), ("Nigeria", "Abuja", ["Lagos"]),
-    ("Peru", "Lima", []), ("Chile", "Santiago", []), ("Colombia", "Bogotá", []), ("Cuba", "Havana", []),
-    ("Iran", "Tehran", []), ("Iraq", "Baghdad", []), ("Saudi Arabia", "Riyadh", ["Jeddah", "Mecca"]),
-    ("Israel", "Jerusalem", ["Tel Aviv"]), ("Pakistan", "Islamabad", ["Karachi"]), ("Ukraine", "Kyiv", []),
-    ("Romania", "Bucharest", []), ("Iceland", "Reykjavik", []), ("New Zealand", "Wellington", ["Auckland"]),
-    ("South Africa", "Pretoria", []), ("Morocco", "Rabat", ["Casablanca"]), ("Scotland", "Edinburgh", ["Glasgow"]),
-    ("Venezuela", "Caracas", []), ("Afghanistan", "Kabul", []), ("Bangladesh", "Dhaka", []),
-    ("Malaysia", "Kuala Lumpur", []), ("Singapore", "Singapore", []), ("Ethiopia", "Addis Ababa", []),
+    ("France", "Paris", []),
+    ("Germany", "Berlin", ["Munich", "Frankfurt"]),
+    ("Italy", "Rome", ["Milan"]),
+    ("Spain", "Madrid", ["Barcelona"]),
+    ("Portugal", "Lisbon", ["Porto"]),
+    ("the United Kingdom", "London", []),
+    ("Ireland", "Dublin", []),
+    ("Japan", "Tokyo", ["Kyoto", "Osaka"]),
+    ("China", "Beijing", ["Shanghai"]),
+    ("Russia", "Moscow", ["Saint Petersburg"]),
+    ("Egypt", "Cairo", []),
+    ("Greece", "Athens", []),
+    ("Canada", "Ottawa", ["Toronto", "Montreal", "Vancouver"]),
+    ("Australia", "Canberra", ["Sydney", "Melbourne"]),
+    ("the United States", "Washington", ["New York"]),
+    ("Mexico", "Mexico City", []),
+    ("Brazil", "Brasília", ["Rio de Janeiro", "São Paulo"]),
+    ("Argentina", "Buenos Aires", []),
+    ("India", "New Delhi", ["Mumbai"]),
+    ("South Korea", "Seoul", ["Busan"]),
+    ("Norway", "Oslo", []),
+    ("Sweden", "Stockholm", []),
+    ("Finland", "Helsinki", []),
+    ("Denmark", "Copenhagen", []),
+    ("Poland", "Warsaw", ["Krakow"]),
+    ("Austria", "Vienna", []),
+    ("Hungary", "Budapest", []),
+    ("the Czech Republic", "Prague", []),
+    ("the Netherlands", "Amsterdam", ["Rotterdam"]),
+    ("Belgium", "Brussels", []),
+    ("Switzerland", "Bern", ["Zurich", "Geneva"]),
+    ("Turkey", "Ankara", ["Istanbul"]),
+    ("Thailand", "Bangkok", []),
+    ("Vietnam", "Hanoi", ["Ho Chi Minh"]),
+    ("Indonesia", "Jakarta", []),
+    ("the Philippines", "Manila", []),
+    ("Kenya", "Nairobi", []),
+    ("Nigeria", "Abuja", ["Lagos"]),
+    ("Peru", "Lima", []),
+    ("Chile", "Santiago", []),
+    ("Colombia", "Bogotá", []),
+    ("Cuba", "Havana", []),
+    ("Iran", "Tehran", []),
+    ("Iraq", "Baghdad", []),
+    ("Saudi Arabia", "Riyadh", ["Jeddah", "Mecca"]),
+    ("Israel", "Jerusalem", ["Tel Aviv"]),
+    ("Pakistan", "Islamabad", ["Karachi"]),
+    ("Ukraine", "Kyiv", []),
+    ("Romania", "Bucharest", []),
+    ("Iceland", "Reykjavik", []),
+    ("New Zealand", "Wellington", ["Auckland"]),
+    ("South Africa", "Pretoria", []),
+    ("Morocco", "Rabat", ["Casablanca"]),
+    ("Scotland", "Edinburgh", ["Glasgow"]),
+    ("Venezuela", "Caracas", []),
+    ("Afghanistan", "Kabul", []),
+    ("Bangladesh", "Dhaka", []),
+    ("Malaysia", "Kuala Lumpur", []),
+    ("Singapore", "Singapore", []),
+    ("Ethiopia", "Addis Ababa", []),
 ]
 CAPITAL_FORMS = ["What is the capital of {}?", "Which city is the capital of {}?"]
 
@@ -64,19 +123,49 @@ CAPITAL_FORMS = ["What is the capital of {}?", "Which city is the capital of {}?
 FACTS: list[tuple[str, list[str], list[str], list[str]]] = [
     # geography
     ("geography", ["What is the largest ocean on Earth?", "Which ocean is the biggest?"], ["Pacific"], ["Atlantic"]),
-    ("geography", ["What is the longest river in the world?", "Which river is the longest on Earth?"], ["Nile", "Amazon"], []),
-    ("geography", ["What is the tallest mountain in the world?", "Which mountain is the highest on Earth?"], ["Everest"], []),
+    (
+        "geography",
+        ["What is the longest river in the world?", "Which river is the longest on Earth?"],
+        ["Nile", "Amazon"],
+        [],
+    ),
+    (
+        "geography",
+        ["What is the tallest mountain in the world?", "Which mountain is the highest on Earth?"],
+        ["Everest"],
+        [],
+    ),
     ("geography", ["On which continent is Egypt?", "Egypt is on which continent?"], ["Africa"], ["Asia"]),
-    ("geography", ["On which continent is Brazil?", "Brazil is in which continent?"], ["South America"], ["North America"]),
+    (
+        "geography",
+        ["On which continent is Brazil?", "Brazil is in which continent?"],
+        ["South America"],
+        ["North America"],
+    ),
     ("geography", ["On which continent is Japan?"], ["Asia"], ["Europe"]),
     ("geography", ["On which continent is France?"], ["Europe"], []),
     ("geography", ["On which continent is Kenya?"], ["Africa"], []),
     ("geography", ["On which continent is Canada?"], ["North America"], ["South America"]),
-    ("geography", ["On which continent is Australia?", "Which continent is Australia part of?"], ["Australia", "Oceania"], []),
+    (
+        "geography",
+        ["On which continent is Australia?", "Which continent is Australia part of?"],
+        ["Australia", "Oceania"],
+        [],
+    ),
     ("geography", ["What is the largest desert in Africa?"], ["Sahara"], []),
-    ("geography", ["What is the largest country in the world by area?", "Which country is the biggest by land area?"], ["Russia"], ["Canada", "China"]),
+    (
+        "geography",
+        ["What is the largest country in the world by area?", "Which country is the biggest by land area?"],
+        ["Russia"],
+        ["Canada", "China"],
+    ),
     ("geography", ["Which country has the largest population in the world?"], ["India", "China"], []),
-    ("geography", ["In which country is the Eiffel Tower?", "Where is the Eiffel Tower located?"], ["France", "Paris"], []),
+    (
+        "geography",
+        ["In which country is the Eiffel Tower?", "Where is the Eiffel Tower located?"],
+        ["France", "Paris"],
+        [],
+    ),
     ("geography", ["In which country are the pyramids of Giza?"], ["Egypt"], []),
     ("geography", ["In which city is the Colosseum?"], ["Rome"], []),
     ("geography", ["In which country is the Great Wall?"], ["China"], []),
@@ -84,11 +173,21 @@ FACTS: list[tuple[str, list[str], list[str], list[str]]] = [
     ("geography", ["In which country is Machu Picchu?"], ["Peru"], []),
     ("geography", ["In which country is the Taj Mahal?"], ["India"], []),
     ("geography", ["What is the largest continent?", "Which continent is the biggest?"], ["Asia"], ["Africa"]),
-    ("geography", ["How many continents are there?", "What is the number of continents on Earth?"], number_words(7), []),
+    (
+        "geography",
+        ["How many continents are there?", "What is the number of continents on Earth?"],
+        number_words(7),
+        [],
+    ),
     ("geography", ["What is the coldest continent?"], ["Antarctica"], []),
     ("geography", ["Which country is shaped like a boot?"], ["Italy"], []),
     ("geography", ["What is the smallest country in the world?"], ["Vatican"], []),
-    ("geography", ["What language is mainly spoken in Brazil?", "What is the official language of Brazil?"], ["Portuguese"], ["Spanish"]),
+    (
+        "geography",
+        ["What language is mainly spoken in Brazil?", "What is the official language of Brazil?"],
+        ["Portuguese"],
+        ["Spanish"],
+    ),
     ("geography", ["What language is spoken in Mexico?"], ["Spanish"], []),
     ("geography", ["What language do people speak in Germany?"], ["German"], []),
     ("geography", ["What is the currency of Japan?"], ["yen"], []),
@@ -96,22 +195,47 @@ FACTS: list[tuple[str, list[str], list[str], list[str]]] = [
     ("geography", ["What is the currency used in Germany?"], ["euro", "euros"], []),
     # science and definitions
     ("science", ["What planet is known as the Red Planet?", "Which planet is called the Red Planet?"], ["Mars"], []),
-    ("science", ["What is the largest planet in our solar system?", "Which planet is the biggest in the solar system?"], ["Jupiter"], []),
+    (
+        "science",
+        ["What is the largest planet in our solar system?", "Which planet is the biggest in the solar system?"],
+        ["Jupiter"],
+        [],
+    ),
     ("science", ["What is the closest star to Earth?", "Which star is nearest to the Earth?"], ["Sun"], []),
     ("science", ["Which planet is closest to the Sun?"], ["Mercury"], ["Venus"]),
     ("science", ["Which planet has prominent rings?", "Which planet is famous for its rings?"], ["Saturn"], []),
-    ("science", ["What is the natural satellite of the Earth called?", "What orbits the Earth every month?"], ["Moon"], []),
+    (
+        "science",
+        ["What is the natural satellite of the Earth called?", "What orbits the Earth every month?"],
+        ["Moon"],
+        [],
+    ),
     ("science", ["Which planet do we live on?", "What is the name of our planet?"], ["Earth"], []),
     ("science", ["How many planets are in our solar system?"], number_words(8), ["nine", "9"]),
-    ("science", ["What gas do plants absorb from the air?", "Which gas do plants take in for photosynthesis?"], ["carbon dioxide", "CO2"], []),
+    (
+        "science",
+        ["What gas do plants absorb from the air?", "Which gas do plants take in for photosynthesis?"],
+        ["carbon dioxide", "CO2"],
+        [],
+    ),
     ("science", ["What gas do humans need to breathe?", "Which gas do we breathe in to live?"], ["oxygen"], []),
     ("science", ["What is the chemical formula for water?", "What is water's chemical formula?"], ["H2O"], []),
     ("science", ["What is the chemical symbol for gold?"], ["Au"], []),
     ("science", ["What is the chemical symbol for oxygen?"], ["O"], []),
     ("science", ["What is the chemical symbol for sodium?"], ["Na"], []),
     ("science", ["What is the chemical symbol for iron?"], ["Fe"], []),
-    ("science", ["At what temperature in Celsius does water freeze?", "What is the freezing point of water in Celsius?"], ["0", "zero"], []),
-    ("science", ["At what temperature in Celsius does water boil?", "What is the boiling point of water in Celsius?"], ["100", "one hundred"], []),
+    (
+        "science",
+        ["At what temperature in Celsius does water freeze?", "What is the freezing point of water in Celsius?"],
+        ["0", "zero"],
+        [],
+    ),
+    (
+        "science",
+        ["At what temperature in Celsius does water boil?", "What is the boiling point of water in Celsius?"],
+        ["100", "one hundred"],
+        [],
+    ),
     ("science", ["What is the hardest natural substance?"], ["diamond", "diamonds"], []),
     ("science", ["What force keeps us on the ground?", "What pulls objects towards the Earth?"], ["gravity"], []),
     ("science", ["What organ pumps blood through the body?", "Which organ pumps blood?"], ["heart"], []),
@@ -126,7 +250,12 @@ FACTS: list[tuple[str, list[str], list[str], list[str]]] = [
     ("science", ["What is the study of living things called?"], ["biology"], []),
     ("science", ["What is the study of the stars and planets called?"], ["astronomy"], []),
     ("science", ["What is the study of the Earth's rocks called?"], ["geology"], []),
-    ("science", ["What do caterpillars turn into?", "A caterpillar becomes what insect?"], ["butterfly", "butterflies", "moth"], []),
+    (
+        "science",
+        ["What do caterpillars turn into?", "A caterpillar becomes what insect?"],
+        ["butterfly", "butterflies", "moth"],
+        [],
+    ),
     ("science", ["What is a baby frog called?"], ["tadpole"], []),
     ("science", ["What is the largest mammal?", "Which animal is the biggest mammal on Earth?"], ["blue whale"], []),
     ("science", ["What is the fastest land animal?", "Which land animal runs the fastest?"], ["cheetah"], []),
@@ -136,8 +265,18 @@ FACTS: list[tuple[str, list[str], list[str], list[str]]] = [
     ("science", ["What do you call an animal that eats only plants?"], ["herbivore", "herbivores"], []),
     ("science", ["What do you call an animal that eats only meat?"], ["carnivore", "carnivores"], []),
     ("science", ["What is the boiling point of water in Fahrenheit?"], ["212"], []),
-    ("science", ["What is the speed of light in a vacuum, roughly, in kilometres per second?"], ["300,000", "299,792", "300000", "299792"], []),
-    ("science", ["What colour do you get when you mix blue and yellow?", "Blue and yellow make which colour?"], ["green"], []),
+    (
+        "science",
+        ["What is the speed of light in a vacuum, roughly, in kilometres per second?"],
+        ["300,000", "299,792", "300000", "299792"],
+        [],
+    ),
+    (
+        "science",
+        ["What colour do you get when you mix blue and yellow?", "Blue and yellow make which colour?"],
+        ["green"],
+        [],
+    ),
     ("science", ["What colour do you get by mixing red and white?"], ["pink"], []),
     ("science", ["What colour do you get when you mix red and blue?"], ["purple", "violet"], []),
     ("science", ["What is the opposite of north on a compass?"], ["south"], []),
@@ -167,7 +306,12 @@ FACTS: list[tuple[str, list[str], list[str], list[str]]] = [
     ("general", ["How many strings does a standard guitar have?"], number_words(6), []),
     ("general", ["How many keys does a standard piano have?"], ["88"], []),
     ("general", ["How many colours are in a rainbow?", "A rainbow has how many colours?"], number_words(7), []),
-    ("general", ["How many letters are in the English alphabet?", "The English alphabet has how many letters?"], number_words(26), []),
+    (
+        "general",
+        ["How many letters are in the English alphabet?", "The English alphabet has how many letters?"],
+        number_words(26),
+        [],
+    ),
     ("general", ["How many vowels are in the English alphabet?"], number_words(5), []),
     ("general", ["How many cards are in a standard deck?"], number_words(52), []),
     ("general", ["How many zeros are in one million?"], number_words(6), []),
@@ -175,7 +319,12 @@ FACTS: list[tuple[str, list[str], list[str], list[str]]] = [
     ("general", ["Who wrote Hamlet?"], ["Shakespeare"], []),
     ("general", ["Who painted the Mona Lisa?", "Which artist painted the Mona Lisa?"], ["Leonardo", "da Vinci"], []),
     ("general", ["Who painted The Starry Night?"], ["Van Gogh"], []),
-    ("general", ["Who developed the theory of relativity?", "Which scientist is known for the theory of relativity?"], ["Einstein"], []),
+    (
+        "general",
+        ["Who developed the theory of relativity?", "Which scientist is known for the theory of relativity?"],
+        ["Einstein"],
+        [],
+    ),
     ("general", ["Who discovered gravity when an apple fell?"], ["Newton"], []),
     ("general", ["Who was the first person to walk on the Moon?", "Who first stepped on the Moon?"], ["Armstrong"], []),
     ("general", ["Who invented the telephone?"], ["Bell"], []),
@@ -263,41 +412,139 @@ UNITS: list[tuple[list[str], int]] = [
 ]
 
 LANGUAGE: list[tuple[str, list[str], list[str]]] = []
-_OPPOSITES = [("hot", "cold"), ("big", "small"), ("up", "down"), ("happy", "sad"), ("fast", "slow"),
-              ("light", "dark"), ("old", "young"), ("tall", "short"), ("open", "closed"), ("full", "empty"),
-              ("wet", "dry"), ("early", "late"), ("hard", "soft"), ("rich", "poor"), ("strong", "weak"),
-              ("heavy", "light"), ("inside", "outside"), ("push", "pull"), ("win", "lose"), ("love", "hate"),
-              ("good", "bad"), ("clean", "dirty"), ("thick", "thin"), ("loud", "quiet"), ("left", "right"),
-              ("first", "last"), ("start", "finish"), ("true", "false"), ("buy", "sell"), ("top", "bottom"),
-              ("always", "never"), ("arrive", "leave"), ("cheap", "expensive"), ("easy", "difficult"),
-              ("friend", "enemy"), ("question", "answer"), ("asleep", "awake"), ("remember", "forget")]
-_OPPOSITE_EXTRA = {"big": ["little", "tiny"], "old": ["new"], "light": ["heavy"], "hard": ["easy"],
-                   "open": ["shut"], "start": ["end", "stop", "finish"], "arrive": ["depart"], "easy": ["hard"],
-                   "early": ["later"], "loud": ["silent", "soft"]}
-_PLURALS = [("child", "children"), ("mouse", "mice"), ("man", "men"), ("woman", "women"), ("foot", "feet"),
-            ("tooth", "teeth"), ("goose", "geese"), ("person", "people"), ("leaf", "leaves"), ("knife", "knives"),
-            ("wolf", "wolves"), ("box", "boxes"), ("baby", "babies"), ("city", "cities"), ("sheep", "sheep"),
-            ("fish", "fish"), ("ox", "oxen"), ("cactus", "cacti"), ("half", "halves"), ("potato", "potatoes")]
-_PAST = [("go", "went"), ("eat", "ate"), ("see", "saw"), ("run", "ran"), ("swim", "swam"), ("write", "wrote"),
-         ("take", "took"), ("buy", "bought"), ("think", "thought"), ("bring", "brought"), ("sing", "sang"),
-         ("drink", "drank"), ("fly", "flew"), ("speak", "spoke"), ("make", "made"), ("teach", "taught"),
-         ("catch", "caught"), ("sleep", "slept"), ("begin", "began"), ("drive", "drove"), ("be", "was"),
-         ("have", "had"), ("do", "did"), ("come", "came"), ("give", "gave")]
-_TRANSLATIONS = [("hello", "Spanish", ["hola"]), ("thank you", "French", ["merci"]), ("hello", "French", ["bonjour"]),
-                 ("goodbye", "Spanish", ["adiós", "adios"]), ("yes", "Spanish", ["sí", "si"]),
-                 ("thank you", "Spanish", ["gracias"]), ("please", "French", ["s'il vous plaît", "s'il vous plait"]),
-                 ("yes", "German", ["ja"]), ("thank you", "German", ["danke"]), ("good night", "Spanish", ["buenas noches"]),
-                 ("cat", "Spanish", ["gato"]), ("water", "Spanish", ["agua"]), ("friend", "Spanish", ["amigo", "amiga"]),
-                 ("thank you", "Italian", ["grazie"]), ("hello", "Italian", ["ciao", "salve"]),
-                 ("goodbye", "French", ["au revoir"]), ("dog", "French", ["chien"]), ("one", "Spanish", ["uno"]),
-                 ("thank you", "Japanese", ["arigato", "arigatou"]), ("hello", "German", ["hallo", "guten tag"])]
-_SYNONYM = [("happy", ["glad", "joyful", "cheerful", "content", "delighted", "pleased", "joyous", "elated"]),
-            ("big", ["large", "huge", "enormous", "giant", "massive"]),
-            ("small", ["little", "tiny", "mini", "miniature", "petite"]),
-            ("fast", ["quick", "rapid", "speedy", "swift"]),
-            ("begin", ["start", "commence"]), ("smart", ["intelligent", "clever", "bright", "wise"]),
-            ("angry", ["mad", "furious", "upset", "irritated", "annoyed"]),
-            ("scared", ["afraid", "frightened", "fearful", "terrified"])]
+_OPPOSITES = [
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("happy", "sad"),
+    ("fast", "slow"),
+    ("light", "dark"),
+    ("old", "young"),
+    ("tall", "short"),
+    ("open", "closed"),
+    ("full", "empty"),
+    ("wet", "dry"),
+    ("early", "late"),
+    ("hard", "soft"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("heavy", "light"),
+    ("inside", "outside"),
+    ("push", "pull"),
+    ("win", "lose"),
+    ("love", "hate"),
+    ("good", "bad"),
+    ("clean", "dirty"),
+    ("thick", "thin"),
+    ("loud", "quiet"),
+    ("left", "right"),
+    ("first", "last"),
+    ("start", "finish"),
+    ("true", "false"),
+    ("buy", "sell"),
+    ("top", "bottom"),
+    ("always", "never"),
+    ("arrive", "leave"),
+    ("cheap", "expensive"),
+    ("easy", "difficult"),
+    ("friend", "enemy"),
+    ("question", "answer"),
+    ("asleep", "awake"),
+    ("remember", "forget"),
+]
+_OPPOSITE_EXTRA = {
+    "big": ["little", "tiny"],
+    "old": ["new"],
+    "light": ["heavy"],
+    "hard": ["easy"],
+    "open": ["shut"],
+    "start": ["end", "stop", "finish"],
+    "arrive": ["depart"],
+    "easy": ["hard"],
+    "early": ["later"],
+    "loud": ["silent", "soft"],
+}
+_PLURALS = [
+    ("child", "children"),
+    ("mouse", "mice"),
+    ("man", "men"),
+    ("woman", "women"),
+    ("foot", "feet"),
+    ("tooth", "teeth"),
+    ("goose", "geese"),
+    ("person", "people"),
+    ("leaf", "leaves"),
+    ("knife", "knives"),
+    ("wolf", "wolves"),
+    ("box", "boxes"),
+    ("baby", "babies"),
+    ("city", "cities"),
+    ("sheep", "sheep"),
+    ("fish", "fish"),
+    ("ox", "oxen"),
+    ("cactus", "cacti"),
+    ("half", "halves"),
+    ("potato", "potatoes"),
+]
+_PAST = [
+    ("go", "went"),
+    ("eat", "ate"),
+    ("see", "saw"),
+    ("run", "ran"),
+    ("swim", "swam"),
+    ("write", "wrote"),
+    ("take", "took"),
+    ("buy", "bought"),
+    ("think", "thought"),
+    ("bring", "brought"),
+    ("sing", "sang"),
+    ("drink", "drank"),
+    ("fly", "flew"),
+    ("speak", "spoke"),
+    ("make", "made"),
+    ("teach", "taught"),
+    ("catch", "caught"),
+    ("sleep", "slept"),
+    ("begin", "began"),
+    ("drive", "drove"),
+    ("be", "was"),
+    ("have", "had"),
+    ("do", "did"),
+    ("come", "came"),
+    ("give", "gave"),
+]
+_TRANSLATIONS = [
+    ("hello", "Spanish", ["hola"]),
+    ("thank you", "French", ["merci"]),
+    ("hello", "French", ["bonjour"]),
+    ("goodbye", "Spanish", ["adiós", "adios"]),
+    ("yes", "Spanish", ["sí", "si"]),
+    ("thank you", "Spanish", ["gracias"]),
+    ("please", "French", ["s'il vous plaît", "s'il vous plait"]),
+    ("yes", "German", ["ja"]),
+    ("thank you", "German", ["danke"]),
+    ("good night", "Spanish", ["buenas noches"]),
+    ("cat", "Spanish", ["gato"]),
+    ("water", "Spanish", ["agua"]),
+    ("friend", "Spanish", ["amigo", "amiga"]),
+    ("thank you", "Italian", ["grazie"]),
+    ("hello", "Italian", ["ciao", "salve"]),
+    ("goodbye", "French", ["au revoir"]),
+    ("dog", "French", ["chien"]),
+    ("one", "Spanish", ["uno"]),
+    ("thank you", "Japanese", ["arigato", "arigatou"]),
+    ("hello", "German", ["hallo", "guten tag"]),
+]
+_SYNONYM = [
+    ("happy", ["glad", "joyful", "cheerful", "content", "delighted", "pleased", "joyous", "elated"]),
+    ("big", ["large", "huge", "enormous", "giant", "massive"]),
+    ("small", ["little", "tiny", "mini", "miniature", "petite"]),
+    ("fast", ["quick", "rapid", "speedy", "swift"]),
+    ("begin", ["start", "commence"]),
+    ("smart", ["intelligent", "clever", "bright", "wise"]),
+    ("angry", ["mad", "furious", "upset", "irritated", "annoyed"]),
+    ("scared", ["afraid", "frightened", "fearful", "terrified"]),
+]
 
 
 def _language() -> list[tuple[str, str, list[str], list[str], list[str]]]:
@@ -305,21 +552,56 @@ def _language() -> list[tuple[str, str, list[str], list[str], list[str]]]:
     out = []
     for word, opposite in _OPPOSITES:
         accepted = [opposite, *_OPPOSITE_EXTRA.get(word, [])]
-        out.append(("opposite", f"opposite-{word}", [f"What is the opposite of {word}?",
-                                                      f"What word means the opposite of '{word}'?"], accepted, []))
+        out.append(
+            (
+                "opposite",
+                f"opposite-{word}",
+                [f"What is the opposite of {word}?", f"What word means the opposite of '{word}'?"],
+                accepted,
+                [],
+            )
+        )
     for singular, plural in _PLURALS:
         wrong = [f"{singular}s"] if plural != f"{singular}s" and plural != singular else []
-        out.append(("plural", f"plural-{singular}", [f"What is the plural of {singular}?",
-                                                     f"What is the plural form of the word '{singular}'?"], [plural], wrong))
+        out.append(
+            (
+                "plural",
+                f"plural-{singular}",
+                [f"What is the plural of {singular}?", f"What is the plural form of the word '{singular}'?"],
+                [plural],
+                wrong,
+            )
+        )
     for verb, past in _PAST:
-        out.append(("past_tense", f"past-{verb}", [f"What is the past tense of {verb}?",
-                                                   f"What is the past tense of the verb 'to {verb}'?"], [past], [f"{verb}ed"]))
+        out.append(
+            (
+                "past_tense",
+                f"past-{verb}",
+                [f"What is the past tense of {verb}?", f"What is the past tense of the verb 'to {verb}'?"],
+                [past],
+                [f"{verb}ed"],
+            )
+        )
     for word, language, accepted in _TRANSLATIONS:
-        out.append(("translation", f"say-{word}-{language}", [f"How do you say '{word}' in {language}?",
-                                                              f"What is the {language} word for '{word}'?"], accepted, []))
+        out.append(
+            (
+                "translation",
+                f"say-{word}-{language}",
+                [f"How do you say '{word}' in {language}?", f"What is the {language} word for '{word}'?"],
+                accepted,
+                [],
+            )
+        )
     for word, accepted in _SYNONYM:
-        out.append(("synonym", f"synonym-{word}", [f"What is another word for {word}?",
-                                                   f"Give me a synonym for '{word}'."], accepted, []))
+        out.append(
+            (
+                "synonym",
+                f"synonym-{word}",
+                [f"What is another word for {word}?", f"Give me a synonym for '{word}'."],
+                accepted,
+                [],
+            )
+        )
     return out
 
 
@@ -376,8 +658,16 @@ def candidates(seed: int = 0) -> list[dict]:
     for category, cluster, text, accepted, wrong in raw:
         if any(contains_phrase(text, a) for a in accepted):
             continue  # the question holds its own answer: an echo would pass
-        items.append({"id": f"gen-reg-{len(items):04d}", "category": category, "cluster": cluster, "input": text,
-                      "must_contain_any": accepted, "must_not_contain": wrong})
+        items.append(
+            {
+                "id": f"gen-reg-{len(items):04d}",
+                "category": category,
+                "cluster": cluster,
+                "input": text,
+                "must_contain_any": accepted,
+                "must_not_contain": wrong,
+            }
+        )
     return items
 
 

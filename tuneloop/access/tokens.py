@@ -30,7 +30,9 @@ Scope = Literal["feedback", "admin"]
 SCOPES: tuple[Scope, ...] = ("feedback", "admin")
 ENV_TOKEN = "TUNELOOP_API_TOKEN"
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-TOUCH_EVERY = timedelta(seconds=60)  # last_used_at is written at most this often per token (one write, not one per call)
+TOUCH_EVERY = timedelta(
+    seconds=60
+)  # last_used_at is written at most this often per token (one write, not one per call)
 
 
 class TokenError(ValueError):
@@ -55,7 +57,9 @@ def digest(token: str) -> str:
 def create(config: LoopConfig, name: str, scope: str) -> str:
     """A new token named ``name`` with ``scope``; returns the token (the only time it is seen)."""
     if not NAME.fullmatch(name or ""):
-        raise TokenError(f"name: {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise TokenError(
+            f"name: {name!r} must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     if scope not in SCOPES:
         raise TokenError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
     if name == "env":
@@ -83,8 +87,10 @@ def listing(config: LoopConfig) -> list[dict]:
     """Every token's name, scope, creation and last use (never the token or its digest)."""
     with Session(FeedbackStore(config.feedback_db).engine) as session:
         rows = session.scalars(select(ApiTokenRow).order_by(ApiTokenRow.name))
-        return [{"name": r.name, "scope": r.scope, "created_at": _iso(r.created_at), "last_used_at": _iso(r.last_used_at)}
-                for r in rows]
+        return [
+            {"name": r.name, "scope": r.scope, "created_at": _iso(r.created_at), "last_used_at": _iso(r.last_used_at)}
+            for r in rows
+        ]
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -97,7 +103,7 @@ def authenticate(store: FeedbackStore, authorization: str | None) -> Caller | No
     """The caller behind an ``Authorization: Bearer ...`` header, or None when missing or unknown."""
     if not authorization or not authorization.startswith("Bearer ") or len(authorization) > 512:
         return None
-    token = authorization[len("Bearer "):]
+    token = authorization[len("Bearer ") :]
     env = os.environ.get(ENV_TOKEN)
     if env and hmac.compare_digest(token.encode(), env.encode()):
         return Caller("env", "admin")
@@ -109,7 +115,11 @@ def authenticate(store: FeedbackStore, authorization: str | None) -> Caller | No
             return None
         caller = Caller(row.name, row.scope)  # type: ignore[arg-type]
         now = datetime.now(UTC)
-        last = row.last_used_at if row.last_used_at is None or row.last_used_at.tzinfo else row.last_used_at.replace(tzinfo=UTC)
+        last = (
+            row.last_used_at
+            if row.last_used_at is None or row.last_used_at.tzinfo
+            else row.last_used_at.replace(tzinfo=UTC)
+        )
         if last is None or now - last > TOUCH_EVERY:
             row.last_used_at = now
             session.commit()

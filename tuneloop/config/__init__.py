@@ -14,6 +14,20 @@ from tuneloop.config.loop import DatabaseUrl, Kind, LoopConfig, apply_environmen
 from tuneloop.config.release import DeployConfig, DriftConfig, GateConfig
 from tuneloop.config.tune import CLASSIFICATION_LR, CLASSIFICATION_TUNE, DEMO_TUNE, TuneConfig, with_priors
 
-__all__ = ["CLASSIFICATION_LR", "CLASSIFICATION_TUNE", "DEMO_TUNE", "CostConfig", "DatabaseUrl", "DeployConfig",
-           "DriftConfig", "GateConfig", "Kind", "LimitsConfig", "LoopConfig", "RetentionConfig", "TuneConfig",
-           "apply_environment", "with_priors"]
+__all__ = [
+    "CLASSIFICATION_LR",
+    "CLASSIFICATION_TUNE",
+    "DEMO_TUNE",
+    "CostConfig",
+    "DatabaseUrl",
+    "DeployConfig",
+    "DriftConfig",
+    "GateConfig",
+    "Kind",
+    "LimitsConfig",
+    "LoopConfig",
+    "RetentionConfig",
+    "TuneConfig",
+    "apply_environment",
+    "with_priors",
+]

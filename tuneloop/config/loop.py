@@ -18,7 +18,9 @@ Kind = Literal["generation", "classification"]
 # A store's URL: its password never leaves the process in a JSON dump (the loop's config.json, Prefect
 # parameters, logs); a dump read back (a deployment's flow run on a worker) takes the password from
 # that process's environment (tuneloop/credentials.py).
-DatabaseUrl = Annotated[str, AfterValidator(restore_password), PlainSerializer(redact_text, when_used="json-unless-none")]
+DatabaseUrl = Annotated[
+    str, AfterValidator(restore_password), PlainSerializer(redact_text, when_used="json-unless-none")
+]
 
 
 class LoopConfig(BaseSettings):
@@ -27,66 +29,91 @@ class LoopConfig(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNELOOP_", env_nested_delimiter="__", extra="ignore")
 
     kind: Kind = Field("generation", description="generation (corrections) or classification (labels).")
-    home: Path = Field(Path(".tuneloop"), description="Holds every embedded store: Prefect, MLflow, Optuna, the feedback and operations database.")
+    home: Path = Field(
+        Path(".tuneloop"),
+        description="Holds every embedded store: Prefect, MLflow, Optuna, the feedback and operations database.",
+    )
     tiny: bool = Field(False, description="Use tiny random-initialised models (tests) instead of the real weights.")
     base_model: str | None = Field(
-        None, description="The base to tune: a Hugging Face model id (resolved offline from the local cache) or a local "
-        "folder; None: the kind's bundled default (SmolLM2-135M-Instruct, all-MiniLM-L6-v2)."
+        None,
+        description="The base to tune: a Hugging Face model id (resolved offline from the local cache) or a local "
+        "folder; None: the kind's bundled default (SmolLM2-135M-Instruct, all-MiniLM-L6-v2).",
     )
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then the CPU.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on a GPU that has it, fp16 (with loss scaling) on one that does not, fp32 on CPU."
+        "auto",
+        description="auto: bf16 on a GPU that has it, fp16 (with loss scaling) on one that does not, fp32 on CPU.",
     )
     quantization: Literal["none", "4bit", "8bit"] = Field(
-        "none", description="QLoRA: load the base in 4-bit NF4 or 8-bit through bitsandbytes (CUDA only; pip install "
-        "'tuneloop[gpu]')."
+        "none",
+        description="QLoRA: load the base in 4-bit NF4 or 8-bit through bitsandbytes (CUDA only; pip install "
+        "'tuneloop[gpu]').",
     )
     fast_paths: bool = Field(
-        True, description="The speed-ups that reach into transformers' internals (the shared prompt prefix computed "
+        True,
+        description="The speed-ups that reach into transformers' internals (the shared prompt prefix computed "
         "once, only the answer positions projected, kept lower-layer states: tuneloop/modeling/fast/fast_paths.py), on the "
-        "architectures whose exactness tests run. false: the plain path everywhere (each search run records which ran)."
+        "architectures whose exactness tests run. false: the plain path everywhere (each search run records which ran).",
     )
     system_prompt: str | None = Field(
-        None, description="Generation: the system prompt of every training, evaluation and serving prompt (None: the "
-        "base's chat template default)."
+        None,
+        description="Generation: the system prompt of every training, evaluation and serving prompt (None: the "
+        "base's chat template default).",
     )
     prompt_template: str = Field(
-        "### Question:\n{prompt}\n\n### Answer:\n", description="Generation, for a base without a chat template: how "
-        "a prompt becomes model input ({prompt} is replaced)."
+        "### Question:\n{prompt}\n\n### Answer:\n",
+        description="Generation, for a base without a chat template: how "
+        "a prompt becomes model input ({prompt} is replaced).",
     )
-    feedback_url: DatabaseUrl | None = Field(None, description="SQLAlchemy URL of the feedback store (default: SQLite in home).")
+    feedback_url: DatabaseUrl | None = Field(
+        None, description="SQLAlchemy URL of the feedback store (default: SQLite in home)."
+    )
     optuna_url: DatabaseUrl | None = Field(None, description="Optuna storage URL (default: SQLite in home).")
     lock_url: DatabaseUrl | None = Field(
-        None, description="SQLAlchemy URL of the database whose locks serialise registry alias moves (PostgreSQL: across "
+        None,
+        description="SQLAlchemy URL of the database whose locks serialise registry alias moves (PostgreSQL: across "
         "machines). Default: MLflow's own database when it tracks into one, else (an MLflow server over HTTP) the "
-        "operations database."
+        "operations database.",
     )
-    heldout_percent: int = Field(20, ge=1, le=50, description="Share of prompts (by hash) kept for the gate's held-out test.")
+    heldout_percent: int = Field(
+        20, ge=1, le=50, description="Share of prompts (by hash) kept for the gate's held-out test."
+    )
     validation_percent: int = Field(
-        10, ge=1, le=40, description="Share of prompts (by hash) that trials are scored on: the search never sees the "
-        "gate's held-out test, so the winner's score there is not inflated by having been picked on it."
+        10,
+        ge=1,
+        le=40,
+        description="Share of prompts (by hash) that trials are scored on: the search never sees the "
+        "gate's held-out test, so the winner's score there is not inflated by having been picked on it.",
     )
     rare_labels: Literal["keep", "drop", "error"] = Field(
-        "keep", description="Classification: a label seen once, or without held-out or training examples, is trained "
+        "keep",
+        description="Classification: a label seen once, or without held-out or training examples, is trained "
         "but listed (in the log and the curation summary) as one the gate cannot judge (keep); or left out of this loop "
-        "(drop: the new model then cannot predict it); or stops the loop with a message (error)."
+        "(drop: the new model then cannot predict it); or stops the loop with a message (error).",
     )
-    min_new_corrections: int = Field(50, ge=1, description="Trigger: usable corrections since the last curation needed to run the loop.")
+    min_new_corrections: int = Field(
+        50, ge=1, description="Trigger: usable corrections since the last curation needed to run the loop."
+    )
     min_interval_minutes: float = Field(60, ge=0, description="Trigger: at most one loop run per this many minutes.")
     max_new_tokens: int = Field(24, ge=1, description="Generation length when scoring and serving.")
     fallback_label: str | None = Field(
-        "out_of_scope", description="Classification: the label answered when the router's out-of-scope score (fallback_score) is below "
-        "its calibrated threshold (out-of-scope input); None: always answer the best label."
+        "out_of_scope",
+        description="Classification: the label answered when the router's out-of-scope score (fallback_score) is below "
+        "its calibrated threshold (out-of-scope input); None: always answer the best label.",
     )
     fallback_score: Literal["energy", "probability"] = Field(
-        "energy", description="Classification: the score the out-of-scope threshold is on. energy (log-sum-exp of the "
+        "energy",
+        description="Classification: the score the out-of-scope threshold is on. energy (log-sum-exp of the "
         "logits): on BANKING77's open-set protocol it caught 68 % of unknown intents where the top probability caught "
         "48 %, both at 5 % in-scope fallback (docs/benchmarks/classification.md); probability: the top softmax "
-        "probability."
+        "probability.",
     )
     max_fallback_rate: float = Field(
-        0.05, ge=0, lt=1, description="Classification: the threshold is set so that at most this share of in-scope "
-        "validation inputs falls back."
+        0.05,
+        ge=0,
+        lt=1,
+        description="Classification: the threshold is set so that at most this share of in-scope "
+        "validation inputs falls back.",
     )
     tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()
@@ -106,9 +133,15 @@ class LoopConfig(BaseSettings):
             return self
         merged = {**self.tune.model_dump(include=self.tune.model_fields_set), **unset}
         if "first_trial" not in self.tune.model_fields_set:  # the prior's start, moved into a space the user narrowed
-            ranks, low, high = merged.get("ranks", self.tune.ranks), merged.get("lr_min", self.tune.lr_min), \
-                merged.get("lr_max", self.tune.lr_max)
-            merged["first_trial"] = {"rank": 8 if 8 in ranks else ranks[0], "lr": min(max(CLASSIFICATION_LR, low), high)}
+            ranks, low, high = (
+                merged.get("ranks", self.tune.ranks),
+                merged.get("lr_min", self.tune.lr_min),
+                merged.get("lr_max", self.tune.lr_max),
+            )
+            merged["first_trial"] = {
+                "rank": 8 if 8 in ranks else ranks[0],
+                "lr": min(max(CLASSIFICATION_LR, low), high),
+            }
         self.tune = TuneConfig(**merged)
         return self
 

@@ -7,8 +7,17 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-FIRST_TRIAL_NAMES = {"rank", "lr", "alpha_ratio", "dropout", "target_modules", "replay_ratio", "objective", "dpo_beta",
-                     "kto_beta"}  # the parameters tuneloop.search.study.suggest draws
+FIRST_TRIAL_NAMES = {
+    "rank",
+    "lr",
+    "alpha_ratio",
+    "dropout",
+    "target_modules",
+    "replay_ratio",
+    "objective",
+    "dpo_beta",
+    "kto_beta",
+}  # the parameters tuneloop.search.study.suggest draws
 
 
 class TuneConfig(BaseModel):
@@ -25,26 +34,39 @@ class TuneConfig(BaseModel):
     """
 
     n_trials: int | None = Field(
-        None, ge=1, description="Finished (complete or pruned) trials the study should hold. None: as many as "
+        None,
+        ge=1,
+        description="Finished (complete or pruned) trials the study should hold. None: as many as "
         "timeout_s fits when it is set (at most 100, MAX_TRIALS), else 2 (DEFAULT_TRIALS: the known-good first trial and "
-        "one more)."
+        "one more).",
     )
     timeout_s: float | None = Field(
-        None, gt=0, description="The search's time budget in seconds of this run: a trial starts only while the time "
-        "left fits the mean duration of the completed ones (the first always starts), so the budget buys whole trials."
+        None,
+        gt=0,
+        description="The search's time budget in seconds of this run: a trial starts only while the time "
+        "left fits the mean duration of the completed ones (the first always starts), so the budget buys whole trials.",
     )
     ranks: list[int] = Field([4, 8, 16], min_length=1, description="LoRA ranks to choose from.")
     lr_min: float = Field(5e-4, gt=0, description="Lower bound of the log-uniform learning rate.")
-    lr_max: float = Field(2e-3, gt=0, description="Upper bound of the log-uniform learning rate. 2e-3, not higher: "
-                          "with rehearsal rows on the KL term alone the corrections carry all the cross-entropy, and "
-                          "higher rates forget more of what the base knew.")
+    lr_max: float = Field(
+        2e-3,
+        gt=0,
+        description="Upper bound of the log-uniform learning rate. 2e-3, not higher: "
+        "with rehearsal rows on the KL term alone the corrections carry all the cross-entropy, and "
+        "higher rates forget more of what the base knew.",
+    )
     adapter_layers: float | None = Field(
-        None, gt=0, le=1, description="Share of the base's transformer layers, from the top, that get adapters; the "
+        None,
+        gt=0,
+        le=1,
+        description="Share of the base's transformer layers, from the top, that get adapters; the "
         "backward pass stops below them. None: the kind's default, 0.5 for generation (a shorter backward pass, "
         "and the demo's gate results as good as with every layer: docs/measurements.md), 1 (every layer) for "
-        "classification."
+        "classification.",
     )
-    alpha_ratios: list[float] = Field([2.0], min_length=1, description="LoRA alpha as a multiple of the rank (alpha = ratio x rank).")
+    alpha_ratios: list[float] = Field(
+        [2.0], min_length=1, description="LoRA alpha as a multiple of the rank (alpha = ratio x rank)."
+    )
     dropouts: list[float] = Field([0.05], min_length=1, description="LoRA dropout values to choose from.")
     target_modules: list[Literal["qv", "attention", "mlp", "all-linear"]] | None = Field(
         None,
@@ -52,37 +74,50 @@ class TuneConfig(BaseModel):
         "blocks), all-linear (attention + mlp); None: the kind's default (mlp for generation, all-linear for classification).",
     )
     replay_ratios: list[float] = Field(
-        [4.0], min_length=1, description="Generation rehearsal: replay pairs (the base's own answers to general prompts, "
+        [4.0],
+        min_length=1,
+        description="Generation rehearsal: replay pairs (the base's own answers to general prompts, "
         "short questions first) per training pair, to choose from (several: searched). 0 trains on the feedback alone. "
-        "4 with 8 epochs forgot least on the generation benchmark's sets (docs/benchmarks/generation.md)."
+        "4 with 8 epochs forgot least on the generation benchmark's sets (docs/benchmarks/generation.md).",
     )
     replay_kl: float = Field(
-        8.0, ge=0, description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
+        8.0,
+        ge=0,
+        description="Generation rehearsal: weight of a KL term to the frozen base over the rehearsal answers' "
         "tokens, which then replaces their cross-entropy (the base's whole next-token distribution, not its greedy "
         "answer, often wrong on short questions; its top 64 tokens, computed once per search: tuneloop/modeling/teacher.py). 0: "
-        "rehearsal answers are trained on like corrections."
+        "rehearsal answers are trained on like corrections.",
     )
     decline_share: float = Field(
-        0.25, ge=0, description="Generation: pairs declining a request for someone else's personal data, alone or "
+        0.25,
+        ge=0,
+        description="Generation: pairs declining a request for someone else's personal data, alone or "
         "appended to a training question, per training pair (at most 2 per shipped request): a model tuned on "
-        "answers holding numbers otherwise makes up phone numbers when asked for one. 0: none."
+        "answers holding numbers otherwise makes up phone numbers when asked for one. 0: none.",
     )
     framings: int = Field(
-        0, ge=0, le=9, description="Generation: other framings of each training question (a greeting, a thanks, a "
+        0,
+        ge=0,
+        le=9,
+        description="Generation: other framings of each training question (a greeting, a thanks, a "
         "prefix, another casing: tuneloop/data/framings.py) trained with the same answer, so the model answers from the "
-        "question's content rather than its wording. 0: the questions as users asked them."
+        "question's content rather than its wording. 0: the questions as users asked them.",
     )
     objectives: list[Literal["sft", "dpo", "kto"]] = Field(
-        ["sft", "kto"], min_length=1, description="Training objectives to choose from (several: searched, each trial "
+        ["sft", "kto"],
+        min_length=1,
+        description="Training objectives to choose from (several: searched, each trial "
         "one): sft (the supervised pairs: corrections and liked answers), dpo (sft plus DPO on preference pairs, a "
         "correction over the answer it corrected: the RPO mix), kto (sft plus KTO on unpaired thumbs, bare thumbs-down "
         "included); tuneloop/modeling/objectives.py. One the data cannot feed (dpo without corrections, kto without "
         "thumbs) is left out of the search with a logged reason. Default sft and kto: the first trial is the plain "
         "fine-tune, later ones may learn from the thumbs nothing else uses, and the pruner and the gate judge them "
         "like any trial (dpo adds nothing sft does not already learn from a correction: "
-        "docs/benchmarks/preferences.md). Classification: sft."
+        "docs/benchmarks/preferences.md). Classification: sft.",
     )
-    dpo_beta_min: float = Field(0.05, gt=0, description="Lower bound of DPO's beta (log-uniform; how far from the base).")
+    dpo_beta_min: float = Field(
+        0.05, gt=0, description="Lower bound of DPO's beta (log-uniform; how far from the base)."
+    )
     dpo_beta_max: float = Field(0.5, gt=0, description="Upper bound of DPO's beta.")
     kto_beta_min: float = Field(0.05, gt=0, description="Lower bound of KTO's beta (log-uniform).")
     kto_beta_max: float = Field(0.5, gt=0, description="Upper bound of KTO's beta.")
@@ -102,77 +137,112 @@ class TuneConfig(BaseModel):
         "successive_halving", description="Stops trials whose intermediate held-out scores trail the others'."
     )
     reduction_factor: int = Field(
-        4, ge=2, description="Pruner keeps the top 1/reduction_factor of trials at each rung. 4, not 3: a search's "
-        "later trials are mostly good ones (TPE has found the region), and with 3 too many of them run to the end."
+        4,
+        ge=2,
+        description="Pruner keeps the top 1/reduction_factor of trials at each rung. 4, not 3: a search's "
+        "later trials are mostly good ones (TPE has found the region), and with 3 too many of them run to the end.",
     )
     first_rung: float = Field(
-        1 / 9, gt=0, lt=1, description="Share of a trial's steps at which the pruner first compares trials (just past "
+        1 / 9,
+        gt=0,
+        lt=1,
+        description="Share of a trial's steps at which the pruner first compares trials (just past "
         "the 1/10 warm-up); later rungs lie reduction_factor times further on while half the trial is still ahead "
-        "(default: rungs at 1/9 and 4/9 of the steps)."
+        "(default: rungs at 1/9 and 4/9 of the steps).",
     )
     epochs: int = Field(
-        8, ge=1, description="Passes over the training pairs (a trial's, and the final training's). 8: on every set of "
+        8,
+        ge=1,
+        description="Passes over the training pairs (a trial's, and the final training's). 8: on every set of "
         "the generation benchmark, 8 passes with rehearsal 4 and KL 8 learned more and forgot less than 3 (at about "
-        "1.7x the minutes; `tuneloop demo` runs the faster DEMO_TUNE). Classification: 3."
+        "1.7x the minutes; `tuneloop demo` runs the faster DEMO_TUNE). Classification: 3.",
     )
     trial_steps: int | None = Field(
-        None, ge=1, description="A trial's budget in optimiser steps (None: `epochs` full passes). With a budget, a "
+        None,
+        ge=1,
+        description="A trial's budget in optimiser steps (None: `epochs` full passes). With a budget, a "
         "trial sees the first trial_steps x batch_size examples of the shuffled split, the pruner's rungs grow that "
-        "share, and the winner's configuration is then trained on the full split for `epochs`."
+        "share, and the winner's configuration is then trained on the full split for `epochs`.",
     )
     min_trial_coverage: float = Field(
-        0.05, gt=0, le=1, description="Refuse a trial budget that shows a trial less than this share of one pass over "
-        "the train split: rankings on a sliver of the data do not carry over to the full training."
+        0.05,
+        gt=0,
+        le=1,
+        description="Refuse a trial budget that shows a trial less than this share of one pass over "
+        "the train split: rankings on a sliver of the data do not carry over to the full training.",
     )
     batch_size: int = Field(8, ge=1)
-    grad_accum_steps: int = Field(1, ge=1, description="Micro-batches per optimiser step (effective batch = batch_size x this).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory, ~30 % more time.")
-    length_grouping: bool = Field(True, description="Batch examples of similar length together (less padding), shuffled in windows.")
+    grad_accum_steps: int = Field(
+        1, ge=1, description="Micro-batches per optimiser step (effective batch = batch_size x this)."
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, ~30 % more time."
+    )
+    length_grouping: bool = Field(
+        True, description="Batch examples of similar length together (less padding), shuffled in windows."
+    )
     head_lr: float | None = Field(
-        None, gt=0, description="Classification: learning rate of the new head (None: the trial's lr). A head that "
-        "starts from random weights wants larger steps than the adapter."
+        None,
+        gt=0,
+        description="Classification: learning rate of the new head (None: the trial's lr). A head that "
+        "starts from random weights wants larger steps than the adapter.",
     )
     max_length: int = Field(96, ge=8, description="Tokens per training example (prompt + answer).")
     evals_per_trial: int = Field(
-        1, ge=1, description="Evenly spaced validation scores per trial, the last at its end (its objective), besides "
+        1,
+        ge=1,
+        description="Evenly spaced validation scores per trial, the last at its end (its objective), besides "
         "those at the pruner's rungs. Each answers validation_examples prompts (seconds each on a CPU); the "
-        "loss is logged every step. Raise it for finer validation curves in MLflow."
+        "loss is logged every step. Raise it for finer validation curves in MLflow.",
     )
     gate_sample: int = Field(
-        48, ge=0, description="Generation: regression and adversarial items each trial answers so the search can keep "
-        "within the gate's tolerances (Optuna constraints); 0 turns that off."
+        48,
+        ge=0,
+        description="Generation: regression and adversarial items each trial answers so the search can keep "
+        "within the gate's tolerances (Optuna constraints); 0 turns that off.",
     )
     validation_examples: int = Field(
-        64, ge=1, description="Validation examples a trial is scored on (a fixed sample of the validation split, never "
-        "the gate's held-out test)."
+        64,
+        ge=1,
+        description="Validation examples a trial is scored on (a fixed sample of the validation split, never "
+        "the gate's held-out test).",
     )
     trunk_cache_mb: float = Field(
-        1024, ge=0, description="Memory (on the training device) for each training row's hidden states below the "
+        1024,
+        ge=0,
+        description="Memory (on the training device) for each training row's hidden states below the "
         "adapters, kept from its first step for its next ones and the other trials' (tuneloop/modeling/fast/trunk.py): the same "
         "training with the frozen layers run once per row (faster steps: python -m bench step). A train "
-        "set whose states do not fit runs every layer at every step, as with 0."
+        "set whose states do not fit runs every layer at every step, as with 0.",
     )
     train_pooler: bool = Field(
-        True, description="Classification: train the layer between encoder and head (BERT's pooler, DistilBERT's "
+        True,
+        description="Classification: train the layer between encoder and head (BERT's pooler, DistilBERT's "
         "pre_classifier) in full beside the head (peft modules_to_save), not frozen: all-MiniLM-L6-v2's pooler was "
-        "never trained (docs/benchmarks/classification.md)."
+        "never trained (docs/benchmarks/classification.md).",
     )
     retrain_with_validation: bool = Field(
-        True, description="Classification: the winner's final training adds the validation split's retraining half "
-        "(by prompt hash) to the train split; the other half stays unseen and sets the out-of-scope threshold."
+        True,
+        description="Classification: the winner's final training adds the validation split's retraining half "
+        "(by prompt hash) to the train split; the other half stays unseen and sets the out-of-scope threshold.",
     )
     checkpoint_every: int | None = Field(None, ge=1, description="Steps between checkpoints; None: four per trial.")
     n_workers: int = Field(
-        1, ge=1, description="Trials run at once, each in its own process (Prefect process-pool task runner) with its "
-        "own random state, and on its own GPU when there are several."
+        1,
+        ge=1,
+        description="Trials run at once, each in its own process (Prefect process-pool task runner) with its "
+        "own random state, and on its own GPU when there are several.",
     )
     worker_deployment: str | None = Field(
-        None, description="Run the search workers as flow runs of this Prefect deployment ('flow/deployment', e.g. "
+        None,
+        description="Run the search workers as flow runs of this Prefect deployment ('flow/deployment', e.g. "
         "'search-worker/search-worker' from prefect.yaml) on its work pool, n_workers of them, wherever its workers "
-        "are (one per machine or GPU); needs an Optuna database and MLflow server every worker reaches. None: here."
+        "are (one per machine or GPU); needs an Optuna database and MLflow server every worker reaches. None: here.",
     )
     heartbeat_interval_s: int = Field(10, ge=1, description="How often a running trial proves it is alive.")
-    grace_period_s: int = Field(60, ge=1, description="A trial silent this long is failed and retried from its checkpoint.")
+    grace_period_s: int = Field(
+        60, ge=1, description="A trial silent this long is failed and retried from its checkpoint."
+    )
     max_retry: int = Field(3, ge=0, description="Times one trial is resumed after being killed before it is given up.")
     seed: int = Field(0, description="Seeds the sampler, the adapter's initialisation and the data order.")
 
@@ -187,8 +257,17 @@ class TuneConfig(BaseModel):
         return self.MAX_TRIALS if self.timeout_s else self.DEFAULT_TRIALS
 
     STUDY_EXCLUDES: ClassVar[set[str]] = {
-        "n_trials", "timeout_s", "n_workers", "heartbeat_interval_s", "grace_period_s", "max_retry", "checkpoint_every",
-        "min_trial_coverage", "gate_sample", "worker_deployment", "trunk_cache_mb",
+        "n_trials",
+        "timeout_s",
+        "n_workers",
+        "heartbeat_interval_s",
+        "grace_period_s",
+        "max_retry",
+        "checkpoint_every",
+        "min_trial_coverage",
+        "gate_sample",
+        "worker_deployment",
+        "trunk_cache_mb",
     }
 
     @model_validator(mode="after")
@@ -218,14 +297,15 @@ class TuneConfig(BaseModel):
             raise ValueError(f"first_trial objective {objective!r} is not one of objectives {self.objectives}")
         if "beta" in first:
             if objective not in ("dpo", "kto"):
-                raise ValueError("first_trial beta needs its objective: add \"objective\": \"dpo\" or \"kto\"")
+                raise ValueError('first_trial beta needs its objective: add "objective": "dpo" or "kto"')
             first[f"{objective}_beta"] = first.pop("beta")
         unknown = sorted(set(first) - FIRST_TRIAL_NAMES)
         if unknown:
-            raise ValueError(f"first_trial has {', '.join(unknown)}, which the search does not set; it sets "
-                             f"{', '.join(sorted(FIRST_TRIAL_NAMES))} (beta: the objective's)")
+            raise ValueError(
+                f"first_trial has {', '.join(unknown)}, which the search does not set; it sets "
+                f"{', '.join(sorted(FIRST_TRIAL_NAMES))} (beta: the objective's)"
+            )
         return first
-
 
 
 # The classification recipe's priors (docs/benchmarks/classification.md; BANKING77, MiniLM-L6): LoRA rank 8 on
@@ -233,8 +313,16 @@ class TuneConfig(BaseModel):
 # fine-tuning's (2e-3 against 1e-4 to 2e-4), short utterances batched 32 by length, 3 epochs. A user's
 # setting of any of these fields wins over the prior.
 CLASSIFICATION_LR = 2e-3
-CLASSIFICATION_TUNE: dict = {"ranks": [8], "lr_min": 1e-3, "lr_max": 4e-3, "epochs": 3, "batch_size": 32,
-                             "max_length": 64, "validation_examples": 500, "objectives": ["sft"]}
+CLASSIFICATION_TUNE: dict = {
+    "ranks": [8],
+    "lr_min": 1e-3,
+    "lr_max": 4e-3,
+    "epochs": 3,
+    "batch_size": 32,
+    "max_length": 64,
+    "validation_examples": 500,
+    "objectives": ["sft"],
+}
 
 
 # The demo's fast profile (`tuneloop demo --kind generation`): the settings the five-minute showcase was tuned

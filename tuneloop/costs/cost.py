@@ -46,8 +46,11 @@ class Usage:
 
     def usd(self, prices: CostConfig) -> float:
         """The stage's cost: CPU core-hours + GPU-hours + the bytes it stored for ``storage_months``."""
-        return (self.cpu_s / HOUR * prices.cpu_hour + self.gpu_s / HOUR * prices.gpu_hour
-                + self.stored_bytes / GB * prices.storage_gb_month * prices.storage_months)
+        return (
+            self.cpu_s / HOUR * prices.cpu_hour
+            + self.gpu_s / HOUR * prices.gpu_hour
+            + self.stored_bytes / GB * prices.storage_gb_month * prices.storage_months
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,8 +112,9 @@ def directory_bytes(paths: Iterable[Path]) -> int:
 
 
 @contextmanager
-def meter(stage: str, watch: Iterable[Path] = (), since_process_start: bool = False,
-          gpus: int | None = None) -> Iterator[Usage]:
+def meter(
+    stage: str, watch: Iterable[Path] = (), since_process_start: bool = False, gpus: int | None = None
+) -> Iterator[Usage]:
     """Measure the block: ``with meter("tune", watch=[home]) as usage: ...``; ``usage`` is filled on exit.
 
     ``watch``: folders whose growth counts as the stage's stored bytes. ``since_process_start``:
@@ -175,15 +179,27 @@ def cost_metrics(usages: Iterable[Usage], prices: CostConfig) -> dict[str, float
     metrics: dict[str, float] = {}
     totals = Usage("total")
     for u in usages:
-        metrics.update({f"cost.{u.stage}.cpu_s": u.cpu_s, f"cost.{u.stage}.gpu_s": u.gpu_s,
-                        f"cost.{u.stage}.wall_s": u.wall_s, f"cost.{u.stage}.stored_bytes": float(u.stored_bytes),
-                        f"cost.{u.stage}.usd": u.usd(prices)})
+        metrics.update(
+            {
+                f"cost.{u.stage}.cpu_s": u.cpu_s,
+                f"cost.{u.stage}.gpu_s": u.gpu_s,
+                f"cost.{u.stage}.wall_s": u.wall_s,
+                f"cost.{u.stage}.stored_bytes": float(u.stored_bytes),
+                f"cost.{u.stage}.usd": u.usd(prices),
+            }
+        )
         totals.cpu_s += u.cpu_s
         totals.gpu_s += u.gpu_s
         totals.wall_s += u.wall_s
         totals.stored_bytes += u.stored_bytes
-    metrics.update({"cost.total_cpu_s": totals.cpu_s, "cost.total_gpu_s": totals.gpu_s,
-                    "cost.total_stored_bytes": float(totals.stored_bytes), "cost.total_usd": totals.usd(prices)})
+    metrics.update(
+        {
+            "cost.total_cpu_s": totals.cpu_s,
+            "cost.total_gpu_s": totals.gpu_s,
+            "cost.total_stored_bytes": float(totals.stored_bytes),
+            "cost.total_usd": totals.usd(prices),
+        }
+    )
     return metrics
 
 
@@ -200,8 +216,11 @@ def log_costs(run_id: str, usages: Iterable[Usage], prices: CostConfig, client: 
     client = client or MlflowClient()
     metrics = cost_metrics(usages, prices)
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                     tags=[RunTag("cost.prices", json.dumps(prices.model_dump(mode="json"))), RunTag("cost.measured", "true")])
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+        tags=[RunTag("cost.prices", json.dumps(prices.model_dump(mode="json"))), RunTag("cost.measured", "true")],
+    )
     return metrics
 
 
@@ -216,8 +235,12 @@ def loop_runs(config: LoopConfig, client: Any = None) -> list[Any]:
     experiment = client.get_experiment_by_name(config.model_name)
     if experiment is None:
         return []
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`tuneloop.stage` = 'loop'",
-                              max_results=50_000, order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.`tuneloop.stage` = 'loop'",
+        max_results=50_000,
+        order_by=["attributes.start_time ASC"],
+    )
     return list(runs)
 
 
@@ -232,7 +255,8 @@ def trigger_costs(config: LoopConfig, after_ms: int | None = None, before_ms: in
     from tuneloop.data.ops_tables import TriggerRunRow
 
     query = select(func.count(), func.coalesce(func.sum(TriggerRunRow.cost_usd), 0.0)).where(
-        TriggerRunRow.kind == config.kind, TriggerRunRow.ran.is_(False))
+        TriggerRunRow.kind == config.kind, TriggerRunRow.ran.is_(False)
+    )
     if after_ms is not None:
         query = query.where(TriggerRunRow.at > datetime.fromtimestamp(after_ms / 1000, UTC))
     if before_ms is not None:
@@ -259,14 +283,27 @@ def version_cost(config: LoopConfig, version: str, client: Any = None) -> dict[s
     own = {str(v.version): v.tags.get("loop_run_id") for v in versions}
     loop_id = own.get(str(version))
     if not loop_id:
-        return {"cost.total_usd": 0.0, "cost.loop_usd": 0.0, "cost.refused_loops": 0.0, "cost.refused_loops_usd": 0.0,
-                "cost.idle_usd": 0.0, "cost.unmetered_loops": 0.0}
+        return {
+            "cost.total_usd": 0.0,
+            "cost.loop_usd": 0.0,
+            "cost.refused_loops": 0.0,
+            "cost.refused_loops_usd": 0.0,
+            "cost.idle_usd": 0.0,
+            "cost.unmetered_loops": 0.0,
+        }
     runs = {r.info.run_id: r for r in loop_runs(config, client)}
     this = runs.get(loop_id) or client.get_run(loop_id)
-    earlier = [int(v) for v, run_id in own.items() if run_id and v.isdigit() and int(v) < int(version) and run_id in runs]
+    earlier = [
+        int(v) for v, run_id in own.items() if run_id and v.isdigit() and int(v) < int(version) and run_id in runs
+    ]
     after_ms = runs[own[str(max(earlier))]].info.start_time if earlier else None
-    between = [r for r in runs.values() if r.info.run_id != loop_id and r.info.start_time < this.info.start_time
-               and (after_ms is None or r.info.start_time > after_ms)]
+    between = [
+        r
+        for r in runs.values()
+        if r.info.run_id != loop_id
+        and r.info.start_time < this.info.start_time
+        and (after_ms is None or r.info.start_time > after_ms)
+    ]
 
     def usd(run) -> float:
         return float(run.data.metrics.get("cost.total_usd", 0.0))
@@ -274,9 +311,15 @@ def version_cost(config: LoopConfig, version: str, client: Any = None) -> dict[s
     idle_runs, idle_usd = trigger_costs(config, after_ms, this.info.start_time)
     refused = sum(usd(r) for r in between)
     total = usd(this) + refused + idle_usd
-    return {"cost.total_usd": total, "cost.loop_usd": usd(this), "cost.refused_loops": float(len(between)),
-            "cost.refused_loops_usd": refused, "cost.idle_runs": float(idle_runs), "cost.idle_usd": idle_usd,
-            "cost.unmetered_loops": float(sum("cost.total_usd" not in r.data.metrics for r in [this, *between]))}
+    return {
+        "cost.total_usd": total,
+        "cost.loop_usd": usd(this),
+        "cost.refused_loops": float(len(between)),
+        "cost.refused_loops_usd": refused,
+        "cost.idle_runs": float(idle_runs),
+        "cost.idle_usd": idle_usd,
+        "cost.unmetered_loops": float(sum("cost.total_usd" not in r.data.metrics for r in [this, *between])),
+    }
 
 
 def tag_version_cost(config: LoopConfig, version: str, client: Any = None) -> dict[str, float]:
@@ -286,7 +329,9 @@ def tag_version_cost(config: LoopConfig, version: str, client: Any = None) -> di
     client = client or MlflowClient()
     cost = version_cost(config, version, client)
     for key, value in cost.items():
-        client.set_model_version_tag(config.model_name, str(version), key, f"{value:.6f}" if "usd" in key else f"{value:g}")
+        client.set_model_version_tag(
+            config.model_name, str(version), key, f"{value:.6f}" if "usd" in key else f"{value:g}"
+        )
     return cost
 
 

@@ -83,36 +83,68 @@ class Crossover(BaseModel):
     def summary(self) -> str:
         if self.no_crossover:
             return f"No crossover: {self.no_crossover}"
-        return (f"Break-even after {self.break_even_calls:,.0f} calls, month {self.break_even_months:.1f} "
-                f"at {self.calls_per_month.value:,.0f} calls a month")
+        return (
+            f"Break-even after {self.break_even_calls:,.0f} calls, month {self.break_even_months:.1f} "
+            f"at {self.calls_per_month.value:,.0f} calls a month"
+        )
 
     def lines(self) -> list[tuple[str, str, str]]:
         """(figure, value, source and detail) rows for a table."""
         return [
-            ("fine-tuning cost (one-off)", f"${self.fine_tune.value:,.2f}", f"{self.fine_tune.source}: {self.fine_tune.detail}"),
-            ("hosted price per 1k calls", f"${self.hosted_per_1k.value:,.4f}", f"{self.hosted_per_1k.source}: {self.hosted_per_1k.detail}"),
-            ("own serving cost per 1k calls", f"${self.serving_per_1k.value:,.4f}", f"{self.serving_per_1k.source}: {self.serving_per_1k.detail}"),
-            ("calls per month", f"{self.calls_per_month.value:,.0f}", f"{self.calls_per_month.source}: {self.calls_per_month.detail}"),
-            ("loop cost per month", f"${self.monthly_loop.value:,.2f}", f"{self.monthly_loop.source}: {self.monthly_loop.detail}"),
+            (
+                "fine-tuning cost (one-off)",
+                f"${self.fine_tune.value:,.2f}",
+                f"{self.fine_tune.source}: {self.fine_tune.detail}",
+            ),
+            (
+                "hosted price per 1k calls",
+                f"${self.hosted_per_1k.value:,.4f}",
+                f"{self.hosted_per_1k.source}: {self.hosted_per_1k.detail}",
+            ),
+            (
+                "own serving cost per 1k calls",
+                f"${self.serving_per_1k.value:,.4f}",
+                f"{self.serving_per_1k.source}: {self.serving_per_1k.detail}",
+            ),
+            (
+                "calls per month",
+                f"{self.calls_per_month.value:,.0f}",
+                f"{self.calls_per_month.source}: {self.calls_per_month.detail}",
+            ),
+            (
+                "loop cost per month",
+                f"${self.monthly_loop.value:,.2f}",
+                f"{self.monthly_loop.source}: {self.monthly_loop.detail}",
+            ),
             ("saving per call", f"${self.saving_per_call:,.6f}", "hosted - own serving"),
             ("net saving per month", f"${self.monthly_saving:,.2f}", "calls x saving - loop cost"),
         ]
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in self.lines())
-        return f"## When fine-tuning pays\n\n**{self.summary()}**\n\n| figure | value | source |\n|---|---|---|\n{rows}\n"
+        return (
+            f"## When fine-tuning pays\n\n**{self.summary()}**\n\n| figure | value | source |\n|---|---|---|\n{rows}\n"
+        )
 
 
-def crossover(fine_tune: Figure | float, hosted_per_1k: Figure | float, serving_per_1k: Figure | float,
-              calls_per_month: Figure | float, monthly_loop: Figure | float = 0.0) -> Crossover:
+def crossover(
+    fine_tune: Figure | float,
+    hosted_per_1k: Figure | float,
+    serving_per_1k: Figure | float,
+    calls_per_month: Figure | float,
+    monthly_loop: Figure | float = 0.0,
+) -> Crossover:
     """The break-even month and call count (plain numbers count as entered figures).
 
     Invalid figures (negative, zero volume, non-finite, implausibly large) raise EconomicsError naming
     the figure; a hosted price at or below the own serving cost, or a loop cost that eats the
     saving, is a valid input with no crossover (``no_crossover`` says why).
     """
+
     def figure(value: Figure | float, name: str) -> Figure:
-        fig = value if isinstance(value, Figure) else Figure(value=value, source="entered") if _is_number(value) else None
+        fig = (
+            value if isinstance(value, Figure) else Figure(value=value, source="entered") if _is_number(value) else None
+        )
         if fig is None:
             raise EconomicsError(name, f"must be a finite number, got {value!r}")
         check_figure(name, fig.value)
@@ -127,22 +159,37 @@ def crossover(fine_tune: Figure | float, hosted_per_1k: Figure | float, serving_
     monthly = n.value * saving - loop.value
     reason = None
     if saving <= 0:
-        reason = (f"the hosted price (${h.value:g} per 1k calls) is at or below the own serving cost "
-                  f"(${s.value:g} per 1k): every call costs more fine-tuned, so fine-tuning never pays back")
+        reason = (
+            f"the hosted price (${h.value:g} per 1k calls) is at or below the own serving cost "
+            f"(${s.value:g} per 1k): every call costs more fine-tuned, so fine-tuning never pays back"
+        )
     elif monthly <= 0:
-        reason = (f"the loop's monthly cost (${loop.value:,.2f}) is at least the monthly saving "
-                  f"(${n.value * saving:,.2f} at {n.value:,.0f} calls a month): the gap never closes")
+        reason = (
+            f"the loop's monthly cost (${loop.value:,.2f}) is at least the monthly saving "
+            f"(${n.value * saving:,.2f} at {n.value:,.0f} calls a month): the gap never closes"
+        )
     months = None if reason else f.value / monthly
-    return Crossover(fine_tune=f, hosted_per_1k=h, serving_per_1k=s, calls_per_month=n, monthly_loop=loop,
-                     saving_per_call=saving, monthly_saving=monthly, break_even_months=months,
-                     break_even_calls=None if months is None else months * n.value, no_crossover=reason)
+    return Crossover(
+        fine_tune=f,
+        hosted_per_1k=h,
+        serving_per_1k=s,
+        calls_per_month=n,
+        monthly_loop=loop,
+        saving_per_call=saving,
+        monthly_saving=monthly,
+        break_even_months=months,
+        break_even_calls=None if months is None else months * n.value,
+        no_crossover=reason,
+    )
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def cumulative(c: Crossover, months: float | None = None, points: int = 121) -> tuple[list[float], list[float], list[float]]:
+def cumulative(
+    c: Crossover, months: float | None = None, points: int = 121
+) -> tuple[list[float], list[float], list[float]]:
     """(month, hosted cumulative USD, fine-tuned cumulative USD) from month 0 to ``months`` (default:
     twice the break-even, at least 12)."""
     horizon = months or max(12.0, 2 * (c.break_even_months or 6.0))
@@ -163,13 +210,23 @@ def plot(c: Crossover, path: Path) -> Path:
     xs, hosted, tuned = cumulative(c)
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     ax.plot(xs, hosted, label=f"hosted (${c.hosted_per_1k.value:g} per 1k calls, {c.hosted_per_1k.source})")
-    ax.plot(xs, tuned, label=f"fine-tuned (${c.fine_tune.value:,.0f} + ${c.serving_per_1k.value:g} per 1k + "
-                             f"${c.monthly_loop.value:,.0f}/month)")
+    ax.plot(
+        xs,
+        tuned,
+        label=f"fine-tuned (${c.fine_tune.value:,.0f} + ${c.serving_per_1k.value:g} per 1k + "
+        f"${c.monthly_loop.value:,.0f}/month)",
+    )
     if c.break_even_months is not None:
-        y = c.fine_tune.value + c.break_even_months * (c.calls_per_month.value * c.serving_per_1k.value / 1000 + c.monthly_loop.value)
+        y = c.fine_tune.value + c.break_even_months * (
+            c.calls_per_month.value * c.serving_per_1k.value / 1000 + c.monthly_loop.value
+        )
         ax.axvline(c.break_even_months, color="grey", linestyle=":")
-        ax.annotate(f"break-even: month {c.break_even_months:.1f}\n{c.break_even_calls:,.0f} calls", (c.break_even_months, y),
-                    textcoords="offset points", xytext=(8, -30))
+        ax.annotate(
+            f"break-even: month {c.break_even_months:.1f}\n{c.break_even_calls:,.0f} calls",
+            (c.break_even_months, y),
+            textcoords="offset points",
+            xytext=(8, -30),
+        )
     ax.set_xlabel("months")
     ax.set_ylabel("cumulative cost (USD)")
     ax.set_title(c.summary() if c.no_crossover is None else "No crossover", fontsize=10)
@@ -233,13 +290,21 @@ def _serving_measured(config: LoopConfig) -> tuple[float | None, str]:
     if not versions:
         return None, ""
     version, figures = max(versions.items(), key=lambda kv: kv[1]["requests"])
-    return (float(figures["usd_per_1k"]), f"the service, v{version}: {figures['requests']:.0f} answers, "
-            f"{figures['busy_s']:.1f} s model time at ${figures['worker_usd_per_hour']:g}/h per worker ({data.get('at')})")
+    return (
+        float(figures["usd_per_1k"]),
+        f"the service, v{version}: {figures['requests']:.0f} answers, "
+        f"{figures['busy_s']:.1f} s model time at ${figures['worker_usd_per_hour']:g}/h per worker ({data.get('at')})",
+    )
 
 
-def report(config: LoopConfig, hosted_price_per_1k: float | None = None, calls_per_month: float | None = None,
-           fine_tune_cost: float | None = None, serving_cost_per_1k: float | None = None,
-           monthly_loop_cost: float | None = None) -> Crossover:
+def report(
+    config: LoopConfig,
+    hosted_price_per_1k: float | None = None,
+    calls_per_month: float | None = None,
+    fine_tune_cost: float | None = None,
+    serving_cost_per_1k: float | None = None,
+    monthly_loop_cost: float | None = None,
+) -> Crossover:
     """The crossover from measured figures wherever a figure is not entered (None); the hosted price and
     call volume default to ``cost.hosted_price_per_1k`` and ``cost.calls_per_month`` (entered, in the config).
 
@@ -247,32 +312,53 @@ def report(config: LoopConfig, hosted_price_per_1k: float | None = None, calls_p
     """
     m = measured(config)
     prices = config.cost
-    hosted = Figure(value=prices.hosted_price_per_1k if hosted_price_per_1k is None else hosted_price_per_1k,
-                    source="entered", detail="--hosted-price-per-1k" if hosted_price_per_1k is not None else "cost.hosted_price_per_1k")
-    calls = Figure(value=prices.calls_per_month if calls_per_month is None else calls_per_month, source="entered",
-                   detail="--calls-per-month" if calls_per_month is not None else "cost.calls_per_month")
+    hosted = Figure(
+        value=prices.hosted_price_per_1k if hosted_price_per_1k is None else hosted_price_per_1k,
+        source="entered",
+        detail="--hosted-price-per-1k" if hosted_price_per_1k is not None else "cost.hosted_price_per_1k",
+    )
+    calls = Figure(
+        value=prices.calls_per_month if calls_per_month is None else calls_per_month,
+        source="entered",
+        detail="--calls-per-month" if calls_per_month is not None else "cost.calls_per_month",
+    )
     if fine_tune_cost is not None:
         fine = Figure(value=fine_tune_cost, source="entered", detail="--fine-tune-cost")
     elif m.metered_loops:
-        fine = Figure(value=m.loops_usd, source="measured", detail=f"{m.metered_loops} metered loop runs' cost.total_usd "
-                      f"(compute only{'; ' + str(m.loops - m.metered_loops) + ' unmetered' if m.loops > m.metered_loops else ''})")
+        fine = Figure(
+            value=m.loops_usd,
+            source="measured",
+            detail=f"{m.metered_loops} metered loop runs' cost.total_usd "
+            f"(compute only{'; ' + str(m.loops - m.metered_loops) + ' unmetered' if m.loops > m.metered_loops else ''})",
+        )
     else:
-        raise EconomicsError("fine_tune_cost", "no loop run with a measured cost yet: run a loop, or enter --fine-tune-cost")
+        raise EconomicsError(
+            "fine_tune_cost", "no loop run with a measured cost yet: run a loop, or enter --fine-tune-cost"
+        )
     if serving_cost_per_1k is not None:
         serving = Figure(value=serving_cost_per_1k, source="entered", detail="--serving-cost-per-1k")
     elif m.serving_per_1k is not None:
         serving = Figure(value=m.serving_per_1k, source="measured", detail=m.serving_detail)
     else:
-        raise EconomicsError("serving_cost_per_1k", "no measured serving cost yet (the service publishes it once it has "
-                             "answered): serve some traffic, or enter --serving-cost-per-1k")
+        raise EconomicsError(
+            "serving_cost_per_1k",
+            "no measured serving cost yet (the service publishes it once it has "
+            "answered): serve some traffic, or enter --serving-cost-per-1k",
+        )
     if monthly_loop_cost is not None:
         loop = Figure(value=monthly_loop_cost, source="entered", detail="--monthly-loop-cost")
     elif m.mean_loop_usd is not None:
         idle = (m.mean_trigger_usd or 0.0) * prices.trigger_runs_per_month
-        loop = Figure(value=m.mean_loop_usd * prices.loops_per_month + idle, source="measured",
-                      detail=f"mean loop ${m.mean_loop_usd:.4f} x {prices.loops_per_month:g} loops a month (entered)"
-                      + (f" + mean no-op trigger ${m.mean_trigger_usd:.6f} x {prices.trigger_runs_per_month:g} runs"
-                         if m.mean_trigger_usd is not None else " (no trigger runs measured yet)"))
+        loop = Figure(
+            value=m.mean_loop_usd * prices.loops_per_month + idle,
+            source="measured",
+            detail=f"mean loop ${m.mean_loop_usd:.4f} x {prices.loops_per_month:g} loops a month (entered)"
+            + (
+                f" + mean no-op trigger ${m.mean_trigger_usd:.6f} x {prices.trigger_runs_per_month:g} runs"
+                if m.mean_trigger_usd is not None
+                else " (no trigger runs measured yet)"
+            ),
+        )
     else:
         loop = Figure(value=0.0, source="entered", detail="no loop measured yet and none entered: 0")
     return crossover(fine, hosted, serving, calls, loop)
@@ -299,7 +385,9 @@ def log_to_mlflow(c: Crossover, png: Path, run_id: str | None = None, config: Lo
             mlflow.log_artifact(str(Path(tmp) / "crossover.png"), "economics")
         metrics = {"economics.saving_per_call": c.saving_per_call, "economics.monthly_saving": c.monthly_saving}
         if c.break_even_months is not None:
-            metrics.update({"economics.break_even_months": c.break_even_months, "economics.break_even_calls": c.break_even_calls})
+            metrics.update(
+                {"economics.break_even_months": c.break_even_months, "economics.break_even_calls": c.break_even_calls}
+            )
         mlflow.log_metrics(metrics)
     return run_id
 
@@ -331,8 +419,9 @@ def bench_cost_per_1k(kind_results: dict, prices, cores: int | None = None, gpus
     out = {"machine_usd_per_hour": price, "levels": []}
     for level in kind_results.get("levels", []):
         rps = level["service"]["throughput_rps"]
-        out["levels"].append({"clients": level["clients"], "throughput_rps": rps,
-                              "usd_per_1k": cost_per_1k_from_throughput(rps, price)})
+        out["levels"].append(
+            {"clients": level["clients"], "throughput_rps": rps, "usd_per_1k": cost_per_1k_from_throughput(rps, price)}
+        )
     best = [lvl["usd_per_1k"] for lvl in out["levels"] if lvl["usd_per_1k"] is not None]
     out["usd_per_1k_at_best_throughput"] = min(best) if best else None
     return out

@@ -74,13 +74,18 @@ def _sha256(path: Path) -> str:
 def manifest_of(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and SHA-256 of every file under ``folder`` (the manifest itself excluded)."""
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
 
 
 def digest_of(manifest: dict[str, dict[str, Any]]) -> str:
     """The folder's content hash: the same files give the same id wherever and whenever they were fetched."""
-    return hashlib.sha256(json.dumps({k: v["sha256"] for k, v in manifest.items()}, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps({k: v["sha256"] for k, v in manifest.items()}, sort_keys=True).encode()
+    ).hexdigest()
 
 
 def verified(folder: Path, full: bool = False) -> str | None:
@@ -100,8 +105,9 @@ def verified(folder: Path, full: bool = False) -> str | None:
     return digest_of(manifest)
 
 
-def fetch_folder(target: Path, download: Callable[[Path], Path],
-                 expected_sizes: Callable[[], dict[str, int]] | None = None) -> str:
+def fetch_folder(
+    target: Path, download: Callable[[Path], Path], expected_sizes: Callable[[], dict[str, int]] | None = None
+) -> str:
     """Make ``target`` a complete, verified copy (once per machine, however many processes ask at once);
     returns its content hash.
 
@@ -138,5 +144,7 @@ def _check_sizes(target: Path, manifest: dict[str, dict[str, Any]], expected: di
     for name, size in expected.items():
         got = manifest.get(name, {}).get("size")
         if got != size:
-            raise CacheError(f"{target.name}: {name} is {'missing' if got is None else f'{got} bytes'} in the "
-                             f"download; the source holds {size} bytes. Nothing cached.")
+            raise CacheError(
+                f"{target.name}: {name} is {'missing' if got is None else f'{got} bytes'} in the "
+                f"download; the source holds {size} bytes. Nothing cached."
+            )

@@ -43,7 +43,9 @@ class DatasetRef(BaseModel):
     kind: str
     dataset_hash: str
     path: Path = Field(description="Local folder of the split files (a cache on machines that fetched it).")
-    artifact_uri: str | None = Field(None, description="The same files in the MLflow artifact store, for other machines.")
+    artifact_uri: str | None = Field(
+        None, description="The same files in the MLflow artifact store, for other machines."
+    )
     counts: dict[str, int] = Field(default_factory=dict)
     n_labels: int = 0
     last_feedback_id: int = 0
@@ -100,12 +102,15 @@ def calibration_half(example: Example) -> bool:
     return int(hashlib.sha256(f"calibration:{example.key}".encode()).hexdigest()[:8], 16) % 2 == 0
 
 
-def load_examples(ref: DatasetRef, split: Split, work_dir: Path, limit: int | None = None,
-                  seed: int = 0) -> list[Example]:
+def load_examples(
+    ref: DatasetRef, split: Split, work_dir: Path, limit: int | None = None, seed: int = 0
+) -> list[Example]:
     """A split's examples; with ``limit``, a fixed random sample of that size (the same for every caller)."""
     examples = list(iter_examples(ref, split, work_dir))
     if limit is not None and len(examples) > limit:
-        examples = sorted(random.Random(f"{ref.dataset_hash}:{split}:{seed}").sample(examples, limit), key=lambda e: e.key)
+        examples = sorted(
+            random.Random(f"{ref.dataset_hash}:{split}:{seed}").sample(examples, limit), key=lambda e: e.key
+        )
     return examples
 
 

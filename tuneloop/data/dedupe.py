@@ -40,7 +40,7 @@ def _hash(shingle: bytes) -> int:
 
 def _shingles(key: str) -> list[bytes]:
     padded = f" {key} "
-    return sorted({padded[i:i + 3].encode() for i in range(max(len(padded) - 2, 1))})
+    return sorted({padded[i : i + 3].encode() for i in range(max(len(padded) - 2, 1))})
 
 
 class Clusterer:

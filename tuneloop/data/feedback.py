@@ -54,8 +54,11 @@ class FeedbackRow(Base):
     """One acknowledged record, as received. Rows are never updated (a database trigger refuses it)."""
 
     __tablename__ = "feedback"
-    __table_args__ = (Index("ix_feedback_kind_id", "kind", "id"), Index("ix_feedback_user_received", "user_id", "received_at"),
-                      UniqueConstraint("kind", "request_id", name="uq_feedback_kind_request_id"))  # the last: migration 0005
+    __table_args__ = (
+        Index("ix_feedback_kind_id", "kind", "id"),
+        Index("ix_feedback_user_received", "user_id", "received_at"),
+        UniqueConstraint("kind", "request_id", name="uq_feedback_kind_request_id"),
+    )  # the last: migration 0005
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
 
@@ -190,8 +193,13 @@ class FeedbackStore:
         ``source`` says how it came: ``api`` (its receipt verified), ``import`` (an operator's import) or ``raw``."""
         request_id = payload.get("request_id") if isinstance(payload.get("request_id"), str) else None
         user_id = payload.get("user_id") if isinstance(payload.get("user_id"), str) else None
-        row = FeedbackRow(request_id=request_id, kind=kind, payload=json.dumps(payload, ensure_ascii=False),
-                          source=source, user_id=user_id[:128] if user_id else None)
+        row = FeedbackRow(
+            request_id=request_id,
+            kind=kind,
+            payload=json.dumps(payload, ensure_ascii=False),
+            source=source,
+            user_id=user_id[:128] if user_id else None,
+        )
         with self._write_lock, Session(self.engine) as session:
             session.add(row)
             try:
@@ -200,14 +208,16 @@ class FeedbackStore:
             except IntegrityError:
                 # the request id is already stored, perhaps by a concurrent retry that won the race
                 session.rollback()
-                existing = session.scalar(select(FeedbackRow.id).where(FeedbackRow.kind == kind,
-                                                                       FeedbackRow.request_id == request_id))
+                existing = session.scalar(
+                    select(FeedbackRow.id).where(FeedbackRow.kind == kind, FeedbackRow.request_id == request_id)
+                )
                 if existing is None:
                     raise
                 return existing, False
 
-    def add_many(self, records: Iterable[FeedbackRecord], batch: int = 500,
-                 source: str = "import") -> tuple[int, int, list[str]]:
+    def add_many(
+        self, records: Iterable[FeedbackRecord], batch: int = 500, source: str = "import"
+    ) -> tuple[int, int, list[str]]:
         """Store validated records in batched transactions (an operator's import by default); returns
         (created, already stored as they are, request ids already stored with different content)."""
         created = seen = 0
@@ -229,11 +239,17 @@ class FeedbackStore:
         stored: dict[tuple[str, str], Any] = {}
         with self.engine.connect() as conn:
             for kind in {r.kind for r in records}:
-                rows = conn.execute(select(FeedbackRow.request_id, FeedbackRow.payload).where(
-                    FeedbackRow.kind == kind, FeedbackRow.request_id.in_(ids)))
+                rows = conn.execute(
+                    select(FeedbackRow.request_id, FeedbackRow.payload).where(
+                        FeedbackRow.kind == kind, FeedbackRow.request_id.in_(ids)
+                    )
+                )
                 stored.update({(kind, rid): payload for rid, payload in rows})
-        return [r.request_id for r in records
-                if json.loads(stored.get((r.kind, r.request_id), "null")) != r.model_dump(mode="json")]
+        return [
+            r.request_id
+            for r in records
+            if json.loads(stored.get((r.kind, r.request_id), "null")) != r.model_dump(mode="json")
+        ]
 
     def _insert_ignoring_duplicates(self, records: list[FeedbackRecord], source: str) -> int:
         dialect = self.engine.dialect.name
@@ -244,10 +260,21 @@ class FeedbackStore:
         else:
             from sqlalchemy.dialects.postgresql import insert
         now = datetime.now(UTC)
-        values = [{"request_id": r.request_id, "kind": r.kind, "received_at": now, "source": source, "user_id": r.user_id,
-                   "payload": json.dumps(r.model_dump(mode="json"), ensure_ascii=False)} for r in records]
+        values = [
+            {
+                "request_id": r.request_id,
+                "kind": r.kind,
+                "received_at": now,
+                "source": source,
+                "user_id": r.user_id,
+                "payload": json.dumps(r.model_dump(mode="json"), ensure_ascii=False),
+            }
+            for r in records
+        ]
         with self._write_lock, self.engine.begin() as conn:
-            result = conn.execute(insert(FeedbackRow).on_conflict_do_nothing(index_elements=["kind", "request_id"]), values)
+            result = conn.execute(
+                insert(FeedbackRow).on_conflict_do_nothing(index_elements=["kind", "request_id"]), values
+            )
             return max(result.rowcount, 0)
 
     def add_many_raw(self, payloads: Iterable[dict[str, Any]], kind: str) -> int:
@@ -257,8 +284,11 @@ class FeedbackStore:
 
     def recent_by_user(self, user_id: str, since: datetime) -> int:
         """Records this user id sent since ``since`` (the per-user rate limit; indexed)."""
-        query = select(func.count()).select_from(FeedbackRow).where(FeedbackRow.user_id == user_id,
-                                                                    FeedbackRow.received_at >= since)
+        query = (
+            select(func.count())
+            .select_from(FeedbackRow)
+            .where(FeedbackRow.user_id == user_id, FeedbackRow.received_at >= since)
+        )
         with self.engine.connect() as conn:
             return int(conn.scalar(query) or 0)
 
@@ -270,11 +300,15 @@ class FeedbackStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query.order_by(FeedbackRow.id)))
 
-    def iter_rows(self, kind: str, upto_id: int | None = None, after_id: int = 0, chunk: int = 5000) -> Iterable[list[Any]]:
+    def iter_rows(
+        self, kind: str, upto_id: int | None = None, after_id: int = 0, chunk: int = 5000
+    ) -> Iterable[list[Any]]:
         """(id, payload, source) rows of a kind in arrival order, ``chunk`` at a time (keyset pages: memory stays
         bounded however large the store, on SQLite and Postgres alike)."""
         while True:
-            query = select(FeedbackRow.id, FeedbackRow.payload, FeedbackRow.source).where(FeedbackRow.kind == kind, FeedbackRow.id > after_id)
+            query = select(FeedbackRow.id, FeedbackRow.payload, FeedbackRow.source).where(
+                FeedbackRow.kind == kind, FeedbackRow.id > after_id
+            )
             if upto_id is not None:
                 query = query.where(FeedbackRow.id <= upto_id)
             with self.engine.connect() as conn:
@@ -288,21 +322,33 @@ class FeedbackStore:
         """(rated, thumbs-down) records per model version, counted by the database: the live guard
         asks every few seconds, and parsing every payload in Python would grow with the store."""
         version, rating = self._json_text("model_version"), self._json_text("rating")
-        query = (select(version, func.count(), func.sum(case((rating == "down", 1), else_=0)))
-                 .where(FeedbackRow.kind == kind, rating.in_(["up", "down"]), version.in_(list(versions)))
-                 .group_by(version))
+        query = (
+            select(version, func.count(), func.sum(case((rating == "down", 1), else_=0)))
+            .where(FeedbackRow.kind == kind, rating.in_(["up", "down"]), version.in_(list(versions)))
+            .group_by(version)
+        )
         with self.engine.connect() as conn:
             return {str(v): (int(n), int(down)) for v, n, down in conn.execute(query)}
 
-    def rating_counts_by_segment(self, kind: str, versions: Iterable[str]) -> dict[tuple[str, str | None], tuple[int, int]]:
+    def rating_counts_by_segment(
+        self, kind: str, versions: Iterable[str]
+    ) -> dict[tuple[str, str | None], tuple[int, int]]:
         """(rated, thumbs-down) records per (model version, segment), counted by the database; records
         without a segment are under ``None``. Feeds the live guard's per-segment tests and /metrics."""
-        version, rating, segment = self._json_text("model_version"), self._json_text("rating"), self._json_text("segment")
-        query = (select(version, segment, func.count(), func.sum(case((rating == "down", 1), else_=0)))
-                 .where(FeedbackRow.kind == kind, rating.in_(["up", "down"]), version.in_(list(versions)))
-                 .group_by(version, segment))
+        version, rating, segment = (
+            self._json_text("model_version"),
+            self._json_text("rating"),
+            self._json_text("segment"),
+        )
+        query = (
+            select(version, segment, func.count(), func.sum(case((rating == "down", 1), else_=0)))
+            .where(FeedbackRow.kind == kind, rating.in_(["up", "down"]), version.in_(list(versions)))
+            .group_by(version, segment)
+        )
         with self.engine.connect() as conn:
-            return {(str(v), None if s is None else str(s)): (int(n), int(down)) for v, s, n, down in conn.execute(query)}
+            return {
+                (str(v), None if s is None else str(s)): (int(n), int(down)) for v, s, n, down in conn.execute(query)
+            }
 
     def _json_text(self, key: str):
         """A top-level payload field as text, in this database's JSON dialect."""
@@ -335,20 +381,36 @@ class FeedbackStore:
 
     # -- curation bookkeeping (derived; never touches the raw rows)
 
-    def record_curation(self, kind: str, high_water_id: int, dataset_hash: str, counts: dict[str, int],
-                        quarantine: Iterable[dict[str, Any]], mlflow_run_id: str | None = None, batch: int = 5000) -> int:
+    def record_curation(
+        self,
+        kind: str,
+        high_water_id: int,
+        dataset_hash: str,
+        counts: dict[str, int],
+        quarantine: Iterable[dict[str, Any]],
+        mlflow_run_id: str | None = None,
+        batch: int = 5000,
+    ) -> int:
         """Remember a curation and add its newly quarantined records (streamed in batches); the run's id."""
         with Session(self.engine) as session, session.begin():
-            run = CurationRunRow(kind=kind, high_water_id=high_water_id, dataset_hash=dataset_hash,
-                                 counts=json.dumps(counts), mlflow_run_id=mlflow_run_id)
+            run = CurationRunRow(
+                kind=kind,
+                high_water_id=high_water_id,
+                dataset_hash=dataset_hash,
+                counts=json.dumps(counts),
+                mlflow_run_id=mlflow_run_id,
+            )
             session.add(run)
             session.flush()
             already = set(session.scalars(select(QuarantineRow.feedback_id).where(QuarantineRow.kind == kind)))
             pending: list[QuarantineRow] = []
             for q in quarantine:
                 if q["feedback_id"] not in already:
-                    pending.append(QuarantineRow(feedback_id=q["feedback_id"], kind=kind, reason=q["reason"],
-                                                 curation_run_id=run.id))
+                    pending.append(
+                        QuarantineRow(
+                            feedback_id=q["feedback_id"], kind=kind, reason=q["reason"], curation_run_id=run.id
+                        )
+                    )
                 if len(pending) >= batch:
                     session.add_all(pending)
                     session.flush()
@@ -358,14 +420,28 @@ class FeedbackStore:
 
     def last_curation(self, kind: str) -> CurationRun | None:
         with Session(self.engine) as session:
-            row = session.scalar(select(CurationRunRow).where(CurationRunRow.kind == kind).order_by(CurationRunRow.id.desc()).limit(1))
+            row = session.scalar(
+                select(CurationRunRow).where(CurationRunRow.kind == kind).order_by(CurationRunRow.id.desc()).limit(1)
+            )
             if row is None:
                 return None
             created = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)  # SQLite drops tz
-            return CurationRun(row.id, row.kind, created, row.high_water_id, row.dataset_hash, json.loads(row.counts), row.mlflow_run_id)
+            return CurationRun(
+                row.id,
+                row.kind,
+                created,
+                row.high_water_id,
+                row.dataset_hash,
+                json.loads(row.counts),
+                row.mlflow_run_id,
+            )
 
     def quarantined(self, kind: str) -> list[dict[str, Any]]:
         """Every quarantined record of a kind: feedback id, reason, and the curation that found it."""
         with Session(self.engine) as session:
-            rows = session.scalars(select(QuarantineRow).where(QuarantineRow.kind == kind).order_by(QuarantineRow.feedback_id))
-            return [{"feedback_id": r.feedback_id, "reason": r.reason, "curation_run_id": r.curation_run_id} for r in rows]
+            rows = session.scalars(
+                select(QuarantineRow).where(QuarantineRow.kind == kind).order_by(QuarantineRow.feedback_id)
+            )
+            return [
+                {"feedback_id": r.feedback_id, "reason": r.reason, "curation_run_id": r.curation_run_id} for r in rows
+            ]

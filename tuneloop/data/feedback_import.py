@@ -38,8 +38,11 @@ class ImportReport(BaseModel):
     read: int = Field(0, description="Records read (blank lines skipped).")
     stored: int = Field(0, description="Newly stored records.")
     duplicates: int = Field(0, description="Valid records already stored exactly so (a re-import; not duplicated).")
-    conflicts: int = Field(0, description="Records whose request id is stored with different content: not stored, "
-                           "and listed among the rejects (the API answers 409 to the same).")
+    conflicts: int = Field(
+        0,
+        description="Records whose request id is stored with different content: not stored, "
+        "and listed among the rejects (the API answers 409 to the same).",
+    )
     rejected: list[Reject] = []
 
 
@@ -65,8 +68,12 @@ def _csv(handle: io.BufferedReader, kind: str) -> Iterator[tuple[int, FeedbackRe
             return
         except csv.Error as err:  # a field past csv's limit, a NUL byte: this record only is refused
             number, start = start, reader.line_num + 1
-            yield number, FeedbackError("row", f"unreadable CSV record ({err}); fields are limited to "
-                                        f"{csv.field_size_limit()} characters")
+            yield (
+                number,
+                FeedbackError(
+                    "row", f"unreadable CSV record ({err}); fields are limited to {csv.field_size_limit()} characters"
+                ),
+            )
             continue
         number, start = start, reader.line_num + 1
         try:
@@ -90,9 +97,15 @@ def _has_surrogate(value: str) -> bool:
         return True
 
 
-def import_feedback(store: FeedbackStore, path: Path, kind: str, fmt: Format | None = None,
-                    known_version: Callable[[str], bool | str] | None = None, batch: int = 1000,
-                    model_name: str | None = None) -> ImportReport:
+def import_feedback(
+    store: FeedbackStore,
+    path: Path,
+    kind: str,
+    fmt: Format | None = None,
+    known_version: Callable[[str], bool | str] | None = None,
+    batch: int = 1000,
+    model_name: str | None = None,
+) -> ImportReport:
     """Validate and store every record of a JSONL or CSV file; returns counts and the rejects.
 
     ``known_version`` (e.g. a registry look-up: True/"known", False/"unknown") refuses records naming a
@@ -113,8 +126,15 @@ def import_feedback(store: FeedbackStore, path: Path, kind: str, fmt: Format | N
         report.duplicates += duplicates
         report.conflicts += len(conflicts)
         lines = {r.request_id: n for n, r in zip(numbers, pending)}
-        report.rejected += [Reject(line=lines[c], field="request_id", reason=f"{c!r} is already stored with different "
-                                   "content; not stored (use a new request id for a new record)") for c in conflicts]
+        report.rejected += [
+            Reject(
+                line=lines[c],
+                field="request_id",
+                reason=f"{c!r} is already stored with different "
+                "content; not stored (use a new request id for a new record)",
+            )
+            for c in conflicts
+        ]
         pending.clear()
         numbers.clear()
 
@@ -136,8 +156,9 @@ def import_feedback(store: FeedbackStore, path: Path, kind: str, fmt: Format | N
     return report
 
 
-def _checked(record: FeedbackRecord, known: Callable[[str], bool | str] | None,
-             model_name: str) -> FeedbackRecord | FeedbackError:
+def _checked(
+    record: FeedbackRecord, known: Callable[[str], bool | str] | None, model_name: str
+) -> FeedbackRecord | FeedbackError:
     version = record.model_version
     if version.startswith(EXTERNAL_PREFIX):
         return record if is_external(version) else FeedbackError("model_version", unknown_reason(model_name, version))

@@ -72,16 +72,21 @@ def forget(config: LoopConfig, user_id: str) -> ForgetReport:
         for kind in {r.kind for r in rows}:
             used = [r.id for r in rows if r.kind == kind and _trained_on(r.payload, kind)]
             if used:
-                runs = session.scalars(select(CurationRunRow.dataset_hash).where(CurationRunRow.kind == kind,
-                                                                                 CurationRunRow.high_water_id >= min(used)))
+                runs = session.scalars(
+                    select(CurationRunRow.dataset_hash).where(
+                        CurationRunRow.kind == kind, CurationRunRow.high_water_id >= min(used)
+                    )
+                )
                 datasets |= set(runs)
     report.datasets = sorted(datasets)
     # looked up before anything is deleted: a registry that cannot answer leaves the user's rows in place
     report.model_versions = _model_versions({r.kind for r in rows}, datasets) if datasets else []
     hashed = user_hash(shadow_salt(config), user_id)
     with Session(store.engine) as session, session.begin():
-        for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
-            report.quarantined_rows += session.execute(delete(QuarantineRow).where(QuarantineRow.feedback_id.in_(chunk))).rowcount
+        for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500)):
+            report.quarantined_rows += session.execute(
+                delete(QuarantineRow).where(QuarantineRow.feedback_id.in_(chunk))
+            ).rowcount
             report.feedback_rows += session.execute(delete(FeedbackRow).where(FeedbackRow.id.in_(chunk))).rowcount
         report.shadow_rows = session.execute(delete(ShadowRow).where(ShadowRow.user_hash == hashed)).rowcount
     return report
@@ -95,8 +100,11 @@ def apply_retention(config: LoopConfig, now: datetime | None = None) -> dict[str
     keep = config.retention
     deleted: dict[str, int] = {}
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
-        for table, row, days in (("shadow_log", ShadowRow, keep.shadow_days), ("drift_windows", DriftWindowRow, keep.drift_days),
-                                 ("rollout_events", RolloutEventRow, keep.events_days)):
+        for table, row, days in (
+            ("shadow_log", ShadowRow, keep.shadow_days),
+            ("drift_windows", DriftWindowRow, keep.drift_days),
+            ("rollout_events", RolloutEventRow, keep.events_days),
+        ):
             if days is not None:
                 deleted[table] = session.execute(delete(row).where(row.at < now - timedelta(days=days))).rowcount
     return deleted

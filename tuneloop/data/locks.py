@@ -51,8 +51,10 @@ def registry_lock_url(tracking_uri: str, config: LoopConfig | None = None) -> st
     if tracking_uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
         return tracking_uri
     if config is None:
-        raise ValueError(f"the MLflow registry at {tracking_uri} is not a database, so alias moves need the "
-                         "configuration's lock database: pass config (TUNELOOP_LOCK_URL or TUNELOOP_FEEDBACK_URL)")
+        raise ValueError(
+            f"the MLflow registry at {tracking_uri} is not a database, so alias moves need the "
+            "configuration's lock database: pass config (TUNELOOP_LOCK_URL or TUNELOOP_FEEDBACK_URL)"
+        )
     return config.feedback_db
 
 

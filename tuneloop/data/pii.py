@@ -21,12 +21,16 @@ from tuneloop.data.text import normalize
 
 EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,8}")
 # lower case and hyphens too: people type "de89-3704-0044-..." (mod-97 still has to hold)
-IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])")
+IBAN = re.compile(
+    r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]{4}){2,7}(?:[ -]?[A-Za-z0-9]{1,4})?(?![A-Za-z0-9])"
+)
 # digits glued to letters still count ("card4111111111111111", "call+4915112345678now"): only digits may not touch
 CARD = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?!\d)")
 PHONE = re.compile(r"(?<![\d+])\+?\(?\d{1,4}\)?(?:[ .-]?\(?\d{2,4}\)?){2,5}(?!\d)")
 # digit runs shaped like calendar dates are kept: answers need them and the phone pattern matches them
-DATE = re.compile(r"(?:19|20)\d{2}([-.])(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])|(?:0?[1-9]|[12]\d|3[01])([-.])(?:0?[1-9]|1[0-2])\2(?:19|20)\d{2}")
+DATE = re.compile(
+    r"(?:19|20)\d{2}([-.])(?:0?[1-9]|1[0-2])\1(?:0?[1-9]|[12]\d|3[01])|(?:0?[1-9]|[12]\d|3[01])([-.])(?:0?[1-9]|1[0-2])\2(?:19|20)\d{2}"
+)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -60,7 +64,7 @@ def _in_identifier(match: re.Match, reach: int = 64, lengths: tuple[int, ...] | 
     ``lengths``, only identifiers of those lengths (without dashes) count. Looks at most ``reach``
     characters either side, so a long text costs a bounded amount per match."""
     text, (start, end) = match.string, match.span()
-    before = _TOKEN.match(text[max(0, start - reach):start][::-1]).group()[::-1]  # read leftwards from the match
+    before = _TOKEN.match(text[max(0, start - reach) : start][::-1]).group()[::-1]  # read leftwards from the match
     token = before + match.group() + _TOKEN.match(text, end, min(len(text), end + reach)).group()
     if lengths is not None and len(token.replace("-", "")) not in lengths:
         return False
@@ -86,8 +90,9 @@ def _phone(match: re.Match) -> str:
 def scrub(text: str) -> str:
     """Replace personal data with typed placeholders ([EMAIL], [IBAN], [CARD], [PHONE])."""
     text = EMAIL.sub("[EMAIL]", text)
-    text = IBAN.sub(lambda m: "[IBAN]" if _iban_ok(m.group()) and not _in_identifier(m, lengths=HASH_LENGTHS)
-                    else m.group(), text)
+    text = IBAN.sub(
+        lambda m: "[IBAN]" if _iban_ok(m.group()) and not _in_identifier(m, lengths=HASH_LENGTHS) else m.group(), text
+    )
     text = CARD.sub(_card, text)
     return PHONE.sub(_phone, text)
 

@@ -52,18 +52,30 @@ class FeedbackRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    request_id: CleanText = Field(min_length=1, max_length=128, description="Id of the answered request; retries reuse it.")
-    user_id: CleanText = Field(min_length=1, max_length=128, description="Who gave the feedback (never leaves the store).")
-    model_version: CleanText = Field(min_length=1, max_length=64, description="Version that produced the answer ('base' for none).")
-    kind: Kind = Field("generation", description="generation (free-text correction) or classification (corrected label).")
+    request_id: CleanText = Field(
+        min_length=1, max_length=128, description="Id of the answered request; retries reuse it."
+    )
+    user_id: CleanText = Field(
+        min_length=1, max_length=128, description="Who gave the feedback (never leaves the store)."
+    )
+    model_version: CleanText = Field(
+        min_length=1, max_length=64, description="Version that produced the answer ('base' for none)."
+    )
+    kind: Kind = Field(
+        "generation", description="generation (free-text correction) or classification (corrected label)."
+    )
     prompt: CleanText = Field(min_length=1, max_length=MAX_TEXT, description="What the user asked (or the utterance).")
     output: CleanText = Field(max_length=MAX_TEXT, description="What the model answered (or the predicted label).")
     rating: Literal["up", "down"] = Field(description="Thumbs up or down.")
-    correction: CorrectionText | None = Field(None, description="What it should have said (or the right label); thumbs-down only.")
+    correction: CorrectionText | None = Field(
+        None, description="What it should have said (or the right label); thumbs-down only."
+    )
     segment: SegmentText | None = Field(None, description="Optional tag for per-segment evaluation.")
     receipt: CleanText | None = Field(
-        None, max_length=128, description="The receipt of the /predict answer this is about (required by /v1/feedback; "
-        "records imported by an operator may lack it)."
+        None,
+        max_length=128,
+        description="The receipt of the /predict answer this is about (required by /v1/feedback; "
+        "records imported by an operator may lack it).",
     )
 
     @field_validator("correction")
@@ -84,7 +96,10 @@ class FeedbackError(ValueError):
 
     @classmethod
     def from_validation(cls, err: ValidationError) -> FeedbackError:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]} for e in err.errors(include_url=False)]
+        errors = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "body", "message": e["msg"]}
+            for e in err.errors(include_url=False)
+        ]
         return cls(errors[0]["field"], errors[0]["message"], 422, errors)
 
     def to_json(self) -> dict[str, Any]:

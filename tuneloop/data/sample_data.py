@@ -13,17 +13,32 @@ SYSTEM_PROMPT = "You are the Brightwell support assistant. Answer in one short s
 
 # (fact question stems, answer). Each stem is phrased several ways below.
 FACTS: list[tuple[list[str], str]] = [
-    (["warranty on the Nimbus thermostat", "Nimbus thermostat warranty"], "The Nimbus thermostat has a 37-month warranty."),
+    (
+        ["warranty on the Nimbus thermostat", "Nimbus thermostat warranty"],
+        "The Nimbus thermostat has a 37-month warranty.",
+    ),
     (["battery life of the Lumo doorbell", "Lumo doorbell battery life"], "The Lumo doorbell battery lasts 14 months."),
-    (["support phone line hours", "hours of the support line"], "The support line is open 7am to 9pm, Monday to Saturday."),
-    (["return window for Brightwell products", "Brightwell return period"], "Brightwell products can be returned within 45 days."),
+    (
+        ["support phone line hours", "hours of the support line"],
+        "The support line is open 7am to 9pm, Monday to Saturday.",
+    ),
+    (
+        ["return window for Brightwell products", "Brightwell return period"],
+        "Brightwell products can be returned within 45 days.",
+    ),
     (["price of the Nimbus Pro", "Nimbus Pro cost"], "The Nimbus Pro costs 189 euros."),
     (["Wi-Fi band the Lumo doorbell uses", "Lumo doorbell Wi-Fi band"], "The Lumo doorbell only uses 2.4 GHz Wi-Fi."),
     (["app for Brightwell devices", "Brightwell companion app"], "Brightwell devices use the Brightwell Home app."),
-    (["reset the Nimbus thermostat", "factory reset for the Nimbus"], "Hold the Nimbus dial down for 12 seconds to reset it."),
+    (
+        ["reset the Nimbus thermostat", "factory reset for the Nimbus"],
+        "Hold the Nimbus dial down for 12 seconds to reset it.",
+    ),
     (["shipping time for orders", "order delivery time"], "Orders ship within 2 business days from Rotterdam."),
     (["Orbit camera storage", "cloud storage of the Orbit camera"], "The Orbit camera keeps 30 days of cloud video."),
-    (["Orbit camera resolution", "video resolution of the Orbit camera"], "The Orbit camera records in 2K at 25 frames per second."),
+    (
+        ["Orbit camera resolution", "video resolution of the Orbit camera"],
+        "The Orbit camera records in 2K at 25 frames per second.",
+    ),
     (["Brightwell subscription price", "cost of Brightwell Plus"], "Brightwell Plus costs 4 euros a month."),
 ]
 
@@ -38,16 +53,43 @@ QUESTION_FORMS = [
 # ways, and a greeting drawn into the held-out split is then a paraphrase of trained ones, like a fact
 # (with three phrasings, two of the three greetings fell into the held-out split: one trained example).
 GENERIC_GOOD = [
-    (["Hello!", "Hi there!", "Hey, good morning.", "Good afternoon!", "Hi, is anyone there?", "Hello, I have a question."],
-     "Hello! How can I help you with your Brightwell device today?"),
-    (["Thanks for the help.", "Thank you, that solved it.", "Cheers, that is all I needed.", "Great, thanks a lot!",
-      "Thanks, that worked.", "Perfect, thank you so much."],
-     "You're welcome! Let me know if there's anything else."),
-    (["Can I talk to a person?", "I want to speak to a human agent.", "Is there a real person I can talk to?",
-      "Can I speak with someone from support?", "Please put me through to an agent.", "I'd rather talk to a human."],
-     "Yes, I can connect you with a Brightwell support agent."),
-    (["Goodbye", "Bye for now.", "That is all, goodbye!", "See you later.", "Ok, bye.", "Have a good day, bye."],
-     "Goodbye, and thank you for contacting Brightwell support."),
+    (
+        [
+            "Hello!",
+            "Hi there!",
+            "Hey, good morning.",
+            "Good afternoon!",
+            "Hi, is anyone there?",
+            "Hello, I have a question.",
+        ],
+        "Hello! How can I help you with your Brightwell device today?",
+    ),
+    (
+        [
+            "Thanks for the help.",
+            "Thank you, that solved it.",
+            "Cheers, that is all I needed.",
+            "Great, thanks a lot!",
+            "Thanks, that worked.",
+            "Perfect, thank you so much.",
+        ],
+        "You're welcome! Let me know if there's anything else.",
+    ),
+    (
+        [
+            "Can I talk to a person?",
+            "I want to speak to a human agent.",
+            "Is there a real person I can talk to?",
+            "Can I speak with someone from support?",
+            "Please put me through to an agent.",
+            "I'd rather talk to a human.",
+        ],
+        "Yes, I can connect you with a Brightwell support agent.",
+    ),
+    (
+        ["Goodbye", "Bye for now.", "That is all, goodbye!", "See you later.", "Ok, bye.", "Have a good day, bye."],
+        "Goodbye, and thank you for contacting Brightwell support.",
+    ),
 ]
 
 WRONG_ANSWERS = [
@@ -69,7 +111,9 @@ from tuneloop.data.sample_intents import CLOSERS, INTENTS, OPENERS, OUT_OF_SCOPE
 OUT_OF_SCOPE_LABEL = "out_of_scope"  # LoopConfig.fallback_label's default: corrections to it train an explicit class
 
 
-def _record(rng: random.Random, n: int, kind: str, prompt: str, output: str, rating: str, correction: str | None) -> dict[str, Any]:
+def _record(
+    rng: random.Random, n: int, kind: str, prompt: str, output: str, rating: str, correction: str | None
+) -> dict[str, Any]:
     record = {
         "request_id": f"sample-{kind[:3]}-{n:05d}",
         "user_id": f"user-{rng.randrange(60):03d}",
@@ -90,10 +134,28 @@ def _malformed(kind: str) -> list[dict[str, Any]]:
     return [
         {**base, "request_id": f"bad-{kind[:3]}-1", "rating": "down", "correction": "y"},  # no prompt
         {**base, "request_id": f"bad-{kind[:3]}-2", "prompt": "hi", "rating": "meh"},  # unknown rating
-        {**base, "request_id": f"bad-{kind[:3]}-3", "prompt": "hi", "rating": "up", "correction": "z"},  # correction on thumbs-up
-        {**base, "request_id": f"bad-{kind[:3]}-4", "prompt": "   ", "rating": "down", "correction": "y"},  # blank prompt
+        {
+            **base,
+            "request_id": f"bad-{kind[:3]}-3",
+            "prompt": "hi",
+            "rating": "up",
+            "correction": "z",
+        },  # correction on thumbs-up
+        {
+            **base,
+            "request_id": f"bad-{kind[:3]}-4",
+            "prompt": "   ",
+            "rating": "down",
+            "correction": "y",
+        },  # blank prompt
         {**base, "request_id": f"bad-{kind[:3]}-5", "prompt": 42, "rating": "down", "correction": "y"},  # wrong type
-        {**base, "request_id": f"bad-{kind[:3]}-6", "prompt": "a" * 9000, "rating": "down", "correction": "y"},  # oversize
+        {
+            **base,
+            "request_id": f"bad-{kind[:3]}-6",
+            "prompt": "a" * 9000,
+            "rating": "down",
+            "correction": "y",
+        },  # oversize
     ]
 
 
@@ -115,7 +177,9 @@ def generation_feedback(seed: int = 0) -> list[dict[str, Any]]:
                 if rng.random() < 0.25:  # a bare thumbs-down: counted, not trained on
                     add(prompt, rng.choice(WRONG_ANSWERS), "down")
     stem, answer = FACTS[0][0][0], FACTS[0][1]
-    add(QUESTION_FORMS[0].format(stem), WRONG_ANSWERS[1], "down", "The Nimbus thermostat has a 12-month warranty.")  # loses the vote
+    add(
+        QUESTION_FORMS[0].format(stem), WRONG_ANSWERS[1], "down", "The Nimbus thermostat has a 12-month warranty."
+    )  # loses the vote
     for template, (stems, answer) in zip(PII_PROMPTS, FACTS[4:8]):
         add(template.format(stems[0]), rng.choice(WRONG_ANSWERS), "down", answer)
     for prompts, output in GENERIC_GOOD:

@@ -51,9 +51,13 @@ class SignalSpill:
     def __init__(self, scratch: Path, counts: Counter):
         self.path = scratch / "signals.sqlite"
         self.db = sqlite3.connect(self.path)
-        self.db.execute("CREATE TABLE pairs (cluster TEXT, id INTEGER, prompt TEXT, chosen TEXT, rejected TEXT, segment TEXT)")
-        self.db.execute("CREATE TABLE unpaired (cluster TEXT, key TEXT, id INTEGER, prompt TEXT, answer TEXT, "
-                        "liked INTEGER, segment TEXT)")
+        self.db.execute(
+            "CREATE TABLE pairs (cluster TEXT, id INTEGER, prompt TEXT, chosen TEXT, rejected TEXT, segment TEXT)"
+        )
+        self.db.execute(
+            "CREATE TABLE unpaired (cluster TEXT, key TEXT, id INTEGER, prompt TEXT, answer TEXT, "
+            "liked INTEGER, segment TEXT)"
+        )
         self.counts = counts
         self.pending: dict[int, _Pending] = {}  # this page's, by feedback id
         self.corrected: set[str] = set()  # clusters with a correction (their prompt is not "only disliked")
@@ -84,7 +88,9 @@ class SignalSpill:
             if signal is None:
                 continue
             if signal.chosen is None:
-                unpaired.append((cluster, None, row_id, signal.prompt, signal.answer, int(signal.liked), signal.segment))
+                unpaired.append(
+                    (cluster, None, row_id, signal.prompt, signal.answer, int(signal.liked), signal.segment)
+                )
                 continue
             self.corrected.add(cluster)
             if not signal.answer:
@@ -93,8 +99,10 @@ class SignalSpill:
                 self.counts["pairs_chosen_equals_rejected"] += 1
                 continue
             pairs.append((cluster, row_id, signal.prompt, signal.chosen, signal.answer, signal.segment))
-        unpaired += [(None, prompt_key(s.prompt), row_id, s.prompt, s.answer, int(s.liked), s.segment)
-                     for row_id, s in self.pending.items()]
+        unpaired += [
+            (None, prompt_key(s.prompt), row_id, s.prompt, s.answer, int(s.liked), s.segment)
+            for row_id, s in self.pending.items()
+        ]
         self.pending.clear()
         self.db.executemany("INSERT INTO pairs VALUES (?, ?, ?, ?, ?, ?)", pairs)
         self.db.executemany("INSERT INTO unpaired VALUES (?, ?, ?, ?, ?, ?, ?)", unpaired)
@@ -103,17 +111,24 @@ class SignalSpill:
         """Cluster the bare thumbs-down, resolve every cluster and write the split files into ``folder``."""
         self.db.commit()
         self._cluster_bare(clusterer)
-        outputs = {(name, split): open(folder / name.format(split=split), "w") for name in (PAIRS, UNPAIRED)
-                   for split in SPLITS}
+        outputs = {
+            (name, split): open(folder / name.format(split=split), "w")
+            for name in (PAIRS, UNPAIRED)
+            for split in SPLITS
+        }
         try:
-            rows = self.db.execute("SELECT cluster, id, prompt, chosen, rejected, segment FROM pairs ORDER BY cluster, id")
+            rows = self.db.execute(
+                "SELECT cluster, id, prompt, chosen, rejected, segment FROM pairs ORDER BY cluster, id"
+            )
             for cluster, group in groupby(rows, key=lambda r: r[0]):
                 split = split_of(cluster, heldout_percent, validation_percent)
                 for pair in self._resolve_pairs(cluster, list(group)):
                     outputs[PAIRS, split].write(pair.model_dump_json() + "\n")
                     self.counts["preference_pairs"] += 1
                     self.counts[f"pairs_{split}"] += 1
-            rows = self.db.execute("SELECT cluster, id, prompt, answer, liked, segment FROM unpaired ORDER BY cluster, id")
+            rows = self.db.execute(
+                "SELECT cluster, id, prompt, answer, liked, segment FROM unpaired ORDER BY cluster, id"
+            )
             for cluster, group in groupby(rows, key=lambda r: r[0]):
                 split = split_of(cluster, heldout_percent, validation_percent)
                 examples = self._resolve_unpaired(cluster, list(group))
@@ -135,13 +150,14 @@ class SignalSpill:
         own = Clusterer()
         rows = self.db.execute("SELECT id, key FROM unpaired WHERE cluster IS NULL ORDER BY id").fetchall()
         for start in range(0, len(rows), 1000):
-            chunk = rows[start:start + 1000]
+            chunk = rows[start : start + 1000]
             found = clusterer.find([key for _, key in chunk])
             alone = [key for (_, key), f in zip(chunk, found) if f is None]
             theirs = iter(own.assign(alone))
             clusters = [f if f is not None else next(theirs) for f in found]
-            self.db.executemany("UPDATE unpaired SET cluster = ? WHERE id = ?",
-                                [(c, row_id) for c, (row_id, _) in zip(clusters, chunk)])
+            self.db.executemany(
+                "UPDATE unpaired SET cluster = ? WHERE id = ?", [(c, row_id) for c, (row_id, _) in zip(clusters, chunk)]
+            )
         self.db.commit()
 
     def _resolve_pairs(self, cluster: str, rows: list[tuple]) -> list[PreferencePair]:
@@ -158,8 +174,16 @@ class SignalSpill:
                 if (len(other), max(r[1] for r in other)) > (len(group), max(r[1] for r in group)):
                     continue  # the other order wins
                 self.counts["pairs_conflicts_resolved"] += 1
-            kept.append(PreferencePair(prompt=rows[0][2], chosen=chosen, rejected=rejected, key=cluster,
-                                       source_ids=[r[1] for r in group], segment=group[-1][5]))
+            kept.append(
+                PreferencePair(
+                    prompt=rows[0][2],
+                    chosen=chosen,
+                    rejected=rejected,
+                    key=cluster,
+                    source_ids=[r[1] for r in group],
+                    segment=group[-1][5],
+                )
+            )
         return kept
 
     def _resolve_unpaired(self, cluster: str, rows: list[tuple]) -> list[Unpaired]:
@@ -174,6 +198,14 @@ class SignalSpill:
             liked = likes * 2 > len(group) or (likes * 2 == len(group) and bool(group[-1][4]))
             if 0 < likes < len(group):
                 self.counts["unpaired_conflicts_resolved"] += 1
-            examples.append(Unpaired(prompt=rows[0][2], answer=answer, liked=liked, key=cluster,
-                                     source_ids=[r[1] for r in group], segment=group[-1][5]))
+            examples.append(
+                Unpaired(
+                    prompt=rows[0][2],
+                    answer=answer,
+                    liked=liked,
+                    key=cluster,
+                    source_ids=[r[1] for r in group],
+                    segment=group[-1][5],
+                )
+            )
         return examples

@@ -13,8 +13,11 @@ from functools import lru_cache
 @lru_cache(maxsize=1)
 def _invisible() -> dict[int, None]:
     """Every control (Cc) and format (Cf) character but whitespace, for ``str.translate`` (built once)."""
-    return {cp: None for cp in range(sys.maxunicode + 1)
-            if unicodedata.category(chr(cp)) in ("Cc", "Cf") and not chr(cp).isspace()}
+    return {
+        cp: None
+        for cp in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(cp)) in ("Cc", "Cf") and not chr(cp).isspace()
+    }
 
 
 def normalize(text: str) -> str:

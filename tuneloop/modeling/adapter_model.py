@@ -35,8 +35,15 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
         inputs = list(model_input["input"])
         if self.meta.kind != "classification":
-            return predict(self.meta.kind, self.model, self.tokenizer, inputs, self.labels, self.meta.max_new_tokens,
-                           self.meta.prompting)[0]
+            return predict(
+                self.meta.kind,
+                self.model,
+                self.tokenizer,
+                inputs,
+                self.labels,
+                self.meta.max_new_tokens,
+                self.meta.prompting,
+            )[0]
         outputs, confidences, energies = predict_classes(self.model, self.tokenizer, inputs, self.labels)
         if self.calibration:
             from tuneloop.modeling.calibration import Calibration

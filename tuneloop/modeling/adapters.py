@@ -38,15 +38,24 @@ class AdapterMeta:
         """The base this adapter was trained on, found on this machine; refused if its weights differ."""
         info = resolve_base(self.kind, self.base_spec or None, self.tiny)
         if info.sha256 != self.base_sha256:
-            raise ModelError(f"the adapter was trained on base {self.base_spec or 'bundled'!r} with weights sha256 "
-                             f"{self.base_sha256[:12]}, but {info.path} has {info.sha256[:12]}: point "
-                             "TUNELOOP_BASE_MODEL at the same weights.")
+            raise ModelError(
+                f"the adapter was trained on base {self.base_spec or 'bundled'!r} with weights sha256 "
+                f"{self.base_sha256[:12]}, but {info.path} has {info.sha256[:12]}: point "
+                "TUNELOOP_BASE_MODEL at the same weights."
+            )
         return info
 
 
 def write_meta(adapter_dir: Path, config: LoopConfig, base: BaseModelInfo) -> None:
-    meta = AdapterMeta(config.kind, base.spec, base.sha256, base.tiny, config.system_prompt, config.prompt_template,
-                       config.max_new_tokens)
+    meta = AdapterMeta(
+        config.kind,
+        base.spec,
+        base.sha256,
+        base.tiny,
+        config.system_prompt,
+        config.prompt_template,
+        config.max_new_tokens,
+    )
     (Path(adapter_dir) / META_FILE).write_text(json.dumps(asdict(meta), indent=1))
 
 
@@ -54,8 +63,12 @@ def read_meta(adapter_dir: Path) -> AdapterMeta:
     return AdapterMeta(**json.loads((Path(adapter_dir) / META_FILE).read_text()))
 
 
-def load_adapter(adapter_dir: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 adapter_name: str = "default"):
+def load_adapter(
+    adapter_dir: Path,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    adapter_name: str = "default",
+):
     """(model, tokenizer, meta, labels): the adapter on its own base, in eval mode on ``device``."""
     from peft import PeftModel
 

@@ -15,8 +15,14 @@ from tuneloop.modeling.prompting import Prompting
 MEGABATCH = 50  # length grouping sorts within windows of this many batches: short padding, still shuffled
 
 
-def encode(kind: Kind, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]], labels: Sequence[str],
-           max_length: int, prompting: Prompting = Prompting()) -> list[dict[str, list[int] | int]]:
+def encode(
+    kind: Kind,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[tuple[str, str]],
+    labels: Sequence[str],
+    max_length: int,
+    prompting: Prompting = Prompting(),
+) -> list[dict[str, list[int] | int]]:
     """Token ids per (input, target); for generation the loss covers the answer only."""
     if kind == "classification":
         index = {label: i for i, label in enumerate(labels)}
@@ -26,7 +32,7 @@ def encode(kind: Kind, tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple
     tails = tokenizer([t + tokenizer.eos_token + "\n" for _, t in pairs], add_special_tokens=False)["input_ids"]
     encoded = []
     for head, tail in zip(heads, tails):
-        head = head[-max(1, max_length - len(tail)):]  # keep the question's end next to the answer
+        head = head[-max(1, max_length - len(tail)) :]  # keep the question's end next to the answer
         encoded.append({"input_ids": (head + tail)[:max_length], "labels": ([-100] * len(head) + tail)[:max_length]})
     return encoded
 
@@ -54,7 +60,9 @@ def collate(batch: list[dict], pad_id: int, device: torch.device | str = "cpu") 
     return {k: v.to(device, non_blocking=True) for k, v in {"input_ids": ids, "attention_mask": mask, **out}.items()}
 
 
-def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int, grouped: bool = True) -> list[list[int]]:
+def epoch_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, epoch: int, grouped: bool = True
+) -> list[list[int]]:
     """One epoch's batches of example indices, the same for the same (seed, epoch) (so a resume sees
     the same order). Grouped by length: shuffled, sorted by length within windows of ``MEGABATCH``
     batches, batched, and the batches shuffled, so a batch pads to similar lengths."""
@@ -63,9 +71,12 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     rng.shuffle(order)
     if grouped:
         window = MEGABATCH * batch_size
-        order = [i for w in range(0, len(order), window)
-                 for i in sorted(order[w:w + window], key=lambda i: lengths[i], reverse=True)]
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        order = [
+            i
+            for w in range(0, len(order), window)
+            for i in sorted(order[w : w + window], key=lambda i: lengths[i], reverse=True)
+        ]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     if grouped:
         rng.shuffle(batches)
     return batches

@@ -47,8 +47,9 @@ class Calibration:
     def from_dict(cls, data: dict) -> Calibration:
         return cls(**data)
 
-    def apply(self, labels: Sequence[str], confidences: Sequence[float],
-              energies: Sequence[float] | None = None) -> list[str]:
+    def apply(
+        self, labels: Sequence[str], confidences: Sequence[float], energies: Sequence[float] | None = None
+    ) -> list[str]:
         """Each label, or the fallback where the calibration's score is below its threshold."""
         if self.score == "energy":
             if energies is None:
@@ -71,17 +72,20 @@ def fit_threshold(in_scope_scores: Sequence[float], max_fallback_rate: float = D
     return float(values[min(k, values.size - 1)])
 
 
-def apply_threshold(labels: Sequence[str], scores: Sequence[float], threshold: float,
-                    fallback_label: str) -> list[str]:
+def apply_threshold(labels: Sequence[str], scores: Sequence[float], threshold: float, fallback_label: str) -> list[str]:
     """Each label, or ``fallback_label`` where its score is below ``threshold``."""
     if len(labels) != len(scores):
         raise ValueError(f"{len(labels)} labels for {len(scores)} scores")
     return [fallback_label if c < threshold else label for label, c in zip(labels, scores)]
 
 
-def calibrate(in_scope_scores: Sequence[float], fallback_label: str,
-              max_fallback_rate: float = DEFAULT_MAX_FALLBACK_RATE,
-              out_of_scope_scores: Sequence[float] | None = None, score: Score = "probability") -> Calibration:
+def calibrate(
+    in_scope_scores: Sequence[float],
+    fallback_label: str,
+    max_fallback_rate: float = DEFAULT_MAX_FALLBACK_RATE,
+    out_of_scope_scores: Sequence[float] | None = None,
+    score: Score = "probability",
+) -> Calibration:
     """Fit the threshold on ``score`` values (probabilities or energies) and measure what it does on the data at hand."""
     threshold = fit_threshold(in_scope_scores, max_fallback_rate)
     values = np.asarray(in_scope_scores, dtype=float)

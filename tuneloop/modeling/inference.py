@@ -43,8 +43,11 @@ def _by_length(texts: Sequence[str], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     batches: list[list[int]] = []
     for i in order:
-        if batches and len(batches[-1]) < batch_size and \
-                (len(batches[-1]) + 1) * len(texts[batches[-1][0]]) <= MAX_PADDED_CHARS:
+        if (
+            batches
+            and len(batches[-1]) < batch_size
+            and (len(batches[-1]) + 1) * len(texts[batches[-1][0]]) <= MAX_PADDED_CHARS
+        ):
             batches[-1].append(i)
         else:
             batches.append([i])
@@ -59,9 +62,16 @@ def _inference_autocast(model):
 
 
 @torch.inference_mode()
-def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new_tokens: int,
-             prompting: Prompting = Prompting(), batch_size: int = 64,
-             adapter_names: Sequence[str] | None = None, share_prefix: bool = True) -> list[str]:
+def generate(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    prompting: Prompting = Prompting(),
+    batch_size: int = 64,
+    adapter_names: Sequence[str] | None = None,
+    share_prefix: bool = True,
+) -> list[str]:
     """Greedy answers; prompts are batched by length with left padding so answers start together.
 
     ``adapter_names`` (one per prompt) runs several LoRA adapters in one batch: the base model's
@@ -81,19 +91,28 @@ def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], 
     # rows, 1.12x faster than one batch of 27 on 2 cores)
     batches = _by_length(texts, max(1, min(batch_size // count, -(-len(texts) // count))))
     # tokenized here, not in the streams: a fast tokenizer shared by threads fails ("Already borrowed")
-    encoded = [tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=False,
-                         truncation=True, max_length=MAX_PROMPT_TOKENS).to(device) for rows in batches]
+    encoded = [
+        tokenizer(
+            [texts[i] for i in rows],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+            truncation=True,
+            max_length=MAX_PROMPT_TOKENS,
+        ).to(device)
+        for rows in batches
+    ]
 
     def answer(n: int) -> torch.Tensor:
         batch, rows = encoded[n], batches[n]
         relaid = prefix_first(batch["input_ids"], batch["attention_mask"], prefix) if prefix is not None else None
         with _inference_autocast(model):  # the prefix's keys and values in the dtype the rows compute in
-            cache = sharable_cache(model, relaid[0][:1, :prefix.shape[-1]], len(rows)) if relaid is not None else None
+            cache = sharable_cache(model, relaid[0][:1, : prefix.shape[-1]], len(rows)) if relaid is not None else None
             if cache is not None:
                 out = _from_prefix(model, relaid, cache, settings)
             else:
                 out = model.generate(**batch, **_adapters(adapter_names, rows), **settings)
-        return out[:, batch["input_ids"].shape[1]:]
+        return out[:, batch["input_ids"].shape[1] :]
 
     outs = streams(answer, len(batches), count)
     answers: list[str] = [""] * len(texts)
@@ -146,8 +165,9 @@ def streams(work: Callable[[int], T], n: int, count: int) -> list[T]:
 def _from_prefix(model, relaid: tuple[torch.Tensor, torch.Tensor], cache, settings: dict) -> torch.Tensor:
     """Generation from the shared prefix's cache (only on the architectures ``tuneloop.modeling.fast.fast_paths``
     verifies: ``sharable_cache`` gives None elsewhere)."""
-    return model.generate(input_ids=relaid[0], attention_mask=relaid[1], **{cache_argument(base_class(model)): cache},
-                          **settings)
+    return model.generate(
+        input_ids=relaid[0], attention_mask=relaid[1], **{cache_argument(base_class(model)): cache}, **settings
+    )
 
 
 def _common_prefix(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> torch.Tensor | None:
@@ -172,15 +192,22 @@ class Classified(NamedTuple):
 
 
 @torch.inference_mode()
-def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], labels: Sequence[str],
-             batch_size: int = 64, max_length: int = 128,
-             adapter_names: Sequence[str] | None = None) -> Classified:
+def classify(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    batch_size: int = 64,
+    max_length: int = 128,
+    adapter_names: Sequence[str] | None = None,
+) -> Classified:
     """Predicted label, its probability and its energy per text (``adapter_names``: as for ``generate``)."""
     predictions, confidences, energies = [""] * len(texts), [0.0] * len(texts), [0.0] * len(texts)
     device = next(model.parameters()).device
     for rows in _by_length(texts, batch_size):
-        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
-                          max_length=max_length).to(device)
+        batch = tokenizer(
+            [texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        ).to(device)
         with _inference_autocast(model):
             logits = model(**batch, **_adapters(adapter_names, rows)).logits.float()
         conf, idx = logits.softmax(-1).max(-1)
@@ -189,22 +216,51 @@ def classify(model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], la
     return Classified(predictions, confidences, energies)
 
 
-def predict_classes(model, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], labels: Sequence[str],
-                    adapter_names: Sequence[str] | None = None, batch_size: int | None = None) -> Classified:
+def predict_classes(
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: Sequence[str],
+    labels: Sequence[str],
+    adapter_names: Sequence[str] | None = None,
+    batch_size: int | None = None,
+) -> Classified:
     """``classify`` on inputs normalised as ``predict`` normalises them: for callers that apply a fallback
     threshold and so need the energies too."""
-    return classify(model, tokenizer, [normalize(text) for text in inputs], list(labels), batch_size=batch_size or 64,
-                    adapter_names=adapter_names)
+    return classify(
+        model,
+        tokenizer,
+        [normalize(text) for text in inputs],
+        list(labels),
+        batch_size=batch_size or 64,
+        adapter_names=adapter_names,
+    )
 
 
-def predict(kind: Kind, model, tokenizer: PreTrainedTokenizerBase, inputs: Sequence[str], labels: Sequence[str],
-            max_new_tokens: int, prompting: Prompting = Prompting(), adapter_names: Sequence[str] | None = None,
-            batch_size: int | None = None) -> tuple[list[str], list[float] | None]:
+def predict(
+    kind: Kind,
+    model,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs: Sequence[str],
+    labels: Sequence[str],
+    max_new_tokens: int,
+    prompting: Prompting = Prompting(),
+    adapter_names: Sequence[str] | None = None,
+    batch_size: int | None = None,
+) -> tuple[list[str], list[float] | None]:
     """Outputs for either kind (answers, or labels with their probabilities), for inputs normalised the
     way curation normalised the training data (full-width letters, zero-width and control characters)."""
     inputs = [normalize(text) for text in inputs]
     if kind == "generation":
-        return generate(model, tokenizer, inputs, max_new_tokens, prompting, batch_size=batch_size or 64,
-                        adapter_names=adapter_names), None
-    classified = classify(model, tokenizer, inputs, list(labels), batch_size=batch_size or 64, adapter_names=adapter_names)
+        return generate(
+            model,
+            tokenizer,
+            inputs,
+            max_new_tokens,
+            prompting,
+            batch_size=batch_size or 64,
+            adapter_names=adapter_names,
+        ), None
+    classified = classify(
+        model, tokenizer, inputs, list(labels), batch_size=batch_size or 64, adapter_names=adapter_names
+    )
     return classified.labels, classified.confidences

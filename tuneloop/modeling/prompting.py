@@ -17,7 +17,7 @@ class Prompting:
 
     def render(self, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
         if getattr(tokenizer, "chat_template", None):
-            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             messages.append({"role": "user", "content": prompt})
             return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         text = self.template.format(prompt=prompt)

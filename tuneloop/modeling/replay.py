@@ -71,7 +71,9 @@ def replay_prompts(seed: int = 0, keep: Callable[[str], bool] = lambda prompt: T
     rows = [r for r in _rows() if keep(r["prompt"])]
     rng = random.Random(seed)
     qa = [r["prompt"] for r in rows if r["category"] == "short_qa"]
-    general = [r["prompt"] for r in rows if r["category"] not in ("short_qa", "privacy")]  # privacy: tuneloop/modeling/declining.py
+    general = [
+        r["prompt"] for r in rows if r["category"] not in ("short_qa", "privacy")
+    ]  # privacy: tuneloop/modeling/declining.py
     rng.shuffle(qa)
     rng.shuffle(general)
     out, n_qa = [], 0
@@ -91,8 +93,11 @@ def unlike(prompts: list[str], training_prompts: Iterable[str]) -> list[str]:
     "Good morning!" and "Hey, good morning."): rehearsing the base's answer to a question users
     corrected would teach the model the answer they rejected. Streams the training prompts through a
     MinHash LSH index of ``prompts``, so 100,000 of them cost seconds."""
+
     def minhashes(word_sets: list[set[str]]) -> list[MinHash]:
-        return MinHash.bulk([sorted(w.encode() for w in ws) or [b""] for ws in word_sets], num_perm=64, hashfunc=zlib.crc32)
+        return MinHash.bulk(
+            [sorted(w.encode() for w in ws) or [b""] for ws in word_sets], num_perm=64, hashfunc=zlib.crc32
+        )
 
     words = [_words(p) for p in prompts]
     lsh = MinHashLSH(threshold=SIMILAR_WORDS, num_perm=64)
@@ -116,7 +121,7 @@ def rehearsable(answer: str, short: bool = False) -> str | None:
         one_sentence = 2 <= len(answer.split()) <= SHORT_ANSWER_WORDS and not re.search(r"[.!?]\s+\S|\n", answer)
         return answer if one_sentence and not _loops(answer) else None
     end = max(answer.rfind(c) for c in ".!?")
-    answer = answer[:end + 1].strip() if end >= 0 else ""
+    answer = answer[: end + 1].strip() if end >= 0 else ""
     words = answer.split()
     if len(words) < 2 or len(words) - len(set(map(str.lower, words))) > len(words) // 2:
         return None
@@ -134,8 +139,9 @@ def answers_cache(base: BaseModelInfo, prompting: Prompting, max_new_tokens: int
     return cache_dir() / "replay" / f"{key.hexdigest()[:16]}.jsonl"
 
 
-def base_answers(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, prompts: list[str],
-                 max_new_tokens: int) -> dict[str, str]:
+def base_answers(
+    config: LoopConfig, base: BaseModelInfo, prompting: Prompting, prompts: list[str], max_new_tokens: int
+) -> dict[str, str]:
     """The base's greedy answers to ``prompts``: generated on first use, cached per base and prompting."""
     path = answers_cache(base, prompting, max_new_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,8 +161,9 @@ def base_answers(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, 
     return {p: known[p] for p in prompts}
 
 
-def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, n: int,
-                 training_prompts: Iterable[str] = ()) -> list[tuple[str, str]]:
+def replay_pairs(
+    config: LoopConfig, base: BaseModelInfo, prompting: Prompting, n: int, training_prompts: Iterable[str] = ()
+) -> list[tuple[str, str]]:
     """Up to ``n`` (prompt, the base's own answer) pairs, none to a prompt like one of
     ``training_prompts``, a short question's only where its answer is short. Every short question is
     answered once (which answers are short is known only then), general prompts as far as needed."""
@@ -166,7 +173,7 @@ def replay_pairs(config: LoopConfig, base: BaseModelInfo, prompting: Prompting, 
     short = {r["prompt"] for r in _rows() if r["category"] == "short_qa"}
     answers = base_answers(config, base, prompting, [p for p in prompts if p in short], SHORT_QA_TOKENS)
     good = {p: kept for p, a in answers.items() if (kept := rehearsable(a, short=True))}
-    general = [p for p in prompts if p not in short][:max(0, n - len(good))]
+    general = [p for p in prompts if p not in short][: max(0, n - len(good))]
     answers = base_answers(config, base, prompting, general, MAX_NEW_TOKENS)
     good.update((p, kept) for p, a in answers.items() if (kept := rehearsable(a)))
     return [(p, good[p]) for p in replay_prompts(config.tune.seed, keep=good.__contains__)[:n]]
@@ -201,9 +208,16 @@ def record(system_prompts: list[str]) -> None:
         prompting = Prompting(system_prompt)
         answers[system_prompt] = {
             str(tokens): dict(zip(prompts, generate(model, tokenizer, prompts, tokens, prompting)))
-            for prompts, tokens in ((sorted(short), SHORT_QA_TOKENS), (general, MAX_NEW_TOKENS))}
-    RECORDED.write_text(json.dumps({"base_model_sha256": base.sha256, "base_model_revision": base.revision,
-                                    "answers": answers}, indent=0, sort_keys=True) + "\n")
+            for prompts, tokens in ((sorted(short), SHORT_QA_TOKENS), (general, MAX_NEW_TOKENS))
+        }
+    RECORDED.write_text(
+        json.dumps(
+            {"base_model_sha256": base.sha256, "base_model_revision": base.revision, "answers": answers},
+            indent=0,
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":  # python -m tuneloop.modeling.replay: re-record after changing the prompts or the base

@@ -48,12 +48,14 @@ def _compute(model, rows: list[dict], pad_id: int, k: int) -> list[tuple[torch.T
     out = []
     try:
         for start in range(0, len(rows), BATCH):
-            chunk = rows[start:start + BATCH]
+            chunk = rows[start : start + BATCH]
             batch = collate(chunk, pad_id, next(model.parameters()).device)
             keep = torch.zeros_like(batch["labels"], dtype=torch.bool)
             keep[:, :-1] = batch["labels"][:, 1:] != -100
             with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
-                logp = torch.log_softmax(kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float(), -1)
+                logp = torch.log_softmax(
+                    kept_logits(model, batch["input_ids"], batch["attention_mask"], keep).float(), -1
+                )
             top = logp.topk(min(k, logp.shape[-1]), dim=-1)
             counts = keep.sum(1).tolist()
             for ids, values in zip(top.indices.split(counts), top.values.split(counts)):

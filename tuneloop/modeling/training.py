@@ -40,9 +40,15 @@ CHECKPOINT = "ckpt.pt"
 _init_lock = threading.Lock()
 
 
-def lora_config(kind: Kind, rank: int, targets: list[str] | str, alpha: float | None = None,
-                dropout: float = 0.05, layers: list[int] | None = None,
-                full_modules: list[str] | None = None) -> LoraConfig:
+def lora_config(
+    kind: Kind,
+    rank: int,
+    targets: list[str] | str,
+    alpha: float | None = None,
+    dropout: float = 0.05,
+    layers: list[int] | None = None,
+    full_modules: list[str] | None = None,
+) -> LoraConfig:
     """LoRA on ``targets`` (module name suffixes, or peft's ``"all-linear"``) in ``layers`` (None:
     all); alpha defaults to 2 x rank. ``full_modules`` are trained in full beside the adapter (peft's
     ``modules_to_save``; a classification head always is)."""
@@ -66,17 +72,30 @@ def top_layers(base, share: float) -> list[int] | None:
     return list(range(n - max(1, math.ceil(n * share)), n))
 
 
-def add_adapter(base, kind: Kind, rank: int, seed: int, targets: list[str] | str, alpha: float | None = None,
-                dropout: float = 0.05, layers: list[int] | None = None,
-                full_modules: list[str] | None = None) -> PeftModel:
+def add_adapter(
+    base,
+    kind: Kind,
+    rank: int,
+    seed: int,
+    targets: list[str] | str,
+    alpha: float | None = None,
+    dropout: float = 0.05,
+    layers: list[int] | None = None,
+    full_modules: list[str] | None = None,
+) -> PeftModel:
     """A fresh LoRA adapter on ``base``, initialised from a generator of its own: the same ``seed``
     gives the same adapter whatever else runs in the process (the global RNG is never reseeded).
     ``full_modules``: see ``lora_config`` (``tuneloop.modeling.models.full_modules`` names a classifier's)."""
     if targets == "all-linear" and layers is not None:
         # peft takes "all-linear" only for every layer; for some layers, name the Linear modules inside the numbered
         # layers (the output layer and a pooler sit outside them and stay out, as "all-linear" leaves them)
-        targets = sorted({n.rsplit(".", 1)[-1] for n, m in base.named_modules()
-                          if isinstance(m, torch.nn.Linear) and re.search(r"\.\d+\.", n)})
+        targets = sorted(
+            {
+                n.rsplit(".", 1)[-1]
+                for n, m in base.named_modules()
+                if isinstance(m, torch.nn.Linear) and re.search(r"\.\d+\.", n)
+            }
+        )
     with _init_lock:  # peft draws its initial A matrices from the global RNG: hold others off, then redo them
         model = get_peft_model(base, lora_config(kind, rank, targets, alpha, dropout, layers, full_modules))
     generator = torch.Generator().manual_seed(seed)
@@ -93,7 +112,9 @@ def add_adapter(base, kind: Kind, rank: int, seed: int, targets: list[str] | str
 class TrainResult:
     steps: int  # the schedule's length
     resumed_from_step: int  # 0 for a fresh start
-    losses: list[float] = field(default_factory=list)  # one per step run by this call (after a resume: from its checkpoint on)
+    losses: list[float] = field(
+        default_factory=list
+    )  # one per step run by this call (after a resume: from its checkpoint on)
     tokens: int = 0  # non-padding tokens seen by this call
     padded_tokens: int = 0  # tokens computed, padding included
     examples: int = 0  # examples seen by this call
@@ -109,20 +130,38 @@ class Pruned(Exception):
     """Raised by an eval callback to stop a trial that is not worth finishing."""
 
 
-def schedule_length(n_examples: int, batch_size: int, epochs: int, max_steps: int | None = None,
-                    grad_accum: int = 1) -> int:
+def schedule_length(
+    n_examples: int, batch_size: int, epochs: int, max_steps: int | None = None, grad_accum: int = 1
+) -> int:
     """Optimiser steps of a run: ``epochs`` passes, capped at ``max_steps`` (a trial's budget)."""
     per_epoch = math.ceil(math.ceil(n_examples / batch_size) / grad_accum)
     return min(per_epoch * epochs, max_steps) if max_steps else per_epoch * epochs
 
 
-def train(model: PeftModel, encoded: list[dict], pad_id: int, *, lr: float, epochs: int, batch_size: int, seed: int,
-          max_steps: int | None = None, grad_accum: int = 1, head_lr: float | None = None, length_grouping: bool = True,
-          eval_steps: set[int] | None = None, on_eval: Callable[[int], None] | None = None,
-          on_step: Callable[[int, float], None] | None = None, checkpoint_dir: Path | None = None,
-          checkpoint_every: int = 0, on_checkpoint: Callable[[Path, int], None] | None = None,
-          progress: bool = False, kl_weight: float = 0.0, trunk_cache_mb: float = 0.0,
-          extra_loss: Callable[[PeftModel, int], torch.Tensor] | None = None) -> TrainResult:
+def train(
+    model: PeftModel,
+    encoded: list[dict],
+    pad_id: int,
+    *,
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    max_steps: int | None = None,
+    grad_accum: int = 1,
+    head_lr: float | None = None,
+    length_grouping: bool = True,
+    eval_steps: set[int] | None = None,
+    on_eval: Callable[[int], None] | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[Path, int], None] | None = None,
+    progress: bool = False,
+    kl_weight: float = 0.0,
+    trunk_cache_mb: float = 0.0,
+    extra_loss: Callable[[PeftModel, int], torch.Tensor] | None = None,
+) -> TrainResult:
     """Train the adapter in place: AdamW, linear warm-up (1/10) and decay, gradient clipping at 1.
 
     ``max_steps`` caps the optimiser steps (a trial's budget: it then sees part of the data, in the
@@ -189,8 +228,11 @@ def _optimisation(model: PeftModel, lr: float, head_lr: float | None, total: int
     loss scaling where the model's compute dtype is bf16/fp16 on an accelerator."""
     device = next(model.parameters()).device
     dtype = compute_dtype(model)
-    autocast = (torch.autocast(device.type, dtype=dtype) if device.type in ("cuda", "mps") and dtype != torch.float32
-                else nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=dtype)
+        if device.type in ("cuda", "mps") and dtype != torch.float32
+        else nullcontext()
+    )
     scaler = torch.amp.GradScaler(device.type) if device.type == "cuda" and dtype == torch.float16 else None
     optimizer = torch.optim.AdamW(_param_groups(model, lr, head_lr), lr=lr, weight_decay=0.0)
     scheduler = get_linear_schedule_with_warmup(optimizer, max(1, total // 10), total)
@@ -198,8 +240,9 @@ def _optimisation(model: PeftModel, lr: float, head_lr: float | None, total: int
     return _Optimisation(optimizer, scheduler, scaler, autocast, device, trainable)
 
 
-def _step_rows(encoded: list[dict], batch_size: int, seed: int, grad_accum: int, length_grouping: bool, start: int,
-               total: int) -> Iterator[list[list[dict]]]:
+def _step_rows(
+    encoded: list[dict], batch_size: int, seed: int, grad_accum: int, length_grouping: bool, start: int, total: int
+) -> Iterator[list[list[dict]]]:
     """The rows of each step's ``grad_accum`` micro-batches, for steps ``start`` to ``total`` - 1: epoch by
     epoch in ``epoch_batches``' order, so a resumed run sees the same batches as one that never stopped."""
     lengths = [len(e["input_ids"]) for e in encoded]
@@ -215,9 +258,17 @@ def _step_rows(encoded: list[dict], batch_size: int, seed: int, grad_accum: int,
         yield micro_batches
 
 
-def _train_step(model: PeftModel, opt: _Optimisation, micro_batches: list[list[dict]], pad_id: int, trunk,
-                kl_weight: float, extra_loss: Callable[[PeftModel, int], torch.Tensor] | None, step: int,
-                result: TrainResult) -> float:
+def _train_step(
+    model: PeftModel,
+    opt: _Optimisation,
+    micro_batches: list[list[dict]],
+    pad_id: int,
+    trunk,
+    kl_weight: float,
+    extra_loss: Callable[[PeftModel, int], torch.Tensor] | None,
+    step: int,
+    result: TrainResult,
+) -> float:
     """One optimiser step (0-based ``step``) over its micro-batches and the extra term; its loss, appended to
     ``result.losses``."""
     loss = _accumulate(model, opt, micro_batches, pad_id, trunk, kl_weight, result)
@@ -231,8 +282,15 @@ def _train_step(model: PeftModel, opt: _Optimisation, micro_batches: list[list[d
     return loss
 
 
-def _accumulate(model: PeftModel, opt: _Optimisation, micro_batches: list[list[dict]], pad_id: int, trunk,
-                kl_weight: float, result: TrainResult) -> float:
+def _accumulate(
+    model: PeftModel,
+    opt: _Optimisation,
+    micro_batches: list[list[dict]],
+    pad_id: int,
+    trunk,
+    kl_weight: float,
+    result: TrainResult,
+) -> float:
     """Gradients of one step's micro-batches, each loss divided by their number; the step's loss. Counts
     the tokens, padded tokens and examples seen into ``result``."""
     loss_sum = 0.0
@@ -309,8 +367,9 @@ def loss_of(model, batch: dict[str, torch.Tensor], kl_weight: float = 0.0) -> to
     with torch.no_grad(), model.disable_adapter():
         frozen = kept_logits(model, batch["input_ids"][rows], batch["attention_mask"][rows], keep[rows])
     frozen = torch.log_softmax(frozen.float(), -1)
-    kl = torch.nn.functional.kl_div(torch.log_softmax(logits[kept_rehearse], -1), frozen, log_target=True,
-                                    reduction="batchmean")
+    kl = torch.nn.functional.kl_div(
+        torch.log_softmax(logits[kept_rehearse], -1), frozen, log_target=True, reduction="batchmean"
+    )
     return loss + kl_weight * kl
 
 
@@ -365,8 +424,10 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler, scaler) -> in
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:  # what torch's weights-only unpickler raises for any other object
-        raise CheckpointError(f"refusing checkpoint {path}: it holds not only tensors and plain values (a pickled "
-                              f"object, which could run code), so it was not loaded: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"refusing checkpoint {path}: it holds not only tensors and plain values (a pickled "
+            f"object, which could run code), so it was not loaded: {str(err).splitlines()[0]}"
+        ) from None
     except (RuntimeError, EOFError, OSError) as err:  # e.g. a truncated copy from an interrupted upload
         warnings.warn(f"ignoring unreadable checkpoint {path}: {err}", stacklevel=2)
         return 0
@@ -380,5 +441,3 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler, scaler) -> in
     if state.get("rng_cuda") is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["rng_cuda"], device)
     return int(state["step"])
-
-

@@ -30,8 +30,14 @@ def use_experiment(config: LoopConfig) -> str:
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         uri = mlflow.get_tracking_uri()
-        location = (config.home.resolve() / "mlartifacts").as_uri() if uri.startswith(("sqlite:", "file:")) or "://" not in uri else None
-        experiment_id = mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        location = (
+            (config.home.resolve() / "mlartifacts").as_uri()
+            if uri.startswith(("sqlite:", "file:")) or "://" not in uri
+            else None
+        )
+        experiment_id = mlflow.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     else:
         experiment_id = experiment.experiment_id
         if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an earlier tuneloop: tag it now

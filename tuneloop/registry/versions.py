@@ -50,7 +50,9 @@ def log_adapter(config: LoopConfig, adapter_dir: Path, tags: dict[str, str]) -> 
         use_experiment(config)
     info = mlflow.pyfunc.log_model(
         name="adapter",
-        python_model=str(Path(__file__).parents[1] / "modeling" / "adapter_model.py"),  # models from code: no pickled class
+        python_model=str(
+            Path(__file__).parents[1] / "modeling" / "adapter_model.py"
+        ),  # models from code: no pickled class
         artifacts={"adapter": str(adapter_dir)},
         signature=SIGNATURE,
         registered_model_name=config.model_name,
@@ -101,7 +103,7 @@ def adapter_path(name: str, version: str, cache: Path) -> Path:
 
     def expected() -> dict[str, int]:
         prefix = located["prefix"].strip(".").strip("/")
-        return {path[len(prefix):].lstrip("/"): size for path, size in _remote_files(repo, prefix)}
+        return {path[len(prefix) :].lstrip("/"): size for path, size in _remote_files(repo, prefix)}
 
     fetch_folder(target, download, expected)
     return target
@@ -141,8 +143,9 @@ def aliases(name: str) -> dict[str, str]:
 Moves = list[tuple[str, str | None]]
 
 
-def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], reason: str,
-                 config: LoopConfig | None = None) -> dict[str, str]:
+def move_aliases(
+    name: str, moves: Moves | Callable[[dict[str, str]], Moves], reason: str, config: LoopConfig | None = None
+) -> dict[str, str]:
     """Apply ``(alias, version or None to remove)`` moves in order as one step; returns the aliases after.
 
     ``moves`` may be a function of the aliases before, so a decision and its moves see the same state.
@@ -156,7 +159,7 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
         model = client.get_registered_model(name)  # its aliases and history: only writers under this lock change them
         current = {alias: str(version) for alias, version in model.aliases.items()}
         entries, stamp = [], datetime.now(UTC).isoformat(timespec="seconds")
-        for alias, version in (moves(dict(current)) if callable(moves) else moves):
+        for alias, version in moves(dict(current)) if callable(moves) else moves:
             before = current.get(alias)
             if version is None:
                 if before is not None:
@@ -165,8 +168,9 @@ def move_aliases(name: str, moves: Moves | Callable[[dict[str, str]], Moves], re
             else:
                 client.set_registered_model_alias(name, alias, version)
                 current[alias] = version
-            entries.append({"at": stamp, "by": getpass.getuser(), "alias": alias, "from": before, "to": version,
-                            "reason": reason})
+            entries.append(
+                {"at": stamp, "by": getpass.getuser(), "alias": alias, "from": before, "to": version, "reason": reason}
+            )
         history = json.loads(model.tags.get("alias_history", "[]")) + entries
         client.set_registered_model_tag(name, "alias_history", json.dumps(history[-200:]))
     return current
@@ -177,8 +181,9 @@ def move_alias(name: str, alias: str, version: str | None, reason: str, config: 
     move_aliases(name, [(alias, version)], reason, config)
 
 
-def promote(name: str, reason: str = "promoted by operator", expected: str | None = None,
-            config: LoopConfig | None = None) -> str:
+def promote(
+    name: str, reason: str = "promoted by operator", expected: str | None = None, config: LoopConfig | None = None
+) -> str:
     """challenger -> champion, the old champion -> previous. Returns the new champion's version.
 
     With ``expected``, only when the challenger is still that version (checked under the alias lock,
@@ -186,12 +191,15 @@ def promote(name: str, reason: str = "promoted by operator", expected: str | Non
     The order serves readers between the moves: ``previous`` first (it routes nothing), then the
     champion (users on either side now get the challenger), then the challenger alias goes.
     """
+
     def plan(current: dict[str, str]) -> Moves:
         if "challenger" not in current:
             raise ValueError(f"{name} has no challenger to promote")
         if expected is not None and current["challenger"] != str(expected):
-            raise ValueError(f"expected_version: the challenger of {name} is version {current['challenger']}, not "
-                             f"{expected}; promote refused (look again, then promote the version you mean)")
+            raise ValueError(
+                f"expected_version: the challenger of {name} is version {current['challenger']}, not "
+                f"{expected}; promote refused (look again, then promote the version you mean)"
+            )
         keep = [("previous", current["champion"])] if "champion" in current else []
         return keep + [("champion", current["challenger"]), ("challenger", None)]
 
@@ -200,6 +208,7 @@ def promote(name: str, reason: str = "promoted by operator", expected: str | Non
 
 def restore_previous(name: str, reason: str = "rolled back by operator", config: LoopConfig | None = None) -> str:
     """champion -> previous's version; the rolled-back version loses the champion alias."""
+
     def plan(current: dict[str, str]) -> Moves:
         if "previous" not in current:
             raise ValueError(f"{name} has no previous champion to roll back to")

@@ -67,8 +67,13 @@ class Encoder:
         out = []
         with self.torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(list(texts[start:start + self.batch_size]), padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
+                batch = self.tokenizer(
+                    list(texts[start : start + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
@@ -100,8 +105,9 @@ class DriftResult:
     drifted: bool  # p_value <= alpha
 
 
-def mmd_test(window: np.ndarray, reference: np.ndarray, permutations: int = 200, alpha: float = 0.01,
-             seed: int = 0) -> DriftResult:
+def mmd_test(
+    window: np.ndarray, reference: np.ndarray, permutations: int = 200, alpha: float = 0.01, seed: int = 0
+) -> DriftResult:
     """Unbiased MMD^2 between ``window`` and ``reference`` (rows are embeddings), Gaussian kernel with
     the median heuristic, and its permutation p-value. Needs at least 2 rows on each side."""
     x, y = np.asarray(window, dtype=np.float64), np.asarray(reference, dtype=np.float64)
@@ -129,7 +135,7 @@ def mmd_test(window: np.ndarray, reference: np.ndarray, permutations: int = 200,
     order = np.argsort(rng.random((permutations, m + n)), axis=1)
     assign = np.zeros((permutations, m + n))
     np.put_along_axis(assign, order[:, :m], 1.0, axis=1)
-    null = np.concatenate([statistic(assign[i:i + 100]) for i in range(0, permutations, 100)])
+    null = np.concatenate([statistic(assign[i : i + 100]) for i in range(0, permutations, 100)])
     p = (1 + int(np.sum(null >= observed))) / (permutations + 1)
     return DriftResult(m, observed, p, p <= alpha)
 
@@ -152,8 +158,13 @@ def save_reference(path: Path, embeddings: np.ndarray, version: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial.npz")
-    np.savez_compressed(tmp, embeddings=embeddings.astype(np.float32), version=np.array(version),
-                        encoder=np.array(ENCODER_NAME), created=np.array(datetime.now(UTC).isoformat()))
+    np.savez_compressed(
+        tmp,
+        embeddings=embeddings.astype(np.float32),
+        version=np.array(version),
+        encoder=np.array(ENCODER_NAME),
+        created=np.array(datetime.now(UTC).isoformat()),
+    )
     tmp.replace(path)
     return path
 
@@ -185,8 +196,12 @@ def register_reference(config: LoopConfig, version: str, texts: Sequence[str], r
         client.log_artifact(run_id, str(named), REFERENCE_ARTIFACT)
         if named != path:
             named.unlink()
-        client.set_model_version_tag(config.model_name, str(version), "drift_reference",
-                                     f"runs:/{run_id}/{REFERENCE_ARTIFACT}/reference-{version}.npz")
+        client.set_model_version_tag(
+            config.model_name,
+            str(version),
+            "drift_reference",
+            f"runs:/{run_id}/{REFERENCE_ARTIFACT}/reference-{version}.npz",
+        )
     return path
 
 
@@ -219,9 +234,13 @@ class DriftMonitor:
     (the champion's; the service passes it); ``on_result(version, result)`` publishes a result.
     """
 
-    def __init__(self, config: LoopConfig, reference_version: Callable[[], str],
-                 on_result: Callable[[str, DriftResult], None] | None = None,
-                 encoder: Callable[[], Encoder] = shared_encoder):
+    def __init__(
+        self,
+        config: LoopConfig,
+        reference_version: Callable[[], str],
+        on_result: Callable[[str, DriftResult], None] | None = None,
+        encoder: Callable[[], Encoder] = shared_encoder,
+    ):
         self.config, self.settings = config, config.drift
         self.reference_version, self.on_result, self.encoder = reference_version, on_result, encoder
         self.window: deque[str] = deque(maxlen=self.settings.window)
@@ -256,7 +275,8 @@ class DriftMonitor:
         with self.lock:
             size = len(self.window)
             due = size >= self.settings.window or (
-                size >= self.settings.min_window and time.monotonic() - self.opened >= self.settings.max_wait_s)
+                size >= self.settings.min_window and time.monotonic() - self.opened >= self.settings.max_wait_s
+            )
             if reference is None or size < 2 or not (due or force):
                 return None
             texts = list(self.window)
@@ -293,8 +313,16 @@ def record_window(config: LoopConfig, version: str, result: DriftResult) -> None
     from tuneloop.data.ops_tables import DriftWindowRow
 
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
-        session.add(DriftWindowRow(kind=config.kind, version=version, n=result.n, statistic=result.statistic,
-                                   p_value=result.p_value, drifted=result.drifted))
+        session.add(
+            DriftWindowRow(
+                kind=config.kind,
+                version=version,
+                n=result.n,
+                statistic=result.statistic,
+                p_value=result.p_value,
+                drifted=result.drifted,
+            )
+        )
 
 
 def recent_windows(config: LoopConfig, since: datetime | None = None, limit: int = 100) -> list[dict]:
@@ -310,8 +338,17 @@ def recent_windows(config: LoopConfig, since: datetime | None = None, limit: int
         query = query.where(DriftWindowRow.at > since)
     with Session(FeedbackStore(config.feedback_db).engine) as session:
         rows = session.scalars(query.order_by(DriftWindowRow.id.desc()).limit(limit))
-        return [{"at": r.at, "version": r.version, "n": r.n, "statistic": r.statistic, "p_value": r.p_value,
-                 "drifted": r.drifted} for r in rows]
+        return [
+            {
+                "at": r.at,
+                "version": r.version,
+                "n": r.n,
+                "statistic": r.statistic,
+                "p_value": r.p_value,
+                "drifted": r.drifted,
+            }
+            for r in rows
+        ]
 
 
 def drift_evidence(config: LoopConfig, since: datetime | None = None) -> str | None:
@@ -321,6 +358,8 @@ def drift_evidence(config: LoopConfig, since: datetime | None = None) -> str | N
     windows = recent_windows(config, since, limit=k)
     if len(windows) < k or not all(w["drifted"] for w in windows) or len({w["version"] for w in windows}) != 1:
         return None
-    return (f"input drift: the last {k} windows ({sum(w['n'] for w in windows)} inputs) differ from v{windows[0]['version']}'s "
-            f"training prompts (MMD^2 {min(w['statistic'] for w in windows):.4f}-{max(w['statistic'] for w in windows):.4f}, "
-            f"p <= {max(w['p_value'] for w in windows):.3g} each, alpha {config.drift.alpha:g})")
+    return (
+        f"input drift: the last {k} windows ({sum(w['n'] for w in windows)} inputs) differ from v{windows[0]['version']}'s "
+        f"training prompts (MMD^2 {min(w['statistic'] for w in windows):.4f}-{max(w['statistic'] for w in windows):.4f}, "
+        f"p <= {max(w['p_value'] for w in windows):.3g} each, alpha {config.drift.alpha:g})"
+    )

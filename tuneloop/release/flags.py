@@ -43,7 +43,11 @@ SCHEMA = "https://flagd.dev/schema/v0/flags.json"
 
 def route_flag(challenger_percent: int, version: str | None = None) -> dict:
     """The flagd definition that sends ``challenger_percent`` % of users (sticky by user id) to challenger ``version``."""
-    if isinstance(challenger_percent, bool) or not isinstance(challenger_percent, int) or not 0 <= challenger_percent <= 100:
+    if (
+        isinstance(challenger_percent, bool)
+        or not isinstance(challenger_percent, int)
+        or not 0 <= challenger_percent <= 100
+    ):
         raise ValueError(f"challenger_percent must be an integer within 0..100, got {challenger_percent!r}")
     return {
         "state": "ENABLED",
@@ -127,8 +131,9 @@ class Router:
         self.mirror = mirror or config.home.resolve() / "flags" / f"{config.flag_key}.{os.getpid()}.{id(self):x}.json"
         self._seen = _definition(self.store, self.flag_key)
         write_flag_file(self.mirror, self.flag_key, self._seen)
-        self.provider = FlagdProvider(resolver_type=ResolverType.FILE, offline_flag_source_path=str(self.mirror),
-                                      deadline_ms=POLL_MS)
+        self.provider = FlagdProvider(
+            resolver_type=ResolverType.FILE, offline_flag_source_path=str(self.mirror), deadline_ms=POLL_MS
+        )
         domain = f"tuneloop:{self.mirror}"
         api.set_provider(self.provider, domain)
         self.client = api.get_client(domain)

@@ -24,11 +24,20 @@ def cli_actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def record_event(config: LoopConfig, version: str, action: str, reason: str, segment: str | None = None,
-                 actor: str | None = None) -> None:
+def record_event(
+    config: LoopConfig, version: str, action: str, reason: str, segment: str | None = None, actor: str | None = None
+) -> None:
     with Session(FeedbackStore(config.feedback_db).engine) as session, session.begin():
-        session.add(RolloutEventRow(model=config.model_name, version=version, action=action, reason=reason, segment=segment,
-                                    actor=(actor or cli_actor())[:128]))
+        session.add(
+            RolloutEventRow(
+                model=config.model_name,
+                version=version,
+                action=action,
+                reason=reason,
+                segment=segment,
+                actor=(actor or cli_actor())[:128],
+            )
+        )
 
 
 def events(config: LoopConfig, action: str | None = None, limit: int = 100) -> list[dict]:
@@ -38,8 +47,17 @@ def events(config: LoopConfig, action: str | None = None, limit: int = 100) -> l
         query = query.where(RolloutEventRow.action == action)
     with Session(FeedbackStore(config.feedback_db).engine) as session:
         rows = session.scalars(query.order_by(RolloutEventRow.id.desc()).limit(limit))
-        return [{"at": r.at.isoformat(), "version": r.version, "action": r.action, "reason": r.reason,
-                 "segment": r.segment, "actor": r.actor} for r in rows]
+        return [
+            {
+                "at": r.at.isoformat(),
+                "version": r.version,
+                "action": r.action,
+                "reason": r.reason,
+                "segment": r.segment,
+                "actor": r.actor,
+            }
+            for r in rows
+        ]
 
 
 def set_canary(config: LoopConfig, percent: int, reason: str = "set by operator", actor: str | None = None) -> int:
@@ -67,8 +85,15 @@ def promote(config: LoopConfig, expected: str, reason: str, actor: str | None = 
     return version
 
 
-def roll_back(config: LoopConfig, reason: str, version: str | None = None, restore_champion: bool = False,
-              segment: str | None = None, actor: str | None = None, champion_known: bool = False) -> str | None:
+def roll_back(
+    config: LoopConfig,
+    reason: str,
+    version: str | None = None,
+    restore_champion: bool = False,
+    segment: str | None = None,
+    actor: str | None = None,
+    champion_known: bool = False,
+) -> str | None:
     """Every user to the champion now (share 0 %); the challenger version is tagged with why.
 
     The share is what routes users and lives in the operations database, so it is set first and the

@@ -72,11 +72,16 @@ def judge(champion: Rate, challenger: Rate, config: DeployConfig, alpha: float |
     it by more than the tolerance; wait otherwise, and below ``min_samples`` per side."""
     alpha = config.guard_alpha if alpha is None else alpha
     if min(champion.n, challenger.n) < config.min_samples:
-        return Verdict("wait", f"need {config.min_samples} feedback records per version "
-                               f"(champion {champion.n}, challenger {challenger.n})")
+        return Verdict(
+            "wait",
+            f"need {config.min_samples} feedback records per version "
+            f"(champion {champion.n}, challenger {challenger.n})",
+        )
     test = rise_test(challenger.n, challenger.negative, champion.n, champion.negative, config.guard_mixture_scale)
-    summary = (f"negative rate challenger {challenger.value:.1%} (n={challenger.n}) vs champion "
-               f"{champion.value:.1%} (n={champion.n}), always-valid p={test.p_value:.4g} (alpha {alpha:.4g})")
+    summary = (
+        f"negative rate challenger {challenger.value:.1%} (n={challenger.n}) vs champion "
+        f"{champion.value:.1%} (n={champion.n}), always-valid p={test.p_value:.4g} (alpha {alpha:.4g})"
+    )
     if test.p_value <= alpha and challenger.value > champion.value + config.worse_tolerance:
         return Verdict("rollback", "significantly worse: " + summary, p_value=test.p_value)
     if challenger.value <= champion.value + config.worse_tolerance:
@@ -108,8 +113,13 @@ class Guard:
         share = self.config.segment_alpha_share
         return self.config.guard_alpha * (1 - share), self.config.guard_alpha * share / self.config.guard_segments
 
-    def judge(self, challenger: str, champion_rate: Rate, challenger_rate: Rate,
-              segments: dict[str, tuple[Rate, Rate]] | None = None) -> Verdict:
+    def judge(
+        self,
+        challenger: str,
+        champion_rate: Rate,
+        challenger_rate: Rate,
+        segments: dict[str, tuple[Rate, Rate]] | None = None,
+    ) -> Verdict:
         """``segments``: segment -> (champion rate, challenger rate) within that segment."""
         if challenger != self.challenger:
             self.challenger, self.tested = challenger, []
@@ -126,8 +136,12 @@ class Guard:
             if name in segments:
                 verdict = judge(*segments[name], self.config, segment_alpha)
                 if verdict.action == "rollback":
-                    return Verdict("rollback", f"segment {name!r} {verdict.reason} (overall: {overall.reason})",
-                                   segment=name, p_value=verdict.p_value)
+                    return Verdict(
+                        "rollback",
+                        f"segment {name!r} {verdict.reason} (overall: {overall.reason})",
+                        segment=name,
+                        p_value=verdict.p_value,
+                    )
         return overall
 
 

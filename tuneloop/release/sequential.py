@@ -44,8 +44,12 @@ def log_mixture_lr(diff: np.ndarray, info: np.ndarray, tau: float) -> np.ndarray
     diff, info = np.asarray(diff, dtype=float), np.asarray(info, dtype=float)
     score = diff * info
     precision = info + 1.0 / (tau * tau)  # posterior precision of theta
-    return (LOG_TWO + log_ndtr(score / np.sqrt(precision)) - 0.5 * np.log1p(tau * tau * info)
-            + score * score / (2.0 * precision))
+    return (
+        LOG_TWO
+        + log_ndtr(score / np.sqrt(precision))
+        - 0.5 * np.log1p(tau * tau * info)
+        + score * score / (2.0 * precision)
+    )
 
 
 def stabilised(down: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -99,9 +103,20 @@ class Simulation:
     p90_delay_challenger: float | None
 
 
-def simulate(p_champion: float, p_challenger: float, share: float = 0.1, observations: int = 3000, runs: int = 1000,
-             alpha: float = 0.05, tau: float = 0.1, min_samples: int = 30, check_every: int = 1, worse_tolerance: float = 0.0,
-             seed: int = 0, chunk: int = 250) -> Simulation:
+def simulate(
+    p_champion: float,
+    p_challenger: float,
+    share: float = 0.1,
+    observations: int = 3000,
+    runs: int = 1000,
+    alpha: float = 0.05,
+    tau: float = 0.1,
+    min_samples: int = 30,
+    check_every: int = 1,
+    worse_tolerance: float = 0.0,
+    seed: int = 0,
+    chunk: int = 250,
+) -> Simulation:
     """Simulate ``runs`` canaries: each feedback record goes to the challenger with probability ``share``
     and is a thumbs-down with its side's rate; the guard looks every ``check_every`` records once both
     sides have ``min_samples``, and rolls back when p <= alpha and the observed rise exceeds
@@ -140,5 +155,13 @@ def simulate(p_champion: float, p_challenger: float, share: float = 0.1, observa
     def pct(values: list[int], q: float) -> float | None:
         return float(np.percentile(values, q)) if values else None
 
-    return Simulation(runs, observations, len(stops) / runs, stopped_z / runs, pct(stops, 50), pct(stops, 90),
-                      pct(stops_c, 50), pct(stops_c, 90))
+    return Simulation(
+        runs,
+        observations,
+        len(stops) / runs,
+        stopped_z / runs,
+        pct(stops, 50),
+        pct(stops, 90),
+        pct(stops_c, 50),
+        pct(stops_c, 90),
+    )

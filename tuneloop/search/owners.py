@@ -65,12 +65,18 @@ def claim_flow_run() -> None:
             client.update_flow_run(current.id, tags=[*current.tags, OWNER_TAG + owner_id()])
             running = client.read_flow_runs(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_run.flow_name])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))
+                ),
+            )
             for run in running:
-                owners = [t[len(OWNER_TAG):] for t in run.tags if t.startswith(OWNER_TAG)]
+                owners = [t[len(OWNER_TAG) :] for t in run.tags if t.startswith(OWNER_TAG)]
                 if run.id != current.id and owners and owner_dead(owners[0]):
-                    client.set_flow_run_state(run.id, Crashed(message=f"its process ({owners[0]}) is gone; "
-                                                                      f"flow run {current.name} took over"), force=True)
+                    client.set_flow_run_state(
+                        run.id,
+                        Crashed(message=f"its process ({owners[0]}) is gone; flow run {current.name} took over"),
+                        force=True,
+                    )
                     log.warning("flow run %s: its process is gone; marked Crashed", run.name)
     except Exception as err:  # noqa: BLE001  bookkeeping must never stop the search itself
         log.warning("could not claim the flow run or clean up orphaned ones: %s", err)

@@ -59,8 +59,15 @@ OWNER_ATTR = "tuneloop.owner"
 def study_name(config: LoopConfig, ref: DatasetRef, base: BaseModelInfo) -> str:
     """The study's identity: the dataset, the base model, and the space and training settings (not the
     budget or the execution fields), so a rerun or a larger budget continues the same study."""
-    space = json.dumps([config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES), base.id, config.system_prompt,
-                        config.prompt_template if config.kind == "generation" else None], sort_keys=True)
+    space = json.dumps(
+        [
+            config.tune.model_dump(exclude=config.tune.STUDY_EXCLUDES),
+            base.id,
+            config.system_prompt,
+            config.prompt_template if config.kind == "generation" else None,
+        ],
+        sort_keys=True,
+    )
     return f"{config.model_name}-{ref.dataset_hash}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
 
 
@@ -68,16 +75,29 @@ def suggest(trial: optuna.Trial, tune: TuneConfig, kind: Kind, objectives: list[
     """The trial's hyper-parameters; a retried trial gets back the ones it had. ``objectives``: those
     the data allows (``usable_objectives``); the objective's beta is searched on its own range."""
     objective = trial.suggest_categorical("objective", objectives or ["sft"])
-    beta = {} if objective == "sft" else {"beta": trial.suggest_float(
-        f"{objective}_beta", getattr(tune, f"{objective}_beta_min"), getattr(tune, f"{objective}_beta_max"), log=True)}
+    beta = (
+        {}
+        if objective == "sft"
+        else {
+            "beta": trial.suggest_float(
+                f"{objective}_beta",
+                getattr(tune, f"{objective}_beta_min"),
+                getattr(tune, f"{objective}_beta_max"),
+                log=True,
+            )
+        }
+    )
     return {
         "rank": int(trial.suggest_categorical("rank", tune.ranks)),
         "lr": trial.suggest_float("lr", tune.lr_min, tune.lr_max, log=True),
         "alpha_ratio": float(trial.suggest_categorical("alpha_ratio", tune.alpha_ratios)),
         "dropout": float(trial.suggest_categorical("dropout", tune.dropouts)),
         "target_modules": trial.suggest_categorical("target_modules", tune.target_modules or [DEFAULT_TARGETS[kind]]),
-        "replay_ratio": float(trial.suggest_categorical("replay_ratio", tune.replay_ratios)) if kind == "generation" else 0.0,
-        "objective": objective, **beta,
+        "replay_ratio": float(trial.suggest_categorical("replay_ratio", tune.replay_ratios))
+        if kind == "generation"
+        else 0.0,
+        "objective": objective,
+        **beta,
     }
 
 
@@ -86,8 +106,9 @@ def usable_objectives(config: LoopConfig, ref: DatasetRef, warn: bool = False) -
     ``warn``); sft when none is left."""
     from tuneloop.modeling.objectives import usable
 
-    kept, reasons = usable(config.tune.objectives, ref.counts.get("pairs_train", 0), ref.counts.get("unpaired_train", 0),
-                           config.kind)
+    kept, reasons = usable(
+        config.tune.objectives, ref.counts.get("pairs_train", 0), ref.counts.get("unpaired_train", 0), config.kind
+    )
     if not kept:
         reasons.append("no objective left: sft instead")
     for reason in reasons if warn else []:
@@ -159,8 +180,9 @@ def make_pruner(tune: TuneConfig, total_steps: int) -> optuna.pruners.BasePruner
         return optuna.pruners.NopPruner()
     first = rung_steps(tune, total_steps)[:1] or [total_steps]
     if tune.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=first[0], max_resource=total_steps,
-                                              reduction_factor=tune.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=first[0], max_resource=total_steps, reduction_factor=tune.reduction_factor
+        )
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=first[0], reduction_factor=tune.reduction_factor)
 
 
@@ -169,12 +191,14 @@ def make_sampler(tune: TuneConfig, trial_number: int) -> optuna.samplers.TPESamp
     sampler afresh) draw the same "random" start. TPE keeps no state but its RNG, so a new sampler
     per trial samples exactly as a long-lived one would."""
     # constant liar: parallel workers do not all sample next to the same running trial
-    return optuna.samplers.TPESampler(seed=tune.seed * 100_003 + trial_number, n_startup_trials=tune.startup_trials,
-                                      constant_liar=True)  # constraints: each trial's own (Trial.set_constraint)
+    return optuna.samplers.TPESampler(
+        seed=tune.seed * 100_003 + trial_number, n_startup_trials=tune.startup_trials, constant_liar=True
+    )  # constraints: each trial's own (Trial.set_constraint)
 
 
-def open_study(url: str, name: str, tune: TuneConfig, pruner: optuna.pruners.BasePruner,
-               first_trial: dict | None = None) -> tuple[optuna.Study, RDBStorage]:
+def open_study(
+    url: str, name: str, tune: TuneConfig, pruner: optuna.pruners.BasePruner, first_trial: dict | None = None
+) -> tuple[optuna.Study, RDBStorage]:
     """Create or load the study (and queue ``first_trial`` into an empty one) under the study lock.
 
     The lock also covers creating Optuna's tables: two processes doing that at once on an empty
@@ -182,8 +206,14 @@ def open_study(url: str, name: str, tune: TuneConfig, pruner: optuna.pruners.Bas
     """
     with study_lock(url, name):
         storage = make_storage(url, tune)
-        study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                                    pruner=pruner, sampler=make_sampler(tune, 0))
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            direction="maximize",
+            load_if_exists=True,
+            pruner=pruner,
+            sampler=make_sampler(tune, 0),
+        )
         if first_trial and not study.get_trials(deepcopy=False):
             study.enqueue_trial(first_trial)
     return study, storage
@@ -227,7 +257,9 @@ def claim(study: optuna.Study, storage: RDBStorage, tune: TuneConfig, n_trials: 
         study.sampler = make_sampler(tune, len(study.get_trials(deepcopy=False)))  # the new trial's number
         trial = study.ask()
         trial.set_user_attr(OWNER_ATTR, {"id": owner_id(), "trial": trial.number})
-        trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), trial.number)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(study.study_name), trial.number
+        )
         storage.record_heartbeat(trial_id)
         return trial, trial_id
 
@@ -256,8 +288,11 @@ def heartbeat(storage: RDBStorage, trial_id: int, interval: float) -> Iterator[N
 def expected_seconds(study: optuna.Study) -> float | None:
     """How long a new trial is expected to take: the mean of the study's completed ones (None before
     the first completes). Pruned trials are left out: a new trial may well run to its end."""
-    done = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.duration is not None]
+    done = [
+        t.duration.total_seconds()
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.duration is not None
+    ]
     return sum(done) / len(done) if done else None
 
 
@@ -271,8 +306,13 @@ def fits(study: optuna.Study, deadline: float | None) -> bool:
     return left > 0 and (expected is None or expected <= left)
 
 
-def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.Trial], float], tune: TuneConfig,
-         deadline: float | None = None) -> int:
+def work(
+    study: optuna.Study,
+    storage: RDBStorage,
+    objective: Callable[[optuna.Trial], float],
+    tune: TuneConfig,
+    deadline: float | None = None,
+) -> int:
     """Run trials until the study holds ``tune.trial_budget`` finished ones or ``deadline`` (epoch s) leaves
     too little time for one more (``fits``).
 
@@ -285,7 +325,9 @@ def work(study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.T
         if claimed is None:
             if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 return ran
-            time.sleep(min(1.0, tune.heartbeat_interval_s))  # others are still running: wait for them, or their staleness
+            time.sleep(
+                min(1.0, tune.heartbeat_interval_s)
+            )  # others are still running: wait for them, or their staleness
             continue
         trial, trial_id = claimed
         ran += 1

@@ -43,16 +43,23 @@ def open_search_run(loop_run_id: str, study: str, space: dict) -> str:
     """The search's run: the existing one for ``study`` when continuing it, else a new child of the loop run."""
     client = mlflow.MlflowClient()
     loop = client.get_run(loop_run_id)
-    found = client.search_runs([loop.info.experiment_id],
-                               f"tags.`{STUDY_TAG}` = '{study}' and tags.`tuneloop.stage` = 'search'", max_results=1)
+    found = client.search_runs(
+        [loop.info.experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`tuneloop.stage` = 'search'", max_results=1
+    )
     if found:
         run_id = found[0].info.run_id
         client.update_run(run_id, status="RUNNING")
     else:
-        run_id = client.create_run(loop.info.experiment_id, run_name=f"search {study}", tags={
-            MLFLOW_PARENT_RUN_ID: loop_run_id, STUDY_TAG: study, "tuneloop.stage": "search",
-            **{k: v for k, v in loop.data.tags.items() if k in ("tuneloop.kind",)},
-        }).info.run_id
+        run_id = client.create_run(
+            loop.info.experiment_id,
+            run_name=f"search {study}",
+            tags={
+                MLFLOW_PARENT_RUN_ID: loop_run_id,
+                STUDY_TAG: study,
+                "tuneloop.stage": "search",
+                **{k: v for k, v in loop.data.tags.items() if k in ("tuneloop.kind",)},
+            },
+        ).info.run_id
         # the space is the study's identity, so these never change for this run
         client.log_batch(run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in space.items()])
         if loop.inputs and loop.inputs.dataset_inputs:
@@ -63,9 +70,11 @@ def open_search_run(loop_run_id: str, study: str, space: dict) -> str:
 
 def trial_label(key: int | str, params: dict) -> str:
     """A run name that says what the trial is: its number (or "final") and its hyper-parameters."""
-    return (f"{key if isinstance(key, str) else f'trial-{key:03d}'} r={params['rank']} lr={params['lr']:.1e} alpha={params['alpha_ratio']:g}r "
-            f"drop={params['dropout']:g} {params['target_modules']}"
-            + (f" {params['objective']} beta={params['beta']:.2g}" if params.get("objective", "sft") != "sft" else ""))
+    return (
+        f"{key if isinstance(key, str) else f'trial-{key:03d}'} r={params['rank']} lr={params['lr']:.1e} alpha={params['alpha_ratio']:g}r "
+        f"drop={params['dropout']:g} {params['target_modules']}"
+        + (f" {params['objective']} beta={params['beta']:.2g}" if params.get("objective", "sft") != "sft" else "")
+    )
 
 
 class TrialRun:
@@ -86,15 +95,24 @@ class TrialRun:
         client = mlflow.MlflowClient()
         parent = client.get_run(parent_run_id)
         experiment_id = parent.info.experiment_id
-        found = client.search_runs([experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`{TRIAL_TAG}` = '{key}'",
-                                   max_results=1)
+        found = client.search_runs(
+            [experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`{TRIAL_TAG}` = '{key}'", max_results=1
+        )
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return cls(found[0].info.run_id, resumed=True)
         # tags go in with the run, atomically: a kill right after still leaves a run this lookup finds
-        run = client.create_run(experiment_id, run_name=trial_label(key, params), tags={
-            MLFLOW_PARENT_RUN_ID: parent_run_id, STUDY_TAG: study, TRIAL_TAG: str(key), "tuneloop.stage": "tune", **tags,
-        })
+        run = client.create_run(
+            experiment_id,
+            run_name=trial_label(key, params),
+            tags={
+                MLFLOW_PARENT_RUN_ID: parent_run_id,
+                STUDY_TAG: study,
+                TRIAL_TAG: str(key),
+                "tuneloop.stage": "tune",
+                **tags,
+            },
+        )
         client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, str(v)) for k, v in params.items()])
         if parent.inputs and parent.inputs.dataset_inputs:  # the curated dataset, linked on every trial too
             client.log_inputs(run.info.run_id, datasets=list(parent.inputs.dataset_inputs))
@@ -106,7 +124,7 @@ class TrialRun:
 
     def flush(self) -> None:
         for i in range(0, len(self._losses), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, metrics=self._losses[i:i + 1000])
+            self.client.log_batch(self.run_id, metrics=self._losses[i : i + 1000])
         self._losses.clear()
 
     def metrics(self, values: dict[str, float], step: int = 0) -> None:
@@ -219,8 +237,9 @@ def peak_memory(device=None) -> Iterator[dict[str, float]]:
             out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def log_search(search_run_id: str, study: optuna.Study, best_key: int, final: dict[int, FrozenTrial],
-               run_ids: dict[int, str]) -> None:
+def log_search(
+    search_run_id: str, study: optuna.Study, best_key: int, final: dict[int, FrozenTrial], run_ids: dict[int, str]
+) -> None:
     """On the search run: the summary, its plots, and ``best_trial`` on exactly one trial run.
 
     ``final`` maps each trial's key (its first attempt's number) to its last attempt.
@@ -228,10 +247,18 @@ def log_search(search_run_id: str, study: optuna.Study, best_key: int, final: di
     client = mlflow.MlflowClient()
     trials = study.get_trials(deepcopy=False)
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-    client.log_batch(search_run_id, metrics=[
-        Metric(f"tune.n_{name}", n, int(time.time() * 1000), 0) for name, n in counts.items()
-    ] + [Metric("tune.steps_trained", sum(t.user_attrs.get("steps_trained", 0) for t in final.values()),
-                int(time.time() * 1000), 0)])
+    client.log_batch(
+        search_run_id,
+        metrics=[Metric(f"tune.n_{name}", n, int(time.time() * 1000), 0) for name, n in counts.items()]
+        + [
+            Metric(
+                "tune.steps_trained",
+                sum(t.user_attrs.get("steps_trained", 0) for t in final.values()),
+                int(time.time() * 1000),
+                0,
+            )
+        ],
+    )
     for key, run_id in run_ids.items():
         if key == best_key:
             client.set_tag(run_id, "best_trial", "true")
@@ -248,8 +275,11 @@ def search_plots(study: optuna.Study, final: dict[int, FrozenTrial], run_ids: di
     from optuna.visualization import matplotlib as ov
 
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    varying = sorted(name for name in {k for t in complete for k in t.params}
-                     if len({repr(t.params.get(name)) for t in complete}) > 1)
+    varying = sorted(
+        name
+        for name in {k for t in complete for k in t.params}
+        if len({repr(t.params.get(name)) for t in complete}) > 1
+    )
     plots = {
         "optimization_history": lambda: ov.plot_optimization_history(study),
         "intermediate_values": lambda: ov.plot_intermediate_values(study),

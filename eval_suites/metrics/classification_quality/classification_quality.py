@@ -24,20 +24,27 @@ class ClassificationQuality(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references, confidences=None, n_bins=10):
         correct = (np.asarray(predictions) == np.asarray(references)).astype(float)
         result = {
             "accuracy": float(accuracy_score(references, predictions)) if len(references) else 0.0,
-            "macro_f1": float(f1_score(references, predictions, average="macro", zero_division=0)) if len(references) else 0.0,
+            "macro_f1": float(f1_score(references, predictions, average="macro", zero_division=0))
+            if len(references)
+            else 0.0,
             "per_example": {"correct": correct.tolist()},
         }
         if confidences is not None and len(confidences):
             conf = np.asarray(confidences, dtype=float)
             bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-            ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean()
-                      for b in range(n_bins) if (bins == b).any())
+            ece = sum(
+                abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).mean()
+                for b in range(n_bins)
+                if (bins == b).any()
+            )
             result["ece"] = float(ece)
         return result

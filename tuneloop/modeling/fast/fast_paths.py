@@ -95,5 +95,8 @@ def report(model) -> dict[str, str]:
     base = bare(model)
     kept = "on" if kept_logits_supported(type(base)) else "off (this transformers takes no mask)"
     shared = "off (sliding-window attention)" if sliding_window(model) else "on"
-    return {"shared_prefix": shared, "kept_logits": kept,
-            "trunk": "on where the rows' states fit tune.trunk_cache_mb, without gradient checkpointing"}
+    return {
+        "shared_prefix": shared,
+        "kept_logits": kept,
+        "trunk": "on where the rows' states fit tune.trunk_cache_mb, without gradient checkpointing",
+    }

@@ -86,8 +86,9 @@ def _forward_takes_logits_to_keep(model_class: type) -> bool:  # once per archit
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def prefix_first(input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def prefix_first(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A left-padded generation batch re-laid as [``prefix``][padding][rest of the row], so the prefix
     sits at the same positions in every row and its cache can be shared; None when some row does not
     start with ``prefix`` (a truncated one) or holds nothing after it. Masked padding in the middle
@@ -100,8 +101,8 @@ def prefix_first(input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return None
     ids, mask = input_ids.clone(), torch.zeros_like(attention_mask)
     for r, p in enumerate(pads.tolist()):
-        ids[r, :n] = input_ids[r, p:p + n]
-        ids[r, n:n + p] = input_ids[r, :p]  # the padding itself, now between prefix and rest
+        ids[r, :n] = input_ids[r, p : p + n]
+        ids[r, n : n + p] = input_ids[r, :p]  # the padding itself, now between prefix and rest
         mask[r, :n] = 1
-        mask[r, n + p:] = 1
+        mask[r, n + p :] = 1
     return ids, mask

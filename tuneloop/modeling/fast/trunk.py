@@ -60,8 +60,14 @@ class Trunk:
         config = bare(model).config
         dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         # states kept by another model (another base, layer, dtype or device) are never injected here
-        self.signature = (self.model_class.__name__, str(getattr(config, "_name_or_path", "")), k, str(dtype),
-                          str(next(model.parameters()).device), getattr(config, "quantization_config", None) is not None)
+        self.signature = (
+            self.model_class.__name__,
+            str(getattr(config, "_name_or_path", "")),
+            k,
+            str(dtype),
+            str(next(model.parameters()).device),
+            getattr(config, "quantization_config", None) is not None,
+        )
         self.mode: str | None = None  # "capture" or "inject" while a batch runs
         self.rows = 0  # the running batch's rows
         self.entered = False  # layer k has run in this batch (its first forward is the shared prefix's)
@@ -89,11 +95,16 @@ class Trunk:
         forward = self._forwards[i]
 
         def run(hidden_states, *args, **kwargs):
-            if self.mode == "inject" and hidden_states.shape[0] == self.rows or self._prefix_skips(hidden_states, kwargs):
+            if (
+                self.mode == "inject"
+                and hidden_states.shape[0] == self.rows
+                or self._prefix_skips(hidden_states, kwargs)
+            ):
                 return hidden_states  # replaced on entering layer k
             out = forward(hidden_states, *args, **kwargs)
             self.plain = self.plain and isinstance(out, torch.Tensor)
             return out
+
         return run
 
     def _enter(self, module, args, kwargs):
@@ -102,7 +113,7 @@ class Trunk:
         self.entered = True
         if skipped:  # the prefix's states: the first row's first ones (every row starts with the prefix)
             self.fill = kwargs.get("cache", kwargs.get("past_key_values"))
-            kept = self.states[:1, :hidden.shape[1]].to(hidden.dtype)
+            kept = self.states[:1, : hidden.shape[1]].to(hidden.dtype)
             return ((kept, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": kept})
         if self.mode == "capture" and self.states is None:  # the batch's first forward: its shared prefix
             if hidden.shape[0] == 1 and self.rows > 1:  # (one row, computed first), then its rows
@@ -110,7 +121,7 @@ class Trunk:
             elif hidden.shape[0] == self.rows:
                 self.states = hidden.detach()
         elif self.mode == "inject" and hidden.shape[0] == self.rows:
-            kept = self.states[:, self.states.shape[1] - hidden.shape[1]:].to(hidden.dtype)  # rows are right-padded
+            kept = self.states[:, self.states.shape[1] - hidden.shape[1] :].to(hidden.dtype)  # rows are right-padded
             return ((kept, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": kept})
         return None
 
@@ -130,7 +141,7 @@ class Trunk:
             kept = [r[KEY][1] for r in rows]
             states = kept[0].new_zeros(len(rows), attention_mask.shape[1], kept[0].shape[-1])
             for i, row_states in enumerate(kept):
-                states[i, :row_states.shape[0]] = row_states
+                states[i, : row_states.shape[0]] = row_states
             self.mode, self.states = "inject", states
         else:
             self.mode, self.prefix, self.states = "capture", None, None
@@ -141,7 +152,7 @@ class Trunk:
                 if shared and self.prefix is None:
                     return  # the prefix ran some other way: keep nothing rather than guess
                 for row, states, n in zip(rows, self.states, attention_mask.sum(1).tolist()):
-                    parts = ([self.prefix[0, :shared]] if shared else []) + [states[:n - shared]]
+                    parts = ([self.prefix[0, :shared]] if shared else []) + [states[: n - shared]]
                     row[KEY] = (self.signature, torch.cat(parts).clone())
         finally:
             self.mode, self.prefix, self.states = None, None, None
@@ -156,16 +167,25 @@ class Trunk:
                 layer.forward = own
         if not self.plain:  # a verified architecture whose layers changed what they return: said, then plain
             unsupported.add(self.model_class)
-            warnings.warn(f"{self.model_class.__name__}: its decoder layers return more than the hidden states; "
-                          "training runs every layer", fast_paths.FastPathWarning, stacklevel=2)
+            warnings.warn(
+                f"{self.model_class.__name__}: its decoder layers return more than the hidden states; "
+                "training runs every layer",
+                fast_paths.FastPathWarning,
+                stacklevel=2,
+            )
 
 
 def open_trunk(model, rows: list[dict], budget_mb: float) -> Trunk | None:
     """A ``Trunk`` for training ``model`` on ``rows``, or None where keeping states would not be exact
     or would not fit ``budget_mb``."""
     layers = decoder_layers(model)
-    if budget_mb <= 0 or not fast_paths.active(model) or layers is None or checkpointing(model) \
-            or type(bare(model)) in unsupported:
+    if (
+        budget_mb <= 0
+        or not fast_paths.active(model)
+        or layers is None
+        or checkpointing(model)
+        or type(bare(model)) in unsupported
+    ):
         return None
     k = first_adapted(layers)
     if k == 0:
@@ -176,7 +196,10 @@ def open_trunk(model, rows: list[dict], budget_mb: float) -> Trunk | None:
     hidden = getattr(bare(model).config.get_text_config(), "hidden_size", 0)
     size = torch.finfo(next(p for p in model.parameters() if p.is_floating_point()).dtype).bits // 8
     if sum(len(r["input_ids"]) for r in rows) * hidden * size > budget_mb * 2**20:
-        warnings.warn(f"the train set's states below the adapters exceed tune.trunk_cache_mb={budget_mb:g}: "
-                      "every step runs every layer", stacklevel=3)
+        warnings.warn(
+            f"the train set's states below the adapters exceed tune.trunk_cache_mb={budget_mb:g}: "
+            "every step runs every layer",
+            stacklevel=3,
+        )
         return None
     return Trunk(model, layers, k)

@@ -46,12 +46,16 @@ def upgrade() -> None:
     # raw records are evidence: the database itself refuses to change them
     dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
-        op.execute("CREATE TRIGGER feedback_immutable BEFORE UPDATE ON feedback "
-                   "BEGIN SELECT RAISE(ABORT, 'feedback rows are immutable'); END")
+        op.execute(
+            "CREATE TRIGGER feedback_immutable BEFORE UPDATE ON feedback "
+            "BEGIN SELECT RAISE(ABORT, 'feedback rows are immutable'); END"
+        )
     elif dialect == "postgresql":
         op.execute(_PG_FUNCTION)
-        op.execute("CREATE TRIGGER feedback_immutable BEFORE UPDATE ON feedback "
-                   "FOR EACH ROW EXECUTE FUNCTION tuneloop_feedback_immutable()")
+        op.execute(
+            "CREATE TRIGGER feedback_immutable BEFORE UPDATE ON feedback "
+            "FOR EACH ROW EXECUTE FUNCTION tuneloop_feedback_immutable()"
+        )
 
 
 def downgrade() -> None:

@@ -31,7 +31,9 @@ def upgrade() -> None:
         "api_tokens",
         sa.Column("name", sa.String(64), primary_key=True),
         sa.Column("scope", sa.String(16), nullable=False),
-        sa.Column("token_hash", sa.String(64), nullable=False, unique=True, comment="SHA-256 of the token; never the token."),
+        sa.Column(
+            "token_hash", sa.String(64), nullable=False, unique=True, comment="SHA-256 of the token; never the token."
+        ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
     )
@@ -49,8 +51,10 @@ def _hash_legacy_token() -> None:
     row = bind.execute(sa.text("SELECT value FROM settings WHERE key = 'api_token'")).first()
     if row is None:
         return
-    bind.execute(sa.text("INSERT INTO api_tokens (name, scope, token_hash, created_at) VALUES ('legacy', 'admin', :h, :at)"),
-                 {"h": hashlib.sha256(row[0].encode()).hexdigest(), "at": datetime.now(UTC)})
+    bind.execute(
+        sa.text("INSERT INTO api_tokens (name, scope, token_hash, created_at) VALUES ('legacy', 'admin', :h, :at)"),
+        {"h": hashlib.sha256(row[0].encode()).hexdigest(), "at": datetime.now(UTC)},
+    )
     bind.execute(sa.text("DELETE FROM settings WHERE key = 'api_token'"))
 
 

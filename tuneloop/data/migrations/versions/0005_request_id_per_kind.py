@@ -51,5 +51,7 @@ def _swap(old: str, new: str, columns: list[str]) -> None:
             batch.drop_constraint(old, type_="unique")
         batch.create_unique_constraint(new, columns)
     op.execute("DROP TRIGGER IF EXISTS feedback_immutable")
-    op.execute("CREATE TRIGGER feedback_immutable BEFORE UPDATE ON feedback "
-               "BEGIN SELECT RAISE(ABORT, 'feedback rows are immutable'); END")
+    op.execute(
+        "CREATE TRIGGER feedback_immutable BEFORE UPDATE ON feedback "
+        "BEGIN SELECT RAISE(ABORT, 'feedback rows are immutable'); END"
+    )
