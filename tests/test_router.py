@@ -81,7 +81,7 @@ def test_the_final_training_adds_the_validation_retraining_half_and_scores_on_th
 
 def test_classification_defaults_are_the_router_recipe_and_a_users_setting_wins():
     config = LoopConfig(kind="classification")
-    assert DEFAULT_TARGETS["classification"] == "all-linear" and config.tune.train_pooler
+    assert DEFAULT_TARGETS["classification"] == "attention" and config.tune.train_pooler
     assert {k: getattr(config.tune, k) for k in CLASSIFICATION_TUNE} == CLASSIFICATION_TUNE
     assert config.tune.first_trial == {"rank": 8, "lr": 2e-3} and config.tune.retrain_with_validation
     mine = LoopConfig(kind="classification", tune=TuneConfig(ranks=[16], epochs=6, lr_min=1e-4, lr_max=1e-3))

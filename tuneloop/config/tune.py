@@ -71,7 +71,7 @@ class TuneConfig(BaseModel):
     target_modules: list[Literal["qv", "attention", "mlp", "all-linear"]] | None = Field(
         None,
         description="Module sets to choose from: qv (query/value), attention (+ key/output), mlp (the feed-forward "
-        "blocks), all-linear (attention + mlp); None: the kind's default (mlp for generation, all-linear for classification).",
+        "blocks), all-linear (attention + mlp); None: the kind's default (mlp for generation, attention for classification).",
     )
     replay_ratios: list[float] = Field(
         [4.0],
@@ -309,7 +309,7 @@ class TuneConfig(BaseModel):
 
 
 # The classification recipe's priors (docs/benchmarks/classification.md; BANKING77, MiniLM-L6): LoRA rank 8 on
-# every linear layer with the pooler and head in full (tune.train_pooler), a rate around ten times full
+# attention (query, key, value, output) with the pooler and head in full (tune.train_pooler), a rate around ten times full
 # fine-tuning's (2e-3 against 1e-4 to 2e-4), short utterances batched 32 by length, 3 epochs. A user's
 # setting of any of these fields wins over the prior.
 CLASSIFICATION_LR = 2e-3
