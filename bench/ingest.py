@@ -28,26 +28,12 @@ from pathlib import Path
 
 import httpx
 
+from devtools.synthetic import PRODUCTS  # the same product names as the synthetic feedback
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 TOKEN = "bench-token"
 
-PRODUCTS = [
-    "Nimbus thermostat",
-    "Nimbus Pro",
-    "Lumo doorbell",
-    "Orbit camera",
-    "smart plug",
-    "hub",
-    "Aura bulb",
-    "Vista sensor",
-    "Halo speaker",
-    "Terra lock",
-    "Breeze fan",
-    "Pulse meter",
-    "Echo chime",
-    "Flow valve",
-]
 QUESTIONS = [
     "what is the warranty on the {}",
     "how do I reset the {}",
