@@ -165,8 +165,9 @@ def demo(kind: KindChoice | None = KindOpt, home: Path | None = HomeOpt, tiny: b
     profile, 3 epochs, for tune settings left unset)."""
     from tuneloop.data.sample_data import SYSTEM_PROMPT
 
-    os.environ.setdefault("TUNELOOP_SYSTEM_PROMPT", SYSTEM_PROMPT)  # the sample company's assistant
     config = _config(kind, home, tiny=tiny)
+    if "system_prompt" not in config.model_fields_set:  # the sample company's assistant, unless the user set one
+        config.system_prompt = SYSTEM_PROMPT
     if config.kind == "generation":  # the showcase's five-minute profile where the user set nothing else
         config.tune = with_priors(config.tune, DEMO_TUNE)
     from tuneloop.data.feedback import FeedbackStore

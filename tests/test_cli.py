@@ -211,8 +211,8 @@ def test_the_demo_runs_its_fast_profile_where_the_user_set_nothing(home, monkeyp
     """`tuneloop demo` trains the showcase's 3 epochs and lighter rehearsal; `tuneloop run` gets the defaults
     chosen on the generation benchmark; a user's own setting wins in both; classification keeps its recipe."""
     import tuneloop.cli.main as main
+    from tuneloop.data.sample_data import SYSTEM_PROMPT
 
-    monkeypatch.delenv("TUNELOOP_SYSTEM_PROMPT", raising=False)  # the demo sets its company's prompt for the process
     loops = []
     monkeypatch.setattr(main, "_run_loop", loops.append)  # the configuration each command would run, not the loop
     for args, env in (
@@ -223,6 +223,8 @@ def test_the_demo_runs_its_fast_profile_where_the_user_set_nothing(home, monkeyp
     ):
         out = runner.invoke(app, [*args, "--tiny"], env=env)
         assert out.exit_code == 0, out.output
+    assert "TUNELOOP_SYSTEM_PROMPT" not in os.environ  # the demo's company prompt stays in its configuration
+    assert loops[0].system_prompt == SYSTEM_PROMPT and loops[3].system_prompt is None
     demo, mine, router, run = (config.tune for config in loops)
     assert (demo.epochs, demo.replay_ratios, demo.replay_kl, demo.first_trial) == (
         3,

@@ -375,8 +375,8 @@ def test_the_first_trial_is_supervised_beside_preference_objectives_and_never_on
 
     thumbs = {"pairs_train": 5, "unpaired_train": 7}
     # several objectives searched: the known-good start is the plain fine-tune, the others get the later trials
-    assert first(thumbs, objectives=["kto", "sft"]) == {"rank": 16, "lr": 9e-4, "objective": "sft"}
-    assert first(thumbs, objectives=["kto", "dpo"]) == {"rank": 16, "lr": 9e-4}  # no sft: the search draws
+    assert first(thumbs, objectives=["kto", "sft"]) == {"rank": 16, "lr": 1.5e-3, "objective": "sft"}
+    assert first(thumbs, objectives=["kto", "dpo"]) == {"rank": 16, "lr": 1.5e-3}  # no sft: the search draws
     assert first(
         thumbs, objectives=["sft", "kto"], first_trial={"rank": 8, "lr": 1e-3, "objective": "kto", "beta": 0.2}
     ) == {"rank": 8, "lr": 1e-3, "objective": "kto", "kto_beta": 0.2}
@@ -396,3 +396,13 @@ def test_generation_searches_kto_beside_sft_by_default_and_classification_sft_al
     assert LoopConfig(kind="classification", home=tmp_path).tune.objectives == ["sft"]  # no warning at every loop
     mine = LoopConfig(kind="generation", home=tmp_path, tune=TuneConfig(objectives=["sft"]))
     assert mine.tune.objectives == ["sft"]  # a user's own choice stands
+
+
+def test_the_default_first_trial_moves_into_a_narrowed_space_and_a_users_own_is_refused_outside_it():
+    narrowed = TuneConfig(ranks=[4, 8], lr_max=1e-3)  # the default start is rank 16 at 1.5e-3
+    assert narrowed.first_trial == {"rank": 8, "lr": 1e-3} and "first_trial" not in narrowed.model_fields_set
+    assert TuneConfig(lr_min=1.6e-3, lr_max=3e-3).first_trial == {"rank": 16, "lr": 1.6e-3}
+    with pytest.raises(ValueError, match=r"first_trial rank 16 is not one of ranks \[4, 8\]"):
+        TuneConfig(ranks=[4, 8], first_trial={"rank": 16, "lr": 1e-3})
+    with pytest.raises(ValueError, match=r"first_trial lr 0.002 is outside \[0.0005, 0.001\]"):
+        TuneConfig(lr_max=1e-3, first_trial={"rank": 16, "lr": 2e-3})

@@ -276,6 +276,8 @@ class TuneConfig(BaseModel):
         first = self._first_trial_names(dict(self.first_trial or {}))
         if first != (self.first_trial or {}):  # assigning marks the field set: only a user's own first trial changes
             self.first_trial = first
+        if "first_trial" not in self.model_fields_set and first:
+            self._default_first_trial_into_space(first)
         if "rank" in first and first["rank"] not in self.ranks:
             raise ValueError(f"first_trial rank {first['rank']} is not one of ranks {self.ranks}")
         if "lr" in first and not self.lr_min <= float(first["lr"]) <= self.lr_max:
@@ -288,6 +290,20 @@ class TuneConfig(BaseModel):
         if len(set(self.objectives)) < len(self.objectives):  # a repeat would weigh the draw (assigning marks the
             self.objectives = list(dict.fromkeys(self.objectives))  # field set: only a user's own list changes)
         return self
+
+    def _default_first_trial_into_space(self, first: dict) -> None:
+        """The default start moved into a space the user narrowed (the nearest rank, the rate clamped to the
+        bounds): narrowing ranks or rates never needs a first_trial of one's own. Left unmarked as set, so a
+        kind's priors still replace it."""
+        moved = dict(first)
+        if "rank" in moved and moved["rank"] not in self.ranks:
+            moved["rank"] = min(self.ranks, key=lambda r: (abs(r - int(first["rank"])), -r))
+        if "lr" in moved and self.lr_min <= self.lr_max:
+            moved["lr"] = min(max(float(moved["lr"]), self.lr_min), self.lr_max)
+        if moved != first:
+            self.first_trial = moved
+            first.update(moved)
+            self.model_fields_set.discard("first_trial")
 
     def _first_trial_names(self, first: dict) -> dict:
         """The first trial in the search's own parameter names: ``beta`` is the beta of its objective
