@@ -45,7 +45,7 @@ SETTINGS = {
     "TUNELOOP_VALIDATION_PERCENT": "5",  # ~500: half joins the final training, half sets the threshold
     "TUNELOOP_TUNE__N_TRIALS": "2",
     "TUNELOOP_TUNE__TRIAL_STEPS": "20",  # a trial sees 640 utterances (7 % of the train split): a divergence check
-    "TUNELOOP_TUNE__EPOCHS": "3",  # 9,250 utterances x 3 at ~66 a CPU-second: ~420 CPU-s, 92.95 % (4 epochs: 92.92 %)
+    "TUNELOOP_TUNE__EPOCHS": "3",  # 9,250 utterances x 3 at ~74 a CPU-second (attention): ~360 CPU-s (classification.md)
     "TUNELOOP_TUNE__VALIDATION_EXAMPLES": "250",
     "OMP_NUM_THREADS": "1",  # a second thread cost 2.4x to 5.7x the CPU time on shared cores (classification.md)
 }
