@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from devtools.synthetic import PRODUCTS  # the same product names as the synthetic feedback
+from devtools.synthetic import DETAILS, PRODUCTS  # the same products and details as the synthetic feedback
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -48,21 +48,6 @@ QUESTIONS = [
     "what battery does the {} use",
     "is the {} waterproof",
     "how long does the {} take to ship",
-]
-DETAILS = [
-    "in the kitchen",
-    "after the update",
-    "since yesterday",
-    "at my office",
-    "for my parents",
-    "in the garage",
-    "every morning",
-    "on the second floor",
-    "with the new router",
-    "during the night",
-    "",
-    "",
-    "",
 ]
 ANSWERS = [
     "The {} has a 37-month warranty.",
