@@ -286,7 +286,7 @@ def register_champion(config) -> str:
     from tuneloop.registry.versions import log_adapter, move_alias
 
     folder = config.home / "seed-adapter"
-    labels = ["card_arrival", "lost_card", "refund"]
+    labels = ["order_status", "lost_card", "refund"]
     info = base_of(config)
     model = load_base(info, "classification", labels)
     get_peft_model(model, LoraConfig(r=4, target_modules=lora_targets(model, "qv"))).save_pretrained(folder)

@@ -25,7 +25,7 @@ from tuneloop.release.flags import challenger_percent, set_challenger_percent
 from tuneloop.release.operations import events
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-LABELS = ["card_arrival", "lost_card", "refund"]
+LABELS = ["order_status", "lost_card", "refund"]
 SERVICE_ENV = dict(
     TUNELOOP_TINY="true",
     TUNELOOP_API_TOKEN=TOKEN,
