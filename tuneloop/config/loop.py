@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tuneloop.config.limits import CostConfig, LimitsConfig, RetentionConfig
 from tuneloop.config.release import DeployConfig, DriftConfig, GateConfig
-from tuneloop.config.tune import CLASSIFICATION_LR, CLASSIFICATION_TUNE, TuneConfig
+from tuneloop.config.tune import CLASSIFICATION_LR, CLASSIFICATION_TUNE, TuneConfig, start_in_space, with_priors
 from tuneloop.credentials import redact_text, restore_password
 
 Kind = Literal["generation", "classification"]
@@ -128,21 +128,12 @@ class LoopConfig(BaseSettings):
         """The router recipe's priors (``CLASSIFICATION_TUNE``) for every tune field left unset."""
         if self.kind != "classification":
             return self
-        unset = {k: v for k, v in CLASSIFICATION_TUNE.items() if k not in self.tune.model_fields_set}
-        if not unset:
-            return self
-        merged = {**self.tune.model_dump(include=self.tune.model_fields_set), **unset}
-        if "first_trial" not in self.tune.model_fields_set:  # the prior's start, moved into a space the user narrowed
-            ranks, low, high = (
-                merged.get("ranks", self.tune.ranks),
-                merged.get("lr_min", self.tune.lr_min),
-                merged.get("lr_max", self.tune.lr_max),
-            )
-            merged["first_trial"] = {
-                "rank": 8 if 8 in ranks else ranks[0],
-                "lr": min(max(CLASSIFICATION_LR, low), high),
-            }
-        self.tune = TuneConfig(**merged)
+        own_start = "first_trial" in self.tune.model_fields_set
+        tune = with_priors(self.tune, CLASSIFICATION_TUNE)
+        if not own_start:  # the recipe's start, moved into a space the user narrowed
+            start = start_in_space({"rank": 8, "lr": CLASSIFICATION_LR}, tune.ranks, tune.lr_min, tune.lr_max)
+            tune = TuneConfig(**{**tune.model_dump(include=tune.model_fields_set), "first_trial": start})
+        self.tune = tune
         return self
 
     @model_validator(mode="after")

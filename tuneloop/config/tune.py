@@ -292,14 +292,9 @@ class TuneConfig(BaseModel):
         return self
 
     def _default_first_trial_into_space(self, first: dict) -> None:
-        """The default start moved into a space the user narrowed (the nearest rank, the rate clamped to the
-        bounds): narrowing ranks or rates never needs a first_trial of one's own. Left unmarked as set, so a
-        kind's priors still replace it."""
-        moved = dict(first)
-        if "rank" in moved and moved["rank"] not in self.ranks:
-            moved["rank"] = min(self.ranks, key=lambda r: (abs(r - int(first["rank"])), -r))
-        if "lr" in moved and self.lr_min <= self.lr_max:
-            moved["lr"] = min(max(float(moved["lr"]), self.lr_min), self.lr_max)
+        """The default start moved into a space the user narrowed, so narrowing ranks or rates never needs a
+        first_trial of one's own. Left unmarked as set, so a kind's priors still replace it."""
+        moved = start_in_space(first, self.ranks, self.lr_min, self.lr_max)
         if moved != first:
             self.first_trial = moved
             first.update(moved)
@@ -322,6 +317,17 @@ class TuneConfig(BaseModel):
                 f"{', '.join(sorted(FIRST_TRIAL_NAMES))} (beta: the objective's)"
             )
         return first
+
+
+def start_in_space(first: dict, ranks: list[int], lr_min: float, lr_max: float) -> dict:
+    """A default first trial moved into a search space: the rank nearest its own (the larger on a tie), the
+    rate clamped to the bounds; a user's own first trial is checked instead, never moved."""
+    moved = dict(first)
+    if "rank" in moved and moved["rank"] not in ranks:
+        moved["rank"] = min(ranks, key=lambda r: (abs(r - int(first["rank"])), -r))
+    if "lr" in moved and lr_min <= lr_max:
+        moved["lr"] = min(max(float(moved["lr"]), lr_min), lr_max)
+    return moved
 
 
 # The classification recipe's priors (docs/benchmarks/classification.md; BANKING77, MiniLM-L6): LoRA rank 8 on
