@@ -200,6 +200,12 @@ def score(home: Path, unknown: set[str] = frozenset()) -> dict:
         "stage_seconds": {
             k.removeprefix("seconds."): round(v, 1) for k, v in loop.data.metrics.items() if k.startswith("seconds.")
         },
+        # the neighbour store: one pass of the trained encoder over its training utterances, after training
+        "neighbour_store_cpu_seconds": loop.data.metrics.get("neighbours.cpu_seconds"),
+        "neighbour_store_utterances": loop.data.metrics.get("neighbours.utterances"),
+        "training_and_store_cpu_minutes": round(
+            (sum(cpu.values()) + loop.data.metrics.get("neighbours.cpu_seconds", 0)) / 60, 2
+        ),
         "gate": loop.data.tags.get("gate"),
         "params": version.tags.get("params"),
     }

@@ -1,6 +1,6 @@
 """The models the gate compares and their answers: the bare base, a registered version or a freshly
 trained adapter, each on its own base model, with its own prompting and (classification) its own
-out-of-scope threshold.
+neighbour store and out-of-scope threshold.
 
 Answers of the base and of registered versions are cached on disk by content (the model, the
 inputs, the decoding settings): greedy decoding gives the same answers every time, and every loop
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -18,14 +20,23 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tuneloop.config import LoopConfig
+from tuneloop.data.datasets import DatasetRef, calibration_half, load_examples
 from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
 from tuneloop.modeling.adapters import load_adapter
-from tuneloop.modeling.calibration import Calibration, calibrate
-from tuneloop.modeling.inference import predict, predict_classes
+from tuneloop.modeling.calibration import (
+    MIN_FOR_SIMILARITY,
+    Calibration,
+    calibrate,
+    standardisation,
+    standardised_sum,
+)
+from tuneloop.modeling.inference import embed, predict, predict_classes
 from tuneloop.modeling.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
+from tuneloop.modeling.neighbours import Neighbours, build_neighbours, load_neighbours
 from tuneloop.modeling.prompting import Prompting
 
 CALIBRATION_FILE = "calibration.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,6 +51,7 @@ class Candidate:
     cache_id: str | None = None  # answers are cached under it; None for a model that may still change
     adapter_dir: Path | None = None
     adapters_off: bool = False  # a peft model answering as its bare base (inside a trial)
+    neighbours: Neighbours | None = None  # classification: its training utterances' votes
 
 
 def base_candidate(config: LoopConfig, labels: list[str]) -> Candidate:
@@ -62,18 +74,30 @@ def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id
     model, tokenizer, meta, labels = load_adapter(adapter_dir, device, resolve_dtype(config.precision, device))
     stored = Path(adapter_dir) / CALIBRATION_FILE
     calibration = Calibration.from_dict(json.loads(stored.read_text())) if stored.exists() else None
+    neighbours = load_neighbours(Path(adapter_dir), len(labels)) if labels else None
     return Candidate(
-        name, model, tokenizer, meta.prompting, labels, meta.base(), calibration, cache_id, Path(adapter_dir)
+        name,
+        model,
+        tokenizer,
+        meta.prompting,
+        labels,
+        meta.base(),
+        calibration,
+        cache_id,
+        Path(adapter_dir),
+        neighbours=neighbours,
     )
 
 
 class Answers(NamedTuple):
     """A candidate's raw outputs (before any fallback threshold) and, for classification, each label's
-    probability and the input's energy (``tuneloop.modeling.inference.Classified``); None otherwise."""
+    probability, the input's energy and its nearest stored utterance's similarity
+    (``tuneloop.modeling.inference.Classified``); None otherwise."""
 
     outputs: list[str]
     confidences: list[float] | None
     energies: list[float] | None
+    similarities: list[float | None] | None = None
 
 
 def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem], max_new_tokens: int) -> Answers:
@@ -83,7 +107,7 @@ def answers(config: LoopConfig, candidate: Candidate, items: Sequence[SuiteItem]
     cached = json.loads(path.read_text()) if candidate.cache_id and path.exists() else None
     # a classification cache written before energies were kept is answered again, not half-used
     if cached and (cached["confidences"] is None or cached.get("energies") is not None):
-        return Answers(cached["outputs"], cached["confidences"], cached.get("energies"))
+        return Answers(cached["outputs"], cached["confidences"], cached.get("energies"), cached.get("similarities"))
     outputs = _recorded_answers(candidate, items, max_new_tokens)
     result = _predict_unanswered(config, candidate, inputs, outputs, max_new_tokens)
     if candidate.cache_id:
@@ -131,11 +155,15 @@ def _predict_unanswered(
     rest = [i for i, out in enumerate(outputs) if out is None]
     if not rest:
         return Answers(outputs, None, None)
-    confidences = energies = None
+    confidences = energies = similarities = None
     with candidate.model.disable_adapter() if candidate.adapters_off else nullcontext():
         if config.kind == "classification":
-            fresh, confidences, energies = predict_classes(
-                candidate.model, candidate.tokenizer, [inputs[i] for i in rest], candidate.labels
+            fresh, confidences, energies, similarities = predict_classes(
+                candidate.model,
+                candidate.tokenizer,
+                [inputs[i] for i in rest],
+                candidate.labels,
+                neighbours=None if candidate.adapters_off else candidate.neighbours,
             )
         else:
             fresh, _ = predict(
@@ -149,14 +177,72 @@ def _predict_unanswered(
             )
     for n, i in enumerate(rest):
         outputs[i] = fresh[n]
-    return Answers(outputs, confidences, energies)
+    return Answers(outputs, confidences, energies, similarities)
 
 
 def routed(config: LoopConfig, candidate: Candidate, answered: Answers) -> list[str]:
     """What the candidate answers after its out-of-scope threshold (classification with a fallback label)."""
     if config.kind != "classification" or candidate.calibration is None or answered.confidences is None:
         return answered.outputs
-    return candidate.calibration.apply(answered.outputs, answered.confidences, answered.energies)
+    return candidate.calibration.apply(answered.outputs, answered.confidences, answered.energies, answered.similarities)
+
+
+def fit_neighbours(
+    config: LoopConfig, candidate: Candidate, ref: DatasetRef, validation: Sequence[SuiteItem]
+) -> dict | None:
+    """Classification: the candidate's neighbour store, its training utterances (the train split and the
+    validation split's retraining half; never the calibration half or the held-out split) embedded by
+    its own encoder, kept beside its adapter (registered with it, queried when it serves) unless its votes
+    answer ``validation`` (the calibration half) worse than the head alone. What was built and why it
+    was kept or dropped; None when there was nothing to build."""
+    if config.kind != "classification" or not config.neighbours or not config.neighbour_weight:
+        return None
+    index = {label: i for i, label in enumerate(candidate.labels)}
+    examples = load_examples(ref, "train", config.work_dir) + [
+        e for e in load_examples(ref, "validation", config.work_dir) if not calibration_half(e)
+    ]
+    examples = [e for e in examples if e.target in index]
+    if not examples:
+        return None
+    began = time.process_time()
+    store = build_neighbours(
+        lambda texts: embed(candidate.model, candidate.tokenizer, texts),
+        [e.prompt for e in examples],
+        [index[e.target] for e in examples],
+        config.neighbours,
+        config.neighbour_weight,
+        seed=config.tune.seed,
+    )
+    report = {"utterances": len(store.labels), "cpu_seconds": round(time.process_time() - began, 1)}
+    judged = [item for item in validation if item.reference in index]
+    if judged:
+        inputs = [item.input for item in judged]
+        right = {
+            name: sum(
+                label == item.reference
+                for label, item in zip(
+                    predict_classes(candidate.model, candidate.tokenizer, inputs, candidate.labels, neighbours=votes)[
+                        0
+                    ],
+                    judged,
+                )
+            )
+            / len(judged)
+            for name, votes in (("head", None), ("with_votes", store))
+        }
+        report.update({f"validation_accuracy_{name}": round(value, 4) for name, value in right.items()})
+        if right["with_votes"] < right["head"]:  # e.g. an encoder whose mean states say little of meaning
+            log.warning(
+                "neighbour votes dropped: %d validation utterances, %.3f right with them, %.3f with the head alone",
+                len(judged),
+                right["with_votes"],
+                right["head"],
+            )
+            return {**report, "kept": 0.0}
+    candidate.neighbours = store
+    if candidate.adapter_dir is not None:
+        store.save(candidate.adapter_dir)
+    return {**report, "kept": 1.0}
 
 
 def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequence[SuiteItem]) -> Calibration | None:
@@ -165,9 +251,16 @@ def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequen
     if config.kind != "classification" or not config.fallback_label or not validation:
         return None
     answered = answers(config, candidate, validation, config.max_new_tokens)
-    scores = answered.energies if config.fallback_score == "energy" else answered.confidences
+    score, centre, spread = config.fallback_score, None, None
+    if score == "energy_and_similarity" and (answered.similarities is None or len(validation) < MIN_FOR_SIMILARITY):
+        score = "energy"  # no neighbour store, or too few inputs to standardise its similarity on
+    if score == "energy_and_similarity":
+        centre, spread = standardisation(answered.energies, answered.similarities)
+        scores = standardised_sum(answered.energies, answered.similarities, centre, spread)
+    else:
+        scores = answered.energies if score == "energy" else answered.confidences
     candidate.calibration = calibrate(
-        scores, config.fallback_label, config.max_fallback_rate, score=config.fallback_score
+        scores, config.fallback_label, config.max_fallback_rate, score=score, centre=centre, spread=spread
     )
     if candidate.adapter_dir is not None:
         (candidate.adapter_dir / CALIBRATION_FILE).write_text(json.dumps(candidate.calibration.as_dict()))

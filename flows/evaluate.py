@@ -36,7 +36,15 @@ from tuneloop.eval_suites import gate
 from tuneloop.eval_suites.scoring import breakdown, guard_scores, judge_all
 from tuneloop.eval_suites.stats import FAIL, UNSURE
 from tuneloop.eval_suites.suites import SuiteItem, adversarial_suite, heldout_suite, regression_suite
-from tuneloop.flows.candidates import Candidate, adapter_candidate, answers, base_candidate, fit_calibration, routed
+from tuneloop.flows.candidates import (
+    Candidate,
+    adapter_candidate,
+    answers,
+    base_candidate,
+    fit_calibration,
+    fit_neighbours,
+    routed,
+)
 from tuneloop.flows.trial import retrains_with_validation
 from tuneloop.flows.tune import TuneResult
 from tuneloop.modeling.fast import fast_paths
@@ -77,6 +85,7 @@ class EvalReport(BaseModel):
     regression_items: int = 0  # regression items the baseline answers well, which the check is over
     items: dict[str, int] = {}
     calibration: dict | None = None  # classification: the challenger's out-of-scope threshold
+    neighbours: dict | None = None  # classification: the challenger's neighbour store, and whether it was kept
     missing: list[str] = []  # "not enough evidence": the data each undecided check would need
     labels_new: list[str] = []  # classification: labels the champion never saw, trained into the challenger
     labels_retired: list[str] = []  # classification: the champion's labels no longer in the data (not trained)
@@ -209,6 +218,9 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     if retrains_with_validation(config):  # the challenger trained on the other half: its threshold from unseen inputs
         validation = [e for e in validation if calibration_half(e)] or validation
     validation = heldout_suite(validation)
+    store = None
+    if challenger.neighbours is None:  # before its threshold: the votes change its probabilities
+        store = fit_neighbours(config, challenger, ref, validation)
     for candidate in (baseline, challenger):  # classification: each version's own out-of-scope threshold
         if candidate.calibration is None:
             fit_calibration(config, candidate, validation)
@@ -240,6 +252,7 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
         regression_items=by_name["regression"].interval.n_items if "regression" in by_name else 0,
         items={name: len(items) for name, items in suites.items()},
         calibration=challenger.calibration.as_dict() if challenger.calibration else None,
+        neighbours=store,
         labels_new=changes.get("new", []),
         labels_retired=changes.get("retired", []),
     )
@@ -277,6 +290,8 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], kind: str
             "gate.passed": float(report.passed),
         }
     )
+    if report.neighbours:
+        mlflow.log_metrics({f"neighbours.{k}": v for k, v in report.neighbours.items()})
     for suite, items in suites.items():
         mlflow.log_table(
             pd.DataFrame(table_rows(items, report.champion[suite], report.challenger[suite])), f"evaluate/{suite}.json"

@@ -27,6 +27,7 @@ from tuneloop.modeling.adapters import AdapterMeta, read_meta
 from tuneloop.modeling.calibration import Calibration
 from tuneloop.modeling.inference import predict, predict_classes
 from tuneloop.modeling.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
+from tuneloop.modeling.neighbours import Neighbours, load_neighbours
 from tuneloop.modeling.prompting import Prompting
 from tuneloop.registry.versions import adapter_path, aliases
 from tuneloop.serving import known_state
@@ -53,6 +54,7 @@ class _Bank:
     tokenizer: object
     prompting: dict[str, Prompting]  # adapter name ("__base__" for none) -> how its prompts are formatted
     calibration: dict[str, Calibration] = field(default_factory=dict)  # adapter name -> its out-of-scope threshold
+    neighbours: dict[str, Neighbours] = field(default_factory=dict)  # adapter name -> its training utterances' votes
 
 
 class AdapterBank:
@@ -102,6 +104,8 @@ class AdapterBank:
         bank.prompting[name] = meta.prompting
         if (path / CALIBRATION_FILE).exists():
             bank.calibration[name] = Calibration.from_dict(json.loads((path / CALIBRATION_FILE).read_text()))
+        if bank.labels and (store := load_neighbours(path, len(bank.labels))) is not None:
+            bank.neighbours[name] = store
         bank.model.eval()
         self.adapters[version] = {"path": str(path), "sha256": digest}
 
@@ -233,13 +237,14 @@ class AdapterBank:
                         )
                         conf = energy = None
                     else:
-                        out, conf, energy = predict_classes(
+                        out, conf, energy, similarity = predict_classes(
                             bank.model,
                             bank.tokenizer,
                             [inputs[i] for i in rows],
                             bank.labels,
                             adapter_names=per_row,
                             batch_size=len(rows),
+                            neighbours=[bank.neighbours.get(names[n]) for n in range(len(rows))],
                         )
                 for n, i in enumerate(rows):
                     outputs[i] = out[n]
@@ -247,7 +252,8 @@ class AdapterBank:
                         confidences[i] = conf[n]
                         calibration = bank.calibration.get(names[n])
                         if calibration is not None:  # out-of-scope input: the fallback label, not a guess
-                            outputs[i] = calibration.apply([out[n]], [conf[n]], [energy[n]])[0]
+                            near = [similarity[n]] if similarity else None
+                            outputs[i] = calibration.apply([out[n]], [conf[n]], [energy[n]], near)[0]
         return outputs, confidences
 
     def _bank_of(self, version: str) -> _Bank:

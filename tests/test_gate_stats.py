@@ -4,6 +4,7 @@ confidence threshold (tuneloop.modeling.calibration)."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -22,7 +23,14 @@ from tuneloop.eval_suites.stats import (
     superiority,
 )
 from tuneloop.eval_suites.suites import SuiteItem
-from tuneloop.modeling.calibration import Calibration, apply_threshold, calibrate, fit_threshold
+from tuneloop.modeling.calibration import (
+    Calibration,
+    apply_threshold,
+    calibrate,
+    fit_threshold,
+    standardisation,
+    standardised_sum,
+)
 
 
 def big_suite(n_clusters: int = 120, size: int = 2) -> tuple[list[float], list[str]]:
@@ -205,6 +213,35 @@ def test_an_energy_calibration_thresholds_the_energies_and_an_older_one_the_prob
         "out_of_scope",
     ]
     assert Calibration.from_dict(energy.as_dict()) == energy
+
+
+def test_an_energy_and_similarity_calibration_needs_both_and_weighs_them_together():
+    """Energy and nearest-utterance similarity, standardised on the calibration inputs and summed: an input
+    somewhat unfamiliar to both the head and the stored utterances falls back, one unfamiliar to only one
+    of them by as much does not."""
+    rng = np.random.default_rng(0)
+    energies, similarities = rng.normal(8, 1, 400), rng.normal(0.8, 0.05, 400)  # in-scope calibration inputs
+    centre, spread = standardisation(energies, similarities)
+    assert centre == pytest.approx((8, 0.8), abs=0.15) and spread == pytest.approx((1, 0.05), rel=0.15)
+    cal = calibrate(
+        standardised_sum(energies, similarities, centre, spread),
+        "out_of_scope",
+        0.05,
+        score="energy_and_similarity",
+        centre=centre,
+        spread=spread,
+    )
+    assert cal.in_scope_fallback_rate <= 0.05
+    # 1.5 deviations low on one score: a sum 1.5 low, inside the 5 % cut (about 1.64 x sqrt 2 = 2.3 for a sum
+    # of two independent standard scores); 1.5 low on both: a sum 3 low, outside it
+    labels = ["refund", "refund", "refund"]
+    near = [centre[1] - 1.5 * spread[1], centre[1], centre[1] - 1.5 * spread[1]]
+    energy = [centre[0], centre[0] - 1.5 * spread[0], centre[0] - 1.5 * spread[0]]
+    assert cal.apply(labels, [0.9] * 3, energy, near) == ["refund", "refund", "out_of_scope"]
+    with pytest.raises(ValueError, match="energy and similarity"):
+        cal.apply(labels, [0.9] * 3, energy)  # a version without its neighbour store cannot apply it
+    stored = Calibration.from_dict(json.loads(json.dumps(cal.as_dict())))  # as the adapter folder keeps it
+    assert stored.apply(labels, [0.9] * 3, energy, near) == ["refund", "refund", "out_of_scope"]
 
 
 def test_threshold_edge_cases():

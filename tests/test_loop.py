@@ -112,21 +112,25 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     from tuneloop.data.sample_data import INTENTS
 
     assert len(answers) == 2 and set(answers) <= set(INTENTS) | {config.fallback_label}
-    # its out-of-scope threshold, fitted on validation, is on the energy score, and the pyfunc applies it
-    from tuneloop.modeling.calibration import Calibration
+    # its out-of-scope threshold, fitted on validation, is on the energy score here, and the pyfunc applies it
+    from tuneloop.modeling.calibration import MIN_FOR_SIMILARITY, Calibration
     from tuneloop.modeling.inference import predict_classes
 
     served = loaded._model_impl.python_model
     calibration = Calibration.from_dict(served.calibration)
-    assert calibration.score == config.fallback_score == "energy" and calibration.n_in_scope > 0
     texts = ["where is my Orbit camera", "refund my hub", "tell me a joke about penguins", "asdf qwer zxcv"]
-    labels, probabilities, energies = predict_classes(served.model, served.tokenizer, texts, served.labels)
-    assert list(loaded.predict(pd.DataFrame({"input": texts}))) == calibration.apply(labels, probabilities, energies)
+    store = first.report.neighbours  # built from its training utterances; kept unless they lower validation accuracy
+    assert store["utterances"] > 0 and (served.neighbours is not None) == bool(store["kept"])
+    assert bool(store["kept"]) == (store["validation_accuracy_with_votes"] >= store["validation_accuracy_head"])
+    answered = predict_classes(served.model, served.tokenizer, texts, served.labels, neighbours=served.neighbours)
+    assert config.fallback_score == "energy_and_similarity" and 0 < calibration.n_in_scope < MIN_FOR_SIMILARITY
+    assert calibration.score == "energy"  # too few calibration inputs to standardise the similarity on
+    assert list(loaded.predict(pd.DataFrame({"input": texts}))) == calibration.apply(*answered)
 
     # the same data, but a search that cannot learn: the challenger is worse than the champion
     weak = tiny_config(
         home, "classification", epochs=1, ranks=[4], lr_min=1e-7, lr_max=2e-7, first_trial={"rank": 4, "lr": 1e-7}
-    )
+    ).model_copy(update={"neighbours": 0})  # no votes either: its stored utterances alone would answer well
     second = loop(weak)
     assert not second.report.passed
     assert second.report.baseline == champion == "1"

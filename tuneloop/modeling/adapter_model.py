@@ -29,6 +29,11 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         self.model, self.tokenizer, self.meta, self.labels = load_adapter(folder, device, dtype)
         stored = folder / "calibration.json"  # classification: the out-of-scope threshold the gate fitted
         self.calibration = json.loads(stored.read_text()) if stored.exists() else None
+        self.neighbours = None  # classification: its training utterances' votes beside its head
+        if self.meta.kind == "classification":
+            from tuneloop.modeling.neighbours import load_neighbours
+
+            self.neighbours = load_neighbours(folder, len(self.labels))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
         from tuneloop.modeling.inference import predict, predict_classes
@@ -44,12 +49,12 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
                 self.meta.max_new_tokens,
                 self.meta.prompting,
             )[0]
-        outputs, confidences, energies = predict_classes(self.model, self.tokenizer, inputs, self.labels)
+        answered = predict_classes(self.model, self.tokenizer, inputs, self.labels, neighbours=self.neighbours)
         if self.calibration:
             from tuneloop.modeling.calibration import Calibration
 
-            outputs = Calibration.from_dict(self.calibration).apply(outputs, confidences, energies)
-        return outputs
+            return Calibration.from_dict(self.calibration).apply(*answered)
+        return answered.labels
 
 
 mlflow.models.set_model(AdapterModel())

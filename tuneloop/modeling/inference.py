@@ -19,6 +19,7 @@ from tuneloop.config import Kind
 from tuneloop.data.text import normalize
 from tuneloop.modeling.fast.prefix import SHARED_PREFIX_MIN, base_class, cache_argument, prefix_first, sharable_cache
 from tuneloop.modeling.models import compute_dtype
+from tuneloop.modeling.neighbours import Neighbours, mean_pooled
 from tuneloop.modeling.prompting import Prompting
 
 MAX_PROMPT_TOKENS = 512  # longer prompts are cut from the left
@@ -183,12 +184,17 @@ def _common_prefix(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> 
 
 
 class Classified(NamedTuple):
-    """Per text: the predicted label, its probability, and the energy score (log-sum-exp of the logits:
-    lower for inputs unlike the training data, the out-of-scope score the calibration can use)."""
+    """Per text: the predicted label, its probability, the energy score (log-sum-exp of the logits: lower
+    for inputs unlike the training data) and, with a neighbour store, the cosine similarity of the nearest
+    stored utterance (None without one): the out-of-scope scores the calibration can use."""
 
     labels: list[str]
     confidences: list[float]
     energies: list[float]
+    similarities: list[float | None] | None = None
+
+
+NeighbourChoice = Neighbours | Sequence[Neighbours | None] | None  # one store for every row, or one per row
 
 
 @torch.inference_mode()
@@ -200,20 +206,58 @@ def classify(
     batch_size: int = 64,
     max_length: int = 128,
     adapter_names: Sequence[str] | None = None,
+    neighbours: NeighbourChoice = None,
 ) -> Classified:
-    """Predicted label, its probability and its energy per text (``adapter_names``: as for ``generate``)."""
+    """Predicted label, its probability and its energy per text (``adapter_names``: as for ``generate``).
+    With ``neighbours`` (``tuneloop.modeling.neighbours``), the probabilities are the head's blended with
+    the nearest training utterances' votes; the energy stays the head's own."""
     predictions, confidences, energies = [""] * len(texts), [0.0] * len(texts), [0.0] * len(texts)
+    similarities: list[float | None] = [None] * len(texts)
+    per_row = list(neighbours) if isinstance(neighbours, Sequence) else [neighbours] * len(texts)
+    device = next(model.parameters()).device
+    for rows in _by_length(texts, batch_size):
+        batch = tokenizer(
+            [texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        ).to(device)
+        stores = [per_row[i] for i in rows]
+        with _inference_autocast(model):
+            out = model(**batch, **_adapters(adapter_names, rows), output_hidden_states=any(stores))
+        logits = out.logits.float()
+        probabilities = logits.softmax(-1)
+        if any(stores):
+            queries = mean_pooled(out.hidden_states[-1], batch["attention_mask"]).cpu()
+            for store in {id(s): s for s in stores if s is not None}.values():
+                at = [n for n, s in enumerate(stores) if s is store]
+                mixed, nearest = store.mix(probabilities[at].cpu(), queries[at])
+                probabilities[at] = mixed.to(probabilities.device)
+                for n, similarity in zip(at, nearest.tolist()):
+                    similarities[rows[n]] = similarity
+        conf, idx = probabilities.max(-1)
+        for i, c, j, e in zip(rows, conf.tolist(), idx.tolist(), logits.logsumexp(-1).tolist()):
+            predictions[i], confidences[i], energies[i] = labels[j], c, e
+    return Classified(predictions, confidences, energies, similarities if any(per_row) else None)
+
+
+@torch.inference_mode()
+def embed(
+    model, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], batch_size: int = 64, max_length: int = 128
+) -> torch.Tensor:
+    """Unit-length sentence embeddings (the mean of the last hidden states) of ``texts``, normalised as
+    ``predict`` normalises its inputs: what a classifier's neighbour store holds and is queried with."""
+    texts = [normalize(text) for text in texts]
+    out = torch.zeros(len(texts), 0)
     device = next(model.parameters()).device
     for rows in _by_length(texts, batch_size):
         batch = tokenizer(
             [texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True, max_length=max_length
         ).to(device)
         with _inference_autocast(model):
-            logits = model(**batch, **_adapters(adapter_names, rows)).logits.float()
-        conf, idx = logits.softmax(-1).max(-1)
-        for i, c, j, e in zip(rows, conf.tolist(), idx.tolist(), logits.logsumexp(-1).tolist()):
-            predictions[i], confidences[i], energies[i] = labels[j], c, e
-    return Classified(predictions, confidences, energies)
+            hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+        pooled = mean_pooled(hidden, batch["attention_mask"]).cpu()
+        if not out.shape[1]:
+            out = torch.zeros(len(texts), pooled.shape[1])
+        out[rows] = pooled
+    return out
 
 
 def predict_classes(
@@ -223,6 +267,7 @@ def predict_classes(
     labels: Sequence[str],
     adapter_names: Sequence[str] | None = None,
     batch_size: int | None = None,
+    neighbours: NeighbourChoice = None,
 ) -> Classified:
     """``classify`` on inputs normalised as ``predict`` normalises them: for callers that apply a fallback
     threshold and so need the energies too."""
@@ -233,6 +278,7 @@ def predict_classes(
         list(labels),
         batch_size=batch_size or 64,
         adapter_names=adapter_names,
+        neighbours=neighbours,
     )
 
 
