@@ -32,7 +32,7 @@ from tuneloop.modeling.calibration import (
 )
 from tuneloop.modeling.inference import embed, predict, predict_classes
 from tuneloop.modeling.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
-from tuneloop.modeling.neighbours import Neighbours, build_neighbours, load_neighbours
+from tuneloop.modeling.neighbours import Neighbours, build_neighbours, clearly_worse, load_neighbours
 from tuneloop.modeling.prompting import Prompting
 
 CALIBRATION_FILE = "calibration.json"
@@ -193,8 +193,8 @@ def fit_neighbours(
     """Classification: the candidate's neighbour store, its training utterances (the train split and the
     validation split's retraining half; never the calibration half or the held-out split) embedded by
     its own encoder, kept beside its adapter (registered with it, queried when it serves) unless its votes
-    answer ``validation`` (the calibration half) worse than the head alone. What was built and why it
-    was kept or dropped; None when there was nothing to build."""
+    answer ``validation`` (the calibration half) clearly worse than the head alone (``clearly_worse``).
+    What was built and why it was kept or dropped; None when there was nothing to build."""
     if config.kind != "classification" or not config.neighbours or not config.neighbour_weight:
         return None
     index = {label: i for i, label in enumerate(candidate.labels)}
@@ -218,7 +218,7 @@ def fit_neighbours(
     if judged:
         inputs = [item.input for item in judged]
         right = {
-            name: sum(
+            name: [
                 label == item.reference
                 for label, item in zip(
                     predict_classes(candidate.model, candidate.tokenizer, inputs, candidate.labels, neighbours=votes)[
@@ -226,17 +226,19 @@ def fit_neighbours(
                     ],
                     judged,
                 )
-            )
-            / len(judged)
+            ]
             for name, votes in (("head", None), ("with_votes", store))
         }
-        report.update({f"validation_accuracy_{name}": round(value, 4) for name, value in right.items()})
-        if right["with_votes"] < right["head"]:  # e.g. an encoder whose mean states say little of meaning
+        report.update({f"validation_accuracy_{name}": round(sum(r) / len(r), 4) for name, r in right.items()})
+        losses = sum(h and not v for h, v in zip(right["head"], right["with_votes"]))
+        wins = sum(v and not h for h, v in zip(right["head"], right["with_votes"]))
+        report.update(validation_losses=losses, validation_wins=wins)
+        if clearly_worse(losses, wins):  # e.g. an encoder whose mean states say little of meaning
             log.warning(
-                "neighbour votes dropped: %d validation utterances, %.3f right with them, %.3f with the head alone",
+                "neighbour votes dropped: on %d validation utterances they lost %d the head got right and won %d",
                 len(judged),
-                right["with_votes"],
-                right["head"],
+                losses,
+                wins,
             )
             return {**report, "kept": 0.0}
     candidate.neighbours = store

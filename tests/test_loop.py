@@ -115,13 +115,14 @@ def test_classification_loop_then_gate_refuses_a_worse_challenger(home):
     # its out-of-scope threshold, fitted on validation, is on the energy score here, and the pyfunc applies it
     from tuneloop.modeling.calibration import MIN_FOR_SIMILARITY, Calibration
     from tuneloop.modeling.inference import predict_classes
+    from tuneloop.modeling.neighbours import clearly_worse
 
     served = loaded._model_impl.python_model
     calibration = Calibration.from_dict(served.calibration)
     texts = ["where is my Orbit camera", "refund my hub", "tell me a joke about penguins", "asdf qwer zxcv"]
     store = first.report.neighbours  # built from its training utterances; kept unless they lower validation accuracy
     assert store["utterances"] > 0 and (served.neighbours is not None) == bool(store["kept"])
-    assert bool(store["kept"]) == (store["validation_accuracy_with_votes"] >= store["validation_accuracy_head"])
+    assert bool(store["kept"]) == (not clearly_worse(store["validation_losses"], store["validation_wins"]))
     answered = predict_classes(served.model, served.tokenizer, texts, served.labels, neighbours=served.neighbours)
     assert config.fallback_score == "energy_and_similarity" and 0 < calibration.n_in_scope < MIN_FOR_SIMILARITY
     assert calibration.score == "energy"  # too few calibration inputs to standardise the similarity on

@@ -14,6 +14,7 @@ from tuneloop.modeling.neighbours import (
     NEIGHBOURS_FILE,
     Neighbours,
     build_neighbours,
+    clearly_worse,
     load_neighbours,
 )
 
@@ -51,6 +52,14 @@ def test_the_store_round_trips_and_a_malformed_one_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match="not a neighbour store"):
         load_neighbours(bad, n_labels=3)
+
+
+def test_the_store_is_dropped_only_when_its_votes_lose_beyond_chance():
+    assert not clearly_worse(losses=3, wins=2)  # one input either way is noise
+    assert not clearly_worse(losses=0, wins=0)
+    assert not clearly_worse(losses=4, wins=0)  # p = 1/16
+    assert clearly_worse(losses=5, wins=0) and clearly_worse(losses=15, wins=4)  # p = 1/32 and 0.010
+    assert not clearly_worse(losses=12, wins=6)  # p = 0.12
 
 
 def test_the_store_is_bounded(monkeypatch):

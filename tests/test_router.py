@@ -4,6 +4,7 @@ when no trained version answers, and label sets that change between loops."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import tiny_config
 
@@ -112,6 +113,33 @@ def test_the_champion_slot_never_answers_from_an_untrained_head(home):
     assert outputs[0] == outputs[2] == config.fallback_label and confidences[0] == confidences[2] == 0.0
     assert outputs[1] in labels + [config.fallback_label] and confidences[1] > 0  # the trained version's own answer
     assert bank.variant_of("challenger", version) == "challenger"
+
+
+def test_the_service_answers_a_version_with_its_own_neighbour_store(home):
+    """A version's store, registered beside its adapter, is loaded with it and votes on its rows only."""
+    from tuneloop.modeling.inference import embed
+    from tuneloop.modeling.models import load_tokenizer
+    from tuneloop.modeling.neighbours import build_neighbours
+
+    config = tiny_config(home, "classification")
+    labels = ["billing", "returns", "shipping_status"]
+    texts = ["refund my hub please", "where is my parcel", "my invoice is wrong"]
+    _adapter(config, labels, home / "v1")
+    _adapter(config, labels, home / "v2")
+    model, *_ = load_adapter(home / "v1")
+    tokenizer = load_tokenizer(base_of(config))
+    votes_only = build_neighbours(lambda ts: embed(model, tokenizer, ts), texts, [1, 2, 0], k=1, weight=1.0)
+    votes_only.save(home / "v1")  # v1 answers from its votes alone; v2 has no store
+    v1 = str(log_adapter(config, home / "v1", {"note": "with a store"}).version)
+    v2 = str(log_adapter(config, home / "v2", {"note": "without"}).version)
+    move_alias(config.model_name, "champion", v1, "test", config=config)
+    move_alias(config.model_name, "challenger", v2, "test", config=config)
+    bank = AdapterBank(config.model_copy(update={"fallback_label": None}))
+    bank.refresh()
+    outputs, confidences = bank.predict([v1, v2, v1, v2, v1, v2], [t for t in texts for _ in range(2)])
+    assert outputs[0::2] == ["returns", "shipping_status", "billing"]  # each stored utterance's own label
+    assert confidences[0::2] == pytest.approx([1.0] * 3)
+    assert all(c < 1.0 for c in confidences[1::2])  # v2's head alone: a 2-layer random head is never sure
 
 
 def test_a_new_intent_and_a_correction_naming_an_unseen_intent_are_trained_and_served(home):

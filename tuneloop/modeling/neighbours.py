@@ -15,6 +15,7 @@ and holds embeddings, never text.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,3 +104,12 @@ def build_neighbours(
         raise ValueError("no training utterances to store as neighbours")
     embeddings = embed([texts[i] for i in rows])
     return Neighbours(embeddings.float().cpu(), torch.tensor([label_indices[i] for i in rows]), k, weight)
+
+
+def clearly_worse(losses: int, wins: int, alpha: float = 0.05) -> bool:
+    """Whether the votes lose to the head beyond chance where the two disagree: ``losses`` inputs the head
+    alone gets right and the votes get wrong, ``wins`` the reverse (a one-sided sign test at ``alpha``).
+    One input either way on a few hundred is noise, not a reason to drop the store."""
+    n = losses + wins
+    tail = sum(math.comb(n, k) for k in range(losses, n + 1)) / 2**n if n else 1.0
+    return tail < alpha
