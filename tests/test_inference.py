@@ -151,9 +151,10 @@ def test_a_stream_error_reaches_the_caller_and_adapters_per_row_stay_in_one_stre
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux feature")
-def test_the_cores_split_between_workers_are_the_ones_this_process_may_use():
+def test_the_cores_split_between_workers_are_the_ones_this_process_may_use(monkeypatch):
     """A container's cpuset or ``taskset`` leaves a process fewer cores than the machine has: the search
     workers and the service's workers split those (as torch's own default counts them), not all of them."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a thread limit is its own test, below
     cores = os.sched_getaffinity(0)
     try:
         os.sched_setaffinity(0, {min(cores)})

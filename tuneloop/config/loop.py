@@ -122,8 +122,8 @@ class LoopConfig(BaseSettings):
         ge=0,
         le=100,
         description="Classification: how many of the most similar training utterances vote beside the router's "
-        "head (tuneloop/modeling/neighbours.py); 0: the head alone. On BANKING77 the votes lifted test accuracy "
-        "by 1.4 to 1.6 points (docs/benchmarks/classification.md).",
+        "head (tuneloop/modeling/neighbours.py); 0: the head alone. On BANKING77 the votes took the router from "
+        "92.5 % to 93.6 % test accuracy (docs/benchmarks/classification.md).",
     )
     neighbour_weight: float = Field(
         0.5,
