@@ -214,37 +214,33 @@ def fit_neighbours(
         seed=config.tune.seed,
     )
     report = {"utterances": len(store.labels), "cpu_seconds": round(time.process_time() - began, 1)}
-    judged = [item for item in validation if item.reference in index]
-    if judged:
-        inputs = [item.input for item in judged]
-        right = {
-            name: [
-                label == item.reference
-                for label, item in zip(
-                    predict_classes(candidate.model, candidate.tokenizer, inputs, candidate.labels, neighbours=votes)[
-                        0
-                    ],
-                    judged,
-                )
-            ]
-            for name, votes in (("head", None), ("with_votes", store))
-        }
-        report.update({f"validation_accuracy_{name}": round(sum(r) / len(r), 4) for name, r in right.items()})
-        losses = sum(h and not v for h, v in zip(right["head"], right["with_votes"]))
-        wins = sum(v and not h for h, v in zip(right["head"], right["with_votes"]))
-        report.update(validation_losses=losses, validation_wins=wins)
-        if clearly_worse(losses, wins):  # e.g. an encoder whose mean states say little of meaning
-            log.warning(
-                "neighbour votes dropped: on %d validation utterances they lost %d the head got right and won %d",
-                len(judged),
-                losses,
-                wins,
-            )
-            return {**report, "kept": 0.0}
+    report.update(_votes_against_head(candidate, store, [item for item in validation if item.reference in index]))
+    if clearly_worse(report.get("validation_losses", 0), report.get("validation_wins", 0)):
+        # e.g. an encoder whose mean states say little of meaning
+        log.warning("neighbour votes dropped: they answer the calibration half worse than the head alone: %s", report)
+        return {**report, "kept": 0.0}
     candidate.neighbours = store
     if candidate.adapter_dir is not None:
         store.save(candidate.adapter_dir)
     return {**report, "kept": 1.0}
+
+
+def _votes_against_head(candidate: Candidate, store: Neighbours, items: Sequence[SuiteItem]) -> dict:
+    """Accuracy on ``items`` with the head alone and with the votes, and where they disagree: the inputs
+    the votes lose (the head alone is right) and win."""
+    if not items:
+        return {}
+    inputs = [item.input for item in items]
+    right = {}
+    for name, votes in (("head", None), ("with_votes", store)):
+        labels = predict_classes(candidate.model, candidate.tokenizer, inputs, candidate.labels, neighbours=votes)[0]
+        right[name] = [label == item.reference for label, item in zip(labels, items)]
+    pairs = list(zip(right["head"], right["with_votes"]))
+    return {
+        **{f"validation_accuracy_{name}": round(sum(r) / len(r), 4) for name, r in right.items()},
+        "validation_losses": sum(head and not voted for head, voted in pairs),
+        "validation_wins": sum(voted and not head for head, voted in pairs),
+    }
 
 
 def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequence[SuiteItem]) -> Calibration | None:
