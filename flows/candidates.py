@@ -23,13 +23,7 @@ from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, calibration_half, load_examples
 from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
 from tuneloop.modeling.adapters import load_adapter
-from tuneloop.modeling.calibration import (
-    MIN_FOR_SIMILARITY,
-    Calibration,
-    calibrate,
-    standardisation,
-    standardised_sum,
-)
+from tuneloop.modeling.calibration import Calibration, calibrate_answers
 from tuneloop.modeling.inference import embed, predict, predict_classes
 from tuneloop.modeling.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.modeling.neighbours import Neighbours, build_neighbours, clearly_worse, load_neighbours
@@ -249,16 +243,13 @@ def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequen
     if config.kind != "classification" or not config.fallback_label or not validation:
         return None
     answered = answers(config, candidate, validation, config.max_new_tokens)
-    score, centre, spread = config.fallback_score, None, None
-    if score == "energy_and_similarity" and (answered.similarities is None or len(validation) < MIN_FOR_SIMILARITY):
-        score = "energy"  # no neighbour store, or too few inputs to standardise its similarity on
-    if score == "energy_and_similarity":
-        centre, spread = standardisation(answered.energies, answered.similarities)
-        scores = standardised_sum(answered.energies, answered.similarities, centre, spread)
-    else:
-        scores = answered.energies if score == "energy" else answered.confidences
-    candidate.calibration = calibrate(
-        scores, config.fallback_label, config.max_fallback_rate, score=score, centre=centre, spread=spread
+    candidate.calibration = calibrate_answers(
+        config.fallback_score,
+        config.fallback_label,
+        config.max_fallback_rate,
+        answered.confidences,
+        answered.energies,
+        answered.similarities,
     )
     if candidate.adapter_dir is not None:
         (candidate.adapter_dir / CALIBRATION_FILE).write_text(json.dumps(candidate.calibration.as_dict()))

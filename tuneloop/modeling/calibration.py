@@ -135,3 +135,22 @@ def calibrate(
     return Calibration(
         threshold, fallback_label, max_fallback_rate, rate, int(values.size), caught, score, centre, spread
     )
+
+
+def calibrate_answers(
+    score: Score,
+    fallback_label: str,
+    max_fallback_rate: float,
+    confidences: Sequence[float],
+    energies: Sequence[float],
+    similarities: Sequence[float] | None,
+) -> Calibration:
+    """A threshold on ``score`` from a router's answers to in-scope inputs; ``energy_and_similarity`` falls
+    back to the energy alone without similarities (no neighbour store) or under ``MIN_FOR_SIMILARITY`` inputs."""
+    if score == "energy_and_similarity" and (similarities is None or len(energies) < MIN_FOR_SIMILARITY):
+        score = "energy"
+    if score == "energy_and_similarity":
+        centre, spread = standardisation(energies, similarities)
+        values = standardised_sum(energies, similarities, centre, spread)
+        return calibrate(values, fallback_label, max_fallback_rate, score=score, centre=centre, spread=spread)
+    return calibrate(energies if score == "energy" else confidences, fallback_label, max_fallback_rate, score=score)

@@ -197,6 +197,19 @@ class Classified(NamedTuple):
 NeighbourChoice = Neighbours | Sequence[Neighbours | None] | None  # one store for every row, or one per row
 
 
+def _encoded(model, tokenizer, texts, batch_size, max_length, adapter_names=None, hidden=False):
+    """Per length-grouped batch: its rows, the model's output (with hidden states if ``hidden``) and its
+    attention mask; the one forward loop of classifying and embedding."""
+    device = next(model.parameters()).device
+    for rows in _by_length(texts, batch_size):
+        batch = tokenizer(
+            [texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True, max_length=max_length
+        ).to(device)
+        with _inference_autocast(model):
+            out = model(**batch, **_adapters(adapter_names, rows), output_hidden_states=hidden)
+        yield rows, out, batch["attention_mask"]
+
+
 @torch.inference_mode()
 def classify(
     model,
@@ -214,18 +227,12 @@ def classify(
     predictions, confidences, energies = [""] * len(texts), [0.0] * len(texts), [0.0] * len(texts)
     similarities: list[float | None] = [None] * len(texts)
     per_row = list(neighbours) if isinstance(neighbours, Sequence) else [neighbours] * len(texts)
-    device = next(model.parameters()).device
-    for rows in _by_length(texts, batch_size):
-        batch = tokenizer(
-            [texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True, max_length=max_length
-        ).to(device)
+    for rows, out, mask in _encoded(model, tokenizer, texts, batch_size, max_length, adapter_names, any(per_row)):
         stores = [per_row[i] for i in rows]
-        with _inference_autocast(model):
-            out = model(**batch, **_adapters(adapter_names, rows), output_hidden_states=any(stores))
         logits = out.logits.float()
         probabilities = logits.softmax(-1)
         if any(stores):
-            queries = mean_pooled(out.hidden_states[-1], batch["attention_mask"]).cpu()
+            queries = mean_pooled(out.hidden_states[-1], mask).cpu()
             for store in {id(s): s for s in stores if s is not None}.values():
                 at = [n for n, s in enumerate(stores) if s is store]
                 mixed, nearest = store.mix(probabilities[at].cpu(), queries[at])
@@ -245,19 +252,12 @@ def embed(
     """Unit-length sentence embeddings (the mean of the last hidden states) of ``texts``, normalised as
     ``predict`` normalises its inputs: what a classifier's neighbour store holds and is queried with."""
     texts = [normalize(text) for text in texts]
-    out = torch.zeros(len(texts), 0)
-    device = next(model.parameters()).device
-    for rows in _by_length(texts, batch_size):
-        batch = tokenizer(
-            [texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True, max_length=max_length
-        ).to(device)
-        with _inference_autocast(model):
-            hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
-        pooled = mean_pooled(hidden, batch["attention_mask"]).cpu()
-        if not out.shape[1]:
-            out = torch.zeros(len(texts), pooled.shape[1])
-        out[rows] = pooled
-    return out
+    order, pooled = [], []
+    for rows, out, mask in _encoded(model, tokenizer, texts, batch_size, max_length, hidden=True):
+        order += rows
+        pooled.append(mean_pooled(out.hidden_states[-1], mask).cpu())
+    embeddings = torch.cat(pooled) if pooled else torch.zeros(0, 0)
+    return embeddings[torch.argsort(torch.tensor(order))] if order else embeddings
 
 
 def predict_classes(
