@@ -241,6 +241,7 @@ def test_an_energy_and_similarity_calibration_needs_both_and_weighs_them_togethe
     with pytest.raises(ValueError, match="energy and similarity"):
         cal.apply(labels, [0.9] * 3, energy)  # a version without its neighbour store cannot apply it
     stored = Calibration.from_dict(json.loads(json.dumps(cal.as_dict())))  # as the adapter folder keeps it
+    assert stored == cal
     assert stored.apply(labels, [0.9] * 3, energy, near) == ["refund", "refund", "out_of_scope"]
 
 

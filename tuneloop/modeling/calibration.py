@@ -54,7 +54,9 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
-        return cls(**data)
+        """From ``as_dict`` or its JSON (where the pairs became lists): equal to the calibration stored."""
+        pairs = {k: tuple(data[k]) for k in ("centre", "spread") if data.get(k) is not None}
+        return cls(**{**data, **pairs})
 
     def apply(
         self,
