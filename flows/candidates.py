@@ -183,21 +183,22 @@ def routed(config: LoopConfig, candidate: Candidate, answered: Answers) -> list[
 
 def fit_neighbours(
     config: LoopConfig, candidate: Candidate, ref: DatasetRef, validation: Sequence[SuiteItem]
-) -> dict | None:
+) -> tuple[dict | None, Answers | None]:
     """Classification: the candidate's neighbour store, its training utterances (the train split and the
     validation split's retraining half; never the calibration half or the held-out split) embedded by
     its own encoder, kept beside its adapter (registered with it, queried when it serves) unless its votes
     answer ``validation`` (the calibration half) clearly worse than the head alone (``clearly_worse``).
-    What was built and why it was kept or dropped; None when there was nothing to build."""
+    What was built and why it was kept or dropped, and the candidate's answers to ``validation`` as it
+    now stands (with the votes when kept), for its threshold; (None, None) when there was nothing to build."""
     if config.kind != "classification" or not config.neighbours or not config.neighbour_weight:
-        return None
+        return None, None
     index = {label: i for i, label in enumerate(candidate.labels)}
     examples = load_examples(ref, "train", config.work_dir) + [
         e for e in load_examples(ref, "validation", config.work_dir) if not calibration_half(e)
     ]
     examples = [e for e in examples if e.target in index]
     if not examples:
-        return None
+        return None, None
     began = time.process_time()
     store = build_neighbours(
         lambda texts: embed(candidate.model, candidate.tokenizer, texts),
@@ -208,41 +209,59 @@ def fit_neighbours(
         seed=config.tune.seed,
     )
     report = {"utterances": len(store.labels), "cpu_seconds": round(time.process_time() - began, 1)}
-    report.update(_votes_against_head(candidate, store, [item for item in validation if item.reference in index]))
+    comparison, head, voted = _votes_against_head(candidate, store, validation)
+    report.update(comparison)
     if clearly_worse(report.get("validation_losses", 0), report.get("validation_wins", 0)):
         # e.g. an encoder whose mean states say little of meaning
         log.warning("neighbour votes dropped: they answer the calibration half worse than the head alone: %s", report)
-        return {**report, "kept": 0.0}
+        return {**report, "kept": 0.0}, head
     candidate.neighbours = store
     if candidate.adapter_dir is not None:
         store.save(candidate.adapter_dir)
-    return {**report, "kept": 1.0}
+    return {**report, "kept": 1.0}, voted
 
 
-def _votes_against_head(candidate: Candidate, store: Neighbours, items: Sequence[SuiteItem]) -> dict:
-    """Accuracy on ``items`` with the head alone and with the votes, and where they disagree: the inputs
-    the votes lose (the head alone is right) and win."""
+def _votes_against_head(
+    candidate: Candidate, store: Neighbours, items: Sequence[SuiteItem]
+) -> tuple[dict, Answers | None, Answers | None]:
+    """The answers to ``items`` of the head alone and with the votes, and, on the items whose reference
+    the candidate knows, each one's accuracy and where they disagree: the inputs the votes lose (the
+    head alone is right) and win."""
     if not items:
-        return {}
+        return {}, None, None
     inputs = [item.input for item in items]
-    right = {}
-    for name, votes in (("head", None), ("with_votes", store)):
-        labels = predict_classes(candidate.model, candidate.tokenizer, inputs, candidate.labels, neighbours=votes)[0]
-        right[name] = [label == item.reference for label, item in zip(labels, items)]
-    pairs = list(zip(right["head"], right["with_votes"]))
-    return {
-        **{f"validation_accuracy_{name}": round(sum(r) / len(r), 4) for name, r in right.items()},
-        "validation_losses": sum(head and not voted for head, voted in pairs),
-        "validation_wins": sum(voted and not head for head, voted in pairs),
+    head, voted = (
+        Answers(*predict_classes(candidate.model, candidate.tokenizer, inputs, candidate.labels, neighbours=votes))
+        for votes in (None, store)
+    )
+    known = [i for i, item in enumerate(items) if item.reference in candidate.labels]
+    if not known:
+        return {}, head, voted
+    right = {
+        name: [answered.outputs[i] == items[i].reference for i in known]
+        for name, answered in (("head", head), ("with_votes", voted))
     }
+    pairs = list(zip(right["head"], right["with_votes"]))
+    return (
+        {
+            **{f"validation_accuracy_{name}": round(sum(r) / len(r), 4) for name, r in right.items()},
+            "validation_losses": sum(head and not voted for head, voted in pairs),
+            "validation_wins": sum(voted and not head for head, voted in pairs),
+        },
+        head,
+        voted,
+    )
 
 
-def fit_calibration(config: LoopConfig, candidate: Candidate, validation: Sequence[SuiteItem]) -> Calibration | None:
-    """Classification: the candidate's threshold from its confidences on in-scope validation inputs,
-    kept beside its adapter (registered with it, applied when it serves)."""
+def fit_calibration(
+    config: LoopConfig, candidate: Candidate, validation: Sequence[SuiteItem], answered: Answers | None = None
+) -> Calibration | None:
+    """Classification: the candidate's threshold from its confidences on in-scope validation inputs
+    (``answered``, its answers to them when already at hand), kept beside its adapter (registered with
+    it, applied when it serves)."""
     if config.kind != "classification" or not config.fallback_label or not validation:
         return None
-    answered = answers(config, candidate, validation, config.max_new_tokens)
+    answered = answered or answers(config, candidate, validation, config.max_new_tokens)
     candidate.calibration = calibrate_answers(
         config.fallback_score,
         config.fallback_label,

@@ -218,12 +218,12 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     if retrains_with_validation(config):  # the challenger trained on the other half: its threshold from unseen inputs
         validation = [e for e in validation if calibration_half(e)] or validation
     validation = heldout_suite(validation)
-    store = None
+    store = answered = None
     if challenger.neighbours is None:  # before its threshold: the votes change its probabilities
-        store = fit_neighbours(config, challenger, ref, validation)
+        store, answered = fit_neighbours(config, challenger, ref, validation)
     for candidate in (baseline, challenger):  # classification: each version's own out-of-scope threshold
         if candidate.calibration is None:
-            fit_calibration(config, candidate, validation)
+            fit_calibration(config, candidate, validation, answered if candidate is challenger else None)
     bar = progress.current().bar("evaluate", 2 * sum(len(items) for items in suites.values()))  # items answered
     try:
         scores = {

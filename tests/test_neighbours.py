@@ -124,5 +124,15 @@ def test_a_candidate_with_a_store_is_calibrated_on_energy_and_similarity_given_e
     answered = answers(config, candidate, validation, config.max_new_tokens)
     assert answered.similarities and all(s is not None for s in answered.similarities)
     assert routed(config, candidate, answered) == calibration.apply(*answered)
+    # the answers the store's check already has (head alone, with the votes) are the ones the threshold is
+    # fitted on: the evaluate stage hands them over instead of answering the calibration half again
+    from tuneloop.flows.candidates import _votes_against_head
+
+    comparison, head, voted = _votes_against_head(candidate, store, validation)
+    assert voted == answered and fit_calibration(config, candidate, validation, voted) == calibration
+    assert head.similarities is None  # the head alone: no store asked
+    for name, answered_by in (("head", head), ("with_votes", voted)):
+        right = sum(o == it.reference for o, it in zip(answered_by.outputs, validation))
+        assert comparison[f"validation_accuracy_{name}"] == pytest.approx(right / len(validation), abs=1e-4)
     few = fit_calibration(config, candidate, validation[: MIN_FOR_SIMILARITY - 1])
     assert few.score == "energy" and few.centre is None  # too few inputs to standardise the similarity on
