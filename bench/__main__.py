@@ -35,6 +35,10 @@ BENCHMARKS = {
         "default settings on six generation feedback sets: facts answered on never-imported phrasings, forgetting, the gate's verdict",
         False,
     ),
+    "correction_memory": (
+        "a study: the generation sets' probes answered with the nearest corrected question's correction, and the suites' prompts it would wrongly answer",
+        False,
+    ),
     "banking77": (
         "BANKING77 through import and the loop (closed and open set) beside a plain peft loop, on the 3,080 test utterances",
         False,
