@@ -13,7 +13,8 @@ Per set (``bench/feedback_sets.py``), in a fresh home, through the product's own
    registered nothing, the loop's challenger adapter answers them the same way (``adapter_model.py``'s
    load and predict), so a refused challenger is scored too. The base answers them as well.
 
-Reported per set: facts answered right on the probes (base and tuned), the gate's verdict with its
+Reported per set: facts answered right on the probes (base; tuned, as served with its memory of corrections;
+and the tuned model alone, the memory set aside), the gate's verdict with its
 forgetting check (diff and CI on the regression items the base knows), whether a version went live
 at the canary share, the loop's minutes and what the gate said it was missing.
 """
@@ -131,8 +132,12 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
     if registered:
         model = mlflow.pyfunc.load_model(f"models:/{MODEL}@challenger")
         tuned = list(model.predict(prompts))
+        served = model.unwrap_python_model()  # the same version with its memory of corrections set aside
+        memory, served.memory = served.memory, None
+        alone = list(model.predict(prompts))
+        served.memory = memory
     else:
-        tuned = _adapter_answers(config, loop.data.tags["challenger_run_id"], list(prompts["input"]))
+        tuned, alone = _adapter_answers(config, loop.data.tags["challenger_run_id"], list(prompts["input"]))
     base = _base_answers(config, list(prompts["input"]))
 
     def rate(answers: list[str]) -> float:
@@ -143,6 +148,7 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
     return {
         "probe_facts_base": rate(base),
         "probe_facts_tuned": rate(tuned),
+        "probe_facts_model_alone": rate(alone),  # the tuned model without its memory of corrections
         "heldout_challenger": round(loop.data.metrics.get("eval.challenger.heldout.fact_accuracy", float("nan")), 4),
         "verdict": gate["verdict"],
         "registered": registered,
@@ -165,21 +171,26 @@ def score(home: Path, probes_file: Path, tiny: bool) -> dict:
                 "base": b,
                 "tuned": a,
                 "right": bool(fact_accuracy(a, p["answer"], p["prompt"])),
+                "model_alone": m,
+                "right_model_alone": bool(fact_accuracy(m, p["answer"], p["prompt"])),
             }
-            for p, a, b in zip(probes, tuned, base)
+            for p, a, b, m in zip(probes, tuned, base, alone)
         ],
     }
 
 
-def _adapter_answers(config, run_id: str, prompts: list[str]) -> list[str]:
-    """A challenger the gate refused, loaded and answering as a registered version would (adapter_model.py)."""
+def _adapter_answers(config, run_id: str, prompts: list[str]) -> tuple[list[str], list[str]]:
+    """A challenger the gate refused, loaded and answering as a registered version would (adapter_model.py),
+    and its model's answers without the memory of corrections."""
     from tuneloop.modeling.adapters import load_adapter
     from tuneloop.modeling.inference import predict
+    from tuneloop.modeling.memory import answered_from_memory, load_memory, sentence_encoder
     from tuneloop.search.tracking import fetch_adapter
 
-    folder = fetch_adapter(f"runs:/{run_id}/adapter", config.work_dir / "adapters")
+    folder = fetch_adapter(f"runs:/{run_id}/adapter", config.work_dir / "adapters")  # evaluate's copy: its memory too
     model, tokenizer, meta, labels = load_adapter(folder)
-    return predict("generation", model, tokenizer, prompts, labels, meta.max_new_tokens, meta.prompting)[0]
+    answers = predict("generation", model, tokenizer, prompts, labels, meta.max_new_tokens, meta.prompting)[0]
+    return answered_from_memory(load_memory(folder, sentence_encoder()[1]), prompts, answers), answers
 
 
 def _base_answers(config, prompts: list[str]) -> list[str]:
@@ -202,7 +213,8 @@ def _base_answers(config, prompts: list[str]) -> list[str]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| set | records | probes | facts on unseen phrasings: base -> tuned | forgetting (CI) | verdict | live | minutes |",
+        "| set | records | probes | facts on unseen phrasings: base -> tuned (model alone) | forgetting (CI) | verdict "
+        "| live | minutes |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -213,7 +225,7 @@ def table(rows: list[dict]) -> str:
         forgetting = f"{f['diff_mean']:+.3f} [{f['diff_low']:+.3f}, {f['diff_high']:+.3f}]" if "diff_mean" in f else "-"
         lines.append(
             f"| {r['set']} | {r['records']} | {r['probes']} | {r['probe_facts_base']:.2f} -> "
-            f"{r['probe_facts_tuned']:.2f} | {forgetting} | {r['verdict']} | {r['canary_percent']} % | "
+            f"{r['probe_facts_tuned']:.2f} ({r.get('probe_facts_model_alone', float('nan')):.2f}) | {forgetting} | {r['verdict']} | {r['canary_percent']} % | "
             f"{r['loop_minutes']} |"
         )
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
 from tuneloop.modeling.adapters import load_adapter
 from tuneloop.modeling.calibration import Calibration, calibrate_answers
 from tuneloop.modeling.inference import embed, predict, predict_classes
+from tuneloop.modeling.memory import CorrectionMemory, answered_from_memory, build_memory, load_memory, sentence_encoder
 from tuneloop.modeling.models import BaseModelInfo, base_of, load_base, load_tokenizer, resolve_device, resolve_dtype
 from tuneloop.modeling.neighbours import Neighbours, build_neighbours, clearly_worse, load_neighbours
 from tuneloop.modeling.prompting import Prompting
@@ -46,6 +47,7 @@ class Candidate:
     adapter_dir: Path | None = None
     adapters_off: bool = False  # a peft model answering as its bare base (inside a trial)
     neighbours: Neighbours | None = None  # classification: its training utterances' votes
+    memory: CorrectionMemory | None = None  # generation: its training questions' answers
 
 
 def base_candidate(config: LoopConfig, labels: list[str]) -> Candidate:
@@ -69,6 +71,7 @@ def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id
     stored = Path(adapter_dir) / CALIBRATION_FILE
     calibration = Calibration.from_dict(json.loads(stored.read_text())) if stored.exists() else None
     neighbours = load_neighbours(Path(adapter_dir), len(labels)) if labels else None
+    memory = load_memory(Path(adapter_dir), sentence_encoder()[1]) if meta.kind == "generation" else None
     return Candidate(
         name,
         model,
@@ -80,6 +83,7 @@ def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id
         cache_id,
         Path(adapter_dir),
         neighbours=neighbours,
+        memory=memory,
     )
 
 
@@ -160,15 +164,18 @@ def _predict_unanswered(
                 neighbours=None if candidate.adapters_off else candidate.neighbours,
             )
         else:
+            asked = [inputs[i] for i in rest]
             fresh, _ = predict(
                 config.kind,
                 candidate.model,
                 candidate.tokenizer,
-                [inputs[i] for i in rest],
+                asked,
                 candidate.labels,
                 max_new_tokens,
                 candidate.prompting,
             )
+            if not candidate.adapters_off:
+                fresh = answered_from_memory(candidate.memory, asked, fresh)
     for n, i in enumerate(rest):
         outputs[i] = fresh[n]
     return Answers(outputs, confidences, energies, similarities)
@@ -219,6 +226,26 @@ def fit_neighbours(
     if candidate.adapter_dir is not None:
         store.save(candidate.adapter_dir)
     return {**report, "kept": 1.0}, voted
+
+
+def fit_memory(config: LoopConfig, candidate: Candidate, ref: DatasetRef) -> dict | None:
+    """Generation: the candidate's memory of its training questions (the train and validation splits; never
+    the held-out split the gate judges it on) and their answers, kept beside its adapter (registered with
+    it, recalled when it serves). What was stored; None when there was nothing to store."""
+    if config.kind != "generation" or not config.memory_threshold:
+        return None
+    examples = load_examples(ref, "train", config.work_dir) + load_examples(ref, "validation", config.work_dir)
+    if not examples:
+        return None
+    began = time.process_time()
+    encode, sha256 = sentence_encoder()
+    memory = build_memory(
+        encode, [e.prompt for e in examples], [e.target for e in examples], config.memory_threshold, sha256
+    )
+    candidate.memory = memory
+    if candidate.adapter_dir is not None:
+        memory.save(candidate.adapter_dir)
+    return {"questions": len(memory.answers), "cpu_seconds": round(time.process_time() - began, 1)}
 
 
 def _votes_against_head(

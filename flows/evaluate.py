@@ -42,6 +42,7 @@ from tuneloop.flows.candidates import (
     answers,
     base_candidate,
     fit_calibration,
+    fit_memory,
     fit_neighbours,
     routed,
 )
@@ -86,6 +87,7 @@ class EvalReport(BaseModel):
     items: dict[str, int] = {}
     calibration: dict | None = None  # classification: the challenger's out-of-scope threshold
     neighbours: dict | None = None  # classification: the challenger's neighbour store, and whether it was kept
+    memory: dict | None = None  # generation: the challenger's memory of its training questions
     missing: list[str] = []  # "not enough evidence": the data each undecided check would need
     labels_new: list[str] = []  # classification: labels the champion never saw, trained into the challenger
     labels_retired: list[str] = []  # classification: the champion's labels no longer in the data (not trained)
@@ -218,9 +220,11 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     if retrains_with_validation(config):  # the challenger trained on the other half: its threshold from unseen inputs
         validation = [e for e in validation if calibration_half(e)] or validation
     validation = heldout_suite(validation)
-    store = answered = None
+    store = answered = memory = None
     if challenger.neighbours is None:  # before its threshold: the votes change its probabilities
         store, answered = fit_neighbours(config, challenger, ref, validation)
+    if challenger.memory is None:
+        memory = fit_memory(config, challenger, ref)
     for candidate in (baseline, challenger):  # classification: each version's own out-of-scope threshold
         if candidate.calibration is None:
             fit_calibration(config, candidate, validation, answered if candidate is challenger else None)
@@ -253,6 +257,7 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
         items={name: len(items) for name, items in suites.items()},
         calibration=challenger.calibration.as_dict() if challenger.calibration else None,
         neighbours=store,
+        memory=memory,
         labels_new=changes.get("new", []),
         labels_retired=changes.get("retired", []),
     )
@@ -292,6 +297,8 @@ def log_report(report: EvalReport, suites: dict[str, list[SuiteItem]], kind: str
     )
     if report.neighbours:
         mlflow.log_metrics({f"neighbours.{k}": v for k, v in report.neighbours.items()})
+    if report.memory:
+        mlflow.log_metrics({f"memory.{k}": v for k, v in report.memory.items()})
     for suite, items in suites.items():
         mlflow.log_table(
             pd.DataFrame(table_rows(items, report.champion[suite], report.challenger[suite])), f"evaluate/{suite}.json"

@@ -26,6 +26,7 @@ from tuneloop.data.cache_files import CacheError, verified
 from tuneloop.modeling.adapters import AdapterMeta, read_meta
 from tuneloop.modeling.calibration import Calibration
 from tuneloop.modeling.inference import predict, predict_classes
+from tuneloop.modeling.memory import CorrectionMemory, answered_from_memory, load_memory, sentence_encoder
 from tuneloop.modeling.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
 from tuneloop.modeling.neighbours import Neighbours, load_neighbours
 from tuneloop.modeling.prompting import Prompting
@@ -55,6 +56,7 @@ class _Bank:
     prompting: dict[str, Prompting]  # adapter name ("__base__" for none) -> how its prompts are formatted
     calibration: dict[str, Calibration] = field(default_factory=dict)  # adapter name -> its out-of-scope threshold
     neighbours: dict[str, Neighbours] = field(default_factory=dict)  # adapter name -> its training utterances' votes
+    memory: dict[str, CorrectionMemory] = field(default_factory=dict)  # adapter name -> its training questions' answers
 
 
 class AdapterBank:
@@ -106,6 +108,8 @@ class AdapterBank:
             bank.calibration[name] = Calibration.from_dict(json.loads((path / CALIBRATION_FILE).read_text()))
         if bank.labels and (store := load_neighbours(path, len(bank.labels))) is not None:
             bank.neighbours[name] = store
+        if meta.kind == "generation" and (memory := load_memory(path, sentence_encoder()[1])) is not None:
+            bank.memory[name] = memory
         bank.model.eval()
         self.adapters[version] = {"path": str(path), "sha256": digest}
 
@@ -235,6 +239,7 @@ class AdapterBank:
                             adapter_names=per_row,
                             batch_size=len(rows),
                         )
+                        out = answered_from_memory([bank.memory.get(n) for n in names], [inputs[i] for i in rows], out)
                         conf = energy = None
                     else:
                         out, conf, energy, similarity = predict_classes(

@@ -60,6 +60,25 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
 
     assert result.challenger_percent == 10 == challenger_percent(config)
 
+    # its memory of the training questions is registered with it: the pyfunc and the service answer a
+    # training question with its answer, and a rephrased one from the memory, as the gate scored it
+    import pandas as pd
+
+    from tuneloop.serving.models import AdapterBank
+
+    stored = load_examples(result.data, "train", config.work_dir) + load_examples(
+        result.data, "validation", config.work_dir
+    )
+    assert "memory.safetensors" in files and result.report.memory["questions"] == len({e.prompt for e in stored})
+    trained = stored[0]
+    asked = [trained.prompt, f"Hi, {trained.prompt.rstrip('?. ')}? Thanks!"]
+    loaded = mlflow.pyfunc.load_model(f"models:/{config.model_name}@challenger")
+    answered = list(loaded.predict(pd.DataFrame({"input": asked})))
+    assert answered[0] == trained.target and answered[1] in {e.target for e in stored}
+    bank = AdapterBank(config)
+    bank.refresh()
+    assert bank.predict(["1", "1"], asked)[0] == answered
+
     searches = _children(result.run_id)  # the loop run -> its search run -> one run per trial
     assert [s.data.tags["tuneloop.stage"] for s in searches] == ["search"]
     assert (

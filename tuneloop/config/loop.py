@@ -131,6 +131,14 @@ class LoopConfig(BaseSettings):
         le=1,
         description="Classification: the votes' share of the answer's probabilities (the head's: the rest).",
     )
+    memory_threshold: float | None = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="Generation: a question whose nearest training question (all-MiniLM-L6-v2 cosine similarity) is "
+        "at least this similar is answered with that question's answer, any other by the model "
+        "(tuneloop/modeling/memory.py; the gate scores the version with it). None: the model answers everything.",
+    )
     tune: TuneConfig = TuneConfig()
     gate: GateConfig = GateConfig()
     deploy: DeployConfig = DeployConfig()

@@ -30,17 +30,24 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
         stored = folder / "calibration.json"  # classification: the out-of-scope threshold the gate fitted
         self.calibration = json.loads(stored.read_text()) if stored.exists() else None
         self.neighbours = None  # classification: its training utterances' votes beside its head
+        self.memory = None  # generation: its training questions' answers
         if self.meta.kind == "classification":
             from tuneloop.modeling.neighbours import load_neighbours
 
             self.neighbours = load_neighbours(folder, len(self.labels))
+        else:
+            from tuneloop.modeling.memory import load_memory, sentence_encoder
+
+            self.memory = load_memory(folder, sentence_encoder()[1])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
         from tuneloop.modeling.inference import predict, predict_classes
 
         inputs = list(model_input["input"])
         if self.meta.kind != "classification":
-            return predict(
+            from tuneloop.modeling.memory import answered_from_memory
+
+            outputs = predict(
                 self.meta.kind,
                 self.model,
                 self.tokenizer,
@@ -49,6 +56,7 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
                 self.meta.max_new_tokens,
                 self.meta.prompting,
             )[0]
+            return answered_from_memory(self.memory, inputs, outputs)
         answered = predict_classes(self.model, self.tokenizer, inputs, self.labels, neighbours=self.neighbours)
         if self.calibration:
             from tuneloop.modeling.calibration import Calibration
