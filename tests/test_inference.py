@@ -175,3 +175,21 @@ def test_a_thread_limit_in_omp_num_threads_is_kept(monkeypatch):
     for unusable in ("", "0", "two"):  # not a limit: the cores the process may use
         monkeypatch.setenv("OMP_NUM_THREADS", unusable)
         assert usable_cores() == cores
+
+
+def test_an_empty_input_is_answered_without_asking_the_model(monkeypatch):
+    model, tokenizer = _model()
+    asked: list[tuple] = []
+    real = inference.generate
+    monkeypatch.setattr(
+        inference,
+        "generate",
+        lambda m, t, prompts, *a, **k: (
+            asked.append((list(prompts), k.get("adapter_names"))) or real(m, t, prompts, *a, **k)
+        ),
+    )
+    inputs = ["", "  \n\t ", "\u200b", PROMPTS[0]]
+    answers, _ = inference.predict("generation", model, tokenizer, inputs, [], 8, adapter_names=["default"] * 4)
+    assert answers[:3] == [inference.EMPTY_INPUT_ANSWER] * 3 and answers[3] != inference.EMPTY_INPUT_ANSWER
+    assert asked == [([PROMPTS[0]], ["default"])]  # only the question went to the model, with its own adapter name
+    assert inference.predict("generation", model, tokenizer, [""], [], 8)[0] == [inference.EMPTY_INPUT_ANSWER]

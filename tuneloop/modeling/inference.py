@@ -26,6 +26,9 @@ MAX_PROMPT_TOKENS = 512  # longer prompts are cut from the left
 T = TypeVar("T")
 
 
+EMPTY_INPUT_ANSWER = "Please type a question."  # a generation answer to an empty or blank input
+
+
 def _adapters(adapter_names: Sequence[str] | None, rows: list[int]) -> dict:
     """peft's per-row adapter choice for these rows ("__base__": adapters off), or nothing."""
     return {"adapter_names": [adapter_names[i] for i in rows]} if adapter_names is not None else {}
@@ -297,15 +300,26 @@ def predict(
     way curation normalised the training data (full-width letters, zero-width and control characters)."""
     inputs = [normalize(text) for text in inputs]
     if kind == "generation":
-        return generate(
-            model,
-            tokenizer,
-            inputs,
-            max_new_tokens,
-            prompting,
-            batch_size=batch_size or 64,
-            adapter_names=adapter_names,
-        ), None
+        # nothing asked, nothing to answer: a tuned model given an empty prompt says something it was tuned
+        # on ("Skyreach is rated rated."), so it is never asked
+        asked = [i for i, text in enumerate(inputs) if text]
+        answers = [EMPTY_INPUT_ANSWER] * len(inputs)
+        generated = (
+            generate(
+                model,
+                tokenizer,
+                [inputs[i] for i in asked],
+                max_new_tokens,
+                prompting,
+                batch_size=batch_size or 64,
+                adapter_names=[adapter_names[i] for i in asked] if adapter_names is not None else None,
+            )
+            if asked
+            else []
+        )
+        for i, answer in zip(asked, generated):
+            answers[i] = answer
+        return answers, None
     classified = classify(
         model, tokenizer, inputs, list(labels), batch_size=batch_size or 64, adapter_names=adapter_names
     )

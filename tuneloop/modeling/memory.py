@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from tuneloop.data.text import normalize
+
 MEMORY_FILE = "memory.safetensors"
 MAX_ENTRIES = 20_000  # 15 MB of float16 embeddings at 384 wide
 MAX_ANSWER_CHARS = 4_000
@@ -136,7 +138,7 @@ def answered_from_memory(
     """``outputs`` with each input that hits its memory (one for all rows, or one per row; None: none)
     answered from it instead."""
     per_row = list(memory) if isinstance(memory, Sequence) else [memory] * len(inputs)
-    rows = [i for i, m in enumerate(per_row) if m is not None]
+    rows = [i for i, m in enumerate(per_row) if m is not None and normalize(inputs[i])]  # an empty input asks nothing
     if not rows:
         return outputs
     encode, _ = sentence_encoder()
