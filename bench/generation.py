@@ -223,9 +223,10 @@ def table(rows: list[dict]) -> str:
             continue
         f = r["forgetting"]
         forgetting = f"{f['diff_mean']:+.3f} [{f['diff_low']:+.3f}, {f['diff_high']:+.3f}]" if "diff_mean" in f else "-"
+        alone = r.get("probe_facts_model_alone", float("nan"))
         lines.append(
             f"| {r['set']} | {r['records']} | {r['probes']} | {r['probe_facts_base']:.2f} -> "
-            f"{r['probe_facts_tuned']:.2f} ({r.get('probe_facts_model_alone', float('nan')):.2f}) | {forgetting} | {r['verdict']} | {r['canary_percent']} % | "
+            f"{r['probe_facts_tuned']:.2f} ({alone:.2f}) | {forgetting} | {r['verdict']} | {r['canary_percent']} % | "
             f"{r['loop_minutes']} |"
         )
     return "\n".join(lines)

@@ -49,6 +49,7 @@ from tuneloop.flows.candidates import (
 from tuneloop.flows.trial import retrains_with_validation
 from tuneloop.flows.tune import TuneResult
 from tuneloop.modeling.fast import fast_paths
+from tuneloop.modeling.memory import answered_share
 from tuneloop.modeling.models import read_labels
 from tuneloop.registry.tracking import within_run
 from tuneloop.registry.versions import adapter_path, alias_version
@@ -236,6 +237,13 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
         }
     finally:
         bar.close()
+    if memory is not None and challenger.memory is not None:  # how much of each suite the memory answered
+        memory.update(
+            {
+                f"answered_{name}": answered_share(challenger.memory, [it.input for it in items])
+                for name, items in suites.items()
+            }
+        )
     checks = decide(config, suites, scores["champion"], scores["challenger"], has_champion=champion is not None)
     verdicts = {c.verdict for c in checks}
     verdict: Verdict = "passed" if verdicts == {"pass"} else "refused" if FAIL in verdicts else "not enough evidence"
