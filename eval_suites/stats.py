@@ -133,10 +133,12 @@ def cluster_bootstrap(
     tail = (1 - confidence) / 2
     q_low, q_high = np.quantile(means, [tail, 1 - tail])
     widen = math.sqrt(n_clusters / (n_clusters - 1))
+    # item scores lie in [0, 1], so no difference of means lies outside [-1, 1]: the widening must not
+    # push the interval past it (tolerance 1 would no longer turn a check off)
     return Interval(
         mean,
-        float(mean - widen * (mean - q_low)),
-        float(mean + widen * (q_high - mean)),
+        max(-1.0, float(mean - widen * (mean - q_low))),
+        min(1.0, float(mean + widen * (q_high - mean))),
         confidence,
         n,
         n_clusters,

@@ -138,6 +138,15 @@ def test_cluster_bootstrap_checks_its_inputs_and_degenerate_cases():
     assert non_inferiority([1.0] * 50, [0.0] * 50, ["a"] * 50, tolerance=0.05).verdict == UNSURE
 
 
+def test_the_interval_stays_within_the_possible_differences_so_tolerance_one_turns_a_check_off():
+    # 37 of 40 items lost, 3 kept: the widened bootstrap interval would reach below -1
+    baseline, challenger = [1.0] * 40, [0.0] * 37 + [1.0] * 3
+    ci = cluster_bootstrap(baseline, challenger)
+    assert -1.0 == ci.low < ci.mean == -0.925 and ci.high <= 1.0
+    assert non_inferiority(baseline, challenger, tolerance=1.0, min_items=5).verdict == PASS
+    assert cluster_bootstrap(challenger, baseline).high == 1.0
+
+
 def test_superiority_three_outcomes():
     rng = np.random.default_rng(1)
     base = rng.uniform(0.0, 0.4, size=40).tolist()
