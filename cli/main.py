@@ -220,6 +220,16 @@ def _summary(config: LoopConfig, result, seconds: float) -> None:
             f"{scores.mean:.3f}",
         )
     console.print(table)
+    if memory := result.report.memory:
+        console.print(
+            f"Memory of corrections: {memory['questions']:.0f} training questions; it answered "
+            + ", ".join(
+                f"{memory[k]:.0%} of {k.removeprefix('answered_').replace('_', ' ')}"
+                for k in memory
+                if k.startswith("answered_")
+            )
+            + f" (TUNELOOP_MEMORY_THRESHOLD {config.memory_threshold})"
+        )
     checks = Table("gate check", "verdict", "diff", "CI", "threshold")
     for c in result.report.checks:
         checks.add_row(

@@ -238,10 +238,15 @@ def evaluate_candidates(config: LoopConfig, ref: DatasetRef, challenger_dir: Pat
     finally:
         bar.close()
     if memory is not None and challenger.memory is not None:  # how much of each suite the memory answered
+        # the regression suite's earlier corrections ("learned") are the memory's to answer; its general knowledge is not
+        parts = {name: items for name, items in suites.items() if name != "regression"} | {
+            "learned": [it for it in suites.get("regression", []) if it.category == "learned"],
+            "general_knowledge": [it for it in suites.get("regression", []) if it.category != "learned"],
+        }
         memory.update(
             {
                 f"answered_{name}": answered_share(challenger.memory, [it.input for it in items])
-                for name, items in suites.items()
+                for name, items in parts.items()
             }
         )
     checks = decide(config, suites, scores["champion"], scores["challenger"], has_champion=champion is not None)

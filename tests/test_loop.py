@@ -72,7 +72,7 @@ def test_generation_loop_registers_and_deploys_a_canary(home):
     assert "memory.safetensors" in files and result.report.memory["questions"] == len({e.prompt for e in stored})
     # the reviewer's figures: it answered held-out rephrasings, and none of the general-knowledge questions
     memory = result.report.memory
-    assert memory["answered_heldout"] > 0 and memory["answered_regression"] == 0.0
+    assert memory["answered_heldout"] > 0 and memory["answered_general_knowledge"] == 0.0
     assert mlflow.get_run(result.run_id).data.metrics["memory.answered_heldout"] == memory["answered_heldout"]
     trained = stored[0]
     asked = [trained.prompt, f"Hi, {trained.prompt.rstrip('?. ')}? Thanks!"]
