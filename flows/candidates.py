@@ -21,7 +21,6 @@ from typing import NamedTuple
 
 from tuneloop.config import LoopConfig
 from tuneloop.data.datasets import DatasetRef, calibration_half, load_examples
-from tuneloop.data.text import normalize
 from tuneloop.eval_suites.suites import SuiteItem, recorded_baseline
 from tuneloop.modeling.adapters import load_adapter
 from tuneloop.modeling.calibration import Calibration, calibrate_answers
@@ -136,10 +135,7 @@ def _recorded_answers(candidate: Candidate, items: Sequence[SuiteItem], max_new_
     """Per item, the answer recorded with the suite, or None: only the base has them (the bundled base's
     verified answers, shipped with the suite), and only while they match its weights and settings."""
     outputs: list[str | None] = [None] * len(items)
-    # an empty input is answered without the model (``EMPTY_INPUT_ANSWER``), whatever the base once said to it
-    shipped = (
-        [i for i, it in enumerate(items) if it.answers and normalize(it.input)] if candidate.name == "base" else []
-    )
+    shipped = [i for i, it in enumerate(items) if it.answers] if candidate.name == "base" else []
     recorded = recorded_baseline(
         [items[i] for i in shipped], candidate.base.sha256, candidate.prompting.system_prompt, max_new_tokens
     )
