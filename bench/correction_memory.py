@@ -51,19 +51,11 @@ def memory_of(records: list[dict], train_only: bool) -> tuple[list[str], list[st
 
 
 def encoder():
-    """A function from texts to unit-length sentence embeddings (the bundled MiniLM, mean-pooled)."""
-    from tuneloop.config import LoopConfig
-    from tuneloop.modeling.inference import embed
-    from tuneloop.modeling.models import base_of, load_base, load_tokenizer
+    """A function from texts to unit-length sentence embeddings: the product's (``sentence_encoder``)."""
+    from tuneloop.modeling.memory import sentence_encoder
 
-    info = base_of(LoopConfig(kind="classification"))
-    model, tokenizer = load_base(info, "classification", ["a", "b"]).eval(), load_tokenizer(info)
-
-    def encode(texts: list[str]) -> np.ndarray:
-        vectors = np.asarray(embed(model, tokenizer, texts), dtype=float)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-    return encode
+    encode, _ = sentence_encoder()
+    return lambda texts: encode(texts).double().numpy()
 
 
 def shipped_prompts() -> dict[str, list[str]]:

@@ -184,13 +184,13 @@ def _adapter_answers(config, run_id: str, prompts: list[str]) -> tuple[list[str]
     and its model's answers without the memory of corrections."""
     from tuneloop.modeling.adapters import load_adapter
     from tuneloop.modeling.inference import predict
-    from tuneloop.modeling.memory import answered_from_memory, load_memory, sentence_encoder
+    from tuneloop.modeling.memory import answered_from_memory, load_memory
     from tuneloop.search.tracking import fetch_adapter
 
     folder = fetch_adapter(f"runs:/{run_id}/adapter", config.work_dir / "adapters")  # evaluate's copy: its memory too
     model, tokenizer, meta, labels = load_adapter(folder)
     answers = predict("generation", model, tokenizer, prompts, labels, meta.max_new_tokens, meta.prompting)[0]
-    return answered_from_memory(load_memory(folder, sentence_encoder()[1]), prompts, answers), answers
+    return answered_from_memory(load_memory(folder), prompts, answers), answers
 
 
 def _base_answers(config, prompts: list[str]) -> list[str]:

@@ -71,7 +71,7 @@ def adapter_candidate(config: LoopConfig, adapter_dir: Path, name: str, cache_id
     stored = Path(adapter_dir) / CALIBRATION_FILE
     calibration = Calibration.from_dict(json.loads(stored.read_text())) if stored.exists() else None
     neighbours = load_neighbours(Path(adapter_dir), len(labels)) if labels else None
-    memory = load_memory(Path(adapter_dir), sentence_encoder()[1]) if meta.kind == "generation" else None
+    memory = load_memory(Path(adapter_dir)) if meta.kind == "generation" else None
     return Candidate(
         name,
         model,

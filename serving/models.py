@@ -26,7 +26,7 @@ from tuneloop.data.cache_files import CacheError, verified
 from tuneloop.modeling.adapters import AdapterMeta, read_meta
 from tuneloop.modeling.calibration import Calibration
 from tuneloop.modeling.inference import predict, predict_classes
-from tuneloop.modeling.memory import CorrectionMemory, answered_from_memory, load_memory, sentence_encoder
+from tuneloop.modeling.memory import CorrectionMemory, answered_from_memory, load_memory
 from tuneloop.modeling.models import base_of, load_base, load_tokenizer, read_labels, resolve_device, resolve_dtype
 from tuneloop.modeling.neighbours import Neighbours, load_neighbours
 from tuneloop.modeling.prompting import Prompting
@@ -108,7 +108,7 @@ class AdapterBank:
             bank.calibration[name] = Calibration.from_dict(json.loads((path / CALIBRATION_FILE).read_text()))
         if bank.labels and (store := load_neighbours(path, len(bank.labels))) is not None:
             bank.neighbours[name] = store
-        if meta.kind == "generation" and (memory := load_memory(path, sentence_encoder()[1])) is not None:
+        if meta.kind == "generation" and (memory := load_memory(path)) is not None:
             bank.memory[name] = memory
         bank.model.eval()
         self.adapters[version] = {"path": str(path), "sha256": digest}

@@ -36,9 +36,9 @@ class AdapterModel(mlflow.pyfunc.PythonModel):
 
             self.neighbours = load_neighbours(folder, len(self.labels))
         else:
-            from tuneloop.modeling.memory import load_memory, sentence_encoder
+            from tuneloop.modeling.memory import load_memory
 
-            self.memory = load_memory(folder, sentence_encoder()[1])
+            self.memory = load_memory(folder)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> list[str]:
         from tuneloop.modeling.inference import predict, predict_classes

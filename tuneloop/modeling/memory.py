@@ -80,14 +80,16 @@ def build_memory(
     return CorrectionMemory(embeddings.float(), [by_question[q] for q in kept], threshold, encoder_sha256)
 
 
-def load_memory(folder: Path, encoder_sha256: str) -> CorrectionMemory | None:
+def load_memory(folder: Path, encoder_sha256: str | None = None) -> CorrectionMemory | None:
     """The memory beside an adapter; None when it has none, or when it was embedded by another encoder
-    than ``encoder_sha256`` (logged). A malformed file is refused (ValueError)."""
+    than ``encoder_sha256`` (default: the bundled one's; logged). A malformed file is refused (ValueError).
+    Loads no model: the encoder is loaded when a question is first looked up."""
     from safetensors import safe_open
 
     path = Path(folder) / MEMORY_FILE
     if not path.exists():
         return None
+    encoder_sha256 = encoder_sha256 or bundled_encoder_sha256()
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         embeddings = f.get_tensor("embeddings").float()
@@ -112,6 +114,13 @@ def load_memory(folder: Path, encoder_sha256: str) -> CorrectionMemory | None:
 
 _ENCODER: tuple[Encoder, str] | None = None
 _LOCK = threading.Lock()
+
+
+def bundled_encoder_sha256() -> str:
+    """The SHA-256 of the bundled all-MiniLM-L6-v2's weights (hashed once per process, no model loaded)."""
+    from tuneloop.modeling.models import resolve_base
+
+    return resolve_base("classification").sha256
 
 
 def sentence_encoder() -> tuple[Encoder, str]:
