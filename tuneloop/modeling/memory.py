@@ -134,10 +134,10 @@ def sentence_encoder() -> tuple[Encoder, str]:
             from tuneloop.modeling.inference import embed
             from tuneloop.modeling.models import resolve_base
 
-            info = resolve_base("classification")
-            model = AutoModel.from_pretrained(info.path).eval()
-            tokenizer = AutoTokenizer.from_pretrained(info.path)
-            _ENCODER = (lambda texts: embed(model, tokenizer, list(texts))), info.sha256
+            path = resolve_base("classification").path
+            model = AutoModel.from_pretrained(path).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            _ENCODER = (lambda texts: embed(model, tokenizer, list(texts))), bundled_encoder_sha256()
         return _ENCODER
 
 
